@@ -1,0 +1,198 @@
+//! Per-request state as the engine sees it (vLLM v1 vocabulary).
+//!
+//! Invariant: `num_computed_tokens <= num_tokens()`; tokens
+//! `[num_computed_tokens, num_tokens())` still have to be run through the model. That one
+//! rule covers prefill, chunked prefill, decode, prefix-cache hits and recompute after
+//! preemption (which resets `num_computed_tokens` to 0).
+
+use std::time::Instant;
+
+/// Engine-wide unique id of one sequence.
+pub type RequestId = u64;
+
+/// Token id in the model's vocabulary.
+pub type TokenId = u32;
+
+/// How a request's tokens are chosen and when generation stops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0.0 means greedy (argmax).
+    pub temperature: f32,
+    /// 0 means disabled.
+    pub top_k: usize,
+    /// 1.0 means disabled.
+    pub top_p: f32,
+    /// 0.0 means disabled.
+    pub min_p: f32,
+    /// 1.0 means disabled; applied to prompt and output tokens (vLLM/HF semantics).
+    pub repetition_penalty: f32,
+    /// 0.0 means disabled; applied to output tokens only (OpenAI semantics).
+    pub presence_penalty: f32,
+    /// 0.0 means disabled; applied to output tokens only (OpenAI semantics).
+    pub frequency_penalty: f32,
+    /// Added to the logit of each listed token before any other processing.
+    pub logit_bias: Vec<(TokenId, f32)>,
+    /// Fixes the request's random stream: same seed, same text, alone or batched.
+    pub seed: Option<u64>,
+    /// Generation stops after emitting one of these (the token is included in the output).
+    pub stop_token_ids: Vec<TokenId>,
+    /// Generation stops when the text contains one of these (not emitted).
+    pub stop: Vec<String>,
+    /// Maximum number of generated tokens.
+    pub max_tokens: usize,
+    /// EOS and stop token ids are suppressed until this many tokens exist.
+    pub min_tokens: usize,
+    /// Keep generating past EOS.
+    pub ignore_eos: bool,
+    /// `None`: no logprobs. `Some(k)`: the sampled token's logprob and the top `k` (≤ 20).
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: None,
+            stop_token_ids: Vec::new(),
+            stop: Vec::new(),
+            max_tokens: 16,
+            min_tokens: 0,
+            ignore_eos: false,
+            logprobs: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding of up to `max_tokens` tokens.
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self {
+            temperature: 0.0,
+            max_tokens,
+            ..Self::default()
+        }
+    }
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, a stop token id or a stop string.
+    Stop,
+    /// `max_tokens` or the model's context length was reached.
+    Length,
+    /// Cancelled by the client or by the engine (e.g. on shutdown).
+    Abort,
+}
+
+impl FinishReason {
+    /// The OpenAI `finish_reason` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStatus {
+    Waiting,
+    Running,
+    /// Lost its KV blocks; back in the waiting queue, will be recomputed.
+    Preempted,
+    Finished(FinishReason),
+}
+
+/// The log-probabilities of one sampled position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// Log-probability of the sampled token.
+    pub logprob: f32,
+    /// The `k` most likely tokens, most likely first.
+    pub top: Vec<(TokenId, f32)>,
+}
+
+/// One sampled token as the sampler returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledToken {
+    pub token_id: TokenId,
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// One sequence being served.
+#[derive(Debug)]
+pub struct Request {
+    pub id: RequestId,
+    pub prompt_token_ids: Vec<TokenId>,
+    pub output_token_ids: Vec<TokenId>,
+    /// Tokens whose K/V are in the cache (computed or taken from the prefix cache).
+    pub num_computed_tokens: usize,
+    /// Prompt tokens served from the prefix cache at first schedule.
+    pub num_cached_tokens: usize,
+    pub sampling: SamplingParams,
+    /// The model's EOS token ids (ignored when `sampling.ignore_eos`).
+    pub eos_token_ids: Vec<TokenId>,
+    pub status: RequestStatus,
+    pub arrival: Instant,
+    /// Number of times this request lost its blocks.
+    pub num_preemptions: usize,
+}
+
+impl Request {
+    pub fn new(
+        id: RequestId,
+        prompt_token_ids: Vec<TokenId>,
+        sampling: SamplingParams,
+        eos_token_ids: Vec<TokenId>,
+    ) -> Self {
+        Self {
+            id,
+            prompt_token_ids,
+            output_token_ids: Vec::new(),
+            num_computed_tokens: 0,
+            num_cached_tokens: 0,
+            sampling,
+            eos_token_ids,
+            status: RequestStatus::Waiting,
+            arrival: Instant::now(),
+            num_preemptions: 0,
+        }
+    }
+
+    /// Prompt plus generated tokens.
+    pub fn num_tokens(&self) -> usize {
+        self.prompt_token_ids.len() + self.output_token_ids.len()
+    }
+
+    /// Token at absolute position `pos` (prompt first, then output).
+    pub fn token_at(&self, pos: usize) -> TokenId {
+        let n_prompt = self.prompt_token_ids.len();
+        if pos < n_prompt {
+            self.prompt_token_ids[pos]
+        } else {
+            self.output_token_ids[pos - n_prompt]
+        }
+    }
+
+    /// All tokens, prompt first.
+    pub fn all_token_ids(&self) -> impl Iterator<Item = TokenId> + '_ {
+        self.prompt_token_ids
+            .iter()
+            .chain(self.output_token_ids.iter())
+            .copied()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, RequestStatus::Finished(_))
+    }
+}

@@ -1,0 +1,16 @@
+//! tessera: an OpenAI-compatible LLM inference server.
+//!
+//! Layers, top to bottom (see DESIGN.md): `server` (HTTP) → `engine` (one thread that owns
+//! all mutable serving state) → `scheduler` + `kvcache` (which tokens run this step, where
+//! their K/V live) → `runner` (flat batch assembly) → `model` (forward pass) → `ops`
+//! (CPU kernels). Nothing below `engine` knows about HTTP; nothing below `runner` knows
+//! about requests.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod kvcache;
+pub mod model;
+pub mod ops;
+pub mod runner;
+pub mod scheduler;

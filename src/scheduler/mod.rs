@@ -1,0 +1,3 @@
+//! Continuous-batching scheduler (vLLM v1 contract).
+
+pub mod output;
