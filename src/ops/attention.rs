@@ -1,0 +1,263 @@
+//! CPU paged attention: K/V live in fixed-size blocks addressed through each sequence's
+//! block table; queries of all sequences of a step sit in one flat `[T, n_heads * hd]`
+//! batch.
+//!
+//! Cache layout per layer (DESIGN.md): `[num_blocks, block_size, n_kv_heads, head_dim]`,
+//! f16 (as llama.cpp's default KV cache type). Slot `s` = `block * block_size + offset`.
+//!
+//! Work is split into independent units (sequence, query token, kv head); a unit's result
+//! never depends on other units, so outputs are batch invariant.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+use super::quant::SendPtr;
+
+/// Shape of one layer's K (or V) cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    pub block_size: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvGeometry {
+    /// Elements of one token's K (or V) row: `n_kv_heads * head_dim`.
+    pub fn token_stride(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// One sequence's slice of the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnSeq {
+    /// First row of this sequence in the flat batch.
+    pub q_row: usize,
+    /// Query rows this step (the last `n_q` positions of the context).
+    pub n_q: usize,
+    /// Tokens in the cache for this sequence after this step's K/V are written.
+    pub ctx_len: usize,
+    /// This sequence's block table: `block_tables[table_start..table_start + table_len]`.
+    pub table_start: usize,
+    pub table_len: usize,
+}
+
+/// Writes this step's K/V rows (`[T, n_kv * hd]`, f32) into their cache slots (`[T]`).
+pub fn write_kv(
+    k_cache: &mut [f16],
+    v_cache: &mut [f16],
+    k: &[f32],
+    v: &[f32],
+    slots: &[u32],
+    geo: KvGeometry,
+) {
+    let stride = geo.token_stride();
+    for (t, &slot) in slots.iter().enumerate() {
+        let dst = slot as usize * stride..(slot as usize + 1) * stride;
+        let src = t * stride..(t + 1) * stride;
+        k_cache[dst.clone()].convert_from_f32_slice(&k[src.clone()]);
+        v_cache[dst].convert_from_f32_slice(&v[src]);
+    }
+}
+
+/// Inputs of one attention call that are the same for every unit.
+#[derive(Clone, Copy)]
+pub struct AttnInputs<'a> {
+    /// `[T, n_heads * hd]`
+    pub q: &'a [f32],
+    pub n_heads: usize,
+    /// `[num_blocks, block_size, n_kv_heads, hd]`
+    pub k_cache: &'a [f16],
+    pub v_cache: &'a [f16],
+    pub geo: KvGeometry,
+    pub seqs: &'a [AttnSeq],
+    /// Concatenated block tables of `seqs`.
+    pub block_tables: &'a [u32],
+}
+
+thread_local! {
+    /// Per-thread scratch: scores `[group, ctx]`, one K/V row in f32 `[hd]`, accumulators.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// Causal attention of every query row over its sequence's cached context.
+/// `out: [T, n_heads * hd]`.
+pub fn paged_attention(inp: AttnInputs<'_>, out: &mut [f32]) {
+    assert_eq!(inp.q.len(), out.len());
+    let n_kv = inp.geo.n_kv_heads;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    inp.seqs.par_iter().for_each(|seq| {
+        (0..seq.n_q * n_kv).into_par_iter().for_each(|unit| {
+            let (t, kvh) = (unit / n_kv, unit % n_kv);
+            attend_unit(&inp, seq, t, kvh, out_ptr);
+        });
+    });
+}
+
+/// Query row `t` of `seq`, all query heads that share kv head `kvh`.
+fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: SendPtr<f32>) {
+    let geo = inp.geo;
+    let hd = geo.head_dim;
+    let group = inp.n_heads / geo.n_kv_heads;
+    let row = seq.q_row + t;
+    let n_ctx = seq.ctx_len - seq.n_q + t + 1; // causal: positions 0..=pos
+    let q_row = &inp.q[row * inp.n_heads * hd..(row + 1) * inp.n_heads * hd];
+    let table = &inp.block_tables[seq.table_start..seq.table_start + seq.table_len];
+    let scale = 1.0 / (hd as f32).sqrt();
+    let slot_of = |pos: usize| {
+        (table[pos / geo.block_size] as usize * geo.block_size + pos % geo.block_size)
+            * geo.token_stride()
+            + kvh * hd
+    };
+    SCRATCH.with(|cell| {
+        let (scores, kv_row, acc) = &mut *cell.borrow_mut();
+        scores.resize(group * n_ctx, 0.0);
+        kv_row.resize(hd, 0.0);
+        acc.resize(group * hd, 0.0);
+        // scores[g, pos] = q_g · k_pos * scale
+        for pos in 0..n_ctx {
+            let at = slot_of(pos);
+            inp.k_cache[at..at + hd].convert_to_f32_slice(kv_row);
+            for g in 0..group {
+                let h = kvh * group + g;
+                let qh = &q_row[h * hd..(h + 1) * hd];
+                scores[g * n_ctx + pos] = dot(qh, kv_row) * scale;
+            }
+        }
+        for g in 0..group {
+            softmax_in_place(&mut scores[g * n_ctx..(g + 1) * n_ctx]);
+        }
+        acc.fill(0.0);
+        for pos in 0..n_ctx {
+            let at = slot_of(pos);
+            inp.v_cache[at..at + hd].convert_to_f32_slice(kv_row);
+            for g in 0..group {
+                let p = scores[g * n_ctx + pos];
+                for (a, &v) in acc[g * hd..(g + 1) * hd].iter_mut().zip(kv_row.iter()) {
+                    *a += p * v;
+                }
+            }
+        }
+        for g in 0..group {
+            let h = kvh * group + g;
+            let dst = (row * inp.n_heads + h) * hd;
+            // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
+            unsafe {
+                std::ptr::copy_nonoverlapping(acc[g * hd..].as_ptr(), out.get().add(dst), hd)
+            };
+        }
+    });
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Numerically stable softmax; the normalizer is accumulated in f64 as ggml does.
+fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Dense causal attention over one sequence's contiguous K/V: the oracle.
+    fn dense(q: &[f32], k: &[f32], v: &[f32], n_heads: usize, n_kv: usize, hd: usize) -> Vec<f32> {
+        let n = q.len() / (n_heads * hd);
+        let mut out = vec![0.0; q.len()];
+        for t in 0..n {
+            for h in 0..n_heads {
+                let kvh = h / (n_heads / n_kv);
+                let qh = &q[(t * n_heads + h) * hd..][..hd];
+                let mut s: Vec<f32> = (0..=t)
+                    .map(|p| dot(qh, &k[(p * n_kv + kvh) * hd..][..hd]) / (hd as f32).sqrt())
+                    .collect();
+                softmax_in_place(&mut s);
+                for (p, w) in s.iter().enumerate() {
+                    for d in 0..hd {
+                        out[(t * n_heads + h) * hd + d] += w * v[(p * n_kv + kvh) * hd + d];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn rounded(x: &[f32]) -> Vec<f32> {
+        x.iter().map(|&a| f16::from_f32(a).to_f32()).collect()
+    }
+
+    #[test]
+    fn paged_equals_dense_with_scattered_blocks_and_chunks() {
+        let (n_heads, n_kv, hd, bs) = (4, 2, 8, 4);
+        let geo = KvGeometry {
+            block_size: bs,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let n = 11; // tokens in the sequence
+        let mut rand_vec =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let (q, k, v) = (
+            rand_vec(n * n_heads * hd),
+            rand_vec(n * n_kv * hd),
+            rand_vec(n * n_kv * hd),
+        );
+        let want = dense(&q, &rounded(&k), &rounded(&v), n_heads, n_kv, hd);
+        let table = [5u32, 1, 7]; // scattered physical blocks
+        let num_blocks = 8;
+        let mut kc = vec![f16::ZERO; num_blocks * bs * n_kv * hd];
+        let mut vc = kc.clone();
+        // Two chunks: 7 tokens then 4 tokens (chunked prefill).
+        let mut got = vec![0.0; q.len()];
+        for (start, len) in [(0usize, 7usize), (7, 4)] {
+            let slots: Vec<u32> = (start..start + len)
+                .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
+                .collect();
+            let kv = start * n_kv * hd..(start + len) * n_kv * hd;
+            write_kv(&mut kc, &mut vc, &k[kv.clone()], &v[kv], &slots, geo);
+            let seqs = [AttnSeq {
+                q_row: 0,
+                n_q: len,
+                ctx_len: start + len,
+                table_start: 0,
+                table_len: 3,
+            }];
+            let qs = &q[start * n_heads * hd..(start + len) * n_heads * hd];
+            let inp = AttnInputs {
+                q: qs,
+                n_heads,
+                k_cache: &kc,
+                v_cache: &vc,
+                geo,
+                seqs: &seqs,
+                block_tables: &table,
+            };
+            paged_attention(
+                inp,
+                &mut got[start * n_heads * hd..(start + len) * n_heads * hd],
+            );
+        }
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-5, "max abs err {err}");
+    }
+}

@@ -1,0 +1,399 @@
+//! Weight matrices in their GGUF storage type and the batched quantized matmul.
+//!
+//! A `QMatrix` holds `rows` output features × `cols` input features, row-major, each row a
+//! run of ggml blocks (`cols / block_size` blocks). `matmul` computes `y = x · Wᵀ` for a
+//! whole step's activations at once: the activations are quantized ONCE to the weight
+//! type's vec-dot type, then each weight row is read once and dotted with every
+//! activation row while it is hot in L1 — the reason batching wins on a CPU.
+//!
+//! Batch invariance: every output element is one `vec_dot` of one weight row with one
+//! quantized activation row, computed the same way whatever else is in the batch.
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
+};
+use candle_core::quantized::GgmlDType;
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Why a tensor could not become a `QMatrix`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QuantError {
+    #[error("tensor type {0:?} is not supported for matmul weights")]
+    UnsupportedType(GgmlDType),
+    #[error("tensor has {got} bytes, expected {expected} for {rows}x{cols} {dtype:?}")]
+    SizeMismatch {
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("row length {cols} is not a multiple of the {dtype:?} block size {block}")]
+    RaggedRow {
+        dtype: GgmlDType,
+        cols: usize,
+        block: usize,
+    },
+}
+
+/// Typed block storage; one variant per supported ggml type.
+#[derive(Debug, Clone)]
+pub enum QData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q5_1(Vec<BlockQ5_1>),
+    Q8_0(Vec<BlockQ8_0>),
+    Q2K(Vec<BlockQ2K>),
+    Q3K(Vec<BlockQ3K>),
+    Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
+}
+
+/// Runs `$body` with `$w` bound to the typed block slice of `$data`.
+macro_rules! with_blocks {
+    ($data:expr, $w:ident => $body:expr) => {
+        match $data {
+            QData::F32($w) => $body,
+            QData::F16($w) => $body,
+            QData::BF16($w) => $body,
+            QData::Q4_0($w) => $body,
+            QData::Q4_1($w) => $body,
+            QData::Q5_0($w) => $body,
+            QData::Q5_1($w) => $body,
+            QData::Q8_0($w) => $body,
+            QData::Q2K($w) => $body,
+            QData::Q3K($w) => $body,
+            QData::Q4K($w) => $body,
+            QData::Q5K($w) => $body,
+            QData::Q6K($w) => $body,
+        }
+    };
+}
+
+/// A `[rows, cols]` weight matrix in its storage type.
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    data: QData,
+}
+
+impl QMatrix {
+    /// Builds a matrix from ggml bytes: `rows` rows of `cols` elements of type `dtype`.
+    pub fn from_ggml(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Self, QuantError> {
+        let block = dtype.block_size();
+        if cols % block != 0 {
+            return Err(QuantError::RaggedRow { dtype, cols, block });
+        }
+        let expected = rows * (cols / block) * dtype.type_size();
+        if bytes.len() != expected {
+            return Err(QuantError::SizeMismatch {
+                dtype,
+                rows,
+                cols,
+                expected,
+                got: bytes.len(),
+            });
+        }
+        let data = match dtype {
+            GgmlDType::F32 => QData::F32(cast_blocks(bytes)),
+            GgmlDType::F16 => QData::F16(cast_blocks(bytes)),
+            GgmlDType::BF16 => QData::BF16(cast_blocks(bytes)),
+            GgmlDType::Q4_0 => QData::Q4_0(cast_blocks(bytes)),
+            GgmlDType::Q4_1 => QData::Q4_1(cast_blocks(bytes)),
+            GgmlDType::Q5_0 => QData::Q5_0(cast_blocks(bytes)),
+            GgmlDType::Q5_1 => QData::Q5_1(cast_blocks(bytes)),
+            GgmlDType::Q8_0 => QData::Q8_0(cast_blocks(bytes)),
+            GgmlDType::Q2K => QData::Q2K(cast_blocks(bytes)),
+            GgmlDType::Q3K => QData::Q3K(cast_blocks(bytes)),
+            GgmlDType::Q4K => QData::Q4K(cast_blocks(bytes)),
+            GgmlDType::Q5K => QData::Q5K(cast_blocks(bytes)),
+            GgmlDType::Q6K => QData::Q6K(cast_blocks(bytes)),
+            other => return Err(QuantError::UnsupportedType(other)),
+        };
+        Ok(Self { rows, cols, data })
+    }
+
+    /// Quantizes an f32 `[rows, cols]` matrix (used by tests and fixtures).
+    pub fn quantize(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Result<Self, QuantError> {
+        let block = dtype.block_size();
+        if cols % block != 0 {
+            return Err(QuantError::RaggedRow { dtype, cols, block });
+        }
+        assert_eq!(
+            values.len(),
+            rows * cols,
+            "quantize: values must be rows*cols"
+        );
+        fn q<T: GgmlType>(values: &[f32]) -> Vec<T> {
+            let mut out = vec![T::zeros(); values.len() / T::BLCK_SIZE];
+            T::from_float(values, &mut out);
+            out
+        }
+        let data = match dtype {
+            GgmlDType::F32 => QData::F32(values.to_vec()),
+            GgmlDType::F16 => QData::F16(q(values)),
+            GgmlDType::BF16 => QData::BF16(q(values)),
+            GgmlDType::Q4_0 => QData::Q4_0(q(values)),
+            GgmlDType::Q4_1 => QData::Q4_1(q(values)),
+            GgmlDType::Q5_0 => QData::Q5_0(q(values)),
+            GgmlDType::Q5_1 => QData::Q5_1(q(values)),
+            GgmlDType::Q8_0 => QData::Q8_0(q(values)),
+            GgmlDType::Q2K => QData::Q2K(q(values)),
+            GgmlDType::Q3K => QData::Q3K(q(values)),
+            GgmlDType::Q4K => QData::Q4K(q(values)),
+            GgmlDType::Q5K => QData::Q5K(q(values)),
+            GgmlDType::Q6K => QData::Q6K(q(values)),
+            other => return Err(QuantError::UnsupportedType(other)),
+        };
+        Ok(Self { rows, cols, data })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        with_blocks!(&self.data, w => elem_dtype(w))
+    }
+
+    /// Bytes of weight data (what one full pass over the matrix reads).
+    pub fn size_bytes(&self) -> usize {
+        with_blocks!(&self.data, w => std::mem::size_of_val(w.as_slice()))
+    }
+
+    /// Dequantizes row `row` into `out` (`[cols]`): the embedding lookup.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.rows && out.len() == self.cols);
+        with_blocks!(&self.data, w => {
+            let per_row = w.len() / self.rows;
+            to_float(&w[row * per_row..(row + 1) * per_row], out)
+        })
+    }
+
+    /// Stacks matrices with the same type and input width into one (fused QKV, gate+up).
+    /// Returns `None` when types or widths differ.
+    pub fn concat_rows(parts: &[&QMatrix]) -> Option<QMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.cols != first.cols || p.dtype() != first.dtype())
+        {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut bytes = Vec::new();
+        for p in parts {
+            with_blocks!(&p.data, w => bytes.extend_from_slice(as_bytes(w)));
+        }
+        QMatrix::from_ggml(first.dtype(), rows, first.cols, &bytes).ok()
+    }
+
+    /// `y[m, rows] = x[m, cols] · Wᵀ`.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "matmul: x must be [m, cols]");
+        assert_eq!(y.len(), m * self.rows, "matmul: y must be [m, rows]");
+        with_blocks!(&self.data, w => matmul_typed(w, self.rows, self.cols, x, m, y))
+    }
+}
+
+fn elem_dtype<T: GgmlType>(_: &[T]) -> GgmlDType {
+    T::DTYPE
+}
+
+fn to_float<T: GgmlType>(xs: &[T], out: &mut [f32]) {
+    T::to_float(xs, out)
+}
+
+fn as_bytes<T>(blocks: &[T]) -> &[u8] {
+    // SAFETY: ggml block types are plain `repr(C)` data (floats and byte arrays).
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
+    }
+}
+
+/// Copies ggml bytes into a properly aligned `Vec` of blocks.
+fn cast_blocks<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    assert_eq!(n * std::mem::size_of::<T>(), bytes.len());
+    let mut out = vec![T::zeros(); n];
+    // SAFETY: `out` has exactly `bytes.len()` bytes of plain-old-data blocks.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr() as *mut u8, bytes.len());
+    }
+    out
+}
+
+thread_local! {
+    /// Quantized activations, reused across calls (u64 for alignment).
+    static ACT_SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Output columns handed to one task: enough to amortize scheduling, small enough that
+/// two cores stay balanced for the smallest matrices.
+const COLS_PER_TASK: usize = 16;
+
+fn matmul_typed<T: GgmlType>(w: &[T], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    let kb = k / T::BLCK_SIZE;
+    ACT_SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let words = (m * kb * std::mem::size_of::<T::VecDotType>()).div_ceil(8);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
+        }
+        // SAFETY: the scratch is large enough, u64-aligned, and every element is written
+        // by `from_float` before it is read.
+        let xq: &mut [T::VecDotType] =
+            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut _, m * kb) };
+        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
+            T::VecDotType::from_float(row, q);
+        }
+        let xq: &[T::VecDotType] = xq;
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        (0..n.div_ceil(COLS_PER_TASK))
+            .into_par_iter()
+            .for_each(|task| {
+                let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
+                for col in cols {
+                    let w_row = &w[col * kb..(col + 1) * kb];
+                    for (i, x_row) in xq.chunks_exact(kb).enumerate() {
+                        let dot = T::vec_dot(k, w_row, x_row);
+                        // SAFETY: each (i, col) is written by exactly one task; i < m, col < n.
+                        unsafe { *y_ptr.get().add(i * n + col) = dot };
+                    }
+                }
+            });
+    })
+}
+
+/// A raw pointer that may cross threads; users guarantee disjoint writes.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn reference(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+        let mut y = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_type_matches_f32_reference_within_quantization_error() {
+        let (n, k, m) = (40, 512, 5);
+        let w = random(n * k, 1);
+        let x = random(m * k, 2);
+        // Dot products have magnitude ~7; a wrong block layout gives errors of that size.
+        let want = reference(&w, n, k, &x, m);
+        let types = [
+            (GgmlDType::F32, 1e-4),
+            (GgmlDType::F16, 0.05),
+            (GgmlDType::Q8_0, 0.15),
+            (GgmlDType::Q5_0, 1.0),
+            (GgmlDType::Q4_0, 2.0),
+            (GgmlDType::Q4_1, 2.0),
+            (GgmlDType::Q4K, 2.0),
+            (GgmlDType::Q6K, 0.6),
+        ];
+        for (dtype, tol) in types {
+            let q = QMatrix::quantize(dtype, n, k, &w).unwrap();
+            let mut y = vec![0.0; m * n];
+            q.matmul(&x, m, &mut y);
+            let err = y
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(err < tol, "{dtype:?}: max abs err {err} >= {tol}");
+        }
+    }
+
+    #[test]
+    fn rows_are_batch_invariant() {
+        let (n, k) = (70, 256);
+        let w = QMatrix::quantize(GgmlDType::Q4_1, n, k, &random(n * k, 3)).unwrap();
+        let x = random(9 * k, 4);
+        let mut batched = vec![0.0; 9 * n];
+        w.matmul(&x, 9, &mut batched);
+        for i in 0..9 {
+            let mut alone = vec![0.0; n];
+            w.matmul(&x[i * k..(i + 1) * k], 1, &mut alone);
+            assert_eq!(&batched[i * n..(i + 1) * n], alone.as_slice(), "row {i}");
+        }
+    }
+
+    #[test]
+    fn from_ggml_checks_sizes_and_round_trips() {
+        let q = QMatrix::quantize(GgmlDType::Q8_0, 4, 64, &random(256, 5)).unwrap();
+        let bytes = with_blocks!(&q.data, w => as_bytes(w).to_vec());
+        let back = QMatrix::from_ggml(GgmlDType::Q8_0, 4, 64, &bytes).unwrap();
+        let (mut a, mut b) = (vec![0.0; 64], vec![0.0; 64]);
+        q.dequantize_row(3, &mut a);
+        back.dequantize_row(3, &mut b);
+        assert_eq!(a, b);
+        let err = QMatrix::from_ggml(GgmlDType::Q8_0, 4, 64, &bytes[1..]).unwrap_err();
+        assert!(matches!(err, QuantError::SizeMismatch { .. }));
+        let err = QMatrix::from_ggml(GgmlDType::Q8_0, 4, 60, &bytes).unwrap_err();
+        assert!(matches!(err, QuantError::RaggedRow { .. }));
+    }
+
+    #[test]
+    fn concat_rows_equals_separate_matmuls() {
+        let k = 64;
+        let a = QMatrix::quantize(GgmlDType::Q8_0, 3, k, &random(3 * k, 6)).unwrap();
+        let b = QMatrix::quantize(GgmlDType::Q8_0, 5, k, &random(5 * k, 7)).unwrap();
+        let ab = QMatrix::concat_rows(&[&a, &b]).unwrap();
+        let x = random(2 * k, 8);
+        let (mut ya, mut yb, mut yab) = (vec![0.0; 6], vec![0.0; 10], vec![0.0; 16]);
+        a.matmul(&x, 2, &mut ya);
+        b.matmul(&x, 2, &mut yb);
+        ab.matmul(&x, 2, &mut yab);
+        assert_eq!(&yab[0..3], &ya[0..3]);
+        assert_eq!(&yab[3..8], &yb[0..5]);
+        let c = QMatrix::quantize(GgmlDType::Q4_0, 3, k, &random(3 * k, 9)).unwrap();
+        assert!(QMatrix::concat_rows(&[&a, &c]).is_none());
+    }
+}

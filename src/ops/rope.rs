@@ -1,0 +1,112 @@
+//! Rotary position embedding with both layouts:
+//! - `Interleaved`: rotates adjacent pairs `(x[2i], x[2i+1])` (ggml mode 0; GGUF `llama`,
+//!   whose Q/K weights were permuted at conversion so this matches HF's rotate_half);
+//! - `Neox`: rotates `(x[i], x[i + d/2])` (ggml NEOX mode; `qwen2`).
+//!
+//! The cos/sin table is built the way ggml builds its cache (θ multiplied by
+//! `base^(-2/d)` step by step in f32) so positions rotate exactly like llama.cpp's.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    Interleaved,
+    Neox,
+}
+
+/// Precomputed rotation for positions `0..max_positions`.
+#[derive(Debug, Clone)]
+pub struct RopeTable {
+    style: RopeStyle,
+    /// Rotated dimensions per head (≤ head_dim).
+    rot_dims: usize,
+    /// `[max_positions, rot_dims / 2]`
+    cos: Vec<f32>,
+    /// `[max_positions, rot_dims / 2]`
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(base: f32, rot_dims: usize, max_positions: usize, style: RopeStyle) -> Self {
+        let half = rot_dims / 2;
+        let theta_scale = base.powf(-2.0 / rot_dims as f32);
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for pos in 0..max_positions {
+            let mut theta = pos as f32;
+            for _ in 0..half {
+                cos.push(theta.cos());
+                sin.push(theta.sin());
+                theta *= theta_scale;
+            }
+        }
+        Self {
+            style,
+            rot_dims,
+            cos,
+            sin,
+        }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.len() / (self.rot_dims / 2).max(1)
+    }
+
+    /// Rotates every head of every row of `x: [T, n_heads * head_dim]` in place; row `t`
+    /// is at position `positions[t]` (must be < `max_positions`).
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, positions: &[u32]) {
+        let half = self.rot_dims / 2;
+        let row_len = x.len() / positions.len().max(1);
+        for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
+            let at = pos as usize * half;
+            let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+            for head in row.chunks_exact_mut(head_dim) {
+                self.rotate(head, cos, sin);
+            }
+        }
+    }
+
+    fn rotate(&self, head: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let half = self.rot_dims / 2;
+        for i in 0..half {
+            let (a, b) = match self.style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos[i] - x1 * sin[i];
+            head[b] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_zero_is_identity_and_norm_is_kept() {
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let table = RopeTable::new(10000.0, 8, 16, style);
+            let orig: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.7).collect();
+            let mut x = orig.clone();
+            table.apply(&mut x, 8, &[0, 5]);
+            assert_eq!(&x[..8], &orig[..8], "{style:?}");
+            let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
+            assert!((norm(&x[8..]) - norm(&orig[8..])).abs() < 1e-5);
+            assert_ne!(&x[8..], &orig[8..]);
+        }
+    }
+
+    #[test]
+    fn layouts_pair_different_elements() {
+        let inter = RopeTable::new(10000.0, 4, 4, RopeStyle::Interleaved);
+        let neox = RopeTable::new(10000.0, 4, 4, RopeStyle::Neox);
+        // Only element 0 set: interleaved moves energy into 1, neox into 2.
+        let mut a = vec![1.0, 0.0, 0.0, 0.0];
+        let mut b = a.clone();
+        inter.apply(&mut a, 4, &[1]);
+        neox.apply(&mut b, 4, &[1]);
+        assert!(a[1] != 0.0 && a[2] == 0.0);
+        assert!(b[2] != 0.0 && b[1] == 0.0);
+        assert!((a[0] - 1.0f32.cos()).abs() < 1e-6 && (a[1] - 1.0f32.sin()).abs() < 1e-6);
+    }
+}
