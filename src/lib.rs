@@ -6,6 +6,7 @@
 //! (CPU kernels). Nothing below `engine` knows about HTTP; nothing below `runner` knows
 //! about requests.
 
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -2,5 +2,9 @@
 //! `schedule → execute → sample → update → emit`.
 
 pub mod detokenizer;
+pub mod core;
+pub mod handle;
 pub mod request;
 pub mod sampler;
+pub mod stop;
+pub mod stream;

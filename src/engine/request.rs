@@ -196,3 +196,57 @@ impl Request {
         matches!(self.status, RequestStatus::Finished(_))
     }
 }
+
+/// Largest `top_logprobs` OpenAI accepts.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+impl SamplingParams {
+    /// Rejects values the sampler cannot honour; messages name field, limit and value.
+    pub fn validate(&self) -> Result<(), crate::error::EngineError> {
+        use crate::error::EngineError::InvalidParam;
+        let bad = |field: &'static str, problem: &str, given: String| {
+            Err(InvalidParam {
+                field,
+                problem: problem.to_string(),
+                given,
+            })
+        };
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature", "must be >= 0", self.temperature.to_string());
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", "must be in (0, 1]", self.top_p.to_string());
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", "must be in [0, 1]", self.min_p.to_string());
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad("repetition_penalty", "must be > 0", self.repetition_penalty.to_string());
+        }
+        for (field, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(field, "must be in [-2, 2]", v.to_string());
+            }
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens", "must be >= 1", "0".to_string());
+        }
+        if self.min_tokens > self.max_tokens {
+            return bad(
+                "min_tokens",
+                &format!("must be <= max_tokens ({})", self.max_tokens),
+                self.min_tokens.to_string(),
+            );
+        }
+        if let Some(k) = self.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return bad("top_logprobs", "must be <= 20", k.to_string());
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return bad("stop", "must not contain empty strings", format!("{:?}", self.stop));
+        }
+        Ok(())
+    }
+}

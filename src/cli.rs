@@ -1,0 +1,124 @@
+//! The `generate` and `chat` commands: load the model, start the engine, stream tokens to
+//! the terminal. They use only the public engine API (`EngineHandle::submit`).
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::config::EngineConfig;
+use crate::engine::handle::{self, EngineHandle};
+use crate::engine::request::SamplingParams;
+use crate::engine::stream::RequestStream;
+use crate::model::chat_template::ChatMessage;
+use crate::model::{self, tokenizer::encode_chat};
+
+/// Loads `path` (showing progress on stderr) and starts an engine over it.
+pub fn start_engine(
+    path: &PathBuf,
+    cfg: &EngineConfig,
+) -> Result<EngineHandle, Box<dyn std::error::Error>> {
+    if !path.exists() {
+        return Err(format!(
+            "model file `{}` not found; fetch the default model with scripts/fetch-model.sh \
+             or pass --model PATH",
+            path.display()
+        )
+        .into());
+    }
+    let started = Instant::now();
+    let loaded = model::load(path, cfg.max_model_len, |done, total| {
+        eprint!("\rloading {}: layer {done}/{total}", path.display());
+    })?;
+    eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(handle::start(loaded, cfg)?)
+}
+
+/// Prompt token ids: the chat template around `text` as one user turn, or `text` raw.
+pub fn prompt_ids(
+    engine: &EngineHandle,
+    messages: &[ChatMessage],
+    raw: Option<&str>,
+) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    let assets = engine.model();
+    Ok(match raw {
+        Some(text) => assets.tokenizer.encode(text, true, false)?,
+        None => encode_chat(&assets.tokenizer, &assets.chat_template, messages, true)?,
+    })
+}
+
+/// Prints a stream's text as it arrives; returns the full text.
+pub fn print_stream(mut stream: RequestStream) -> Result<String, Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let mut first_token = None;
+    let mut text = String::new();
+    let mut stdout = std::io::stdout();
+    let mut usage = Default::default();
+    while let Some(ev) = stream.blocking_next() {
+        let ev = ev?;
+        first_token.get_or_insert_with(|| started.elapsed());
+        print!("{}", ev.text);
+        stdout.flush()?;
+        text.push_str(&ev.text);
+        usage = ev.usage;
+        if let Some(reason) = ev.finish_reason {
+            let total = started.elapsed().as_secs_f64();
+            let ttft = first_token.map_or(0.0, |d| d.as_secs_f64());
+            let decode_tps = (usage.completion_tokens.saturating_sub(1)) as f64 / (total - ttft).max(1e-9);
+            eprintln!(
+                "\n[{} | prompt {} tokens ({} cached) | {} tokens | ttft {:.0} ms | {:.1} tok/s]",
+                reason.as_str(),
+                usage.prompt_tokens,
+                usage.cached_tokens,
+                usage.completion_tokens,
+                ttft * 1e3,
+                decode_tps
+            );
+        }
+    }
+    Ok(text)
+}
+
+/// One-shot generation.
+pub fn generate(
+    engine: &EngineHandle,
+    prompt: &str,
+    raw: bool,
+    sampling: SamplingParams,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let messages = [ChatMessage::new("user", prompt)];
+    let ids = prompt_ids(engine, &messages, raw.then_some(prompt))?;
+    print_stream(engine.submit(ids, sampling)?)?;
+    Ok(())
+}
+
+/// Interactive multi-turn chat on stdin/stdout.
+pub fn chat(
+    engine: &EngineHandle,
+    system: Option<&str>,
+    sampling: SamplingParams,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut history: Vec<ChatMessage> = system
+        .map(|s| vec![ChatMessage::new("system", s)])
+        .unwrap_or_default();
+    eprintln!("chatting with {} (empty line or Ctrl-D to quit)", engine.model().name);
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        history.push(ChatMessage::new("user", line.trim_end()));
+        let ids = prompt_ids(engine, &history, None)?;
+        match engine.submit(ids, sampling.clone()) {
+            Ok(stream) => {
+                let reply = print_stream(stream)?;
+                history.push(ChatMessage::new("assistant", &reply));
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                history.pop();
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `EngineCore`: the state the engine thread owns — scheduler, runner, per-request random
+//! streams and output channels — and one `step()`:
+//! `schedule → execute → sample → update → emit`.
+//!
+//! Invariant: a request has an output channel exactly while the scheduler holds it. A
+//! closed channel (the consumer left) aborts the request at the start of the next step,
+//! which frees its blocks in that same step.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::request::{FinishReason, Request, RequestId};
+use super::sampler::{self, SamplerScratch, SeqRng};
+use crate::error::EngineError;
+use crate::runner::ModelRunner;
+use crate::scheduler::output::{ModelRunnerOutput, RequestOutput};
+use crate::scheduler::Scheduler;
+
+/// What the engine sends a request's consumer.
+#[derive(Debug)]
+pub enum EngineEvent {
+    Output(RequestOutput),
+    Error(EngineError),
+}
+
+/// Counters of one step, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StepStats {
+    pub num_tokens: usize,
+    pub num_seqs: usize,
+    pub num_preempted: usize,
+}
+
+pub struct EngineCore {
+    scheduler: Scheduler,
+    runner: ModelRunner,
+    outputs: HashMap<RequestId, UnboundedSender<EngineEvent>>,
+    rngs: HashMap<RequestId, SeqRng>,
+    scratch: SamplerScratch,
+}
+
+impl EngineCore {
+    pub fn new(scheduler: Scheduler, runner: ModelRunner) -> Self {
+        Self {
+            scheduler,
+            runner,
+            outputs: HashMap::new(),
+            rngs: HashMap::new(),
+            scratch: SamplerScratch::default(),
+        }
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Admits a request; a refusal is reported on its own channel.
+    pub fn add_request(&mut self, req: Request, out: UnboundedSender<EngineEvent>) {
+        let id = req.id;
+        let seed = req.sampling.seed;
+        match self.scheduler.add_request(req) {
+            Ok(()) => {
+                self.rngs.insert(id, SeqRng::new(seed));
+                self.outputs.insert(id, out);
+            }
+            Err(e) => {
+                let _ = out.send(EngineEvent::Error(EngineError::Rejected(e.to_string())));
+            }
+        }
+    }
+
+    /// Removes a request wherever it is and frees its blocks now.
+    pub fn abort_request(&mut self, id: RequestId) {
+        self.scheduler.abort_request(id);
+        self.rngs.remove(&id);
+        if let Some(out) = self.outputs.remove(&id) {
+            let _ = out.send(EngineEvent::Output(aborted_output(id)));
+        }
+    }
+
+    /// Aborts everything (shutdown).
+    pub fn abort_all(&mut self) {
+        let ids: Vec<RequestId> = self.outputs.keys().copied().collect();
+        for id in ids {
+            self.abort_request(id);
+        }
+    }
+
+    pub fn has_unfinished_requests(&self) -> bool {
+        self.scheduler.has_unfinished_requests()
+    }
+
+    /// Aborts every request whose consumer has gone away.
+    fn reap_disconnected(&mut self) {
+        let gone: Vec<RequestId> = self
+            .outputs
+            .iter()
+            .filter(|(_, tx)| tx.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.abort_request(id);
+        }
+    }
+
+    /// One engine iteration. Returns what ran.
+    pub fn step(&mut self) -> StepStats {
+        self.reap_disconnected();
+        let so = self.scheduler.schedule();
+        if so.scheduled.is_empty() {
+            return StepStats::default();
+        }
+        let stats = StepStats {
+            num_tokens: so.total_num_tokens,
+            num_seqs: so.scheduled.len(),
+            num_preempted: so.preempted.len(),
+        };
+        let step = self.runner.execute(&so, &self.scheduler);
+        let mut sampled = Vec::with_capacity(step.ids.len());
+        for (&id, row) in step.ids.iter().zip(step.logits.chunks_exact_mut(step.vocab)) {
+            let (Some(req), Some(rng)) = (self.scheduler.request(id), self.rngs.get_mut(&id)) else {
+                continue;
+            };
+            let token = sample_for(req, row, rng, &mut self.scratch);
+            sampled.push((id, token));
+        }
+        let outputs = self
+            .scheduler
+            .update_from_output(&so, &ModelRunnerOutput { sampled });
+        self.emit(outputs);
+        stats
+    }
+
+    fn emit(&mut self, outputs: Vec<RequestOutput>) {
+        for out in outputs {
+            let id = out.req_id;
+            let finished = out.finish_reason.is_some();
+            if let Some(tx) = self.outputs.get(&id) {
+                let delivered = tx.send(EngineEvent::Output(out)).is_ok();
+                if !delivered && !finished {
+                    self.abort_request(id);
+                    continue;
+                }
+            }
+            if finished {
+                self.outputs.remove(&id);
+                self.rngs.remove(&id);
+            }
+        }
+    }
+}
+
+fn sample_for(
+    req: &Request,
+    logits: &mut [f32],
+    rng: &mut SeqRng,
+    scratch: &mut SamplerScratch,
+) -> super::request::SampledToken {
+    sampler::sample(
+        logits,
+        &req.sampling,
+        &req.prompt_token_ids,
+        &req.output_token_ids,
+        &req.eos_token_ids,
+        rng,
+        scratch,
+    )
+}
+
+fn aborted_output(id: RequestId) -> RequestOutput {
+    RequestOutput {
+        req_id: id,
+        new_token_ids: Vec::new(),
+        logprobs: None,
+        finish_reason: Some(FinishReason::Abort),
+        num_prompt_tokens: 0,
+        num_cached_tokens: 0,
+    }
+}

@@ -1,0 +1,242 @@
+//! The engine's public face: `start` spawns the engine thread; `EngineHandle::submit`
+//! validates a request, hands it to the thread and returns a `RequestStream` of token
+//! events. The HTTP layer and the CLI both use only this API.
+//!
+//! The engine thread blocks on its command channel when idle and otherwise drains it
+//! between steps, so adds and aborts take effect at the next step boundary.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc::unbounded_channel;
+
+use super::core::EngineCore;
+use super::request::{Request, RequestId, SamplingParams, TokenId};
+use super::stream::RequestStream;
+use crate::config::EngineConfig;
+use crate::error::{EngineError, ModelError};
+use crate::model::kv_cache::KvCache;
+use crate::model::{LoadedModel, ModelAssets};
+use crate::runner::ModelRunner;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+
+pub(crate) enum Command {
+    Add(Request, tokio::sync::mpsc::UnboundedSender<super::core::EngineEvent>),
+    Abort(RequestId),
+    Shutdown,
+}
+
+/// Facts about the running engine that request validation needs.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub max_model_len: usize,
+    pub vocab: usize,
+    pub num_kv_blocks: usize,
+    pub block_size: usize,
+    pub eos_token_ids: Vec<TokenId>,
+}
+
+/// Live counts published by the engine thread after every step.
+#[derive(Debug, Default)]
+pub struct EngineGauges {
+    pub num_running: AtomicUsize,
+    pub num_waiting: AtomicUsize,
+}
+
+/// Cheap to clone; every clone talks to the same engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: Sender<Command>,
+    next_id: Arc<AtomicU64>,
+    info: Arc<EngineInfo>,
+    gauges: Arc<EngineGauges>,
+    model: Arc<ModelAssets>,
+    thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Builds the scheduler and runner for `model` and starts the engine thread.
+pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, ModelError> {
+    init_compute_threads(cfg.num_threads);
+    let LoadedModel { transformer, assets } = model;
+    let max_model_len = transformer.max_positions();
+    let geo = transformer.kv_geometry(cfg.block_size);
+    let num_blocks = cfg.num_blocks(KvCache::bytes_per_block(transformer.cfg.n_layers, geo));
+    if num_blocks == 0 || cfg.block_size == 0 || cfg.max_num_seqs == 0 {
+        return Err(ModelError::Invalid(format!(
+            "the KV cache needs at least one block (num_kv_blocks {num_blocks}, block_size {}, \
+             max_num_seqs {}); raise --kv-cache-memory",
+            cfg.block_size, cfg.max_num_seqs
+        )));
+    }
+    let info = EngineInfo {
+        max_model_len,
+        vocab: transformer.cfg.vocab,
+        num_kv_blocks: num_blocks,
+        block_size: cfg.block_size,
+        eos_token_ids: assets.tokenizer.eos_ids(),
+    };
+    let scheduler = Scheduler::new(SchedulerConfig {
+        max_num_seqs: cfg.max_num_seqs,
+        max_num_batched_tokens: cfg.max_num_batched_tokens,
+        max_model_len,
+        block_size: cfg.block_size,
+        num_blocks,
+        enable_prefix_caching: cfg.enable_prefix_caching,
+        long_prefill_token_threshold: cfg.long_prefill_token_threshold,
+    });
+    let runner = ModelRunner::new(
+        transformer,
+        num_blocks,
+        cfg.block_size,
+        cfg.max_num_batched_tokens,
+        cfg.max_num_seqs,
+    );
+    let (tx, rx) = mpsc::channel();
+    let gauges = Arc::new(EngineGauges::default());
+    let thread_gauges = gauges.clone();
+    let core = EngineCore::new(scheduler, runner);
+    let thread = std::thread::Builder::new()
+        .name("tessera-engine".into())
+        .spawn(move || run_loop(core, rx, &thread_gauges))
+        .map_err(|e| ModelError::Invalid(format!("cannot start the engine thread: {e}")))?;
+    Ok(EngineHandle {
+        commands: tx,
+        next_id: Arc::new(AtomicU64::new(1)),
+        info: Arc::new(info),
+        gauges,
+        model: Arc::new(assets),
+        thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+    })
+}
+
+fn init_compute_threads(requested: usize) {
+    let n = if requested == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        requested
+    };
+    // Fails only if the global pool already exists (a second engine in one process).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("tessera-compute-{i}"))
+        .build_global();
+}
+
+fn run_loop(mut core: EngineCore, commands: Receiver<Command>, gauges: &EngineGauges) {
+    loop {
+        if !core.has_unfinished_requests() {
+            match commands.recv() {
+                Ok(cmd) => {
+                    if !apply(&mut core, cmd) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        while let Ok(cmd) = commands.try_recv() {
+            if !apply(&mut core, cmd) {
+                return;
+            }
+        }
+        core.step();
+        gauges
+            .num_running
+            .store(core.scheduler().num_running(), Ordering::Relaxed);
+        gauges
+            .num_waiting
+            .store(core.scheduler().num_waiting(), Ordering::Relaxed);
+    }
+}
+
+/// Applies one command; false means shut down.
+fn apply(core: &mut EngineCore, cmd: Command) -> bool {
+    match cmd {
+        Command::Add(req, out) => core.add_request(req, out),
+        Command::Abort(id) => core.abort_request(id),
+        Command::Shutdown => {
+            core.abort_all();
+            return false;
+        }
+    }
+    true
+}
+
+impl EngineHandle {
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    pub fn gauges(&self) -> &EngineGauges {
+        &self.gauges
+    }
+
+    /// The loaded model's tokenizer, chat template and metadata.
+    pub fn model(&self) -> &ModelAssets {
+        &self.model
+    }
+
+    /// Validates and enqueues a request; its events arrive on the returned stream.
+    pub fn submit(
+        &self,
+        prompt_token_ids: Vec<TokenId>,
+        sampling: SamplingParams,
+    ) -> Result<RequestStream, EngineError> {
+        self.validate(&prompt_token_ids, &sampling)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let num_prompt = prompt_token_ids.len();
+        let stops = sampling.stop.clone();
+        let req = Request::new(id, prompt_token_ids, sampling, self.info.eos_token_ids.clone());
+        let (tx, rx) = unbounded_channel();
+        self.commands
+            .send(Command::Add(req, tx))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(RequestStream::new(
+            id,
+            rx,
+            self.commands.clone(),
+            self.model.clone(),
+            stops,
+            num_prompt,
+        ))
+    }
+
+    fn validate(&self, prompt: &[TokenId], sampling: &SamplingParams) -> Result<(), EngineError> {
+        sampling.validate()?;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if let Some((position, &token_id)) = prompt
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= self.info.vocab)
+        {
+            return Err(EngineError::InvalidToken {
+                token_id,
+                position,
+                vocab: self.info.vocab,
+            });
+        }
+        let total = prompt.len() + sampling.max_tokens;
+        if total > self.info.max_model_len {
+            return Err(EngineError::ContextLength {
+                max_model_len: self.info.max_model_len,
+                prompt_tokens: prompt.len(),
+                max_tokens: sampling.max_tokens,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    /// Aborts every request and stops the engine thread; waits for it to exit.
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Model hyperparameters read from GGUF metadata (`{arch}.*` keys), validated once so the
+//! forward pass can index without checks.
+
+use super::gguf::{GgufError, GgufFile};
+use crate::ops::rope::RopeStyle;
+
+/// Model families tessera runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama layout (SmolLM2, Llama 2/3, Mistral): no biases, GGUF-permuted Q/K.
+    Llama,
+    /// Qwen2 / Qwen2.5: QKV biases, NEOX RoPE.
+    Qwen2,
+}
+
+impl Arch {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// Why a model's hyperparameters were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("architecture `{0}` is not supported (supported: llama, qwen2)")]
+    UnsupportedArch(String),
+    #[error("`{key}` must be in {min}..={max}. Given: {value}")]
+    OutOfRange {
+        key: String,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("inconsistent hyperparameters: {0}")]
+    Inconsistent(String),
+}
+
+/// Everything the forward pass needs to know about shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub hidden: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub rope_base: f32,
+    /// Rotated dimensions of each head (≤ head_dim).
+    pub rope_dims: usize,
+    pub rope_style: RopeStyle,
+    pub rms_eps: f32,
+    /// Trained context length (`{arch}.context_length`).
+    pub context_length: usize,
+}
+
+impl ModelConfig {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, ConfigError> {
+        let arch_name = file.architecture()?;
+        let arch = Arch::from_name(arch_name)
+            .ok_or_else(|| ConfigError::UnsupportedArch(arch_name.to_string()))?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let get = |k: &str, min: u64, max: u64| -> Result<usize, ConfigError> {
+            let value = file.get_u64(&key(k))?;
+            check_range(&key(k), value, min, max)
+        };
+        let hidden = get("embedding_length", 1, 1 << 16)?;
+        let n_heads = get("attention.head_count", 1, 1024)?;
+        let n_kv_heads = match file.opt_u32(&key("attention.head_count_kv"))? {
+            Some(v) => check_range(&key("attention.head_count_kv"), v as u64, 1, 1024)?,
+            None => n_heads,
+        };
+        let head_dim = match file.opt_u32(&key("attention.key_length"))? {
+            Some(v) => check_range(&key("attention.key_length"), v as u64, 2, 1024)?,
+            None => hidden / n_heads,
+        };
+        let rope_dims = match file.opt_u32(&key("rope.dimension_count"))? {
+            Some(v) => check_range(&key("rope.dimension_count"), v as u64, 2, head_dim as u64)?,
+            None => head_dim,
+        };
+        let vocab = file.tensor("token_embd.weight")?.dims.get(1).copied().unwrap_or(0);
+        let cfg = ModelConfig {
+            arch,
+            hidden,
+            n_layers: get("block_count", 1, 1024)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn: get("feed_forward_length", 1, 1 << 20)?,
+            vocab,
+            rope_base: file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            rope_dims,
+            rope_style: match arch {
+                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Qwen2 => RopeStyle::Neox,
+            },
+            rms_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            context_length: get("context_length", 1, 1 << 24)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Inconsistent(msg));
+        if self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!(
+                "head_count {} is not a multiple of head_count_kv {}",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 || self.rope_dims % 2 != 0 {
+            return bad(format!(
+                "head_dim {} and rope dims {} must be even",
+                self.head_dim, self.rope_dims
+            ));
+        }
+        if self.vocab == 0 || self.vocab > (1 << 24) {
+            return bad(format!("vocabulary size {} is out of range", self.vocab));
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return bad(format!("rope.freq_base {} must be positive", self.rope_base));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return bad(format!("rms epsilon {} must be >= 0", self.rms_eps));
+        }
+        Ok(())
+    }
+
+    /// Width of all query heads: `n_heads * head_dim`.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Width of all key (or value) heads: `n_kv_heads * head_dim`.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Bytes of K+V cache per token over all layers (f16 storage).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.n_layers * self.kv_dim() * std::mem::size_of::<half::f16>()
+    }
+}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            key: key.to_string(),
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(value as usize)
+}

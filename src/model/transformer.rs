@@ -1,0 +1,143 @@
+//! The decoder-only transformer shared by the dense families: token embedding → N
+//! decoder layers → final norm → LM head, over a flat batch of all scheduled tokens.
+//! Only the rows that need a next token (`logit_rows`) go through the final norm and the
+//! LM head.
+
+use super::config::ModelConfig;
+use super::gguf::GgufFile;
+use super::kv_cache::KvCache;
+use super::layers::{DecoderLayer, LayerInputs};
+use super::weights::{WeightError, WeightLoader};
+use super::workspace::Workspace;
+use crate::ops::attention::{AttnSeq, KvGeometry};
+use crate::ops::norm::rms_norm;
+use crate::ops::quant::QMatrix;
+use crate::ops::rope::RopeTable;
+
+/// One step's flattened batch (T = total scheduled tokens).
+pub struct ForwardBatch<'a> {
+    /// `[T]`, each < vocab (checked at submission).
+    pub token_ids: &'a [u32],
+    /// `[T]` absolute positions.
+    pub positions: &'a [u32],
+    /// `[T]` cache slot of each token (`block * block_size + offset`).
+    pub slots: &'a [u32],
+    pub seqs: &'a [AttnSeq],
+    pub block_tables: &'a [u32],
+    /// Rows of the batch whose logits are wanted, `[S]`.
+    pub logit_rows: &'a [usize],
+}
+
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    /// `[vocab, hidden]`
+    embed: QMatrix,
+    layers: Vec<DecoderLayer>,
+    out_norm: Vec<f32>,
+    /// `[vocab, hidden]`; `None` when tied to `embed`.
+    lm_head: Option<QMatrix>,
+    rope: RopeTable,
+}
+
+impl Transformer {
+    /// Loads a dense llama-layout model; `qkv_bias` for families that have Q/K/V biases.
+    pub fn load_dense(
+        file: &GgufFile,
+        cfg: ModelConfig,
+        qkv_bias: bool,
+        max_positions: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self, WeightError> {
+        let w = WeightLoader::new(file);
+        let embed = w.matrix("token_embd.weight", cfg.vocab, cfg.hidden)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            layers.push(w.dense_layer(&cfg, i, qkv_bias)?);
+            progress(i + 1, cfg.n_layers);
+        }
+        let lm_head = if w.has("output.weight") {
+            Some(w.matrix("output.weight", cfg.vocab, cfg.hidden)?)
+        } else {
+            None
+        };
+        let rope = RopeTable::new(cfg.rope_base, cfg.rope_dims, max_positions, cfg.rope_style);
+        Ok(Self {
+            out_norm: w.vector("output_norm.weight", cfg.hidden)?,
+            cfg,
+            embed,
+            layers,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// Bytes of weights read per forward pass (for bandwidth bounds).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.attn.qkv.size_bytes() + l.attn.out.size_bytes())
+            .chain(
+                self.layers
+                    .iter()
+                    .map(|l| l.mlp.gate_up.size_bytes() + l.mlp.down.size_bytes()),
+            )
+            .sum();
+        layers + self.lm_head.as_ref().unwrap_or(&self.embed).size_bytes()
+    }
+
+    /// Positions the RoPE table covers (the engine's max model length).
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    /// Runs the batch; returns logits `[logit_rows.len(), vocab]` (inside `ws`).
+    pub fn forward<'w>(
+        &self,
+        batch: &ForwardBatch<'_>,
+        kv: &mut KvCache,
+        ws: &'w mut Workspace,
+    ) -> &'w mut [f32] {
+        let t = batch.token_ids.len();
+        let h = self.cfg.hidden;
+        assert!(t <= ws.max_tokens(), "batch of {t} tokens exceeds the workspace");
+        for (row, &tok) in ws.x[..t * h].chunks_exact_mut(h).zip(batch.token_ids) {
+            self.embed.dequantize_row(tok as usize, row);
+        }
+        let inputs = LayerInputs {
+            positions: batch.positions,
+            slots: batch.slots,
+            seqs: batch.seqs,
+            block_tables: batch.block_tables,
+            rope: &self.rope,
+            geo: kv.geo,
+            n_heads: self.cfg.n_heads,
+            rms_eps: self.cfg.rms_eps,
+        };
+        for (layer, layer_kv) in self.layers.iter().zip(kv.layers.iter_mut()) {
+            layer.forward(&inputs, layer_kv, ws);
+        }
+        self.head(batch.logit_rows, ws)
+    }
+
+    /// Final norm + LM head for the selected rows of `ws.x`.
+    fn head<'w>(&self, rows: &[usize], ws: &'w mut Workspace) -> &'w mut [f32] {
+        let (h, s, vocab) = (self.cfg.hidden, rows.len(), self.cfg.vocab);
+        for (i, &r) in rows.iter().enumerate() {
+            let src = &ws.x[r * h..(r + 1) * h];
+            rms_norm(src, &self.out_norm, self.cfg.rms_eps, &mut ws.head_in[i * h..(i + 1) * h]);
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        head.matmul(&ws.head_in[..s * h], s, &mut ws.logits[..s * vocab]);
+        &mut ws.logits[..s * vocab]
+    }
+
+    /// KV geometry for a given block size.
+    pub fn kv_geometry(&self, block_size: usize) -> KvGeometry {
+        KvGeometry {
+            block_size,
+            n_kv_heads: self.cfg.n_kv_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+}

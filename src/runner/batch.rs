@@ -1,0 +1,89 @@
+//! Flattens a `SchedulerOutput` into the model's batch: token ids, positions, cache slots,
+//! per-sequence attention descriptors and block tables, and which rows need logits.
+//! Buffers are kept between steps (cleared, not reallocated).
+
+use crate::engine::request::RequestId;
+use crate::model::transformer::ForwardBatch;
+use crate::ops::attention::AttnSeq;
+use crate::scheduler::output::SchedulerOutput;
+use crate::scheduler::Scheduler;
+
+#[derive(Default)]
+pub struct BatchBuilder {
+    /// `[T]`
+    token_ids: Vec<u32>,
+    /// `[T]`
+    positions: Vec<u32>,
+    /// `[T]`
+    slots: Vec<u32>,
+    seqs: Vec<AttnSeq>,
+    block_tables: Vec<u32>,
+    /// `[S]` rows whose logits are sampled.
+    logit_rows: Vec<usize>,
+    /// `[S]` the request each logit row belongs to.
+    sample_ids: Vec<RequestId>,
+}
+
+impl BatchBuilder {
+    /// Fills the buffers for `so`; request state and block tables come from `sched`.
+    pub fn build(&mut self, so: &SchedulerOutput, sched: &Scheduler, block_size: usize) {
+        self.clear();
+        for sr in &so.scheduled {
+            let Some(req) = sched.request(sr.req_id) else {
+                continue;
+            };
+            let table = sched.block_table(sr.req_id);
+            let q_row = self.token_ids.len();
+            let ctx_len = sr.start_pos + sr.num_tokens;
+            for pos in sr.start_pos..ctx_len {
+                self.token_ids.push(req.token_at(pos));
+                self.positions.push(pos as u32);
+                let block = table[pos / block_size];
+                self.slots.push(block * block_size as u32 + (pos % block_size) as u32);
+            }
+            let table_len = ctx_len.div_ceil(block_size);
+            self.seqs.push(AttnSeq {
+                q_row,
+                n_q: sr.num_tokens,
+                ctx_len,
+                table_start: self.block_tables.len(),
+                table_len,
+            });
+            self.block_tables.extend_from_slice(&table[..table_len]);
+            if sr.sample {
+                self.logit_rows.push(q_row + sr.num_tokens - 1);
+                self.sample_ids.push(sr.req_id);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.token_ids.clear();
+        self.positions.clear();
+        self.slots.clear();
+        self.seqs.clear();
+        self.block_tables.clear();
+        self.logit_rows.clear();
+        self.sample_ids.clear();
+    }
+
+    pub fn forward_batch(&self) -> ForwardBatch<'_> {
+        ForwardBatch {
+            token_ids: &self.token_ids,
+            positions: &self.positions,
+            slots: &self.slots,
+            seqs: &self.seqs,
+            block_tables: &self.block_tables,
+            logit_rows: &self.logit_rows,
+        }
+    }
+
+    /// The request of each logits row, in row order.
+    pub fn sample_ids(&self) -> &[RequestId] {
+        &self.sample_ids
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.token_ids.len()
+    }
+}
