@@ -265,7 +265,11 @@ impl BlockPool {
             }
         }
         for (hash, &id) in &self.cached {
-            assert_eq!(self.blocks[id as usize].hash, Some(*hash), "cache map → {id}");
+            assert_eq!(
+                self.blocks[id as usize].hash,
+                Some(*hash),
+                "cache map → {id}"
+            );
         }
     }
 }
@@ -352,7 +356,10 @@ mod tests {
         let b = pool.get_new_blocks(2).expect("free");
         assert!(pool.cache_block(b[0], h(1)));
         assert!(pool.cache_block(b[0], h(1)), "re-registering is a no-op");
-        assert!(!pool.cache_block(b[1], h(1)), "duplicate content stays unhashed");
+        assert!(
+            !pool.cache_block(b[1], h(1)),
+            "duplicate content stays unhashed"
+        );
         assert_eq!(pool.block_hash(b[1]), None);
         assert_eq!(pool.get_cached_block(h(1)), Some(b[0]));
         pool.check_invariants();

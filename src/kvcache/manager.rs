@@ -338,13 +338,35 @@ mod tests {
     }
 
     #[test]
+    fn free_puts_the_sequence_tail_first_in_line_for_eviction() {
+        let mut m = KvCacheManager::new(5, 4, true);
+        let mut a = req(1, (0..12).collect());
+        run_prefill(&mut m, &mut a);
+        let table = m.block_ids(1).to_vec();
+        assert_eq!(table, [0, 1, 2]);
+        m.free(1);
+        assert_eq!(m.pool.free_queue_order(), [3, 4, 2, 1, 0]);
+        // Taking three blocks evicts the last block of the sequence and keeps its prefix.
+        let b = req(2, (100..112).collect());
+        m.allocate_slots(&b, 12, None).expect("fits");
+        assert_eq!(m.block_ids(2), [3, 4, 2]);
+        let probe = req(3, (0..13).collect());
+        assert_eq!(m.get_computed_blocks(&probe).1, 8);
+        m.check_invariants();
+    }
+
+    #[test]
     fn never_all_tokens_computed() {
         let mut m = KvCacheManager::new(8, 4, true);
         let mut a = req(1, (0..8).collect()); // exactly two full blocks
         run_prefill(&mut m, &mut a);
         let same = req(2, (0..8).collect());
         let (hits, n_hit) = m.get_computed_blocks(&same);
-        assert_eq!((hits.num_blocks(), n_hit), (1, 4), "last block is recomputed");
+        assert_eq!(
+            (hits.num_blocks(), n_hit),
+            (1, 4),
+            "last block is recomputed"
+        );
         let longer = req(3, (0..9).collect());
         assert_eq!(m.get_computed_blocks(&longer).1, 8);
         let one_token = req(4, vec![0]);
@@ -372,7 +394,7 @@ mod tests {
         let mut a = req(1, (0..8).collect());
         run_prefill(&mut m, &mut a);
         m.free(1); // 2 cached free blocks + 1 plain free block
-        // Hits a's first block (free, so it costs a free slot) and needs 3 more blocks.
+                   // Hits a's first block (free, so it costs a free slot) and needs 3 more blocks.
         let b = req(2, (0..16).collect());
         let (hits, n_hit) = m.get_computed_blocks(&b);
         assert_eq!(n_hit, 8);
