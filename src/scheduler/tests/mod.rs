@@ -1,0 +1,205 @@
+//! Scheduler tests against a fake runner that keeps a simulated KV cache: every token
+//! computed in a step is written to its slot through the block table, and every
+//! sampling position reads the whole context back (asserting it is intact) and samples
+//! a token that depends on it. Wrong block tables, blocks freed while in use, or bad
+//! prefix-cache hits therefore fail loudly or change the outputs.
+
+mod admission;
+mod lifecycle;
+
+use std::collections::HashMap;
+
+use super::output::{ModelRunnerOutput, SchedulerOutput};
+use super::{Scheduler, SchedulerConfig};
+use crate::engine::request::{
+    FinishReason, Request, RequestId, SampledToken, SamplingParams, TokenId,
+};
+
+/// EOS id used by the tests; the default fake sampler only emits ids < 1000.
+pub(super) const EOS: TokenId = 2000;
+
+/// Picks the next token from the request and a checksum of its context read from KV.
+pub(super) type SampleFn = Box<dyn Fn(&Request, u64) -> TokenId>;
+
+pub(super) fn cfg(block_size: usize, num_blocks: usize, budget: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_seqs: 64,
+        max_num_batched_tokens: budget,
+        max_model_len: 64,
+        block_size,
+        num_blocks,
+        enable_prefix_caching: true,
+        long_prefill_token_threshold: 0,
+    }
+}
+
+/// The task's deterministic sampler, `(req_id*31 + pos) % 1000`, plus the context
+/// checksum so the token depends on what the KV cache really holds.
+pub(super) fn default_sampler() -> SampleFn {
+    Box::new(|req, checksum| {
+        let pos = req.num_tokens() as u64;
+        ((req.id * 31 + pos + checksum) % 1000) as TokenId
+    })
+}
+
+/// Emits `script[i]` as the i-th output token (then 1, 2, 3...).
+pub(super) fn scripted(script: Vec<TokenId>) -> SampleFn {
+    Box::new(move |req, _| {
+        let i = req.output_token_ids.len();
+        script.get(i).copied().unwrap_or(i as TokenId)
+    })
+}
+
+pub(super) struct FakeRunner {
+    /// One entry per KV slot: `[num_blocks * block_size]`.
+    slots: Vec<Option<TokenId>>,
+    block_size: usize,
+    sampler: SampleFn,
+}
+
+impl FakeRunner {
+    pub(super) fn new(config: &SchedulerConfig, sampler: SampleFn) -> Self {
+        Self {
+            slots: vec![None; config.num_blocks * config.block_size],
+            block_size: config.block_size,
+            sampler,
+        }
+    }
+
+    fn slot(&self, table: &[u32], pos: usize) -> usize {
+        let block = table[pos / self.block_size] as usize;
+        block * self.block_size + pos % self.block_size
+    }
+
+    /// Writes all scheduled tokens first (like one forward pass), then samples.
+    pub(super) fn execute(&mut self, s: &Scheduler, out: &SchedulerOutput) -> ModelRunnerOutput {
+        for sr in &out.scheduled {
+            let req = s.request(sr.req_id).expect("scheduled request exists");
+            let table = s.block_table(sr.req_id);
+            for pos in sr.start_pos..sr.start_pos + sr.num_tokens {
+                let slot = self.slot(table, pos);
+                self.slots[slot] = Some(req.token_at(pos));
+            }
+        }
+        let mut sampled = Vec::new();
+        for sr in out.scheduled.iter().filter(|sr| sr.sample) {
+            let req = s.request(sr.req_id).expect("scheduled request exists");
+            let table = s.block_table(sr.req_id);
+            let mut checksum = 0u64;
+            for pos in 0..sr.start_pos + sr.num_tokens {
+                let got = self.slots[self.slot(table, pos)];
+                assert_eq!(got, Some(req.token_at(pos)), "req {} pos {pos}", req.id);
+                checksum = checksum.wrapping_mul(1_000_003) ^ u64::from(req.token_at(pos));
+            }
+            let token_id = (self.sampler)(req, checksum);
+            let logprobs = None;
+            sampled.push((sr.req_id, SampledToken { token_id, logprobs }));
+        }
+        ModelRunnerOutput { sampled }
+    }
+}
+
+/// Everything observed while driving a scheduler to completion.
+#[derive(Debug, Default)]
+pub(super) struct Run {
+    pub tokens: HashMap<RequestId, Vec<TokenId>>,
+    pub finish: HashMap<RequestId, FinishReason>,
+    pub cached: HashMap<RequestId, usize>,
+    pub finish_order: Vec<RequestId>,
+    pub steps: Vec<SchedulerOutput>,
+}
+
+impl Run {
+    /// Index of the first step that scheduled `id`.
+    pub fn first_step(&self, id: RequestId) -> usize {
+        let found = self
+            .steps
+            .iter()
+            .position(|o| o.scheduled.iter().any(|s| s.req_id == id));
+        found.expect("request was scheduled")
+    }
+}
+
+/// One schedule → execute → update round, checking the step-level limits.
+pub(super) fn step(s: &mut Scheduler, runner: &mut FakeRunner, run: &mut Run) {
+    let out = s.schedule();
+    let c = s.config().clone();
+    assert!(out.total_num_tokens <= c.max_num_batched_tokens, "budget");
+    assert!(out.scheduled.len() <= c.max_num_seqs, "max_num_seqs");
+    assert!(s.num_running() <= c.max_num_seqs, "max_num_seqs");
+    assert!(
+        !out.scheduled.is_empty(),
+        "no progress with unfinished requests"
+    );
+    for id in &out.preempted {
+        let req = s.request(*id).expect("preempted request kept");
+        assert_eq!(req.num_computed_tokens, 0);
+        assert!(s.block_table(*id).is_empty(), "preempted {id} holds blocks");
+    }
+    let model_out = runner.execute(s, &out);
+    for o in s.update_from_output(&out, &model_out) {
+        run.tokens
+            .entry(o.req_id)
+            .or_default()
+            .extend(&o.new_token_ids);
+        run.cached.insert(o.req_id, o.num_cached_tokens);
+        if let Some(reason) = o.finish_reason {
+            assert!(s.request(o.req_id).is_none(), "finished request dropped");
+            run.finish.insert(o.req_id, reason);
+            run.finish_order.push(o.req_id);
+        }
+    }
+    run.steps.push(out);
+}
+
+pub(super) fn drive(s: &mut Scheduler, runner: &mut FakeRunner) -> Run {
+    let mut run = Run::default();
+    while s.has_unfinished_requests() {
+        assert!(run.steps.len() < 10_000, "scheduler did not finish");
+        step(s, runner, &mut run);
+    }
+    assert_eq!(s.num_free_blocks(), s.config().num_blocks, "blocks leaked");
+    assert_eq!(s.kv_usage(), 0.0);
+    run
+}
+
+/// `len` prompt tokens that differ between requests (ids < 1000, never EOS).
+pub(super) fn prompt(id: RequestId, len: usize) -> Vec<TokenId> {
+    (0..len)
+        .map(|i| ((id as usize * 7 + i * 13) % 1000) as TokenId)
+        .collect()
+}
+
+pub(super) fn request(id: RequestId, tokens: Vec<TokenId>, max_tokens: usize) -> Request {
+    Request::new(id, tokens, SamplingParams::greedy(max_tokens), vec![EOS])
+}
+
+/// Runs `reqs` through a scheduler with `config`, using the default sampler.
+pub(super) fn run_all(config: SchedulerConfig, reqs: Vec<Request>) -> Run {
+    let mut s = Scheduler::new(config.clone()).expect("valid config");
+    for r in reqs {
+        s.add_request(r).expect("accepted");
+    }
+    let mut runner = FakeRunner::new(&config, default_sampler());
+    drive(&mut s, &mut runner)
+}
+
+/// Each request alone in a roomy scheduler: the outputs every schedule must reproduce.
+pub(super) fn reference(reqs: &[(RequestId, Vec<TokenId>, usize)]) -> Run {
+    let mut merged = Run::default();
+    for (id, p, max_tokens) in reqs {
+        let run = run_all(
+            cfg(16, 64, 4096),
+            vec![request(*id, p.clone(), *max_tokens)],
+        );
+        merged.tokens.extend(run.tokens);
+        merged.finish.extend(run.finish);
+    }
+    merged
+}
+
+pub(super) fn to_requests(reqs: &[(RequestId, Vec<TokenId>, usize)]) -> Vec<Request> {
+    reqs.iter()
+        .map(|(id, p, m)| request(*id, p.clone(), *m))
+        .collect()
+}
