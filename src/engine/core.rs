@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::request::{FinishReason, Request, RequestId};
+use super::request::{Request, RequestId};
 use super::sampler::{self, SamplerScratch, SeqRng};
 use crate::error::EngineError;
 use crate::runner::ModelRunner;
@@ -72,10 +72,10 @@ impl EngineCore {
 
     /// Removes a request wherever it is and frees its blocks now.
     pub fn abort_request(&mut self, id: RequestId) {
-        self.scheduler.abort_request(id);
+        let last = self.scheduler.abort_request(id);
         self.rngs.remove(&id);
-        if let Some(out) = self.outputs.remove(&id) {
-            let _ = out.send(EngineEvent::Output(aborted_output(id)));
+        if let (Some(out), Some(last)) = (self.outputs.remove(&id), last) {
+            let _ = out.send(EngineEvent::Output(last));
         }
     }
 
@@ -166,15 +166,4 @@ fn sample_for(
         rng,
         scratch,
     )
-}
-
-fn aborted_output(id: RequestId) -> RequestOutput {
-    RequestOutput {
-        req_id: id,
-        new_token_ids: Vec::new(),
-        logprobs: None,
-        finish_reason: Some(FinishReason::Abort),
-        num_prompt_tokens: 0,
-        num_cached_tokens: 0,
-    }
 }

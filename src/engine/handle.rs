@@ -5,7 +5,7 @@
 //! The engine thread blocks on its command channel when idle and otherwise drains it
 //! between steps, so adds and aborts take effect at the next step boundary.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -38,11 +38,46 @@ pub struct EngineInfo {
     pub eos_token_ids: Vec<TokenId>,
 }
 
-/// Live counts published by the engine thread after every step.
+/// Engine counters as of the last step or command.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineStats {
+    pub num_running: usize,
+    pub num_waiting: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_used: usize,
+    pub num_preemptions: u64,
+    /// Prompt tokens looked up in / served from the prefix cache.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+}
+
+/// Live counts published by the engine thread after every step and command.
 #[derive(Debug, Default)]
 pub struct EngineGauges {
-    pub num_running: AtomicUsize,
-    pub num_waiting: AtomicUsize,
+    stats: std::sync::Mutex<EngineStats>,
+}
+
+impl EngineGauges {
+    pub fn snapshot(&self) -> EngineStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    fn publish(&self, sched: &Scheduler) {
+        let s = sched.stats();
+        let total = sched.config().num_blocks;
+        let stats = EngineStats {
+            num_running: s.num_running,
+            num_waiting: s.num_waiting,
+            kv_blocks_total: total,
+            kv_blocks_used: total - sched.num_free_blocks(),
+            num_preemptions: s.num_preemptions,
+            prefix_cache_queries: s.prefix_cache.queries,
+            prefix_cache_hits: s.prefix_cache.hits,
+        };
+        if let Ok(mut guard) = self.stats.lock() {
+            *guard = stats;
+        }
+    }
 }
 
 /// Cheap to clone; every clone talks to the same engine thread.
@@ -85,7 +120,8 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         num_blocks,
         enable_prefix_caching: cfg.enable_prefix_caching,
         long_prefill_token_threshold: cfg.long_prefill_token_threshold,
-    });
+    })
+    .map_err(|e| ModelError::Invalid(e.to_string()))?;
     let runner = ModelRunner::new(
         transformer,
         num_blocks,
@@ -141,13 +177,9 @@ fn run_loop(mut core: EngineCore, commands: Receiver<Command>, gauges: &EngineGa
                 return;
             }
         }
+        gauges.publish(core.scheduler());
         core.step();
-        gauges
-            .num_running
-            .store(core.scheduler().num_running(), Ordering::Relaxed);
-        gauges
-            .num_waiting
-            .store(core.scheduler().num_waiting(), Ordering::Relaxed);
+        gauges.publish(core.scheduler());
     }
 }
 

@@ -1,0 +1,93 @@
+//! Shared helpers for integration tests: locating cached files, starting engines, reading
+//! the llama.cpp golden files.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tessera::config::{default_model_path, EngineConfig};
+use tessera::engine::handle::{self, EngineHandle};
+use tessera::engine::request::SamplingParams;
+
+/// The default model; fails (not skips) with the fix when it has not been fetched.
+pub fn default_model() -> PathBuf {
+    let path = default_model_path();
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    path
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub fn start(path: &Path, cfg: EngineConfig) -> EngineHandle {
+    let loaded = tessera::model::load(path, cfg.max_model_len, |_, _| {})
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    handle::start(loaded, &cfg).expect("engine starts")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenFile {
+    pub model_file: String,
+    pub cases: Vec<GoldenCase>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GoldenCase {
+    pub name: String,
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    #[serde(default)]
+    pub min_margin: f32,
+}
+
+pub fn golden(name: &str) -> GoldenFile {
+    let path = repo_path(&format!("tests/golden/{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// Model path of a golden file: the cache for the default model, else repo-relative.
+pub fn golden_model_path(file: &GoldenFile) -> PathBuf {
+    if file.model_file.contains('/') {
+        repo_path(&file.model_file)
+    } else {
+        let path = default_model();
+        assert_eq!(path.file_name().unwrap().to_string_lossy(), file.model_file);
+        path
+    }
+}
+
+/// Greedy, exactly `n` tokens (EOS does not stop it).
+pub fn greedy(n: usize) -> SamplingParams {
+    SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(n)
+    }
+}
+
+/// Runs one prompt to completion and returns its token ids.
+pub fn run_ids(engine: &EngineHandle, prompt: &[u32], params: SamplingParams) -> Vec<u32> {
+    let stream = engine.submit(prompt.to_vec(), params).expect("submit");
+    let (ids, _, _, _) = stream.blocking_collect().expect("completes");
+    ids
+}
+
+/// Submits all prompts at once and collects each one's ids (in input order).
+pub fn run_batch(engine: &EngineHandle, prompts: &[Vec<u32>], params: SamplingParams) -> Vec<Vec<u32>> {
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(p.clone(), params.clone()).expect("submit"))
+        .collect();
+    streams
+        .into_iter()
+        .map(|s| s.blocking_collect().expect("completes").0)
+        .collect()
+}
