@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod norm;
+pub mod q4_1;
 pub mod quant;
 pub mod rope;
 

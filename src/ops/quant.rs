@@ -16,6 +16,8 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+use super::q4_1;
 use std::cell::RefCell;
 
 /// Why a tensor could not become a `QMatrix`.
@@ -217,7 +219,10 @@ impl QMatrix {
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "matmul: x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "matmul: y must be [m, rows]");
-        with_blocks!(&self.data, w => matmul_typed(w, self.rows, self.cols, x, m, y))
+        match &self.data {
+            QData::Q4_1(w) => matmul_q4_1(q4_1::view(w), self.rows, self.cols, x, m, y),
+            data => with_blocks!(data, w => matmul_typed(w, self.rows, self.cols, x, m, y)),
+        }
     }
 }
 
@@ -287,6 +292,47 @@ fn matmul_typed<T: GgmlType>(w: &[T], n: usize, k: usize, x: &[f32], m: usize, y
                     }
                 }
             });
+    })
+}
+
+/// Q4_1 path: our own Q8_1 quantization and AVX2 kernels (4 activation rows per weight
+/// block unpack).
+fn matmul_q4_1(w: &[q4_1::Q4_1], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    use q4_1::BlockQ8_1;
+    let kb = k / q4_1::QK;
+    ACT_SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let words = (m * kb * std::mem::size_of::<BlockQ8_1>()).div_ceil(8);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
+        }
+        // SAFETY: large enough, u64-aligned, fully written before being read.
+        let xq: &mut [BlockQ8_1] =
+            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut _, m * kb) };
+        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
+            q4_1::quantize_q8_1(row, q);
+        }
+        let xq: &[BlockQ8_1] = xq;
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        (0..n.div_ceil(COLS_PER_TASK)).into_par_iter().for_each(|task| {
+            let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
+            for col in cols {
+                let w_row = &w[col * kb..(col + 1) * kb];
+                let row = |i: usize| &xq[i * kb..(i + 1) * kb];
+                let mut i = 0;
+                // SAFETY (writes below): each (i, col) belongs to exactly this task.
+                while i + 4 <= m {
+                    let dots = q4_1::dot4(w_row, [row(i), row(i + 1), row(i + 2), row(i + 3)]);
+                    for (r, d) in dots.into_iter().enumerate() {
+                        unsafe { *y_ptr.get().add((i + r) * n + col) = d };
+                    }
+                    i += 4;
+                }
+                for i in i..m {
+                    unsafe { *y_ptr.get().add(i * n + col) = q4_1::dot(w_row, row(i)) };
+                }
+            }
+        });
     })
 }
 
