@@ -14,8 +14,8 @@
 //!   which carry no information between calls. So a request samples the same tokens
 //!   alone or in any batch, in any order.
 //! - The rng advances exactly once per non-greedy token and never otherwise.
-//! - After the first call with a given vocab size, `sample` allocates only the
-//!   returned top-logprobs list.
+//! - Scratch buffers grow to a high-water mark (at most `vocab` entries each) and are
+//!   reused; the only per-call allocation is the returned top-logprobs list.
 
 mod logprobs;
 mod penalties;
