@@ -1,6 +1,7 @@
 //! Behaviour tests of `sample` as the engine calls it: one row, one request.
 
 use super::*;
+use crate::engine::request::TokenLogprobs;
 
 const EOS: TokenId = 3;
 
@@ -357,8 +358,6 @@ struct Generation {
     logprobs: Vec<Option<TokenLogprobs>>,
     rng: SeqRng,
 }
-
-use crate::engine::request::TokenLogprobs;
 
 impl Generation {
     fn new(params: SamplingParams, prompt_seed: u64) -> Self {
