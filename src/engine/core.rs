@@ -47,7 +47,7 @@ impl EngineCore {
             runner,
             outputs: HashMap::new(),
             rngs: HashMap::new(),
-            scratch: SamplerScratch::default(),
+            scratch: SamplerScratch::new(),
         }
     }
 

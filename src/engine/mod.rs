@@ -6,5 +6,4 @@ pub mod core;
 pub mod handle;
 pub mod request;
 pub mod sampler;
-pub mod stop;
 pub mod stream;

@@ -12,7 +12,7 @@ use super::core::EngineEvent;
 use super::detokenizer::IncrementalDetokenizer;
 use super::handle::Command;
 use super::request::{FinishReason, RequestId, TokenId, TokenLogprobs};
-use super::stop::StopStringMatcher;
+use super::sampler::StopStringMatcher;
 use crate::error::EngineError;
 use crate::model::ModelAssets;
 
@@ -142,13 +142,13 @@ impl RequestStream {
             let piece = self.detok.push(&self.model.tokenizer, tok);
             let check = self.stops.push(&piece);
             text.push_str(&check.emit);
-            if check.stopped {
+            if check.matched.is_some() {
                 finish = Some(FinishReason::Stop);
                 let _ = self.commands.send(Command::Abort(self.id));
                 break;
             }
         }
-        if finish.is_some() && !self.stops.stopped() {
+        if finish.is_some() && self.stops.matched().is_none() {
             text.push_str(&self.stops.flush());
         }
         self.finished = finish.is_some();
