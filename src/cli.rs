@@ -122,3 +122,70 @@ pub fn chat(
         }
     }
 }
+
+/// Result of one in-process throughput run.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchResult {
+    pub concurrency: usize,
+    pub output_tokens: usize,
+    pub seconds: f64,
+    /// Mean time to first token.
+    pub ttft_ms: f64,
+    /// Mean per-stream decode rate after the first token.
+    pub decode_tok_s: f64,
+}
+
+/// Runs `concurrency` identical-length requests (`prompt_len` tokens, exactly
+/// `max_tokens` outputs) at once through the engine and measures throughput.
+pub fn bench(
+    engine: &EngineHandle,
+    concurrency: usize,
+    prompt_len: usize,
+    max_tokens: usize,
+) -> Result<BenchResult, Box<dyn std::error::Error>> {
+    let tok = &engine.model().tokenizer;
+    let text = "The quick brown fox jumps over the lazy dog while the cat watches. ".repeat(prompt_len);
+    let base = tok.encode(&text, false, false)?;
+    let started = Instant::now();
+    let streams: Vec<RequestStream> = (0..concurrency)
+        .map(|i| {
+            // Distinct prompts (no prefix-cache sharing between streams).
+            let mut ids = vec![base[i % base.len()]];
+            ids.extend_from_slice(&base[..prompt_len - 1]);
+            let params = SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(max_tokens)
+            };
+            engine.submit(ids, params)
+        })
+        .collect::<Result<_, _>>()?;
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let (mut first, mut n) = (None, 0usize);
+                while let Some(Ok(ev)) = s.blocking_next() {
+                    n += ev.token_ids.len();
+                    first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                }
+                let total = t0.elapsed().as_secs_f64();
+                let ttft = first.unwrap_or(total);
+                (n, ttft, (n.saturating_sub(1)) as f64 / (total - ttft).max(1e-9))
+            })
+        })
+        .collect();
+    let results: Vec<(usize, f64, f64)> = handles
+        .into_iter()
+        .map(|h| h.join().map_err(|_| "bench thread panicked"))
+        .collect::<Result<_, _>>()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let n = results.len() as f64;
+    Ok(BenchResult {
+        concurrency,
+        output_tokens: results.iter().map(|r| r.0).sum(),
+        seconds,
+        ttft_ms: results.iter().map(|r| r.1).sum::<f64>() / n * 1e3,
+        decode_tok_s: results.iter().map(|r| r.2).sum::<f64>() / n,
+    })
+}

@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         system: Option<String>,
     },
+    /// Measure in-process throughput: N concurrent greedy requests of fixed length.
+    Bench {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Concurrency levels to run, e.g. 1,32.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+    },
 }
 
 /// Engine flags (vLLM names); every flag is also read from `TESSERA_*`.
@@ -142,6 +154,29 @@ fn main() {
             let (path, cfg) = engine.config();
             tessera::cli::start_engine(&path, &cfg)
                 .and_then(|e| tessera::cli::chat(&e, system.as_deref(), sampling.params()))
+        }
+        Command::Bench {
+            engine,
+            concurrency,
+            prompt_len,
+            max_tokens,
+        } => {
+            let (path, cfg) = engine.config();
+            tessera::cli::start_engine(&path, &cfg).and_then(|e| {
+                for &c in concurrency {
+                    let r = tessera::cli::bench(&e, c, *prompt_len, *max_tokens)?;
+                    println!(
+                        "concurrency {c:>3}: {:>6} tokens in {:>6.2}s = {:>7.1} output tok/s | \
+                         ttft {:>7.1} ms | per-stream decode {:>6.1} tok/s",
+                        r.output_tokens,
+                        r.seconds,
+                        r.output_tokens as f64 / r.seconds,
+                        r.ttft_ms,
+                        r.decode_tok_s
+                    );
+                }
+                Ok(())
+            })
         }
     };
     if let Err(e) = result {
