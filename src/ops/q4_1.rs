@@ -13,11 +13,13 @@ use half::f16;
 
 pub const QK: usize = 32;
 
+/// A Q8_1 activation block. ggml stores `d` and `s` as f16; we keep the same f16-rounded
+/// values widened to f32 so the inner loop needs no conversions.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[repr(C)]
 pub struct BlockQ8_1 {
-    pub d: f16,
-    pub s: f16,
+    pub d: f32,
+    pub s: f32,
     pub qs: [i8; QK],
 }
 
@@ -30,7 +32,7 @@ pub struct Q4_1 {
 }
 
 const _: () = assert!(std::mem::size_of::<Q4_1>() == std::mem::size_of::<BlockQ4_1>());
-const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 40);
 
 /// Views candle's opaque Q4_1 blocks with their (ggml-defined) fields.
 pub fn view(blocks: &[BlockQ4_1]) -> &[Q4_1] {
@@ -46,12 +48,20 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in y.qs.iter_mut().zip(xs) {
-            *q = (v * id).round_ties_even() as i8;
+            *q = round_half_even(v * id) as i8;
             sum += *q as i32;
         }
-        y.d = f16::from_f32(d);
-        y.s = f16::from_f32(d * sum as f32);
+        y.d = f16::from_f32(d).to_f32();
+        y.s = f16::from_f32(d * sum as f32).to_f32();
     }
+}
+
+/// Round-half-to-even for |x| < 2^22 (here ≤ 127) without a libm call: adding and
+/// subtracting 1.5·2^23 leaves the integer part rounded by the FPU's default mode.
+#[inline]
+fn round_half_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }
 
 /// Dot product of one Q4_1 row with one Q8_1 row (same number of blocks).
@@ -84,43 +94,53 @@ fn dot_scalar(w: &[Q4_1], x: &[BlockQ8_1]) -> f32 {
             let hi = (wb.qs[j] >> 4) as i32;
             sumi += lo * xb.qs[j] as i32 + hi * xb.qs[j + QK / 2] as i32;
         }
-        summs += wb.m.to_f32() * xb.s.to_f32();
-        acc += wb.d.to_f32() * xb.d.to_f32() * sumi as f32;
+        summs += wb.m.to_f32() * xb.s;
+        acc += wb.d.to_f32() * xb.d * sumi as f32;
     }
     acc + summs
 }
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BlockQ8_1, Q4_1};
+    use half::f16;
     use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn to_f32(h: f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    }
 
     /// 32 nibbles → 32 bytes (low nibbles first, then high nibbles).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(qs: &[u8; 16]) -> __m256i {
         let tmp = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
         let bytes = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
         _mm256_and_si256(_mm256_set1_epi8(0x0F), bytes)
     }
 
-    /// Σ (unsigned qx · signed qy) in 8 f32 lanes.
+    /// `acc + d · Σ(unsigned qx · signed qy)` in 8 f32 lanes (ggml's per-block step).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn mul_sum(qx: __m256i, y: &BlockQ8_1) -> __m256 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block(acc: __m256, qx: __m256i, wd: f32, y: &BlockQ8_1) -> __m256 {
         let qy = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
         let dot = _mm256_maddubs_epi16(qx, qy);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+        let xy = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot));
+        _mm256_fmadd_ps(_mm256_set1_ps(wd * y.d), xy, acc)
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(x: __m256) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(x: __m256) -> f32 {
         let mut res = _mm256_extractf128_ps(x, 1);
         res = _mm_add_ps(res, _mm256_castps256_ps128(x));
         res = _mm_add_ps(res, _mm_movehl_ps(res, res));
@@ -128,33 +148,42 @@ mod avx2 {
         _mm_cvtss_f32(res)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(w: &[Q4_1], x: &[BlockQ8_1]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut summs = 0f32;
         for (wb, xb) in w.iter().zip(x) {
-            summs += wb.m.to_f32() * xb.s.to_f32();
-            let d = _mm256_set1_ps(wb.d.to_f32() * xb.d.to_f32());
-            acc = _mm256_fmadd_ps(d, mul_sum(unpack(&wb.qs), xb), acc);
+            summs += to_f32(wb.m) * xb.s;
+            acc = block(acc, unpack(&wb.qs), to_f32(wb.d), xb);
         }
         hsum(acc) + summs
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// Four rows at once; each row's operations are exactly those of `dot`.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot4(w: &[Q4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut summs = [0f32; 4];
+        let [x0, x1, x2, x3] = x;
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let (mut s0, mut s1, mut s2, mut s3) = (0f32, 0f32, 0f32, 0f32);
         for (b, wb) in w.iter().enumerate() {
             let qx = unpack(&wb.qs);
-            let (wd, wm) = (wb.d.to_f32(), wb.m.to_f32());
-            for r in 0..4 {
-                let xb = &x[r][b];
-                summs[r] += wm * xb.s.to_f32();
-                let d = _mm256_set1_ps(wd * xb.d.to_f32());
-                acc[r] = _mm256_fmadd_ps(d, mul_sum(qx, xb), acc[r]);
-            }
+            let (wd, wm) = (to_f32(wb.d), to_f32(wb.m));
+            let (y0, y1, y2, y3) = (&x0[b], &x1[b], &x2[b], &x3[b]);
+            s0 += wm * y0.s;
+            a0 = block(a0, qx, wd, y0);
+            s1 += wm * y1.s;
+            a1 = block(a1, qx, wd, y1);
+            s2 += wm * y2.s;
+            a2 = block(a2, qx, wd, y2);
+            s3 += wm * y3.s;
+            a3 = block(a3, qx, wd, y3);
         }
-        [0, 1, 2, 3].map(|r| hsum(acc[r]) + summs[r])
+        [hsum(a0) + s0, hsum(a1) + s1, hsum(a2) + s2, hsum(a3) + s3]
     }
 }
 
@@ -200,7 +229,10 @@ mod tests {
         let mut q = [BlockQ8_1::default()];
         quantize_q8_1(&x, &mut q);
         assert_eq!(&q[0].qs[..3], &[127, 2, -4]);
-        assert_eq!(q[0].d.to_f32(), 1.0);
-        assert_eq!(q[0].s.to_f32(), 125.0);
+        for v in [-127.0f32, -0.5, 0.5, 1.5, 2.49, 126.5] {
+            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
+        }
+        assert_eq!(q[0].d, 1.0);
+        assert_eq!(q[0].s, 125.0);
     }
 }

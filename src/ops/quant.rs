@@ -262,77 +262,90 @@ thread_local! {
 /// two cores stay balanced for the smallest matrices.
 const COLS_PER_TASK: usize = 16;
 
-fn matmul_typed<T: GgmlType>(w: &[T], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
-    let kb = k / T::BLCK_SIZE;
+/// Activation rows processed together against one tile of weight rows: 16 rows of
+/// quantized activations plus 16 weight rows stay in L1 for any width we serve.
+const ROWS_PER_TILE: usize = 16;
+
+/// Quantizes `x: [m, k]` into the thread-local scratch as `m * kb` blocks of `B` and runs
+/// `f` on them.
+fn with_quantized<B: Send + Sync, R>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kb: usize,
+    quantize: impl Fn(&[f32], &mut [B]) + Sync,
+    f: impl FnOnce(&[B]) -> R,
+) -> R {
     ACT_SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
-        let words = (m * kb * std::mem::size_of::<T::VecDotType>()).div_ceil(8);
+        let words = (m * kb * std::mem::size_of::<B>()).div_ceil(8);
         if scratch.len() < words {
             scratch.resize(words, 0);
         }
-        // SAFETY: the scratch is large enough, u64-aligned, and every element is written
-        // by `from_float` before it is read.
-        let xq: &mut [T::VecDotType] =
-            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut _, m * kb) };
-        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
-            T::VecDotType::from_float(row, q);
-        }
-        let xq: &[T::VecDotType] = xq;
-        let y_ptr = SendPtr(y.as_mut_ptr());
-        (0..n.div_ceil(COLS_PER_TASK))
-            .into_par_iter()
-            .for_each(|task| {
-                let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
-                for col in cols {
-                    let w_row = &w[col * kb..(col + 1) * kb];
-                    for (i, x_row) in xq.chunks_exact(kb).enumerate() {
-                        let dot = T::vec_dot(k, w_row, x_row);
-                        // SAFETY: each (i, col) is written by exactly one task; i < m, col < n.
-                        unsafe { *y_ptr.get().add(i * n + col) = dot };
-                    }
+        // SAFETY: large enough, u64-aligned, and fully written by `quantize` before use.
+        let xq: &mut [B] =
+            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut B, m * kb) };
+        xq.par_chunks_mut(kb)
+            .zip(x.par_chunks(k))
+            .for_each(|(q, row)| quantize(row, q));
+        f(xq)
+    })
+}
+
+/// Calls `dot_tile(col, rows, out)` for every (column, row tile) in parallel over column
+/// tiles, writing results into `y: [m, n]`.
+fn tiled<F>(n: usize, m: usize, y: &mut [f32], dot_tile: F)
+where
+    F: Fn(usize, std::ops::Range<usize>, &mut [f32; ROWS_PER_TILE]) + Sync,
+{
+    let y_ptr = SendPtr(y.as_mut_ptr());
+    (0..n.div_ceil(COLS_PER_TASK)).into_par_iter().for_each(|task| {
+        let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
+        let mut out = [0f32; ROWS_PER_TILE];
+        for row0 in (0..m).step_by(ROWS_PER_TILE) {
+            let rows = row0..(row0 + ROWS_PER_TILE).min(m);
+            for col in cols.clone() {
+                dot_tile(col, rows.clone(), &mut out);
+                for (r, &v) in rows.clone().zip(out.iter()) {
+                    // SAFETY: (r, col) is written by exactly this task; r < m, col < n.
+                    unsafe { *y_ptr.get().add(r * n + col) = v };
                 }
-            });
+            }
+        }
+    });
+}
+
+fn matmul_typed<T: GgmlType>(w: &[T], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    let kb = k / T::BLCK_SIZE;
+    let quantize = |row: &[f32], q: &mut [T::VecDotType]| T::VecDotType::from_float(row, q);
+    with_quantized(x, m, k, kb, quantize, |xq| {
+        tiled(n, m, y, |col, rows, out| {
+            let w_row = &w[col * kb..(col + 1) * kb];
+            for (o, r) in out.iter_mut().zip(rows) {
+                *o = T::vec_dot(k, w_row, &xq[r * kb..(r + 1) * kb]);
+            }
+        })
     })
 }
 
 /// Q4_1 path: our own Q8_1 quantization and AVX2 kernels (4 activation rows per weight
 /// block unpack).
 fn matmul_q4_1(w: &[q4_1::Q4_1], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
-    use q4_1::BlockQ8_1;
     let kb = k / q4_1::QK;
-    ACT_SCRATCH.with(|cell| {
-        let mut scratch = cell.borrow_mut();
-        let words = (m * kb * std::mem::size_of::<BlockQ8_1>()).div_ceil(8);
-        if scratch.len() < words {
-            scratch.resize(words, 0);
-        }
-        // SAFETY: large enough, u64-aligned, fully written before being read.
-        let xq: &mut [BlockQ8_1] =
-            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut _, m * kb) };
-        for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
-            q4_1::quantize_q8_1(row, q);
-        }
-        let xq: &[BlockQ8_1] = xq;
-        let y_ptr = SendPtr(y.as_mut_ptr());
-        (0..n.div_ceil(COLS_PER_TASK)).into_par_iter().for_each(|task| {
-            let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
-            for col in cols {
-                let w_row = &w[col * kb..(col + 1) * kb];
-                let row = |i: usize| &xq[i * kb..(i + 1) * kb];
-                let mut i = 0;
-                // SAFETY (writes below): each (i, col) belongs to exactly this task.
-                while i + 4 <= m {
-                    let dots = q4_1::dot4(w_row, [row(i), row(i + 1), row(i + 2), row(i + 3)]);
-                    for (r, d) in dots.into_iter().enumerate() {
-                        unsafe { *y_ptr.get().add((i + r) * n + col) = d };
-                    }
-                    i += 4;
-                }
-                for i in i..m {
-                    unsafe { *y_ptr.get().add(i * n + col) = q4_1::dot(w_row, row(i)) };
-                }
+    with_quantized(x, m, k, kb, q4_1::quantize_q8_1, |xq| {
+        let row = |i: usize| &xq[i * kb..(i + 1) * kb];
+        tiled(n, m, y, |col, rows, out| {
+            let w_row = &w[col * kb..(col + 1) * kb];
+            let mut i = rows.start;
+            while i + 4 <= rows.end {
+                let dots = q4_1::dot4(w_row, [row(i), row(i + 1), row(i + 2), row(i + 3)]);
+                out[i - rows.start..i - rows.start + 4].copy_from_slice(&dots);
+                i += 4;
             }
-        });
+            for i in i..rows.end {
+                out[i - rows.start] = q4_1::dot(w_row, row(i));
+            }
+        })
     })
 }
 
