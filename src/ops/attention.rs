@@ -7,6 +7,11 @@
 //!
 //! Work is split into independent units (sequence, query token, kv head); a unit's result
 //! never depends on other units, so outputs are batch invariant.
+//!
+//! Precision follows llama.cpp's CPU attention (no flash attention): Q is rounded to f16
+//! for the Q·K products and the softmax probabilities are rounded to f16 for the P·V
+//! product, as ggml's f16 matmuls round their f32 operand. Matching that keeps our greedy
+//! tokens on llama.cpp's where logits are close.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -78,9 +83,10 @@ pub struct AttnInputs<'a> {
 }
 
 thread_local! {
-    /// Per-thread scratch: scores `[group, ctx]`, one K/V row in f32 `[hd]`, accumulators.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// Per-thread scratch: scores `[group, ctx]`, one K/V row in f32 `[hd]`, accumulators
+    /// `[group, hd]`, f16-rounded queries `[group, hd]`.
+    static SCRATCH: RefCell<[Vec<f32>; 4]> =
+        const { RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// Causal attention of every query row over its sequence's cached context.
@@ -113,22 +119,27 @@ fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: S
             + kvh * hd
     };
     SCRATCH.with(|cell| {
-        let (scores, kv_row, acc) = &mut *cell.borrow_mut();
+        let [scores, kv_row, acc, q16] = &mut *cell.borrow_mut();
         scores.resize(group * n_ctx, 0.0);
         kv_row.resize(hd, 0.0);
         acc.resize(group * hd, 0.0);
+        q16.resize(group * hd, 0.0);
+        let heads = kvh * group * hd..(kvh + 1) * group * hd;
+        round_to_f16(&q_row[heads], q16);
         // scores[g, pos] = q_g · k_pos * scale
         for pos in 0..n_ctx {
             let at = slot_of(pos);
             inp.k_cache[at..at + hd].convert_to_f32_slice(kv_row);
             for g in 0..group {
-                let h = kvh * group + g;
-                let qh = &q_row[h * hd..(h + 1) * hd];
-                scores[g * n_ctx + pos] = dot(qh, kv_row) * scale;
+                scores[g * n_ctx + pos] = dot(&q16[g * hd..(g + 1) * hd], kv_row) * scale;
             }
         }
         for g in 0..group {
-            softmax_in_place(&mut scores[g * n_ctx..(g + 1) * n_ctx]);
+            let probs = &mut scores[g * n_ctx..(g + 1) * n_ctx];
+            softmax_in_place(probs);
+            for p in probs.iter_mut() {
+                *p = f16::from_f32(*p).to_f32();
+            }
         }
         acc.fill(0.0);
         for pos in 0..n_ctx {
@@ -150,6 +161,13 @@ fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: S
             };
         }
     });
+}
+
+/// `dst[i] = f16(src[i])` widened back to f32.
+fn round_to_f16(src: &[f32], dst: &mut [f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = f16::from_f32(v).to_f32();
+    }
 }
 
 /// Dot product with 8 independent partial sums (vectorizes; a fixed order, so the
@@ -192,11 +210,12 @@ mod tests {
         for t in 0..n {
             for h in 0..n_heads {
                 let kvh = h / (n_heads / n_kv);
-                let qh = &q[(t * n_heads + h) * hd..][..hd];
+                let qh = rounded(&q[(t * n_heads + h) * hd..][..hd]);
                 let mut s: Vec<f32> = (0..=t)
-                    .map(|p| dot(qh, &k[(p * n_kv + kvh) * hd..][..hd]) / (hd as f32).sqrt())
+                    .map(|p| dot(&qh, &k[(p * n_kv + kvh) * hd..][..hd]) / (hd as f32).sqrt())
                     .collect();
                 softmax_in_place(&mut s);
+                let s = rounded(&s);
                 for (p, w) in s.iter().enumerate() {
                     for d in 0..hd {
                         out[(t * n_heads + h) * hd + d] += w * v[(p * n_kv + kvh) * hd + d];
