@@ -1,0 +1,257 @@
+//! The tokenizer of a GGUF model: text ↔ token ids, matching llama.cpp token for token.
+//!
+//! Owns: building a `tokenizers` pipeline from `tokenizer.ggml.*` metadata
+//! ([`GgufVocab`]), special-token handling, BOS/EOS insertion and decoding.
+//! `encode` first partitions the text into special tokens and plain fragments
+//! (`special.rs`, llama.cpp's `tokenizer_st_partition`), then runs the `tokenizers`
+//! pipeline on each plain fragment (`build.rs`).
+//!
+//! Invariants:
+//! - with `parse_special = false` no CONTROL token (`<|im_start|>`, `<s>`, …) is ever
+//!   produced from text: user content cannot inject control tokens;
+//! - every id returned by `encode` is `< vocab_size()`; `decode` rejects ids that are not;
+//! - SentencePiece vocabs prefix a space to each text fragment that starts the input or
+//!   follows a special token when `add_space_prefix` is on (llama.cpp's rule), and
+//!   decoding strips that one leading space again.
+
+mod build;
+// TODO(merge gguf): mod from_gguf;
+mod pretok;
+mod special;
+mod vocab;
+
+pub use pretok::{pre_tokenizer_spec, PreTokenizerSpec};
+pub use special::TokenKind;
+pub use vocab::{token_type, GgufVocab};
+
+use special::{Fragment, SpecialTokens};
+
+/// Everything that can go wrong building or running a tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("GGUF tokenizer metadata `{key}` {detail}")]
+    InvalidVocab { key: &'static str, detail: String },
+    #[error("tokenizer model `{model}` (tokenizer.ggml.model) is not supported; tessera supports `gpt2` (byte-level BPE) and `llama` (SentencePiece)")]
+    UnsupportedModel { model: String },
+    #[error("pre-tokenizer `{pre}` (tokenizer.ggml.pre) is not supported")]
+    UnsupportedPreTokenizer { pre: String },
+    #[error("building the tokenizer's {what}: {detail}")]
+    Build { what: String, detail: String },
+    #[error("the vocabulary asks for a {which} token (tokenizer.ggml.add_{which}_token) but has no {which} token id")]
+    MissingSpecialToken { which: &'static str },
+    #[error("token id {id} is out of range: the vocabulary has {vocab_size} tokens")]
+    IdOutOfRange { id: u32, vocab_size: usize },
+    #[error("tokenizing failed: {0}")]
+    Encode(String),
+    #[error("detokenizing failed: {0}")]
+    Decode(String),
+}
+
+/// Which llama.cpp tokenizer algorithm the vocabulary uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabKind {
+    /// `gpt2`: byte-level BPE with regex pre-tokenization.
+    ByteLevelBpe,
+    /// `llama`: SentencePiece-style BPE over scores, `▁` for spaces, byte fallback.
+    SentencePiece,
+}
+
+/// A GGUF model's tokenizer. Cheap to share: `&self` methods only, `Send + Sync`.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    kind: VocabKind,
+    specials: SpecialTokens,
+    vocab_size: usize,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    /// SentencePiece only: prefix a space to fragments that start text (see header).
+    add_space_prefix: bool,
+}
+
+impl Tokenizer {
+    /// Build the tokenizer a GGUF vocabulary describes, with llama.cpp's defaults for
+    /// whatever the file leaves out.
+    pub fn from_vocab(vocab: &GgufVocab) -> Result<Self, TokenizerError> {
+        vocab.validate()?;
+        match vocab.model.as_str() {
+            "gpt2" => Self::byte_level(vocab),
+            "llama" => Self::sentencepiece(vocab),
+            other => Err(TokenizerError::UnsupportedModel {
+                model: other.to_owned(),
+            }),
+        }
+    }
+
+    fn byte_level(vocab: &GgufVocab) -> Result<Self, TokenizerError> {
+        let spec = pre_tokenizer_spec(vocab.pre.as_deref())?;
+        let specials = SpecialTokens::new(vocab, vocab.eos_id);
+        let inner = build::byte_level_bpe(vocab, &spec, &specials)?;
+        Ok(Self {
+            inner,
+            kind: VocabKind::ByteLevelBpe,
+            specials,
+            vocab_size: vocab.tokens.len(),
+            bos_id: vocab.bos_id,
+            eos_id: vocab.eos_id,
+            add_bos: vocab.add_bos.unwrap_or(spec.default_add_bos),
+            add_eos: vocab.add_eos.unwrap_or(false),
+            add_space_prefix: false,
+        })
+    }
+
+    fn sentencepiece(vocab: &GgufVocab) -> Result<Self, TokenizerError> {
+        // llama.cpp's SentencePiece defaults: <unk>=0, <s>=1, </s>=2 when the file is silent.
+        let n_tokens = vocab.tokens.len() as u32;
+        let default_id = |id: u32| Some(id).filter(|&id| id < n_tokens);
+        let bos_id = vocab.bos_id.or_else(|| default_id(1));
+        let eos_id = vocab.eos_id.or_else(|| default_id(2));
+        let unk_id = vocab.unk_id.or_else(|| default_id(0));
+        let add_space_prefix = vocab.add_space_prefix.unwrap_or(true);
+        let specials = SpecialTokens::new(vocab, eos_id);
+        let inner = build::sentencepiece_bpe(vocab, &specials, add_space_prefix, unk_id)?;
+        Ok(Self {
+            inner,
+            kind: VocabKind::SentencePiece,
+            specials,
+            vocab_size: vocab.tokens.len(),
+            bos_id,
+            eos_id,
+            add_bos: vocab.add_bos.unwrap_or(true),
+            add_eos: vocab.add_eos.unwrap_or(false),
+            add_space_prefix,
+        })
+    }
+
+    /// Tokenize `text`. `add_special_tokens` adds BOS / EOS where the vocabulary asks
+    /// for them; `parse_special` lets special-token texts in `text` become their ids
+    /// (never pass `true` for user-supplied content).
+    pub fn encode(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+        if add_special_tokens && self.add_bos {
+            ids.push(
+                self.bos_id
+                    .ok_or(TokenizerError::MissingSpecialToken { which: "bos" })?,
+            );
+        }
+        let mut after_special = true;
+        for fragment in self.specials.partition(text, parse_special) {
+            match fragment {
+                Fragment::Token(id) => {
+                    ids.push(id);
+                    after_special = true;
+                }
+                Fragment::Text { start, end } => {
+                    let piece = &text[start..end];
+                    if self.add_space_prefix && after_special {
+                        self.encode_plain(&format!(" {piece}"), &mut ids)?;
+                    } else {
+                        self.encode_plain(piece, &mut ids)?;
+                    }
+                    after_special = false;
+                }
+            }
+        }
+        if add_special_tokens && self.add_eos {
+            ids.push(
+                self.eos_id
+                    .ok_or(TokenizerError::MissingSpecialToken { which: "eos" })?,
+            );
+        }
+        Ok(ids)
+    }
+
+    /// Run the `tokenizers` pipeline on text that holds no special tokens.
+    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) -> Result<(), TokenizerError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(())
+    }
+
+    /// Turn ids back into text. `skip_special` drops control / unknown tokens
+    /// (`<|im_end|>`, `<s>`, …). Byte tokens that do not form valid UTF-8 decode to U+FFFD.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(TokenizerError::IdOutOfRange {
+                id,
+                vocab_size: self.vocab_size,
+            });
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Decode(e.to_string()))
+    }
+
+    /// The token's text as stored in the vocabulary (`Ġhello`, `▁hello`, `<0x0A>`, …).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn kind(&self) -> VocabKind {
+        self.kind
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// Whether `encode(.., add_special_tokens = true, ..)` starts with BOS.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Every id that ends generation: eos, eot (`<|im_end|>`, `<|eot_id|>`, …), eom and
+    /// the other end-of-turn tokens llama.cpp recognises, ascending.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        self.specials.eog_ids().collect()
+    }
+
+    /// The end-of-turn token (`tokenizer.ggml.eot_token_id`, else found by its text).
+    pub fn eot_id(&self) -> Option<u32> {
+        self.specials.eot()
+    }
+
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.specials.is_eog(id)
+    }
+
+    /// Whether `decode(.., skip_special = true)` drops this id.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.specials.kind(id).is_some_and(TokenKind::is_special)
+    }
+
+    /// The token's kind after llama.cpp's overrides; `None` when out of range.
+    pub fn token_kind(&self, id: u32) -> Option<TokenKind> {
+        self.specials.kind(id)
+    }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind)
+            .field("vocab_size", &self.vocab_size)
+            .field("bos_id", &self.bos_id)
+            .field("eos_ids", &self.eos_ids())
+            .field("add_bos", &self.add_bos)
+            .field("add_space_prefix", &self.add_space_prefix)
+            .finish()
+    }
+}
