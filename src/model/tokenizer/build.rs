@@ -6,8 +6,8 @@
 //!   ByteLevel decoder.
 //! - `llama` (SentencePiece BPE): normalizer ' ' → '▁'; no pre-tokenizer (a fragment is
 //!   one word); BPE whose merges are derived from the scores with byte fallback to
-//!   `<0xXX>`; decoder '▁' → ' ', byte fallback, fuse, strip one leading space when the
-//!   vocab adds a space prefix.
+//!   `<0xXX>`; decoder '▁' → ' ', byte fallback, fuse (the leading space a space prefix
+//!   adds is stripped by `Tokenizer::decode`, which decodes in runs).
 //!
 //! Invariant: the pipeline never matches special tokens itself (they are registered as
 //! special added tokens only so decoding can skip them, and `encode_special_tokens` is
@@ -16,7 +16,6 @@
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
-use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -118,7 +117,6 @@ fn parse_merges(merges: &[String], ids: &Vocab) -> Result<Vec<(String, String)>,
 pub fn sentencepiece_bpe(
     vocab: &GgufVocab,
     specials: &SpecialTokens,
-    add_space_prefix: bool,
     unk_id: Option<u32>,
 ) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let ids = token_ids(vocab);
@@ -138,14 +136,11 @@ pub fn sentencepiece_bpe(
         .with_normalizer(Some(space))
         .map_err(|e| build_error("normalizer", e))?;
     let unspace = Replace::new(SPM_SPACE, " ").map_err(|e| build_error("decoder", e))?;
-    let mut decoders = vec![
+    let decoders = vec![
         DecoderWrapper::Replace(unspace),
         DecoderWrapper::ByteFallback(ByteFallback::new()),
         DecoderWrapper::Fuse(Fuse::new()),
     ];
-    if add_space_prefix {
-        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
-    }
     tokenizer.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
         decoders,
     ))));

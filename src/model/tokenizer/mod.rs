@@ -12,7 +12,7 @@
 //! - every id returned by `encode` is `< vocab_size()`; `decode` rejects ids that are not;
 //! - SentencePiece vocabs prefix a space to each text fragment that starts the input or
 //!   follows a special token when `add_space_prefix` is on (llama.cpp's rule), and
-//!   decoding strips that one leading space again.
+//!   decoding strips one leading space of the decoded text again (Hugging Face's rule).
 
 mod build;
 // TODO(merge gguf): mod from_gguf;
@@ -110,7 +110,7 @@ impl Tokenizer {
         let unk_id = vocab.unk_id.or_else(|| default_id(0));
         let add_space_prefix = vocab.add_space_prefix.unwrap_or(true);
         let specials = SpecialTokens::new(vocab, eos_id);
-        let inner = build::sentencepiece_bpe(vocab, &specials, add_space_prefix, unk_id)?;
+        let inner = build::sentencepiece_bpe(vocab, &specials, unk_id)?;
         Ok(Self {
             inner,
             kind: VocabKind::SentencePiece,
@@ -179,16 +179,45 @@ impl Tokenizer {
 
     /// Turn ids back into text. `skip_special` drops control / unknown tokens
     /// (`<|im_end|>`, `<s>`, …). Byte tokens that do not form valid UTF-8 decode to U+FFFD.
+    ///
+    /// As in llama.cpp, special and user-defined tokens render as their raw text; the
+    /// runs of ordinary tokens between them go through the `tokenizers` decoder.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(TokenizerError::IdOutOfRange {
+        let mut text = String::new();
+        let mut run: Vec<u32> = Vec::new();
+        for &id in ids {
+            let kind = self.specials.kind(id).ok_or(TokenizerError::IdOutOfRange {
                 id,
                 vocab_size: self.vocab_size,
-            });
+            })?;
+            if kind == TokenKind::UserDefined || kind.is_special() {
+                self.decode_run(&mut run, &mut text)?;
+                if !(skip_special && kind.is_special()) {
+                    text.push_str(&self.inner.id_to_token(id).unwrap_or_default());
+                }
+            } else {
+                run.push(id);
+            }
         }
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| TokenizerError::Decode(e.to_string()))
+        self.decode_run(&mut run, &mut text)?;
+        if self.add_space_prefix && text.starts_with(' ') {
+            text.remove(0);
+        }
+        Ok(text)
+    }
+
+    /// Decode a run of ordinary tokens, append it to `text` and clear the run.
+    fn decode_run(&self, run: &mut Vec<u32>, text: &mut String) -> Result<(), TokenizerError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let piece = self
+            .inner
+            .decode(run, false)
+            .map_err(|e| TokenizerError::Decode(e.to_string()))?;
+        text.push_str(&piece);
+        run.clear();
+        Ok(())
     }
 
     /// The token's text as stored in the vocabulary (`Ġhello`, `▁hello`, `<0x0A>`, …).
