@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use tessera::model::gguf::GgufFile;
 use tessera::model::tokenizer::{GgufVocab, Tokenizer};
 
 const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
@@ -29,7 +30,9 @@ fn read(path: &PathBuf, fetch_script: &str) -> String {
 }
 
 fn load_vocab(path: &PathBuf, fetch_script: &str) -> GgufVocab {
-    dev_json::load(path, fetch_script)
+    let file = GgufFile::open(path)
+        .unwrap_or_else(|e| panic!("{e}; run {fetch_script} to fetch {}", path.display()));
+    GgufVocab::from_gguf(&file).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn vocab_file(name: &str) -> PathBuf {
@@ -120,53 +123,149 @@ vocab_tests! {
     vocab_command_r => "command-r",
 }
 
-/// Development-time loader: JSON dumps of the GGUF metadata (replaced by the GGUF parser).
-mod dev_json {
-    use super::*;
-    use serde_json::Value;
+fn smollm2() -> Tokenizer {
+    let vocab = load_vocab(&smollm2_file(), "scripts/fetch-model.sh");
+    Tokenizer::from_vocab(&vocab).expect("SmolLM2 tokenizer")
+}
 
-    pub fn load(path: &PathBuf, fetch_script: &str) -> GgufVocab {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let json = read(
-            &PathBuf::from(format!("/tmp/vocabjson/{name}.json")),
-            fetch_script,
-        );
-        let v: Value = serde_json::from_str(&json).unwrap();
-        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        let u = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as u32);
-        let b = |k: &str| v.get(k).and_then(Value::as_bool);
-        let strs = |k: &str| -> Vec<String> {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default()
-        };
-        GgufVocab {
-            model: s("tokenizer.ggml.model").unwrap(),
-            pre: s("tokenizer.ggml.pre"),
-            tokens: strs("tokenizer.ggml.tokens"),
-            token_types: v
-                .get("tokenizer.ggml.token_type")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(|x| x.as_i64().unwrap() as i32).collect())
-                .unwrap_or_default(),
-            scores: v
-                .get("tokenizer.ggml.scores")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(|x| x.as_f64().unwrap() as f32).collect())
-                .unwrap_or_default(),
-            merges: strs("tokenizer.ggml.merges"),
-            bos_id: u("tokenizer.ggml.bos_token_id"),
-            eos_id: u("tokenizer.ggml.eos_token_id"),
-            eot_id: u("tokenizer.ggml.eot_token_id"),
-            eom_id: u("tokenizer.ggml.eom_token_id"),
-            unk_id: u("tokenizer.ggml.unknown_token_id"),
-            pad_id: u("tokenizer.ggml.padding_token_id"),
-            add_bos: b("tokenizer.ggml.add_bos_token"),
-            add_eos: b("tokenizer.ggml.add_eos_token"),
-            add_space_prefix: b("tokenizer.ggml.add_space_prefix"),
-            chat_template: s("tokenizer.chat_template"),
-            model_name: s("general.name"),
+fn tokenizer_of(name: &str) -> Tokenizer {
+    let vocab = load_vocab(&vocab_file(name), "scripts/fetch-test-data.sh");
+    Tokenizer::from_vocab(&vocab).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn smollm2_matches_llama_cpp_golden_ids_and_decodes_back() {
+    let tokenizer = smollm2();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/smollm2_tokens.json");
+    let golden: serde_json::Value =
+        serde_json::from_str(&read(&path, "scripts/golden_tokens.py")).expect("golden JSON");
+    let cases = golden["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let parse_special = case["parse_special"].as_bool().expect("parse_special");
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
+        let ids = tokenizer
+            .encode(text, false, parse_special)
+            .expect("encode");
+        assert_eq!(ids, want, "{text:?} (parse_special = {parse_special})");
+        assert_eq!(tokenizer.decode(&ids, false).expect("decode"), text);
+    }
+}
+
+#[test]
+fn smollm2_special_token_ids() {
+    let tokenizer = smollm2();
+    assert_eq!(tokenizer.bos_id(), Some(1));
+    assert!(
+        !tokenizer.add_bos(),
+        "SmolLM2 sets tokenizer.ggml.add_bos_token = false"
+    );
+    // <|endoftext|>, <|im_end|> and <reponame> (a fill-in-the-middle repo marker): the
+    // same end-of-generation set llama.cpp reports for this file.
+    assert_eq!(tokenizer.eos_ids(), [0, 2, 4]);
+    assert_eq!(tokenizer.eot_id(), Some(2));
+    assert_eq!(tokenizer.token_to_id("<|im_start|>"), Some(1));
+    assert_eq!(tokenizer.id_to_token(2).as_deref(), Some("<|im_end|>"));
+    assert!(tokenizer.is_special(1) && !tokenizer.is_special(4093));
+    assert_eq!(tokenizer.vocab_size(), 49152);
+    let text = "<|im_start|>user\nhi<|im_end|>";
+    let ids = tokenizer.encode(text, true, true).expect("encode");
+    assert_eq!(tokenizer.decode(&ids, true).expect("decode"), "user\nhi");
+    assert_eq!(tokenizer.decode(&ids, false).expect("decode"), text);
+}
+
+/// Typing a control token's text must never produce the control token: for every
+/// CONTROL token of several vocabs, `x<text>y` encoded with parse_special = false holds no
+/// special id and decodes back to itself.
+#[test]
+fn typed_control_token_text_stays_text() {
+    let tokenizers = [
+        ("SmolLM2", smollm2()),
+        ("qwen2", tokenizer_of("qwen2")),
+        ("llama-bpe", tokenizer_of("llama-bpe")),
+        ("llama-spm", tokenizer_of("llama-spm")),
+        ("phi-3", tokenizer_of("phi-3")),
+    ];
+    for (name, tokenizer) in &tokenizers {
+        let mut checked = 0;
+        for id in 0..tokenizer.vocab_size() as u32 {
+            if !tokenizer.is_special(id) {
+                continue;
+            }
+            let token = tokenizer.id_to_token(id).expect("special token text");
+            let text = format!("x{token}system\ny");
+            let ids = tokenizer.encode(&text, false, false).expect("encode");
+            assert!(
+                ids.iter().all(|&t| !tokenizer.is_special(t)),
+                "{name}: typed {token:?} gave special ids {ids:?}"
+            );
+            assert!(tokenizer
+                .decode(&ids, false)
+                .expect("decode")
+                .ends_with(&format!("{token}system\ny")));
+            let parsed = tokenizer.encode(&text, false, true).expect("encode");
+            assert!(
+                parsed.contains(&id),
+                "{name}: parse_special must find {token:?}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 2, "{name}: only {checked} special tokens");
+    }
+}
+
+/// Decoding inverts encoding for text the vocab can represent: byte-level BPE for any
+/// UTF-8, SentencePiece with byte fallback (characters missing from the vocab) and the
+/// `add_space_prefix` leading space.
+#[test]
+fn decode_inverts_encode() {
+    let texts = [
+        "Hello world",
+        " leading space and trailing  ",
+        "北京欢迎你 — 中文",
+        "emoji 👨‍👩‍👧 🦙 🇯🇵 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+        "\n\n\ttabs\r\nand newlines\n",
+        "code: fn main() { println!(\"{}\", 42); }",
+    ];
+    for name in ["qwen2", "llama-bpe", "gpt-2", "llama-spm", "phi-3"] {
+        let tokenizer = tokenizer_of(name);
+        for text in texts {
+            let ids = tokenizer.encode(text, true, false).expect("encode");
+            assert_eq!(
+                tokenizer.decode(&ids, true).expect("decode"),
+                text,
+                "{name}"
+            );
         }
     }
+    let spm = tokenizer_of("llama-spm");
+    let ids = spm.encode("🦙", false, false).expect("encode");
+    let pieces: Vec<String> = ids.iter().filter_map(|&id| spm.id_to_token(id)).collect();
+    assert_eq!(
+        pieces,
+        ["▁", "<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"],
+        "byte fallback"
+    );
+}
+
+#[test]
+fn bos_and_out_of_range_ids() {
+    let spm = tokenizer_of("llama-spm");
+    assert_eq!(
+        spm.encode("Hi", true, false).expect("encode")[0],
+        1,
+        "SentencePiece adds <s>"
+    );
+    let llama3 = tokenizer_of("llama-bpe");
+    assert_eq!(llama3.encode("Hi", true, false).expect("encode")[0], 128000);
+    assert_eq!(
+        llama3.eos_ids(),
+        [128001, 128009],
+        "<|end_of_text|>, <|eot_id|>"
+    );
+    let err = spm
+        .decode(&[5, 32000], false)
+        .expect_err("32000 is out of range");
+    assert!(err.to_string().contains("32000"), "{err}");
 }

@@ -26,11 +26,16 @@ impl GgufVocab {
             None => Vec::new(),
         };
         let token_types = match file.get("tokenizer.ggml.token_type") {
-            Some(_) => file.get_i32_array("tokenizer.ggml.token_type").map_err(gguf)?,
+            Some(_) => file
+                .get_i32_array("tokenizer.ggml.token_type")
+                .map_err(gguf)?,
             None => Vec::new(),
         };
         let vocab = Self {
-            model: file.get_str("tokenizer.ggml.model").map_err(gguf)?.to_owned(),
+            model: file
+                .get_str("tokenizer.ggml.model")
+                .map_err(gguf)?
+                .to_owned(),
             pre: owned(file.opt_str("tokenizer.ggml.pre").map_err(gguf)?),
             tokens,
             token_types,
@@ -40,11 +45,21 @@ impl GgufVocab {
             eos_id: file.opt_u32("tokenizer.ggml.eos_token_id").map_err(gguf)?,
             eot_id: file.opt_u32("tokenizer.ggml.eot_token_id").map_err(gguf)?,
             eom_id: file.opt_u32("tokenizer.ggml.eom_token_id").map_err(gguf)?,
-            unk_id: file.opt_u32("tokenizer.ggml.unknown_token_id").map_err(gguf)?,
-            pad_id: file.opt_u32("tokenizer.ggml.padding_token_id").map_err(gguf)?,
-            add_bos: file.opt_bool("tokenizer.ggml.add_bos_token").map_err(gguf)?,
-            add_eos: file.opt_bool("tokenizer.ggml.add_eos_token").map_err(gguf)?,
-            add_space_prefix: file.opt_bool("tokenizer.ggml.add_space_prefix").map_err(gguf)?,
+            unk_id: file
+                .opt_u32("tokenizer.ggml.unknown_token_id")
+                .map_err(gguf)?,
+            pad_id: file
+                .opt_u32("tokenizer.ggml.padding_token_id")
+                .map_err(gguf)?,
+            add_bos: file
+                .opt_bool("tokenizer.ggml.add_bos_token")
+                .map_err(gguf)?,
+            add_eos: file
+                .opt_bool("tokenizer.ggml.add_eos_token")
+                .map_err(gguf)?,
+            add_space_prefix: file
+                .opt_bool("tokenizer.ggml.add_space_prefix")
+                .map_err(gguf)?,
             chat_template: owned(file.opt_str("tokenizer.chat_template").map_err(gguf)?),
             model_name: owned(file.opt_str("general.name").map_err(gguf)?),
         };
@@ -67,9 +82,14 @@ fn read_scores(file: &GgufFile) -> Result<Vec<f32>, TokenizerError> {
             .enumerate()
             .map(|(index, item)| match item {
                 GgufValue::I32(score) => Ok(*score as f32),
-                other => Err(invalid(KEY, format!("entry {index} is {}, expected i32", other.type_name()))),
+                other => Err(invalid(
+                    KEY,
+                    format!("entry {index} is {}, expected i32", other.type_name()),
+                )),
             })
             .collect(),
-        Some(_) => file.get_f32_array(KEY).map_err(|source| TokenizerError::Gguf { source }),
+        Some(_) => file
+            .get_f32_array(KEY)
+            .map_err(|source| TokenizerError::Gguf { source }),
     }
 }

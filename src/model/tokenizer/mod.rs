@@ -15,7 +15,7 @@
 //!   decoding strips one leading space of the decoded text again (Hugging Face's rule).
 
 mod build;
-// TODO(merge gguf): mod from_gguf;
+mod from_gguf;
 mod pretok;
 mod special;
 mod vocab;
@@ -29,6 +29,11 @@ use special::{Fragment, SpecialTokens};
 /// Everything that can go wrong building or running a tokenizer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    #[error("reading tokenizer metadata from GGUF: {source}")]
+    Gguf {
+        #[source]
+        source: crate::model::gguf::GgufError,
+    },
     #[error("GGUF tokenizer metadata `{key}` {detail}")]
     InvalidVocab { key: &'static str, detail: String },
     #[error("tokenizer model `{model}` (tokenizer.ggml.model) is not supported; tessera supports `gpt2` (byte-level BPE) and `llama` (SentencePiece)")]
