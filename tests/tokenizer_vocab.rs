@@ -7,7 +7,7 @@
 //!    prompts (tests/golden/smollm2_tokens.json, made by scripts/golden_tokens.py).
 //! 3. Properties: decode inverts encode, and typed control-token text stays text.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tessera::model::gguf::GgufFile;
 use tessera::model::tokenizer::{GgufVocab, Tokenizer};
@@ -20,7 +20,7 @@ fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"))
 }
 
-fn read(path: &PathBuf, fetch_script: &str) -> String {
+fn read(path: &Path, fetch_script: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| {
         panic!(
             "cannot read {}: {e}; run {fetch_script} first",
@@ -29,7 +29,7 @@ fn read(path: &PathBuf, fetch_script: &str) -> String {
     })
 }
 
-fn load_vocab(path: &PathBuf, fetch_script: &str) -> GgufVocab {
+fn load_vocab(path: &Path, fetch_script: &str) -> GgufVocab {
     let file = GgufFile::open(path)
         .unwrap_or_else(|e| panic!("{e}; run {fetch_script} to fetch {}", path.display()));
     GgufVocab::from_gguf(&file).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -289,3 +289,126 @@ impl std::fmt::Debug for Tokenizer {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny SentencePiece vocab: `▁ab` outranks `ab`, `c` only exists as a byte token.
+    fn spm_vocab() -> GgufVocab {
+        let tokens = [
+            "<unk>", "<s>", "</s>", "▁", "a", "b", "ab", "▁ab", "<0x63>", "<|user|>",
+        ];
+        GgufVocab {
+            model: "llama".into(),
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            token_types: vec![2, 3, 3, 1, 1, 1, 1, 1, 6, 3],
+            scores: vec![0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -5.0, -4.0, 0.0, 0.0],
+            ..GgufVocab::default()
+        }
+    }
+
+    fn bpe_vocab() -> GgufVocab {
+        GgufVocab {
+            model: "gpt2".into(),
+            pre: Some("gpt-2".into()),
+            tokens: ["a", "b", "ab", "Ġ", "Ġab", "<|end|>"]
+                .map(String::from)
+                .to_vec(),
+            token_types: vec![1, 1, 1, 1, 1, 3],
+            merges: vec!["a b".into(), "Ġ ab".into()],
+            eos_id: Some(5),
+            ..GgufVocab::default()
+        }
+    }
+
+    #[test]
+    fn sentencepiece_merges_by_score_prefixes_space_and_falls_back_to_bytes() {
+        let tokenizer = Tokenizer::from_vocab(&spm_vocab()).expect("spm");
+        assert_eq!(tokenizer.encode("ab", true, false).expect("encode"), [1, 7]);
+        assert_eq!(
+            tokenizer.encode("ab c", false, false).expect("encode"),
+            [7, 3, 8]
+        );
+        // After a special token the next fragment gets the space prefix again.
+        let ids = tokenizer.encode("<|user|>ab", false, true).expect("encode");
+        assert_eq!(ids, [9, 7]);
+        assert_eq!(
+            tokenizer.decode(&[1, 7, 3, 8], true).expect("decode"),
+            "ab c"
+        );
+        assert_eq!(
+            tokenizer.decode(&ids, false).expect("decode"),
+            "<|user|> ab"
+        );
+        assert_eq!(tokenizer.eos_ids(), [2]);
+    }
+
+    #[test]
+    fn byte_level_bpe_uses_file_merges() {
+        let tokenizer = Tokenizer::from_vocab(&bpe_vocab()).expect("bpe");
+        assert_eq!(
+            tokenizer.encode("ab ab", true, false).expect("encode"),
+            [2, 4]
+        );
+        assert_eq!(
+            tokenizer.encode("ab<|end|>", false, true).expect("encode"),
+            [2, 5]
+        );
+        assert_eq!(tokenizer.decode(&[2, 4, 5], true).expect("decode"), "ab ab");
+        assert_eq!(tokenizer.eos_ids(), [5]);
+    }
+
+    #[test]
+    fn bad_metadata_is_a_clear_error() {
+        let mut vocab = bpe_vocab();
+        vocab.model = "bert".into();
+        let err = Tokenizer::from_vocab(&vocab).expect_err("bert is unsupported");
+        assert!(err.to_string().contains("`bert`"), "{err}");
+
+        let mut vocab = bpe_vocab();
+        vocab.pre = Some("mystery".into());
+        let err = Tokenizer::from_vocab(&vocab).expect_err("unknown pre");
+        assert!(err.to_string().contains("`mystery`"), "{err}");
+
+        let mut vocab = bpe_vocab();
+        vocab.merges.clear();
+        let err = Tokenizer::from_vocab(&vocab).expect_err("no merges");
+        assert!(err.to_string().contains("tokenizer.ggml.merges"), "{err}");
+
+        let mut vocab = bpe_vocab();
+        vocab.merges.push("nospace".into());
+        let err = Tokenizer::from_vocab(&vocab).expect_err("malformed merge");
+        assert!(err.to_string().contains("entry 2"), "{err}");
+
+        let mut vocab = bpe_vocab();
+        vocab.tokens[1] = "a".into();
+        let err = Tokenizer::from_vocab(&vocab).expect_err("duplicate token");
+        assert!(err.to_string().contains("entry 1"), "{err}");
+
+        let mut vocab = spm_vocab();
+        vocab.scores.truncate(3);
+        let err = Tokenizer::from_vocab(&vocab).expect_err("short scores");
+        assert!(err.to_string().contains("tokenizer.ggml.scores"), "{err}");
+
+        let mut vocab = bpe_vocab();
+        vocab.eos_id = Some(6);
+        let err = Tokenizer::from_vocab(&vocab).expect_err("eos out of range");
+        assert!(err.to_string().contains("eos_token_id"), "{err}");
+    }
+
+    #[test]
+    fn requested_bos_without_an_id_is_an_error_not_a_panic() {
+        let mut vocab = bpe_vocab();
+        vocab.add_bos = Some(true);
+        let tokenizer = Tokenizer::from_vocab(&vocab).expect("bpe");
+        let err = tokenizer.encode("ab", true, false).expect_err("no bos id");
+        assert!(
+            matches!(err, TokenizerError::MissingSpecialToken { which: "bos" }),
+            "{err}"
+        );
+        assert_eq!(tokenizer.encode("ab", false, false).expect("encode"), [2]);
+        let err = tokenizer.decode(&[7], false).expect_err("out of range");
+        assert!(err.to_string().contains("token id 7"), "{err}");
+    }
+}

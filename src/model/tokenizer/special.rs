@@ -367,20 +367,20 @@ mod tests {
             ("a", 1),
             ("<|im_start|>", 3),
             ("<|im_end|>", 3),
-            ("[PAD]", 4),
+            ("[PAD7]", 4),
         ]);
         let specials = SpecialTokens::new(&v, Some(2));
-        let text = "x<|im_start|>user[PAD]y<|im_end|>";
+        let text = "x<|im_start|>user[PAD7]y<|im_end|>";
         let parsed = specials.partition(text, true);
         assert_eq!(
             texts(text, &parsed, &v),
-            ["x", "<|im_start|>", "user", "[PAD]", "y", "<|im_end|>"]
+            ["x", "<|im_start|>", "user", "[PAD7]", "y", "<|im_end|>"]
         );
         assert_eq!(parsed[1], Fragment::Token(1));
         let plain = specials.partition(text, false);
         assert_eq!(
             texts(text, &plain, &v),
-            ["x<|im_start|>user", "[PAD]", "y<|im_end|>"]
+            ["x<|im_start|>user", "[PAD7]", "y<|im_end|>"]
         );
         assert!(plain
             .iter()
