@@ -6,9 +6,12 @@
 //! 2. The default model (scripts/fetch-model.sh): ids llama.cpp produced for a set of
 //!    prompts (tests/golden/smollm2_tokens.json, made by scripts/golden_tokens.py).
 //! 3. Properties: decode inverts encode, and typed control-token text stays text.
+//! 4. The incremental detokenizer on real vocabularies: never half a character, and the
+//!    pieces add up to `decode` for every prefix of the stream.
 
 use std::path::{Path, PathBuf};
 
+use tessera::engine::detokenizer::IncrementalDetokenizer;
 use tessera::model::gguf::GgufFile;
 use tessera::model::tokenizer::{GgufVocab, Tokenizer};
 
@@ -268,4 +271,89 @@ fn bos_and_out_of_range_ids() {
         .decode(&[5, 32000], false)
         .expect_err("32000 is out of range");
     assert!(err.to_string().contains("32000"), "{err}");
+}
+
+/// Feed `ids` one at a time; check each piece is whole text and that, for every prefix,
+/// emitted + held-back tail (from `finish` on a clone) == decode(prefix).
+fn check_detokenizer(tokenizer: &Tokenizer, ids: &[u32], valid_utf8: bool) {
+    let mut detok = IncrementalDetokenizer::new();
+    let mut emitted = String::new();
+    for (k, &id) in ids.iter().enumerate() {
+        let piece = detok.push(tokenizer, id).expect("push");
+        if valid_utf8 {
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "piece {piece:?} at token {k} is broken UTF-8"
+            );
+        }
+        emitted += &piece;
+        let full = tokenizer.decode(&ids[..=k], true).expect("decode");
+        assert!(
+            full.starts_with(&emitted),
+            "emitted {emitted:?} is not a prefix of {full:?}"
+        );
+        let tail = detok.clone().finish(tokenizer).expect("finish");
+        assert_eq!(format!("{emitted}{tail}"), full, "after {} tokens", k + 1);
+    }
+}
+
+#[test]
+fn detokenizer_streams_whole_characters_smollm2() {
+    let tokenizer = smollm2();
+    let texts = [
+        "北京是中华人民共和国的首都，也是全国的政治、文化中心。",
+        "Family: 👨‍👩‍👧‍👦, flags 🇫🇷🇯🇵, skin tone 👍🏽, heart ❤️ and 🦙 llama",
+        "Mixed 中文 and English, emoji 😀 in between; 日本語も。한국어도 OK.",
+        "<|im_start|>assistant\nSure! 你好 👋<|im_end|>",
+    ];
+    for text in texts {
+        let ids = tokenizer.encode(text, false, true).expect("encode");
+        assert!(ids.len() > 10);
+        check_detokenizer(&tokenizer, &ids, true);
+    }
+    // Characters really are split across tokens in these texts.
+    let ids = tokenizer.encode("👨‍👩‍👧‍👦", false, false).expect("encode");
+    assert!(ids.iter().any(|&id| tokenizer
+        .decode(&[id], true)
+        .expect("decode")
+        .contains('\u{FFFD}')));
+}
+
+#[test]
+fn detokenizer_streams_sentencepiece_byte_fallback_and_spaces() {
+    let tokenizer = tokenizer_of("llama-spm");
+    for text in [
+        "  two leading spaces",
+        "emoji 🦙🦙 and 𝔘𝔫𝔦 (byte fallback)",
+        "中文 mixed",
+    ] {
+        let ids = tokenizer.encode(text, true, false).expect("encode");
+        check_detokenizer(&tokenizer, &ids, true);
+    }
+}
+
+/// Arbitrary id streams (invalid UTF-8, lone byte tokens, specials anywhere) still add
+/// up to `decode`; only the UTF-8 validity of pieces is not expected.
+#[test]
+fn detokenizer_matches_decode_on_arbitrary_id_streams() {
+    for tokenizer in [smollm2(), tokenizer_of("llama-spm")] {
+        let n = tokenizer.vocab_size() as u64;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..30 {
+            let ids: Vec<u32> = (0..40)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    // Favour the first 300 ids: specials, bytes and short pieces.
+                    (if state % 2 == 0 {
+                        state % 300
+                    } else {
+                        state % n
+                    }) as u32
+                })
+                .collect();
+            check_detokenizer(&tokenizer, &ids, false);
+        }
+    }
 }

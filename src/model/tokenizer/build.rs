@@ -6,16 +6,12 @@
 //!   ByteLevel decoder.
 //! - `llama` (SentencePiece BPE): normalizer ' ' → '▁'; no pre-tokenizer (a fragment is
 //!   one word); BPE whose merges are derived from the scores with byte fallback to
-//!   `<0xXX>`; decoder '▁' → ' ', byte fallback, fuse (the leading space a space prefix
-//!   adds is stripped by `Tokenizer::decode`, which decodes in runs).
+//!   `<0xXX>`; no decoder (`decode.rs` turns pieces into bytes itself, as llama.cpp does).
 //!
 //! Invariant: the pipeline never matches special tokens itself (they are registered as
 //! special added tokens only so decoding can skip them, and `encode_special_tokens` is
 //! on); `Tokenizer::encode` partitions specials before calling it.
 
-use tokenizers::decoders::byte_fallback::ByteFallback;
-use tokenizers::decoders::fuse::Fuse;
-use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -135,15 +131,6 @@ pub fn sentencepiece_bpe(
     tokenizer
         .with_normalizer(Some(space))
         .map_err(|e| build_error("normalizer", e))?;
-    let unspace = Replace::new(SPM_SPACE, " ").map_err(|e| build_error("decoder", e))?;
-    let decoders = vec![
-        DecoderWrapper::Replace(unspace),
-        DecoderWrapper::ByteFallback(ByteFallback::new()),
-        DecoderWrapper::Fuse(Fuse::new()),
-    ];
-    tokenizer.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
-        decoders,
-    ))));
     register_specials(&mut tokenizer, vocab, specials)?;
     Ok(tokenizer)
 }

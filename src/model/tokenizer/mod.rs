@@ -15,6 +15,7 @@
 //!   decoding strips one leading space of the decoded text again (Hugging Face's rule).
 
 mod build;
+mod decode;
 mod from_gguf;
 mod pretok;
 mod special;
@@ -179,49 +180,6 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         ids.extend_from_slice(encoding.get_ids());
-        Ok(())
-    }
-
-    /// Turn ids back into text. `skip_special` drops control / unknown tokens
-    /// (`<|im_end|>`, `<s>`, …). Byte tokens that do not form valid UTF-8 decode to U+FFFD.
-    ///
-    /// As in llama.cpp, special and user-defined tokens render as their raw text; the
-    /// runs of ordinary tokens between them go through the `tokenizers` decoder.
-    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        let mut text = String::new();
-        let mut run: Vec<u32> = Vec::new();
-        for &id in ids {
-            let kind = self.specials.kind(id).ok_or(TokenizerError::IdOutOfRange {
-                id,
-                vocab_size: self.vocab_size,
-            })?;
-            if kind == TokenKind::UserDefined || kind.is_special() {
-                self.decode_run(&mut run, &mut text)?;
-                if !(skip_special && kind.is_special()) {
-                    text.push_str(&self.inner.id_to_token(id).unwrap_or_default());
-                }
-            } else {
-                run.push(id);
-            }
-        }
-        self.decode_run(&mut run, &mut text)?;
-        if self.add_space_prefix && text.starts_with(' ') {
-            text.remove(0);
-        }
-        Ok(text)
-    }
-
-    /// Decode a run of ordinary tokens, append it to `text` and clear the run.
-    fn decode_run(&self, run: &mut Vec<u32>, text: &mut String) -> Result<(), TokenizerError> {
-        if run.is_empty() {
-            return Ok(());
-        }
-        let piece = self
-            .inner
-            .decode(run, false)
-            .map_err(|e| TokenizerError::Decode(e.to_string()))?;
-        text.push_str(&piece);
-        run.clear();
         Ok(())
     }
 
