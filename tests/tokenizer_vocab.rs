@@ -346,7 +346,7 @@ fn detokenizer_matches_decode_on_arbitrary_id_streams() {
                     state ^= state >> 7;
                     state ^= state << 17;
                     // Favour the first 300 ids: specials, bytes and short pieces.
-                    (if state % 2 == 0 {
+                    (if state.is_multiple_of(2) {
                         state % 300
                     } else {
                         state % n
