@@ -25,6 +25,8 @@ pub use pretok::{pre_tokenizer_spec, PreTokenizerSpec};
 pub use special::TokenKind;
 pub use vocab::{token_type, GgufVocab};
 
+use std::ops::Range;
+
 use special::{Fragment, SpecialTokens};
 
 /// Everything that can go wrong building or running a tokenizer.
@@ -139,6 +141,36 @@ impl Tokenizer {
         add_special_tokens: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, TokenizerError> {
+        let fragments = self.specials.partition(text, parse_special, &[]);
+        self.encode_fragments(text, &fragments, add_special_tokens)
+    }
+
+    /// Tokenize `text` parsing special tokens, except inside the `literal` byte ranges:
+    /// a special-token text overlapping one of them stays plain text. This is how a
+    /// rendered chat prompt keeps the template's control tokens while message contents
+    /// cannot produce any (see `encode_chat`).
+    pub fn encode_with_literals(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        literal: &[Range<usize>],
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let fragments = self.specials.partition(text, true, literal);
+        self.encode_fragments(text, &fragments, add_special_tokens)
+    }
+
+    /// Texts that only `parse_special = true` turns into ids (control tokens such as
+    /// `<|im_start|>`), longest first.
+    pub fn control_token_texts(&self) -> Vec<&str> {
+        self.specials.parse_only_texts().collect()
+    }
+
+    fn encode_fragments(
+        &self,
+        text: &str,
+        fragments: &[Fragment],
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_special_tokens && self.add_bos {
             ids.push(
@@ -147,8 +179,8 @@ impl Tokenizer {
             );
         }
         let mut after_special = true;
-        for fragment in self.specials.partition(text, parse_special) {
-            match fragment {
+        for fragment in fragments {
+            match *fragment {
                 Fragment::Token(id) => {
                     ids.push(id);
                     after_special = true;

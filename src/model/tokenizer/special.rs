@@ -14,6 +14,7 @@
 //! tokens are matched, so CONTROL tokens can never come out of plain text.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use super::vocab::{token_type, GgufVocab};
 
@@ -204,6 +205,20 @@ impl SpecialTokens {
         self.eot
     }
 
+    /// Texts that become token ids only with `parse_special = true` (CONTROL and
+    /// UNKNOWN tokens), longest first.
+    pub fn parse_only_texts(&self) -> impl Iterator<Item = &str> + '_ {
+        self.partition_order
+            .iter()
+            .filter(|(id, _)| {
+                matches!(
+                    self.kinds[*id as usize],
+                    TokenKind::Control | TokenKind::Unknown
+                )
+            })
+            .map(|(_, text)| text.as_str())
+    }
+
     /// Ids that decoding with `skip_special` renders as nothing.
     pub fn special_ids(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.kinds.len() as u32).filter(|&id| self.kinds[id as usize].is_special())
@@ -212,7 +227,14 @@ impl SpecialTokens {
     /// Split `text` into special tokens and plain-text fragments the way llama.cpp's
     /// `tokenizer_st_partition` does: for each special token, longest first, every
     /// occurrence inside a still-plain fragment is cut out.
-    pub fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+    ///
+    /// A match that overlaps one of the `literal` byte ranges is left as text.
+    pub fn partition(
+        &self,
+        text: &str,
+        parse_special: bool,
+        literal: &[Range<usize>],
+    ) -> Vec<Fragment> {
         let mut fragments = Vec::new();
         if !text.is_empty() {
             fragments.push(Fragment::Text {
@@ -233,7 +255,8 @@ impl SpecialTokens {
                 .into_iter()
                 .flat_map(|fragment| match fragment {
                     Fragment::Text { start, end } => {
-                        cut_occurrences(text, start, end, *id, token_text, rstrip)
+                        let token = (*id, token_text.as_str(), rstrip);
+                        cut_occurrences(text, start..end, token, literal)
                     }
                     token => vec![token],
                 })
@@ -243,19 +266,26 @@ impl SpecialTokens {
     }
 }
 
-/// Cut every occurrence of `token_text` out of `text[start..end]`.
+/// Cut every occurrence of the token `(id, text, rstrip)` out of `text[range]`, except
+/// occurrences overlapping a `literal` range.
 fn cut_occurrences(
     text: &str,
-    start: usize,
-    end: usize,
-    id: u32,
-    token_text: &str,
-    rstrip: bool,
+    range: Range<usize>,
+    (id, token_text, rstrip): (u32, &str, bool),
+    literal: &[Range<usize>],
 ) -> Vec<Fragment> {
+    let end = range.end;
     let mut out = Vec::new();
-    let mut pos = start;
-    while let Some(offset) = text[pos..end].find(token_text) {
-        let found = pos + offset;
+    let mut pos = range.start;
+    let mut search = pos;
+    while let Some(offset) = text[search..end].find(token_text) {
+        let found = search + offset;
+        let found_end = found + token_text.len();
+        if literal.iter().any(|r| r.start < found_end && found < r.end) {
+            // Skip one character and look again; the text stays in the fragment.
+            search = found + text[found..].chars().next().map_or(1, char::len_utf8);
+            continue;
+        }
         if found > pos {
             out.push(Fragment::Text {
                 start: pos,
@@ -263,7 +293,7 @@ fn cut_occurrences(
             });
         }
         out.push(Fragment::Token(id));
-        pos = found + token_text.len();
+        pos = found_end;
         if rstrip {
             // C `isspace`: only ASCII whitespace, so `pos` stays on a char boundary.
             while pos < end
@@ -275,6 +305,7 @@ fn cut_occurrences(
                 pos += 1;
             }
         }
+        search = pos;
     }
     if pos < end {
         out.push(Fragment::Text { start: pos, end });
@@ -371,13 +402,13 @@ mod tests {
         ]);
         let specials = SpecialTokens::new(&v, Some(2));
         let text = "x<|im_start|>user[PAD7]y<|im_end|>";
-        let parsed = specials.partition(text, true);
+        let parsed = specials.partition(text, true, &[]);
         assert_eq!(
             texts(text, &parsed, &v),
             ["x", "<|im_start|>", "user", "[PAD7]", "y", "<|im_end|>"]
         );
         assert_eq!(parsed[1], Fragment::Token(1));
-        let plain = specials.partition(text, false);
+        let plain = specials.partition(text, false, &[]);
         assert_eq!(
             texts(text, &plain, &v),
             ["x<|im_start|>user", "[PAD7]", "y<|im_end|>"]
@@ -385,6 +416,25 @@ mod tests {
         assert!(plain
             .iter()
             .all(|f| !matches!(f, Fragment::Token(1) | Fragment::Token(2))));
+    }
+
+    #[test]
+    fn matches_overlapping_literal_ranges_stay_text() {
+        let v = vocab(&[("a", 1), ("<|im_start|>", 3)]);
+        let specials = SpecialTokens::new(&v, None);
+        let text = "<|im_start|>x<|im_start|>y<|im_start|>";
+        // The middle occurrence (bytes 13..25) is literal; the partial overlap 24..26 too.
+        for literal in [13..25, 24..26] {
+            let parts = specials.partition(text, true, &[literal]);
+            assert_eq!(
+                texts(text, &parts, &v),
+                ["<|im_start|>", "x<|im_start|>y", "<|im_start|>"]
+            );
+        }
+        assert_eq!(
+            specials.parse_only_texts().collect::<Vec<_>>(),
+            ["<|im_start|>"]
+        );
     }
 
     #[test]
@@ -407,11 +457,11 @@ mod tests {
         v.model_name = Some("Phi3".into());
         let specials = SpecialTokens::new(&v, None);
         let text = "<|end|> \n x";
-        let parts = specials.partition(text, true);
+        let parts = specials.partition(text, true, &[]);
         assert_eq!(texts(text, &parts, &v), ["<|end|>", "x"]);
         let text = "<s> x";
         assert_eq!(
-            texts(text, &specials.partition(text, true), &v),
+            texts(text, &specials.partition(text, true, &[]), &v),
             ["<s>", " x"]
         );
     }
@@ -421,8 +471,8 @@ mod tests {
         let v = vocab(&[("<a>", 4), ("<a><b>", 4), ("x", 1)]);
         let specials = SpecialTokens::new(&v, None);
         let text = "<a><b><a>";
-        let parts = specials.partition(text, false);
+        let parts = specials.partition(text, false, &[]);
         assert_eq!(parts, [Fragment::Token(1), Fragment::Token(0)]);
-        assert!(specials.partition("", true).is_empty());
+        assert!(specials.partition("", true, &[]).is_empty());
     }
 }
