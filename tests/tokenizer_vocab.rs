@@ -5,6 +5,8 @@
 //!    tokenize (no BOS, special tokens not parsed) to exactly the ids in `.out`.
 //! 2. The default model (scripts/fetch-model.sh): ids llama.cpp produced for a set of
 //!    prompts (tests/golden/smollm2_tokens.json, made by scripts/golden_tokens.py).
+//!    tests/golden/vocab_fuzz.json (scripts/golden_vocab_fuzz.py): llama.cpp's ids for
+//!    random mixed strings on every supported vocab file, special tokens parsed or not.
 //! 3. Properties: decode inverts encode, and typed control-token text stays text.
 //! 4. The incremental detokenizer on real vocabularies: never half a character, and the
 //!    pieces add up to `decode` for every prefix of the stream.
@@ -124,6 +126,36 @@ vocab_tests! {
     vocab_starcoder => "starcoder",
     vocab_refact => "refact",
     vocab_command_r => "command-r",
+}
+
+#[test]
+fn random_strings_match_llama_cpp_on_every_vocab() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/vocab_fuzz.json");
+    let golden: serde_json::Value =
+        serde_json::from_str(&read(&path, "scripts/golden_vocab_fuzz.py")).expect("golden JSON");
+    let texts: Vec<String> = serde_json::from_value(golden["texts"].clone()).expect("texts");
+    let vocabs = golden["vocabs"].as_object().expect("vocabs");
+    assert!(vocabs.len() >= 17, "golden covers {} vocabs", vocabs.len());
+    for (name, expected) in vocabs {
+        let file = match name.starts_with("ggml-vocab-") {
+            true => cache_dir().join("vocab").join(name),
+            false => cache_dir().join("models").join(name),
+        };
+        let tokenizer = Tokenizer::from_vocab(&load_vocab(&file, "scripts/fetch-test-data.sh"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (key, parse_special) in [("plain", false), ("special", true)] {
+            let want: Vec<Vec<u32>> = serde_json::from_value(expected[key].clone()).expect("ids");
+            for (text, want) in texts.iter().zip(want) {
+                let ids = tokenizer
+                    .encode(text, false, parse_special)
+                    .expect("encode");
+                assert_eq!(
+                    ids, want,
+                    "{name}, parse_special = {parse_special}: {text:?}"
+                );
+            }
+        }
+    }
 }
 
 fn smollm2() -> Tokenizer {

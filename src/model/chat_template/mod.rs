@@ -182,6 +182,12 @@ mod tests {
     }
 
     #[test]
+    fn template_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ChatTemplate>();
+    }
+
+    #[test]
     fn chatml_default_and_generation_prompt() {
         let template = ChatTemplate::from_optional(None, "", "").expect("chatml");
         let msgs = [ChatMessage::new("user", "Hi")];

@@ -335,6 +335,12 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+    }
+
+    #[test]
     fn byte_level_bpe_uses_file_merges() {
         let tokenizer = Tokenizer::from_vocab(&bpe_vocab()).expect("bpe");
         assert_eq!(
