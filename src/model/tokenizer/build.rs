@@ -56,7 +56,7 @@ pub fn byte_level_bpe(
         });
     }
     let ids = token_ids(vocab);
-    let merges = parse_merges(&vocab.merges, &ids)?;
+    let merges = parse_merges(&vocab.merges, &ids, specials)?;
     let model = BPE::builder()
         .vocab_and_merges(ids, merges)
         .ignore_merges(spec.ignore_merges)
@@ -82,9 +82,18 @@ pub fn byte_level_bpe(
 }
 
 /// `tokenizer.ggml.merges` entries are "left right", split at the first space after the
-/// first byte (a left part may itself be a lone space-marker character). Merges whose
-/// parts or result are not tokens can never fire in llama.cpp either; they are dropped.
-fn parse_merges(merges: &[String], ids: &Vocab) -> Result<Vec<(String, String)>, TokenizerError> {
+/// first character. Merges whose parts or result are not tokens can never fire in
+/// llama.cpp either, and merges that would produce a special (control / unknown) token
+/// are dropped so such tokens never come out of plain text (none of llama.cpp's vocab
+/// files has one that its pre-tokenizer can reach, so results are unchanged). The
+/// whole-piece lookup of `ignore_merges` vocabs (Llama 3) bypasses merges, but their
+/// regex splits `<|`, letters and `|>` apart, so no control text is ever one piece
+/// (tests/tokenizer_vocab.rs types every control token of llama-bpe to check).
+fn parse_merges(
+    merges: &[String],
+    ids: &Vocab,
+    specials: &SpecialTokens,
+) -> Result<Vec<(String, String)>, TokenizerError> {
     let mut pairs = Vec::with_capacity(merges.len());
     for (index, merge) in merges.iter().enumerate() {
         let split = merge
@@ -99,9 +108,10 @@ fn parse_merges(merges: &[String], ids: &Vocab) -> Result<Vec<(String, String)>,
             });
         };
         let (left, right) = (&merge[..at], &merge[at + 1..]);
+        let merged = ids.get(&format!("{left}{right}"));
         let usable = ids.contains_key(left)
             && ids.contains_key(right)
-            && ids.contains_key(&format!("{left}{right}"));
+            && merged.is_some_and(|&id| !specials.kind(id).is_some_and(TokenKind::is_special));
         if usable {
             pairs.push((left.to_owned(), right.to_owned()));
         }

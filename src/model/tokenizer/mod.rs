@@ -7,8 +7,9 @@
 //! pipeline on each plain fragment (`build.rs`).
 //!
 //! Invariants:
-//! - with `parse_special = false` no CONTROL token (`<|im_start|>`, `<s>`, …) is ever
-//!   produced from text: user content cannot inject control tokens;
+//! - with `parse_special = false` control-token texts (`<|im_start|>`, `<s>`, …) are
+//!   never matched, and no merge produces a control token, so user content cannot
+//!   inject one (USER_DEFINED tokens are still matched, as in llama.cpp);
 //! - every id returned by `encode` is `< vocab_size()`; `decode` rejects ids that are not;
 //! - SentencePiece vocabs prefix a space to each text fragment that starts the input or
 //!   follows a special token when `add_space_prefix` is on (llama.cpp's rule), and
