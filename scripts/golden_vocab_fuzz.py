@@ -15,7 +15,7 @@ import llama_cpp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("TESSERA_CACHE_DIR", os.path.join(ROOT, ".cache"))
-SKIP = ("bert", "nomic", "gemma")  # WordPiece / Unigram / Gemma-4 vocabs: not supported
+SKIP = ("bert", "nomic")  # WordPiece and Unigram vocabs: not supported
 POOL = list("abcXYZ   \n\n\t\r0123456789.,!?;:'\"()[]<>|/\\-_=+*&^%$#@~`") + [
     "你好", "世界", "привет", "ภาษาไทย", "हिन्दी", "العربية", "한국어", "カタカナ", "😀", "👨‍👩‍👧",
     "🇫🇷", "🦙", "✅", "é", "e\u0301", "\u00a0", "\u2028", "\u3000", "\u2003", "ß", "İ", "½",

@@ -126,6 +126,7 @@ vocab_tests! {
     vocab_starcoder => "starcoder",
     vocab_refact => "refact",
     vocab_command_r => "command-r",
+    vocab_gemma_4 => "gemma-4",
 }
 
 #[test]
@@ -135,7 +136,7 @@ fn random_strings_match_llama_cpp_on_every_vocab() {
         serde_json::from_str(&read(&path, "scripts/golden_vocab_fuzz.py")).expect("golden JSON");
     let texts: Vec<String> = serde_json::from_value(golden["texts"].clone()).expect("texts");
     let vocabs = golden["vocabs"].as_object().expect("vocabs");
-    assert!(vocabs.len() >= 17, "golden covers {} vocabs", vocabs.len());
+    assert!(vocabs.len() >= 18, "golden covers {} vocabs", vocabs.len());
     for (name, expected) in vocabs {
         let file = match name.starts_with("ggml-vocab-") {
             true => cache_dir().join("vocab").join(name),
@@ -263,7 +264,14 @@ fn decode_inverts_encode() {
         "\n\n\ttabs\r\nand newlines\n",
         "code: fn main() { println!(\"{}\", 42); }",
     ];
-    for name in ["qwen2", "llama-bpe", "gpt-2", "llama-spm", "phi-3"] {
+    for name in [
+        "qwen2",
+        "llama-bpe",
+        "gpt-2",
+        "llama-spm",
+        "phi-3",
+        "gemma-4",
+    ] {
         let tokenizer = tokenizer_of(name);
         for text in texts {
             let ids = tokenizer.encode(text, true, false).expect("encode");

@@ -7,6 +7,8 @@
 //! - `llama` (SentencePiece BPE): normalizer ' ' → '▁'; no pre-tokenizer (a fragment is
 //!   one word); BPE whose merges are derived from the scores with byte fallback to
 //!   `<0xXX>`; no decoder (`decode.rs` turns pieces into bytes itself, as llama.cpp does).
+//! - `gemma4` (BPE over `▁`-escaped UTF-8): normalizer ' ' → '▁'; split at newline runs;
+//!   BPE with the file's merges and byte fallback; decoded like SentencePiece.
 //!
 //! Invariant: the pipeline never matches special tokens itself (they are registered as
 //! special added tokens only so decoding can skip them, and `encode_special_tokens` is
@@ -141,6 +143,39 @@ pub fn sentencepiece_bpe(
     tokenizer
         .with_normalizer(Some(space))
         .map_err(|e| build_error("normalizer", e))?;
+    register_specials(&mut tokenizer, vocab, specials)?;
+    Ok(tokenizer)
+}
+
+/// Gemma-4 style BPE (`tokenizer.ggml.model = gemma4`): spaces become `▁`, the text is
+/// split only at newline runs, then the file's merges run over raw UTF-8 characters with
+/// byte fallback to `<0xXX>` (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_GEMMA4`).
+pub fn space_marker_bpe(
+    vocab: &GgufVocab,
+    specials: &SpecialTokens,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    if vocab.merges.is_empty() {
+        return Err(TokenizerError::InvalidVocab {
+            key: "tokenizer.ggml.merges",
+            detail: "is missing or empty, but a gemma4 (BPE) vocabulary needs merges".into(),
+        });
+    }
+    let ids = token_ids(vocab);
+    let merges = parse_merges(&vocab.merges, &ids, specials)?;
+    let model = BPE::builder()
+        .vocab_and_merges(ids, merges)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| build_error("BPE model", e))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    let space = Replace::new(" ", SPM_SPACE).map_err(|e| build_error("normalizer", e))?;
+    tokenizer
+        .with_normalizer(Some(space))
+        .map_err(|e| build_error("normalizer", e))?;
+    let newlines = SplitPattern::Regex("[^\n]+|[\n]+".to_owned());
+    let split = Split::new(newlines, SplitDelimiterBehavior::Isolated, false)
+        .map_err(|e| build_error("pre-tokenizer", e))?;
+    tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Split(split)));
     register_specials(&mut tokenizer, vocab, specials)?;
     Ok(tokenizer)
 }

@@ -4,7 +4,8 @@
 //! - CONTROL / UNKNOWN (and unused) tokens render as their raw text, or as nothing with
 //!   `skip_special`; USER_DEFINED tokens always render as their raw text;
 //! - runs of ordinary tokens between them become bytes (byte-level BPE: the `tokenizers`
-//!   ByteLevel decoder; SentencePiece: `▁` → space, `<0xXX>` byte tokens → that byte) and
+//!   ByteLevel decoder; SentencePiece and Gemma 4: `▁` → space, `<0xXX>` byte tokens →
+//!   that byte) and
 //!   each run is turned into text with `from_utf8_lossy`;
 //! - SentencePiece vocabs with `add_space_prefix` drop one leading space of the result.
 //!
@@ -66,7 +67,7 @@ impl Tokenizer {
                     .map_err(|e| TokenizerError::Decode(e.to_string()))?;
                 text.push_str(&piece);
             }
-            VocabKind::SentencePiece => {
+            VocabKind::SentencePiece | VocabKind::SpaceMarkerBpe => {
                 let mut bytes = Vec::with_capacity(run.len() * 4);
                 for &id in run.iter() {
                     self.push_spm_bytes(id, &mut bytes)?;

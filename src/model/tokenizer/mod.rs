@@ -40,7 +40,7 @@ pub enum TokenizerError {
     },
     #[error("GGUF tokenizer metadata `{key}` {detail}")]
     InvalidVocab { key: &'static str, detail: String },
-    #[error("tokenizer model `{model}` (tokenizer.ggml.model) is not supported; tessera supports `gpt2` (byte-level BPE) and `llama` (SentencePiece)")]
+    #[error("tokenizer model `{model}` (tokenizer.ggml.model) is not supported; tessera supports `gpt2` (byte-level BPE), `llama` (SentencePiece) and `gemma4`")]
     UnsupportedModel { model: String },
     #[error("pre-tokenizer `{pre}` (tokenizer.ggml.pre) is not supported")]
     UnsupportedPreTokenizer { pre: String },
@@ -63,6 +63,8 @@ pub enum VocabKind {
     ByteLevelBpe,
     /// `llama`: SentencePiece-style BPE over scores, `▁` for spaces, byte fallback.
     SentencePiece,
+    /// `gemma4`: BPE merges over `▁`-escaped UTF-8, `<0xXX>` byte fallback.
+    SpaceMarkerBpe,
 }
 
 /// A GGUF model's tokenizer. Cheap to share: `&self` methods only, `Send + Sync`.
@@ -87,6 +89,7 @@ impl Tokenizer {
         match vocab.model.as_str() {
             "gpt2" => Self::byte_level(vocab),
             "llama" => Self::sentencepiece(vocab),
+            "gemma4" => Self::space_marker(vocab),
             other => Err(TokenizerError::UnsupportedModel {
                 model: other.to_owned(),
             }),
@@ -130,6 +133,23 @@ impl Tokenizer {
             add_bos: vocab.add_bos.unwrap_or(true),
             add_eos: vocab.add_eos.unwrap_or(false),
             add_space_prefix,
+        })
+    }
+
+    fn space_marker(vocab: &GgufVocab) -> Result<Self, TokenizerError> {
+        let specials = SpecialTokens::new(vocab, vocab.eos_id);
+        let inner = build::space_marker_bpe(vocab, &specials)?;
+        Ok(Self {
+            inner,
+            kind: VocabKind::SpaceMarkerBpe,
+            specials,
+            vocab_size: vocab.tokens.len(),
+            bos_id: vocab.bos_id,
+            eos_id: vocab.eos_id,
+            // llama.cpp forces BOS on for Gemma 4 whatever the file says.
+            add_bos: true,
+            add_eos: vocab.add_eos.unwrap_or(false),
+            add_space_prefix: false,
         })
     }
 

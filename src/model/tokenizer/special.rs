@@ -178,6 +178,7 @@ impl SpecialTokens {
         }
         eog.extend([eos_id, eot, vocab.eom_id].into_iter().flatten());
         drop_harmony_end(vocab, &mut eog, &mut kinds);
+        keep_plain_eos_text(vocab, &mut eog, &mut kinds);
         let partition_order = partition_order(vocab, &kinds);
         let rstrip = phi3_rstrip(vocab, &partition_order);
         Self {
@@ -366,6 +367,21 @@ fn drop_harmony_end(vocab: &GgufVocab, eog: &mut BTreeSet<u32>, kinds: &mut [Tok
     {
         eog.remove(&end);
         kinds[end as usize] = TokenKind::UserDefined;
+    }
+}
+
+/// llama.cpp: Gemma 4 and PLaMo have an ordinary `</s>` token; when their end marker is
+/// present, `</s>` is neither end-of-generation nor control.
+fn keep_plain_eos_text(vocab: &GgufVocab, eog: &mut BTreeSet<u32>, kinds: &mut [TokenKind]) {
+    let text = |id: u32| vocab.tokens[id as usize].as_str();
+    let has_marker = eog
+        .iter()
+        .any(|&id| matches!(text(id), "<|tool_response>" | "<|plamo:eos|>"));
+    if let Some(s) = eog.iter().copied().find(|&id| text(id) == "</s>") {
+        if has_marker {
+            eog.remove(&s);
+            kinds[s as usize] = TokenKind::Normal;
+        }
     }
 }
 
