@@ -11,7 +11,9 @@
 //! Invariants: `partition_order` holds every CONTROL / USER_DEFINED / UNKNOWN token,
 //! longest text first (ties by id); `partition` covers the input exactly once, in order,
 //! except whitespace removed by RSTRIP. With `parse_special = false` only USER_DEFINED
-//! tokens are matched, so CONTROL tokens can never come out of plain text.
+//! tokens are matched, so CONTROL tokens can never come out of plain text; a match that
+//! overlaps a caller's `literal` byte range (message content in a chat prompt) is never
+//! cut either.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
