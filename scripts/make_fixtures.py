@@ -14,7 +14,8 @@ models/templates.
 
 Weights are scaled so the residual stream carries comparable token-embedding, attention
 and MLP parts (the next token depends on the context, not only on the last token) and the
-logits spread wide (std ~16), so greedy top-1/top-2 gaps are usually large.
+logits spread wide (std ~sqrt(n_embd): 16 or 11), so greedy top-1/top-2 gaps are
+usually large (median ~2-3) next to the drift between valid llama.cpp settings (tests/golden/README.md).
 
 Usage: scripts/make_fixtures.py [--out-dir tests/fixtures] [--llama-quantize PATH]
 Needs: gguf 0.19, numpy; llama-quantize (default: built by scripts/build-llama-cpp.sh).
