@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-quantize` and `llama-server` (Release, CPU only, no curl) from the
+# llama.cpp vendored in the llama-cpp-python==0.3.36 sdist from PyPI (sha256-checked), into
+# the git-ignored cache. These are reference tools for scripts/make_fixtures.py (K-quants)
+# and for side-by-side checks; the Rust build never needs them.
+# Prints the two binaries' paths. A second run builds nothing.
+# Env: TESSERA_CACHE_DIR (default <repo>/.cache), BUILD_JOBS (default 2).
+set -euo pipefail
+
+VERSION="0.3.36"
+SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+TARGETS=(llama-quantize llama-server)
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache="${TESSERA_CACHE_DIR:-$root/.cache}"
+sdist="$cache/dl/llama_cpp_python-$VERSION.tar.gz"
+src_root="$cache/dl/llama_cpp_python-$VERSION"
+llama_src="$src_root/vendor/llama.cpp"
+build="$cache/build/llama.cpp-$VERSION"
+jobs="${BUILD_JOBS:-2}"
+
+print_bins() {
+  for t in "${TARGETS[@]}"; do echo "$build/bin/$t"; done
+}
+
+all_built=1
+for t in "${TARGETS[@]}"; do [ -x "$build/bin/$t" ] || all_built=0; done
+if [ "$all_built" = 1 ]; then
+  print_bins
+  exit 0
+fi
+
+# 1. The sdist (same fetch as scripts/fetch-test-data.sh), unpacked whole.
+mkdir -p "$cache/dl"
+if [ ! -f "$llama_src/CMakeLists.txt" ]; then
+  if [ ! -f "$sdist" ] || [ "$(sha256sum "$sdist" | cut -d' ' -f1)" != "$SHA256" ]; then
+    echo "fetching llama-cpp-python==$VERSION sdist from PyPI ..." >&2
+    url=$(curl -fsSL "https://pypi.org/simple/llama-cpp-python/" |
+      grep -o "https://[^\"#]*llama_cpp_python-$VERSION.tar.gz" | head -n 1)
+    curl -fsSL -o "$sdist.part" "$url"
+    if [ "$(sha256sum "$sdist.part" | cut -d' ' -f1)" != "$SHA256" ]; then
+      echo "error: llama-cpp-python $VERSION sdist does not match sha256 $SHA256" >&2
+      rm -f "$sdist.part"
+      exit 1
+    fi
+    mv "$sdist.part" "$sdist"
+  fi
+  tar -xzf "$sdist" -C "$cache/dl"
+fi
+
+# 2. cmake + ninja: from PATH, else pip-installed into a tools venv in the cache.
+if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
+  tools="$cache/tools-venv"
+  if [ ! -x "$tools/bin/cmake" ] || [ ! -x "$tools/bin/ninja" ]; then
+    echo "installing cmake and ninja into $tools ..." >&2
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install --quiet cmake ninja
+  fi
+  export PATH="$tools/bin:$PATH"
+fi
+
+# 3. Configure and build only the two targets.
+echo "building ${TARGETS[*]} in $build (-j$jobs) ..." >&2
+cmake -S "$llama_src" -B "$build" -G Ninja \
+  -DCMAKE_BUILD_TYPE=Release \
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+  -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENMP=ON \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+  -DBUILD_SHARED_LIBS=OFF >&2
+cmake --build "$build" --config Release -j "$jobs" --target "${TARGETS[@]}" >&2
+
+for t in "${TARGETS[@]}"; do
+  if [ ! -x "$build/bin/$t" ]; then
+    echo "error: build finished but $build/bin/$t is missing" >&2
+    exit 1
+  fi
+done
+print_bins
