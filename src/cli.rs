@@ -9,8 +9,8 @@ use crate::config::EngineConfig;
 use crate::engine::handle::{self, EngineHandle};
 use crate::engine::request::SamplingParams;
 use crate::engine::stream::RequestStream;
-use crate::model::chat_template::ChatMessage;
-use crate::model::{self, tokenizer::encode_chat};
+use crate::model::chat_template::{encode_chat, ChatMessage};
+use crate::model;
 
 /// Loads `path` (showing progress on stderr) and starts an engine over it.
 pub fn start_engine(
@@ -52,15 +52,14 @@ pub fn print_stream(mut stream: RequestStream) -> Result<String, Box<dyn std::er
     let mut first_token = None;
     let mut text = String::new();
     let mut stdout = std::io::stdout();
-    let mut usage = Default::default();
     while let Some(ev) = stream.blocking_next() {
         let ev = ev?;
         first_token.get_or_insert_with(|| started.elapsed());
         print!("{}", ev.text);
         stdout.flush()?;
         text.push_str(&ev.text);
-        usage = ev.usage;
         if let Some(reason) = ev.finish_reason {
+            let usage = ev.usage;
             let total = started.elapsed().as_secs_f64();
             let ttft = first_token.map_or(0.0, |d| d.as_secs_f64());
             let decode_tps = (usage.completion_tokens.saturating_sub(1)) as f64 / (total - ttft).max(1e-9);

@@ -118,6 +118,13 @@ impl RequestStream {
         Err(self.engine_gone())
     }
 
+    /// Ends the stream with an internal error and aborts the request.
+    fn fail(&mut self, message: String) -> EngineError {
+        self.finished = true;
+        let _ = self.commands.send(Command::Abort(self.id));
+        EngineError::Internal(message)
+    }
+
     fn engine_gone(&mut self) -> EngineError {
         self.finished = true;
         EngineError::Stopped
@@ -139,7 +146,10 @@ impl RequestStream {
         for &tok in &out.new_token_ids {
             kept += 1;
             self.usage.completion_tokens += 1;
-            let piece = self.detok.push(&self.model.tokenizer, tok);
+            let piece = match self.detok.push(&self.model.tokenizer, tok) {
+                Ok(piece) => piece,
+                Err(e) => return Some(Err(self.fail(e.to_string()))),
+            };
             let check = self.stops.push(&piece);
             text.push_str(&check.emit);
             if check.matched.is_some() {
@@ -149,6 +159,11 @@ impl RequestStream {
             }
         }
         if finish.is_some() && self.stops.matched().is_none() {
+            // The end of the sequence: release held-back bytes and stop-string prefixes.
+            match self.detok.finish(&self.model.tokenizer) {
+                Ok(tail) => text.push_str(&self.stops.push(&tail).emit),
+                Err(e) => return Some(Err(self.fail(e.to_string()))),
+            }
             text.push_str(&self.stops.flush());
         }
         self.finished = finish.is_some();

@@ -95,7 +95,7 @@ fn load_text_assets(file: &GgufFile) -> Result<(Tokenizer, ChatTemplate), ModelE
         id.and_then(|i| tokenizer.id_to_token(i))
             .unwrap_or_default()
     };
-    let template = ChatTemplate::new(
+    let template = ChatTemplate::from_optional(
         vocab.chat_template.as_deref(),
         &token_text(vocab.bos_id),
         &token_text(vocab.eos_id),
