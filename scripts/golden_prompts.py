@@ -106,6 +106,9 @@ SMOLLM2_CASES: list[tuple[str, str | list[dict[str, str]]]] = [
     ("accents_unicode", user("Translate to English: « Le café de la gare à Zürich est très agréable. »")),
     ("raw_story", "Once upon a time, in a small village by the sea, there lived"),
     ("raw_code", "# Return the n-th Fibonacci number.\ndef fibonacci(n):\n"),
+    # Short (< 8 tokens): first-step logits must agree with llama.cpp to ~1e-3.
+    ("short_paris", "The capital of France is"),
+    ("short_count", "1, 2,"),
 ]
 
 FIXTURE_CASES: list[tuple[str, str | list[dict[str, str]]]] = [
@@ -120,4 +123,6 @@ FIXTURE_CASES: list[tuple[str, str | list[dict[str, str]]]] = [
     ("raw_unicode_code", "长城 🚀 café\n\tfn main() { println!(\"{}\", 1 + 2); }\n"),
     # The first two paragraphs: > 300 tokens with the trimmed vocab.
     ("chat_long", user("\n\n".join(LIGHTHOUSE_PASSAGE.split("\n\n")[:2]) + "\n\nSummarize the passage.")),
+    # Short (< 8 tokens): first-step logits must agree with llama.cpp to ~1e-3.
+    ("short_fox", "The fox"),
 ]

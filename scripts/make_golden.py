@@ -35,10 +35,15 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 N_PREDICT = 32
 N_FIRST_TOP = 10
+# Prompts are evaluated one token per llama_decode (n_batch = n_ubatch = 1): llama.cpp's
+# batched prefill switches to other kernels (tinyBLAS sgemm, different summation orders),
+# so its logits depend on how many tokens share a ubatch (measured: gaps move by ~0.05
+# after 5 prompt tokens). Its single-token path is the one reference that does not
+# depend on batching, and tessera (batch invariant by design) reproduces it to ~1e-5.
 SETTINGS = {
     "n_ctx": 4096,
-    "n_batch": 512,
-    "n_ubatch": 512,
+    "n_batch": 1,
+    "n_ubatch": 1,
     "n_threads": 2,
     "flash_attn": False,
     "type_k": "f16",

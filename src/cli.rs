@@ -2,19 +2,19 @@
 //! the terminal. They use only the public engine API (`EngineHandle::submit`).
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
 use crate::config::EngineConfig;
 use crate::engine::handle::{self, EngineHandle};
 use crate::engine::request::SamplingParams;
 use crate::engine::stream::RequestStream;
-use crate::model::chat_template::{encode_chat, ChatMessage};
 use crate::model;
+use crate::model::chat_template::{encode_chat, ChatMessage};
 
 /// Loads `path` (showing progress on stderr) and starts an engine over it.
 pub fn start_engine(
-    path: &PathBuf,
+    path: &Path,
     cfg: &EngineConfig,
 ) -> Result<EngineHandle, Box<dyn std::error::Error>> {
     if !path.exists() {
@@ -62,7 +62,8 @@ pub fn print_stream(mut stream: RequestStream) -> Result<String, Box<dyn std::er
             let usage = ev.usage;
             let total = started.elapsed().as_secs_f64();
             let ttft = first_token.map_or(0.0, |d| d.as_secs_f64());
-            let decode_tps = (usage.completion_tokens.saturating_sub(1)) as f64 / (total - ttft).max(1e-9);
+            let decode_tps =
+                (usage.completion_tokens.saturating_sub(1)) as f64 / (total - ttft).max(1e-9);
             eprintln!(
                 "\n[{} | prompt {} tokens ({} cached) | {} tokens | ttft {:.0} ms | {:.1} tok/s]",
                 reason.as_str(),
@@ -99,7 +100,10 @@ pub fn chat(
     let mut history: Vec<ChatMessage> = system
         .map(|s| vec![ChatMessage::new("system", s)])
         .unwrap_or_default();
-    eprintln!("chatting with {} (empty line or Ctrl-D to quit)", engine.model().name);
+    eprintln!(
+        "chatting with {} (empty line or Ctrl-D to quit)",
+        engine.model().name
+    );
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -143,7 +147,8 @@ pub fn bench(
     max_tokens: usize,
 ) -> Result<BenchResult, Box<dyn std::error::Error>> {
     let tok = &engine.model().tokenizer;
-    let text = "The quick brown fox jumps over the lazy dog while the cat watches. ".repeat(prompt_len);
+    let text =
+        "The quick brown fox jumps over the lazy dog while the cat watches. ".repeat(prompt_len);
     let base = tok.encode(&text, false, false)?;
     let started = Instant::now();
     let streams: Vec<RequestStream> = (0..concurrency)
@@ -170,7 +175,11 @@ pub fn bench(
                 }
                 let total = t0.elapsed().as_secs_f64();
                 let ttft = first.unwrap_or(total);
-                (n, ttft, (n.saturating_sub(1)) as f64 / (total - ttft).max(1e-9))
+                (
+                    n,
+                    ttft,
+                    (n.saturating_sub(1)) as f64 / (total - ttft).max(1e-9),
+                )
             })
         })
         .collect();

@@ -8,7 +8,11 @@ use tessera::config::{default_model_path, parse_bytes, EngineConfig};
 use tessera::engine::request::SamplingParams;
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "OpenAI-compatible LLM inference server")]
+#[command(
+    name = "tessera",
+    version,
+    about = "OpenAI-compatible LLM inference server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

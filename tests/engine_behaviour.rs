@@ -17,7 +17,11 @@ fn engine(cfg: EngineConfig) -> EngineHandle {
 
 fn chat_ids(engine: &EngineHandle, user: &str) -> Vec<u32> {
     let prompt = format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n");
-    engine.model().tokenizer.encode(&prompt, true, true).unwrap()
+    engine
+        .model()
+        .tokenizer
+        .encode(&prompt, true, true)
+        .unwrap()
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -79,8 +83,14 @@ fn preemption_under_a_tiny_cache_keeps_outputs_and_frees_every_block() {
     });
     let got = run_batch(&small, &ids, greedy(48));
     let stats = small.gauges().snapshot();
-    assert!(stats.num_preemptions > 0, "the small cache should have forced preemptions");
-    assert_eq!(got, want, "preempted requests must recompute to the same outputs");
+    assert!(
+        stats.num_preemptions > 0,
+        "the small cache should have forced preemptions"
+    );
+    assert_eq!(
+        got, want,
+        "preempted requests must recompute to the same outputs"
+    );
     wait_until("all blocks free", || all_blocks_free(&small));
     small.shutdown();
 }
@@ -136,13 +146,19 @@ fn seeded_sampling_is_reproducible_alone_and_in_a_batch() {
     let streams: Vec<_> = batch
         .iter()
         .enumerate()
-        .map(|(i, p)| e.submit(p.clone(), params(if i == 2 { 7 } else { 100 + i as u64 })).unwrap())
+        .map(|(i, p)| {
+            e.submit(p.clone(), params(if i == 2 { 7 } else { 100 + i as u64 }))
+                .unwrap()
+        })
         .collect();
     let outs: Vec<Vec<u32>> = streams
         .into_iter()
         .map(|s| s.blocking_collect().unwrap().0)
         .collect();
-    assert_eq!(outs[2], alone, "seed 7 inside a batch must match seed 7 alone");
+    assert_eq!(
+        outs[2], alone,
+        "seed 7 inside a batch must match seed 7 alone"
+    );
     assert!(outs.iter().enumerate().any(|(i, o)| i != 2 && *o != alone));
     e.shutdown();
 }
@@ -157,10 +173,22 @@ fn invalid_requests_get_clear_errors() {
     let err = e.submit(vec![], greedy(4)).err().unwrap();
     assert_eq!(err, EngineError::EmptyPrompt);
     let err = e.submit(ids.clone(), greedy(60)).err().unwrap();
-    assert!(matches!(err, EngineError::ContextLength { max_model_len: 64, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::ContextLength {
+                max_model_len: 64,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("64"));
     let err = e.submit(vec![1, 2, 9_999_999], greedy(4)).err().unwrap();
-    assert!(matches!(err, EngineError::InvalidToken { position: 2, .. }), "{err}");
+    assert!(
+        matches!(err, EngineError::InvalidToken { position: 2, .. }),
+        "{err}"
+    );
     let bad = SamplingParams {
         top_p: 0.0,
         ..greedy(4)

@@ -1,6 +1,16 @@
 //! Greedy outputs against llama.cpp (tests/golden/, made by scripts/make_golden.py on the
 //! same GGUF files) and batch invariance: every prompt gives bit-identical tokens alone,
 //! in a batch of all of them, and when they arrive staggered.
+//!
+//! How exact: 8-bit activation quantization turns last-bit differences into visible logit
+//! differences after a few layers (llama.cpp's own batched and single-token prefill
+//! disagree by up to ~1 logit). The goldens use llama.cpp's single-token path, and for
+//! the default model (Q4_1/Q8_0, llama) our arithmetic reproduces it bit for bit
+//! (`ops::ggml_math`, the Q4_1 kernel, RoPE's FMAs), so every one of the 32 tokens must
+//! match, free-running and teacher-forced. For the fixtures' other quant types our dot
+//! products still sum in candle's order rather than ggml's (last-bit differences), so
+//! there a token is compared wherever llama.cpp's top-1/top-2 gap is at least
+//! `FIXTURE_MARGIN`. In the strict case, short prompts' first logits must match to 2e-3.
 
 mod common;
 
@@ -8,10 +18,15 @@ use std::time::Duration;
 
 use common::*;
 use tessera::config::EngineConfig;
+use tessera::engine::handle::EngineHandle;
+use tessera::engine::request::SamplingParams;
 
 const N: usize = 32;
 
-fn engine_for(file: &GoldenFile, max_batched: usize) -> tessera::engine::handle::EngineHandle {
+/// Fixture steps whose llama.cpp top-1/top-2 logit gap is below this are not compared.
+const FIXTURE_MARGIN: f32 = 0.5;
+
+fn engine_for(file: &GoldenFile, max_batched: usize) -> EngineHandle {
     let cfg = EngineConfig {
         max_num_batched_tokens: max_batched,
         kv_cache_memory: 256 << 20,
@@ -20,37 +35,106 @@ fn engine_for(file: &GoldenFile, max_batched: usize) -> tessera::engine::handle:
     start(&golden_model_path(file), cfg)
 }
 
-/// Our tokenizer reproduces llama.cpp's prompt ids, and greedy decoding its output ids.
-fn check_against_llama_cpp(name: &str) {
+/// Our tokenizer reproduces llama.cpp's prompt ids, and greedy decoding its output ids:
+/// free-running up to the first near-tie, and teacher-forced at every decisive step.
+fn check_against_llama_cpp(name: &str, margin: f32) {
     let g = golden(name);
     // A small step budget forces chunked prefill on the long prompts.
     let engine = engine_for(&g, 128);
     let tok = &engine.model().tokenizer;
+    let mut checked = 0;
     for case in &g.cases {
         let ours = tok.encode(&case.prompt, true, true).expect("tokenizes");
-        assert_eq!(ours, case.prompt_ids, "{name}/{}: prompt tokenization", case.name);
-        let got = run_ids(&engine, &case.prompt_ids, greedy(N));
         assert_eq!(
-            got,
-            case.output_ids[..N],
-            "{name}/{}: greedy tokens differ from llama.cpp (min margin {})",
-            case.name,
-            case.min_margin
+            ours, case.prompt_ids,
+            "{name}/{}: prompt tokenization",
+            case.name
+        );
+        let got = run_ids(&engine, &case.prompt_ids, greedy(N));
+        let decisive = case
+            .step_margins
+            .iter()
+            .take_while(|&&m| m >= margin)
+            .count();
+        assert_eq!(
+            got[..decisive],
+            case.output_ids[..decisive],
+            "{name}/{}: free-running greedy tokens differ from llama.cpp before step {decisive}",
+            case.name
+        );
+        checked += decisive + teacher_forced(&engine, name, case, margin);
+        if margin == 0.0 && case.prompt_ids.len() < SHORT {
+            first_step_logits_match(&engine, name, case);
+        }
+    }
+    assert!(
+        checked >= g.cases.len() * N / 3,
+        "{name}: only {checked} decisive steps"
+    );
+    engine.shutdown();
+}
+
+/// Prompts shorter than this are where our arithmetic and llama.cpp's single-token path
+/// agree to the last digits, so logits are compared, not just argmaxes.
+const SHORT: usize = 8;
+
+/// The first step's top-10 logits, relative to the top one, equal llama.cpp's to 2e-3.
+fn first_step_logits_match(engine: &EngineHandle, name: &str, case: &GoldenCase) {
+    let params = SamplingParams {
+        logprobs: Some(10),
+        ..greedy(1)
+    };
+    let mut stream = engine.submit(case.prompt_ids.clone(), params).unwrap();
+    let event = stream.blocking_next().unwrap().unwrap();
+    let top = &event.logprobs.unwrap()[0].top;
+    let (ours0, theirs0) = (top[0].1, case.first_top[0].1);
+    for (&(id, logit), (our_id, our_logprob)) in case.first_top.iter().zip(top) {
+        assert_eq!(*our_id, id, "{name}/{}: first-step top-10 order", case.name);
+        let diff = ((our_logprob - ours0) - (logit - theirs0)).abs();
+        assert!(
+            diff < 2e-3,
+            "{name}/{}: token {id} relative logit off by {diff}",
+            case.name
         );
     }
-    engine.shutdown();
+}
+
+/// Feeds the prompt plus llama.cpp's first `k` tokens and checks our next token at every
+/// step where llama.cpp's choice is decisive. Returns the number of steps checked.
+fn teacher_forced(engine: &EngineHandle, name: &str, case: &GoldenCase, margin: f32) -> usize {
+    let steps: Vec<usize> = (0..N).filter(|&k| case.step_margins[k] >= margin).collect();
+    let prompts: Vec<Vec<u32>> = steps
+        .iter()
+        .map(|&k| [&case.prompt_ids[..], &case.output_ids[..k]].concat())
+        .collect();
+    // The first one alone fills the prefix cache; the rest reuse its blocks.
+    let mut outs = run_batch(engine, &prompts[..1.min(prompts.len())], greedy(1));
+    outs.extend(run_batch(
+        engine,
+        prompts.get(1..).unwrap_or(&[]),
+        greedy(1),
+    ));
+    for (&k, out) in steps.iter().zip(&outs) {
+        assert_eq!(
+            out[0], case.output_ids[k],
+            "{name}/{}: teacher-forced step {k} (llama.cpp margin {})",
+            case.name, case.step_margins[k]
+        );
+    }
+    steps.len()
 }
 
 #[test]
 fn smollm2_matches_llama_cpp() {
-    check_against_llama_cpp("smollm2");
+    check_against_llama_cpp("smollm2", 0.0);
 }
 
 #[test]
 fn smollm2_knows_the_capital_of_france() {
     let g = golden("smollm2");
     let engine = engine_for(&g, 512);
-    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = engine.model().tokenizer.encode(prompt, true, true).unwrap();
     let out = run_ids(&engine, &ids, greedy(7));
     assert_eq!(out, [504, 3575, 282, 4649, 314, 7042, 30]);
@@ -60,19 +144,21 @@ fn smollm2_knows_the_capital_of_france() {
 
 #[test]
 fn fixtures_match_llama_cpp() {
-    let dir = repo_path("tests/golden");
+    let dir = repo_path("tests/fixtures");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .expect("tests/golden exists")
+        .expect("tests/fixtures exists")
         .filter_map(|e| {
             let name = e.ok()?.file_name().to_string_lossy().into_owned();
-            let stem = name.strip_suffix(".json")?.to_string();
-            (stem != "smollm2").then_some(stem)
+            Some(name.strip_suffix(".gguf")?.to_string())
         })
         .collect();
     names.sort();
-    assert!(!names.is_empty(), "no fixture goldens in tests/golden");
+    assert!(
+        names.len() >= 3,
+        "expected the fixture GGUFs in tests/fixtures"
+    );
     for name in names {
-        check_against_llama_cpp(&name);
+        check_against_llama_cpp(&name, FIXTURE_MARGIN);
     }
 }
 
@@ -102,6 +188,9 @@ fn batch_invariance_together_and_staggered() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(staggered, alone, "staggered outputs differ from solo outputs");
+    assert_eq!(
+        staggered, alone,
+        "staggered outputs differ from solo outputs"
+    );
     engine.shutdown();
 }

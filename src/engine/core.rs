@@ -118,8 +118,13 @@ impl EngineCore {
         };
         let step = self.runner.execute(&so, &self.scheduler);
         let mut sampled = Vec::with_capacity(step.ids.len());
-        for (&id, row) in step.ids.iter().zip(step.logits.chunks_exact_mut(step.vocab)) {
-            let (Some(req), Some(rng)) = (self.scheduler.request(id), self.rngs.get_mut(&id)) else {
+        for (&id, row) in step
+            .ids
+            .iter()
+            .zip(step.logits.chunks_exact_mut(step.vocab))
+        {
+            let (Some(req), Some(rng)) = (self.scheduler.request(id), self.rngs.get_mut(&id))
+            else {
                 continue;
             };
             let token = sample_for(req, row, rng, &mut self.scratch);

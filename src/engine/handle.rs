@@ -23,7 +23,10 @@ use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 
 pub(crate) enum Command {
-    Add(Request, tokio::sync::mpsc::UnboundedSender<super::core::EngineEvent>),
+    Add(
+        Box<Request>,
+        tokio::sync::mpsc::UnboundedSender<super::core::EngineEvent>,
+    ),
     Abort(RequestId),
     Shutdown,
 }
@@ -94,7 +97,10 @@ pub struct EngineHandle {
 /// Builds the scheduler and runner for `model` and starts the engine thread.
 pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, ModelError> {
     init_compute_threads(cfg.num_threads);
-    let LoadedModel { transformer, assets } = model;
+    let LoadedModel {
+        transformer,
+        assets,
+    } = model;
     let max_model_len = transformer.max_positions();
     let geo = transformer.kv_geometry(cfg.block_size);
     let num_blocks = cfg.num_blocks(KvCache::bytes_per_block(transformer.cfg.n_layers, geo));
@@ -186,7 +192,7 @@ fn run_loop(mut core: EngineCore, commands: Receiver<Command>, gauges: &EngineGa
 /// Applies one command; false means shut down.
 fn apply(core: &mut EngineCore, cmd: Command) -> bool {
     match cmd {
-        Command::Add(req, out) => core.add_request(req, out),
+        Command::Add(req, out) => core.add_request(*req, out),
         Command::Abort(id) => core.abort_request(id),
         Command::Shutdown => {
             core.abort_all();
@@ -220,10 +226,15 @@ impl EngineHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let num_prompt = prompt_token_ids.len();
         let stops = sampling.stop.clone();
-        let req = Request::new(id, prompt_token_ids, sampling, self.info.eos_token_ids.clone());
+        let req = Request::new(
+            id,
+            prompt_token_ids,
+            sampling,
+            self.info.eos_token_ids.clone(),
+        );
         let (tx, rx) = unbounded_channel();
         self.commands
-            .send(Command::Add(req, tx))
+            .send(Command::Add(Box::new(req), tx))
             .map_err(|_| EngineError::Stopped)?;
         Ok(RequestStream::new(
             id,

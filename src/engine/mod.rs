@@ -1,8 +1,8 @@
 //! The engine: request state, sampling, detokenization and (later) the engine thread loop
 //! `schedule → execute → sample → update → emit`.
 
-pub mod detokenizer;
 pub mod core;
+pub mod detokenizer;
 pub mod handle;
 pub mod request;
 pub mod sampler;

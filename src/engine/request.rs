@@ -221,7 +221,11 @@ impl SamplingParams {
             return bad("min_p", "must be in [0, 1]", self.min_p.to_string());
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad("repetition_penalty", "must be > 0", self.repetition_penalty.to_string());
+            return bad(
+                "repetition_penalty",
+                "must be > 0",
+                self.repetition_penalty.to_string(),
+            );
         }
         for (field, v) in [
             ("presence_penalty", self.presence_penalty),
@@ -245,7 +249,11 @@ impl SamplingParams {
             return bad("top_logprobs", "must be <= 20", k.to_string());
         }
         if self.stop.iter().any(String::is_empty) {
-            return bad("stop", "must not contain empty strings", format!("{:?}", self.stop));
+            return bad(
+                "stop",
+                "must not contain empty strings",
+                format!("{:?}", self.stop),
+            );
         }
         Ok(())
     }

@@ -105,7 +105,9 @@ impl RequestStream {
     }
 
     /// Drains the stream: all token ids, the full text and the finish reason.
-    pub fn blocking_collect(mut self) -> Result<(Vec<TokenId>, String, FinishReason, Usage), EngineError> {
+    pub fn blocking_collect(
+        mut self,
+    ) -> Result<(Vec<TokenId>, String, FinishReason, Usage), EngineError> {
         let (mut ids, mut text) = (Vec::new(), String::new());
         while let Some(ev) = self.blocking_next() {
             let ev = ev?;

@@ -92,7 +92,12 @@ impl ModelConfig {
             Some(v) => check_range(&key("rope.dimension_count"), v as u64, 2, head_dim as u64)?,
             None => head_dim,
         };
-        let vocab = file.tensor("token_embd.weight")?.dims.get(1).copied().unwrap_or(0);
+        let vocab = file
+            .tensor("token_embd.weight")?
+            .dims
+            .get(1)
+            .copied()
+            .unwrap_or(0);
         let cfg = ModelConfig {
             arch,
             hidden,
@@ -117,13 +122,13 @@ impl ModelConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Inconsistent(msg));
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "head_count {} is not a multiple of head_count_kv {}",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.rope_dims % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) || !self.rope_dims.is_multiple_of(2) {
             return bad(format!(
                 "head_dim {} and rope dims {} must be even",
                 self.head_dim, self.rope_dims
@@ -133,7 +138,10 @@ impl ModelConfig {
             return bad(format!("vocabulary size {} is out of range", self.vocab));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
-            return bad(format!("rope.freq_base {} must be positive", self.rope_base));
+            return bad(format!(
+                "rope.freq_base {} must be positive",
+                self.rope_base
+            ));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
             return bad(format!("rms epsilon {} must be >= 0", self.rms_eps));

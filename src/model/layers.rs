@@ -108,9 +108,20 @@ impl DecoderLayer {
         let hd = inp.geo.head_dim;
 
         // Attention: xn = norm(x); q,k,v = xn·W; rope; cache; attend; x += o·Wo
-        rms_norm(&ws.x[..t * hidden], &self.attn_norm, inp.rms_eps, &mut ws.xn[..t * hidden]);
-        let (q, k, v) = (&mut ws.q[..t * q_dim], &mut ws.k[..t * kv_dim], &mut ws.v[..t * kv_dim]);
-        self.attn.qkv.forward(&ws.xn[..t * hidden], t, &mut ws.fused, &mut [q, k, v]);
+        rms_norm(
+            &ws.x[..t * hidden],
+            &self.attn_norm,
+            inp.rms_eps,
+            &mut ws.xn[..t * hidden],
+        );
+        let (q, k, v) = (
+            &mut ws.q[..t * q_dim],
+            &mut ws.k[..t * kv_dim],
+            &mut ws.v[..t * kv_dim],
+        );
+        self.attn
+            .qkv
+            .forward(&ws.xn[..t * hidden], t, &mut ws.fused, &mut [q, k, v]);
         if let Some([bq, bk, bv]) = &self.attn.qkv_bias {
             add_bias(&mut ws.q[..t * q_dim], bq);
             add_bias(&mut ws.k[..t * kv_dim], bk);
@@ -118,7 +129,14 @@ impl DecoderLayer {
         }
         inp.rope.apply(&mut ws.q[..t * q_dim], hd, inp.positions);
         inp.rope.apply(&mut ws.k[..t * kv_dim], hd, inp.positions);
-        write_kv(&mut kv.k, &mut kv.v, &ws.k[..t * kv_dim], &ws.v[..t * kv_dim], inp.slots, inp.geo);
+        write_kv(
+            &mut kv.k,
+            &mut kv.v,
+            &ws.k[..t * kv_dim],
+            &ws.v[..t * kv_dim],
+            inp.slots,
+            inp.geo,
+        );
         let attn_in = AttnInputs {
             q: &ws.q[..t * q_dim],
             n_heads: inp.n_heads,
@@ -129,16 +147,27 @@ impl DecoderLayer {
             block_tables: inp.block_tables,
         };
         paged_attention(attn_in, &mut ws.attn[..t * q_dim]);
-        self.attn.out.matmul(&ws.attn[..t * q_dim], t, &mut ws.xn[..t * hidden]);
+        self.attn
+            .out
+            .matmul(&ws.attn[..t * q_dim], t, &mut ws.xn[..t * hidden]);
         add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
 
         // MLP: x += down(silu(gate(norm(x))) * up(norm(x)))
         let ffn = ws.ffn;
-        rms_norm(&ws.x[..t * hidden], &self.ffn_norm, inp.rms_eps, &mut ws.xn[..t * hidden]);
+        rms_norm(
+            &ws.x[..t * hidden],
+            &self.ffn_norm,
+            inp.rms_eps,
+            &mut ws.xn[..t * hidden],
+        );
         let (gate, up) = (&mut ws.gate[..t * ffn], &mut ws.up[..t * ffn]);
-        self.mlp.gate_up.forward(&ws.xn[..t * hidden], t, &mut ws.fused, &mut [gate, up]);
-        silu_mul(&mut ws.gate[..t * ffn], &ws.up[..t * ffn]);
-        self.mlp.down.matmul(&ws.gate[..t * ffn], t, &mut ws.xn[..t * hidden]);
+        self.mlp
+            .gate_up
+            .forward(&ws.xn[..t * hidden], t, &mut ws.fused, &mut [gate, up]);
+        silu_mul(&mut ws.gate[..t * ffn], &ws.up[..t * ffn], ffn);
+        self.mlp
+            .down
+            .matmul(&ws.gate[..t * ffn], t, &mut ws.xn[..t * hidden]);
         add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
     }
 }

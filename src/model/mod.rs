@@ -87,8 +87,8 @@ pub fn load(
 
 /// Tokenizer and chat template from the GGUF metadata.
 fn load_text_assets(file: &GgufFile) -> Result<(Tokenizer, ChatTemplate), ModelError> {
-    let vocab = tokenizer::GgufVocab::from_gguf(file)
-        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let vocab =
+        tokenizer::GgufVocab::from_gguf(file).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     let tokenizer =
         Tokenizer::from_vocab(&vocab).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     let token_text = |id: Option<u32>| {

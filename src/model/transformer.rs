@@ -100,7 +100,10 @@ impl Transformer {
     ) -> &'w mut [f32] {
         let t = batch.token_ids.len();
         let h = self.cfg.hidden;
-        assert!(t <= ws.max_tokens(), "batch of {t} tokens exceeds the workspace");
+        assert!(
+            t <= ws.max_tokens(),
+            "batch of {t} tokens exceeds the workspace"
+        );
         for (row, &tok) in ws.x[..t * h].chunks_exact_mut(h).zip(batch.token_ids) {
             self.embed.dequantize_row(tok as usize, row);
         }
@@ -125,7 +128,12 @@ impl Transformer {
         let (h, s, vocab) = (self.cfg.hidden, rows.len(), self.cfg.vocab);
         for (i, &r) in rows.iter().enumerate() {
             let src = &ws.x[r * h..(r + 1) * h];
-            rms_norm(src, &self.out_norm, self.cfg.rms_eps, &mut ws.head_in[i * h..(i + 1) * h]);
+            rms_norm(
+                src,
+                &self.out_norm,
+                self.cfg.rms_eps,
+                &mut ws.head_in[i * h..(i + 1) * h],
+            );
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         head.matmul(&ws.head_in[..s * h], s, &mut ws.logits[..s * vocab]);

@@ -8,16 +8,18 @@
 //! Work is split into independent units (sequence, query token, kv head); a unit's result
 //! never depends on other units, so outputs are batch invariant.
 //!
-//! Precision follows llama.cpp's CPU attention (no flash attention): Q is rounded to f16
-//! for the Q·K products and the softmax probabilities are rounded to f16 for the P·V
-//! product, as ggml's f16 matmuls round their f32 operand. Matching that keeps our greedy
-//! tokens on llama.cpp's where logits are close.
+//! Arithmetic follows llama.cpp's CPU attention (no flash attention, one token per
+//! decode) operation for operation: Q rounded to f16 and dotted with K in
+//! `ggml_vec_dot_f16` order, ggml's softmax (its vectorized `expf`, 16-lane partial sums
+//! in f64), probabilities rounded to f16 and accumulated against V in the same 64-lane
+//! FMA order. See `ggml_math` for why that matters.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+use super::ggml_math::{dot_f16, expf, reduce16, reduce64, F16_STEP, LANES};
 use super::quant::SendPtr;
 
 /// Shape of one layer's K (or V) cache.
@@ -83,8 +85,8 @@ pub struct AttnInputs<'a> {
 }
 
 thread_local! {
-    /// Per-thread scratch: scores `[group, ctx]`, one K/V row in f32 `[hd]`, accumulators
-    /// `[group, hd]`, f16-rounded queries `[group, hd]`.
+    /// Per-thread scratch: scores `[group, ctx]`, one K/V row in f32 `[hd]`, the V
+    /// accumulators `[group, 64 lanes, hd]`, f16-rounded queries `[group, hd]`.
     static SCRATCH: RefCell<[Vec<f32>; 4]> =
         const { RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
 }
@@ -105,6 +107,28 @@ pub fn paged_attention(inp: AttnInputs<'_>, out: &mut [f32]) {
 
 /// Query row `t` of `seq`, all query heads that share kv head `kvh`.
 fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: SendPtr<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA is available (checked above).
+        return unsafe { attend_unit_fma(inp, seq, t, kvh, out) };
+    }
+    attend_unit_body(inp, seq, t, kvh, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn attend_unit_fma(
+    inp: &AttnInputs<'_>,
+    seq: &AttnSeq,
+    t: usize,
+    kvh: usize,
+    out: SendPtr<f32>,
+) {
+    attend_unit_body(inp, seq, t, kvh, out)
+}
+
+#[inline(always)]
+fn attend_unit_body(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: SendPtr<f32>) {
     let geo = inp.geo;
     let hd = geo.head_dim;
     let group = inp.n_heads / geo.n_kv_heads;
@@ -122,43 +146,44 @@ fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: S
         let [scores, kv_row, acc, q16] = &mut *cell.borrow_mut();
         scores.resize(group * n_ctx, 0.0);
         kv_row.resize(hd, 0.0);
-        acc.resize(group * hd, 0.0);
+        acc.resize(group * F16_STEP * hd, 0.0);
         q16.resize(group * hd, 0.0);
-        let heads = kvh * group * hd..(kvh + 1) * group * hd;
-        round_to_f16(&q_row[heads], q16);
-        // scores[g, pos] = q_g · k_pos * scale
+        round_to_f16(&q_row[kvh * group * hd..(kvh + 1) * group * hd], q16);
+        // scores[g, pos] = (q_g · k_pos) * scale
         for pos in 0..n_ctx {
             let at = slot_of(pos);
             inp.k_cache[at..at + hd].convert_to_f32_slice(kv_row);
             for g in 0..group {
-                scores[g * n_ctx + pos] = dot(&q16[g * hd..(g + 1) * hd], kv_row) * scale;
+                scores[g * n_ctx + pos] = dot_f16(kv_row, &q16[g * hd..(g + 1) * hd]) * scale;
             }
         }
-        for g in 0..group {
-            let probs = &mut scores[g * n_ctx..(g + 1) * n_ctx];
+        for probs in scores.chunks_exact_mut(n_ctx) {
             softmax_in_place(probs);
-            for p in probs.iter_mut() {
-                *p = f16::from_f32(*p).to_f32();
-            }
+            round_in_place_to_f16(probs);
         }
+        // V accumulation in ggml_vec_dot_f16's order: position p feeds lane p % 64.
         acc.fill(0.0);
         for pos in 0..n_ctx {
             let at = slot_of(pos);
             inp.v_cache[at..at + hd].convert_to_f32_slice(kv_row);
+            let lane = pos % F16_STEP;
             for g in 0..group {
                 let p = scores[g * n_ctx + pos];
-                for (a, &v) in acc[g * hd..(g + 1) * hd].iter_mut().zip(kv_row.iter()) {
-                    *a += p * v;
+                let dst = &mut acc[(g * F16_STEP + lane) * hd..][..hd];
+                for (a, &v) in dst.iter_mut().zip(kv_row.iter()) {
+                    *a = v.mul_add(p, *a);
                 }
             }
         }
         for g in 0..group {
             let h = kvh * group + g;
             let dst = (row * inp.n_heads + h) * hd;
-            // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
-            unsafe {
-                std::ptr::copy_nonoverlapping(acc[g * hd..].as_ptr(), out.get().add(dst), hd)
-            };
+            for d in 0..hd {
+                let lanes: [f32; F16_STEP] =
+                    std::array::from_fn(|l| acc[(g * F16_STEP + l) * hd + d]);
+                // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
+                unsafe { *out.get().add(dst + d) = reduce64(&lanes) };
+            }
         }
     });
 }
@@ -170,27 +195,25 @@ fn round_to_f16(src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Dot product with 8 independent partial sums (vectorizes; a fixed order, so the
-/// result does not depend on the batch).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
+fn round_in_place_to_f16(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = f16::from_f32(*v).to_f32();
     }
-    acc.iter().sum::<f32>() + tail
 }
 
-/// Numerically stable softmax; the normalizer is accumulated in f64 as ggml does.
+/// ggml's `soft_max`: exponentials by `ggml_math::expf` in 16-lane chunks, each chunk's
+/// sum reduced as AVX-512 does and accumulated in f64, then one f32 scale.
+#[inline(always)]
 fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
+    for chunk in x.chunks_mut(LANES) {
+        let mut lanes = [0f32; LANES];
+        for (lane, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *v = expf(*v - max);
+            *lane = *v;
+        }
+        sum += reduce16(&lanes) as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
@@ -212,7 +235,7 @@ mod tests {
                 let kvh = h / (n_heads / n_kv);
                 let qh = rounded(&q[(t * n_heads + h) * hd..][..hd]);
                 let mut s: Vec<f32> = (0..=t)
-                    .map(|p| dot(&qh, &k[(p * n_kv + kvh) * hd..][..hd]) / (hd as f32).sqrt())
+                    .map(|p| dot_f16(&k[(p * n_kv + kvh) * hd..][..hd], &qh) / (hd as f32).sqrt())
                     .collect();
                 softmax_in_place(&mut s);
                 let s = rounded(&s);

@@ -2,17 +2,42 @@
 //! the oracle for its CUDA twin in `kernels/`. Ops never allocate per call beyond
 //! thread-local scratch that is reused across steps.
 
+pub mod act_quant;
 pub mod attention;
+pub mod ggml_math;
 pub mod norm;
 pub mod q4_1;
 pub mod quant;
 pub mod rope;
 
-/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU), in place over `[tokens, ffn]` rows.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU) over each `[width]` row of `[tokens, width]`,
+/// as `ggml_vec_swiglu_f32`: 16-lane chunks use ggml's vectorized exp, the rest libm.
+pub fn silu_mul(gate: &mut [f32], up: &[f32], width: usize) {
     assert_eq!(gate.len(), up.len());
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA is available (checked above).
+        return unsafe { silu_mul_fma(gate, up, width) };
+    }
+    silu_mul_body(gate, up, width)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn silu_mul_fma(gate: &mut [f32], up: &[f32], width: usize) {
+    silu_mul_body(gate, up, width)
+}
+
+#[inline(always)]
+fn silu_mul_body(gate: &mut [f32], up: &[f32], width: usize) {
+    let full = width - width % ggml_math::LANES;
+    for (g_row, u_row) in gate.chunks_exact_mut(width).zip(up.chunks_exact(width)) {
+        for (g, u) in g_row[..full].iter_mut().zip(&u_row[..full]) {
+            *g = ggml_math::silu(*g) * u;
+        }
+        for (g, u) in g_row[full..].iter_mut().zip(&u_row[full..]) {
+            *g = ggml_math::silu_tail(*g) * u;
+        }
     }
 }
 
@@ -37,10 +62,17 @@ mod tests {
 
     #[test]
     fn silu_mul_matches_definition() {
-        let mut g = vec![-2.0, 0.0, 1.5];
-        silu_mul(&mut g, &[1.0, 3.0, 2.0]);
         let silu = |x: f32| x / (1.0 + (-x).exp());
-        assert_eq!(g, vec![silu(-2.0), 0.0, silu(1.5) * 2.0]);
+        let gate: Vec<f32> = (0..40).map(|i| i as f32 * 0.37 - 7.0).collect();
+        let up: Vec<f32> = (0..40).map(|i| 1.0 + i as f32 * 0.1).collect();
+        let mut got = gate.clone();
+        silu_mul(&mut got, &up, 20);
+        for i in 0..40 {
+            let want = silu(gate[i]) * up[i];
+            assert!((got[i] - want).abs() <= 1e-6 * want.abs().max(1.0), "{i}");
+        }
+        // The tail of each row (elements 16..20) is computed with libm exactly.
+        assert_eq!(got[18], silu(gate[18]) * up[18]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Q4_1 weights × Q8_1 activations: the default model's matmul, with an AVX2 kernel that
-//! follows ggml's `ggml_vec_dot_q4_1_q8_1` operation for operation (so results track
+//! follows ggml's `ggml_vec_dot_q4_1_q8_1` operation for operation (including the FMA
+//! GCC fuses into its `summs += m * s`) (so results track
 //! llama.cpp's) and a 4-row variant that unpacks each weight block once for four
 //! activation rows. Each row's arithmetic is the same sequence in both variants, so the
 //! output does not depend on how rows are grouped (batch invariance).
@@ -94,7 +95,7 @@ fn dot_scalar(w: &[Q4_1], x: &[BlockQ8_1]) -> f32 {
             let hi = (wb.qs[j] >> 4) as i32;
             sumi += lo * xb.qs[j] as i32 + hi * xb.qs[j + QK / 2] as i32;
         }
-        summs += wb.m.to_f32() * xb.s;
+        summs = wb.m.to_f32().mul_add(xb.s, summs);
         acc += wb.d.to_f32() * xb.d * sumi as f32;
     }
     acc + summs
@@ -153,7 +154,7 @@ mod avx2 {
         let mut acc = _mm256_setzero_ps();
         let mut summs = 0f32;
         for (wb, xb) in w.iter().zip(x) {
-            summs += to_f32(wb.m) * xb.s;
+            summs = to_f32(wb.m).mul_add(xb.s, summs);
             acc = block(acc, unpack(&wb.qs), to_f32(wb.d), xb);
         }
         hsum(acc) + summs
@@ -174,13 +175,13 @@ mod avx2 {
             let qx = unpack(&wb.qs);
             let (wd, wm) = (to_f32(wb.d), to_f32(wb.m));
             let (y0, y1, y2, y3) = (&x0[b], &x1[b], &x2[b], &x3[b]);
-            s0 += wm * y0.s;
+            s0 = wm.mul_add(y0.s, s0);
             a0 = block(a0, qx, wd, y0);
-            s1 += wm * y1.s;
+            s1 = wm.mul_add(y1.s, s1);
             a1 = block(a1, qx, wd, y1);
-            s2 += wm * y2.s;
+            s2 = wm.mul_add(y2.s, s2);
             a2 = block(a2, qx, wd, y2);
-            s3 += wm * y3.s;
+            s3 = wm.mul_add(y3.s, s3);
             a3 = block(a3, qx, wd, y3);
         }
         [hsum(a0) + s0, hsum(a1) + s1, hsum(a2) + s2, hsum(a3) + s3]
@@ -193,14 +194,18 @@ mod tests {
     use candle_core::quantized::k_quants::GgmlType;
 
     fn weights(n_blocks: usize) -> Vec<BlockQ4_1> {
-        let vals: Vec<f32> = (0..n_blocks * QK).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let vals: Vec<f32> = (0..n_blocks * QK)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
         let mut w = vec![BlockQ4_1::zeros(); n_blocks];
         BlockQ4_1::from_float(&vals, &mut w);
         w
     }
 
     fn acts(n_blocks: usize, seed: usize) -> Vec<BlockQ8_1> {
-        let x: Vec<f32> = (0..n_blocks * QK).map(|i| (((i + seed) * 53 % 97) as f32 - 48.0) / 30.0).collect();
+        let x: Vec<f32> = (0..n_blocks * QK)
+            .map(|i| (((i + seed) * 53 % 97) as f32 - 48.0) / 30.0)
+            .collect();
         let mut q = vec![BlockQ8_1::default(); n_blocks];
         quantize_q8_1(&x, &mut q);
         q
@@ -216,7 +221,11 @@ mod tests {
         }
         let four = dot4(view(&w), [&xs[0], &xs[1], &xs[2], &xs[3]]);
         for r in 0..4 {
-            assert_eq!(four[r].to_bits(), dot(view(&w), &xs[r]).to_bits(), "row {r}");
+            assert_eq!(
+                four[r].to_bits(),
+                dot(view(&w), &xs[r]).to_bits(),
+                "row {r}"
+            );
         }
     }
 

@@ -17,7 +17,8 @@ use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::q4_1;
+use super::{act_quant, ggml_math, q4_1};
+use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
 
 /// Why a tensor could not become a `QMatrix`.
@@ -97,7 +98,7 @@ impl QMatrix {
         bytes: &[u8],
     ) -> Result<Self, QuantError> {
         let block = dtype.block_size();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(QuantError::RaggedRow { dtype, cols, block });
         }
         let expected = rows * (cols / block) * dtype.type_size();
@@ -137,7 +138,7 @@ impl QMatrix {
         values: &[f32],
     ) -> Result<Self, QuantError> {
         let block = dtype.block_size();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(QuantError::RaggedRow { dtype, cols, block });
         }
         assert_eq!(
@@ -221,6 +222,8 @@ impl QMatrix {
         assert_eq!(y.len(), m * self.rows, "matmul: y must be [m, rows]");
         match &self.data {
             QData::Q4_1(w) => matmul_q4_1(q4_1::view(w), self.rows, self.cols, x, m, y),
+            QData::F32(w) => matmul_float(w, self.rows, self.cols, x, m, y),
+            QData::F16(w) => matmul_float(w, self.rows, self.cols, x, m, y),
             data => with_blocks!(data, w => matmul_typed(w, self.rows, self.cols, x, m, y)),
         }
     }
@@ -299,25 +302,45 @@ where
     F: Fn(usize, std::ops::Range<usize>, &mut [f32; ROWS_PER_TILE]) + Sync,
 {
     let y_ptr = SendPtr(y.as_mut_ptr());
-    (0..n.div_ceil(COLS_PER_TASK)).into_par_iter().for_each(|task| {
-        let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
-        let mut out = [0f32; ROWS_PER_TILE];
-        for row0 in (0..m).step_by(ROWS_PER_TILE) {
-            let rows = row0..(row0 + ROWS_PER_TILE).min(m);
-            for col in cols.clone() {
-                dot_tile(col, rows.clone(), &mut out);
-                for (r, &v) in rows.clone().zip(out.iter()) {
-                    // SAFETY: (r, col) is written by exactly this task; r < m, col < n.
-                    unsafe { *y_ptr.get().add(r * n + col) = v };
+    (0..n.div_ceil(COLS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
+            let mut out = [0f32; ROWS_PER_TILE];
+            for row0 in (0..m).step_by(ROWS_PER_TILE) {
+                let rows = row0..(row0 + ROWS_PER_TILE).min(m);
+                for col in cols.clone() {
+                    dot_tile(col, rows.clone(), &mut out);
+                    for (r, &v) in rows.clone().zip(out.iter()) {
+                        // SAFETY: (r, col) is written by exactly this task; r < m, col < n.
+                        unsafe { *y_ptr.get().add(r * n + col) = v };
+                    }
                 }
             }
-        }
-    });
+        });
+}
+
+/// Quantizes one activation row into the vec-dot type, with ggml's rounding where it
+/// differs from candle's.
+fn quantize_activations<B: GgmlType>(row: &[f32], q: &mut [B]) {
+    match B::DTYPE {
+        GgmlDType::Q8_0 => act_quant::quantize_q8_0(row, cast_mut(q)),
+        GgmlDType::Q8K => act_quant::quantize_q8k(row, cast_mut(q)),
+        _ => B::from_float(row, q),
+    }
+}
+
+/// Views blocks of one type as another with the same size (ggml layout mirrors).
+fn cast_mut<A, B>(blocks: &mut [A]) -> &mut [B] {
+    assert_eq!(std::mem::size_of::<A>(), std::mem::size_of::<B>());
+    assert!(std::mem::align_of::<A>() >= std::mem::align_of::<B>());
+    // SAFETY: same size, compatible alignment, both plain repr(C) data.
+    unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut B, blocks.len()) }
 }
 
 fn matmul_typed<T: GgmlType>(w: &[T], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
     let kb = k / T::BLCK_SIZE;
-    let quantize = |row: &[f32], q: &mut [T::VecDotType]| T::VecDotType::from_float(row, q);
+    let quantize = quantize_activations::<T::VecDotType>;
     with_quantized(x, m, k, kb, quantize, |xq| {
         tiled(n, m, y, |col, rows, out| {
             let w_row = &w[col * kb..(col + 1) * kb];
@@ -326,6 +349,95 @@ fn matmul_typed<T: GgmlType>(w: &[T], n: usize, k: usize, x: &[f32], m: usize, y
             }
         })
     })
+}
+
+/// Float weights as ggml multiplies them: F32 rows dotted in `ggml_vec_dot_f32` order;
+/// F16 rows against activations rounded to f16, in `ggml_vec_dot_f16` order.
+fn matmul_float<W: FloatWeight>(w: &[W], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA is available (checked above).
+        return unsafe { matmul_float_fma(w, n, k, x, m, y) };
+    }
+    matmul_float_body(w, n, k, x, m, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn matmul_float_fma<W: FloatWeight>(
+    w: &[W],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) {
+    matmul_float_body(w, n, k, x, m, y)
+}
+
+#[inline(always)]
+fn matmul_float_body<W: FloatWeight>(
+    w: &[W],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) {
+    let quantize = |row: &[f32], q: &mut [f32]| W::round_activations(row, q);
+    with_quantized(x, m, k, k, quantize, |xq: &[f32]| {
+        tiled(n, m, y, |col, rows, out| {
+            FLOAT_ROW.with(|cell| {
+                let mut w_row = cell.borrow_mut();
+                w_row.resize(k, 0.0);
+                W::widen(&w[col * k..(col + 1) * k], &mut w_row);
+                for (o, r) in out.iter_mut().zip(rows) {
+                    *o = W::dot(&w_row, &xq[r * k..(r + 1) * k]);
+                }
+            })
+        })
+    })
+}
+
+thread_local! {
+    /// One float weight row widened to f32.
+    static FLOAT_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// F32 or F16 weight elements.
+trait FloatWeight: Copy + Send + Sync {
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// The activations as the dot product sees them.
+    fn round_activations(src: &[f32], dst: &mut [f32]);
+    fn dot(w: &[f32], x: &[f32]) -> f32;
+}
+
+impl FloatWeight for f32 {
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn round_activations(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn dot(w: &[f32], x: &[f32]) -> f32 {
+        ggml_math::dot_f32(w, x)
+    }
+}
+
+impl FloatWeight for f16 {
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    fn round_activations(src: &[f32], dst: &mut [f32]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = f16::from_f32(v).to_f32();
+        }
+    }
+    #[inline(always)]
+    fn dot(w: &[f32], x: &[f32]) -> f32 {
+        ggml_math::dot_f16(w, x)
+    }
 }
 
 /// Q4_1 path: our own Q8_1 quantization and AVX2 kernels (4 activation rows per weight

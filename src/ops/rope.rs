@@ -4,7 +4,8 @@
 //! - `Neox`: rotates `(x[i], x[i + d/2])` (ggml NEOX mode; `qwen2`).
 //!
 //! The cos/sin table is built the way ggml builds its cache (θ multiplied by
-//! `base^(-2/d)` step by step in f32) so positions rotate exactly like llama.cpp's.
+//! `base^(-2/d)` step by step in f32) and the rotation uses the same fused multiply-adds,
+//! so positions rotate bit for bit like llama.cpp's.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -64,16 +65,24 @@ impl RopeTable {
         }
     }
 
+    /// The rotation with the fused multiply-adds GCC emits for ggml's `rotate_pairs`
+    /// (`x0·cos − x1·sin` and `x0·sin + x1·cos`, the `x0` product fused).
     fn rotate(&self, head: &mut [f32], cos: &[f32], sin: &[f32]) {
         let half = self.rot_dims / 2;
         for i in 0..half {
-            let (a, b) = match self.style {
-                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                RopeStyle::Neox => (i, i + half),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos[i] - x1 * sin[i];
-            head[b] = x0 * sin[i] + x1 * cos[i];
+            let (c, s) = (cos[i], sin[i]);
+            match self.style {
+                RopeStyle::Interleaved => {
+                    let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = c.mul_add(x0, -(s * x1));
+                    head[2 * i + 1] = x0.mul_add(s, x1 * c);
+                }
+                RopeStyle::Neox => {
+                    let (x0, x1) = (head[i], head[i + half]);
+                    head[i] = x0.mul_add(c, -(x1 * s));
+                    head[i + half] = x0.mul_add(s, x1 * c);
+                }
+            }
         }
     }
 }

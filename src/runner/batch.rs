@@ -39,7 +39,8 @@ impl BatchBuilder {
                 self.token_ids.push(req.token_at(pos));
                 self.positions.push(pos as u32);
                 let block = table[pos / block_size];
-                self.slots.push(block * block_size as u32 + (pos % block_size) as u32);
+                self.slots
+                    .push(block * block_size as u32 + (pos % block_size) as u32);
             }
             let table_len = ctx_len.div_ceil(block_size);
             self.seqs.push(AttnSeq {

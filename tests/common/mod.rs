@@ -43,8 +43,10 @@ pub struct GoldenCase {
     pub prompt: String,
     pub prompt_ids: Vec<u32>,
     pub output_ids: Vec<u32>,
-    #[serde(default)]
-    pub min_margin: f32,
+    /// llama.cpp's top-1 minus top-2 logit at each generated step.
+    pub step_margins: Vec<f32>,
+    /// The first step's ten largest logits `(id, logit)`, largest first.
+    pub first_top: Vec<(u32, f32)>,
 }
 
 pub fn golden(name: &str) -> GoldenFile {
@@ -81,7 +83,11 @@ pub fn run_ids(engine: &EngineHandle, prompt: &[u32], params: SamplingParams) ->
 }
 
 /// Submits all prompts at once and collects each one's ids (in input order).
-pub fn run_batch(engine: &EngineHandle, prompts: &[Vec<u32>], params: SamplingParams) -> Vec<Vec<u32>> {
+pub fn run_batch(
+    engine: &EngineHandle,
+    prompts: &[Vec<u32>],
+    params: SamplingParams,
+) -> Vec<Vec<u32>> {
     let streams: Vec<_> = prompts
         .iter()
         .map(|p| engine.submit(p.clone(), params.clone()).expect("submit"))

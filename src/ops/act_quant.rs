@@ -1,0 +1,107 @@
+//! Activation quantizers written to ggml's exact rounding, for the weight types whose dot
+//! products take Q8_0 (Q4_0, Q5_0, Q8_0 weights) or Q8_K (all K-quants) activations.
+//! candle's own quantizers scale by `1/d` and round half away from zero; ggml scales by
+//! `127/max` and rounds half to even (`_mm256_round_ps`, `nearest_int`), and those
+//! last-bit choices show up in the logits (see `ggml_math`).
+
+use candle_core::quantized::k_quants::QK_K;
+use half::f16;
+
+/// ggml's `block_q8_0` (same layout as candle's `BlockQ8_0`).
+#[repr(C)]
+pub struct Q8_0 {
+    pub d: f16,
+    pub qs: [i8; 32],
+}
+
+/// ggml's `block_q8_K` (same layout as candle's `BlockQ8K`).
+#[repr(C)]
+pub struct Q8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+/// Round-half-to-even for |x| < 2^22 (ggml's `nearest_int` trick), no libm call.
+#[inline(always)]
+pub fn round_half_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    (x + MAGIC) - MAGIC
+}
+
+/// ggml's `quantize_row_q8_0` (AVX2 path): d = max|x|/127, q = round(x · 127/max).
+pub fn quantize_q8_0(x: &[f32], out: &mut [Q8_0]) {
+    for (xs, y) in x.chunks_exact(32).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        y.d = f16::from_f32(amax / 127.0);
+        for (q, &v) in y.qs.iter_mut().zip(xs) {
+            *q = round_half_even(v * id) as i8;
+        }
+    }
+}
+
+/// ggml's `quantize_row_q8_K_ref`: scale from the signed value of largest magnitude,
+/// q = nearest_int(-127/max · x) capped at 127, with 16-element sums.
+pub fn quantize_q8k(x: &[f32], out: &mut [Q8K]) {
+    for (xs, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &v in xs {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            y.d = 0.0;
+            y.qs = [0; QK_K];
+            y.bsums = [0; QK_K / 16];
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in y.qs.iter_mut().zip(xs) {
+            *q = round_half_even(iscale * v).min(127.0) as i8;
+        }
+        for (sum, chunk) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
+            *sum = chunk.iter().map(|&q| q as i16).sum();
+        }
+        y.d = 1.0 / iscale;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_rounds_half_to_even_with_ggml_scale() {
+        let mut x = [0f32; 32];
+        x[0] = -127.0;
+        x[1] = 2.5;
+        x[2] = 3.5;
+        let mut q = [Q8_0 {
+            d: f16::ZERO,
+            qs: [0; 32],
+        }];
+        quantize_q8_0(&x, &mut q);
+        assert_eq!(&q[0].qs[..3], &[-127, 2, 4]);
+        assert_eq!(q[0].d.to_f32(), 1.0);
+    }
+
+    #[test]
+    fn q8k_uses_the_signed_max_and_block_sums() {
+        let mut x = [0.5f32; QK_K];
+        x[3] = -2.0;
+        let mut q = [Q8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; 16],
+        }];
+        quantize_q8k(&x, &mut q);
+        // iscale = -127 / -2 = 63.5: 0.5 → 31.75 → 32; -2 → -127.
+        assert_eq!(q[0].qs[3], -127);
+        assert_eq!(q[0].qs[0], 32);
+        assert_eq!(q[0].bsums[0], 15 * 32 - 127);
+        assert_eq!(q[0].d, 1.0 / 63.5);
+    }
+}

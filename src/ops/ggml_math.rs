@@ -1,0 +1,170 @@
+//! Scalar twins of the ggml CPU primitives whose rounding shows in the logits: ggml's
+//! vectorized `expf` (AVX-512 `ggml_v_expf`), SiLU built on it, the 16-lane horizontal
+//! sum (`_mm512_reduce_add_ps`), and `ggml_vec_dot_f16`'s 4×16-lane FMA order.
+//!
+//! Why: 8-bit activation quantization turns last-bit differences into visible logit
+//! differences over a few dozen layers, so matching llama.cpp token for token needs the
+//! same arithmetic, not just the same math. Each function is written per lane with
+//! `mul_add` (one rounding, as the hardware FMA) and must be called from code compiled
+//! with FMA enabled to be fast (`#[inline(always)]` into a `target_feature` caller).
+
+/// Lanes of ggml's AVX-512 vectors.
+pub const LANES: usize = 16;
+/// Elements per iteration of `ggml_vec_dot_f16` (4 accumulators × 16 lanes).
+pub const F16_STEP: usize = 64;
+
+/// One lane of ggml's AVX-512 `ggml_v_expf` (max error ~1.5 ulp; exact ggml bits).
+#[inline(always)]
+pub fn expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4B40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), r); // log2(e)
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35BF_BE8E),                  // 0x1.7f7d1cp-20
+        (-n).mul_add(f32::from_bits(0x3F31_7200), x), // 0x1.62e4p-1
+    );
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = f32::from_bits(0x3C07_2010) // 0x1.0e4020p-7
+        .mul_add(b, f32::from_bits(0x3D2B_9F17)) // 0x1.573e2ep-5
+        .mul_add(
+            u,
+            f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB)), // 0x1.555e66p-3, 0x1.fffdb6p-2
+        )
+        .mul_add(u, f32::from_bits(0x3F7F_FFF6).mul_add(b, 1.0)); // 0x1.ffffecp-1
+                                                                  // _mm512_scalef_ps(j, n) = j · 2^n with one rounding (exact in f64, then rounded).
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// One lane of ggml's AVX-512 `ggml_v_silu`: `x / (1 + expf(-x))`.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + expf(-x))
+}
+
+/// ggml's scalar SiLU for the elements after the last full 16-lane chunk.
+#[inline(always)]
+pub fn silu_tail(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `_mm512_reduce_add_ps` as GCC expands it: halves, quarters, then pairs.
+#[inline(always)]
+pub fn reduce16(v: &[f32; LANES]) -> f32 {
+    let mut t3 = [0f32; 8];
+    for i in 0..8 {
+        t3[i] = v[i + 8] + v[i];
+    }
+    let mut t6 = [0f32; 4];
+    for i in 0..4 {
+        t6[i] = t3[i + 4] + t3[i];
+    }
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
+/// Folds the 4×16 accumulators of `ggml_vec_dot_f16` (`acc[j*16 + l]`) as
+/// `GGML_F32x16_REDUCE` does: `(a0 + a2) + (a1 + a3)` lane-wise, then `reduce16`.
+#[inline(always)]
+pub fn reduce64(acc: &[f32; F16_STEP]) -> f32 {
+    let mut x = [0f32; LANES];
+    for l in 0..LANES {
+        let x0 = acc[l] + acc[2 * LANES + l];
+        let x1 = acc[LANES + l] + acc[3 * LANES + l];
+        x[l] = x0 + x1;
+    }
+    reduce16(&x)
+}
+
+/// `ggml_vec_dot_f16` of two rows already holding f16 values (widened to f32): FMA into
+/// 64 lanes over whole 64-element steps, lane reduction, then the leftovers in f64.
+#[inline(always)]
+pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let np = n - n % F16_STEP;
+    let mut sum = 0f64;
+    if np > 0 {
+        let mut acc = [0f32; F16_STEP];
+        for (xs, ys) in x[..np]
+            .chunks_exact(F16_STEP)
+            .zip(y[..np].chunks_exact(F16_STEP))
+        {
+            for l in 0..F16_STEP {
+                acc[l] = xs[l].mul_add(ys[l], acc[l]);
+            }
+        }
+        sum = reduce64(&acc) as f64;
+    }
+    for i in np..n {
+        sum += (x[i] * y[i]) as f64;
+    }
+    sum as f32
+}
+
+/// `ggml_vec_dot_f32`: the same 64-lane FMA order; leftovers accumulated in f32 (GCC
+/// fuses that `sumf += x*y` into an FMA).
+#[inline(always)]
+pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let np = n - n % F16_STEP;
+    let mut sum = 0f32;
+    if np > 0 {
+        let mut acc = [0f32; F16_STEP];
+        for (xs, ys) in x[..np]
+            .chunks_exact(F16_STEP)
+            .zip(y[..np].chunks_exact(F16_STEP))
+        {
+            for l in 0..F16_STEP {
+                acc[l] = xs[l].mul_add(ys[l], acc[l]);
+            }
+        }
+        sum = reduce64(&acc);
+    }
+    for i in np..n {
+        sum = x[i].mul_add(y[i], sum);
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expf_is_close_to_libm_and_saturates() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.043;
+            let (ours, exact) = (expf(x), (x as f64).exp());
+            let rel = ((ours as f64 - exact) / exact).abs();
+            assert!(rel < 4e-7, "expf({x}) = {ours}, exact {exact}");
+        }
+        assert_eq!(expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf(-200.0), 0.0);
+        assert_eq!(expf(200.0), f32::INFINITY);
+        assert_eq!(expf(0.0), 1.0);
+    }
+
+    #[test]
+    fn reductions_follow_the_documented_tree() {
+        // Values where the order of additions matters in f32.
+        let mut v = [0f32; 16];
+        v[0] = 1e8;
+        v[8] = -1e8;
+        v[1] = 1.0;
+        assert_eq!(reduce16(&v), 1.0); // (v0 + v8) first cancels exactly
+        let mut acc = [0f32; 64];
+        acc[0] = 3.0;
+        acc[32] = 4.0;
+        acc[16] = 5.0;
+        assert_eq!(reduce64(&acc), 12.0);
+    }
+
+    #[test]
+    fn dot_f16_matches_plain_dot_on_exact_values() {
+        let x: Vec<f32> = (0..100).map(|i| (i % 7) as f32 - 3.0).collect();
+        let y: Vec<f32> = (0..100).map(|i| (i % 5) as f32 * 0.5).collect();
+        let plain: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        assert_eq!(dot_f16(&x, &y), plain);
+    }
+}
