@@ -7,13 +7,13 @@
 # Env: TESSERA_CACHE_DIR (default <repo>/.cache), BUILD_JOBS (default 2).
 set -euo pipefail
 
-VERSION="0.3.36"
-SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 TARGETS=(llama-quantize llama-server)
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/llama-sdist.sh
+. "$root/scripts/lib/llama-sdist.sh"
+VERSION="$LLAMA_SDIST_VERSION"
 cache="${TESSERA_CACHE_DIR:-$root/.cache}"
-sdist="$cache/dl/llama_cpp_python-$VERSION.tar.gz"
 src_root="$cache/dl/llama_cpp_python-$VERSION"
 llama_src="$src_root/vendor/llama.cpp"
 build="$cache/build/llama.cpp-$VERSION"
@@ -30,21 +30,9 @@ if [ "$all_built" = 1 ]; then
   exit 0
 fi
 
-# 1. The sdist (same fetch as scripts/fetch-test-data.sh), unpacked whole.
-mkdir -p "$cache/dl"
+# 1. The sdist, unpacked whole.
 if [ ! -f "$llama_src/CMakeLists.txt" ]; then
-  if [ ! -f "$sdist" ] || [ "$(sha256sum "$sdist" | cut -d' ' -f1)" != "$SHA256" ]; then
-    echo "fetching llama-cpp-python==$VERSION sdist from PyPI ..." >&2
-    url=$(curl -fsSL "https://pypi.org/simple/llama-cpp-python/" |
-      grep -o "https://[^\"#]*llama_cpp_python-$VERSION.tar.gz" | head -n 1)
-    curl -fsSL -o "$sdist.part" "$url"
-    if [ "$(sha256sum "$sdist.part" | cut -d' ' -f1)" != "$SHA256" ]; then
-      echo "error: llama-cpp-python $VERSION sdist does not match sha256 $SHA256" >&2
-      rm -f "$sdist.part"
-      exit 1
-    fi
-    mv "$sdist.part" "$sdist"
-  fi
+  sdist=$(fetch_llama_sdist "$cache")
   tar -xzf "$sdist" -C "$cache/dl"
 fi
 

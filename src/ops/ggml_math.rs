@@ -77,52 +77,46 @@ pub fn reduce64(acc: &[f32; F16_STEP]) -> f32 {
     reduce16(&x)
 }
 
-/// `ggml_vec_dot_f16` of two rows already holding f16 values (widened to f32): FMA into
-/// 64 lanes over whole 64-element steps, lane reduction, then the leftovers in f64.
+/// FMA into 64 lanes over the whole 64-element steps of `x·y`, lanes folded as
+/// `reduce64`; returns that sum and where the leftovers start.
 #[inline(always)]
-pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
+fn dot_steps(x: &[f32], y: &[f32]) -> (f32, usize) {
     let n = x.len().min(y.len());
     let np = n - n % F16_STEP;
-    let mut sum = 0f64;
-    if np > 0 {
-        let mut acc = [0f32; F16_STEP];
-        for (xs, ys) in x[..np]
-            .chunks_exact(F16_STEP)
-            .zip(y[..np].chunks_exact(F16_STEP))
-        {
-            for l in 0..F16_STEP {
-                acc[l] = xs[l].mul_add(ys[l], acc[l]);
-            }
-        }
-        sum = reduce64(&acc) as f64;
+    if np == 0 {
+        return (0.0, 0);
     }
-    for i in np..n {
-        sum += (x[i] * y[i]) as f64;
+    let mut acc = [0f32; F16_STEP];
+    for (xs, ys) in x[..np]
+        .chunks_exact(F16_STEP)
+        .zip(y[..np].chunks_exact(F16_STEP))
+    {
+        for l in 0..F16_STEP {
+            acc[l] = xs[l].mul_add(ys[l], acc[l]);
+        }
+    }
+    (reduce64(&acc), np)
+}
+
+/// `ggml_vec_dot_f16` of two rows already holding f16 values (widened to f32): the
+/// 64-lane steps, then the leftovers accumulated in f64.
+#[inline(always)]
+pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
+    let (steps, np) = dot_steps(x, y);
+    let mut sum = steps as f64;
+    for (a, b) in x[np..].iter().zip(&y[np..]) {
+        sum += (a * b) as f64;
     }
     sum as f32
 }
 
-/// `ggml_vec_dot_f32`: the same 64-lane FMA order; leftovers accumulated in f32 (GCC
-/// fuses that `sumf += x*y` into an FMA).
+/// `ggml_vec_dot_f32`: the same 64-lane steps; leftovers accumulated in f32 (GCC fuses
+/// that `sumf += x*y` into an FMA).
 #[inline(always)]
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
-    let n = x.len().min(y.len());
-    let np = n - n % F16_STEP;
-    let mut sum = 0f32;
-    if np > 0 {
-        let mut acc = [0f32; F16_STEP];
-        for (xs, ys) in x[..np]
-            .chunks_exact(F16_STEP)
-            .zip(y[..np].chunks_exact(F16_STEP))
-        {
-            for l in 0..F16_STEP {
-                acc[l] = xs[l].mul_add(ys[l], acc[l]);
-            }
-        }
-        sum = reduce64(&acc);
-    }
-    for i in np..n {
-        sum = x[i].mul_add(y[i], sum);
+    let (mut sum, np) = dot_steps(x, y);
+    for (a, b) in x[np..].iter().zip(&y[np..]) {
+        sum = a.mul_add(*b, sum);
     }
     sum
 }
