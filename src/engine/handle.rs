@@ -159,6 +159,7 @@ fn init_compute_threads(requested: usize) {
     } else {
         requested
     };
+    crate::ops::pool::init(n);
     // Fails only if the global pool already exists (a second engine in one process).
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)

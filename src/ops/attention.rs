@@ -16,10 +16,10 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 use super::ggml_math::{dot_f16, expf, reduce16, reduce64, F16_STEP, LANES};
+use super::pool;
 use super::quant::SendPtr;
 
 /// Shape of one layer's K (or V) cache.
@@ -97,38 +97,58 @@ pub fn paged_attention(inp: AttnInputs<'_>, out: &mut [f32]) {
     assert_eq!(inp.q.len(), out.len());
     let n_kv = inp.geo.n_kv_heads;
     let out_ptr = SendPtr(out.as_mut_ptr());
-    inp.seqs.par_iter().for_each(|seq| {
-        (0..seq.n_q * n_kv).into_par_iter().for_each(|unit| {
-            let (t, kvh) = (unit / n_kv, unit % n_kv);
-            attend_unit(&inp, seq, t, kvh, out_ptr);
-        });
+    // Units are numbered row by row: row r (of seq s) owns units [r * n_kv, (r+1) * n_kv).
+    let rows = inp.q.len() / (inp.n_heads * inp.geo.head_dim);
+    pool::run(rows * n_kv, |unit| {
+        let row = unit / n_kv;
+        let Some(seq) = inp
+            .seqs
+            .iter()
+            .find(|s| (s.q_row..s.q_row + s.n_q).contains(&row))
+        else {
+            return;
+        };
+        attend_unit(&inp, seq, row - seq.q_row, unit % n_kv, out_ptr);
     });
 }
 
 /// Query row `t` of `seq`, all query heads that share kv head `kvh`.
 fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: SendPtr<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        // SAFETY: FMA is available (checked above).
-        return unsafe { attend_unit_fma(inp, seq, t, kvh, out) };
-    }
-    attend_unit_body(inp, seq, t, kvh, out)
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("fma") {
+            // SAFETY: FMA is available (checked above).
+            return unsafe { attend_fma(inp, seq, t, kvh, out, &mut scratch) };
+        }
+        attend(inp, seq, t, kvh, out, &mut scratch)
+    })
 }
 
+/// `attend` compiled with FMA (a closure would not inherit the feature, so the scratch
+/// is passed in).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn attend_unit_fma(
+unsafe fn attend_fma(
     inp: &AttnInputs<'_>,
     seq: &AttnSeq,
     t: usize,
     kvh: usize,
     out: SendPtr<f32>,
+    scratch: &mut [Vec<f32>; 4],
 ) {
-    attend_unit_body(inp, seq, t, kvh, out)
+    attend(inp, seq, t, kvh, out, scratch)
 }
 
 #[inline(always)]
-fn attend_unit_body(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: SendPtr<f32>) {
+fn attend(
+    inp: &AttnInputs<'_>,
+    seq: &AttnSeq,
+    t: usize,
+    kvh: usize,
+    out: SendPtr<f32>,
+    scratch: &mut [Vec<f32>; 4],
+) {
     let geo = inp.geo;
     let hd = geo.head_dim;
     let group = inp.n_heads / geo.n_kv_heads;
@@ -142,50 +162,50 @@ fn attend_unit_body(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, o
             * geo.token_stride()
             + kvh * hd
     };
-    SCRATCH.with(|cell| {
-        let [scores, kv_row, acc, q16] = &mut *cell.borrow_mut();
-        scores.resize(group * n_ctx, 0.0);
-        kv_row.resize(hd, 0.0);
-        acc.resize(group * F16_STEP * hd, 0.0);
-        q16.resize(group * hd, 0.0);
-        round_to_f16(&q_row[kvh * group * hd..(kvh + 1) * group * hd], q16);
-        // scores[g, pos] = (q_g · k_pos) * scale
-        for pos in 0..n_ctx {
-            let at = slot_of(pos);
-            inp.k_cache[at..at + hd].convert_to_f32_slice(kv_row);
-            for g in 0..group {
-                scores[g * n_ctx + pos] = dot_f16(kv_row, &q16[g * hd..(g + 1) * hd]) * scale;
-            }
-        }
-        for probs in scores.chunks_exact_mut(n_ctx) {
-            softmax_in_place(probs);
-            round_in_place_to_f16(probs);
-        }
-        // V accumulation in ggml_vec_dot_f16's order: position p feeds lane p % 64.
-        acc.fill(0.0);
-        for pos in 0..n_ctx {
-            let at = slot_of(pos);
-            inp.v_cache[at..at + hd].convert_to_f32_slice(kv_row);
-            let lane = pos % F16_STEP;
-            for g in 0..group {
-                let p = scores[g * n_ctx + pos];
-                let dst = &mut acc[(g * F16_STEP + lane) * hd..][..hd];
-                for (a, &v) in dst.iter_mut().zip(kv_row.iter()) {
-                    *a = v.mul_add(p, *a);
-                }
-            }
-        }
+    let [scores, kv_row, acc, q16] = scratch;
+    scores.resize(group * n_ctx, 0.0);
+    kv_row.resize(hd, 0.0);
+    acc.resize(group * F16_STEP * hd, 0.0);
+    q16.resize(group * hd, 0.0);
+    round_to_f16(&q_row[kvh * group * hd..(kvh + 1) * group * hd], q16);
+    // scores[g, pos] = (q_g · k_pos) * scale
+    for pos in 0..n_ctx {
+        let at = slot_of(pos);
+        inp.k_cache[at..at + hd].convert_to_f32_slice(kv_row);
         for g in 0..group {
-            let h = kvh * group + g;
-            let dst = (row * inp.n_heads + h) * hd;
-            for d in 0..hd {
-                let lanes: [f32; F16_STEP] =
-                    std::array::from_fn(|l| acc[(g * F16_STEP + l) * hd + d]);
-                // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
-                unsafe { *out.get().add(dst + d) = reduce64(&lanes) };
+            scores[g * n_ctx + pos] = dot_f16(kv_row, &q16[g * hd..(g + 1) * hd]) * scale;
+        }
+    }
+    for probs in scores.chunks_exact_mut(n_ctx) {
+        softmax_in_place(probs);
+        round_in_place_to_f16(probs);
+    }
+    // V accumulation in ggml_vec_dot_f16's order: position p feeds lane p % 64.
+    acc.fill(0.0);
+    for pos in 0..n_ctx {
+        let at = slot_of(pos);
+        inp.v_cache[at..at + hd].convert_to_f32_slice(kv_row);
+        let lane = pos % F16_STEP;
+        for g in 0..group {
+            let p = scores[g * n_ctx + pos];
+            let dst = &mut acc[(g * F16_STEP + lane) * hd..][..hd];
+            for (a, &v) in dst.iter_mut().zip(kv_row.iter()) {
+                *a = v.mul_add(p, *a);
             }
         }
-    });
+    }
+    for g in 0..group {
+        let h = kvh * group + g;
+        let dst = (row * inp.n_heads + h) * hd;
+        for d in 0..hd {
+            let mut lanes = [0f32; F16_STEP];
+            for (l, v) in lanes.iter_mut().enumerate() {
+                *v = acc[(g * F16_STEP + l) * hd + d];
+            }
+            // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
+            unsafe { *out.get().add(dst + d) = reduce64(&lanes) };
+        }
+    }
 }
 
 /// `dst[i] = f16(src[i])` widened back to f32.

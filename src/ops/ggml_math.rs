@@ -34,8 +34,10 @@ pub fn expf(x: f32) -> f32 {
             f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB)), // 0x1.555e66p-3, 0x1.fffdb6p-2
         )
         .mul_add(u, f32::from_bits(0x3F7F_FFF6).mul_add(b, 1.0)); // 0x1.ffffecp-1
-                                                                  // _mm512_scalef_ps(j, n) = j · 2^n with one rounding (exact in f64, then rounded).
-    (j as f64 * 2f64.powi(n as i32)) as f32
+                                                                  // _mm512_scalef_ps(j, n) = j · 2^n with one rounding (exact in f64, then rounded);
+                                                                  // |n| ≤ 192 here, well inside f64's exponent range.
+    let pow2 = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * pow2) as f32
 }
 
 /// One lane of ggml's AVX-512 `ggml_v_silu`: `x / (1 + expf(-x))`.

@@ -6,6 +6,7 @@ pub mod act_quant;
 pub mod attention;
 pub mod ggml_math;
 pub mod norm;
+pub mod pool;
 pub mod q4_1;
 pub mod quant;
 pub mod rope;

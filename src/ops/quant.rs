@@ -391,12 +391,43 @@ fn matmul_float_body<W: FloatWeight>(
                 let mut w_row = cell.borrow_mut();
                 w_row.resize(k, 0.0);
                 W::widen(&w[col * k..(col + 1) * k], &mut w_row);
-                for (o, r) in out.iter_mut().zip(rows) {
-                    *o = W::dot(&w_row, &xq[r * k..(r + 1) * k]);
-                }
+                float_dots::<W>(&w_row, xq, rows, k, out);
             })
         })
     })
+}
+
+/// `out[i] = W::dot(w_row, xq[rows[i]])`; FMA-compiled where available (closures above do
+/// not inherit target features).
+fn float_dots<W: FloatWeight>(
+    w_row: &[f32],
+    xq: &[f32],
+    rows: std::ops::Range<usize>,
+    k: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA is available (checked above).
+        return unsafe { float_dots_fma::<W>(w_row, xq, rows, k, out) };
+    }
+    for (o, r) in out.iter_mut().zip(rows) {
+        *o = W::dot(w_row, &xq[r * k..(r + 1) * k]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn float_dots_fma<W: FloatWeight>(
+    w_row: &[f32],
+    xq: &[f32],
+    rows: std::ops::Range<usize>,
+    k: usize,
+    out: &mut [f32],
+) {
+    for (o, r) in out.iter_mut().zip(rows) {
+        *o = W::dot(w_row, &xq[r * k..(r + 1) * k]);
+    }
 }
 
 thread_local! {
@@ -462,8 +493,13 @@ fn matmul_q4_1(w: &[q4_1::Q4_1], n: usize, k: usize, x: &[f32], m: usize, y: &mu
 }
 
 /// A raw pointer that may cross threads; users guarantee disjoint writes.
-#[derive(Clone, Copy)]
 pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
