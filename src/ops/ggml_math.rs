@@ -112,13 +112,13 @@ pub fn dot_f16(x: &[f32], y: &[f32]) -> f32 {
     sum as f32
 }
 
-/// `ggml_vec_dot_f32`: the same 64-lane steps; leftovers accumulated in f32 (GCC fuses
-/// that `sumf += x*y` into an FMA).
+/// `ggml_vec_dot_f32`: the same 64-lane steps; leftovers accumulated in f32, each product
+/// rounded before the add (GCC vectorizes the products there, so nothing is fused).
 #[inline(always)]
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     let (mut sum, np) = dot_steps(x, y);
     for (a, b) in x[np..].iter().zip(&y[np..]) {
-        sum = a.mul_add(*b, sum);
+        sum += a * b;
     }
     sum
 }
