@@ -5,6 +5,7 @@
 pub mod act_quant;
 pub mod attention;
 pub mod ggml_math;
+pub mod moe;
 pub mod norm;
 pub mod q4_1;
 pub mod quant;
