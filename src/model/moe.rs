@@ -264,3 +264,143 @@ impl MoeScratch {
 thread_local! {
     static SCRATCH: RefCell<MoeScratch> = RefCell::new(MoeScratch::default());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use rand::{Rng, SeedableRng};
+
+    const H: usize = 64;
+    const FFN: usize = 64;
+
+    fn random(rng: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+    }
+
+    fn matrix(rng: &mut rand::rngs::StdRng, rows: usize, cols: usize, scale: f32) -> QMatrix {
+        QMatrix::quantize(
+            GgmlDType::Q8_0,
+            rows,
+            cols,
+            &random(rng, rows * cols, scale),
+        )
+        .unwrap()
+    }
+
+    fn mlp(rng: &mut rand::rngs::StdRng, ffn: usize) -> Mlp {
+        Mlp {
+            gate_up: FusedLinear::new(vec![matrix(rng, ffn, H, 0.2), matrix(rng, ffn, H, 0.2)]),
+            down: matrix(rng, H, ffn, 0.2),
+        }
+    }
+
+    /// `e` experts, top-`k`, with a shared expert (and no renormalization, as Qwen2-MoE)
+    /// when `shared`; a `favourite` expert's router row is all ones, so it wins for every
+    /// token whose elements are all positive.
+    fn block(seed: u64, e: usize, k: usize, shared: bool, favourite: Option<usize>) -> MoeBlock {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut router = random(&mut rng, e * H, 0.3);
+        if let Some(f) = favourite {
+            router[f * H..(f + 1) * H].fill(1.0);
+        }
+        let router = QMatrix::quantize(GgmlDType::F32, e, H, &router).unwrap();
+        let experts = (0..e).map(|_| mlp(&mut rng, FFN)).collect();
+        let renormalize = !shared;
+        let shared = shared.then(|| SharedExpert {
+            mlp: mlp(&mut rng, 2 * FFN),
+            gate: QMatrix::quantize(GgmlDType::F32, 1, H, &random(&mut rng, H, 0.3)).unwrap(),
+        });
+        MoeBlock::new(router, experts, shared, k, renormalize)
+    }
+
+    /// The block's definition, one token and one expert at a time.
+    fn reference(b: &MoeBlock, x: &[f32]) -> Vec<f32> {
+        let (e, k) = (b.experts.len(), b.top_k);
+        let mut out = Vec::new();
+        for row in x.chunks_exact(H) {
+            let mut logits = vec![0.0; e];
+            b.router.matmul(row, 1, &mut logits);
+            let (mut ids, mut w) = (vec![0u32; k], vec![0f32; k]);
+            topk_softmax(&logits, e, k, b.renormalize, &mut ids, &mut w);
+            let mut acc = vec![0f32; H];
+            for (r, (&id, &wr)) in ids.iter().zip(&w).enumerate() {
+                let mut y = row.to_vec();
+                let f = b.experts[id as usize].width();
+                let (mut g, mut u, mut fused) = (vec![0.0; f], vec![0.0; f], Vec::new());
+                b.experts[id as usize].forward(&mut y, 1, &mut g, &mut u, &mut fused);
+                for (a, v) in acc.iter_mut().zip(&y) {
+                    *a = if r == 0 { v * wr } else { *a + v * wr };
+                }
+            }
+            if let Some(s) = &b.shared {
+                let mut y = row.to_vec();
+                let f = s.mlp.width();
+                let (mut g, mut u, mut fused) = (vec![0.0; f], vec![0.0; f], Vec::new());
+                s.mlp.forward(&mut y, 1, &mut g, &mut u, &mut fused);
+                let mut gl = [0f32];
+                s.gate.matmul(row, 1, &mut gl);
+                let gate = sigmoid_as_ggml(gl[0]);
+                for (a, v) in acc.iter_mut().zip(&y) {
+                    *a += v * gate;
+                }
+            }
+            out.extend(acc);
+        }
+        out
+    }
+
+    fn run(b: &MoeBlock, x: &[f32]) -> Vec<f32> {
+        let mut y = x.to_vec();
+        b.forward(&mut y, x.len() / H);
+        y
+    }
+
+    #[test]
+    fn grouped_dispatch_equals_the_per_token_definition_bit_for_bit() {
+        for (seed, e, k, shared) in [(1, 8, 2, false), (2, 8, 1, true), (3, 16, 8, true)] {
+            let b = block(seed, e, k, shared, None);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 100);
+            let x = random(&mut rng, 37 * H, 2.0);
+            assert_eq!(run(&b, &x), reference(&b, &x), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_tokens_output_does_not_depend_on_its_batch() {
+        let b = block(4, 8, 2, true, None);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let x = random(&mut rng, 20 * H, 2.0);
+        let batched = run(&b, &x);
+        // Alone, and in reverse order (different expert groupings and row positions).
+        for (t, row) in x.chunks_exact(H).enumerate() {
+            assert_eq!(run(&b, row), &batched[t * H..(t + 1) * H], "token {t}");
+        }
+        let reversed: Vec<f32> = x.chunks_exact(H).rev().flatten().copied().collect();
+        let out = run(&b, &reversed);
+        for (t, row) in out.chunks_exact(H).rev().enumerate() {
+            assert_eq!(row, &batched[t * H..(t + 1) * H], "token {t} reversed");
+        }
+    }
+
+    #[test]
+    fn all_tokens_on_one_expert_and_counters_add_up() {
+        let b = block(6, 8, 2, false, Some(5));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let x: Vec<f32> = random(&mut rng, 12 * H, 0.5)
+            .iter()
+            .map(|v| v + 1.0) // every row points along the favourite's router row
+            .collect();
+        assert_eq!(run(&b, &x), reference(&b, &x));
+        let counts: Vec<u64> = b
+            .expert_tokens()
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(counts[5], 12, "expert 5 takes every token: {counts:?}");
+        assert_eq!(counts.iter().sum::<u64>(), 24);
+        let all = ExpertTokenCounts::collect([(3, b.expert_tokens())].into_iter()).unwrap();
+        assert_eq!(all.snapshot()[5], (3, 5, 12));
+        assert!(ExpertTokenCounts::collect(std::iter::empty()).is_none());
+    }
+}
