@@ -4,6 +4,8 @@
 
 pub mod act_quant;
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod ggml_math;
 pub mod moe;
 pub mod norm;
