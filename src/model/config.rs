@@ -11,6 +11,8 @@ pub enum Arch {
     Llama,
     /// Qwen2 / Qwen2.5: QKV biases, NEOX RoPE.
     Qwen2,
+    /// Qwen1.5-MoE / Qwen2-MoE: the Qwen2 attention, routed experts plus a gated shared expert.
+    Qwen2Moe,
 }
 
 impl Arch {
@@ -18,6 +20,7 @@ impl Arch {
         match name {
             "llama" => Some(Arch::Llama),
             "qwen2" => Some(Arch::Qwen2),
+            "qwen2moe" => Some(Arch::Qwen2Moe),
             _ => None,
         }
     }
@@ -26,6 +29,7 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen2Moe => "qwen2moe",
         }
     }
 }
@@ -35,7 +39,7 @@ impl Arch {
 pub enum ConfigError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("architecture `{0}` is not supported (supported: llama, qwen2)")]
+    #[error("architecture `{0}` is not supported (supported: llama, qwen2, qwen2moe)")]
     UnsupportedArch(String),
     #[error("`{key}` must be in {min}..={max}. Given: {value}")]
     OutOfRange {
@@ -66,6 +70,77 @@ pub struct ModelConfig {
     pub rms_eps: f32,
     /// Trained context length (`{arch}.context_length`).
     pub context_length: usize,
+    /// Mixture-of-experts FFN shape; `None` for dense models.
+    pub moe: Option<MoeConfig>,
+}
+
+/// Shape and routing rule of a mixture-of-experts FFN (every layer of the model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Routed experts per layer (`{arch}.expert_count`).
+    pub n_expert: usize,
+    /// Experts each token runs through (`{arch}.expert_used_count`).
+    pub n_expert_used: usize,
+    /// Hidden width of each routed expert.
+    pub expert_ffn: usize,
+    /// Hidden width of the shared expert; `None` when the layers have none.
+    pub shared_ffn: Option<usize>,
+    /// Renormalize the top-k weights to sum to 1 (`norm_topk_prob`).
+    pub norm_topk_prob: bool,
+}
+
+/// Most experts per layer (llama.cpp's `LLAMA_MAX_EXPERTS`).
+pub const MAX_EXPERTS: u64 = 1024;
+
+impl MoeConfig {
+    /// Reads the expert keys. llama: MoE only when `expert_count` > 0, experts as wide as
+    /// `feed_forward_length`, top-k renormalized (Mixtral). qwen2moe: always MoE, widths
+    /// from `expert_feed_forward_length` / `expert_shared_feed_forward_length` (llama.cpp's
+    /// fallbacks: `ffn / n_expert_used` and `ffn`), top-k NOT renormalized (Qwen's
+    /// `norm_topk_prob = false`). llama.cpp hard-codes the renormalization per
+    /// architecture; a file that states `{arch}.expert_weights_norm` is followed instead.
+    fn from_gguf(file: &GgufFile, arch: Arch, ffn: usize) -> Result<Option<Self>, ConfigError> {
+        let key = |k: &str| format!("{}.{k}", arch.name());
+        let n_expert = match file.opt_u64(&key("expert_count"))? {
+            Some(n) if n > 0 => check_range(&key("expert_count"), n, 1, MAX_EXPERTS)?,
+            _ if arch == Arch::Qwen2Moe => {
+                return Err(ConfigError::Inconsistent(
+                    "qwen2moe needs `qwen2moe.expert_count` > 0".to_string(),
+                ))
+            }
+            _ => return Ok(None),
+        };
+        let used_key = key("expert_used_count");
+        let n_expert_used = check_range(&used_key, file.get_u64(&used_key)?, 1, n_expert as u64)?;
+        let width = |k: &str, default: usize| -> Result<usize, ConfigError> {
+            match file.opt_u64(&key(k))? {
+                Some(v) if v > 0 => check_range(&key(k), v, 1, 1 << 20),
+                _ => Ok(default),
+            }
+        };
+        let (expert_ffn, shared_ffn, norm_default) = match arch {
+            Arch::Qwen2Moe => (
+                width("expert_feed_forward_length", ffn / n_expert_used)?,
+                Some(width("expert_shared_feed_forward_length", ffn)?),
+                false,
+            ),
+            Arch::Llama | Arch::Qwen2 => (ffn, None, true),
+        };
+        if expert_ffn == 0 {
+            return Err(ConfigError::Inconsistent(format!(
+                "expert FFN width is 0 (feed_forward_length {ffn} / expert_used_count {n_expert_used})"
+            )));
+        }
+        Ok(Some(MoeConfig {
+            n_expert,
+            n_expert_used,
+            expert_ffn,
+            shared_ffn,
+            norm_topk_prob: file
+                .opt_bool(&key("expert_weights_norm"))?
+                .unwrap_or(norm_default),
+        }))
+    }
 }
 
 impl ModelConfig {
@@ -98,6 +173,7 @@ impl ModelConfig {
             .get(1)
             .copied()
             .unwrap_or(0);
+        let ffn = get("feed_forward_length", 1, 1 << 20)?;
         let cfg = ModelConfig {
             arch,
             hidden,
@@ -105,16 +181,20 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
-            ffn: get("feed_forward_length", 1, 1 << 20)?,
+            ffn,
             vocab,
             rope_base: file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_dims,
             rope_style: match arch {
                 Arch::Llama => RopeStyle::Interleaved,
-                Arch::Qwen2 => RopeStyle::Neox,
+                Arch::Qwen2 | Arch::Qwen2Moe => RopeStyle::Neox,
             },
             rms_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             context_length: get("context_length", 1, 1 << 24)?,
+            moe: match arch {
+                Arch::Qwen2 => None,
+                Arch::Llama | Arch::Qwen2Moe => MoeConfig::from_gguf(file, arch, ffn)?,
+            },
         };
         cfg.validate()?;
         Ok(cfg)

@@ -1,9 +1,10 @@
 //! The building blocks every model family shares, each implemented once: fused linear
 //! projections, RMSNorm, the attention block (QKV → RoPE → paged attention → output
-//! projection) and the SwiGLU MLP. Activations are flat `[T, width]` rows covering all
+//! projection), the SwiGLU MLP, and the choice of dense MLP or mixture of experts. Activations are flat `[T, width]` rows covering all
 //! tokens of all sequences in the step.
 
 use super::kv_cache::LayerKv;
+use super::moe::MoeBlock;
 use super::workspace::Workspace;
 use crate::ops::attention::{paged_attention, write_kv, AttnInputs, AttnSeq, KvGeometry};
 use crate::ops::norm::rms_norm;
@@ -80,12 +81,52 @@ pub struct Mlp {
     pub down: QMatrix,
 }
 
+impl Mlp {
+    /// Hidden width (`ffn`).
+    pub fn width(&self) -> usize {
+        self.down.cols()
+    }
+
+    /// `x: [m, hidden]` is replaced by the MLP's output; `gate`, `up`: ≥ `[m, ffn]` scratch.
+    pub fn forward(
+        &self,
+        x: &mut [f32],
+        m: usize,
+        gate: &mut [f32],
+        up: &mut [f32],
+        fused: &mut Vec<f32>,
+    ) {
+        let ffn = self.width();
+        let (gate, up) = (&mut gate[..m * ffn], &mut up[..m * ffn]);
+        self.gate_up
+            .forward(x, m, fused, &mut [&mut *gate, &mut *up]);
+        silu_mul(gate, up, ffn);
+        self.down.matmul(gate, m, x);
+    }
+}
+
+/// The feed-forward half of a decoder layer.
+pub enum FeedForward {
+    Dense(Mlp),
+    Moe(Box<MoeBlock>),
+}
+
+impl FeedForward {
+    /// Bytes of weights (all experts for a MoE block).
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            FeedForward::Dense(mlp) => mlp.gate_up.size_bytes() + mlp.down.size_bytes(),
+            FeedForward::Moe(moe) => moe.size_bytes(),
+        }
+    }
+}
+
 /// One pre-norm decoder layer.
 pub struct DecoderLayer {
     pub attn_norm: Vec<f32>,
     pub attn: AttentionBlock,
     pub ffn_norm: Vec<f32>,
-    pub mlp: Mlp,
+    pub ffn: FeedForward,
 }
 
 /// Per-step inputs shared by every layer.
@@ -152,22 +193,18 @@ impl DecoderLayer {
             .matmul(&ws.attn[..t * q_dim], t, &mut ws.xn[..t * hidden]);
         add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
 
-        // MLP: x += down(silu(gate(norm(x))) * up(norm(x)))
-        let ffn = ws.ffn;
+        // FFN: x += mlp(norm(x)), dense or mixture of experts
         rms_norm(
             &ws.x[..t * hidden],
             &self.ffn_norm,
             inp.rms_eps,
             &mut ws.xn[..t * hidden],
         );
-        let (gate, up) = (&mut ws.gate[..t * ffn], &mut ws.up[..t * ffn]);
-        self.mlp
-            .gate_up
-            .forward(&ws.xn[..t * hidden], t, &mut ws.fused, &mut [gate, up]);
-        silu_mul(&mut ws.gate[..t * ffn], &ws.up[..t * ffn], ffn);
-        self.mlp
-            .down
-            .matmul(&ws.gate[..t * ffn], t, &mut ws.xn[..t * hidden]);
+        let xn = &mut ws.xn[..t * hidden];
+        match &self.ffn {
+            FeedForward::Dense(mlp) => mlp.forward(xn, t, &mut ws.gate, &mut ws.up, &mut ws.fused),
+            FeedForward::Moe(moe) => moe.forward(xn, t),
+        }
         add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
     }
 }

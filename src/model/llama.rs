@@ -1,7 +1,8 @@
 //! The `llama` family (SmolLM2, Llama 2/3, Mistral, TinyLlama) in GGUF layout:
 //! pre-norm decoder layers without biases; `attn_q`/`attn_k` rows were permuted by the
 //! GGUF converter so RoPE rotates ADJACENT pairs (`RopeStyle::Interleaved`); the LM head
-//! may be tied to `token_embd` (SmolLM2 has no `output.weight`).
+//! may be tied to `token_embd` (SmolLM2 has no `output.weight`). With `llama.expert_count`
+//! > 0 it is Mixtral: every FFN is a `moe::MoeBlock` (top-k renormalized, no shared expert).
 
 use super::config::ModelConfig;
 use super::gguf::GgufFile;

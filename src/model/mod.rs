@@ -7,7 +7,9 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
+pub mod moe;
 pub mod qwen2;
+pub mod qwen2moe;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
@@ -30,6 +32,8 @@ pub struct ModelAssets {
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     pub chat_template: ChatTemplate,
+    /// Live routed-token counters of a MoE model (`None` for dense models).
+    pub expert_tokens: Option<moe::ExpertTokenCounts>,
 }
 
 /// A loaded model: weights for the engine thread, assets for everyone else.
@@ -60,7 +64,9 @@ pub fn load(
     let transformer = match config.arch {
         Arch::Llama => llama::load(&file, config.clone(), max_len, progress)?,
         Arch::Qwen2 => qwen2::load(&file, config.clone(), max_len, progress)?,
+        Arch::Qwen2Moe => qwen2moe::load(&file, config.clone(), max_len, progress)?,
     };
+    let expert_tokens = transformer.expert_token_counts();
     let (tokenizer, chat_template) = load_text_assets(&file)?;
     if tokenizer.vocab_size() > config.vocab {
         return Err(ModelError::Invalid(format!(
@@ -81,6 +87,7 @@ pub fn load(
             config,
             tokenizer,
             chat_template,
+            expert_tokens,
         },
     })
 }

@@ -6,7 +6,8 @@
 use super::config::ModelConfig;
 use super::gguf::GgufFile;
 use super::kv_cache::KvCache;
-use super::layers::{DecoderLayer, LayerInputs};
+use super::layers::{DecoderLayer, FeedForward, LayerInputs};
+use super::moe::ExpertTokenCounts;
 use super::weights::{WeightError, WeightLoader};
 use super::workspace::Workspace;
 use crate::ops::attention::{AttnSeq, KvGeometry};
@@ -40,7 +41,8 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    /// Loads a dense llama-layout model; `qkv_bias` for families that have Q/K/V biases.
+    /// Loads a llama-layout model (dense, or MoE when `cfg.moe` is set); `qkv_bias` for
+    /// families that have Q/K/V biases.
     pub fn load_dense(
         file: &GgufFile,
         cfg: ModelConfig,
@@ -52,7 +54,7 @@ impl Transformer {
         let embed = w.matrix("token_embd.weight", cfg.vocab, cfg.hidden)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            layers.push(w.dense_layer(&cfg, i, qkv_bias)?);
+            layers.push(w.layer(&cfg, i, qkv_bias)?);
             progress(i + 1, cfg.n_layers);
         }
         let lm_head = if w.has("output.weight") {
@@ -77,13 +79,20 @@ impl Transformer {
             .layers
             .iter()
             .map(|l| l.attn.qkv.size_bytes() + l.attn.out.size_bytes())
-            .chain(
-                self.layers
-                    .iter()
-                    .map(|l| l.mlp.gate_up.size_bytes() + l.mlp.down.size_bytes()),
-            )
+            .chain(self.layers.iter().map(|l| l.ffn.size_bytes()))
             .sum();
         layers + self.lm_head.as_ref().unwrap_or(&self.embed).size_bytes()
+    }
+
+    /// Per-layer, per-expert routed token counters (`None` for dense models); clones
+    /// share the live counters, so a metrics exporter can read them from any thread.
+    pub fn expert_token_counts(&self) -> Option<ExpertTokenCounts> {
+        ExpertTokenCounts::collect(self.layers.iter().enumerate().filter_map(
+            |(i, l)| match &l.ffn {
+                FeedForward::Moe(moe) => Some((i, moe.expert_tokens())),
+                FeedForward::Dense(_) => None,
+            },
+        ))
     }
 
     /// Positions the RoPE table covers (the engine's max model length).

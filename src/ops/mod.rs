@@ -4,7 +4,10 @@
 
 pub mod act_quant;
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod ggml_math;
+pub mod moe;
 pub mod norm;
 pub mod pool;
 pub mod q4_1;
