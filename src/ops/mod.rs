@@ -7,6 +7,7 @@ pub mod attention;
 pub mod ggml_math;
 pub mod norm;
 pub mod q4_1;
+pub mod qdot;
 pub mod quant;
 pub mod rope;
 
