@@ -9,9 +9,8 @@
 //! Batch invariance: every output element is one dot product of one weight row with one
 //! quantized activation row, computed the same way whatever else is in the batch.
 //!
-//! Exactness: each quantized type is dotted by a `qdot::Kernel` that reproduces the float
-//! order of the ggml kernel llama.cpp's CPU backend runs for a single token: `vec_dot`,
-//! or for matrices llama.cpp repacks (`repacked`) its interleaved gemv.
+//! Exactness: each quantized type is dotted by a `qdot::Kernel` in the float order of the
+//! ggml kernel llama.cpp runs for one token (`vec_dot`, or for `repacked` matrices gemv).
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -92,31 +91,6 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     data: QData,
-    /// llama.cpp would repack this matrix for its interleaved gemv kernels, so we dot it in
-    /// their order (see `llama_cpp_repacks`).
-    repacked: bool,
-}
-
-/// Whether llama.cpp's CPU backend (built for this host) repacks a `dtype` matrix with
-/// `rows` rows (`ggml_repack_get_optimal_repack_type` on x86: Q4_0 and Q4_K with AVX2,
-/// Q2_K with AVX-512, always only for a multiple of 8 rows).
-fn llama_cpp_repacks(dtype: GgmlDType, rows: usize) -> bool {
-    if !rows.is_multiple_of(8) {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q4K => std::is_x86_feature_detected!("avx2"),
-            GgmlDType::Q2K => std::is_x86_feature_detected!("avx512f"),
-            _ => false,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = dtype;
-        false
-    }
 }
 
 impl QMatrix {
@@ -157,13 +131,7 @@ impl QMatrix {
             GgmlDType::Q6K => QData::Q6K(cast_blocks(bytes)),
             other => return Err(QuantError::UnsupportedType(other)),
         };
-        let repacked = llama_cpp_repacks(dtype, rows);
-        Ok(Self {
-            rows,
-            cols,
-            data,
-            repacked,
-        })
+        Ok(Self { rows, cols, data })
     }
 
     /// Quantizes an f32 `[rows, cols]` matrix (used by tests and fixtures).
@@ -203,13 +171,7 @@ impl QMatrix {
             GgmlDType::Q6K => QData::Q6K(q(values)),
             other => return Err(QuantError::UnsupportedType(other)),
         };
-        let repacked = llama_cpp_repacks(dtype, rows);
-        Ok(Self {
-            rows,
-            cols,
-            data,
-            repacked,
-        })
+        Ok(Self { rows, cols, data })
     }
 
     /// Output features.
@@ -241,13 +203,14 @@ impl QMatrix {
     }
 
     /// Stacks matrices with the same type and input width into one (fused QKV, gate+up).
-    /// Returns `None` when types or widths differ, or when llama.cpp would dot the parts
-    /// in different orders (one repacked, one not).
+    /// Returns `None` when types or widths differ, or when llama.cpp would dot a part in
+    /// another order than the whole (see `repacked`).
     pub fn concat_rows(parts: &[&QMatrix]) -> Option<QMatrix> {
         let first = parts.first()?;
-        if parts.iter().any(|p| {
-            p.cols != first.cols || p.dtype() != first.dtype() || p.repacked != first.repacked
-        }) {
+        if parts
+            .iter()
+            .any(|p| p.cols != first.cols || p.dtype() != first.dtype())
+        {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
@@ -255,16 +218,22 @@ impl QMatrix {
         for p in parts {
             with_blocks!(&p.data, w => bytes.extend_from_slice(as_bytes(w)));
         }
-        let mut fused = QMatrix::from_ggml(first.dtype(), rows, first.cols, &bytes).ok()?;
-        fused.repacked = first.repacked;
-        Some(fused)
+        let fused = QMatrix::from_ggml(first.dtype(), rows, first.cols, &bytes).ok()?;
+        let same_order = parts.iter().all(|p| p.repacked() == fused.repacked());
+        same_order.then_some(fused)
+    }
+
+    /// llama.cpp would repack this matrix for its interleaved gemv kernels, so we dot it in
+    /// their order (see `qdot::llama_cpp_repacks`).
+    fn repacked(&self) -> bool {
+        qdot::llama_cpp_repacks(self.dtype(), self.rows)
     }
 
     /// `y[m, rows] = x[m, cols] · Wᵀ`.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "matmul: x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "matmul: y must be [m, rows]");
-        let (n, k, packed) = (self.rows, self.cols, self.repacked);
+        let (n, k, packed) = (self.rows, self.cols, self.repacked());
         use qdot::*;
         match &self.data {
             QData::F32(w) => matmul_float(w, n, k, x, m, y),
@@ -549,7 +518,11 @@ mod tests {
             (GgmlDType::Q5_0, 1.0),
             (GgmlDType::Q4_0, 2.0),
             (GgmlDType::Q4_1, 2.0),
+            (GgmlDType::Q5_1, 1.0),
+            (GgmlDType::Q2K, 6.0),
+            (GgmlDType::Q3K, 3.0),
             (GgmlDType::Q4K, 2.0),
+            (GgmlDType::Q5K, 1.0),
             (GgmlDType::Q6K, 0.6),
         ];
         for (dtype, tol) in types {
@@ -567,15 +540,23 @@ mod tests {
 
     #[test]
     fn rows_are_batch_invariant() {
-        let (n, k) = (70, 256);
-        let w = QMatrix::quantize(GgmlDType::Q4_1, n, k, &random(n * k, 3)).unwrap();
-        let x = random(9 * k, 4);
-        let mut batched = vec![0.0; 9 * n];
-        w.matmul(&x, 9, &mut batched);
-        for i in 0..9 {
-            let mut alone = vec![0.0; n];
-            w.matmul(&x[i * k..(i + 1) * k], 1, &mut alone);
-            assert_eq!(&batched[i * n..(i + 1) * n], alone.as_slice(), "row {i}");
+        use GgmlDType::*;
+        // 72 rows: the repacked order for Q4_0 / Q4_K / Q2_K; 70: vec_dot everywhere.
+        for (dtype, n) in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K]
+            .into_iter()
+            .flat_map(|t| [(t, 70), (t, 72)])
+        {
+            let k = 512;
+            let w = QMatrix::quantize(dtype, n, k, &random(n * k, 3)).unwrap();
+            let x = random(9 * k, 4);
+            let mut batched = vec![0.0; 9 * n];
+            w.matmul(&x, 9, &mut batched);
+            for i in 0..9 {
+                let mut alone = vec![0.0; n];
+                w.matmul(&x[i * k..(i + 1) * k], 1, &mut alone);
+                let row = &batched[i * n..(i + 1) * n];
+                assert_eq!(row, alone.as_slice(), "{dtype:?} {n} rows: row {i}");
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub use kquants::{Q4KDot, Q5KDot, Q6KDot};
 pub use legacy::{Q4_0Dot, Q4_1Dot, Q5_0Dot, Q5_1Dot, Q8_0Dot};
 pub use low_k::{Q2KDot, Q3KDot};
 
+use candle_core::quantized::GgmlDType;
+
 /// A weight type's dot product with its quantized activations.
 pub trait Kernel {
     /// One weight block (ggml's layout).
@@ -155,6 +157,28 @@ macro_rules! kernel {
     };
 }
 pub(crate) use kernel;
+
+/// Whether llama.cpp's CPU backend (built for this host) repacks a `dtype` matrix with
+/// `rows` rows (`ggml_repack_get_optimal_repack_type` on x86: Q4_0 and Q4_K with AVX2,
+/// Q2_K with AVX-512, always only for a multiple of 8 rows).
+pub fn llama_cpp_repacks(dtype: GgmlDType, rows: usize) -> bool {
+    if !rows.is_multiple_of(8) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        match dtype {
+            GgmlDType::Q4_0 | GgmlDType::Q4K => std::is_x86_feature_detected!("avx2"),
+            GgmlDType::Q2K => std::is_x86_feature_detected!("avx512f"),
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dtype;
+        false
+    }
+}
 
 /// Whether the AVX2 kernels can run (cached by std after the first call).
 #[cfg(target_arch = "x86_64")]

@@ -6,6 +6,7 @@ use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8_0, GgmlType,
 };
+use candle_core::quantized::GgmlDType;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
@@ -217,6 +218,63 @@ fn mismatched_lengths_are_rejected() {
     let w = weights::<BlockQ8_0>(2, false, &[], 1);
     let x = zeroed::<Q8_0>(3);
     Q8_0Dot::dot(blocks::view_q8_0(&w), &x);
+}
+
+/// A `rows × 512` matrix of `dtype` built from candle blocks, and the blocks.
+fn matrix<C: GgmlType>(rows: usize) -> (crate::ops::quant::QMatrix, Vec<C>) {
+    let w = weights::<C>(rows * 512 / C::BLCK_SIZE, false, &[], 21);
+    // SAFETY: plain-data blocks viewed as their bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(w.as_ptr() as *const u8, std::mem::size_of_val(&w[..]))
+    };
+    let m = crate::ops::quant::QMatrix::from_ggml(C::DTYPE, rows, 512, bytes).unwrap();
+    (m, w)
+}
+
+/// `QMatrix::matmul` of one activation row equals kernel `K` on every weight row.
+fn routed_to<C: GgmlType, K: Kernel>(rows: usize, view: fn(&[C]) -> &[K::Weight]) -> bool {
+    let (m, w) = matrix::<C>(rows);
+    let x = activations(512, 22);
+    let mut y = vec![0f32; rows];
+    m.matmul(&x, 1, &mut y);
+    let mut xq = zeroed::<K::Act>(512 / K::BLOCK);
+    K::quantize(&x, &mut xq);
+    let kb = 512 / C::BLCK_SIZE;
+    (0..rows).all(|r| K::dot(view(&w[r * kb..(r + 1) * kb]), &xq).to_bits() == y[r].to_bits())
+}
+
+#[test]
+fn matrices_llama_cpp_repacks_use_the_gemv_order() {
+    let avx2 = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2");
+    // Q4_K: vec_dot for 12 rows, the interleaved gemv's order for 16 (on AVX2 hosts).
+    assert!(routed_to::<BlockQ4K, Q4KDot>(12, blocks::view_q4k));
+    assert_eq!(
+        routed_to::<BlockQ4K, Q4KInterleaved>(16, blocks::view_q4k),
+        avx2
+    );
+    assert_eq!(routed_to::<BlockQ4K, Q4KDot>(16, blocks::view_q4k), !avx2);
+    assert!(routed_to::<BlockQ4_0, Q4_0Dot>(12, blocks::view_q4_0));
+    assert_eq!(
+        routed_to::<BlockQ4_0, Q4_0Interleaved>(16, blocks::view_q4_0),
+        avx2
+    );
+    // Types llama.cpp never repacks on x86.
+    assert!(routed_to::<BlockQ6K, Q6KDot>(16, blocks::view_q6k));
+    assert!(routed_to::<BlockQ8_0, Q8_0Dot>(16, blocks::view_q8_0));
+}
+
+#[test]
+fn fusing_never_changes_a_parts_dot_order() {
+    use crate::ops::quant::QMatrix;
+    let (a, _) = matrix::<BlockQ4K>(4);
+    let (b, _) = matrix::<BlockQ4K>(12);
+    // 4 + 12 rows would be repacked as a whole but not as parts: no fusion.
+    let repacks = crate::ops::qdot::llama_cpp_repacks(GgmlDType::Q4K, 16);
+    assert_eq!(QMatrix::concat_rows(&[&a, &b]).is_none(), repacks);
+    let (c, _) = matrix::<BlockQ4K>(8);
+    assert!(QMatrix::concat_rows(&[&c, &c]).is_some());
+    let (d, _) = matrix::<BlockQ6K>(4);
+    assert!(QMatrix::concat_rows(&[&d, &d, &d, &d]).is_some());
 }
 
 /// ns per row dot of 4096 elements, candle's `vec_dot` vs ours (`dot` and `dot4`).
