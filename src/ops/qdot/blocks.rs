@@ -109,9 +109,9 @@ const KMASK1: u32 = 0x3f3f3f3f;
 const KMASK2: u32 = 0x0f0f0f0f;
 const KMASK3: u32 = 0x03030303;
 
-/// Q4_K / Q5_K packed scales → (8 scales, 8 mins), as ggml's `utmp` shuffle does.
+/// Q4_K / Q5_K packed scales → ggml's `utmp`: 8 scale bytes then 8 min bytes.
 #[inline(always)]
-pub fn k4_scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+pub fn k4_utmp(packed: &[u8; 12]) -> [u32; 4] {
     let word = |i: usize| {
         u32::from_le_bytes([
             packed[4 * i],
@@ -126,14 +126,19 @@ pub fn k4_scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
     utmp[2] = uaux;
     utmp[0] &= KMASK1;
-    let mut bytes = [0u8; 16];
-    for (chunk, w) in bytes.chunks_exact_mut(4).zip(utmp) {
-        chunk.copy_from_slice(&w.to_le_bytes());
-    }
+    utmp
+}
+
+/// Q4_K / Q5_K packed scales → (8 scales, 8 mins).
+#[inline(always)]
+pub fn k4_scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let utmp = k4_utmp(packed);
     let mut scales = [0u8; 8];
     let mut mins = [0u8; 8];
-    scales.copy_from_slice(&bytes[..8]);
-    mins.copy_from_slice(&bytes[8..]);
+    scales[..4].copy_from_slice(&utmp[0].to_le_bytes());
+    scales[4..].copy_from_slice(&utmp[1].to_le_bytes());
+    mins[..4].copy_from_slice(&utmp[2].to_le_bytes());
+    mins[4..].copy_from_slice(&utmp[3].to_le_bytes());
     (scales, mins)
 }
 

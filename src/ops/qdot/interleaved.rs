@@ -104,6 +104,8 @@ impl Steps for Q2KScalar {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::x86::f16_to_f32;
+
     use super::super::kquants::avx2::{min_prod, sumi, KRegs, Q4KAvx2 as Q4KVec};
     use super::super::low_k::avx2::{q2_min_prod, q2_sumi, Q2KAvx2 as Q2KVec, Q2Regs};
     use super::super::x86::{hsum_i32_8, load_i8, mul_sum_i8_pairs};
@@ -123,12 +125,12 @@ pub(crate) mod avx2 {
         }
         #[inline(always)]
         unsafe fn unpack(w: &Q4_0) -> (__m256i, f32) {
-            (w.values_avx2(), w.d.to_f32())
+            (w.values_avx2(), f16_to_f32(w.d))
         }
         #[inline(always)]
         unsafe fn step(u: &(__m256i, f32), y: &Q8_0, acc: &mut f32) {
             let isum = hsum_i32_8(mul_sum_i8_pairs(u.0, load_i8(&y.qs)));
-            *acc = (isum as f32).mul_add(u.1 * y.d.to_f32(), *acc);
+            *acc = (isum as f32).mul_add(u.1 * f16_to_f32(y.d), *acc);
         }
         #[inline(always)]
         unsafe fn finish(acc: f32) -> f32 {

@@ -202,26 +202,40 @@ impl Steps for Q6KScalar {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::x86::f16_to_f32;
+
     use super::super::x86::{hsum_float_8, load, load_i8};
     use super::super::Steps;
-    use super::{k4_scales_mins, Q4K, Q5K, Q6K, Q8K};
+    use super::{Q4K, Q5K, Q6K, Q8K};
+    use crate::ops::qdot::blocks::k4_utmp;
 
     /// Q4_K / Q5_K block in registers: 8 vectors of 32 values (sub-block order), the 8
-    /// scales broadcast as i16, the mins as 8 i16.
+    /// scales as i16 (in both 128-bit halves), the 8 mins as i16.
     pub(crate) struct KRegs {
         pub(crate) q: [__m256i; 8],
-        pub(crate) scales: [__m256i; 8],
+        pub(crate) scales: __m256i,
         pub(crate) mins: __m128i,
         pub(crate) d: f32,
         pub(crate) dmin: f32,
     }
 
+    /// ggml's `mins_and_scales` split into (scales in both halves, mins).
     #[inline(always)]
-    unsafe fn scales_and_mins(packed: &[u8; 12]) -> ([__m256i; 8], __m128i) {
-        let (sc, mn) = k4_scales_mins(packed);
-        let scales = std::array::from_fn(|k| _mm256_set1_epi16(sc[k] as i16));
-        let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
-        (scales, mins)
+    unsafe fn scales_and_mins(packed: &[u8; 12]) -> (__m256i, __m128i) {
+        let u = k4_utmp(packed).map(|w| w as i32);
+        let mas = _mm256_cvtepu8_epi16(_mm_set_epi32(u[3], u[2], u[1], u[0]));
+        let sc128 = _mm256_castsi256_si128(mas);
+        (
+            _mm256_set_m128i(sc128, sc128),
+            _mm256_extracti128_si256(mas, 1),
+        )
+    }
+
+    /// Scale `i` in every i16 lane (ggml's `get_scale_shuffle_k4(i)`).
+    #[inline(always)]
+    unsafe fn scale(scales: __m256i, i: usize) -> __m256i {
+        let pick = (((2 * i + 1) << 8) | (2 * i)) as i16;
+        _mm256_shuffle_epi8(scales, _mm256_set1_epi16(pick))
     }
 
     /// `madd(mins, hadd(bsums))`: the 4 min lanes.
@@ -242,11 +256,9 @@ pub(crate) mod avx2 {
         for j in 0..4 {
             let q8l = load_i8(&y.qs[64 * j..]);
             let q8h = load_i8(&y.qs[64 * j + 32..]);
-            let p16l = _mm256_madd_epi16(u.scales[2 * j], _mm256_maddubs_epi16(u.q[2 * j], q8l));
-            let p16h = _mm256_madd_epi16(
-                u.scales[2 * j + 1],
-                _mm256_maddubs_epi16(u.q[2 * j + 1], q8h),
-            );
+            let (sl, sh) = (scale(u.scales, 2 * j), scale(u.scales, 2 * j + 1));
+            let p16l = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(u.q[2 * j], q8l));
+            let p16h = _mm256_madd_epi16(sh, _mm256_maddubs_epi16(u.q[2 * j + 1], q8h));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
         }
         sumi
@@ -266,22 +278,19 @@ pub(crate) mod avx2 {
         #[inline(always)]
         unsafe fn unpack(w: &Q4K) -> KRegs {
             let m4 = _mm256_set1_epi8(0x0F);
-            let q = std::array::from_fn(|k| {
-                let bits = _mm256_loadu_si256(w.qs[32 * (k / 2)..].as_ptr() as *const __m256i);
-                let bits = if k % 2 == 0 {
-                    bits
-                } else {
-                    _mm256_srli_epi16(bits, 4)
-                };
-                _mm256_and_si256(bits, m4)
-            });
+            let mut q = [_mm256_setzero_si256(); 8];
+            for j in 0..4 {
+                let bits = _mm256_loadu_si256(w.qs[32 * j..].as_ptr() as *const __m256i);
+                q[2 * j] = _mm256_and_si256(bits, m4);
+                q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            }
             let (scales, mins) = scales_and_mins(&w.scales);
             KRegs {
                 q,
                 scales,
                 mins,
-                d: w.d.to_f32(),
-                dmin: w.dmin.to_f32(),
+                d: f16_to_f32(w.d),
+                dmin: f16_to_f32(w.dmin),
             }
         }
         #[inline(always)]
@@ -315,7 +324,8 @@ pub(crate) mod avx2 {
         unsafe fn unpack(w: &Q5K) -> KRegs {
             let m4 = _mm256_set1_epi8(0x0F);
             let hbits = load(&w.qh);
-            let q = std::array::from_fn(|k| {
+            let mut q = [_mm256_setzero_si256(); 8];
+            for (k, qk) in q.iter_mut().enumerate() {
                 let bits = _mm256_loadu_si256(w.qs[32 * (k / 2)..].as_ptr() as *const __m256i);
                 let bits = if k % 2 == 0 {
                     bits
@@ -328,15 +338,15 @@ pub(crate) mod avx2 {
                 let high = _mm256_and_si256(hbits, hmask);
                 let high =
                     _mm256_slli_epi16(_mm256_srl_epi16(high, _mm_cvtsi32_si128(k as i32)), 4);
-                _mm256_add_epi8(low, high)
-            });
+                *qk = _mm256_add_epi8(low, high);
+            }
             let (scales, mins) = scales_and_mins(&w.scales);
             KRegs {
                 q,
                 scales,
                 mins,
-                d: w.d.to_f32(),
-                dmin: w.dmin.to_f32(),
+                d: f16_to_f32(w.d),
+                dmin: f16_to_f32(w.dmin),
             }
         }
         #[inline(always)]
@@ -377,7 +387,8 @@ pub(crate) mod avx2 {
         #[inline(always)]
         unsafe fn unpack(w: &Q6K) -> Q6Regs {
             let m15 = _mm256_set1_epi8(15);
-            let q = std::array::from_fn(|v| {
+            let mut q = [_mm256_setzero_si256(); 8];
+            for (v, qv) in q.iter_mut().enumerate() {
                 let (j, k) = (v / 4, v % 4);
                 let ql =
                     _mm256_loadu_si256(w.ql[64 * j + 32 * (k % 2)..].as_ptr() as *const __m256i);
@@ -391,19 +402,20 @@ pub(crate) mod avx2 {
                     2 => hi,
                     _ => _mm256_srli_epi16(hi, 2),
                 };
-                _mm256_or_si256(_mm256_and_si256(ql, m15), hi)
-            });
+                *qv = _mm256_or_si256(_mm256_and_si256(ql, m15), hi);
+            }
             let sc = &w.scales;
-            let scales = std::array::from_fn(|v| {
+            let mut scales = [_mm256_setzero_si256(); 8];
+            for (v, s) in scales.iter_mut().enumerate() {
                 let (lo, hi) = (sc[2 * v] as i16, sc[2 * v + 1] as i16);
-                _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
-            });
+                *s = _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo));
+            }
             let scales_16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
             Q6Regs {
                 q,
                 scales,
                 scales_16,
-                d: w.d.to_f32(),
+                d: f16_to_f32(w.d),
             }
         }
         #[inline(always)]
@@ -413,11 +425,12 @@ pub(crate) mod avx2 {
             let q8sclsub = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, u.scales_16), 5);
             let mut sumi = _mm256_setzero_si256();
             for j in 0..2 {
-                let p: [__m256i; 4] = std::array::from_fn(|k| {
+                let mut p = [_mm256_setzero_si256(); 4];
+                for (k, pk) in p.iter_mut().enumerate() {
                     let v = 4 * j + k;
                     let q8 = load_i8(&y.qs[32 * v..]);
-                    _mm256_madd_epi16(u.scales[v], _mm256_maddubs_epi16(u.q[v], q8))
-                });
+                    *pk = _mm256_madd_epi16(u.scales[v], _mm256_maddubs_epi16(u.q[v], q8));
+                }
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[0], p[1]));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[2], p[3]));
             }

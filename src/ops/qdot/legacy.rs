@@ -160,6 +160,8 @@ impl Steps for Q5_1Scalar {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::x86::f16_to_f32;
+
     use super::super::x86::{hsum_float_8, load_i8, mul_sum_i8_pairs, mul_sum_us8_pairs};
     use super::super::Steps;
     use super::{BlockQ8_1, Signed32, Q5_1, Q8_0};
@@ -178,11 +180,11 @@ pub(crate) mod avx2 {
         }
         #[inline(always)]
         unsafe fn unpack(w: &B) -> (__m256i, f32) {
-            (w.values_avx2(), w.d().to_f32())
+            (w.values_avx2(), f16_to_f32(w.d()))
         }
         #[inline(always)]
         unsafe fn step(u: &(__m256i, f32), y: &Q8_0, acc: &mut __m256) {
-            let d = _mm256_set1_ps(u.1 * y.d.to_f32());
+            let d = _mm256_set1_ps(u.1 * f16_to_f32(y.d));
             let q = _mm256_cvtepi32_ps(mul_sum_i8_pairs(u.0, load_i8(&y.qs)));
             *acc = _mm256_fmadd_ps(d, q, *acc);
         }
@@ -209,7 +211,7 @@ pub(crate) mod avx2 {
             let qx = super::super::x86::bytes_from_nibbles_32(&w.qs);
             let bxhi = super::super::x86::bytes_from_bits_32(&w.qh);
             let bxhi = _mm256_and_si256(bxhi, _mm256_set1_epi8(0x10));
-            (_mm256_or_si256(qx, bxhi), w.d.to_f32(), w.m.to_f32())
+            (_mm256_or_si256(qx, bxhi), f16_to_f32(w.d), f16_to_f32(w.m))
         }
         #[inline(always)]
         unsafe fn step(u: &(__m256i, f32, f32), y: &BlockQ8_1, acc: &mut (__m256, f32)) {

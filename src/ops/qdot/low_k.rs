@@ -118,6 +118,8 @@ impl Steps for Q3KScalar {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::x86::f16_to_f32;
+
     use super::super::x86::{hsum_float_8, load_i8};
     use super::super::Steps;
     use super::{q3k_scales, Q2K, Q3K, Q8K};
@@ -125,11 +127,13 @@ pub(crate) mod avx2 {
     /// Per 32-element vector `v`: the i16 scales of its two sub-blocks (16 bytes each).
     #[inline(always)]
     unsafe fn pair_scales<S: Copy + Into<i32>>(sc: &[S; 16]) -> [__m256i; 8] {
-        std::array::from_fn(|v| {
+        let mut out = [_mm256_setzero_si256(); 8];
+        for (v, o) in out.iter_mut().enumerate() {
             let lo = _mm_set1_epi16(Into::<i32>::into(sc[2 * v]) as i16);
             let hi = _mm_set1_epi16(Into::<i32>::into(sc[2 * v + 1]) as i16);
-            _mm256_set_m128i(hi, lo)
-        })
+            *o = _mm256_set_m128i(hi, lo);
+        }
+        out
     }
 
     /// The 2 low bits of vector `v = 4j + k`: bits `2k` of `qs[32j..32j+32]`.
@@ -139,6 +143,16 @@ pub(crate) mod avx2 {
         let bits = _mm256_loadu_si256(qs[32 * j..].as_ptr() as *const __m256i);
         let bits = _mm256_srl_epi16(bits, _mm_cvtsi32_si128(2 * k as i32));
         _mm256_and_si256(bits, _mm256_set1_epi8(3))
+    }
+
+    /// All 8 vectors of 2 low bits.
+    #[inline(always)]
+    unsafe fn low2_all(qs: &[u8; 64]) -> [__m256i; 8] {
+        let mut out = [_mm256_setzero_si256(); 8];
+        for (v, o) in out.iter_mut().enumerate() {
+            *o = low2(qs, v);
+        }
+        out
     }
 
     /// Q2_K block in registers.
@@ -155,11 +169,12 @@ pub(crate) mod avx2 {
     pub(crate) unsafe fn q2_sumi(u: &Q2Regs, y: &Q8K) -> __m256i {
         let mut sumi = _mm256_setzero_si256();
         for j in 0..2 {
-            let p: [__m256i; 4] = std::array::from_fn(|k| {
+            let mut p = [_mm256_setzero_si256(); 4];
+            for (k, pk) in p.iter_mut().enumerate() {
                 let v = 4 * j + k;
                 let q8 = load_i8(&y.qs[32 * v..]);
-                _mm256_madd_epi16(u.scales[v], _mm256_maddubs_epi16(u.q[v], q8))
-            });
+                *pk = _mm256_madd_epi16(u.scales[v], _mm256_maddubs_epi16(u.q[v], q8));
+            }
             let p01 = _mm256_add_epi32(p[0], p[1]);
             let p23 = _mm256_add_epi32(p[2], p[3]);
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p01, p23));
@@ -191,11 +206,11 @@ pub(crate) mod avx2 {
             let m4 = _mm_set1_epi8(0x0F);
             let mins8 = _mm_and_si128(_mm_srli_epi16(mas, 4), m4);
             Q2Regs {
-                q: std::array::from_fn(|v| low2(&w.qs, v)),
+                q: low2_all(&w.qs),
                 scales: pair_scales(&w.scales.map(|s| s & 0x0F)),
                 mins: _mm256_cvtepi8_epi16(mins8),
-                d: w.d.to_f32(),
-                dmin: w.dmin.to_f32(),
+                d: f16_to_f32(w.d),
+                dmin: f16_to_f32(w.dmin),
             }
         }
         #[inline(always)]
@@ -234,17 +249,18 @@ pub(crate) mod avx2 {
         #[inline(always)]
         unsafe fn unpack(w: &Q3K) -> Q3Regs {
             let hbits = _mm256_loadu_si256(w.hmask.as_ptr() as *const __m256i);
-            let high = std::array::from_fn(|bit| {
+            let mut high = [_mm256_setzero_si256(); 8];
+            for (bit, h) in high.iter_mut().enumerate() {
                 let mask = _mm256_set1_epi8(1 << bit);
                 let clear = _mm256_andnot_si256(hbits, mask);
                 let count = _mm_cvtsi32_si128(bit as i32);
-                _mm256_slli_epi16(_mm256_srl_epi16(clear, count), 2)
-            });
+                *h = _mm256_slli_epi16(_mm256_srl_epi16(clear, count), 2);
+            }
             Q3Regs {
-                low: std::array::from_fn(|v| low2(&w.qs, v)),
+                low: low2_all(&w.qs),
                 high,
                 scales: pair_scales(&q3k_scales(&w.scales)),
-                d: w.d.to_f32(),
+                d: f16_to_f32(w.d),
             }
         }
         #[inline(always)]
@@ -252,13 +268,14 @@ pub(crate) mod avx2 {
             let d = y.d * u.d;
             let mut sumi = _mm256_setzero_si256();
             for j in 0..2 {
-                let p: [__m256i; 4] = std::array::from_fn(|k| {
+                let mut p = [_mm256_setzero_si256(); 4];
+                for (k, pk) in p.iter_mut().enumerate() {
                     let v = 4 * j + k;
                     let q8 = load_i8(&y.qs[32 * v..]);
                     let q8s = _mm256_maddubs_epi16(u.high[v], q8);
                     let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u.low[v], q8), q8s);
-                    _mm256_madd_epi16(u.scales[v], p16)
-                });
+                    *pk = _mm256_madd_epi16(u.scales[v], p16);
+                }
                 let p01 = _mm256_add_epi32(p[0], p[1]);
                 let p23 = _mm256_add_epi32(p[2], p[3]);
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p01, p23));

@@ -96,14 +96,18 @@ pub(crate) unsafe fn run_dot4<S: Steps>(w: &[S::Weight], x: [&[S::Act]; 4]) -> [
             "dot4: weight and activation block counts differ"
         );
     }
-    let mut acc = [S::init(); 4];
+    let [x0, x1, x2, x3] = x;
+    // Four named accumulators (not an array) so they stay in registers.
+    let (mut a0, mut a1, mut a2, mut a3) = (S::init(), S::init(), S::init(), S::init());
     for (b, wb) in w.iter().enumerate() {
         let u = S::unpack(wb);
-        for (a, row) in acc.iter_mut().zip(x) {
-            S::step(&u, &row[b], a);
-        }
+        S::step(&u, &x0[b], &mut a0);
+        S::step(&u, &x1[b], &mut a1);
+        S::step(&u, &x2[b], &mut a2);
+        S::step(&u, &x3[b], &mut a3);
     }
-    acc.map(|a| S::finish(a))
+    // Not `.map(..)`: a closure would not inherit the caller's target features.
+    [S::finish(a0), S::finish(a1), S::finish(a2), S::finish(a3)]
 }
 
 /// Implements `Kernel` for `$name` from a scalar and an AVX2 `Steps` type.
@@ -207,6 +211,23 @@ pub(crate) fn lane(e: usize) -> usize {
 pub(crate) mod x86 {
     //! AVX2 helpers shared by the kernels (ggml's names).
     use std::arch::x86_64::*;
+
+    /// f16 → f32 with F16C (exact, like ggml's table; `half` checks the CPU on every call).
+    /// Written as asm because LLVM lowers the intrinsic version to `vpinsrw` into whatever
+    /// register is at hand, often the accumulator: a false dependency that serializes the
+    /// dot product's blocks. `vmovd` writes the whole register.
+    #[inline(always)]
+    pub unsafe fn f16_to_f32(h: half::f16) -> f32 {
+        let v: __m128;
+        std::arch::asm!(
+            "vmovd {v}, {bits:e}",
+            "vcvtph2ps {v}, {v}",
+            bits = in(reg) h.to_bits() as u32,
+            v = out(xmm_reg) v,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        _mm_cvtss_f32(v)
+    }
 
     /// ggml's `hsum_float_8`.
     #[inline(always)]
