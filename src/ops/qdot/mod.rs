@@ -16,8 +16,9 @@
 //! unpack of the weights) run the same `step` per row, so a row's result never depends on
 //! how rows are grouped (batch invariance).
 //!
-//! Integer parts are exact in both versions (no intermediate can saturate: |q8| ≤ 127,
-//! weights ≤ 63, so every i16 pair sum stays below 2^15), so only float order matters.
+//! Integer parts are exact in both versions (no i16 pair sum can saturate: activations
+//! are within ±127, weights within ±128 (Q8_0) or 0..63 (K-quants)), so only the float
+//! order matters; the replay test (`ggml_vectors`) checks it against ggml's own results.
 
 pub mod blocks;
 #[cfg(test)]
