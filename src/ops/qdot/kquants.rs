@@ -447,6 +447,7 @@ pub(crate) mod avx2 {
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) mod avx2 {
     //! No AVX2 on this architecture: the "AVX2" kernels are the scalar ones (never run).
+    #![allow(dead_code)]
     pub(crate) type Q4KAvx2 = super::Q4KScalar;
     pub(crate) type Q5KAvx2 = super::Q5KScalar;
     pub(crate) type Q6KAvx2 = super::Q6KScalar;

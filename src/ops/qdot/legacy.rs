@@ -230,6 +230,7 @@ pub(crate) mod avx2 {
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) mod avx2 {
     //! No AVX2 on this architecture: the "AVX2" kernels are the scalar ones (never run).
+    #![allow(dead_code)]
     pub(crate) type VecAvx2<B> = super::VecScalar<B>;
     pub(crate) type Q5_1Avx2 = super::Q5_1Scalar;
 }

@@ -292,6 +292,7 @@ pub(crate) mod avx2 {
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) mod avx2 {
     //! No AVX2 on this architecture: the "AVX2" kernels are the scalar ones (never run).
+    #![allow(dead_code)]
     pub(crate) type Q2KAvx2 = super::Q2KScalar;
     pub(crate) type Q3KAvx2 = super::Q3KScalar;
 }
