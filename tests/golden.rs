@@ -4,13 +4,11 @@
 //!
 //! How exact: 8-bit activation quantization turns last-bit differences into visible logit
 //! differences after a few layers (llama.cpp's own batched and single-token prefill
-//! disagree by up to ~1 logit). The goldens use llama.cpp's single-token path, and for
-//! the default model (Q4_1/Q8_0, llama) our arithmetic reproduces it bit for bit
-//! (`ops::ggml_math`, the Q4_1 kernel, RoPE's FMAs), so every one of the 32 tokens must
-//! match, free-running and teacher-forced. For the fixtures' other quant types our dot
-//! products still sum in candle's order rather than ggml's (last-bit differences), so
-//! there a token is compared wherever llama.cpp's top-1/top-2 gap is at least
-//! `FIXTURE_MARGIN`. In the strict case, short prompts' first logits must match to 2e-3.
+//! disagree by up to ~1 logit). The goldens use llama.cpp's single-token path, and our
+//! arithmetic reproduces it bit for bit for every model here (`ops::ggml_math`, the
+//! `ops::qdot` kernels in ggml's vec_dot / repacked-gemv order, RoPE's FMAs), so every one
+//! of the 32 tokens must match, free-running and teacher-forced, and short prompts' first
+//! logits must match to 2e-3.
 
 mod common;
 
@@ -22,9 +20,6 @@ use tessera::engine::handle::EngineHandle;
 use tessera::engine::request::SamplingParams;
 
 const N: usize = 32;
-
-/// Fixture steps whose llama.cpp top-1/top-2 logit gap is below this are not compared.
-const FIXTURE_MARGIN: f32 = 0.5;
 
 fn engine_for(file: &GoldenFile, max_batched: usize) -> EngineHandle {
     let cfg = EngineConfig {
@@ -158,7 +153,7 @@ fn fixtures_match_llama_cpp() {
         "expected the fixture GGUFs in tests/fixtures"
     );
     for name in names {
-        check_against_llama_cpp(&name, FIXTURE_MARGIN);
+        check_against_llama_cpp(&name, 0.0);
     }
 }
 

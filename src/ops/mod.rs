@@ -11,6 +11,7 @@ pub mod moe;
 pub mod norm;
 pub mod pool;
 pub mod q4_1;
+pub mod qdot;
 pub mod quant;
 pub mod rope;
 

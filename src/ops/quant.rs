@@ -6,8 +6,11 @@
 //! type's vec-dot type, then each weight row is read once and dotted with every
 //! activation row while it is hot in L1 — the reason batching wins on a CPU.
 //!
-//! Batch invariance: every output element is one `vec_dot` of one weight row with one
+//! Batch invariance: every output element is one dot product of one weight row with one
 //! quantized activation row, computed the same way whatever else is in the batch.
+//!
+//! Exactness: each quantized type is dotted by a `qdot::Kernel` in the float order of the
+//! ggml kernel llama.cpp runs for one token (`vec_dot`, or for `repacked` matrices gemv).
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -17,7 +20,8 @@ use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{act_quant, ggml_math, q4_1};
+use super::qdot::{self, Kernel};
+use super::{ggml_math, q4_1};
 use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
 
@@ -199,7 +203,8 @@ impl QMatrix {
     }
 
     /// Stacks matrices with the same type and input width into one (fused QKV, gate+up).
-    /// Returns `None` when types or widths differ.
+    /// Returns `None` when types or widths differ, or when llama.cpp would dot a part in
+    /// another order than the whole (see `repacked`).
     pub fn concat_rows(parts: &[&QMatrix]) -> Option<QMatrix> {
         let first = parts.first()?;
         if parts
@@ -213,18 +218,40 @@ impl QMatrix {
         for p in parts {
             with_blocks!(&p.data, w => bytes.extend_from_slice(as_bytes(w)));
         }
-        QMatrix::from_ggml(first.dtype(), rows, first.cols, &bytes).ok()
+        let fused = QMatrix::from_ggml(first.dtype(), rows, first.cols, &bytes).ok()?;
+        let same_order = parts.iter().all(|p| p.repacked() == fused.repacked());
+        same_order.then_some(fused)
+    }
+
+    /// llama.cpp would repack this matrix for its interleaved gemv kernels, so we dot it in
+    /// their order (see `qdot::llama_cpp_repacks`).
+    fn repacked(&self) -> bool {
+        qdot::llama_cpp_repacks(self.dtype(), self.rows)
     }
 
     /// `y[m, rows] = x[m, cols] · Wᵀ`.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "matmul: x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "matmul: y must be [m, rows]");
+        let (n, k, packed) = (self.rows, self.cols, self.repacked());
+        use qdot::*;
         match &self.data {
-            QData::Q4_1(w) => matmul_q4_1(q4_1::view(w), self.rows, self.cols, x, m, y),
-            QData::F32(w) => matmul_float(w, self.rows, self.cols, x, m, y),
-            QData::F16(w) => matmul_float(w, self.rows, self.cols, x, m, y),
-            data => with_blocks!(data, w => matmul_typed(w, self.rows, self.cols, x, m, y)),
+            QData::F32(w) => matmul_float(w, n, k, x, m, y),
+            QData::F16(w) => matmul_float(w, n, k, x, m, y),
+            QData::BF16(w) => matmul_typed(w, n, k, x, m, y),
+            QData::Q4_0(w) if packed => matmul::<Q4_0Interleaved>(blocks::view_q4_0(w), k, x, m, y),
+            QData::Q4_0(w) => matmul::<Q4_0Dot>(blocks::view_q4_0(w), k, x, m, y),
+            QData::Q4_1(w) => matmul::<Q4_1Dot>(q4_1::view(w), k, x, m, y),
+            QData::Q5_0(w) => matmul::<Q5_0Dot>(blocks::view_q5_0(w), k, x, m, y),
+            QData::Q5_1(w) => matmul::<Q5_1Dot>(blocks::view_q5_1(w), k, x, m, y),
+            QData::Q8_0(w) => matmul::<Q8_0Dot>(blocks::view_q8_0(w), k, x, m, y),
+            QData::Q2K(w) if packed => matmul::<Q2KInterleaved>(blocks::view_q2k(w), k, x, m, y),
+            QData::Q2K(w) => matmul::<Q2KDot>(blocks::view_q2k(w), k, x, m, y),
+            QData::Q3K(w) => matmul::<Q3KDot>(blocks::view_q3k(w), k, x, m, y),
+            QData::Q4K(w) if packed => matmul::<Q4KInterleaved>(blocks::view_q4k(w), k, x, m, y),
+            QData::Q4K(w) => matmul::<Q4KDot>(blocks::view_q4k(w), k, x, m, y),
+            QData::Q5K(w) => matmul::<Q5KDot>(blocks::view_q5k(w), k, x, m, y),
+            QData::Q6K(w) => matmul::<Q6KDot>(blocks::view_q6k(w), k, x, m, y),
         }
     }
 }
@@ -320,27 +347,10 @@ where
         });
 }
 
-/// Quantizes one activation row into the vec-dot type, with ggml's rounding where it
-/// differs from candle's.
-fn quantize_activations<B: GgmlType>(row: &[f32], q: &mut [B]) {
-    match B::DTYPE {
-        GgmlDType::Q8_0 => act_quant::quantize_q8_0(row, cast_mut(q)),
-        GgmlDType::Q8K => act_quant::quantize_q8k(row, cast_mut(q)),
-        _ => B::from_float(row, q),
-    }
-}
-
-/// Views blocks of one type as another with the same size (ggml layout mirrors).
-fn cast_mut<A, B>(blocks: &mut [A]) -> &mut [B] {
-    assert_eq!(std::mem::size_of::<A>(), std::mem::size_of::<B>());
-    assert!(std::mem::align_of::<A>() >= std::mem::align_of::<B>());
-    // SAFETY: same size, compatible alignment, both plain repr(C) data.
-    unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut B, blocks.len()) }
-}
-
+/// Types without a `qdot` kernel (BF16): candle's `vec_dot`.
 fn matmul_typed<T: GgmlType>(w: &[T], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
     let kb = k / T::BLCK_SIZE;
-    let quantize = quantize_activations::<T::VecDotType>;
+    let quantize = <T::VecDotType as GgmlType>::from_float;
     with_quantized(x, m, k, kb, quantize, |xq| {
         tiled(n, m, y, |col, rows, out| {
             let w_row = &w[col * kb..(col + 1) * kb];
@@ -471,22 +481,24 @@ impl FloatWeight for f16 {
     }
 }
 
-/// Q4_1 path: our own Q8_1 quantization and AVX2 kernels (4 activation rows per weight
-/// block unpack).
-fn matmul_q4_1(w: &[q4_1::Q4_1], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
-    let kb = k / q4_1::QK;
-    with_quantized(x, m, k, kb, q4_1::quantize_q8_1, |xq| {
+/// `y[m, n] = x[m, k] · Wᵀ` with a `qdot` kernel: the activations quantized once, then
+/// each weight row dotted with 4 activation rows per unpack of its blocks (`dot4`), the
+/// leftover rows one by one (`dot`, the same arithmetic per row).
+fn matmul<K: Kernel>(w: &[K::Weight], k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    let kb = k / K::BLOCK;
+    let n = w.len() / kb;
+    with_quantized(x, m, k, kb, K::quantize, |xq| {
         let row = |i: usize| &xq[i * kb..(i + 1) * kb];
         tiled(n, m, y, |col, rows, out| {
             let w_row = &w[col * kb..(col + 1) * kb];
             let mut i = rows.start;
             while i + 4 <= rows.end {
-                let dots = q4_1::dot4(w_row, [row(i), row(i + 1), row(i + 2), row(i + 3)]);
+                let dots = K::dot4(w_row, [row(i), row(i + 1), row(i + 2), row(i + 3)]);
                 out[i - rows.start..i - rows.start + 4].copy_from_slice(&dots);
                 i += 4;
             }
             for i in i..rows.end {
-                out[i - rows.start] = q4_1::dot(w_row, row(i));
+                out[i - rows.start] = K::dot(w_row, row(i));
             }
         })
     })
@@ -542,7 +554,11 @@ mod tests {
             (GgmlDType::Q5_0, 1.0),
             (GgmlDType::Q4_0, 2.0),
             (GgmlDType::Q4_1, 2.0),
+            (GgmlDType::Q5_1, 1.0),
+            (GgmlDType::Q2K, 6.0),
+            (GgmlDType::Q3K, 3.0),
             (GgmlDType::Q4K, 2.0),
+            (GgmlDType::Q5K, 1.0),
             (GgmlDType::Q6K, 0.6),
         ];
         for (dtype, tol) in types {
@@ -560,15 +576,23 @@ mod tests {
 
     #[test]
     fn rows_are_batch_invariant() {
-        let (n, k) = (70, 256);
-        let w = QMatrix::quantize(GgmlDType::Q4_1, n, k, &random(n * k, 3)).unwrap();
-        let x = random(9 * k, 4);
-        let mut batched = vec![0.0; 9 * n];
-        w.matmul(&x, 9, &mut batched);
-        for i in 0..9 {
-            let mut alone = vec![0.0; n];
-            w.matmul(&x[i * k..(i + 1) * k], 1, &mut alone);
-            assert_eq!(&batched[i * n..(i + 1) * n], alone.as_slice(), "row {i}");
+        use GgmlDType::*;
+        // 72 rows: the repacked order for Q4_0 / Q4_K / Q2_K; 70: vec_dot everywhere.
+        for (dtype, n) in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K]
+            .into_iter()
+            .flat_map(|t| [(t, 70), (t, 72)])
+        {
+            let k = 512;
+            let w = QMatrix::quantize(dtype, n, k, &random(n * k, 3)).unwrap();
+            let x = random(9 * k, 4);
+            let mut batched = vec![0.0; 9 * n];
+            w.matmul(&x, 9, &mut batched);
+            for i in 0..9 {
+                let mut alone = vec![0.0; n];
+                w.matmul(&x[i * k..(i + 1) * k], 1, &mut alone);
+                let row = &batched[i * n..(i + 1) * n];
+                assert_eq!(row, alone.as_slice(), "{dtype:?} {n} rows: row {i}");
+            }
         }
     }
 
