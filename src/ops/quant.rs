@@ -18,10 +18,9 @@ use candle_core::quantized::k_quants::{
 };
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use super::qdot::{self, Kernel};
-use super::{ggml_math, q4_1};
+use super::{ggml_math, pool, q4_1};
 use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
 
@@ -315,9 +314,12 @@ fn with_quantized<B: Send + Sync, R>(
         // SAFETY: large enough, u64-aligned, and fully written by `quantize` before use.
         let xq: &mut [B] =
             unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut B, m * kb) };
-        xq.par_chunks_mut(kb)
-            .zip(x.par_chunks(k))
-            .for_each(|(q, row)| quantize(row, q));
+        let xq_ptr = SendPtr(xq.as_mut_ptr());
+        pool::run(m, |r| {
+            // SAFETY: row r's blocks are written by this task only; r < m.
+            let q = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get().add(r * kb), kb) };
+            quantize(&x[r * k..(r + 1) * k], q);
+        });
         f(xq)
     })
 }
@@ -329,22 +331,20 @@ where
     F: Fn(usize, std::ops::Range<usize>, &mut [f32; ROWS_PER_TILE]) + Sync,
 {
     let y_ptr = SendPtr(y.as_mut_ptr());
-    (0..n.div_ceil(COLS_PER_TASK))
-        .into_par_iter()
-        .for_each(|task| {
-            let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
-            let mut out = [0f32; ROWS_PER_TILE];
-            for row0 in (0..m).step_by(ROWS_PER_TILE) {
-                let rows = row0..(row0 + ROWS_PER_TILE).min(m);
-                for col in cols.clone() {
-                    dot_tile(col, rows.clone(), &mut out);
-                    for (r, &v) in rows.clone().zip(out.iter()) {
-                        // SAFETY: (r, col) is written by exactly this task; r < m, col < n.
-                        unsafe { *y_ptr.get().add(r * n + col) = v };
-                    }
+    pool::run(n.div_ceil(COLS_PER_TASK), |task| {
+        let cols = task * COLS_PER_TASK..((task + 1) * COLS_PER_TASK).min(n);
+        let mut out = [0f32; ROWS_PER_TILE];
+        for row0 in (0..m).step_by(ROWS_PER_TILE) {
+            let rows = row0..(row0 + ROWS_PER_TILE).min(m);
+            for col in cols.clone() {
+                dot_tile(col, rows.clone(), &mut out);
+                for (r, &v) in rows.clone().zip(out.iter()) {
+                    // SAFETY: (r, col) is written by exactly this task; r < m, col < n.
+                    unsafe { *y_ptr.get().add(r * n + col) = v };
                 }
             }
-        });
+        }
+    });
 }
 
 /// Types without a `qdot` kernel (BF16): candle's `vec_dot`.
