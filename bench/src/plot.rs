@@ -57,8 +57,18 @@ fn plot_err(e: impl std::fmt::Display) -> BenchError {
     BenchError::Plot(e.to_string())
 }
 
-/// Draws `series` to a PNG at `path`. Points must be positive on log axes (x is log).
+/// Draws `series` to a PNG at `path`, with text when the font is there. Only positive,
+/// finite points are drawn (the x axis is logarithmic).
 pub fn line_chart(path: &Path, axes: &Axes, series: &[Series]) -> Result<(), BenchError> {
+    line_chart_with(path, axes, series, fonts_ready())
+}
+
+fn line_chart_with(
+    path: &Path,
+    axes: &Axes,
+    series: &[Series],
+    text: bool,
+) -> Result<(), BenchError> {
     let pts = series.iter().flat_map(|s| s.points.iter().copied());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, 0.0f64);
     for (x, y) in pts.filter(|(x, y)| *x > 0.0 && *y > 0.0 && y.is_finite()) {
@@ -77,11 +87,19 @@ pub fn line_chart(path: &Path, axes: &Axes, series: &[Series]) -> Result<(), Ben
             &mut buf,
             axes,
             series,
+            text,
             (x0..x1).log_scale(),
             (y0 / 1.5..y1 * 1.5).log_scale(),
         )?;
     } else {
-        draw(&mut buf, axes, series, (x0..x1).log_scale(), 0.0..y1 * 1.15)?;
+        draw(
+            &mut buf,
+            axes,
+            series,
+            text,
+            (x0..x1).log_scale(),
+            0.0..y1 * 1.15,
+        )?;
     }
     write_png(path, &buf)
 }
@@ -90,13 +108,13 @@ fn draw<Y>(
     buf: &mut [u8],
     axes: &Axes,
     series: &[Series],
+    text: bool,
     x: impl AsRangedCoord<Value = f64, CoordDescType: ValueFormatter<f64>>,
     y: Y,
 ) -> Result<(), BenchError>
 where
     Y: AsRangedCoord<Value = f64, CoordDescType: ValueFormatter<f64>>,
 {
-    let text = fonts_ready();
     let root = BitMapBackend::with_buffer(buf, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let mut builder = ChartBuilder::on(&root);
@@ -112,7 +130,9 @@ where
     if text {
         mesh.x_desc(axes.x_desc)
             .y_desc(axes.y_desc)
-            .label_style(("sans-serif", 14));
+            .label_style(("sans-serif", 14))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -130,8 +150,12 @@ where
                 .map_err(plot_err)?
         };
         if text {
+            // Two segments: touching for a solid line, apart for a dashed one.
+            let gap = if s.dashed { 6 } else { 0 };
             drawn.label(s.name.clone()).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (9, 0)], color.stroke_width(2))
+                    + PathElement::new(vec![(9 + gap, 0), (24, 0)], color.stroke_width(2))
             });
         }
         chart
@@ -157,6 +181,7 @@ fn write_png(path: &Path, rgb: &[u8]) -> Result<(), BenchError> {
     let mut enc = png::Encoder::new(BufWriter::new(file), SIZE.0, SIZE.1);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Best);
     let mut writer = enc.write_header().map_err(plot_err)?;
     writer.write_image_data(rgb).map_err(plot_err)
 }
@@ -245,4 +270,74 @@ pub fn plot_runs(runs: &Runs, dir: &Path) -> Result<Vec<String>, BenchError> {
         written.push("prefill.png".to_string());
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series() -> Vec<Series> {
+        vec![
+            Series {
+                name: "a".into(),
+                points: vec![(1.0, 10.0), (4.0, 30.0), (64.0, 90.0)],
+                color: 0,
+                dashed: false,
+            },
+            Series {
+                name: "b".into(),
+                points: vec![(1.0, 12.0), (4.0, 0.0), (64.0, 50.0)],
+                color: 1,
+                dashed: true,
+            },
+        ]
+    }
+
+    fn is_png(path: &Path) -> bool {
+        std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n") && b.len() > 1000)
+    }
+
+    #[test]
+    fn draws_with_and_without_text() {
+        let dir = std::env::temp_dir();
+        let axes = Axes {
+            title: "t",
+            x_desc: "x",
+            y_desc: "y",
+            log_y: true,
+        };
+        let plain = dir.join(format!("tessera-bench-{}-plain.png", std::process::id()));
+        line_chart_with(&plain, &axes, &series(), false).unwrap();
+        assert!(is_png(&plain));
+        std::fs::remove_file(&plain).unwrap();
+        if fonts_ready() {
+            let labelled = dir.join(format!("tessera-bench-{}-text.png", std::process::id()));
+            let axes = Axes {
+                log_y: false,
+                ..axes
+            };
+            line_chart_with(&labelled, &axes, &series(), true).unwrap();
+            assert!(is_png(&labelled));
+            std::fs::remove_file(&labelled).unwrap();
+        }
+    }
+
+    #[test]
+    fn refuses_empty_charts() {
+        let empty = vec![Series {
+            name: "e".into(),
+            points: vec![(0.0, 1.0)],
+            color: 0,
+            dashed: false,
+        }];
+        let axes = Axes {
+            title: "t",
+            x_desc: "x",
+            y_desc: "y",
+            log_y: false,
+        };
+        let err =
+            line_chart_with(Path::new("/nonexistent/x.png"), &axes, &empty, false).unwrap_err();
+        assert!(err.to_string().contains("no positive points"));
+    }
 }

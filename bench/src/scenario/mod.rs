@@ -176,22 +176,25 @@ pub fn closed_loop(
     let next = AtomicUsize::new(0);
     let slots: Mutex<Vec<Option<RequestRecord>>> = Mutex::new(vec![None; requests.len()]);
     let epoch = Instant::now();
+    let worker = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(req) = requests.get(i) else { break };
+        let rec = stream::run_stream(&target.ep, req, epoch, target.timeout);
+        if let Ok(mut slots) = slots.lock() {
+            slots[i] = Some(rec);
+        }
+    };
     thread::scope(|s| {
+        let mut started = 0;
         for _ in 0..concurrency.clamp(1, requests.len().max(1)) {
-            let worker = || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(req) = requests.get(i) else { break };
-                let rec = stream::run_stream(&target.ep, req, epoch, target.timeout);
-                if let Ok(mut slots) = slots.lock() {
-                    slots[i] = Some(rec);
-                }
-            };
-            let spawned = thread::Builder::new()
-                .stack_size(REQUEST_THREAD_STACK)
-                .spawn_scoped(s, worker);
-            if spawned.is_err() {
-                break; // fewer workers than asked; the others pick up the requests
+            let builder = thread::Builder::new().stack_size(REQUEST_THREAD_STACK);
+            if builder.spawn_scoped(s, worker).is_err() {
+                break; // fewer workers than asked; the started ones take all requests
             }
+            started += 1;
+        }
+        if started == 0 {
+            worker();
         }
     });
     let wall = epoch.elapsed().as_secs_f64();
