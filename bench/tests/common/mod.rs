@@ -183,7 +183,7 @@ fn completion(
         );
     }
     let n = streamed.fetch_add(1, Ordering::SeqCst) + 1;
-    let fail = cfg.error_every > 0 && n % cfg.error_every == 0;
+    let fail = cfg.error_every > 0 && n.is_multiple_of(cfg.error_every);
     let head = if cfg.chunked {
         "Transfer-Encoding: chunked\r\n"
     } else {
