@@ -42,6 +42,13 @@ impl Runs {
                 runs.push(RunReport::read_json(&path)?);
             }
         }
+        // Scenario order of the issue, then label.
+        let rank = |r: &RunReport| {
+            ["sweep", "rate", "dialog", "prefill"]
+                .iter()
+                .position(|k| *k == r.scenario.kind())
+        };
+        runs.sort_by(|a, b| (rank(a), &a.label).cmp(&(rank(b), &b.label)));
         Ok(Runs { runs, machine })
     }
 

@@ -145,14 +145,19 @@ fn first_model(ep: &Endpoint, timeout: Duration) -> Result<String, BenchError> {
         .ok_or_else(|| BenchError::Http(format!("/v1/models lists no model: {v}")))
 }
 
-/// Polls `GET /health` until it answers 200 or `limit` passes.
+/// Polls until `GET /health` answers 200 and `GET /ready` answers 200 or 404 (servers
+/// without a readiness route), or `limit` passes.
 pub fn wait_ready(ep: &Endpoint, limit: Duration) -> Result<Duration, BenchError> {
     let start = Instant::now();
+    let status = |path: &str| match http::get(ep, path, Duration::from_secs(5)) {
+        Ok(resp) => Ok(resp.status),
+        Err(e) => Err(e.to_string()),
+    };
     loop {
-        let last = match http::get(ep, "/health", Duration::from_secs(5)) {
-            Ok(resp) if resp.status == 200 => return Ok(start.elapsed()),
-            Ok(resp) => format!("HTTP {}", resp.status),
-            Err(e) => e.to_string(),
+        let last = match (status("/health"), status("/ready")) {
+            (Ok(200), Ok(200 | 404)) => return Ok(start.elapsed()),
+            (Ok(h), Ok(r)) => format!("/health {h}, /ready {r}"),
+            (Err(e), _) | (_, Err(e)) => e,
         };
         if start.elapsed() > limit {
             return Err(BenchError::Http(format!(
