@@ -32,95 +32,110 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Closed loop at each concurrency level, fixed prompt/output lengths.
-    Sweep {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16, 32, 64])]
-        concurrency: Vec<usize>,
-        #[arg(long, default_value_t = 128)]
-        prompt_len: usize,
-        #[arg(long, default_value_t = 128)]
-        max_tokens: usize,
-        /// Requests per level = max(concurrency × rounds, --min-requests).
-        #[arg(long, default_value_t = 2)]
-        rounds: usize,
-        #[arg(long, default_value_t = 8)]
-        min_requests: usize,
-        /// Keep every request's record (TTFT, gaps …) in the JSON.
-        #[arg(long)]
-        keep_records: bool,
-    },
+    Sweep(SweepArgs),
     /// Open loop: Poisson arrivals at --rate requests/s for --duration-s seconds.
-    Rate {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[arg(long)]
-        rate: f64,
-        #[arg(long, default_value_t = 60.0)]
-        duration_s: f64,
-        #[arg(long, default_value_t = 128)]
-        prompt_len: usize,
-        #[arg(long, default_value_t = 128)]
-        max_tokens: usize,
-        /// Client-side cap on requests in flight (one thread each).
-        #[arg(long, default_value_t = 256)]
-        max_in_flight: usize,
-    },
+    Rate(RateArgs),
     /// N users × T turns of chat over one shared system prompt.
-    Dialog {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[arg(long, default_value_t = 8)]
-        users: usize,
-        #[arg(long, default_value_t = 5)]
-        turns: usize,
-        #[arg(long, default_value_t = 400)]
-        system_words: usize,
-        #[arg(long, default_value_t = 40)]
-        user_words: usize,
-        #[arg(long, default_value_t = 64)]
-        max_tokens: usize,
-        /// Pause between a reply and the user's next turn.
-        #[arg(long, default_value_t = 0)]
-        think_ms: u64,
-    },
+    Dialog(DialogArgs),
     /// TTFT for each prompt length at concurrency 1.
-    Prefill {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[arg(long, value_delimiter = ',', default_values_t = [128usize, 256, 512, 1024, 2048, 4096])]
-        lengths: Vec<usize>,
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        #[arg(long, default_value_t = 8)]
-        max_tokens: usize,
-    },
+    Prefill(PrefillArgs),
     /// Measure memory bandwidth (triad) and fp32 FMA peak; bounds for a model.
     Machine(MachineArgs),
     /// Side-by-side markdown (+ PNG plots) from a directory of run JSONs.
-    Report {
-        /// Directory holding the runs' JSON (and machine.json).
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "tessera")]
-        candidate: String,
-        #[arg(long, default_value = "llama-server")]
-        baseline: String,
-        #[arg(long, default_value = "tessera vs llama-server")]
-        title: String,
-        /// Markdown output (default: stdout). Plots go to --dir, linked relative to this file.
-        #[arg(long)]
-        out_md: Option<PathBuf>,
-        #[arg(long)]
-        no_plots: bool,
-    },
-    /// Wait until GET /health answers 200.
+    Report(ReportArgs),
+    /// Wait until GET /health answers 200 (and /ready, where the server has it).
     Wait {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
         #[arg(long, default_value_t = 180)]
         timeout_s: u64,
     },
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16, 32, 64])]
+    concurrency: Vec<usize>,
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Requests per level = max(concurrency × rounds, --min-requests).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    #[arg(long, default_value_t = 8)]
+    min_requests: usize,
+    /// Keep every request's record (TTFT, gaps …) in the JSON.
+    #[arg(long)]
+    keep_records: bool,
+}
+
+#[derive(Args)]
+struct RateArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long)]
+    rate: f64,
+    #[arg(long, default_value_t = 60.0)]
+    duration_s: f64,
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Client-side cap on requests in flight (one thread each).
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+}
+
+#[derive(Args)]
+struct DialogArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 8)]
+    users: usize,
+    #[arg(long, default_value_t = 5)]
+    turns: usize,
+    #[arg(long, default_value_t = 400)]
+    system_words: usize,
+    #[arg(long, default_value_t = 40)]
+    user_words: usize,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Pause between a reply and the user's next turn.
+    #[arg(long, default_value_t = 0)]
+    think_ms: u64,
+}
+
+#[derive(Args)]
+struct PrefillArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, value_delimiter = ',', default_values_t = [128usize, 256, 512, 1024, 2048, 4096])]
+    lengths: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    #[arg(long, default_value_t = 8)]
+    max_tokens: usize,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Directory holding the runs' JSON (and machine.json); plots are written here.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value = "tessera")]
+    candidate: String,
+    #[arg(long, default_value = "llama-server")]
+    baseline: String,
+    #[arg(long, default_value = "tessera vs llama-server")]
+    title: String,
+    /// Markdown output (default: stdout); plot links are relative to this file.
+    #[arg(long)]
+    out_md: Option<PathBuf>,
+    #[arg(long)]
+    no_plots: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -201,115 +216,73 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), BenchError> {
     match command {
-        Command::Sweep {
-            common,
-            concurrency,
-            prompt_len,
-            max_tokens,
-            rounds,
-            min_requests,
-            keep_records,
-        } => {
+        Command::Sweep(a) => {
             let cfg = sweep::SweepConfig {
-                concurrency,
-                prompt_len,
-                max_tokens,
-                rounds,
-                min_requests,
-                seed: common.seed,
-                keep_records,
+                concurrency: a.concurrency,
+                prompt_len: a.prompt_len,
+                max_tokens: a.max_tokens,
+                rounds: a.rounds,
+                min_requests: a.min_requests,
+                seed: a.common.seed,
+                keep_records: a.keep_records,
             };
-            measure(&common, |t| {
+            measure(&a.common, |t| {
                 let progress = |l: &sweep::SweepLevel| {
                     eprintln!("c={:<3}|{}", l.concurrency, summary_cells(&l.summary))
                 };
                 sweep::run(t, &cfg, progress).map(ScenarioResult::Sweep)
             })
         }
-        Command::Rate {
-            common,
-            rate,
-            duration_s,
-            prompt_len,
-            max_tokens,
-            max_in_flight,
-        } => {
+        Command::Rate(a) => {
             let cfg = rate::RateConfig {
-                rate,
-                duration_s,
-                prompt_len,
-                max_tokens,
-                max_in_flight,
-                seed: common.seed,
+                rate: a.rate,
+                duration_s: a.duration_s,
+                prompt_len: a.prompt_len,
+                max_tokens: a.max_tokens,
+                max_in_flight: a.max_in_flight,
+                seed: a.common.seed,
             };
-            measure(&common, |t| rate::run(t, &cfg).map(ScenarioResult::Rate))
+            measure(&a.common, |t| rate::run(t, &cfg).map(ScenarioResult::Rate))
         }
-        Command::Dialog {
-            common,
-            users,
-            turns,
-            system_words,
-            user_words,
-            max_tokens,
-            think_ms,
-        } => {
+        Command::Dialog(a) => {
             let cfg = dialog::DialogConfig {
-                users,
-                turns,
-                system_words,
-                user_words,
-                max_tokens,
-                think_ms,
-                seed: common.seed,
+                users: a.users,
+                turns: a.turns,
+                system_words: a.system_words,
+                user_words: a.user_words,
+                max_tokens: a.max_tokens,
+                think_ms: a.think_ms,
+                seed: a.common.seed,
             };
-            measure(&common, |t| {
+            measure(&a.common, |t| {
                 dialog::run(t, &cfg).map(ScenarioResult::Dialog)
             })
         }
-        Command::Prefill {
-            common,
-            lengths,
-            repeats,
-            max_tokens,
-        } => {
-            let cfg = prefill::PrefillConfig {
-                lengths,
-                repeats,
-                max_tokens,
-                seed: common.seed,
-            };
-            measure(&common, |t| {
-                let progress = |p: &prefill::PrefillPoint| {
-                    eprintln!("{:>5} tok|{}", p.prompt_len, summary_cells(&p.summary))
-                };
-                prefill::run(t, &cfg, progress).map(ScenarioResult::Prefill)
-            })
-        }
+        Command::Prefill(a) => prefill_cmd(a),
         Command::Machine(args) => machine_cmd(&args),
-        Command::Report {
-            dir,
-            candidate,
-            baseline,
-            title,
-            out_md,
-            no_plots,
-        } => report_cmd(
-            &dir,
-            &Pair {
-                candidate: &candidate,
-                baseline: &baseline,
-            },
-            &title,
-            out_md,
-            no_plots,
-        ),
+        Command::Report(a) => report_cmd(&a),
         Command::Wait { url, timeout_s } => {
-            let waited =
-                scenario::wait_ready(&Endpoint::parse(&url)?, Duration::from_secs(timeout_s))?;
+            let limit = Duration::from_secs(timeout_s);
+            let waited = scenario::wait_ready(&Endpoint::parse(&url)?, limit)?;
             eprintln!("{url} ready after {:.1} s", waited.as_secs_f64());
             Ok(())
         }
     }
+}
+
+fn prefill_cmd(a: PrefillArgs) -> Result<(), BenchError> {
+    let cfg = prefill::PrefillConfig {
+        lengths: a.lengths,
+        repeats: a.repeats,
+        max_tokens: a.max_tokens,
+        seed: a.common.seed,
+    };
+    measure(&a.common, |t| {
+        let progress = |p: &prefill::PrefillPoint| {
+            eprintln!("{:>5} tok|{}", p.prompt_len, summary_cells(&p.summary))
+        };
+        prefill::run(t, &cfg, progress).map(ScenarioResult::Prefill)
+    })
 }
 
 /// Connects, runs one scenario, and prints / writes its report.
@@ -410,19 +383,18 @@ fn machine_cmd(args: &MachineArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn report_cmd(
-    dir: &std::path::Path,
-    pair: &Pair,
-    title: &str,
-    out_md: Option<PathBuf>,
-    no_plots: bool,
-) -> Result<(), BenchError> {
+fn report_cmd(a: &ReportArgs) -> Result<(), BenchError> {
+    let (dir, out_md) = (&a.dir, &a.out_md);
+    let pair = Pair {
+        candidate: &a.candidate,
+        baseline: &a.baseline,
+    };
     let runs = Runs::load_dir(dir)?;
     if runs.runs.is_empty() {
         return Err(BenchError::Arg(format!("no run JSON in {}", dir.display())));
     }
     let mut links = Vec::new();
-    if !no_plots {
+    if !a.no_plots {
         let md_dir = out_md
             .as_deref()
             .and_then(|p| p.parent())
@@ -436,10 +408,10 @@ fn report_cmd(
             links.push(link.display().to_string());
         }
     }
-    let md = compare::markdown(&runs, pair, title, &links);
+    let md = compare::markdown(&runs, &pair, &a.title, &links);
     match out_md {
         Some(path) => {
-            std::fs::write(&path, md)
+            std::fs::write(path, md)
                 .map_err(BenchError::io(format!("writing {}", path.display())))?;
             eprintln!("wrote {}", path.display());
         }

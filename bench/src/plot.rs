@@ -13,6 +13,8 @@ use plotters::prelude::*;
 
 use crate::compare::Runs;
 use crate::error::BenchError;
+use crate::scenario::sweep::SweepResult;
+use crate::stats::Summary;
 
 pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const SIZE: (u32, u32) = (900, 560);
@@ -187,62 +189,17 @@ fn write_png(path: &Path, rgb: &[u8]) -> Result<(), BenchError> {
 }
 
 /// Writes throughput.png, ttft.png and (when there are prefill runs) prefill.png into
-/// `dir`; returns the file names written.
+/// `dir`; returns the file names written. A label keeps its color across charts.
 pub fn plot_runs(runs: &Runs, dir: &Path) -> Result<Vec<String>, BenchError> {
     let labels = runs.labels();
-    let sweeps: Vec<(usize, &String, _)> = labels
+    let sweeps: Vec<(usize, &String, &SweepResult)> = labels
         .iter()
         .enumerate()
         .filter_map(|(i, l)| runs.sweep(l).map(|s| (i, l, s)))
         .collect();
     let mut written = Vec::new();
     if !sweeps.is_empty() {
-        let level_points =
-            |s: &crate::scenario::sweep::SweepResult,
-             f: &dyn Fn(&crate::stats::Summary) -> Option<f64>| {
-                s.levels
-                    .iter()
-                    .filter_map(|l| f(&l.summary).map(|y| (l.concurrency as f64, y)))
-                    .collect::<Vec<_>>()
-            };
-        let throughput: Vec<Series> = sweeps
-            .iter()
-            .map(|(i, l, s)| Series {
-                name: (*l).clone(),
-                points: level_points(s, &|m| Some(m.output_tok_per_s)),
-                color: *i,
-                dashed: false,
-            })
-            .collect();
-        let axes = Axes {
-            title: "Output throughput vs concurrency",
-            x_desc: "concurrent streams",
-            y_desc: "output tokens/s",
-            log_y: false,
-        };
-        line_chart(&dir.join("throughput.png"), &axes, &throughput)?;
-        written.push("throughput.png".to_string());
-        let ttft: Vec<Series> = sweeps
-            .iter()
-            .flat_map(|(i, l, s)| {
-                [(false, "p50"), (true, "p99")].map(|(dashed, q)| Series {
-                    name: format!("{l} TTFT {q}"),
-                    points: level_points(s, &|m| {
-                        m.ttft_ms.map(|d| if dashed { d.p99 } else { d.p50 })
-                    }),
-                    color: *i,
-                    dashed,
-                })
-            })
-            .collect();
-        let axes = Axes {
-            title: "Time to first token vs concurrency (p50 solid, p99 dashed)",
-            x_desc: "concurrent streams",
-            y_desc: "TTFT ms",
-            log_y: true,
-        };
-        line_chart(&dir.join("ttft.png"), &axes, &ttft)?;
-        written.push("ttft.png".to_string());
+        written.extend(sweep_charts(&sweeps, dir)?);
     }
     let prefill: Vec<Series> = labels
         .iter()
@@ -270,6 +227,56 @@ pub fn plot_runs(runs: &Runs, dir: &Path) -> Result<Vec<String>, BenchError> {
         written.push("prefill.png".to_string());
     }
     Ok(written)
+}
+
+/// (concurrency, figure) for every level where `f` has a value.
+fn level_points(s: &SweepResult, f: impl Fn(&Summary) -> Option<f64>) -> Vec<(f64, f64)> {
+    s.levels
+        .iter()
+        .filter_map(|l| f(&l.summary).map(|y| (l.concurrency as f64, y)))
+        .collect()
+}
+
+/// throughput.png and ttft.png from (color, label, sweep) triples.
+fn sweep_charts(
+    sweeps: &[(usize, &String, &SweepResult)],
+    dir: &Path,
+) -> Result<Vec<String>, BenchError> {
+    let throughput: Vec<Series> = sweeps
+        .iter()
+        .map(|&(i, l, s)| Series {
+            name: l.clone(),
+            points: level_points(s, |m| Some(m.output_tok_per_s)),
+            color: i,
+            dashed: false,
+        })
+        .collect();
+    let axes = Axes {
+        title: "Output throughput vs concurrency",
+        x_desc: "concurrent streams",
+        y_desc: "output tokens/s",
+        log_y: false,
+    };
+    line_chart(&dir.join("throughput.png"), &axes, &throughput)?;
+    let ttft: Vec<Series> = sweeps
+        .iter()
+        .flat_map(|&(i, l, s)| {
+            [(false, "p50"), (true, "p99")].map(|(dashed, q)| Series {
+                name: format!("{l} TTFT {q}"),
+                points: level_points(s, |m| m.ttft_ms.map(|d| if dashed { d.p99 } else { d.p50 })),
+                color: i,
+                dashed,
+            })
+        })
+        .collect();
+    let axes = Axes {
+        title: "Time to first token vs concurrency (p50 solid, p99 dashed)",
+        x_desc: "concurrent streams",
+        y_desc: "TTFT ms",
+        log_y: true,
+    };
+    line_chart(&dir.join("ttft.png"), &axes, &ttft)?;
+    Ok(vec!["throughput.png".to_string(), "ttft.png".to_string()])
 }
 
 #[cfg(test)]

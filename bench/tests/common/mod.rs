@@ -193,24 +193,14 @@ fn completion(
         out,
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n{head}\r\n"
     )?;
-    let mut send = |bytes: &[u8]| -> std::io::Result<()> {
-        if cfg.chunked {
-            // Split every piece across two HTTP chunks, mid-event.
-            let (a, b) = bytes.split_at(bytes.len() / 2);
-            for part in [a, b] {
-                write!(out, "{:x}\r\n", part.len())?;
-                out.write_all(part)?;
-                out.write_all(b"\r\n")?;
-            }
-        } else {
-            out.write_all(bytes)?;
-        }
-        out.flush()
+    let mut sse = Sse {
+        out,
+        chunked: cfg.chunked,
     };
-    send(b": keep-alive\n\n")?;
+    sse.send(b": keep-alive\n\n")?;
     let chat = path.ends_with("chat/completions");
     if chat {
-        send(
+        sse.send(
             format!(
                 "data: {}\n\n",
                 json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
@@ -221,12 +211,8 @@ fn completion(
     for i in 0..max_tokens {
         thread::sleep(cfg.token_delay);
         if fail && i == 1 {
-            send(b"data: {\"error\":{\"message\":\"mock failure\"}}\n\n")?;
-            return if cfg.chunked {
-                out.write_all(b"0\r\n\r\n")
-            } else {
-                Ok(())
-            };
+            sse.send(b"data: {\"error\":{\"message\":\"mock failure\"}}\n\n")?;
+            return sse.finish();
         }
         let text = format!(" w{i}");
         let finish = if i + 1 == max_tokens {
@@ -239,18 +225,45 @@ fn completion(
         } else {
             json!({"index": 0, "text": text, "finish_reason": finish})
         };
-        send(format!("data: {}\r\n\r\n", json!({"choices": [choice]})).as_bytes())?;
+        sse.send(format!("data: {}\r\n\r\n", json!({"choices": [choice]})).as_bytes())?;
     }
     let usage = json!({"prompt_tokens": prompt_tokens(body), "completion_tokens": max_tokens});
-    send(
+    sse.send(
         format!(
             "data: {}\n\ndata: [DONE]\n\n",
             json!({"choices": [], "usage": usage})
         )
         .as_bytes(),
     )?;
-    if cfg.chunked {
-        out.write_all(b"0\r\n\r\n")?;
+    sse.finish()
+}
+
+/// The body of an event stream: chunked (every piece split across two HTTP chunks,
+/// mid-event) or raw until close.
+struct Sse<'a> {
+    out: &'a mut TcpStream,
+    chunked: bool,
+}
+
+impl Sse<'_> {
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.chunked {
+            let (a, b) = bytes.split_at(bytes.len() / 2);
+            for part in [a, b] {
+                write!(self.out, "{:x}\r\n", part.len())?;
+                self.out.write_all(part)?;
+                self.out.write_all(b"\r\n")?;
+            }
+        } else {
+            self.out.write_all(bytes)?;
+        }
+        self.out.flush()
     }
-    Ok(())
+
+    fn finish(self) -> std::io::Result<()> {
+        if self.chunked {
+            self.out.write_all(b"0\r\n\r\n")?;
+        }
+        Ok(())
+    }
 }
