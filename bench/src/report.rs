@@ -68,17 +68,19 @@ impl RunReport {
     /// The run as markdown: a header line and the scenario's table.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "### {} — {} ({})\n\nmodel `{}`, prompts as {}, wall {:.1} s, client CPU {:.2} s, server peak RSS {}\n\n",
+            "### {} — {} ({})\n\nmodel `{}`, prompts as {}, wall {:.1} s, client CPU {:.2} s ({:.1} % of one core), server peak RSS {}\n\n",
             self.scenario.kind(),
             self.label,
             self.url,
             self.model,
-            match self.prompt_mode {
-                PromptMode::TokenIds => "token ids",
-                PromptMode::Text => "text",
+            match (&self.scenario, self.prompt_mode) {
+                (ScenarioResult::Dialog(_), _) => "chat messages",
+                (_, PromptMode::TokenIds) => "token ids",
+                (_, PromptMode::Text) => "text",
             },
             self.wall_s,
             self.client_cpu_s,
+            100.0 * self.client_cpu_s / self.wall_s.max(1e-9),
             self.server_peak_rss_bytes.map_or("n/a".to_string(), mib),
         );
         s.push_str(&scenario_table(&self.scenario));
