@@ -336,7 +336,7 @@ fn roofline(runs: &Runs) -> String {
     };
     let _ = writeln!(
         t,
-        "Model: {} bytes of weights read per token, {} matmul parameters → decode bound {:.0} tok/s (bandwidth / bytes), FLOP bound {:.0} tok/s (peak / 2·params).\n",
+        "Model: {} bytes of weights read per token, {} matmul parameters → decode bound {:.0} tok/s (bandwidth / bytes), FLOP bound {:.0} tok/s (fp32 FMA peak / 2·params; total tokens, prompt included, count against it; int8 dot-product kernels such as AVX-512 VNNI can pass it).\n",
         b.weight_bytes_per_token, b.matmul_params, b.decode_tok_per_s_bound, b.flop_tok_per_s_bound
     );
     t.push_str("| server | decode tok/s c=1 | of bandwidth bound | best total tok/s (c) | of FLOP bound |\n|---|---:|---:|---:|---:|\n");
