@@ -84,7 +84,8 @@ fn line_chart_with(
     }
     let (x0, x1) = (x0 / 1.2, x1 * 1.2);
     let mut buf = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
-    if axes.log_y {
+    // A log axis over less than a 20× range shows almost no tick labels: go linear.
+    if axes.log_y && y1 / y0 > 20.0 {
         draw(
             &mut buf,
             axes,
