@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/fetch-model.sh >/dev/null
 scripts/fetch-test-data.sh >/dev/null
 
-cargo build --release --locked --all-targets
-cargo test --release --locked --all-targets
+cargo build --release --locked --workspace --all-targets
+cargo test --release --locked --workspace --all-targets
