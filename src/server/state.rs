@@ -206,6 +206,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn phases_gate_the_engine() {
+        let state = AppState::new(ServerConfig::default(), Metrics::new().expect("metrics"));
+        assert_eq!(state.phase(), Phase::Loading);
+        assert!(matches!(state.engine(), Err(ApiError::Loading)));
+        assert!(state.served_names().is_empty());
+        state.start_draining();
+        assert_eq!(state.phase(), Phase::Draining);
+        assert!(matches!(state.engine(), Err(ApiError::Draining)));
+    }
+
+    #[test]
     fn admission_is_bounded_and_released_on_drop() {
         let a = Arc::new(Admission::default());
         a.capacity.store(3, Ordering::SeqCst);
