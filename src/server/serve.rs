@@ -238,7 +238,7 @@ impl SpawnedServer {
     /// Drains (as on SIGTERM) and stops the server.
     pub fn shutdown(mut self) {
         let (state, handle) = (self.state.clone(), self.handle.clone());
-        let _ = actix_web::rt::System::new().block_on(async move {
+        actix_web::rt::System::new().block_on(async move {
             drain(&state).await;
             handle.stop(true).await;
         });

@@ -10,13 +10,16 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tessera::config::{default_model_path, EngineConfig};
 use tessera::engine::handle::{self, EngineHandle};
 use tessera::server::{spawn, ServerConfig, SpawnedServer};
 
 /// The name the default model is served under in these tests.
 pub const MODEL: &str = "smol";
+
+/// A question with a known greedy answer through `chatml` ("The capital of France is Paris.").
+pub const FRANCE: &str = "What is the capital of France?";
 
 /// SmolLM2's ChatML prompt for a user question (no default system prompt).
 pub fn chatml(question: &str) -> String {
@@ -333,4 +336,43 @@ pub fn joined_text(events: &[String], choices: usize) -> Vec<String> {
         }
     }
     texts
+}
+
+/// A greedy completion request for the France question, with `extra` fields.
+pub fn completion(extra: Value) -> Value {
+    let mut body =
+        json!({"model": MODEL, "prompt": chatml(FRANCE), "temperature": 0, "max_tokens": 16});
+    merge(&mut body, extra);
+    body
+}
+
+/// A chat request for the France question, with `extra` fields.
+pub fn chat(extra: Value) -> Value {
+    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": FRANCE}], "max_tokens": 12});
+    merge(&mut body, extra);
+    body
+}
+
+/// Sets every field of `extra` on `body`.
+pub fn merge(body: &mut Value, extra: Value) {
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        body[k] = v;
+    }
+}
+
+/// Asserts 200 and returns the JSON body.
+pub fn ok(res: Response) -> Value {
+    assert_eq!(res.status, 200, "{}", res.text());
+    res.json()
+}
+
+/// Asserts `status` and an OpenAI error body; returns its `error` object.
+pub fn error_of(res: &Response, status: u16) -> Value {
+    assert_eq!(res.status, status, "{}", res.text());
+    let body = res.json();
+    let err = &body["error"];
+    for key in ["message", "type", "param", "code"] {
+        assert!(err.get(key).is_some(), "error body lacks `{key}`: {body}");
+    }
+    err.clone()
 }
