@@ -457,3 +457,28 @@ fn tokenize_and_detokenize_round_trip() {
         .unwrap()
         .contains("999999"));
 }
+
+#[test]
+fn n_choices_share_the_prompt_blocks_through_the_prefix_cache() {
+    let (engine, _) = fixture();
+    // A prompt no other test sends: 3+ full blocks that only this request can hit.
+    let prompt = format!(
+        "{} Answer in one word.",
+        "Zebra quartz lantern violet harbor. ".repeat(8)
+    );
+    let ids = ok(post(addr(), "/tokenize", &json!({"prompt": prompt})))["tokens"]
+        .as_array()
+        .unwrap()
+        .len();
+    let full_blocks_tokens = (ids / 16 * 16) as u64;
+    assert!(full_blocks_tokens >= 48, "{ids} prompt tokens");
+    let hits_before = engine.gauges().snapshot().prefix_cache_hits;
+    let body = json!({"model": MODEL, "prompt": prompt, "n": 3, "seed": 1, "max_tokens": 4});
+    let res = ok(post(addr(), "/v1/completions", &body));
+    assert_eq!(res["choices"].as_array().unwrap().len(), 3);
+    let hits = engine.gauges().snapshot().prefix_cache_hits - hits_before;
+    assert!(
+        hits >= 2 * full_blocks_tokens,
+        "choices 1 and 2 reuse choice 0's {full_blocks_tokens} cached prompt tokens; hits: {hits}"
+    );
+}

@@ -19,9 +19,9 @@ use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use super::generate::{check_finish, total_usage, Generation};
 use super::response::{sse_data, SSE_DONE, SSE_KEEPALIVE};
 use crate::engine::stream::{TokenEvent, Usage};
-use crate::error::{http_error, ApiError, EngineError};
+use crate::error::{http_error, ApiError};
 
-type ChoiceEvents = Pin<Box<dyn Stream<Item = (usize, Result<TokenEvent, EngineError>)>>>;
+type ChoiceEvents = Pin<Box<dyn Stream<Item = (usize, Result<TokenEvent, ApiError>)>>>;
 
 struct SseState {
     gen: Generation,
@@ -52,8 +52,8 @@ pub fn sse_body(
             opening.push_str(&chunk);
         }
         offsets[index] = echo.map_or(0, str::len);
-        let per_choice = stream::unfold(choice.stream, move |mut s| async move {
-            s.next().await.map(|event| ((index, event), s))
+        let per_choice = stream::unfold(choice, move |mut c| async move {
+            c.next().await.map(|event| ((index, event), c))
         });
         events.push(Box::pin(per_choice));
     }
@@ -88,10 +88,7 @@ impl SseState {
                 Ok(None) => return Some(self.finish()),
                 Ok(Some(item)) => item,
             };
-            match event
-                .map_err(ApiError::from)
-                .and_then(|ev| self.render(index, ev))
-            {
+            match event.and_then(|ev| self.render(index, ev)) {
                 Ok(text) if text.is_empty() => continue,
                 Ok(text) => return Some(text),
                 Err(err) => return Some(self.fail(&err)),
