@@ -271,3 +271,51 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_serve_flag_has_its_tessera_env_variable() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve command");
+        let mut checked = 0;
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let expected = format!("TESSERA_{}", id.to_uppercase());
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "--{id}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 17, "9 engine flags + 8 server flags");
+    }
+
+    #[test]
+    fn serve_reads_its_config_from_the_environment() {
+        // Only this test sets these variables in this process.
+        std::env::set_var("TESSERA_PORT", "9123");
+        std::env::set_var("TESSERA_API_KEY", "sk-a,sk-b");
+        std::env::set_var("TESSERA_SHUTDOWN_TIMEOUT", "2.5");
+        std::env::set_var("TESSERA_MAX_REQUEST_BYTES", "1KiB");
+        let cli =
+            Cli::try_parse_from(["tessera", "serve", "--served-model-name", "m"]).expect("parses");
+        let Command::Serve { server, .. } = cli.command else {
+            panic!("not serve")
+        };
+        let cfg = server.config().expect("valid");
+        assert_eq!(cfg.port, 9123);
+        assert_eq!(cfg.api_keys, vec!["sk-a".to_string(), "sk-b".to_string()]);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_millis(2500));
+        assert_eq!(cfg.max_request_bytes, 1024);
+        assert_eq!(cfg.served_model_names, vec!["m".to_string()]);
+        assert_eq!(cfg.host, "127.0.0.1");
+    }
+}
