@@ -7,6 +7,7 @@ and lengths, plus one known greedy answer through the raw ChatML prompt.
 """
 
 import asyncio
+import time
 
 import openai
 import pytest
@@ -195,7 +196,6 @@ def test_draining_server_answers_503(tight_server):
     long = c.completions.create(model=MODEL, prompt=CHATML, max_tokens=300, stream=True, extra_body={"ignore_eos": True})
     next(iter(long))
     tight_server.sigterm()
-    import time
     deadline = time.time() + 5
     while True:
         try:
