@@ -65,7 +65,7 @@ fn models_are_listed_and_unknown_ones_are_404() {
 }
 
 #[test]
-fn bad_requests_get_400_naming_the_field() {
+fn malformed_requests_get_400_naming_the_field() {
     let raw = |body: &str| {
         request(
             addr(),
@@ -110,6 +110,10 @@ fn bad_requests_get_400_naming_the_field() {
         nested["param"].as_str().unwrap().starts_with("messages[0]"),
         "{nested}"
     );
+}
+
+#[test]
+fn unsupported_and_out_of_range_requests_get_400_with_the_numbers() {
     for (field, value) in [
         (
             "tools",
