@@ -62,3 +62,185 @@ pub enum EngineError {
     #[error("engine failure: {0}")]
     Internal(String),
 }
+
+/// Why an HTTP request failed. Every handler error is one of these, and
+/// [`http_error`] is the one place that turns it into a status and an OpenAI error body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON or a field with a bad type or value (`param` names the field).
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    /// A field OpenAI defines that tessera does not implement yet.
+    #[error("`{param}` is not supported by tessera yet{detail}")]
+    Unsupported { param: String, detail: String },
+    #[error("missing or invalid API key: send `Authorization: Bearer <key>` with a key given to --api-key")]
+    Unauthorized,
+    #[error("the model `{given}` does not exist; this server serves {served}")]
+    ModelNotFound { given: String, served: String },
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("{path} does not accept {method}; use {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("the request body has {size} bytes; the limit (--max-request-bytes) is {limit}")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error(
+        "the server is at capacity: {in_flight} sequences in flight and this request needs \
+         {needed} more; the limit is --max-num-seqs + --max-queued-requests = {capacity}. Retry later"
+    )]
+    QueueFull {
+        in_flight: usize,
+        needed: usize,
+        capacity: usize,
+    },
+    #[error("the model is still loading")]
+    Loading,
+    #[error("the server is shutting down")]
+    Draining,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Template(#[from] crate::model::chat_template::TemplateError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::model::tokenizer::TokenizerError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// An HTTP status and the OpenAI error body `{"error": {message, type, param, code}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpError {
+    pub status: u16,
+    pub body: serde_json::Value,
+    /// Seconds for a `Retry-After` header (429 and 503).
+    pub retry_after: Option<u32>,
+}
+
+/// THE mapping from every request error to its HTTP status and OpenAI error body.
+pub fn http_error(err: &ApiError) -> HttpError {
+    use crate::model::chat_template::TemplateError as T;
+    const BAD: (u16, &str, &str) = (400, "invalid_request_error", "invalid_value");
+    let (status, kind, code) = match err {
+        ApiError::InvalidRequest { .. } => BAD,
+        ApiError::Unsupported { .. } => (400, "invalid_request_error", "unsupported_parameter"),
+        ApiError::Unauthorized => (401, "authentication_error", "invalid_api_key"),
+        ApiError::ModelNotFound { .. } => (404, "not_found_error", "model_not_found"),
+        ApiError::RouteNotFound { .. } => (404, "not_found_error", "unknown_route"),
+        ApiError::MethodNotAllowed { .. } => (405, "invalid_request_error", "method_not_allowed"),
+        ApiError::PayloadTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
+        ApiError::QueueFull { .. } => (429, "rate_limit_error", "queue_full"),
+        ApiError::Loading => (503, "service_unavailable_error", "model_loading"),
+        ApiError::Draining => (503, "service_unavailable_error", "shutting_down"),
+        ApiError::Engine(e) => match e {
+            EngineError::ContextLength { .. } => {
+                (400, "invalid_request_error", "context_length_exceeded")
+            }
+            EngineError::EmptyPrompt
+            | EngineError::InvalidToken { .. }
+            | EngineError::InvalidParam { .. }
+            | EngineError::Rejected(_) => BAD,
+            EngineError::Stopped => (503, "service_unavailable_error", "shutting_down"),
+            EngineError::Internal(_) => (500, "server_error", "internal_error"),
+        },
+        ApiError::Template(T::Raised { .. } | T::NoFreeMarker { .. } | T::Tokenizer(_)) => BAD,
+        ApiError::Template(_) => (500, "server_error", "chat_template_error"),
+        ApiError::Tokenizer(_) => BAD,
+        ApiError::Internal(_) => (500, "server_error", "internal_error"),
+    };
+    let param = match err {
+        ApiError::InvalidRequest { param, .. } => param.clone(),
+        ApiError::Unsupported { param, .. } => Some(param.clone()),
+        ApiError::ModelNotFound { .. } => Some("model".to_string()),
+        ApiError::Engine(EngineError::InvalidParam { field, .. }) => Some(field.to_string()),
+        ApiError::Engine(EngineError::ContextLength { .. }) => Some("max_tokens".to_string()),
+        ApiError::Engine(EngineError::EmptyPrompt | EngineError::InvalidToken { .. }) => {
+            Some("prompt".to_string())
+        }
+        ApiError::Template(_) => Some("messages".to_string()),
+        _ => None,
+    };
+    let retry_after = match status {
+        429 | 503 => Some(1),
+        _ => None,
+    };
+    let body = serde_json::json!({
+        "error": {"message": err.to_string(), "type": kind, "param": param, "code": code}
+    });
+    HttpError {
+        status,
+        body,
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status_and_body() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::Unauthorized, 401, "invalid_api_key"),
+            (
+                ApiError::QueueFull {
+                    in_flight: 8,
+                    needed: 1,
+                    capacity: 8,
+                },
+                429,
+                "queue_full",
+            ),
+            (ApiError::Draining, 503, "shutting_down"),
+            (ApiError::Loading, 503, "model_loading"),
+            (
+                ApiError::PayloadTooLarge { size: 9, limit: 4 },
+                413,
+                "request_too_large",
+            ),
+            (
+                ApiError::Engine(EngineError::ContextLength {
+                    max_model_len: 10,
+                    prompt_tokens: 8,
+                    max_tokens: 4,
+                    total: 12,
+                }),
+                400,
+                "context_length_exceeded",
+            ),
+            (
+                ApiError::Engine(EngineError::Internal("x".into())),
+                500,
+                "internal_error",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let mapped = http_error(&err);
+            assert_eq!(mapped.status, status, "{err}");
+            assert_eq!(mapped.body["error"]["code"], code);
+            assert_eq!(mapped.body["error"]["message"], err.to_string());
+            assert_eq!(mapped.retry_after.is_some(), status == 429 || status == 503);
+        }
+    }
+
+    #[test]
+    fn field_errors_name_the_param() {
+        let err = ApiError::Engine(EngineError::InvalidParam {
+            field: "top_p",
+            problem: "must be in (0, 1]".into(),
+            given: "3".into(),
+        });
+        let mapped = http_error(&err);
+        assert_eq!(mapped.status, 400);
+        assert_eq!(mapped.body["error"]["param"], "top_p");
+        assert_eq!(
+            mapped.body["error"]["message"],
+            "`top_p` must be in (0, 1]. Given: 3"
+        );
+    }
+}

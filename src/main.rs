@@ -1,7 +1,8 @@
-//! tessera command line: `generate` and `chat` (the HTTP `serve` command arrives with the
-//! HTTP layer). Parsing only; the work lives in `tessera::cli`.
+//! tessera command line: `serve` (the OpenAI-compatible HTTP server), `generate`, `chat`
+//! and `bench`. Parsing only; the work lives in `tessera::server` and `tessera::cli`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tessera::config::{default_model_path, parse_bytes, EngineConfig};
@@ -20,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible HTTP API (the default model unless --model).
+    Serve {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
+        server: ServeArgs,
+    },
     /// Generate a completion for one prompt and print it as it streams.
     Generate {
         #[command(flatten)]
@@ -85,6 +93,62 @@ struct EngineArgs {
     threads: usize,
 }
 
+/// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, env = "TESSERA_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, env = "TESSERA_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Name(s) the model is served under (repeatable; default: the model file's name).
+    #[arg(long, env = "TESSERA_SERVED_MODEL_NAME", value_delimiter = ',')]
+    served_model_name: Vec<String>,
+    /// Accepted API key (repeatable; the env variable takes a comma-separated list).
+    /// Without any, the API is open.
+    #[arg(
+        long,
+        env = "TESSERA_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_key: Vec<String>,
+    /// Sequences that may wait beyond --max-num-seqs; more get 429.
+    #[arg(long, env = "TESSERA_MAX_QUEUED_REQUESTS", default_value_t = 256)]
+    max_queued_requests: usize,
+    /// Seconds in-flight requests may run after SIGTERM.
+    #[arg(long, env = "TESSERA_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    shutdown_timeout: f64,
+    /// Largest request body, e.g. 10MiB; larger ones get 413.
+    #[arg(long, env = "TESSERA_MAX_REQUEST_BYTES", default_value = "10MiB", value_parser = parse_bytes)]
+    max_request_bytes: u64,
+    /// Seconds between SSE keep-alive comments while a stream has nothing to send.
+    #[arg(long, env = "TESSERA_SSE_KEEPALIVE", default_value_t = 10.0)]
+    sse_keepalive: f64,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<tessera::server::ServerConfig, String> {
+        let seconds = |flag: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| format!("--{flag} must be a number of seconds >= 0. Given: {v}"))
+        };
+        let keepalive = seconds("sse-keepalive", self.sse_keepalive)?;
+        if keepalive.is_zero() {
+            return Err("--sse-keepalive must be > 0".into());
+        }
+        Ok(tessera::server::ServerConfig {
+            host: self.host.clone(),
+            port: self.port,
+            served_model_names: self.served_model_name.clone(),
+            api_keys: self.api_key.clone(),
+            max_queued_requests: self.max_queued_requests,
+            shutdown_timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
+            max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
+            sse_keepalive: keepalive,
+        })
+    }
+}
+
 #[derive(Args)]
 struct SamplingArgs {
     #[arg(long, default_value_t = 256)]
@@ -137,9 +201,28 @@ impl SamplingArgs {
     }
 }
 
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Serve { engine, server } => {
+            init_logging();
+            let (path, cfg) = engine.config();
+            server
+                .config()
+                .map_err(Into::into)
+                .and_then(|server_cfg| tessera::server::serve(path, cfg, server_cfg))
+        }
         Command::Generate {
             engine,
             sampling,
@@ -186,5 +269,53 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_serve_flag_has_its_tessera_env_variable() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve command");
+        let mut checked = 0;
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let expected = format!("TESSERA_{}", id.to_uppercase());
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "--{id}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 17, "9 engine flags + 8 server flags");
+    }
+
+    #[test]
+    fn serve_reads_its_config_from_the_environment() {
+        // Only this test sets these variables in this process.
+        std::env::set_var("TESSERA_PORT", "9123");
+        std::env::set_var("TESSERA_API_KEY", "sk-a,sk-b");
+        std::env::set_var("TESSERA_SHUTDOWN_TIMEOUT", "2.5");
+        std::env::set_var("TESSERA_MAX_REQUEST_BYTES", "1KiB");
+        let cli =
+            Cli::try_parse_from(["tessera", "serve", "--served-model-name", "m"]).expect("parses");
+        let Command::Serve { server, .. } = cli.command else {
+            panic!("not serve")
+        };
+        let cfg = server.config().expect("valid");
+        assert_eq!(cfg.port, 9123);
+        assert_eq!(cfg.api_keys, vec!["sk-a".to_string(), "sk-b".to_string()]);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_millis(2500));
+        assert_eq!(cfg.max_request_bytes, 1024);
+        assert_eq!(cfg.served_model_names, vec!["m".to_string()]);
+        assert_eq!(cfg.host, "127.0.0.1");
     }
 }

@@ -159,12 +159,8 @@ fn init_compute_threads(requested: usize) {
     } else {
         requested
     };
+    // The first engine in a process sizes the pool; later ones share it.
     crate::ops::pool::init(n);
-    // Fails only if the global pool already exists (a second engine in one process).
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("tessera-compute-{i}"))
-        .build_global();
 }
 
 fn run_loop(mut core: EngineCore, commands: Receiver<Command>, gauges: &EngineGauges) {

@@ -1,0 +1,230 @@
+//! Running a `ValidRequest` on the engine: one `RequestStream` per choice
+//! (`prompts × n`), and collecting them into a non-streamed response.
+//!
+//! Choices of one prompt share its KV blocks: choice 0 is submitted at once, the others
+//! when choice 0's first event arrives — by then its prompt's full blocks are computed
+//! and registered in the prefix cache, so they start from cache hits instead of
+//! recomputing the prompt in the same step.
+//!
+//! Invariants: a `Generation` owns its admission `Permit` and its streams, so dropping it
+//! at any point (client gone, error) aborts every unfinished sequence and returns its
+//! admission slots. Choice `p * n + c` is choice `c` of prompt `p` (OpenAI's order).
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::response::{ChoiceOutput, ResponseMeta};
+use super::state::{AppState, Permit};
+use super::validate::ValidRequest;
+use crate::engine::handle::EngineHandle;
+use crate::engine::request::{FinishReason, SamplingParams, TokenId};
+use crate::engine::stream::{RequestStream, TokenEvent, Usage};
+use crate::error::ApiError;
+
+/// Where a choice is: waiting for its prompt's blocks, or running.
+enum ChoiceState {
+    Waiting {
+        prompt_blocks_ready: watch::Receiver<bool>,
+        prompt: Vec<TokenId>,
+        sampling: SamplingParams,
+        engine: EngineHandle,
+    },
+    Running(RequestStream),
+    Failed,
+}
+
+/// One choice being generated.
+pub struct ChoiceStream {
+    /// Index in `choices` (`prompt * n + choice`).
+    pub index: usize,
+    state: ChoiceState,
+    /// Choice 0 of a prompt with `n` > 1: tells the others its prompt is cached.
+    announce: Option<watch::Sender<bool>>,
+}
+
+impl ChoiceStream {
+    /// The next event of this choice (submitting it first when it was waiting); `None`
+    /// after its finishing event or error.
+    pub async fn next(&mut self) -> Option<Result<TokenEvent, ApiError>> {
+        if let ChoiceState::Waiting { .. } = self.state {
+            let ChoiceState::Waiting {
+                mut prompt_blocks_ready,
+                prompt,
+                sampling,
+                engine,
+            } = std::mem::replace(&mut self.state, ChoiceState::Failed)
+            else {
+                return None;
+            };
+            // A closed channel (choice 0 gone) also releases the wait.
+            let _ = prompt_blocks_ready.wait_for(|ready| *ready).await;
+            match engine.submit(prompt, sampling) {
+                Ok(stream) => self.state = ChoiceState::Running(stream),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        let ChoiceState::Running(stream) = &mut self.state else {
+            return None;
+        };
+        let event = stream.next().await;
+        if let Some(announce) = self.announce.take() {
+            let _ = announce.send(true);
+        }
+        event.map(|e| e.map_err(ApiError::from))
+    }
+}
+
+/// The submitted sequences of one request and what answering it needs.
+pub struct Generation {
+    pub meta: ResponseMeta,
+    pub engine: EngineHandle,
+    pub state: Arc<AppState>,
+    pub choices: Vec<ChoiceStream>,
+    /// Echoed prompt text per prompt (completions with `echo`).
+    pub echo: Vec<Option<String>>,
+    pub n: usize,
+    pub logprobs: bool,
+    pub permit: Permit,
+}
+
+/// Submits choice 0 of every prompt of `valid` and queues the other choices behind it;
+/// on any refusal the ones already submitted are aborted (dropped) and the error returned.
+pub fn submit(
+    engine: &EngineHandle,
+    state: Arc<AppState>,
+    valid: ValidRequest,
+    meta: ResponseMeta,
+    permit: Permit,
+) -> Result<Generation, ApiError> {
+    let mut choices = Vec::with_capacity(valid.prompts.len() * valid.n);
+    for (p, prompt) in valid.prompts.iter().enumerate() {
+        let first = engine.submit(prompt.token_ids.clone(), valid.sampling_for(p, 0))?;
+        let (announce, ready) = watch::channel(false);
+        choices.push(ChoiceStream {
+            index: p * valid.n,
+            state: ChoiceState::Running(first),
+            announce: (valid.n > 1).then_some(announce),
+        });
+        for c in 1..valid.n {
+            choices.push(ChoiceStream {
+                index: p * valid.n + c,
+                state: ChoiceState::Waiting {
+                    prompt_blocks_ready: ready.clone(),
+                    prompt: prompt.token_ids.clone(),
+                    sampling: valid.sampling_for(p, c),
+                    engine: engine.clone(),
+                },
+                announce: None,
+            });
+        }
+    }
+    Ok(Generation {
+        meta,
+        engine: engine.clone(),
+        state,
+        choices,
+        echo: valid.prompts.into_iter().map(|p| p.echo).collect(),
+        n: valid.n,
+        logprobs: valid.logprobs,
+        permit,
+    })
+}
+
+/// The finish of a sequence as the client sees it: `abort` only happens when the engine
+/// shuts down under a request, which the client gets as a 503-class error.
+pub fn check_finish(reason: FinishReason) -> Result<FinishReason, ApiError> {
+    match reason {
+        FinishReason::Abort => Err(ApiError::Draining),
+        other => Ok(other),
+    }
+}
+
+/// Sums per-choice usage: each prompt's tokens (and cache hits) count once, every
+/// choice's completion tokens count.
+pub fn total_usage(per_choice: &[Usage], n: usize) -> Usage {
+    let mut total = Usage::default();
+    for (i, u) in per_choice.iter().enumerate() {
+        if i % n.max(1) == 0 {
+            total.prompt_tokens += u.prompt_tokens;
+            total.cached_tokens += u.cached_tokens;
+        }
+        total.completion_tokens += u.completion_tokens;
+    }
+    total
+}
+
+impl Generation {
+    /// Waits for every choice (concurrently) and builds the whole response. Dropping this
+    /// future (the client left) drops the streams, which aborts their sequences.
+    pub async fn collect(mut self) -> Result<serde_json::Value, ApiError> {
+        let n = self.n.max(1);
+        let (echo, state) = (&self.echo, &self.state);
+        let results = futures_util::future::try_join_all(self.choices.iter_mut().map(|choice| {
+            let echo = echo[choice.index / n].as_deref().unwrap_or("");
+            collect_choice(choice, echo, state)
+        }))
+        .await?;
+        let (outputs, usages): (Vec<ChoiceOutput>, Vec<Usage>) = results.into_iter().unzip();
+        let usage = total_usage(&usages, self.n);
+        let tokenizer = &self.engine.model().tokenizer;
+        Ok(self.meta.full(&outputs, &usage, tokenizer, self.logprobs))
+    }
+}
+
+/// Drains one choice into its output and final usage.
+async fn collect_choice(
+    choice: &mut ChoiceStream,
+    echo: &str,
+    state: &AppState,
+) -> Result<(ChoiceOutput, Usage), ApiError> {
+    let mut out = ChoiceOutput {
+        index: choice.index,
+        text: echo.to_string(),
+        echo_len: echo.len(),
+        ..ChoiceOutput::default()
+    };
+    let mut usage = Usage::default();
+    while let Some(event) = choice.next().await {
+        let event = event?;
+        out.text.push_str(&event.text);
+        out.token_ids.extend_from_slice(&event.token_ids);
+        out.logprobs.extend(event.logprobs.unwrap_or_default());
+        usage = event.usage;
+        if let Some(reason) = event.finish_reason {
+            state.metrics.record_finished(reason.as_str());
+            out.finish_reason = Some(check_finish(reason)?);
+        }
+    }
+    if out.finish_reason.is_none() {
+        return Err(ApiError::Internal(
+            "a sequence ended without a finish reason".into(),
+        ));
+    }
+    Ok((out, usage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_each_prompt_once_and_every_completion() {
+        let u = |p, c, k| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: k,
+        };
+        // two prompts (10 and 20 tokens), n = 2
+        let total = total_usage(&[u(10, 3, 0), u(10, 4, 10), u(20, 5, 0), u(20, 6, 16)], 2);
+        assert_eq!(total, u(30, 18, 0));
+        assert!(matches!(
+            check_finish(FinishReason::Abort),
+            Err(ApiError::Draining)
+        ));
+        assert_eq!(
+            check_finish(FinishReason::Length).ok(),
+            Some(FinishReason::Length)
+        );
+    }
+}

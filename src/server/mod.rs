@@ -1,0 +1,21 @@
+//! The OpenAI-compatible HTTP server (actix-web).
+//!
+//! Request path: `gate` (request id, API key, access log) → a handler in `routes`
+//! (parse with `gate::read_json` → `validate` into a `ValidRequest` → admission
+//! `Permit` from `state` → `generate::submit`) → `sse` (streamed) or
+//! `Generation::collect` (whole response), both shaped by `response`. Every error is an
+//! `error::ApiError`, turned into a response by `error::http_error` alone.
+//! `serve` owns the process life: loading, readiness, signals and draining.
+
+pub mod gate;
+pub mod generate;
+pub mod request;
+pub mod response;
+pub mod routes;
+pub mod serve;
+pub mod sse;
+pub mod state;
+pub mod validate;
+
+pub use serve::{serve, spawn, SpawnedServer};
+pub use state::{AppState, Phase, ServerConfig};

@@ -1,0 +1,325 @@
+//! OpenAI response bodies: whole responses, SSE chunks, usage and logprobs, for both
+//! `chat.completion` and `text_completion`. Only this file knows their field names
+//! (`openapi.yaml` is their contract).
+//!
+//! Invariants: every choice and chunk carries `index`, `logprobs` and `finish_reason`
+//! (null until the end); a streamed chat choice's first delta carries `role`; chunks
+//! carry `"usage": null` exactly when the client asked for `include_usage`.
+
+use serde_json::{json, Map, Value};
+
+use crate::engine::request::{FinishReason, TokenId, TokenLogprobs};
+use crate::engine::stream::Usage;
+use crate::model::tokenizer::Tokenizer;
+
+/// Identifies this build in `system_fingerprint`.
+pub const SYSTEM_FINGERPRINT: &str = concat!("tessera-", env!("CARGO_PKG_VERSION"));
+
+/// OpenAI sends this for a log-probability that is minus infinity.
+const MIN_LOGPROB: f32 = -9999.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+/// What every response and chunk of one request shares.
+#[derive(Debug, Clone)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub endpoint: Endpoint,
+    /// Streaming only: put `"usage": null` on chunks and send a usage chunk.
+    pub include_usage: bool,
+}
+
+/// One finished choice of a non-streamed response.
+#[derive(Debug, Clone, Default)]
+pub struct ChoiceOutput {
+    pub index: usize,
+    /// Generated text, with the echoed prompt in front for `echo`.
+    pub text: String,
+    pub token_ids: Vec<TokenId>,
+    pub logprobs: Vec<TokenLogprobs>,
+    /// Length of the echoed prompt in `text` (the offset of the first token's text).
+    pub echo_len: usize,
+    pub finish_reason: Option<FinishReason>,
+}
+
+impl ResponseMeta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completion, _) => "text_completion",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Vec<Value>) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        m.insert("object".into(), json!(self.object(chunk)));
+        m.insert("created".into(), json!(self.created));
+        m.insert("model".into(), json!(self.model));
+        m.insert("system_fingerprint".into(), json!(SYSTEM_FINGERPRINT));
+        m.insert("choices".into(), Value::Array(choices));
+        m
+    }
+
+    /// The whole non-streamed response.
+    pub fn full(
+        &self,
+        choices: &[ChoiceOutput],
+        usage: &Usage,
+        tok: &Tokenizer,
+        logprobs: bool,
+    ) -> Value {
+        let choices = choices
+            .iter()
+            .map(|c| {
+                let lp = logprobs
+                    .then(|| self.logprobs_json(&c.token_ids, &c.logprobs, c.echo_len, tok));
+                let mut choice = json!({
+                    "index": c.index,
+                    "logprobs": lp,
+                    "finish_reason": c.finish_reason.map(FinishReason::as_str),
+                });
+                match self.endpoint {
+                    Endpoint::Chat => {
+                        choice["message"] = json!({"role": "assistant", "content": c.text})
+                    }
+                    Endpoint::Completion => choice["text"] = json!(c.text),
+                }
+                choice
+            })
+            .collect();
+        let mut m = self.envelope(false, choices);
+        m.insert("usage".into(), usage_json(usage));
+        Value::Object(m)
+    }
+
+    /// One SSE `data:` event holding one choice update.
+    fn chunk(&self, choice: Value) -> String {
+        let mut m = self.envelope(true, vec![choice]);
+        if self.include_usage {
+            m.insert("usage".into(), Value::Null);
+        }
+        sse_data(&Value::Object(m))
+    }
+
+    /// First event of a streamed choice: the role (chat) or the echoed prompt (completion).
+    pub fn opening_chunk(&self, index: usize, echo: Option<&str>) -> Option<String> {
+        match (self.endpoint, echo) {
+            (Endpoint::Chat, _) => Some(self.chunk(json!({
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": null,
+                "finish_reason": null,
+            }))),
+            (Endpoint::Completion, Some(text)) => {
+                Some(self.completion_choice(index, text, Value::Null, None))
+            }
+            (Endpoint::Completion, None) => None,
+        }
+    }
+
+    /// New text (and logprobs) of one choice; `text_offset` is where `text` starts.
+    pub fn delta_chunk(
+        &self,
+        index: usize,
+        text: &str,
+        ids: &[TokenId],
+        logprobs: Option<&[TokenLogprobs]>,
+        text_offset: usize,
+        tok: &Tokenizer,
+    ) -> String {
+        let lp = logprobs.map_or(Value::Null, |lp| {
+            self.logprobs_json(ids, lp, text_offset, tok)
+        });
+        match self.endpoint {
+            Endpoint::Chat => self.chunk(json!({
+                "index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null,
+            })),
+            Endpoint::Completion => self.completion_choice(index, text, lp, None),
+        }
+    }
+
+    /// The one chunk of a choice that carries its `finish_reason`.
+    pub fn finish_chunk(&self, index: usize, reason: FinishReason) -> String {
+        match self.endpoint {
+            Endpoint::Chat => self.chunk(json!({
+                "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str(),
+            })),
+            Endpoint::Completion => self.completion_choice(index, "", Value::Null, Some(reason)),
+        }
+    }
+
+    fn completion_choice(
+        &self,
+        index: usize,
+        text: &str,
+        lp: Value,
+        reason: Option<FinishReason>,
+    ) -> String {
+        self.chunk(json!({
+            "index": index, "text": text, "logprobs": lp,
+            "finish_reason": reason.map(FinishReason::as_str),
+        }))
+    }
+
+    /// The `choices: []` chunk that carries the usage (`include_usage`).
+    pub fn usage_chunk(&self, usage: &Usage) -> String {
+        let mut m = self.envelope(true, Vec::new());
+        m.insert("usage".into(), usage_json(usage));
+        sse_data(&Value::Object(m))
+    }
+
+    fn logprobs_json(
+        &self,
+        ids: &[TokenId],
+        lps: &[TokenLogprobs],
+        offset: usize,
+        tok: &Tokenizer,
+    ) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => chat_logprobs(ids, lps, tok),
+            Endpoint::Completion => completion_logprobs(ids, lps, offset, tok),
+        }
+    }
+}
+
+/// `usage` with `prompt_tokens_details.cached_tokens` (prefix-cache hits).
+pub fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+/// `data: <json>\n\n`.
+pub fn sse_data(value: &Value) -> String {
+    format!("data: {value}\n\n")
+}
+
+/// The last event of every stream.
+pub const SSE_DONE: &str = "data: [DONE]\n\n";
+
+/// An SSE comment that keeps idle connections (and proxies) open.
+pub const SSE_KEEPALIVE: &str = ": keep-alive\n\n";
+
+fn finite(lp: f32) -> f32 {
+    if lp.is_finite() {
+        lp
+    } else {
+        MIN_LOGPROB
+    }
+}
+
+fn token_text(tok: &Tokenizer, id: TokenId) -> String {
+    tok.decode(&[id], false).unwrap_or_default()
+}
+
+/// Chat shape: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}`.
+fn chat_logprobs(ids: &[TokenId], lps: &[TokenLogprobs], tok: &Tokenizer) -> Value {
+    let entry = |id: TokenId, lp: f32| {
+        let text = token_text(tok, id);
+        json!({"token": text, "logprob": finite(lp), "bytes": text.as_bytes()})
+    };
+    let content: Vec<Value> = ids
+        .iter()
+        .zip(lps)
+        .map(|(&id, lp)| {
+            let mut e = entry(id, lp.logprob);
+            e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Completions shape: parallel `tokens`, `token_logprobs`, `top_logprobs`, `text_offset`.
+fn completion_logprobs(
+    ids: &[TokenId],
+    lps: &[TokenLogprobs],
+    offset: usize,
+    tok: &Tokenizer,
+) -> Value {
+    let mut tokens = Vec::with_capacity(ids.len());
+    let mut token_logprobs = Vec::with_capacity(ids.len());
+    let mut top = Vec::with_capacity(ids.len());
+    let mut offsets = Vec::with_capacity(ids.len());
+    let mut at = offset;
+    for (&id, lp) in ids.iter().zip(lps) {
+        let text = token_text(tok, id);
+        offsets.push(at);
+        at += text.len();
+        let mut alternatives = Map::new();
+        for &(t, l) in &lp.top {
+            alternatives.insert(token_text(tok, t), json!(finite(l)));
+        }
+        alternatives
+            .entry(text.clone())
+            .or_insert(json!(finite(lp.logprob)));
+        tokens.push(text);
+        token_logprobs.push(finite(lp.logprob));
+        top.push(Value::Object(alternatives));
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(endpoint: Endpoint, include_usage: bool) -> ResponseMeta {
+        ResponseMeta {
+            id: "x-1".into(),
+            created: 7,
+            model: "m".into(),
+            endpoint,
+            include_usage,
+        }
+    }
+
+    fn parse(event: &str) -> Value {
+        let body = event
+            .strip_prefix("data: ")
+            .and_then(|s| s.strip_suffix("\n\n"))
+            .expect("framed");
+        serde_json::from_str(body).expect("json")
+    }
+
+    #[test]
+    fn chat_chunks_have_openai_shapes() {
+        let m = meta(Endpoint::Chat, true);
+        let first = parse(&m.opening_chunk(0, None).expect("chat opens"));
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert!(first["usage"].is_null() && first.get("usage").is_some());
+        let fin = parse(&m.finish_chunk(1, FinishReason::Length));
+        assert_eq!(fin["choices"][0]["finish_reason"], "length");
+        assert_eq!(fin["choices"][0]["index"], 1);
+        let usage = parse(&m.usage_chunk(&Usage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            cached_tokens: 1,
+        }));
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["total_tokens"], 7);
+        assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
+    }
+
+    #[test]
+    fn usage_field_absent_without_include_usage() {
+        let m = meta(Endpoint::Completion, false);
+        assert!(m.opening_chunk(0, None).is_none());
+        let echo = parse(&m.opening_chunk(0, Some("hi")).expect("echo"));
+        assert_eq!(echo["choices"][0]["text"], "hi");
+        assert!(echo.get("usage").is_none());
+        assert_eq!(echo["object"], "text_completion");
+    }
+}

@@ -1,0 +1,266 @@
+//! The server's life: bind, answer `/health` (and 503 elsewhere) while the model loads
+//! on its own thread, become ready, and on SIGTERM/SIGINT drain — `/ready` and new
+//! requests answer 503, in-flight requests finish (up to `--shutdown-timeout`, then they
+//! are aborted with an error event), the engine stops, and the process exits 0.
+
+use std::error::Error;
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+
+use super::gate::gate;
+use super::routes::{configure, not_found};
+use super::state::{AppState, ServerConfig};
+use crate::config::EngineConfig;
+use crate::engine::handle::{self, EngineHandle};
+use crate::metrics::Metrics;
+
+/// How long the server waits for aborted streams to send their last event.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+fn build_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+    workers: Option<usize>,
+) -> std::io::Result<actix_web::dev::Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(gate))
+            .configure(configure)
+            .default_service(web::to(not_found))
+    })
+    // A client that closes its side is gone: drop its handler so its sequences abort.
+    .h1_allow_half_closed(false)
+    .disable_signals()
+    .shutdown_timeout(1);
+    let server = match workers {
+        Some(n) => server.workers(n),
+        None => server,
+    };
+    Ok(server.listen(listener)?.run())
+}
+
+/// `tessera serve`: serves `model` until SIGTERM/SIGINT.
+pub fn serve(
+    model: PathBuf,
+    engine_cfg: EngineConfig,
+    cfg: ServerConfig,
+) -> Result<(), Box<dyn Error>> {
+    let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
+    let addr = listener.local_addr()?;
+    let state = web::Data::new(AppState::new(cfg, Metrics::new()?));
+    actix_web::rt::System::new().block_on(async move {
+        let server = build_server(state.clone(), listener, None)?;
+        tracing::info!("listening on http://{addr} (loading {})", model.display());
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let load_cfg = engine_cfg.clone();
+        std::thread::Builder::new()
+            .name("tessera-load".into())
+            .spawn(move || {
+                let _ = loaded_tx.send(load_engine(&model, &load_cfg));
+            })?;
+        let supervisor = actix_web::rt::spawn(supervise(
+            state.clone(),
+            server.handle(),
+            loaded_rx,
+            engine_cfg.max_num_seqs,
+        ));
+        server.await?;
+        if let Some(engine) = state.loaded_engine().cloned() {
+            let _ = actix_web::rt::task::spawn_blocking(move || engine.shutdown()).await;
+        }
+        let outcome = supervisor
+            .await
+            .map_err(|e| format!("supervisor task failed: {e}"))?;
+        outcome.map_err(Box::<dyn Error>::from)
+    })
+}
+
+/// Installs the engine when loaded, then waits for a signal and drains.
+async fn supervise(
+    state: web::Data<AppState>,
+    server: ServerHandle,
+    loaded: oneshot::Receiver<Result<EngineHandle, String>>,
+    max_num_seqs: usize,
+) -> Result<(), String> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        result = loaded => match result {
+            Ok(Ok(engine)) => {
+                state.set_ready(engine, max_num_seqs);
+                tracing::info!(models = ?state.served_names(), "ready");
+            }
+            Ok(Err(e)) => {
+                server.stop(false).await;
+                return Err(e);
+            }
+            Err(_) => {
+                server.stop(false).await;
+                return Err("the model loader stopped without a result".into());
+            }
+        },
+        _ = term.recv() => { server.stop(false).await; return Ok(()); }
+        _ = int.recv() => { server.stop(false).await; return Ok(()); }
+    }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    drain(&state).await;
+    server.stop(true).await;
+    Ok(())
+}
+
+/// Refuses new work and waits for in-flight sequences (up to the shutdown timeout);
+/// what is still running then is aborted and ends with an error event.
+pub async fn drain(state: &AppState) {
+    state.start_draining();
+    let timeout = state.config.shutdown_timeout;
+    tracing::info!(in_flight = state.in_flight(), ?timeout, "draining");
+    wait_idle(state, timeout).await;
+    if state.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = state.in_flight(),
+            "shutdown timeout reached: aborting"
+        );
+        if let Some(engine) = state.loaded_engine().cloned() {
+            let _ = actix_web::rt::task::spawn_blocking(move || engine.shutdown()).await;
+        }
+        wait_idle(state, ABORT_GRACE).await;
+    }
+    // Let the last responses leave the write buffers.
+    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn wait_idle(state: &AppState, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while state.in_flight() > 0 && Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Loads the model (a progress bar on a terminal) and starts the engine.
+fn load_engine(path: &Path, cfg: &EngineConfig) -> Result<EngineHandle, String> {
+    if !path.exists() {
+        return Err(format!(
+            "model file `{}` not found; fetch the default model with scripts/fetch-model.sh or pass --model PATH",
+            path.display()
+        ));
+    }
+    let tty = std::io::stderr().is_terminal();
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let started = Instant::now();
+    let loaded = crate::model::load(path, cfg.max_model_len, |done, total| {
+        if tty {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r{}", progress_line(&name, done, total));
+            let _ = err.flush();
+        }
+    })
+    .map_err(|e| format!("loading {}: {e}", path.display()))?;
+    if tty {
+        eprintln!();
+    }
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded");
+    handle::start(loaded, cfg).map_err(|e| e.to_string())
+}
+
+/// `loading NAME [#######.......]  7/30 layers`.
+pub fn progress_line(name: &str, done: usize, total: usize) -> String {
+    const WIDTH: usize = 30;
+    let filled = (done * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH)
+        .min(WIDTH);
+    format!(
+        "loading {name} [{}{}] {done:>3}/{total} layers",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled)
+    )
+}
+
+/// A server running on its own thread (tests, embedding).
+pub struct SpawnedServer {
+    pub addr: SocketAddr,
+    pub state: web::Data<AppState>,
+    handle: ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Serves an already started engine on `cfg.host:cfg.port` (port 0: any free port).
+pub fn spawn(
+    engine: EngineHandle,
+    max_num_seqs: usize,
+    cfg: ServerConfig,
+) -> Result<SpawnedServer, Box<dyn Error>> {
+    let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
+    let addr = listener.local_addr()?;
+    let state = web::Data::new(AppState::new(cfg, Metrics::new()?));
+    state.set_ready(engine, max_num_seqs);
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let server_state = state.clone();
+    let thread = std::thread::Builder::new()
+        .name("tessera-http".into())
+        .spawn(move || {
+            let result = actix_web::rt::System::new().block_on(async move {
+                let server = build_server(server_state, listener, Some(2))?;
+                let _ = handle_tx.send(server.handle());
+                server.await
+            });
+            if let Err(e) = result {
+                tracing::error!("server stopped: {e}");
+            }
+        })?;
+    let handle = handle_rx
+        .recv()
+        .map_err(|_| "the server thread failed to start")?;
+    Ok(SpawnedServer {
+        addr,
+        state,
+        handle,
+        thread: Some(thread),
+    })
+}
+
+impl SpawnedServer {
+    /// Drains (as on SIGTERM) and stops the server.
+    pub fn shutdown(mut self) {
+        let (state, handle) = (self.state.clone(), self.handle.clone());
+        actix_web::rt::System::new().block_on(async move {
+            drain(&state).await;
+            handle.stop(true).await;
+        });
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_fills_with_layers() {
+        assert!(progress_line("m", 0, 30).contains("[..............................]"));
+        assert!(progress_line("m", 15, 30).contains(&format!(
+            "[{}{}]",
+            "#".repeat(15),
+            ".".repeat(15)
+        )));
+        assert!(progress_line("m", 30, 30).ends_with(" 30/30 layers"));
+        assert!(progress_line("m", 0, 0).contains(&"#".repeat(30)));
+    }
+}

@@ -1,0 +1,149 @@
+//! Server-sent events for a streamed `Generation`, framed exactly as OpenAI does: the
+//! opening chunk of each choice (`role`, or the echoed prompt), content chunks as tokens
+//! arrive, exactly one `finish_reason` chunk per choice, the `choices: []` usage chunk
+//! when asked for, then `data: [DONE]`. A keep-alive comment goes out whenever nothing
+//! else did for `keepalive` (e.g. while the request waits in the queue).
+//!
+//! Invariants: the body stream owns the `Generation`; when the client disconnects actix
+//! drops the body, which drops every `RequestStream` (aborting its sequence in the
+//! engine) and the admission permit. An engine error ends the stream with one
+//! `data: {"error": …}` event and `[DONE]`, never a hang.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use futures_util::stream::{self, SelectAll, Stream, StreamExt};
+
+use super::generate::{check_finish, total_usage, Generation};
+use super::response::{sse_data, SSE_DONE, SSE_KEEPALIVE};
+use crate::engine::stream::{TokenEvent, Usage};
+use crate::error::{http_error, ApiError};
+
+type ChoiceEvents = Pin<Box<dyn Stream<Item = (usize, Result<TokenEvent, ApiError>)>>>;
+
+struct SseState {
+    gen: Generation,
+    events: SelectAll<ChoiceEvents>,
+    /// Sent first (opening chunks), before waiting on the engine.
+    opening: Option<String>,
+    /// Latest cumulative usage per choice.
+    usages: Vec<Usage>,
+    /// Bytes of text sent per choice (completions' `text_offset`).
+    offsets: Vec<usize>,
+    keepalive: Duration,
+    done: bool,
+}
+
+/// The SSE body of `gen`.
+pub fn sse_body(
+    mut gen: Generation,
+    keepalive: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let count = gen.choices.len();
+    let mut opening = String::new();
+    let mut offsets = vec![0; count];
+    let mut events: SelectAll<ChoiceEvents> = SelectAll::new();
+    for choice in std::mem::take(&mut gen.choices) {
+        let index = choice.index;
+        let echo = gen.echo[index / gen.n.max(1)].as_deref();
+        if let Some(chunk) = gen.meta.opening_chunk(index, echo) {
+            opening.push_str(&chunk);
+        }
+        offsets[index] = echo.map_or(0, str::len);
+        let per_choice = stream::unfold(choice, move |mut c| async move {
+            c.next().await.map(|event| ((index, event), c))
+        });
+        events.push(Box::pin(per_choice));
+    }
+    let state = SseState {
+        gen,
+        events,
+        opening: Some(opening).filter(|o| !o.is_empty()),
+        usages: vec![Usage::default(); count],
+        offsets,
+        keepalive,
+        done: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        let text = state.next_text().await?;
+        Some((Ok(Bytes::from(text)), state))
+    })
+}
+
+impl SseState {
+    /// The next bytes to send; `None` after `[DONE]`.
+    async fn next_text(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        if let Some(opening) = self.opening.take() {
+            return Some(opening);
+        }
+        loop {
+            let next = tokio::time::timeout(self.keepalive, self.events.next()).await;
+            let (index, event) = match next {
+                Err(_elapsed) => return Some(SSE_KEEPALIVE.to_string()),
+                Ok(None) => return Some(self.finish()),
+                Ok(Some(item)) => item,
+            };
+            match event.and_then(|ev| self.render(index, ev)) {
+                Ok(text) if text.is_empty() => continue,
+                Ok(text) => return Some(text),
+                Err(err) => return Some(self.fail(&err)),
+            }
+        }
+    }
+
+    /// Chunks for one token event of choice `index`.
+    fn render(&mut self, index: usize, ev: TokenEvent) -> Result<String, ApiError> {
+        self.usages[index] = ev.usage;
+        let meta = &self.gen.meta;
+        let mut out = String::new();
+        let wants_logprobs = self.gen.logprobs && !ev.token_ids.is_empty();
+        if !ev.text.is_empty() || wants_logprobs {
+            let logprobs = ev.logprobs.as_deref().filter(|_| self.gen.logprobs);
+            let tokenizer = &self.gen.engine.model().tokenizer;
+            let offset = self.offsets[index];
+            out.push_str(&meta.delta_chunk(
+                index,
+                &ev.text,
+                &ev.token_ids,
+                logprobs,
+                offset,
+                tokenizer,
+            ));
+            self.offsets[index] += ev.text.len();
+        }
+        if let Some(reason) = ev.finish_reason {
+            self.gen.state.metrics.record_finished(reason.as_str());
+            out.push_str(&meta.finish_chunk(index, check_finish(reason)?));
+        }
+        Ok(out)
+    }
+
+    /// Every choice finished: the usage chunk (if asked for) and `[DONE]`.
+    fn finish(&mut self) -> String {
+        self.done = true;
+        let mut out = String::new();
+        if self.gen.meta.include_usage {
+            out.push_str(
+                &self
+                    .gen
+                    .meta
+                    .usage_chunk(&total_usage(&self.usages, self.gen.n)),
+            );
+        }
+        out.push_str(SSE_DONE);
+        out
+    }
+
+    /// An error event and `[DONE]`; the other choices are aborted as the state drops.
+    fn fail(&mut self, err: &ApiError) -> String {
+        self.done = true;
+        tracing::warn!(id = %self.gen.meta.id, error = %err, "stream ended by an error");
+        self.events = SelectAll::new();
+        format!("{}{SSE_DONE}", sse_data(&http_error(err).body))
+    }
+}

@@ -1,0 +1,238 @@
+//! Server-wide state shared by every handler: configuration, the engine (once loaded),
+//! the lifecycle phase, admission control and metrics.
+//!
+//! Invariants: the phase only moves forward (`Loading → Ready → Draining`); the engine is
+//! set exactly once, before the phase becomes `Ready`; `in_flight` equals the number of
+//! sequences held by live `Permit`s, so it never exceeds `capacity` (admission is a
+//! compare-and-swap, never a check followed by an add).
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::engine::handle::EngineHandle;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// How the HTTP server is set up (flags of `tessera serve`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Names the model is served under (empty: the model file's name).
+    pub served_model_names: Vec<String>,
+    /// Accepted bearer tokens (empty: no authentication).
+    pub api_keys: Vec<String>,
+    /// Sequences that may wait beyond `--max-num-seqs` before requests get 429.
+    pub max_queued_requests: usize,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_request_bytes: usize,
+    /// Interval of SSE keep-alive comments while a stream has nothing to send.
+    pub sse_keepalive: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            served_model_names: Vec::new(),
+            api_keys: Vec::new(),
+            max_queued_requests: 256,
+            shutdown_timeout: Duration::from_secs(30),
+            max_request_bytes: 10 << 20,
+            sse_keepalive: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Loading = 0,
+    Ready = 1,
+    Draining = 2,
+}
+
+pub struct AppState {
+    pub config: ServerConfig,
+    engine: OnceLock<EngineHandle>,
+    served_names: OnceLock<Vec<String>>,
+    phase: AtomicU8,
+    admission: Arc<Admission>,
+    pub metrics: Metrics,
+    /// Unix time the server started (the `created` of `/v1/models`).
+    pub started_at: u64,
+}
+
+impl AppState {
+    /// A server state still loading its model; `capacity` sequences may be in flight.
+    pub fn new(config: ServerConfig, metrics: Metrics) -> Self {
+        Self {
+            config,
+            engine: OnceLock::new(),
+            served_names: OnceLock::new(),
+            phase: AtomicU8::new(Phase::Loading as u8),
+            admission: Arc::new(Admission::default()),
+            metrics,
+            started_at: unix_now(),
+        }
+    }
+
+    /// Installs the loaded engine (running up to `max_num_seqs` sequences per step) and
+    /// opens for requests.
+    pub fn set_ready(&self, engine: EngineHandle, max_num_seqs: usize) {
+        let capacity = max_num_seqs + self.config.max_queued_requests;
+        self.admission.capacity.store(capacity, Ordering::SeqCst);
+        let names = if self.config.served_model_names.is_empty() {
+            vec![engine.model().name.clone()]
+        } else {
+            self.config.served_model_names.clone()
+        };
+        let _ = self.served_names.set(names);
+        let _ = self.engine.set(engine);
+        let _ = self.phase.compare_exchange(
+            Phase::Loading as u8,
+            Phase::Ready as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Stops taking new requests (SIGTERM).
+    pub fn start_draining(&self) {
+        self.phase.store(Phase::Draining as u8, Ordering::SeqCst);
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => Phase::Loading,
+            1 => Phase::Ready,
+            _ => Phase::Draining,
+        }
+    }
+
+    /// The engine, when it may take new work.
+    pub fn engine(&self) -> Result<&EngineHandle, ApiError> {
+        match (self.phase(), self.engine.get()) {
+            (Phase::Ready, Some(engine)) => Ok(engine),
+            (Phase::Draining, _) => Err(ApiError::Draining),
+            _ => Err(ApiError::Loading),
+        }
+    }
+
+    /// The engine whatever the phase (metrics, shutdown).
+    pub fn loaded_engine(&self) -> Option<&EngineHandle> {
+        self.engine.get()
+    }
+
+    pub fn served_names(&self) -> &[String] {
+        self.served_names.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Reserves `sequences` slots or refuses with 429.
+    pub fn admit(&self, sequences: usize) -> Result<Permit, ApiError> {
+        self.admission.try_acquire(sequences)
+    }
+
+    /// Sequences admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.admission.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts sequences between admission and the end of their response.
+#[derive(Debug, Default)]
+pub struct Admission {
+    in_flight: AtomicUsize,
+    capacity: AtomicUsize,
+}
+
+impl Admission {
+    fn try_acquire(self: &Arc<Self>, sequences: usize) -> Result<Permit, ApiError> {
+        let capacity = self.capacity.load(Ordering::SeqCst);
+        let mut current = self.in_flight.load(Ordering::SeqCst);
+        loop {
+            if current + sequences > capacity {
+                return Err(ApiError::QueueFull {
+                    in_flight: current,
+                    needed: sequences,
+                    capacity,
+                });
+            }
+            match self.in_flight.compare_exchange(
+                current,
+                current + sequences,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    return Ok(Permit {
+                        admission: self.clone(),
+                        sequences,
+                    })
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+/// Held for as long as a request's sequences may occupy the engine; frees them on drop.
+#[derive(Debug)]
+pub struct Permit {
+    admission: Arc<Admission>,
+    sequences: usize,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.admission
+            .in_flight
+            .fetch_sub(self.sequences, Ordering::SeqCst);
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_gate_the_engine() {
+        let state = AppState::new(ServerConfig::default(), Metrics::new().expect("metrics"));
+        assert_eq!(state.phase(), Phase::Loading);
+        assert!(matches!(state.engine(), Err(ApiError::Loading)));
+        assert!(state.served_names().is_empty());
+        state.start_draining();
+        assert_eq!(state.phase(), Phase::Draining);
+        assert!(matches!(state.engine(), Err(ApiError::Draining)));
+    }
+
+    #[test]
+    fn admission_is_bounded_and_released_on_drop() {
+        let a = Arc::new(Admission::default());
+        a.capacity.store(3, Ordering::SeqCst);
+        let p1 = a.try_acquire(2).expect("fits");
+        assert!(matches!(
+            a.try_acquire(2),
+            Err(ApiError::QueueFull {
+                in_flight: 2,
+                needed: 2,
+                capacity: 3
+            })
+        ));
+        let p2 = a.try_acquire(1).expect("fits");
+        drop(p1);
+        assert_eq!(a.in_flight.load(Ordering::SeqCst), 1);
+        drop(p2);
+        assert_eq!(a.in_flight.load(Ordering::SeqCst), 0);
+    }
+}

@@ -1,0 +1,541 @@
+//! Request validation: wire requests (`request.rs`) become `ValidRequest`s, parsed once.
+//!
+//! After validation every prompt is tokenized, every prompt fits the context with its
+//! `max_tokens`, every sampling value is in range and no unsupported feature was asked
+//! for. Messages name the field, the limit and the value given (TGI's style).
+
+use super::request::{
+    ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptField,
+    SamplingFields, StopField, UnsupportedFields,
+};
+use crate::engine::handle::EngineHandle;
+use crate::engine::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
+use crate::error::{ApiError, EngineError};
+use crate::model::chat_template::{encode_chat, ChatMessage};
+
+/// Most choices one request may ask for (`n` × number of prompts).
+pub const MAX_SEQUENCES_PER_REQUEST: usize = 128;
+
+/// One prompt, tokenized, with its resolved output budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidPrompt {
+    pub token_ids: Vec<TokenId>,
+    pub max_tokens: usize,
+    /// Text to put before the completion (`echo`).
+    pub echo: Option<String>,
+}
+
+/// A generation request ready to submit: `prompts.len() * n` sequences.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    /// The model name to put in responses (as the client sent it).
+    pub model: String,
+    pub prompts: Vec<ValidPrompt>,
+    pub n: usize,
+    /// Shared by every sequence; `max_tokens` and `seed` are set per sequence.
+    pub sampling: SamplingParams,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Return log-probabilities (with `sampling.logprobs` alternatives).
+    pub logprobs: bool,
+}
+
+impl ValidRequest {
+    /// Sampling of choice `choice` of prompt `prompt`: its budget, and `seed + choice` so
+    /// that choices differ but a seeded request is reproducible.
+    pub fn sampling_for(&self, prompt: usize, choice: usize) -> SamplingParams {
+        let mut params = self.sampling.clone();
+        params.max_tokens = self.prompts[prompt].max_tokens;
+        params.seed = params.seed.map(|s| s.wrapping_add(choice as u64));
+        params
+    }
+}
+
+fn invalid(param: &str, message: String) -> ApiError {
+    ApiError::InvalidRequest {
+        message,
+        param: Some(param.to_string()),
+    }
+}
+
+fn unsupported(param: &str, detail: &str) -> ApiError {
+    ApiError::Unsupported {
+        param: param.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The request's `model` if this server serves it.
+pub fn check_model(model: Option<&str>, served: &[String]) -> Result<String, ApiError> {
+    let given = model.ok_or_else(|| invalid("model", "`model` is required".into()))?;
+    if served.iter().any(|s| s == given) {
+        Ok(given.to_string())
+    } else {
+        Err(ApiError::ModelNotFound {
+            given: given.to_string(),
+            served: served
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
+
+/// `POST /v1/chat/completions` → `ValidRequest`.
+pub fn validate_chat(
+    req: ChatCompletionRequest,
+    engine: &EngineHandle,
+    served: &[String],
+) -> Result<ValidRequest, ApiError> {
+    let model = check_model(req.model.as_deref(), served)?;
+    refuse_unsupported(&req.unsupported, req.sampling.n)?;
+    let top = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (false, Some(k)) if k > 0 => {
+            return Err(invalid(
+                "top_logprobs",
+                format!("`top_logprobs` needs `logprobs: true`. Given: {k}"),
+            ))
+        }
+        (false, _) => None,
+        (true, k) => Some(k.unwrap_or(0)),
+    };
+    let messages = chat_messages(req.messages.unwrap_or_default())?;
+    let assets = engine.model();
+    let ids = encode_chat(&assets.tokenizer, &assets.chat_template, &messages, true)?;
+    let requested = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(n), _) => Some(("max_completion_tokens", n)),
+        (None, Some(n)) => Some(("max_tokens", n)),
+        (None, None) => None,
+    };
+    let prompt = resolve_budget(ids, requested, None, engine.info().max_model_len)?;
+    build(model, vec![prompt], &req.sampling, top, engine)
+}
+
+/// `POST /v1/completions` → `ValidRequest`.
+pub fn validate_completion(
+    req: CompletionRequest,
+    engine: &EngineHandle,
+    served: &[String],
+) -> Result<ValidRequest, ApiError> {
+    let model = check_model(req.model.as_deref(), served)?;
+    refuse_unsupported(&req.unsupported, req.sampling.n)?;
+    let echo = req.echo.unwrap_or(false);
+    if echo && req.logprobs.is_some() {
+        return Err(unsupported(
+            "logprobs",
+            " together with `echo` (prompt log-probabilities are not computed)",
+        ));
+    }
+    let tokenizer = &engine.model().tokenizer;
+    let prompts: Vec<Vec<TokenId>> = match req.prompt {
+        None => return Err(invalid("prompt", "`prompt` is required".into())),
+        Some(PromptField::Text(text)) => vec![tokenizer.encode(&text, true, true)?],
+        Some(PromptField::Texts(texts)) => texts
+            .iter()
+            .map(|t| tokenizer.encode(t, true, true))
+            .collect::<Result<_, _>>()?,
+        Some(PromptField::Ids(ids)) => vec![ids],
+        Some(PromptField::IdLists(lists)) => lists,
+    };
+    if prompts.is_empty() {
+        return Err(invalid(
+            "prompt",
+            "`prompt` must not be an empty list".into(),
+        ));
+    }
+    let max_len = engine.info().max_model_len;
+    let requested = Some(("max_tokens", req.max_tokens.unwrap_or(16)));
+    let mut valid = Vec::with_capacity(prompts.len());
+    for ids in prompts {
+        if ids.is_empty() {
+            return Err(ApiError::Engine(EngineError::EmptyPrompt));
+        }
+        let echo_text = if echo {
+            Some(tokenizer.decode(&ids, false)?)
+        } else {
+            None
+        };
+        valid.push(resolve_budget(ids, requested, echo_text, max_len)?);
+    }
+    build(model, valid, &req.sampling, req.logprobs, engine)
+}
+
+/// The output budget: as requested (must fit), or whatever the context leaves.
+fn resolve_budget(
+    token_ids: Vec<TokenId>,
+    requested: Option<(&str, u64)>,
+    echo: Option<String>,
+    max_model_len: usize,
+) -> Result<ValidPrompt, ApiError> {
+    let prompt_tokens = token_ids.len();
+    let room = max_model_len.saturating_sub(prompt_tokens);
+    let max_tokens = match requested {
+        Some((field, 0)) => {
+            return Err(invalid(field, format!("`{field}` must be >= 1. Given: 0")))
+        }
+        Some((_, n)) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => room.max(1),
+    };
+    let total = prompt_tokens.saturating_add(max_tokens);
+    if total > max_model_len {
+        return Err(ApiError::Engine(EngineError::ContextLength {
+            max_model_len,
+            prompt_tokens,
+            max_tokens,
+            total,
+        }));
+    }
+    Ok(ValidPrompt {
+        token_ids,
+        max_tokens,
+        echo,
+    })
+}
+
+/// Shared tail of both validators: sampling, `n`, streaming options.
+fn build(
+    model: String,
+    prompts: Vec<ValidPrompt>,
+    f: &SamplingFields,
+    top_logprobs: Option<u64>,
+    engine: &EngineHandle,
+) -> Result<ValidRequest, ApiError> {
+    let n = f.n.unwrap_or(1);
+    let sequences = (n as usize).saturating_mul(prompts.len());
+    if n == 0 || sequences > MAX_SEQUENCES_PER_REQUEST {
+        return Err(invalid(
+            "n",
+            format!(
+                "`n` must be >= 1 and `n` × prompts must be <= {MAX_SEQUENCES_PER_REQUEST}. \
+                 Given: n = {n} with {} prompt(s)",
+                prompts.len()
+            ),
+        ));
+    }
+    let stream = f.stream.unwrap_or(false);
+    if f.stream_options.is_some() && !stream {
+        return Err(invalid(
+            "stream_options",
+            "`stream_options` is only allowed when `stream` is true".into(),
+        ));
+    }
+    let logprobs = top_logprobs.is_some();
+    let sampling = sampling_params(f, top_logprobs, engine.info().vocab)?;
+    sampling.validate()?;
+    Ok(ValidRequest {
+        model,
+        prompts,
+        n: n as usize,
+        sampling,
+        stream,
+        include_usage: f
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        logprobs,
+    })
+}
+
+fn sampling_params(
+    f: &SamplingFields,
+    top_logprobs: Option<u64>,
+    vocab: usize,
+) -> Result<SamplingParams, ApiError> {
+    let top_k = match f.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(invalid(
+                "top_k",
+                format!("`top_k` must be -1 (off) or >= 1. Given: {k}"),
+            ))
+        }
+    };
+    if let Some(k) = top_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS as u64) {
+        return Err(invalid(
+            "top_logprobs",
+            format!("`top_logprobs` must be <= {MAX_TOP_LOGPROBS}. Given: {k}"),
+        ));
+    }
+    if let Some(bad) = f
+        .stop_token_ids
+        .iter()
+        .flatten()
+        .find(|&&t| t as usize >= vocab)
+    {
+        return Err(invalid(
+            "stop_token_ids",
+            format!("`stop_token_ids` must be < {vocab} (the vocabulary size). Given: {bad}"),
+        ));
+    }
+    Ok(SamplingParams {
+        temperature: f.temperature.unwrap_or(1.0),
+        top_k,
+        top_p: f.top_p.unwrap_or(1.0),
+        min_p: f.min_p.unwrap_or(0.0),
+        repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: f.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+        logit_bias: logit_bias(f.logit_bias.as_ref(), vocab)?,
+        seed: f.seed.map(|s| s as u64),
+        stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
+        stop: match &f.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(v)) => v.clone(),
+        },
+        max_tokens: 1, // set per sequence by `ValidRequest::sampling_for`
+        min_tokens: f.min_tokens.unwrap_or(0) as usize,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+        logprobs: top_logprobs.map(|k| k as usize),
+    })
+}
+
+/// `logit_bias`: token id (as a string key) → bias in [-100, 100].
+fn logit_bias(
+    map: Option<&serde_json::Map<String, serde_json::Value>>,
+    vocab: usize,
+) -> Result<Vec<(TokenId, f32)>, ApiError> {
+    let Some(map) = map else {
+        return Ok(Vec::new());
+    };
+    map.iter()
+        .map(|(key, value)| {
+            let id = key
+                .parse::<TokenId>()
+                .ok()
+                .filter(|&id| (id as usize) < vocab);
+            let bias = value.as_f64().filter(|b| (-100.0..=100.0).contains(b));
+            match (id, bias) {
+                (Some(id), Some(bias)) => Ok((id, bias as f32)),
+                (None, _) => Err(invalid(
+                    "logit_bias",
+                    format!("`logit_bias` keys must be token ids < {vocab}. Given: {key:?}"),
+                )),
+                (_, None) => Err(invalid(
+                    "logit_bias",
+                    format!("`logit_bias` values must be numbers in [-100, 100]. Given: {value}"),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Refuses, by name, every known OpenAI/vLLM field tessera does not implement.
+fn refuse_unsupported(u: &UnsupportedFields, n: Option<u64>) -> Result<(), ApiError> {
+    use serde_json::Value;
+    let given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    let is_str = |v: &Option<Value>, ok: &[&str]| {
+        v.as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|s| ok.contains(&s))
+    };
+    let tools_given = u
+        .tools
+        .as_ref()
+        .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()));
+    if tools_given || u.functions.as_ref().is_some_and(|f| !f.is_null()) {
+        return Err(unsupported(
+            if tools_given { "tools" } else { "functions" },
+            ": tool calling is not implemented",
+        ));
+    }
+    if given(&u.tool_choice) && !is_str(&u.tool_choice, &["none", "auto"]) {
+        return Err(unsupported(
+            "tool_choice",
+            ": tool calling is not implemented",
+        ));
+    }
+    if given(&u.function_call) && !is_str(&u.function_call, &["none", "auto"]) {
+        return Err(unsupported(
+            "function_call",
+            ": tool calling is not implemented",
+        ));
+    }
+    if let Some(format) = u.response_format.as_ref().filter(|v| !v.is_null()) {
+        let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind != "text" {
+            return Err(unsupported(
+                "response_format",
+                &format!(" for type `{kind}` (structured output is not implemented; only `text`)"),
+            ));
+        }
+    }
+    if let Some(m) = u.modalities.as_ref().filter(|v| !v.is_null()) {
+        if m.as_array()
+            .is_none_or(|a| a.iter().any(|x| x.as_str() != Some("text")))
+        {
+            return Err(unsupported("modalities", ": only [\"text\"] is served"));
+        }
+    }
+    if let Some(best_of) = u.best_of.as_ref().filter(|v| !v.is_null()) {
+        if best_of.as_u64() != Some(n.unwrap_or(1)) {
+            return Err(unsupported(
+                "best_of",
+                &format!(" unless it equals `n`. Given: {best_of}"),
+            ));
+        }
+    }
+    if u.suffix
+        .as_ref()
+        .is_some_and(|s| !s.is_null() && s.as_str() != Some(""))
+    {
+        return Err(unsupported("suffix", " (insertion is not implemented)"));
+    }
+    for (name, value) in [
+        ("audio", &u.audio),
+        ("prediction", &u.prediction),
+        ("web_search_options", &u.web_search_options),
+        ("prompt_logprobs", &u.prompt_logprobs),
+        ("guided_json", &u.guided_json),
+        ("guided_regex", &u.guided_regex),
+        ("guided_choice", &u.guided_choice),
+        ("guided_grammar", &u.guided_grammar),
+        ("structured_outputs", &u.structured_outputs),
+    ] {
+        if given(value) {
+            return Err(unsupported(name, ""));
+        }
+    }
+    Ok(())
+}
+
+/// OpenAI messages → template messages (text only; `developer` is the system role).
+pub(crate) fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(invalid(
+            "messages",
+            "`messages` must hold at least one message".into(),
+        ));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_deref() {
+                Some("system") | Some("developer") => "system",
+                Some("user") => "user",
+                Some("assistant") => "assistant",
+                Some(other @ ("tool" | "function")) => {
+                    return Err(unsupported(&format!("messages[{i}].role"), &format!(" for role `{other}` (tool calling is not implemented)")))
+                }
+                Some(other) => {
+                    return Err(invalid(
+                        &format!("messages[{i}].role"),
+                        format!("`messages[{i}].role` must be one of system, developer, user, assistant. Given: {other:?}"),
+                    ))
+                }
+                None => return Err(invalid(&format!("messages[{i}].role"), format!("`messages[{i}].role` is required"))),
+            };
+            if m.tool_calls.as_ref().is_some_and(|t| !t.is_null()) || m.tool_call_id.is_some() {
+                return Err(unsupported(&format!("messages[{i}].tool_calls"), " (tool calling is not implemented)"));
+            }
+            let content = match m.content {
+                Some(MessageContent::Text(text)) => text,
+                Some(MessageContent::Parts(parts)) => text_parts(i, parts)?,
+                None if role == "assistant" => String::new(),
+                None => return Err(invalid(&format!("messages[{i}].content"), format!("`messages[{i}].content` is required for role `{role}`"))),
+            };
+            Ok(ChatMessage::new(role, content))
+        })
+        .collect()
+}
+
+fn text_parts(i: usize, parts: Vec<super::request::ContentPart>) -> Result<String, ApiError> {
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.into_iter().enumerate() {
+        let param = format!("messages[{i}].content[{j}]");
+        match (part.kind.as_str(), part.text) {
+            ("text", Some(text)) => texts.push(text),
+            ("text", None) => {
+                return Err(invalid(
+                    &param,
+                    format!("`{param}.text` is required for a text part"),
+                ))
+            }
+            (other, _) => {
+                return Err(unsupported(
+                    &format!("{param}.type"),
+                    &format!(" for `{other}` parts (only `text` is served)"),
+                ))
+            }
+        }
+    }
+    Ok(texts.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_defaults_to_what_the_context_leaves_and_checks_fit() {
+        let p = resolve_budget(vec![1; 10], None, None, 64).expect("fits");
+        assert_eq!(p.max_tokens, 54);
+        let err = resolve_budget(vec![1; 10], Some(("max_tokens", 60)), None, 64).unwrap_err();
+        assert!(err.to_string().contains("64"), "{err}");
+        assert!(err.to_string().contains("70"), "{err}");
+        let zero = resolve_budget(vec![1; 10], Some(("max_tokens", 0)), None, 64).unwrap_err();
+        assert_eq!(zero.to_string(), "`max_tokens` must be >= 1. Given: 0");
+    }
+
+    #[test]
+    fn unknown_model_is_named() {
+        let served = vec!["a".to_string()];
+        assert_eq!(check_model(Some("a"), &served).expect("served"), "a");
+        let err = check_model(Some("b"), &served).unwrap_err();
+        assert!(matches!(err, ApiError::ModelNotFound { .. }));
+        assert!(matches!(
+            check_model(None, &served),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_by_name() {
+        let refuse = |json: serde_json::Value| {
+            let u: UnsupportedFields = serde_json::from_value(json).expect("parses");
+            refuse_unsupported(&u, None).err().map(|e| e.to_string())
+        };
+        assert!(refuse(serde_json::json!({"tools": [{"type": "function"}]}))
+            .is_some_and(|m| m.starts_with("`tools`")));
+        assert!(
+            refuse(serde_json::json!({"response_format": {"type": "json_schema"}}))
+                .is_some_and(|m| m.contains("json_schema"))
+        );
+        assert!(refuse(serde_json::json!({"best_of": 3})).is_some());
+        assert!(refuse(serde_json::json!({"response_format": {"type": "text"}, "tools": [], "tool_choice": "none"})).is_none());
+    }
+
+    #[test]
+    fn messages_map_roles_and_text_parts() {
+        let msgs: Vec<ChatMessageIn> = serde_json::from_value(serde_json::json!([
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        ]))
+        .expect("parses");
+        let out = chat_messages(msgs).expect("valid");
+        assert_eq!(
+            out,
+            vec![
+                ChatMessage::new("system", "be brief"),
+                ChatMessage::new("user", "a\nb")
+            ]
+        );
+        let image: Vec<ChatMessageIn> = serde_json::from_value(serde_json::json!([
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+        ]))
+        .expect("parses");
+        let err = chat_messages(image).unwrap_err().to_string();
+        assert!(err.contains("messages[0].content[0].type"), "{err}");
+        let tool: Vec<ChatMessageIn> =
+            serde_json::from_value(serde_json::json!([{"role": "tool", "content": "x"}]))
+                .expect("parses");
+        assert!(matches!(
+            chat_messages(tool),
+            Err(ApiError::Unsupported { .. })
+        ));
+    }
+}
