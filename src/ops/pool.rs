@@ -183,14 +183,18 @@ fn worker_loop(s: &Shared) {
 
 /// Spins, then parks, until the epoch moves past `seen`; returns the new epoch.
 fn wait_for_region(s: &Shared, seen: usize) -> usize {
-    let spin_until = Instant::now() + SPIN_LIMIT;
+    let mut spin_until = None;
     let mut backoff = Backoff::default();
     loop {
         let epoch = s.epoch.load(Ordering::Acquire);
         if epoch != seen {
             return epoch;
         }
-        if Instant::now() < spin_until {
+        // Read the clock only once spinning turned into yielding (it costs a syscall-free
+        // but not free vDSO call).
+        if !backoff.yielding()
+            || Instant::now() < *spin_until.get_or_insert_with(|| Instant::now() + SPIN_LIMIT)
+        {
             backoff.snooze();
             continue;
         }
@@ -210,6 +214,10 @@ struct Backoff {
 
 impl Backoff {
     const SPINS_BEFORE_YIELD: u32 = 256;
+
+    fn yielding(&self) -> bool {
+        self.spins >= Self::SPINS_BEFORE_YIELD
+    }
 
     fn snooze(&mut self) {
         if self.spins < Self::SPINS_BEFORE_YIELD {

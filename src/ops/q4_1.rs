@@ -114,10 +114,10 @@ mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     fn to_f32(h: f16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+        // SAFETY: only called from this module's F16C-enabled kernels.
+        unsafe { crate::ops::qdot::x86::f16_to_f32(h) }
     }
 
     /// 32 nibbles → 32 bytes (low nibbles first, then high nibbles).
