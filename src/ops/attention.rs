@@ -18,7 +18,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
 
-use super::ggml_math::{dot_f16, expf, reduce16, reduce64, F16_STEP, LANES};
+use super::ggml_math::{dot_f16, expf, reduce16, F16_STEP, LANES};
 use super::pool;
 use super::quant::SendPtr;
 
@@ -117,18 +117,21 @@ fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: S
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("f16c")
+        {
             // SAFETY: FMA is available (checked above).
             return unsafe { attend_fma(inp, seq, t, kvh, out, &mut scratch) };
         }
-        attend(inp, seq, t, kvh, out, &mut scratch)
+        attend::<false>(inp, seq, t, kvh, out, &mut scratch)
     })
 }
 
 /// `attend` compiled with FMA (a closure would not inherit the feature, so the scratch
 /// is passed in).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_fma(
     inp: &AttnInputs<'_>,
     seq: &AttnSeq,
@@ -137,11 +140,13 @@ unsafe fn attend_fma(
     out: SendPtr<f32>,
     scratch: &mut [Vec<f32>; 4],
 ) {
-    attend(inp, seq, t, kvh, out, scratch)
+    attend::<true>(inp, seq, t, kvh, out, scratch)
 }
 
+/// One unit. `SIMD`: called from `attend_fma` (AVX2, FMA, F16C available) and allowed
+/// to use intrinsics; both variants give identical bits.
 #[inline(always)]
-fn attend(
+fn attend<const SIMD: bool>(
     inp: &AttnInputs<'_>,
     seq: &AttnSeq,
     t: usize,
@@ -171,41 +176,112 @@ fn attend(
     // scores[g, pos] = (q_g · k_pos) * scale
     for pos in 0..n_ctx {
         let at = slot_of(pos);
-        inp.k_cache[at..at + hd].convert_to_f32_slice(kv_row);
+        widen::<SIMD>(&inp.k_cache[at..at + hd], kv_row);
         for g in 0..group {
-            scores[g * n_ctx + pos] = dot_f16(kv_row, &q16[g * hd..(g + 1) * hd]) * scale;
+            scores[g * n_ctx + pos] = dot::<SIMD>(kv_row, &q16[g * hd..(g + 1) * hd]) * scale;
         }
     }
     for probs in scores.chunks_exact_mut(n_ctx) {
         softmax_in_place(probs);
         round_in_place_to_f16(probs);
     }
-    // V accumulation in ggml_vec_dot_f16's order: position p feeds lane p % 64.
-    acc.fill(0.0);
-    for pos in 0..n_ctx {
-        let at = slot_of(pos);
-        inp.v_cache[at..at + hd].convert_to_f32_slice(kv_row);
-        let lane = pos % F16_STEP;
-        for g in 0..group {
-            let p = scores[g * n_ctx + pos];
-            let dst = &mut acc[(g * F16_STEP + lane) * hd..][..hd];
-            for (a, &v) in dst.iter_mut().zip(kv_row.iter()) {
-                *a = v.mul_add(p, *a);
-            }
-        }
-    }
+    accumulate_v::<SIMD>(inp, n_ctx, group, &slot_of, scores, kv_row, acc);
     for g in 0..group {
         let h = kvh * group + g;
-        let dst = (row * inp.n_heads + h) * hd;
-        for d in 0..hd {
-            let mut lanes = [0f32; F16_STEP];
-            for (l, v) in lanes.iter_mut().enumerate() {
-                *v = acc[(g * F16_STEP + l) * hd + d];
+        let lanes = &mut acc[g * F16_STEP * hd..(g + 1) * F16_STEP * hd];
+        fold_lanes(lanes, hd);
+        // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(out.get().add((row * inp.n_heads + h) * hd), hd)
+        };
+        dst.copy_from_slice(&lanes[..hd]);
+    }
+}
+
+/// `acc[g, lane, :]` = the V rows weighted by `probs[g, pos]`, position `pos` feeding lane
+/// `pos % 64` (`ggml_vec_dot_f16`'s order): a lane's first product is stored (an FMA
+/// onto zero), later ones fused in; lanes no position reaches are zeroed.
+#[inline(always)]
+fn accumulate_v<const SIMD: bool>(
+    inp: &AttnInputs<'_>,
+    n_ctx: usize,
+    group: usize,
+    slot_of: &impl Fn(usize) -> usize,
+    probs: &[f32],
+    kv_row: &mut [f32],
+    acc: &mut [f32],
+) {
+    let hd = kv_row.len();
+    for pos in 0..n_ctx {
+        let at = slot_of(pos);
+        widen::<SIMD>(&inp.v_cache[at..at + hd], kv_row);
+        let lane = pos % F16_STEP;
+        for g in 0..group {
+            let p = probs[g * n_ctx + pos];
+            let dst = &mut acc[(g * F16_STEP + lane) * hd..][..hd];
+            if pos < F16_STEP {
+                for (a, &v) in dst.iter_mut().zip(kv_row.iter()) {
+                    *a = v * p;
+                }
+            } else {
+                for (a, &v) in dst.iter_mut().zip(kv_row.iter()) {
+                    *a = v.mul_add(p, *a);
+                }
             }
-            // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
-            unsafe { *out.get().add(dst + d) = reduce64(&lanes) };
         }
     }
+    if n_ctx < F16_STEP {
+        for g in 0..group {
+            acc[(g * F16_STEP + n_ctx) * hd..(g + 1) * F16_STEP * hd].fill(0.0);
+        }
+    }
+}
+
+/// Folds 64 lanes `[64, hd]` into lane 0 exactly as `ggml_math::reduce64` does, for all
+/// `hd` outputs at once (element-wise over `hd`, so it vectorizes).
+#[inline(always)]
+fn fold_lanes(lanes: &mut [f32], hd: usize) {
+    let add_into = |lanes: &mut [f32], dst: usize, a: usize, b: usize| {
+        for d in 0..hd {
+            lanes[dst * hd + d] = lanes[a * hd + d] + lanes[b * hd + d];
+        }
+    };
+    for l in 0..LANES {
+        add_into(lanes, l, l, 2 * LANES + l); // x0 = a[l] + a[l+32]
+        add_into(lanes, LANES + l, LANES + l, 3 * LANES + l); // x1 = a[l+16] + a[l+48]
+        add_into(lanes, l, l, LANES + l); // x = x0 + x1
+    }
+    for i in 0..8 {
+        add_into(lanes, i, i + 8, i);
+    }
+    for i in 0..4 {
+        add_into(lanes, i, i + 4, i);
+    }
+    add_into(lanes, 0, 0, 2);
+    add_into(lanes, 1, 1, 3);
+    add_into(lanes, 0, 0, 1);
+}
+
+/// f16 K/V row → f32.
+#[inline(always)]
+fn widen<const SIMD: bool>(src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if SIMD && src.len() % 8 == 0 {
+        // SAFETY: SIMD is only true inside `attend_fma` (F16C checked by its caller).
+        return unsafe { super::ggml_math::x86::widen_f16(src, dst) };
+    }
+    src.convert_to_f32_slice(dst);
+}
+
+/// `ggml_vec_dot_f16` of a K row and a query head.
+#[inline(always)]
+fn dot<const SIMD: bool>(k: &[f32], q: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if SIMD && k.len() % F16_STEP == 0 {
+        // SAFETY: SIMD is only true inside `attend_fma` (AVX2/FMA checked by its caller).
+        return unsafe { super::ggml_math::x86::dot_f16_steps(k, q, k.len()) };
+    }
+    dot_f16(k, q)
 }
 
 /// `dst[i] = f16(src[i])` widened back to f32.

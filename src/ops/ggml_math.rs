@@ -123,6 +123,53 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     sum
 }
 
+/// x86 versions of the hot helpers, bit-identical to the scalar ones above.
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use super::F16_STEP;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// f16 → f32 for a row whose length is a multiple of 8.
+    ///
+    /// # Safety
+    /// The CPU must support F16C and AVX; `dst.len() >= src.len()`.
+    #[inline(always)]
+    pub unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
+        debug_assert!(src.len() % 8 == 0 && dst.len() >= src.len());
+        for i in (0..src.len()).step_by(8) {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+
+    /// `super::dot_f16` for rows whose length is a multiple of 64 (no leftovers).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; both rows hold at least `len` elements, with
+    /// `len % 64 == 0`.
+    #[inline(always)]
+    pub unsafe fn dot_f16_steps(x: &[f32], y: &[f32], len: usize) -> f32 {
+        debug_assert!(len % F16_STEP == 0 && x.len() >= len && y.len() >= len);
+        let (px, py) = (x.as_ptr(), y.as_ptr());
+        let mut a = [_mm256_setzero_ps(); 8];
+        for step in (0..len).step_by(F16_STEP) {
+            for (j, acc) in a.iter_mut().enumerate() {
+                let o = step + 8 * j;
+                *acc =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(px.add(o)), _mm256_loadu_ps(py.add(o)), *acc);
+            }
+        }
+        // reduce64: lanes l and l+32, l+16 and l+48, then the two halves; then reduce16.
+        let x_lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+        let x_hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+        let t3 = _mm256_add_ps(x_hi, x_lo);
+        let t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+        let u = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+        _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +201,31 @@ mod tests {
         acc[32] = 4.0;
         acc[16] = 5.0;
         assert_eq!(reduce64(&acc), 12.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_dot_steps_are_bit_identical_to_the_scalar_order() {
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            eprintln!("skipped: no AVX2/FMA");
+            return;
+        }
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+        };
+        for len in [64usize, 128, 256] {
+            for _ in 0..200 {
+                let x: Vec<f32> = (0..len).map(|_| next()).collect();
+                let y: Vec<f32> = (0..len).map(|_| next()).collect();
+                // SAFETY: features checked above; len % 64 == 0.
+                let simd = unsafe { x86::dot_f16_steps(&x, &y, len) };
+                assert_eq!(simd.to_bits(), dot_f16(&x, &y).to_bits(), "len {len}");
+            }
+        }
     }
 
     #[test]
