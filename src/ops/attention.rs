@@ -266,7 +266,7 @@ fn fold_lanes(lanes: &mut [f32], hd: usize) {
 #[inline(always)]
 fn widen<const SIMD: bool>(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if SIMD && src.len() % 8 == 0 {
+    if SIMD && src.len().is_multiple_of(8) {
         // SAFETY: SIMD is only true inside `attend_fma` (F16C checked by its caller).
         return unsafe { super::ggml_math::x86::widen_f16(src, dst) };
     }
@@ -277,7 +277,7 @@ fn widen<const SIMD: bool>(src: &[f16], dst: &mut [f32]) {
 #[inline(always)]
 fn dot<const SIMD: bool>(k: &[f32], q: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if SIMD && k.len() % F16_STEP == 0 {
+    if SIMD && k.len().is_multiple_of(F16_STEP) {
         // SAFETY: SIMD is only true inside `attend_fma` (AVX2/FMA checked by its caller).
         return unsafe { super::ggml_math::x86::dot_f16_steps(k, q, k.len()) };
     }

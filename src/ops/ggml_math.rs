@@ -136,7 +136,7 @@ pub mod x86 {
     /// The CPU must support F16C and AVX; `dst.len() >= src.len()`.
     #[inline(always)]
     pub unsafe fn widen_f16(src: &[f16], dst: &mut [f32]) {
-        debug_assert!(src.len() % 8 == 0 && dst.len() >= src.len());
+        debug_assert!(src.len().is_multiple_of(8) && dst.len() >= src.len());
         for i in (0..src.len()).step_by(8) {
             let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
             _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
@@ -150,7 +150,7 @@ pub mod x86 {
     /// `len % 64 == 0`.
     #[inline(always)]
     pub unsafe fn dot_f16_steps(x: &[f32], y: &[f32], len: usize) -> f32 {
-        debug_assert!(len % F16_STEP == 0 && x.len() >= len && y.len() >= len);
+        debug_assert!(len.is_multiple_of(F16_STEP) && x.len() >= len && y.len() >= len);
         let (px, py) = (x.as_ptr(), y.as_ptr());
         let mut a = [_mm256_setzero_ps(); 8];
         for step in (0..len).step_by(F16_STEP) {
