@@ -96,14 +96,15 @@ fn matching<'a>(
     })
 }
 
-/// A `GET` on a fresh connection: status and body.
+/// A `GET` on a fresh connection: status and body. HTTP/1.0, so the body is never
+/// chunked (the server closes the connection after it).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
-    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let head = format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n");
     stream.write_all(head.as_bytes()).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
