@@ -3,11 +3,16 @@
 # tokenizer vectors (package registries only), builds once in release and runs every test,
 # then the official OpenAI SDK tests (tests/python) against the release binary, in a venv
 # with the pinned packages of tests/python/requirements.txt (PyPI; cached between runs).
+# The Grafana dashboard is checked against a real Prometheus (Debian's `prometheus`
+# package, installed with apt when missing) in tests/prometheus_dashboard.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-model.sh >/dev/null
 scripts/fetch-test-data.sh >/dev/null
+# Prometheus for tests/prometheus_dashboard.rs (Debian's package, installed with apt when
+# missing; fails here with the reason when it cannot be installed).
+scripts/prometheus.sh install >/dev/null
 
 cargo build --release --locked --workspace --all-targets
 cargo test --release --locked --workspace --all-targets

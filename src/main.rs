@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tessera::config::{default_model_path, parse_bytes, EngineConfig};
 use tessera::engine::request::SamplingParams;
+use tessera::metrics::MetricsCompat;
+use tessera::server::logging::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -124,6 +126,15 @@ struct ServeArgs {
     /// Seconds between SSE keep-alive comments while a stream has nothing to send.
     #[arg(long, env = "TESSERA_SSE_KEEPALIVE", default_value_t = 10.0)]
     sse_keepalive: f64,
+    /// Log line format: `text` or `json` (one object per line).
+    #[arg(long, env = "TESSERA_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Also log each request's prompt and output text (off: token counts only).
+    #[arg(long, env = "TESSERA_LOG_REQUESTS")]
+    log_requests: bool,
+    /// Also export vLLM's metric names (`vllm`), e.g. `vllm:num_requests_waiting`.
+    #[arg(long, env = "TESSERA_METRICS_COMPAT", default_value = "none")]
+    metrics_compat: MetricsCompat,
 }
 
 impl ServeArgs {
@@ -145,6 +156,8 @@ impl ServeArgs {
             shutdown_timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
             max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
             sse_keepalive: keepalive,
+            log_requests: self.log_requests,
+            metrics_compat: self.metrics_compat,
         })
     }
 }
@@ -201,22 +214,11 @@ impl SamplingArgs {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve { engine, server } => {
-            init_logging();
+            tessera::server::logging::init(server.log_format);
             let (path, cfg) = engine.config();
             server
                 .config()

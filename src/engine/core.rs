@@ -5,8 +5,13 @@
 //! Invariant: a request has an output channel exactly while the scheduler holds it. A
 //! closed channel (the consumer left) aborts the request at the start of the next step,
 //! which frees its blocks in that same step.
+//!
+//! Timing for metrics: the clock is read twice per step (after `schedule`, after
+//! `update`), never per token; each output carries its request's first-scheduled time
+//! and the step's end time (`OutputTiming`).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -14,13 +19,13 @@ use super::request::{Request, RequestId};
 use super::sampler::{self, SamplerScratch, SeqRng};
 use crate::error::EngineError;
 use crate::runner::ModelRunner;
-use crate::scheduler::output::{ModelRunnerOutput, RequestOutput};
+use crate::scheduler::output::{ModelRunnerOutput, OutputTiming, RequestOutput};
 use crate::scheduler::Scheduler;
 
 /// What the engine sends a request's consumer.
 #[derive(Debug)]
 pub enum EngineEvent {
-    Output(RequestOutput),
+    Output(RequestOutput, OutputTiming),
     Error(EngineError),
 }
 
@@ -37,6 +42,8 @@ pub struct EngineCore {
     runner: ModelRunner,
     outputs: HashMap<RequestId, UnboundedSender<EngineEvent>>,
     rngs: HashMap<RequestId, SeqRng>,
+    /// When each request was first scheduled (absent until then).
+    first_scheduled: HashMap<RequestId, Instant>,
     scratch: SamplerScratch,
 }
 
@@ -47,6 +54,7 @@ impl EngineCore {
             runner,
             outputs: HashMap::new(),
             rngs: HashMap::new(),
+            first_scheduled: HashMap::new(),
             scratch: SamplerScratch::new(),
         }
     }
@@ -74,8 +82,12 @@ impl EngineCore {
     pub fn abort_request(&mut self, id: RequestId) {
         let last = self.scheduler.abort_request(id);
         self.rngs.remove(&id);
+        let timing = OutputTiming {
+            first_scheduled: self.first_scheduled.remove(&id),
+            produced: Instant::now(),
+        };
         if let (Some(out), Some(last)) = (self.outputs.remove(&id), last) {
-            let _ = out.send(EngineEvent::Output(last));
+            let _ = out.send(EngineEvent::Output(last, timing));
         }
     }
 
@@ -116,6 +128,10 @@ impl EngineCore {
             num_seqs: so.scheduled.len(),
             num_preempted: so.preempted.len(),
         };
+        let scheduled_at = Instant::now();
+        for s in &so.scheduled {
+            self.first_scheduled.entry(s.req_id).or_insert(scheduled_at);
+        }
         let step = self.runner.execute(&so, &self.scheduler);
         let mut sampled = Vec::with_capacity(step.ids.len());
         for (&id, row) in step
@@ -133,16 +149,20 @@ impl EngineCore {
         let outputs = self
             .scheduler
             .update_from_output(&so, &ModelRunnerOutput { sampled });
-        self.emit(outputs);
+        self.emit(outputs, Instant::now());
         stats
     }
 
-    fn emit(&mut self, outputs: Vec<RequestOutput>) {
+    fn emit(&mut self, outputs: Vec<RequestOutput>, produced: Instant) {
         for out in outputs {
             let id = out.req_id;
             let finished = out.finish_reason.is_some();
+            let timing = OutputTiming {
+                first_scheduled: self.first_scheduled.get(&id).copied(),
+                produced,
+            };
             if let Some(tx) = self.outputs.get(&id) {
-                let delivered = tx.send(EngineEvent::Output(out)).is_ok();
+                let delivered = tx.send(EngineEvent::Output(out, timing)).is_ok();
                 if !delivered && !finished {
                     self.abort_request(id);
                     continue;
@@ -151,6 +171,7 @@ impl EngineCore {
             if finished {
                 self.outputs.remove(&id);
                 self.rngs.remove(&id);
+                self.first_scheduled.remove(&id);
             }
         }
     }

@@ -3,16 +3,18 @@
 //! events. The HTTP layer and the CLI both use only this API.
 //!
 //! The engine thread blocks on its command channel when idle and otherwise drains it
-//! between steps, so adds and aborts take effect at the next step boundary.
+//! between steps, so adds and aborts take effect at the next step boundary. After every
+//! step that ran tokens it reports the step to the `StepObserver`, if one is set.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::unbounded_channel;
 
-use super::core::EngineCore;
+use super::core::{EngineCore, StepStats};
 use super::request::{Request, RequestId, SamplingParams, TokenId};
 use super::stream::RequestStream;
 use crate::config::EngineConfig;
@@ -83,6 +85,15 @@ impl EngineGauges {
     }
 }
 
+/// Told about every engine step that ran tokens, on the engine thread: implementations
+/// must be cheap and must not block (metrics use atomics).
+pub trait StepObserver: Send + Sync {
+    fn on_step(&self, stats: &StepStats, duration: Duration);
+}
+
+/// The engine thread's observer slot (set at most once, read every step).
+type ObserverSlot = OnceLock<Arc<dyn StepObserver>>;
+
 /// Cheap to clone; every clone talks to the same engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -90,6 +101,7 @@ pub struct EngineHandle {
     next_id: Arc<AtomicU64>,
     info: Arc<EngineInfo>,
     gauges: Arc<EngineGauges>,
+    observer: Arc<ObserverSlot>,
     model: Arc<ModelAssets>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
@@ -137,17 +149,19 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
     );
     let (tx, rx) = mpsc::channel();
     let gauges = Arc::new(EngineGauges::default());
-    let thread_gauges = gauges.clone();
+    let observer = Arc::new(ObserverSlot::new());
+    let (thread_gauges, thread_observer) = (gauges.clone(), observer.clone());
     let core = EngineCore::new(scheduler, runner);
     let thread = std::thread::Builder::new()
         .name("tessera-engine".into())
-        .spawn(move || run_loop(core, rx, &thread_gauges))
+        .spawn(move || run_loop(core, rx, &thread_gauges, &thread_observer))
         .map_err(|e| ModelError::Invalid(format!("cannot start the engine thread: {e}")))?;
     Ok(EngineHandle {
         commands: tx,
         next_id: Arc::new(AtomicU64::new(1)),
         info: Arc::new(info),
         gauges,
+        observer,
         model: Arc::new(assets),
         thread: Arc::new(std::sync::Mutex::new(Some(thread))),
     })
@@ -163,7 +177,12 @@ fn init_compute_threads(requested: usize) {
     crate::ops::pool::init(n);
 }
 
-fn run_loop(mut core: EngineCore, commands: Receiver<Command>, gauges: &EngineGauges) {
+fn run_loop(
+    mut core: EngineCore,
+    commands: Receiver<Command>,
+    gauges: &EngineGauges,
+    observer: &ObserverSlot,
+) {
     loop {
         if !core.has_unfinished_requests() {
             match commands.recv() {
@@ -181,7 +200,11 @@ fn run_loop(mut core: EngineCore, commands: Receiver<Command>, gauges: &EngineGa
             }
         }
         gauges.publish(core.scheduler());
-        core.step();
+        let started = Instant::now();
+        let stats = core.step();
+        if let Some(observer) = observer.get().filter(|_| stats.num_tokens > 0) {
+            observer.on_step(&stats, started.elapsed());
+        }
         gauges.publish(core.scheduler());
     }
 }
@@ -208,6 +231,11 @@ impl EngineHandle {
         &self.gauges
     }
 
+    /// Installs the observer of engine steps; false when one was already set.
+    pub fn set_step_observer(&self, observer: Arc<dyn StepObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
     /// The loaded model's tokenizer, chat template and metadata.
     pub fn model(&self) -> &ModelAssets {
         &self.model
@@ -229,6 +257,7 @@ impl EngineHandle {
             sampling,
             self.info.eos_token_ids.clone(),
         );
+        let arrival = req.arrival;
         let (tx, rx) = unbounded_channel();
         self.commands
             .send(Command::Add(Box::new(req), tx))
@@ -240,6 +269,7 @@ impl EngineHandle {
             self.model.clone(),
             stops,
             num_prompt,
+            arrival,
         ))
     }
 

@@ -2,9 +2,14 @@
 //! text with the incremental detokenizer and applies stop strings, off the engine thread.
 //! A stop string ends the stream (its text is not emitted) and aborts the request in the
 //! engine; dropping an unfinished stream aborts it too.
+//!
+//! Each event also says which latencies it settles (`EventTiming`): token times are the
+//! engine's step-end times (`OutputTiming::produced`), the request's arrival is when it
+//! was submitted, and its end is when the finishing event reaches this consumer.
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -15,6 +20,7 @@ use super::request::{FinishReason, RequestId, TokenId, TokenLogprobs};
 use super::sampler::StopStringMatcher;
 use crate::error::EngineError;
 use crate::model::ModelAssets;
+use crate::scheduler::output::OutputTiming;
 
 /// Token accounting of a request so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +41,98 @@ pub struct TokenEvent {
     pub logprobs: Option<Vec<TokenLogprobs>>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Usage,
+    pub timing: EventTiming,
+}
+
+/// The latencies one event settles (for metrics and logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EventTiming {
+    /// Arrival → first token produced; on the event carrying the first token.
+    pub time_to_first_token: Option<Duration>,
+    /// Since the previous token was produced; on every later event with tokens.
+    pub inter_token_latency: Option<Duration>,
+    /// The whole request's phases; on the finishing event.
+    pub request: Option<RequestTimings>,
+}
+
+/// A finished request's phases (vLLM v1's definitions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestTimings {
+    /// Arrival → first scheduled (its whole life when it never ran).
+    pub queue: Duration,
+    /// First scheduled → first token (zero without a token).
+    pub prefill: Duration,
+    /// First token → last token.
+    pub decode: Duration,
+    /// Arrival → the finishing event reaching the consumer.
+    pub e2e: Duration,
+    /// Arrival → first token; `None` without a token.
+    pub time_to_first_token: Option<Duration>,
+    /// `decode / (tokens - 1)`, with at least two tokens.
+    pub time_per_output_token: Option<Duration>,
+}
+
+/// The instants a request's latencies are computed from.
+#[derive(Debug, Clone, Copy)]
+struct TokenClock {
+    arrival: Instant,
+    first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+impl TokenClock {
+    fn new(arrival: Instant) -> Self {
+        Self {
+            arrival,
+            first_scheduled: None,
+            first_token: None,
+            last_token: None,
+        }
+    }
+
+    /// Notes one engine output (`has_tokens`: it delivers tokens to the client).
+    fn on_output(&mut self, timing: &OutputTiming, has_tokens: bool) -> EventTiming {
+        self.first_scheduled = self.first_scheduled.or(timing.first_scheduled);
+        let mut ev = EventTiming::default();
+        if has_tokens {
+            match self.last_token {
+                None => {
+                    self.first_token = Some(timing.produced);
+                    ev.time_to_first_token = Some(since(self.arrival, timing.produced));
+                }
+                Some(last) => ev.inter_token_latency = Some(since(last, timing.produced)),
+            }
+            self.last_token = Some(timing.produced);
+        }
+        ev
+    }
+
+    /// The phases of a request that ends now with `num_tokens` generated tokens.
+    fn finish(&self, num_tokens: usize) -> RequestTimings {
+        let now = Instant::now();
+        let scheduled = self.first_scheduled.unwrap_or(now);
+        let first = self.first_token.unwrap_or(now);
+        let decode = match (self.first_token, self.last_token) {
+            (Some(first), Some(last)) => since(first, last),
+            _ => Duration::ZERO,
+        };
+        RequestTimings {
+            queue: since(self.arrival, scheduled),
+            prefill: self
+                .first_token
+                .map_or(Duration::ZERO, |_| since(scheduled, first)),
+            decode,
+            e2e: since(self.arrival, now),
+            time_to_first_token: self.first_token.map(|t| since(self.arrival, t)),
+            time_per_output_token: (num_tokens >= 2).then(|| decode / (num_tokens as u32 - 1)),
+        }
+    }
+}
+
+/// `later - earlier`, zero when the clock says otherwise.
+fn since(earlier: Instant, later: Instant) -> Duration {
+    later.saturating_duration_since(earlier)
 }
 
 pub struct RequestStream {
@@ -45,6 +143,7 @@ pub struct RequestStream {
     detok: IncrementalDetokenizer,
     stops: StopStringMatcher,
     usage: Usage,
+    clock: TokenClock,
     finished: bool,
 }
 
@@ -56,6 +155,7 @@ impl RequestStream {
         model: Arc<ModelAssets>,
         stops: Vec<String>,
         num_prompt_tokens: usize,
+        arrival: Instant,
     ) -> Self {
         Self {
             id,
@@ -68,6 +168,7 @@ impl RequestStream {
                 prompt_tokens: num_prompt_tokens,
                 ..Usage::default()
             },
+            clock: TokenClock::new(arrival),
             finished: false,
         }
     }
@@ -134,12 +235,12 @@ impl RequestStream {
 
     /// Turns one engine event into a client event (None: nothing to report yet).
     fn process(&mut self, ev: EngineEvent) -> Option<Result<TokenEvent, EngineError>> {
-        let out = match ev {
+        let (out, engine_timing) = match ev {
             EngineEvent::Error(e) => {
                 self.finished = true;
                 return Some(Err(e));
             }
-            EngineEvent::Output(out) => out,
+            EngineEvent::Output(out, timing) => (out, timing),
         };
         self.usage.cached_tokens = out.num_cached_tokens;
         let mut text = String::new();
@@ -169,6 +270,10 @@ impl RequestStream {
             text.push_str(&self.stops.flush());
         }
         self.finished = finish.is_some();
+        let mut timing = self.clock.on_output(&engine_timing, kept > 0);
+        if self.finished {
+            timing.request = Some(self.clock.finish(self.usage.completion_tokens));
+        }
         Some(Ok(TokenEvent {
             token_ids: out.new_token_ids[..kept].to_vec(),
             text,
@@ -178,6 +283,7 @@ impl RequestStream {
             }),
             finish_reason: finish,
             usage: self.usage,
+            timing,
         }))
         .filter(|ev| !(ev.as_ref().is_ok_and(is_empty_event)))
     }

@@ -1,5 +1,7 @@
 //! What the scheduler hands to the runner each step, and what comes back.
 
+use std::time::Instant;
+
 use crate::engine::request::{FinishReason, RequestId, SampledToken, TokenId};
 
 /// One request's share of a step.
@@ -45,4 +47,15 @@ pub struct RequestOutput {
     pub num_prompt_tokens: usize,
     /// Prompt tokens served from the prefix cache.
     pub num_cached_tokens: usize,
+}
+
+/// When a `RequestOutput` came to be, on the engine's clock (for latency metrics). The
+/// engine reads the clock once per step, never per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputTiming {
+    /// When the request was first scheduled (`None`: it never ran, e.g. aborted while
+    /// waiting). Preemption does not reset it.
+    pub first_scheduled: Option<Instant>,
+    /// End of the step that produced the output (for an abort: when it was aborted).
+    pub produced: Instant,
 }

@@ -1,9 +1,12 @@
 //! What every request passes through before and after its handler: the request id
 //! (`X-Request-Id`, accepted or made, always returned and logged), API-key checks, the
-//! body size limit, JSON parsing with field paths in errors, and the mapping of
-//! `ApiError` into responses (through `error::http_error`, the one mapping).
+//! body size limit, JSON parsing with field paths in errors, the mapping of `ApiError`
+//! into responses (through `error::http_error`, the one mapping), and the HTTP metrics:
+//! count and time to response head by route pattern and status, plus the failures of
+//! generation requests refused before admission (admitted ones are counted by their
+//! `observe::RequestRecord`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -13,9 +16,11 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
+use super::observe::{is_admitted, GENERATION_ROUTES};
 use super::request::{JsonBody, PathError};
 use super::state::AppState;
 use crate::error::{http_error, ApiError};
+use crate::metrics::{FailureReason, ROUTE_UNMATCHED};
 
 /// The request id header (accepted from the client, else made; always returned).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -73,8 +78,8 @@ pub async fn gate(
             .insert(header::HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
     let status = res.status().as_u16();
-    if let (Some(state), Some(reason)) = (&state, rejection_reason(status)) {
-        state.metrics.record_rejected(reason);
+    if let Some(state) = &state {
+        record_http(state, res.request(), status, started.elapsed());
     }
     tracing::info!(
         request_id = %id,
@@ -87,14 +92,18 @@ pub async fn gate(
     Ok(res)
 }
 
-/// Refusals counted in `REQUESTS_REJECTED_TOTAL`, by status.
-fn rejection_reason(status: u16) -> Option<&'static str> {
-    match status {
-        401 => Some("invalid_api_key"),
-        413 => Some("request_too_large"),
-        429 => Some("queue_full"),
-        503 => Some("unavailable"),
-        _ => None,
+/// HTTP metrics of one answered request; a generation request refused before admission
+/// also counts as a failure.
+fn record_http(state: &AppState, req: &HttpRequest, status: u16, elapsed: Duration) {
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| ROUTE_UNMATCHED.to_string());
+    state.metrics.record_http(&route, status, elapsed);
+    let generation = GENERATION_ROUTES.contains(&route.as_str());
+    if generation && status >= 400 && !is_admitted(req) {
+        state
+            .metrics
+            .record_failure(FailureReason::from_status(status));
     }
 }
 

@@ -9,11 +9,14 @@
 //! Invariants: a `Generation` owns its admission `Permit` and its streams, so dropping it
 //! at any point (client gone, error) aborts every unfinished sequence and returns its
 //! admission slots. Choice `p * n + c` is choice `c` of prompt `p` (OpenAI's order).
+//! Every event and error of every choice passes through `ChoiceStream::next`, which
+//! hands it to the request's `RequestRecord` (metrics, outcome, log line).
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::observe::RequestRecord;
 use super::response::{ChoiceOutput, ResponseMeta};
 use super::state::{AppState, Permit};
 use super::validate::ValidRequest;
@@ -41,12 +44,26 @@ pub struct ChoiceStream {
     state: ChoiceState,
     /// Choice 0 of a prompt with `n` > 1: tells the others its prompt is cached.
     announce: Option<watch::Sender<bool>>,
+    /// The request's shared record (set once every choice is submitted or queued).
+    record: Option<Arc<RequestRecord>>,
 }
 
 impl ChoiceStream {
     /// The next event of this choice (submitting it first when it was waiting); `None`
-    /// after its finishing event or error.
+    /// after its finishing event or error. Each event and error is recorded.
     pub async fn next(&mut self) -> Option<Result<TokenEvent, ApiError>> {
+        let event = self.next_unrecorded().await;
+        if let Some(record) = &self.record {
+            match &event {
+                Some(Ok(ev)) => record.observe(self.index, ev),
+                Some(Err(err)) => record.fail(err),
+                None => {}
+            }
+        }
+        event
+    }
+
+    async fn next_unrecorded(&mut self) -> Option<Result<TokenEvent, ApiError>> {
         if let ChoiceState::Waiting { .. } = self.state {
             let ChoiceState::Waiting {
                 mut prompt_blocks_ready,
@@ -86,6 +103,8 @@ pub struct Generation {
     pub n: usize,
     pub logprobs: bool,
     pub permit: Permit,
+    /// Settled when the last of this and the choices' clones drops.
+    pub record: Arc<RequestRecord>,
 }
 
 /// Submits choice 0 of every prompt of `valid` and queues the other choices behind it;
@@ -96,6 +115,7 @@ pub fn submit(
     valid: ValidRequest,
     meta: ResponseMeta,
     permit: Permit,
+    request_id: String,
 ) -> Result<Generation, ApiError> {
     let mut choices = Vec::with_capacity(valid.prompts.len() * valid.n);
     for (p, prompt) in valid.prompts.iter().enumerate() {
@@ -105,6 +125,7 @@ pub fn submit(
             index: p * valid.n,
             state: ChoiceState::Running(first),
             announce: (valid.n > 1).then_some(announce),
+            record: None,
         });
         for c in 1..valid.n {
             choices.push(ChoiceStream {
@@ -116,8 +137,32 @@ pub fn submit(
                     engine: engine.clone(),
                 },
                 announce: None,
+                record: None,
             });
         }
+    }
+    let prompts = state.config.log_requests.then(|| {
+        let tokenizer = &engine.model().tokenizer;
+        valid
+            .prompts
+            .iter()
+            .map(|p| {
+                tokenizer
+                    .decode(&p.token_ids, false)
+                    .unwrap_or_else(|e| format!("<undecodable prompt: {e}>"))
+            })
+            .collect()
+    });
+    let record = Arc::new(RequestRecord::new(
+        state.clone(),
+        request_id,
+        valid.model.clone(),
+        choices.len(),
+        valid.n,
+        prompts,
+    ));
+    for choice in &mut choices {
+        choice.record = Some(record.clone());
     }
     Ok(Generation {
         meta,
@@ -128,6 +173,7 @@ pub fn submit(
         n: valid.n,
         logprobs: valid.logprobs,
         permit,
+        record,
     })
 }
 
@@ -159,10 +205,10 @@ impl Generation {
     /// future (the client left) drops the streams, which aborts their sequences.
     pub async fn collect(mut self) -> Result<serde_json::Value, ApiError> {
         let n = self.n.max(1);
-        let (echo, state) = (&self.echo, &self.state);
+        let echo = &self.echo;
         let results = futures_util::future::try_join_all(self.choices.iter_mut().map(|choice| {
             let echo = echo[choice.index / n].as_deref().unwrap_or("");
-            collect_choice(choice, echo, state)
+            collect_choice(choice, echo)
         }))
         .await?;
         let (outputs, usages): (Vec<ChoiceOutput>, Vec<Usage>) = results.into_iter().unzip();
@@ -176,7 +222,6 @@ impl Generation {
 async fn collect_choice(
     choice: &mut ChoiceStream,
     echo: &str,
-    state: &AppState,
 ) -> Result<(ChoiceOutput, Usage), ApiError> {
     let mut out = ChoiceOutput {
         index: choice.index,
@@ -192,7 +237,6 @@ async fn collect_choice(
         out.logprobs.extend(event.logprobs.unwrap_or_default());
         usage = event.usage;
         if let Some(reason) = event.finish_reason {
-            state.metrics.record_finished(reason.as_str());
             out.finish_reason = Some(check_finish(reason)?);
         }
     }

@@ -5,10 +5,14 @@
 //! `Permit` from `state` → `generate::submit`) → `sse` (streamed) or
 //! `Generation::collect` (whole response), both shaped by `response`. Every error is an
 //! `error::ApiError`, turned into a response by `error::http_error` alone.
-//! `serve` owns the process life: loading, readiness, signals and draining.
+//! `serve` owns the process life: loading, readiness, signals and draining. `observe`
+//! records what generation requests did (metrics, outcome, one log line each);
+//! `logging` sets up the text or JSON log format.
 
 pub mod gate;
 pub mod generate;
+pub mod logging;
+pub mod observe;
 pub mod request;
 pub mod response;
 pub mod routes;

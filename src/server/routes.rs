@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::gate::{id_of, read_json};
 use super::generate::submit;
+use super::observe::mark_admitted;
 use super::request::{
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
 };
@@ -101,15 +102,24 @@ async fn generate(
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completion => "cmpl",
     };
+    let request_id = id_of(req);
     let meta = ResponseMeta {
-        id: format!("{prefix}-{}", id_of(req)),
+        id: format!("{prefix}-{request_id}"),
         created: unix_now(),
         model: valid.model.clone(),
         endpoint,
         include_usage: valid.stream && valid.include_usage,
     };
     let stream = valid.stream;
-    let gen = submit(&engine, state.clone().into_inner(), valid, meta, permit)?;
+    let gen = submit(
+        &engine,
+        state.clone().into_inner(),
+        valid,
+        meta,
+        permit,
+        request_id,
+    )?;
+    mark_admitted(req);
     if stream {
         Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
@@ -225,9 +235,12 @@ async fn metrics(state: Data) -> Reply {
         .loaded_engine()
         .map(|e| e.gauges().snapshot())
         .unwrap_or_default();
+    let experts = state
+        .loaded_engine()
+        .and_then(|e| e.model().expert_tokens.as_ref());
     let text = state
         .metrics
-        .render(&stats)
+        .render(&stats, experts)
         .map_err(|e| ApiError::Internal(format!("rendering metrics: {e}")))?;
     Ok(HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)

@@ -20,7 +20,6 @@ use super::routes::{configure, not_found};
 use super::state::{AppState, ServerConfig};
 use crate::config::EngineConfig;
 use crate::engine::handle::{self, EngineHandle};
-use crate::metrics::Metrics;
 
 /// How long the server waits for aborted streams to send their last event.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
@@ -57,7 +56,11 @@ pub fn serve(
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
-    let state = web::Data::new(AppState::new(cfg, Metrics::new()?));
+    let stem = model
+        .file_stem()
+        .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let metrics = AppState::metrics_for(&cfg, &stem)?;
+    let state = web::Data::new(AppState::new(cfg, metrics));
     actix_web::rt::System::new().block_on(async move {
         let server = build_server(state.clone(), listener, None)?;
         tracing::info!("listening on http://{addr} (loading {})", model.display());
@@ -89,15 +92,15 @@ pub fn serve(
 async fn supervise(
     state: web::Data<AppState>,
     server: ServerHandle,
-    loaded: oneshot::Receiver<Result<EngineHandle, String>>,
+    loaded: oneshot::Receiver<Result<(EngineHandle, f64), String>>,
     max_num_seqs: usize,
 ) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tokio::select! {
         result = loaded => match result {
-            Ok(Ok(engine)) => {
-                state.set_ready(engine, max_num_seqs);
+            Ok(Ok((engine, load_seconds))) => {
+                state.set_ready(engine, max_num_seqs, Some(load_seconds));
                 tracing::info!(models = ?state.served_names(), "ready");
             }
             Ok(Err(e)) => {
@@ -149,8 +152,9 @@ async fn wait_idle(state: &AppState, limit: Duration) {
     }
 }
 
-/// Loads the model (a progress bar on a terminal) and starts the engine.
-fn load_engine(path: &Path, cfg: &EngineConfig) -> Result<EngineHandle, String> {
+/// Loads the model (a progress bar on a terminal) and starts the engine; also returns
+/// the seconds loading took.
+fn load_engine(path: &Path, cfg: &EngineConfig) -> Result<(EngineHandle, f64), String> {
     if !path.exists() {
         return Err(format!(
             "model file `{}` not found; fetch the default model with scripts/fetch-model.sh or pass --model PATH",
@@ -173,8 +177,10 @@ fn load_engine(path: &Path, cfg: &EngineConfig) -> Result<EngineHandle, String> 
     if tty {
         eprintln!();
     }
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded");
-    handle::start(loaded, cfg).map_err(|e| e.to_string())
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(seconds, "model loaded");
+    let engine = handle::start(loaded, cfg).map_err(|e| e.to_string())?;
+    Ok((engine, seconds))
 }
 
 /// `loading NAME [#######.......]  7/30 layers`.
@@ -207,8 +213,9 @@ pub fn spawn(
 ) -> Result<SpawnedServer, Box<dyn Error>> {
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     let addr = listener.local_addr()?;
-    let state = web::Data::new(AppState::new(cfg, Metrics::new()?));
-    state.set_ready(engine, max_num_seqs);
+    let metrics = AppState::metrics_for(&cfg, &engine.model().name)?;
+    let state = web::Data::new(AppState::new(cfg, metrics));
+    state.set_ready(engine, max_num_seqs, None);
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let server_state = state.clone();
     let thread = std::thread::Builder::new()

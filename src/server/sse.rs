@@ -117,7 +117,6 @@ impl SseState {
             self.offsets[index] += ev.text.len();
         }
         if let Some(reason) = ev.finish_reason {
-            self.gen.state.metrics.record_finished(reason.as_str());
             out.push_str(&meta.finish_chunk(index, check_finish(reason)?));
         }
         Ok(out)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsCompat, ModelInfo};
 
 /// How the HTTP server is set up (flags of `tessera serve`).
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,10 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Interval of SSE keep-alive comments while a stream has nothing to send.
     pub sse_keepalive: Duration,
+    /// Put prompt and output text in the per-request log line.
+    pub log_requests: bool,
+    /// Extra metric names to export (`--metrics-compat vllm`).
+    pub metrics_compat: MetricsCompat,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +48,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_request_bytes: 10 << 20,
             sse_keepalive: Duration::from_secs(10),
+            log_requests: false,
+            metrics_compat: MetricsCompat::None,
         }
     }
 }
@@ -81,9 +87,31 @@ impl AppState {
         }
     }
 
-    /// Installs the loaded engine (running up to `max_num_seqs` sequences per step) and
-    /// opens for requests.
-    pub fn set_ready(&self, engine: EngineHandle, max_num_seqs: usize) {
+    /// The metrics of a server for `cfg`: labelled with the first served name, else
+    /// `default_name` (the model file's stem).
+    pub fn metrics_for(cfg: &ServerConfig, default_name: &str) -> Result<Metrics, String> {
+        let name = cfg
+            .served_model_names
+            .first()
+            .map_or(default_name, String::as_str);
+        Metrics::new(name, cfg.metrics_compat).map_err(|e| format!("metrics registry: {e}"))
+    }
+
+    /// Installs the loaded engine (running up to `max_num_seqs` sequences per step; its
+    /// model took `load_seconds` to load, when known), starts its step metrics and opens
+    /// for requests.
+    pub fn set_ready(&self, engine: EngineHandle, max_num_seqs: usize, load_seconds: Option<f64>) {
+        engine.set_step_observer(Arc::new(self.metrics.step_series()));
+        let info = ModelInfo {
+            model: engine.model().name.clone(),
+            dtype: super::observe::model_dtype(&engine.model().path),
+            backend: "cpu".into(),
+            max_model_len: engine.info().max_model_len,
+            load_seconds,
+        };
+        if let Err(e) = self.metrics.set_model(&info) {
+            tracing::warn!("model metrics not registered: {e}");
+        }
         let capacity = max_num_seqs + self.config.max_queued_requests;
         self.admission.capacity.store(capacity, Ordering::SeqCst);
         let names = if self.config.served_model_names.is_empty() {
@@ -207,7 +235,8 @@ mod tests {
 
     #[test]
     fn phases_gate_the_engine() {
-        let state = AppState::new(ServerConfig::default(), Metrics::new().expect("metrics"));
+        let metrics = Metrics::new("m", MetricsCompat::None).expect("metrics");
+        let state = AppState::new(ServerConfig::default(), metrics);
         assert_eq!(state.phase(), Phase::Loading);
         assert!(matches!(state.engine(), Err(ApiError::Loading)));
         assert!(state.served_names().is_empty());

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Prometheus for the dashboard test (tests/prometheus_dashboard.rs).
+#
+#   scripts/prometheus.sh install
+#       Makes sure Debian's `prometheus` package is installed (apt-get, as root or through
+#       passwordless sudo) and prints the binary's path. Fails with a clear message when
+#       it cannot be installed; never pretends.
+#   scripts/prometheus.sh run TARGET LISTEN DIR
+#       Installs if needed, writes DIR/prometheus.yml scraping http://TARGET/metrics every
+#       second, and runs Prometheus in the foreground on LISTEN (e.g. 127.0.0.1:9091) with
+#       its data in DIR/data.
+set -euo pipefail
+
+die() {
+  echo "scripts/prometheus.sh: $*" >&2
+  exit 1
+}
+
+find_prometheus() {
+  command -v prometheus 2>/dev/null && return 0
+  [ -x /usr/bin/prometheus ] && echo /usr/bin/prometheus && return 0
+  return 1
+}
+
+install_prometheus() {
+  local bin
+  if bin=$(find_prometheus); then
+    echo "$bin"
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    die "prometheus is not installed and apt-get is not available; install Prometheus 2.x and put \`prometheus\` on PATH"
+  local -a as_root=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      as_root=(sudo -n)
+    else
+      die "prometheus is not installed and installing it needs root: run \`sudo apt-get install prometheus\` (or run this as root)"
+    fi
+  fi
+  local -a apt_install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
+  echo "scripts/prometheus.sh: installing Debian's prometheus package" >&2
+  if ! "${as_root[@]}" "${apt_install[@]}" >&2; then
+    # The package lists may be missing or stale (fresh containers): refresh once.
+    "${as_root[@]}" apt-get update -q >&2 || die "apt-get update failed (see above); cannot install prometheus"
+    "${as_root[@]}" "${apt_install[@]}" >&2 || die "apt-get install prometheus failed (see above)"
+  fi
+  bin=$(find_prometheus) || die "the prometheus package is installed but no prometheus binary was found"
+  echo "$bin"
+}
+
+run_prometheus() {
+  [ $# -eq 3 ] || die "usage: scripts/prometheus.sh run TARGET LISTEN DIR"
+  local target=$1 listen=$2 dir=$3 bin
+  bin=$(install_prometheus)
+  mkdir -p "$dir/data"
+  cat >"$dir/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: tessera
+    static_configs:
+      - targets: ['$target']
+YAML
+  exec "$bin" \
+    --config.file="$dir/prometheus.yml" \
+    --storage.tsdb.path="$dir/data" \
+    --web.listen-address="$listen" \
+    --log.level=warn
+}
+
+case "${1:-}" in
+  install) install_prometheus ;;
+  run) shift; run_prometheus "$@" ;;
+  *) die "usage: scripts/prometheus.sh install | run TARGET LISTEN DIR" ;;
+esac

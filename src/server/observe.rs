@@ -1,0 +1,253 @@
+//! What the HTTP side records about generation requests: per-event metrics, the outcome
+//! (success, or a failure by reason) and one log line per finished request.
+//!
+//! A `RequestRecord` is shared by a `Generation` and its choice streams; every event of
+//! every choice passes through `observe`. The record is settled when its last holder
+//! drops it — whatever ended the request (response complete, engine error, client
+//! gone) — so each admitted request is counted and logged exactly once:
+//! - every choice finished normally → success (200);
+//! - an error was seen → a failure by the error's HTTP status;
+//! - otherwise the client left first → `aborted_client` (logged as status 499).
+//!
+//! Requests refused before admission never get a record: the middleware counts them
+//! (`gate`), telling them apart by the `Admitted` marker a handler sets.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpMessage, HttpRequest};
+
+use super::generate::total_usage;
+use super::state::AppState;
+use crate::engine::request::FinishReason;
+use crate::engine::stream::{TokenEvent, Usage};
+use crate::error::{http_error, ApiError};
+use crate::metrics::FailureReason;
+use crate::model::gguf::{dtype_name, GgufFile};
+
+/// The `target` of the per-request log line.
+pub const REQUEST_LOG_TARGET: &str = "tessera::request";
+
+/// Status logged for a request whose client went away (nginx's "client closed request").
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
+
+/// Routes whose requests are generation requests (counted in the failure metric).
+pub const GENERATION_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions"];
+
+/// Request extension: the request was admitted and has a `RequestRecord`.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted;
+
+/// Marks `req` as admitted (its outcome is recorded by its `RequestRecord`).
+pub fn mark_admitted(req: &HttpRequest) {
+    req.extensions_mut().insert(Admitted);
+}
+
+/// Whether `req` was admitted.
+pub fn is_admitted(req: &HttpRequest) -> bool {
+    req.extensions().get::<Admitted>().is_some()
+}
+
+/// One choice's progress, as far as the record needs it.
+#[derive(Debug, Clone, Default)]
+struct ChoiceProgress {
+    usage: Usage,
+    finish: Option<FinishReason>,
+    ttft: Option<Duration>,
+    /// Generated text (kept only with `--log-requests`).
+    text: String,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    choices: Vec<ChoiceProgress>,
+    /// HTTP status of the first error seen.
+    error: Option<u16>,
+}
+
+/// The shared record of one admitted generation request.
+pub struct RequestRecord {
+    state: Arc<AppState>,
+    request_id: String,
+    model: String,
+    started: Instant,
+    /// Sequences per prompt.
+    n: usize,
+    /// Prompt texts, kept only with `--log-requests`.
+    prompts: Option<Vec<String>>,
+    progress: Mutex<Progress>,
+}
+
+impl RequestRecord {
+    /// A record for `num_choices` sequences (`n` per prompt). `prompts` is logged (pass
+    /// `Some` only with `--log-requests`).
+    pub fn new(
+        state: Arc<AppState>,
+        request_id: String,
+        model: String,
+        num_choices: usize,
+        n: usize,
+        prompts: Option<Vec<String>>,
+    ) -> Self {
+        Self {
+            state,
+            request_id,
+            model,
+            started: Instant::now(),
+            n,
+            prompts,
+            progress: Mutex::new(Progress {
+                choices: vec![ChoiceProgress::default(); num_choices],
+                error: None,
+            }),
+        }
+    }
+
+    /// Records one event of choice `index`.
+    pub fn observe(&self, index: usize, ev: &TokenEvent) {
+        self.state.metrics.observe_event(ev);
+        if ev.finish_reason == Some(FinishReason::Abort) {
+            // The engine aborts a sequence only when it shuts down under it.
+            self.fail(&ApiError::Draining);
+        }
+        let keep_text = self.prompts.is_some();
+        let Ok(mut progress) = self.progress.lock() else {
+            return;
+        };
+        if let Some(choice) = progress.choices.get_mut(index) {
+            choice.usage = ev.usage;
+            choice.ttft = choice.ttft.or(ev.timing.time_to_first_token);
+            choice.finish = choice.finish.or(ev.finish_reason);
+            if keep_text {
+                choice.text.push_str(&ev.text);
+            }
+        }
+    }
+
+    /// Records that the request failed with `err` (the first error counts).
+    pub fn fail(&self, err: &ApiError) {
+        if let Ok(mut progress) = self.progress.lock() {
+            progress.error.get_or_insert(http_error(err).status);
+        }
+    }
+
+    /// Counts the outcome and writes the log line.
+    fn settle(&self, progress: &Progress) {
+        let all_done = progress
+            .choices
+            .iter()
+            .all(|c| matches!(c.finish, Some(FinishReason::Stop | FinishReason::Length)));
+        let status = match progress.error {
+            Some(status) => status,
+            None if all_done => 200,
+            None => STATUS_CLIENT_CLOSED,
+        };
+        let failure = match status {
+            200 => None,
+            STATUS_CLIENT_CLOSED => Some(FailureReason::AbortedClient),
+            other => Some(FailureReason::from_status(other)),
+        };
+        if let Some(reason) = failure {
+            self.state.metrics.record_failure(reason);
+        }
+        self.log(progress, status);
+    }
+
+    fn log(&self, progress: &Progress, status: u16) {
+        let usages: Vec<Usage> = progress.choices.iter().map(|c| c.usage).collect();
+        let usage = total_usage(&usages, self.n);
+        let ttft_ms = progress.choices.iter().filter_map(|c| c.ttft).min().map(ms);
+        let mut reasons: Vec<&str> = progress
+            .choices
+            .iter()
+            .filter_map(|c| c.finish.map(FinishReason::as_str))
+            .collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        let finish_reason = reasons.join(",");
+        let prompt = self.prompts.as_deref().map(joined);
+        let outputs: Option<Vec<String>> = self
+            .prompts
+            .as_ref()
+            .map(|_| progress.choices.iter().map(|c| c.text.clone()).collect());
+        let output = outputs.as_deref().map(joined);
+        tracing::info!(
+            target: REQUEST_LOG_TARGET,
+            request_id = %self.request_id,
+            model = %self.model,
+            prompt_tokens = usage.prompt_tokens,
+            generation_tokens = usage.completion_tokens,
+            cached_tokens = usage.cached_tokens,
+            ttft_ms,
+            e2e_ms = ms(self.started.elapsed()),
+            finish_reason = %finish_reason,
+            status,
+            prompt,
+            output,
+            "request finished"
+        );
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let progress = match self.progress.get_mut() {
+            Ok(p) => std::mem::take(p),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        self.settle(&progress);
+    }
+}
+
+/// Milliseconds with 0.1 ms resolution.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// One text as is; several as a JSON array of strings.
+fn joined(texts: &[String]) -> String {
+    match texts {
+        [one] => one.clone(),
+        many => serde_json::to_string(many).unwrap_or_default(),
+    }
+}
+
+/// The weight type holding most parameters of the GGUF model at `path` (`Q4_1`, `F16`,
+/// …), or `unknown` when the file cannot be read.
+pub fn model_dtype(path: &std::path::Path) -> String {
+    let Ok(file) = GgufFile::open(path) else {
+        return "unknown".into();
+    };
+    let mut by_type: Vec<(&'static str, usize)> = Vec::new();
+    for t in file.tensors().iter().filter(|t| t.dims.len() >= 2) {
+        let name = dtype_name(t.dtype);
+        match by_type.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += t.element_count(),
+            None => by_type.push((name, t.element_count())),
+        }
+    }
+    by_type
+        .into_iter()
+        .max_by_key(|&(_, count)| count)
+        .map_or_else(|| "unknown".into(), |(name, _)| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_and_times_are_formatted_for_the_log() {
+        assert_eq!(joined(&["a".into()]), "a");
+        assert_eq!(joined(&["a".into(), "b\"".into()]), r#"["a","b\""]"#);
+        assert_eq!(ms(Duration::from_micros(12_345)), 12.3);
+    }
+
+    #[test]
+    fn unreadable_model_files_have_unknown_dtype() {
+        assert_eq!(
+            model_dtype(std::path::Path::new("/nonexistent.gguf")),
+            "unknown"
+        );
+    }
+}
