@@ -200,7 +200,7 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Inconsistent(msg));
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
@@ -245,7 +245,7 @@ impl ModelConfig {
     }
 }
 
-fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
+pub(crate) fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::OutOfRange {
             key: key.to_string(),
