@@ -1,5 +1,6 @@
-//! Model hyperparameters read from GGUF metadata (`{arch}.*` keys), validated once so the
-//! forward pass can index without checks.
+//! Model hyperparameters read from GGUF metadata (`{arch}.*` keys) — or from a Hugging
+//! Face config.json (`model::hf`) — validated once so the forward pass can index without
+//! checks.
 
 use super::gguf::{GgufError, GgufFile};
 use crate::ops::rope::RopeStyle;
@@ -7,7 +8,8 @@ use crate::ops::rope::RopeStyle;
 /// Model families tessera runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    /// Llama layout (SmolLM2, Llama 2/3, Mistral): no biases, GGUF-permuted Q/K.
+    /// Llama layout (SmolLM2, Llama 2/3, Mistral): no biases, GGUF-permuted Q/K (a
+    /// Hugging Face llama's Q/K rows are permuted the same way at load, `model::hf`).
     Llama,
     /// Qwen2 / Qwen2.5: QKV biases, NEOX RoPE.
     Qwen2,

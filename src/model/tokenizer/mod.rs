@@ -1,7 +1,9 @@
-//! The tokenizer of a GGUF model: text ↔ token ids, matching llama.cpp token for token.
+//! The tokenizer of a model: text ↔ token ids, matching llama.cpp token for token.
 //!
 //! Owns: building a `tokenizers` pipeline from `tokenizer.ggml.*` metadata
-//! ([`GgufVocab`]), special-token handling, BOS/EOS insertion and decoding.
+//! ([`GgufVocab`]), or wrapping one built from a Hugging Face `tokenizer.json`
+//! (`from_pipeline`, used by `model::hf`); special-token handling, BOS/EOS insertion and
+//! decoding.
 //! `encode` first partitions the text into special tokens and plain fragments
 //! (`special.rs`, llama.cpp's `tokenizer_st_partition`), then runs the `tokenizers`
 //! pipeline on each plain fragment (`build.rs`).
