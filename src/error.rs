@@ -20,6 +20,8 @@ pub enum ModelError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Weights(#[from] WeightError),
+    #[error(transparent)]
+    Hf(#[from] crate::model::hf::HfError),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

@@ -1,5 +1,6 @@
-//! Model hyperparameters read from GGUF metadata (`{arch}.*` keys), validated once so the
-//! forward pass can index without checks.
+//! Model hyperparameters read from GGUF metadata (`{arch}.*` keys) — or from a Hugging
+//! Face config.json (`model::hf`) — validated once so the forward pass can index without
+//! checks.
 
 use super::gguf::{GgufError, GgufFile};
 use crate::ops::rope::RopeStyle;
@@ -7,7 +8,8 @@ use crate::ops::rope::RopeStyle;
 /// Model families tessera runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    /// Llama layout (SmolLM2, Llama 2/3, Mistral): no biases, GGUF-permuted Q/K.
+    /// Llama layout (SmolLM2, Llama 2/3, Mistral): no biases, GGUF-permuted Q/K (a
+    /// Hugging Face llama's Q/K rows are permuted the same way at load, `model::hf`).
     Llama,
     /// Qwen2 / Qwen2.5: QKV biases, NEOX RoPE.
     Qwen2,
@@ -200,7 +202,7 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Inconsistent(msg));
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
@@ -245,7 +247,7 @@ impl ModelConfig {
     }
 }
 
-fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
+pub(crate) fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<usize, ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::OutOfRange {
             key: key.to_string(),

@@ -1,15 +1,20 @@
-//! Model loading and execution: GGUF parsing, tokenizer and chat template from GGUF
-//! metadata, shared layers and one file per model family.
+//! Model loading and execution: GGUF files and Hugging Face folders (`hf`, over the
+//! `safetensors` reader), tokenizer and chat template, shared layers and one file per
+//! model family. `load` dispatches on the path: a folder is a Hugging Face checkpoint,
+//! a file is GGUF; both end in the same `Transformer` and `ModelAssets`.
 
 pub mod chat_template;
 pub mod config;
 pub mod gguf;
+pub mod hf;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
 pub mod moe;
 pub mod qwen2;
 pub mod qwen2moe;
+pub mod safetensors;
+pub mod tensor_names;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
@@ -42,32 +47,85 @@ pub struct LoadedModel {
     pub assets: ModelAssets,
 }
 
-/// Loads a GGUF model. `max_model_len` caps the context (default: the trained length).
-/// `progress(done, total)` is called as layers load.
+/// Loads a model: a Hugging Face folder (config.json + *.safetensors + tokenizer.json)
+/// when `path` is a directory, else a GGUF file. `max_model_len` caps the context
+/// (default: the trained length). `progress(done, total)` is called as layers load.
 pub fn load(
     path: &Path,
     max_model_len: Option<usize>,
     progress: impl FnMut(usize, usize),
 ) -> Result<LoadedModel, ModelError> {
+    if path.is_dir() {
+        return load_hf(path, max_model_len, progress);
+    }
     let file = GgufFile::open(path)?;
     let config = ModelConfig::from_gguf(&file)?;
-    let max_len = match max_model_len {
-        Some(n) if n == 0 || n > config.context_length => {
-            return Err(ModelError::Invalid(format!(
-                "--max-model-len must be in 1..={} (the model's context length). Given: {n}",
-                config.context_length
-            )))
-        }
-        Some(n) => n,
-        None => config.context_length,
-    };
+    let max_len = resolve_max_len(&config, max_model_len)?;
     let transformer = match config.arch {
         Arch::Llama => llama::load(&file, config.clone(), max_len, progress)?,
         Arch::Qwen2 => qwen2::load(&file, config.clone(), max_len, progress)?,
         Arch::Qwen2Moe => qwen2moe::load(&file, config.clone(), max_len, progress)?,
     };
-    let expert_tokens = transformer.expert_token_counts();
     let (tokenizer, chat_template) = load_text_assets(&file)?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string());
+    assemble(path, name, config, transformer, tokenizer, chat_template)
+}
+
+fn load_hf(
+    dir: &Path,
+    max_model_len: Option<usize>,
+    progress: impl FnMut(usize, usize),
+) -> Result<LoadedModel, ModelError> {
+    let positions = |cfg: &hf::HfConfig| resolve_max_len(&cfg.model, max_model_len);
+    let model = hf::load(dir, positions, progress)?;
+    // A folder's name is the model's name ("Qwen2.5-0.5B-Instruct": no extension to strip).
+    let name = std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".to_string());
+    let hf::HfModel {
+        config,
+        transformer,
+        tokenizer,
+        chat_template,
+    } = model;
+    assemble(
+        dir,
+        name,
+        config.model,
+        transformer,
+        tokenizer,
+        chat_template,
+    )
+}
+
+/// `--max-model-len` against the model's context length.
+fn resolve_max_len(
+    config: &ModelConfig,
+    max_model_len: Option<usize>,
+) -> Result<usize, ModelError> {
+    match max_model_len {
+        Some(n) if n == 0 || n > config.context_length => Err(ModelError::Invalid(format!(
+            "--max-model-len must be in 1..={} (the model's context length). Given: {n}",
+            config.context_length
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(config.context_length),
+    }
+}
+
+/// The final checks shared by both formats, then the `LoadedModel`.
+fn assemble(
+    path: &Path,
+    name: String,
+    config: ModelConfig,
+    transformer: Transformer,
+    tokenizer: Tokenizer,
+    chat_template: ChatTemplate,
+) -> Result<LoadedModel, ModelError> {
     if tokenizer.vocab_size() > config.vocab {
         return Err(ModelError::Invalid(format!(
             "tokenizer has {} tokens but the embedding has only {} rows",
@@ -75,10 +133,7 @@ pub fn load(
             config.vocab
         )));
     }
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".to_string());
+    let expert_tokens = transformer.expert_token_counts();
     Ok(LoadedModel {
         transformer,
         assets: ModelAssets {

@@ -8,6 +8,7 @@ use super::gguf::GgufFile;
 use super::kv_cache::KvCache;
 use super::layers::{DecoderLayer, FeedForward, LayerInputs};
 use super::moe::ExpertTokenCounts;
+use super::tensor_names::GlobalTensor;
 use super::weights::{WeightError, WeightLoader};
 use super::workspace::Workspace;
 use crate::ops::attention::{AttnSeq, KvGeometry};
@@ -40,31 +41,79 @@ pub struct Transformer {
     rope: RopeTable,
 }
 
+/// Where the LM head comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LmHead {
+    /// The separate LM head tensor when the file has one, else the embedding (GGUF).
+    IfPresent,
+    /// Always the embedding (`tie_word_embeddings: true`; a stray `lm_head.weight` is
+    /// ignored, as transformers ignores it).
+    Tied,
+    /// Always the separate LM head tensor; missing is an error.
+    Separate,
+}
+
+/// What differs between the llama-layout families at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct DenseLayout {
+    /// Q/K/V projections have biases (Qwen2).
+    pub qkv_bias: bool,
+    pub lm_head: LmHead,
+}
+
 impl Transformer {
-    /// Loads a llama-layout model (dense, or MoE when `cfg.moe` is set); `qkv_bias` for
-    /// families that have Q/K/V biases.
+    /// Loads a llama-layout model (dense, or MoE when `cfg.moe` is set) from a GGUF file;
+    /// `qkv_bias` for families that have Q/K/V biases.
     pub fn load_dense(
         file: &GgufFile,
         cfg: ModelConfig,
         qkv_bias: bool,
         max_positions: usize,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Self, WeightError> {
+        let layout = DenseLayout {
+            qkv_bias,
+            lm_head: LmHead::IfPresent,
+        };
+        Self::from_weights(
+            &WeightLoader::new(file),
+            cfg,
+            layout,
+            max_positions,
+            progress,
+        )
+    }
+
+    /// Builds the model from any tensor source: the one construction path for GGUF and
+    /// Hugging Face checkpoints (`w` carries the naming).
+    pub fn from_weights(
+        w: &WeightLoader<'_>,
+        cfg: ModelConfig,
+        layout: DenseLayout,
+        max_positions: usize,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Self, WeightError> {
-        let w = WeightLoader::new(file);
-        let embed = w.matrix("token_embd.weight", cfg.vocab, cfg.hidden)?;
+        let name = |t: GlobalTensor| w.naming().global(t);
+        let embed = w.matrix(name(GlobalTensor::Embed), cfg.vocab, cfg.hidden)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            layers.push(w.layer(&cfg, i, qkv_bias)?);
+            layers.push(w.layer(&cfg, i, layout.qkv_bias)?);
             progress(i + 1, cfg.n_layers);
         }
-        let lm_head = if w.has("output.weight") {
-            Some(w.matrix("output.weight", cfg.vocab, cfg.hidden)?)
+        let head_name = name(GlobalTensor::LmHead);
+        let separate_head = match layout.lm_head {
+            LmHead::IfPresent => w.has(head_name),
+            LmHead::Tied => false,
+            LmHead::Separate => true,
+        };
+        let lm_head = if separate_head {
+            Some(w.matrix(head_name, cfg.vocab, cfg.hidden)?)
         } else {
             None
         };
         let rope = RopeTable::new(cfg.rope_base, cfg.rope_dims, max_positions, cfg.rope_style);
         Ok(Self {
-            out_norm: w.vector("output_norm.weight", cfg.hidden)?,
+            out_norm: w.vector(name(GlobalTensor::OutNorm), cfg.hidden)?,
             cfg,
             embed,
             layers,

@@ -1,11 +1,21 @@
-//! Reading named GGUF tensors into `QMatrix` weights and f32 vectors, with every shape
+//! Reading named tensors into `QMatrix` weights and f32 vectors, with every shape
 //! checked against the model config before use. 3-D expert tensors are sliced into one
 //! `QMatrix` per expert.
+//!
+//! The source of the bytes is a `TensorSource` (a GGUF file, or a Hugging Face
+//! safetensors checkpoint) and the tensor names come from a `Naming`, so both formats
+//! build their layers through the same code (`layer`, `Transformer::from_weights`).
+//! Shapes are compared row-major, outermost dimension first (`[rows, cols]`; GGUF's
+//! dims reversed).
+
+use std::borrow::Cow;
 
 use super::config::ModelConfig;
 use super::gguf::{GgmlDType, GgufError, GgufFile};
 use super::layers::{AttentionBlock, DecoderLayer, FeedForward, FusedLinear, Mlp};
 use super::moe::MoeBlock;
+use super::safetensors::SafetensorsError;
+use super::tensor_names::{LayerTensor, Naming};
 use crate::ops::quant::{QMatrix, QuantError};
 
 /// Why weights could not be loaded.
@@ -13,7 +23,11 @@ use crate::ops::quant::{QMatrix, QuantError};
 pub enum WeightError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    #[error(transparent)]
+    Safetensors(#[from] SafetensorsError),
+    #[error(
+        "tensor `{name}` has shape {got:?}, expected {expected:?} (outermost dimension first)"
+    )]
     Shape {
         name: String,
         expected: Vec<usize>,
@@ -21,35 +35,82 @@ pub enum WeightError {
     },
     #[error("tensor `{name}`: {source}")]
     Quant { name: String, source: QuantError },
-    #[error("tensor `{name}` has type {dtype:?}; a norm/bias vector must be F32 or F16")]
+    #[error("tensor `{name}` has type {dtype:?}; a norm/bias vector must be F32, F16 or BF16")]
     VectorType { name: String, dtype: GgmlDType },
 }
 
-/// Typed access to a GGUF file's tensors.
+/// One tensor as a weight loader sees it.
+pub struct TensorRef<'a> {
+    pub dtype: GgmlDType,
+    /// Row-major, outermost dimension first: `[rows, cols]` for a matrix.
+    pub shape: Vec<usize>,
+    /// Rows of `shape[last]` elements of `dtype`, little-endian ggml layout.
+    pub data: Cow<'a, [u8]>,
+}
+
+/// Named tensors of one model file (or folder).
+pub trait TensorSource {
+    fn get_tensor(&self, name: &str) -> Result<TensorRef<'_>, WeightError>;
+    fn has_tensor(&self, name: &str) -> bool;
+}
+
+impl TensorSource for GgufFile {
+    fn get_tensor(&self, name: &str) -> Result<TensorRef<'_>, WeightError> {
+        let info = self.tensor(name)?;
+        Ok(TensorRef {
+            dtype: info.dtype,
+            shape: info.dims.iter().rev().copied().collect(),
+            data: Cow::Borrowed(self.tensor_data(info)),
+        })
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.tensor(name).is_ok()
+    }
+}
+
+/// Typed, shape-checked access to a model's tensors.
 pub struct WeightLoader<'a> {
-    file: &'a GgufFile,
+    source: &'a dyn TensorSource,
+    naming: Naming,
 }
 
 impl<'a> WeightLoader<'a> {
+    /// A loader over a GGUF file's tensors, by GGUF names.
     pub fn new(file: &'a GgufFile) -> Self {
-        Self { file }
+        Self::with_source(file, Naming::Gguf)
+    }
+
+    /// A loader over any tensor source whose names follow `naming`.
+    pub fn with_source(source: &'a dyn TensorSource, naming: Naming) -> Self {
+        Self { source, naming }
+    }
+
+    pub fn naming(&self) -> Naming {
+        self.naming
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.file.tensor(name).is_ok()
+        self.source.has_tensor(name)
+    }
+
+    /// The tensor `name`, which must have exactly `shape` (outermost first).
+    fn shaped(&self, name: &str, shape: &[usize]) -> Result<TensorRef<'a>, WeightError> {
+        let tensor = self.source.get_tensor(name)?;
+        if tensor.shape != shape {
+            return Err(WeightError::Shape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got: tensor.shape,
+            });
+        }
+        Ok(tensor)
     }
 
     /// A `[rows, cols]` matrix (GGUF dims `[cols, rows]`).
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, WeightError> {
-        let info = self.file.tensor(name)?;
-        if info.dims != [cols, rows] {
-            return Err(WeightError::Shape {
-                name: name.to_string(),
-                expected: vec![cols, rows],
-                got: info.dims.clone(),
-            });
-        }
-        QMatrix::from_ggml(info.dtype, rows, cols, self.file.tensor_data(info)).map_err(|source| {
+        let tensor = self.shaped(name, &[rows, cols])?;
+        QMatrix::from_ggml(tensor.dtype, rows, cols, &tensor.data).map_err(|source| {
             WeightError::Quant {
                 name: name.to_string(),
                 source,
@@ -59,33 +120,29 @@ impl<'a> WeightLoader<'a> {
 
     /// A 1-D f32 vector of `len` elements (norm weights, biases).
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, WeightError> {
-        let info = self.file.tensor(name)?;
-        if info.dims != [len] {
-            return Err(WeightError::Shape {
-                name: name.to_string(),
-                expected: vec![len],
-                got: info.dims.clone(),
-            });
-        }
-        if !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16) {
+        let tensor = self.shaped(name, &[len])?;
+        if !matches!(
+            tensor.dtype,
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ) {
             return Err(WeightError::VectorType {
                 name: name.to_string(),
-                dtype: info.dtype,
+                dtype: tensor.dtype,
             });
         }
-        let m = QMatrix::from_ggml(info.dtype, 1, len, self.file.tensor_data(info)).map_err(
-            |source| WeightError::Quant {
+        let m = QMatrix::from_ggml(tensor.dtype, 1, len, &tensor.data).map_err(|source| {
+            WeightError::Quant {
                 name: name.to_string(),
                 source,
-            },
-        )?;
+            }
+        })?;
         let mut out = vec![0.0; len];
         m.dequantize_row(0, &mut out);
         Ok(out)
     }
 
-    /// The `n` matrices `[rows, cols]` of a 3-D expert tensor (GGUF dims
-    /// `[cols, rows, n]`, experts outermost), each sliced into its own `QMatrix`.
+    /// The `n` matrices `[rows, cols]` of a 3-D expert tensor (shape `[n, rows, cols]`,
+    /// GGUF dims `[cols, rows, n]`, experts outermost), each sliced into its own `QMatrix`.
     pub fn experts(
         &self,
         name: &str,
@@ -93,23 +150,16 @@ impl<'a> WeightLoader<'a> {
         rows: usize,
         cols: usize,
     ) -> Result<Vec<QMatrix>, WeightError> {
-        let info = self.file.tensor(name)?;
-        if info.dims != [cols, rows, n] {
-            return Err(WeightError::Shape {
-                name: name.to_string(),
-                expected: vec![cols, rows, n],
-                got: info.dims.clone(),
-            });
-        }
-        let data = self.file.tensor_data(info);
-        let per_expert = data.len() / n;
+        let tensor = self.shaped(name, &[n, rows, cols])?;
+        let data = &tensor.data;
+        let per_expert = data.len() / n.max(1);
         let quant_err = |source| WeightError::Quant {
             name: name.to_string(),
             source,
         };
-        if per_expert * n != data.len() {
+        if per_expert * n != data.len() || per_expert == 0 {
             return Err(quant_err(QuantError::SizeMismatch {
-                dtype: info.dtype,
+                dtype: tensor.dtype,
                 rows: rows * n,
                 cols,
                 expected: per_expert * n,
@@ -117,7 +167,7 @@ impl<'a> WeightLoader<'a> {
             }));
         }
         data.chunks_exact(per_expert)
-            .map(|bytes| QMatrix::from_ggml(info.dtype, rows, cols, bytes).map_err(quant_err))
+            .map(|bytes| QMatrix::from_ggml(tensor.dtype, rows, cols, bytes).map_err(quant_err))
             .collect()
     }
 
@@ -131,29 +181,35 @@ impl<'a> WeightLoader<'a> {
         })
     }
 
-    /// One decoder layer in the llama/qwen2 GGUF naming (`blk.N.*`): attention, then a
-    /// dense SwiGLU MLP, or a mixture of experts when `cfg.moe` says so.
+    /// One decoder layer of the llama/qwen2 layout, named by `self.naming()`: attention,
+    /// then a dense SwiGLU MLP, or (GGUF only) a mixture of experts when `cfg.moe` says so.
     pub fn layer(
         &self,
         cfg: &ModelConfig,
         i: usize,
         qkv_bias: bool,
     ) -> Result<DecoderLayer, WeightError> {
-        let n = |s: &str| format!("blk.{i}.{s}");
+        let n = |t: LayerTensor| self.naming.layer(i, t);
         let ffn = match &cfg.moe {
-            None => FeedForward::Dense(self.mlp(&n(""), cfg.hidden, cfg.ffn)?),
+            None => FeedForward::Dense(Mlp {
+                gate_up: FusedLinear::new(vec![
+                    self.matrix(&n(LayerTensor::Gate), cfg.ffn, cfg.hidden)?,
+                    self.matrix(&n(LayerTensor::Up), cfg.ffn, cfg.hidden)?,
+                ]),
+                down: self.matrix(&n(LayerTensor::Down), cfg.hidden, cfg.ffn)?,
+            }),
             Some(moe) => FeedForward::Moe(Box::new(MoeBlock::load(self, cfg.hidden, moe, i)?)),
         };
         Ok(DecoderLayer {
-            attn_norm: self.vector(&n("attn_norm.weight"), cfg.hidden)?,
+            attn_norm: self.vector(&n(LayerTensor::AttnNorm), cfg.hidden)?,
             attn: self.attention(cfg, i, qkv_bias)?,
-            ffn_norm: self.vector(&n("ffn_norm.weight"), cfg.hidden)?,
+            ffn_norm: self.vector(&n(LayerTensor::FfnNorm), cfg.hidden)?,
             ffn,
         })
     }
 
-    /// A SwiGLU MLP `{prefix}ffn_{gate,up,down}{suffix}.weight` of width `ffn`, e.g. prefix
-    /// `blk.3.` and suffix `_shexp` for a shared expert.
+    /// A SwiGLU MLP `{prefix}ffn_{gate,up,down}{suffix}.weight` (GGUF names) of width
+    /// `ffn`, e.g. prefix `blk.3.` and suffix `_shexp` for a shared expert.
     pub fn mlp_named(
         &self,
         prefix: &str,
@@ -171,28 +227,24 @@ impl<'a> WeightLoader<'a> {
         })
     }
 
-    fn mlp(&self, prefix: &str, hidden: usize, ffn: usize) -> Result<Mlp, WeightError> {
-        self.mlp_named(prefix, "", hidden, ffn)
-    }
-
     fn attention(
         &self,
         cfg: &ModelConfig,
         i: usize,
         qkv_bias: bool,
     ) -> Result<AttentionBlock, WeightError> {
-        let n = |s: &str| format!("blk.{i}.{s}");
+        let n = |t: LayerTensor| self.naming.layer(i, t);
         let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
         let qkv = FusedLinear::new(vec![
-            self.matrix(&n("attn_q.weight"), q, h)?,
-            self.matrix(&n("attn_k.weight"), kv, h)?,
-            self.matrix(&n("attn_v.weight"), kv, h)?,
+            self.matrix(&n(LayerTensor::Q), q, h)?,
+            self.matrix(&n(LayerTensor::K), kv, h)?,
+            self.matrix(&n(LayerTensor::V), kv, h)?,
         ]);
         let qkv_bias = if qkv_bias {
             Some([
-                self.vector(&n("attn_q.bias"), q)?,
-                self.vector(&n("attn_k.bias"), kv)?,
-                self.vector(&n("attn_v.bias"), kv)?,
+                self.vector(&n(LayerTensor::QBias), q)?,
+                self.vector(&n(LayerTensor::KBias), kv)?,
+                self.vector(&n(LayerTensor::VBias), kv)?,
             ])
         } else {
             None
@@ -200,7 +252,7 @@ impl<'a> WeightLoader<'a> {
         Ok(AttentionBlock {
             qkv,
             qkv_bias,
-            out: self.matrix(&n("attn_output.weight"), h, q)?,
+            out: self.matrix(&n(LayerTensor::Out), h, q)?,
         })
     }
 }

@@ -1,7 +1,9 @@
-//! The tokenizer of a GGUF model: text ↔ token ids, matching llama.cpp token for token.
+//! The tokenizer of a model: text ↔ token ids, matching llama.cpp token for token.
 //!
 //! Owns: building a `tokenizers` pipeline from `tokenizer.ggml.*` metadata
-//! ([`GgufVocab`]), special-token handling, BOS/EOS insertion and decoding.
+//! ([`GgufVocab`]), or wrapping one built from a Hugging Face `tokenizer.json`
+//! (`from_pipeline`, used by `model::hf`); special-token handling, BOS/EOS insertion and
+//! decoding.
 //! `encode` first partitions the text into special tokens and plain fragments
 //! (`special.rs`, llama.cpp's `tokenizer_st_partition`), then runs the `tokenizers`
 //! pipeline on each plain fragment (`build.rs`).
@@ -150,6 +152,53 @@ impl Tokenizer {
             add_bos: true,
             add_eos: vocab.add_eos.unwrap_or(false),
             add_space_prefix: false,
+        })
+    }
+
+    /// Wraps a `tokenizers` pipeline built elsewhere (a Hugging Face `tokenizer.json`).
+    /// `vocab` describes the same tokens (text by id, which must agree with `inner`, and
+    /// kind), BOS/EOS and the add-BOS/EOS/space-prefix flags (absent = off); `extra_eog`
+    /// are further end-of-generation ids. The pipeline's own special-token matching is
+    /// switched off: `encode` partitions special tokens itself, as for GGUF vocabularies.
+    pub fn from_pipeline(
+        mut inner: tokenizers::Tokenizer,
+        vocab: &GgufVocab,
+        kind: VocabKind,
+        extra_eog: &[u32],
+    ) -> Result<Self, TokenizerError> {
+        vocab.validate()?;
+        for (id, text) in vocab.tokens.iter().enumerate() {
+            let piece = inner.id_to_token(id as u32);
+            if piece.as_deref() != Some(text.as_str()) {
+                return Err(TokenizerError::Build {
+                    what: "pipeline".into(),
+                    detail: format!(
+                        "token {id} is {text:?} in the vocabulary but {piece:?} in the pipeline"
+                    ),
+                });
+            }
+        }
+        let n_tokens = vocab.tokens.len();
+        if let Some(id) = extra_eog.iter().find(|&&id| id as usize >= n_tokens) {
+            let detail = format!("is {id}, but the vocabulary has only {n_tokens} tokens");
+            return Err(TokenizerError::InvalidVocab {
+                key: "eos_token_id",
+                detail,
+            });
+        }
+        let mut specials = SpecialTokens::new(vocab, vocab.eos_id);
+        specials.extend_eog(extra_eog);
+        inner.set_encode_special_tokens(true);
+        Ok(Self {
+            inner,
+            kind,
+            specials,
+            vocab_size: n_tokens,
+            bos_id: vocab.bos_id,
+            eos_id: vocab.eos_id,
+            add_bos: vocab.add_bos.unwrap_or(false),
+            add_eos: vocab.add_eos.unwrap_or(false),
+            add_space_prefix: vocab.add_space_prefix.unwrap_or(false),
         })
     }
 

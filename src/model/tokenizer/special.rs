@@ -192,6 +192,12 @@ impl SpecialTokens {
         }
     }
 
+    /// Adds end-of-generation ids (a Hugging Face `generation_config.json` may list
+    /// several); ids must be in range (the caller checks).
+    pub fn extend_eog(&mut self, ids: &[u32]) {
+        self.eog.extend(ids.iter().copied());
+    }
+
     pub fn kind(&self, id: u32) -> Option<TokenKind> {
         self.kinds.get(id as usize).copied()
     }

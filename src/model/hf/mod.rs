@@ -1,0 +1,82 @@
+//! Loading a Hugging Face model folder: `config.json` + `*.safetensors` (one file, or
+//! shards listed by `model.safetensors.index.json`) + `tokenizer.json`, with the optional
+//! `tokenizer_config.json`, `generation_config.json` and `chat_template.jinja`.
+//!
+//! Dense llama / mistral / qwen2 checkpoints in F32, F16 or BF16. The weights go through
+//! the same `WeightLoader` / `Transformer::from_weights` path as GGUF, under HF names
+//! (`tensor_names::Naming::HuggingFace`); `tensors.rs` adapts dtypes and the llama Q/K
+//! row order, `config.rs` maps the hyperparameters, `tokenizer.rs` builds the text side.
+
+mod config;
+mod error;
+mod pipeline;
+mod tensors;
+mod tokenizer;
+
+use std::path::Path;
+
+pub use config::HfConfig;
+pub use error::HfError;
+pub use tensors::{rope_pairs_adjacent, HfTensors};
+
+use super::chat_template::ChatTemplate;
+use super::safetensors::Checkpoint;
+use super::tokenizer::Tokenizer;
+use super::transformer::{DenseLayout, LmHead, Transformer};
+use super::weights::WeightLoader;
+use super::ModelError;
+use crate::model::tensor_names::Naming;
+
+/// Largest config.json accepted.
+const MAX_CONFIG_JSON: u64 = 16 << 20;
+
+/// Reads and validates `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<HfConfig, HfError> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(HfError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: "config.json",
+        });
+    }
+    HfConfig::from_json(&error::read_json(&path, MAX_CONFIG_JSON)?)
+}
+
+/// The parts of a loaded folder; `model::load` adds the name and checks the context.
+pub struct HfModel {
+    pub config: HfConfig,
+    pub transformer: Transformer,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+}
+
+/// Loads the folder `dir` with a RoPE table of `max_positions(config)` positions.
+pub fn load(
+    dir: &Path,
+    max_positions: impl FnOnce(&HfConfig) -> Result<usize, ModelError>,
+    progress: impl FnMut(usize, usize),
+) -> Result<HfModel, ModelError> {
+    let config = read_config(dir)?;
+    let positions = max_positions(&config)?;
+    // The tokenizer first: it is cheap, and a broken one should not cost a weight load.
+    let (tokenizer, chat_template) = tokenizer::load(dir, &config)?;
+    let checkpoint = Checkpoint::open_dir(dir).map_err(super::weights::WeightError::from)?;
+    let tensors = HfTensors::new(checkpoint, &config.model);
+    let layout = DenseLayout {
+        qkv_bias: config.qkv_bias,
+        lm_head: if config.tied_embeddings {
+            LmHead::Tied
+        } else {
+            LmHead::Separate
+        },
+    };
+    let loader = WeightLoader::with_source(&tensors, Naming::HuggingFace);
+    let transformer =
+        Transformer::from_weights(&loader, config.model.clone(), layout, positions, progress)?;
+    Ok(HfModel {
+        config,
+        transformer,
+        tokenizer,
+        chat_template,
+    })
+}

@@ -1,0 +1,116 @@
+//! `HfTensors`: a safetensors checkpoint as a `TensorSource` for the shared weight loader.
+//!
+//! Owns two conversions:
+//! - dtype: F32 / F16 / BF16 safetensors map to the ggml types with the same bytes
+//!   (little-endian, row-major); any other dtype is refused by name;
+//! - llama Q/K row order: HF keeps each head's rows so RoPE pairs row `i` with
+//!   `i + head_dim/2` (`rotate_half`). For `Arch::Llama` the rows of `q_proj` / `k_proj`
+//!   (weights and biases) are permuted at load into the adjacent-pair order llama.cpp's
+//!   converter writes (new row `2i` = old row `i`, new row `2i+1` = old row
+//!   `i + head_dim/2`, per head), so the same `RopeStyle::Interleaved` kernel serves both
+//!   formats and an HF llama matches its converted GGUF bit for bit.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::model::config::{Arch, ModelConfig};
+use crate::model::safetensors::{Checkpoint, SafetensorsError};
+use crate::model::tensor_names::{LayerTensor, Naming};
+use crate::model::weights::{TensorRef, TensorSource, WeightError};
+
+/// A checkpoint's tensors, by Hugging Face names.
+pub struct HfTensors {
+    checkpoint: Checkpoint,
+    /// Tensors whose rows are permuted at load → their number of heads.
+    permuted: HashMap<String, usize>,
+    head_dim: usize,
+}
+
+impl HfTensors {
+    pub fn new(checkpoint: Checkpoint, cfg: &ModelConfig) -> Self {
+        let mut permuted = HashMap::new();
+        if cfg.arch == Arch::Llama {
+            for i in 0..cfg.n_layers {
+                let name = |t| Naming::HuggingFace.layer(i, t);
+                permuted.insert(name(LayerTensor::Q), cfg.n_heads);
+                permuted.insert(name(LayerTensor::QBias), cfg.n_heads);
+                permuted.insert(name(LayerTensor::K), cfg.n_kv_heads);
+                permuted.insert(name(LayerTensor::KBias), cfg.n_kv_heads);
+            }
+        }
+        Self {
+            checkpoint,
+            permuted,
+            head_dim: cfg.head_dim,
+        }
+    }
+
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+}
+
+impl TensorSource for HfTensors {
+    fn get_tensor(&self, name: &str) -> Result<TensorRef<'_>, WeightError> {
+        let (info, bytes) = self.checkpoint.tensor(name)?;
+        let dtype = info
+            .dtype
+            .ggml()
+            .ok_or_else(|| SafetensorsError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: info.dtype.name(),
+            })?;
+        let rows = info.shape.first().copied().unwrap_or(0);
+        let data = match self.permuted.get(name) {
+            // A tensor of another row count is left alone: the loader's shape check
+            // rejects it with the expected shape.
+            Some(&heads) if rows == heads * self.head_dim && rows > 0 => {
+                Cow::Owned(rope_pairs_adjacent(bytes, heads, self.head_dim))
+            }
+            _ => Cow::Borrowed(bytes),
+        };
+        Ok(TensorRef {
+            dtype,
+            shape: info.shape.clone(),
+            data,
+        })
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.checkpoint.contains(name)
+    }
+}
+
+/// Reorders the `heads * head_dim` rows of `bytes` (equal-sized rows) from half-split to
+/// adjacent RoPE pairs, per head: new row `2i` = old `i`, new row `2i+1` = old
+/// `i + head_dim/2`. `head_dim` is even (checked by `ModelConfig::validate`).
+pub fn rope_pairs_adjacent(bytes: &[u8], heads: usize, head_dim: usize) -> Vec<u8> {
+    let rows = heads * head_dim;
+    let row_bytes = bytes.len() / rows;
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(bytes.len());
+    for head in 0..heads {
+        for i in 0..half {
+            for old in [head * head_dim + i, head * head_dim + half + i] {
+                out.extend_from_slice(&bytes[old * row_bytes..(old + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_matches_llama_cpp_converter() {
+        // Python: w.reshape(heads, 2, d // 2, cols).swapaxes(1, 2).reshape(w.shape)
+        let (heads, d) = (2, 4);
+        let rows: Vec<u8> = (0..(heads * d) as u8).flat_map(|r| [r, r + 100]).collect();
+        let out = rope_pairs_adjacent(&rows, heads, d);
+        let order: Vec<u8> = out.chunks(2).map(|row| row[0]).collect();
+        assert_eq!(order, [0, 2, 1, 3, 4, 6, 5, 7]);
+        assert!(out.chunks(2).all(|row| row[1] == row[0] + 100));
+    }
+}
