@@ -297,7 +297,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 17, "9 engine flags + 8 server flags");
+        assert_eq!(checked, 20, "9 engine flags + 11 server flags");
     }
 
     #[test]
