@@ -2,16 +2,17 @@
 //! AVX-512 VNNI multi-row kernels (`avx512`).
 //!
 //! A panel covers one group of 8 activation rows. For each 32-element block `b` it holds
-//! the 8 rows' quants back to back (`qs[r]`, 32 bytes each, so rows `2p, 2p+1` fill one
-//! 64-byte register) followed by their scales as `[f32; 8]` vectors, so a kernel computes
-//! `d_w · d_a` (and Q8_1's `fma(m_w, s_a, summs)`) for 8 rows with one instruction. Each
-//! lane of those vector operations is exactly the scalar operation the single-row kernel
-//! (`Kernel::dot`) performs for that row, and the integer sums are exact, so every row's
-//! result is bit-identical to `dot` (tests: `panel_tests`).
+//! the quants of row pairs `(2p, 2p+1)` interleaved by 4-byte groups (64 bytes per pair:
+//! `[a0..4, b0..4, a4..8, b4..8, ..]`, one 512-bit register whose i32 lanes alternate
+//! between the two rows), followed by the 8 rows' scales as `[f32; 8]` vectors, so a
+//! kernel computes `d_w · d_a` (and Q8_1's `fma(m_w, s_a, summs)`) for 8 rows with one
+//! instruction. Each lane of those vector operations is exactly the scalar operation the
+//! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
+//! exact, so every row's result is bit-identical to `dot` (tests: `panel_tests`).
 //!
 //! Layout (`[groups][blocks]` of `Panel*`, 320 bytes each, 64-byte aligned):
-//! - `PanelQ8_1 { qs: [[i8; 32]; 8], d: [f32; 8], s: [f32; 8] }` (for Q4_1 weights).
-//! - `PanelQ8_0 { qs: [[u8; 32]; 8], d: [f32; 8] }` (for Q8_0 weights): quants stored
+//! - `PanelQ8_1 { qs: [[i8; 64]; 4], d: [f32; 8], s: [f32; 8] }` (for Q4_1 weights).
+//! - `PanelQ8_0 { qs: [[u8; 64]; 4], d: [f32; 8] }` (for Q8_0 weights): quants stored
 //!   biased by +128 (`q ^ 0x80`) so `vpdpbusd` can take them as its unsigned operand.
 //!
 //! Rows past the end of the last group are zero (scale 0, quants 0): their results are
@@ -26,11 +27,15 @@ pub const GROUP: usize = 8;
 /// Elements per block (both supported types).
 pub const QK: usize = 32;
 
+/// Rows per pair (one 512-bit register of quants).
+const PAIRS: usize = GROUP / 2;
+
 /// 8 rows of one Q8_1 block (for Q4_1 weights).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, align(64))]
 pub struct PanelQ8_1 {
-    pub qs: [[i8; QK]; GROUP],
+    /// Row pairs' quants, interleaved by 4-byte groups.
+    pub qs: [[i8; 2 * QK]; PAIRS],
     pub d: [f32; GROUP],
     pub s: [f32; GROUP],
 }
@@ -39,7 +44,8 @@ pub struct PanelQ8_1 {
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, align(64))]
 pub struct PanelQ8_0 {
-    pub qs: [[u8; QK]; GROUP],
+    /// Row pairs' quants + 128, interleaved by 4-byte groups.
+    pub qs: [[u8; 2 * QK]; PAIRS],
     pub d: [f32; GROUP],
 }
 
@@ -97,7 +103,7 @@ impl RowPanel for Q4_1Panel {
     type Weight = Q4_1;
     type Block = PanelQ8_1;
     const ZERO: PanelQ8_1 = PanelQ8_1 {
-        qs: [[0; QK]; GROUP],
+        qs: [[0; 2 * QK]; PAIRS],
         d: [0.0; GROUP],
         s: [0.0; GROUP],
     };
@@ -109,7 +115,7 @@ impl RowPanel for Q4_1Panel {
             *panel = Self::ZERO;
             for r in 0..n {
                 q4_1::quantize_q8_1(&rows[r * k + b * QK..r * k + (b + 1) * QK], &mut tmp);
-                panel.qs[r] = tmp[0].qs;
+                put_row(&mut panel.qs, r, tmp[0].qs);
                 panel.d[r] = tmp[0].d;
                 panel.s[r] = tmp[0].s;
             }
@@ -134,7 +140,7 @@ impl RowPanel for Q8_0Panel {
     type Weight = Q8_0;
     type Block = PanelQ8_0;
     const ZERO: PanelQ8_0 = PanelQ8_0 {
-        qs: [[0x80; QK]; GROUP],
+        qs: [[0x80; 2 * QK]; PAIRS],
         d: [0.0; GROUP],
     };
 
@@ -148,7 +154,7 @@ impl RowPanel for Q8_0Panel {
             *panel = Self::ZERO;
             for r in 0..n {
                 act_quant::quantize_q8_0(&rows[r * k + b * QK..r * k + (b + 1) * QK], &mut tmp);
-                panel.qs[r] = tmp[0].qs.map(|q| q as u8 ^ 0x80);
+                put_row(&mut panel.qs, r, tmp[0].qs.map(|q| q as u8 ^ 0x80));
                 panel.d[r] = tmp[0].d.to_f32();
             }
         }
@@ -166,6 +172,23 @@ impl RowPanel for Q8_0Panel {
     unsafe fn dot8(w: &[Q8_0], a: &[PanelQ8_0]) -> [f32; 8] {
         avx512::q8_0_rows::<1>(w, [a])[0]
     }
+}
+
+/// Stores row `r`'s 32 quants in its pair's interleaved slots.
+#[inline]
+fn put_row<T: Copy>(qs: &mut [[T; 2 * QK]; PAIRS], r: usize, row: [T; QK]) {
+    let (pair, half) = (r / 2, r % 2);
+    for (j, group) in row.chunks_exact(4).enumerate() {
+        let at = 8 * j + 4 * half;
+        qs[pair][at..at + 4].copy_from_slice(group);
+    }
+}
+
+/// Row `r`'s 32 quants out of its pair's interleaved slots (tests).
+#[cfg(test)]
+pub(crate) fn get_row<T: Copy + Default>(qs: &[[T; 2 * QK]; PAIRS], r: usize) -> [T; QK] {
+    let (pair, half) = (r / 2, r % 2);
+    std::array::from_fn(|i| qs[pair][8 * (i / 4) + 4 * half + i % 4])
 }
 
 #[inline(always)]

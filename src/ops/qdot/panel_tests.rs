@@ -9,7 +9,7 @@ use half::f16;
 use rand::Rng;
 
 use super::blocks::{self, Q8_0};
-use super::panel::{PanelQ8_0, PanelQ8_1, Q4_1Panel, Q8_0Panel, RowPanel, GROUP};
+use super::panel::{get_row, PanelQ8_0, PanelQ8_1, Q4_1Panel, Q8_0Panel, RowPanel, GROUP};
 use super::tests::{rng, weights};
 use super::{Kernel, Q4_1Dot, Q8_0Dot};
 use crate::ops::q4_1::{self, BlockQ8_1};
@@ -145,12 +145,12 @@ fn panel_quantizers_match_the_row_quantizers_and_zero_the_padding() {
         for b in 0..3 {
             let p: &PanelQ8_1 = &q81[0][b];
             assert_eq!(
-                (p.qs[r], p.d[r], p.s[r]),
+                (get_row(&p.qs, r), p.d[r], p.s[r]),
                 (row81[b].qs, row81[b].d, row81[b].s)
             );
             let p: &PanelQ8_0 = &q80[0][b];
             assert_eq!(
-                p.qs[r],
+                get_row(&p.qs, r),
                 row80[b].qs.map(|q| q as u8 ^ 0x80),
                 "row {r} block {b}"
             );
@@ -165,4 +165,45 @@ fn a_group_holds_at_most_eight_rows() {
     let x = vec![0f32; 9 * 32];
     let mut out = vec![Q4_1Panel::ZERO; 1];
     Q4_1Panel::quantize_group(&x, 32, &mut out);
+}
+
+/// Kernel-only timing (data in L1): ns per (weight block × activation row), next to a
+/// dependent-add loop that measures the clock. `cargo test --release --lib
+/// panel_tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_kernel_in_l1() {
+    use std::hint::black_box;
+    use std::time::Instant;
+    if !Q4_1Panel::available() {
+        return;
+    }
+    let (kb, rows) = (18, 64);
+    let w = weights::<BlockQ4_1>(kb * rows, false, &[], 1);
+    let x = activations(16, kb * 32, 2);
+    let p = panels::<Q4_1Panel>(&x, 16, kb * 32);
+    let wv = q4_1::view(&w);
+    let mut best = f64::MAX;
+    for _ in 0..2000 {
+        let t = Instant::now();
+        for r in 0..rows {
+            // SAFETY: available() checked above.
+            black_box(unsafe { Q4_1Panel::dot16(&wv[r * kb..(r + 1) * kb], &p[0], &p[1]) });
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let ns = best * 1e9 / (kb * rows * 16) as f64;
+    let t = Instant::now();
+    // SAFETY: register-only arithmetic: 10^8 iterations of 4 dependent adds (4 cycles).
+    unsafe {
+        std::arch::asm!(
+            "2:", "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1", "dec {n}", "jnz 2b",
+            x = inout(reg) 0u64 => _, n = inout(reg) 100_000_000u64 => _,
+        );
+    }
+    let ghz = 4.0 * 1e8 / t.elapsed().as_secs_f64() / 1e9;
+    println!(
+        "q4_1 dot16: {ns:.3} ns per row-block; clock ~{ghz:.2} GHz → {:.2} cycles",
+        ns * ghz
+    );
 }
