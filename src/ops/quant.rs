@@ -11,6 +11,10 @@
 //!
 //! Exactness: each quantized type is dotted by a `qdot::Kernel` in the float order of the
 //! ggml kernel llama.cpp runs for one token (`vec_dot`, or for `repacked` matrices gemv).
+//! Q4_1 and Q8_0 matrices with several activation rows go through the AVX-512 panel
+//! kernels where the CPU has them (`panel`): same per-row float order, 16 rows per call.
+//!
+//! Submodules: `float` (F32/F16 weights), `panel` (the multi-row path).
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -19,10 +23,15 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 
+use super::qdot::panel::{Q4_1Panel, Q8_0Panel};
 use super::qdot::{self, Kernel};
-use super::{ggml_math, pool, q4_1};
-use half::slice::HalfFloatSliceExt;
+use super::{pool, q4_1};
+use float::matmul_float;
+use panel::{matmul_panel, use_panels};
 use std::cell::RefCell;
+
+mod float;
+mod panel;
 
 /// Why a tensor could not become a `QMatrix`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -240,9 +249,15 @@ impl QMatrix {
             QData::BF16(w) => matmul_typed(w, n, k, x, m, y),
             QData::Q4_0(w) if packed => matmul::<Q4_0Interleaved>(blocks::view_q4_0(w), k, x, m, y),
             QData::Q4_0(w) => matmul::<Q4_0Dot>(blocks::view_q4_0(w), k, x, m, y),
+            QData::Q4_1(w) if use_panels::<Q4_1Panel>(m) => {
+                matmul_panel::<Q4_1Panel>(q4_1::view(w), k, x, m, y)
+            }
             QData::Q4_1(w) => matmul::<Q4_1Dot>(q4_1::view(w), k, x, m, y),
             QData::Q5_0(w) => matmul::<Q5_0Dot>(blocks::view_q5_0(w), k, x, m, y),
             QData::Q5_1(w) => matmul::<Q5_1Dot>(blocks::view_q5_1(w), k, x, m, y),
+            QData::Q8_0(w) if use_panels::<Q8_0Panel>(m) => {
+                matmul_panel::<Q8_0Panel>(blocks::view_q8_0(w), k, x, m, y)
+            }
             QData::Q8_0(w) => matmul::<Q8_0Dot>(blocks::view_q8_0(w), k, x, m, y),
             QData::Q2K(w) if packed => matmul::<Q2KInterleaved>(blocks::view_q2k(w), k, x, m, y),
             QData::Q2K(w) => matmul::<Q2KDot>(blocks::view_q2k(w), k, x, m, y),
@@ -370,126 +385,6 @@ fn matmul_typed<T: GgmlType>(w: &[T], n: usize, k: usize, x: &[f32], m: usize, y
             }
         })
     })
-}
-
-/// Float weights as ggml multiplies them: F32 rows dotted in `ggml_vec_dot_f32` order;
-/// F16 rows against activations rounded to f16, in `ggml_vec_dot_f16` order.
-fn matmul_float<W: FloatWeight>(w: &[W], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        // SAFETY: FMA is available (checked above).
-        return unsafe { matmul_float_fma(w, n, k, x, m, y) };
-    }
-    matmul_float_body(w, n, k, x, m, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn matmul_float_fma<W: FloatWeight>(
-    w: &[W],
-    n: usize,
-    k: usize,
-    x: &[f32],
-    m: usize,
-    y: &mut [f32],
-) {
-    matmul_float_body(w, n, k, x, m, y)
-}
-
-#[inline(always)]
-fn matmul_float_body<W: FloatWeight>(
-    w: &[W],
-    n: usize,
-    k: usize,
-    x: &[f32],
-    m: usize,
-    y: &mut [f32],
-) {
-    let quantize = |row: &[f32], q: &mut [f32]| W::round_activations(row, q);
-    with_quantized(x, m, k, k, quantize, |xq: &[f32]| {
-        tiled(n, m, y, |col, rows, out| {
-            FLOAT_ROW.with(|cell| {
-                let mut w_row = cell.borrow_mut();
-                w_row.resize(k, 0.0);
-                W::widen(&w[col * k..(col + 1) * k], &mut w_row);
-                float_dots::<W>(&w_row, xq, rows, k, out);
-            })
-        })
-    })
-}
-
-/// `out[i] = W::dot(w_row, xq[rows[i]])`; FMA-compiled where available (closures above do
-/// not inherit target features).
-fn float_dots<W: FloatWeight>(
-    w_row: &[f32],
-    xq: &[f32],
-    rows: std::ops::Range<usize>,
-    k: usize,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        // SAFETY: FMA is available (checked above).
-        return unsafe { float_dots_fma::<W>(w_row, xq, rows, k, out) };
-    }
-    for (o, r) in out.iter_mut().zip(rows) {
-        *o = W::dot(w_row, &xq[r * k..(r + 1) * k]);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn float_dots_fma<W: FloatWeight>(
-    w_row: &[f32],
-    xq: &[f32],
-    rows: std::ops::Range<usize>,
-    k: usize,
-    out: &mut [f32],
-) {
-    for (o, r) in out.iter_mut().zip(rows) {
-        *o = W::dot(w_row, &xq[r * k..(r + 1) * k]);
-    }
-}
-
-thread_local! {
-    /// One float weight row widened to f32.
-    static FLOAT_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// F32 or F16 weight elements.
-trait FloatWeight: Copy + Send + Sync {
-    fn widen(src: &[Self], dst: &mut [f32]);
-    /// The activations as the dot product sees them.
-    fn round_activations(src: &[f32], dst: &mut [f32]);
-    fn dot(w: &[f32], x: &[f32]) -> f32;
-}
-
-impl FloatWeight for f32 {
-    fn widen(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-    fn round_activations(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-    #[inline(always)]
-    fn dot(w: &[f32], x: &[f32]) -> f32 {
-        ggml_math::dot_f32(w, x)
-    }
-}
-
-impl FloatWeight for f16 {
-    fn widen(src: &[f16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-    fn round_activations(src: &[f32], dst: &mut [f32]) {
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = f16::from_f32(v).to_f32();
-        }
-    }
-    #[inline(always)]
-    fn dot(w: &[f32], x: &[f32]) -> f32 {
-        ggml_math::dot_f16(w, x)
-    }
 }
 
 /// `y[m, n] = x[m, k] · Wᵀ` with a `qdot` kernel: the activations quantized once, then

@@ -1,7 +1,7 @@
 //! Replays dot products recorded from ggml itself (`testdata/ggml_vectors.json`, written by
 //! `testdata/ggml_vectors.py` from llama-cpp-python's libggml-cpu built with -march=native
 //! on an AVX-512 host): same seeded weights and activations, our activation quantizers and
-//! kernels, results compared bit for bit (SIMD, portable and `dot4` paths alike).
+//! kernels, results compared bit for bit (SIMD, portable, `dot4` and panel paths alike).
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -118,4 +118,48 @@ fn k_quants_match_ggml_bit_for_bit() {
     replay::<BlockQ4K, Q4KInterleaved>("q4_K gemv", blocks::view_q4k, &[0, 2]);
     replay::<BlockQ5K, Q5KDot>("q5_K vec", blocks::view_q5k, &[0, 2]);
     replay::<BlockQ6K, Q6KDot>("q6_K vec", blocks::view_q6k, &[208]);
+}
+
+/// The recorded cases through the multi-row panel kernels: the activation row in every
+/// lane of two groups, so `dot16` and `dot8` must give ggml's bits in all 16 / 8 lanes.
+fn replay_panels<C: GgmlType, P: panel::RowPanel>(
+    name: &str,
+    view: fn(&[C]) -> &[P::Weight],
+    f16_at: &[usize],
+) {
+    if !P::available() {
+        eprintln!("skipped: this CPU lacks AVX-512 VNNI (the panel kernels cannot run)");
+        return;
+    }
+    let all: std::collections::HashMap<String, Vec<Case>> =
+        serde_json::from_str(include_str!("testdata/ggml_vectors.json")).expect("valid JSON");
+    let cases = all
+        .get(name)
+        .unwrap_or_else(|| panic!("no recorded cases for {name}"));
+    for case in cases {
+        let (rows, x) = inputs::<C>(case.n_blocks, case.seed, f16_at);
+        let eight: Vec<f32> = (0..panel::GROUP).flat_map(|_| x.iter().copied()).collect();
+        let mut group = vec![P::ZERO; case.n_blocks];
+        P::quantize_group(&eight, x.len(), &mut group);
+        for (i, row) in rows.iter().enumerate() {
+            let want = case.bits[i];
+            let what = format!("{name}, {} blocks, row {i}", case.n_blocks);
+            // SAFETY: `available()` was checked above.
+            let (r8, r16) = unsafe {
+                (
+                    P::dot8(view(row), &group),
+                    P::dot16(view(row), &group, &group),
+                )
+            };
+            assert!(r8.iter().all(|v| v.to_bits() == want), "{what} (dot8)");
+            assert!(r16.iter().all(|v| v.to_bits() == want), "{what} (dot16)");
+        }
+    }
+}
+
+#[test]
+fn panel_kernels_match_ggml_bit_for_bit() {
+    use panel::{Q4_1Panel, Q8_0Panel};
+    replay_panels::<BlockQ4_1, Q4_1Panel>("q4_1 vec", q4_1::view, &[0, 2]);
+    replay_panels::<BlockQ8_0, Q8_0Panel>("q8_0 vec", blocks::view_q8_0, &[0]);
 }

@@ -20,6 +20,8 @@
 //! are within ±127, weights within ±128 (Q8_0) or 0..63 (K-quants)), so only the float
 //! order matters; the replay test (`ggml_vectors`) checks it against ggml's own results.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod blocks;
 #[cfg(test)]
 mod ggml_vectors;
@@ -27,6 +29,9 @@ mod interleaved;
 mod kquants;
 mod legacy;
 mod low_k;
+pub mod panel;
+#[cfg(test)]
+mod panel_tests;
 #[cfg(test)]
 mod tests;
 

@@ -21,7 +21,7 @@ fn zeroed<T>(n: usize) -> Vec<T> {
     (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
 }
 
-fn rng(seed: u64) -> rand::rngs::StdRng {
+pub(super) fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
 
@@ -63,7 +63,7 @@ impl Dequant for BlockQ8_1 {
 /// Weight blocks of candle type `C`: either candle's quantization of smooth random values
 /// or random bytes (every bit pattern of the quants and scales; the f16 fields at
 /// `f16_at` byte offsets replaced by finite random scales).
-fn weights<C: GgmlType>(
+pub(super) fn weights<C: GgmlType>(
     n_blocks: usize,
     random_bytes: bool,
     f16_at: &[usize],

@@ -1,0 +1,161 @@
+//! AVX-512 VNNI kernels over row panels (`panel`): one weight row against 8·G activation
+//! rows, each row's float operations exactly those of its single-row kernel.
+//!
+//! Lanes: ggml's single-row kernels keep 8 f32 lanes per row, lane `l` accumulating the
+//! products of block bytes `4l..4l+4`. Here a 512-bit register holds the lanes of a row
+//! pair interleaved, `[a0, b0, a1, b1, .., a7, b7]` (rows `a = 2p`, `b = 2p+1`): the
+//! panel stores the pair's quants interleaved by 4-byte groups and the weights are
+//! unpacked once per block into `[w0..4, w0..4, w4..8, w4..8, ..]`, so one `vpdpbusd`
+//! gives both rows' exact i32 lane sums (the same integers as `madd(maddubs(..))`). The
+//! pair's scales `[d_a, d_b]` are then one 64-bit broadcast (a load from the 8-row
+//! product vector `d_w · d_act` spilled to the stack, so no shuffle unit is needed),
+//! and `acc = d · cvt(lanes) + acc` is one FMA per pair, exactly ggml's per-row
+//! `_mm256_fmadd_ps(d, q, acc)`. At the end `hsum_rows` folds each row's 8 lanes in
+//! `hsum_float_8` order, 8 rows at once.
+//!
+//! Q4_1: unsigned nibbles × signed Q8_1 quants, `summs = fma(m_w, s_a, summs)` per row in
+//! one 8-lane FMA, result `hsum + summs` (`ggml_vec_dot_q4_1_q8_1`).
+//! Q8_0: signed weights × activations stored biased (+128, unsigned): `vpdpbusd` then
+//! gives Σ (a + 128)·w, so each block's accumulator starts at −128·Σw (per lane, exact)
+//! (`ggml_vec_dot_q8_0_q8_0`).
+
+use std::arch::x86_64::*;
+
+use super::panel::{PanelQ8_0, PanelQ8_1, GROUP};
+use crate::ops::act_quant::Q8_0;
+use crate::ops::q4_1::Q4_1;
+
+/// `vpermd` indices doubling each 4-byte group: `[g0, g0, g1, g1, .., g7, g7]`.
+const DOUBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
+/// The same over a 16-byte load: the low nibbles' groups, then again for the high ones.
+const DOUBLE_NIBBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1, 2, 2, 3, 3];
+/// Lanes of `hsum_rows`' last step holding rows 0..8.
+const ROW_RESULT_INDEX: [i32; 16] = [0, 1, 4, 5, 8, 9, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0];
+
+#[inline(always)]
+unsafe fn load_index(idx: &[i32; 16]) -> __m512i {
+    _mm512_loadu_si512(idx.as_ptr() as *const _)
+}
+
+/// Two adjacent f16 → `[a, b, 0, 0]` (exact, `vcvtph2ps` as ggml).
+#[inline(always)]
+unsafe fn f16_pair(p: *const u8) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
+}
+
+/// `acc[p] = [d_2p, d_2p+1]… · cvt(lanes[p]) + acc[p]` for the 4 row pairs of a group,
+/// `d` being the 8 rows' block scales.
+#[inline(always)]
+unsafe fn fma_pairs(acc: &mut [__m512; 4], d: __m256, lanes: [__m512i; 4]) {
+    // Through memory: a 64-bit broadcast load costs no shuffle-unit slot.
+    let mut spill = [0f64; 4];
+    _mm256_storeu_ps(spill.as_mut_ptr() as *mut f32, d);
+    let spill = std::hint::black_box(&spill);
+    for p in 0..4 {
+        let dp = _mm512_castpd_ps(_mm512_set1_pd(spill[p]));
+        acc[p] = _mm512_fmadd_ps(dp, _mm512_cvtepi32_ps(lanes[p]), acc[p]);
+    }
+}
+
+/// Each row's `hsum_float_8` of a group's 4 pair accumulators: `[f32; 8]` in row order.
+/// ggml folds `r_j = x_j + x_{j+4}`, then `t_0 = r_0 + r_2`, `t_1 = r_1 + r_3`, then
+/// `t_0 + t_1`; every add here is one of those (float addition is commutative).
+#[inline(always)]
+unsafe fn hsum_rows(acc: &[__m512; 4], result_idx: __m512i) -> __m256 {
+    // acc[p] 256-bit halves: [a0 b0 a1 b1 a2 b2 a3 b3 | a4 b4 .. a7 b7].
+    let lo01 = _mm512_shuffle_f32x4::<0b01_00_01_00>(acc[0], acc[1]);
+    let hi01 = _mm512_shuffle_f32x4::<0b11_10_11_10>(acc[0], acc[1]);
+    let lo23 = _mm512_shuffle_f32x4::<0b01_00_01_00>(acc[2], acc[3]);
+    let hi23 = _mm512_shuffle_f32x4::<0b11_10_11_10>(acc[2], acc[3]);
+    // 256-bit half h of r01 (pair h), of r23 (pair 2+h): [ra0 rb0 ra1 rb1 | ra2 rb2 ra3 rb3].
+    let r01 = _mm512_add_ps(lo01, hi01);
+    let r23 = _mm512_add_ps(lo23, hi23);
+    // chunk p: [ta0 tb0 ta1 tb1] of pair p.
+    let r02 = _mm512_shuffle_f32x4::<0b10_00_10_00>(r01, r23);
+    let r13 = _mm512_shuffle_f32x4::<0b11_01_11_01>(r01, r23);
+    let t = _mm512_add_ps(r02, r13);
+    // lanes 0, 1 of chunk p: rows 2p, 2p+1.
+    let sums = _mm512_add_ps(t, _mm512_shuffle_ps::<0b01_00_11_10>(t, t));
+    _mm512_castps512_ps256(_mm512_permutexvar_ps(result_idx, sums))
+}
+
+/// Q4_1 weight row `w: [kb]` · `8·G` Q8_1 rows (`x[g]: [kb]` panels): `out[g][r]`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f32; GROUP]; G] {
+    for panel in x {
+        assert_eq!(panel.len(), w.len(), "q4_1_rows: block counts differ");
+    }
+    let double = load_index(&DOUBLE_NIBBLE_DWORDS);
+    // Per 16-bit word: the upper 256 bits shift by 4 (high nibbles, elements 16..32).
+    let shift = _mm512_maskz_mov_epi64(0b1111_0000, _mm512_set1_epi16(4));
+    let low4 = _mm512_set1_epi8(0x0F);
+    let mut acc = [[_mm512_setzero_ps(); 4]; G];
+    let mut summs = [_mm256_setzero_ps(); G];
+    for (b, wb) in w.iter().enumerate() {
+        let dm = f16_pair(wb as *const Q4_1 as *const u8);
+        let wd = _mm256_broadcastss_ps(dm);
+        let wm = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+        let q = _mm512_castsi128_si512(_mm_loadu_si128(wb.qs.as_ptr() as *const __m128i));
+        let q = _mm512_permutexvar_epi32(double, q);
+        let qx = _mm512_and_si512(_mm512_srlv_epi16(q, shift), low4);
+        for g in 0..G {
+            let y = x[g].get_unchecked(b);
+            summs[g] = _mm256_fmadd_ps(wm, _mm256_loadu_ps(y.s.as_ptr()), summs[g]);
+            let d = _mm256_mul_ps(wd, _mm256_loadu_ps(y.d.as_ptr()));
+            let mut lanes = [_mm512_setzero_si512(); 4];
+            for (p, l) in lanes.iter_mut().enumerate() {
+                let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
+                *l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, ys);
+            }
+            fma_pairs(&mut acc[g], d, lanes);
+        }
+    }
+    let result_idx = load_index(&ROW_RESULT_INDEX);
+    let mut out = [[0f32; GROUP]; G];
+    for g in 0..G {
+        let rows = _mm256_add_ps(hsum_rows(&acc[g], result_idx), summs[g]);
+        _mm256_storeu_ps(out[g].as_mut_ptr(), rows);
+    }
+    out
+}
+
+/// Q8_0 weight row `w: [kb]` · `8·G` Q8_0 rows (`x[g]: [kb]` biased panels): `out[g][r]`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn q8_0_rows<const G: usize>(w: &[Q8_0], x: [&[PanelQ8_0]; G]) -> [[f32; GROUP]; G] {
+    for panel in x {
+        assert_eq!(panel.len(), w.len(), "q8_0_rows: block counts differ");
+    }
+    let double = load_index(&DOUBLE_DWORDS);
+    let bias = _mm512_set1_epi8(0x80u8 as i8);
+    let mut acc = [[_mm512_setzero_ps(); 4]; G];
+    for (b, wb) in w.iter().enumerate() {
+        let wd = _mm256_broadcastss_ps(f16_pair(wb as *const Q8_0 as *const u8));
+        let wq = _mm512_castsi256_si512(_mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i));
+        let wq = _mm512_permutexvar_epi32(double, wq);
+        // −128 · Σ4 w per lane, so that Σ (a + 128)·w lands on Σ a·w.
+        let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wq);
+        let start = _mm512_sub_epi32(_mm512_setzero_si512(), start);
+        for g in 0..G {
+            let y = x[g].get_unchecked(b);
+            let d = _mm256_mul_ps(wd, _mm256_loadu_ps(y.d.as_ptr()));
+            let mut lanes = [start; 4];
+            for (p, l) in lanes.iter_mut().enumerate() {
+                let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
+                *l = _mm512_dpbusd_epi32(start, ys, wq);
+            }
+            fma_pairs(&mut acc[g], d, lanes);
+        }
+    }
+    let result_idx = load_index(&ROW_RESULT_INDEX);
+    let mut out = [[0f32; GROUP]; G];
+    for g in 0..G {
+        _mm256_storeu_ps(out[g].as_mut_ptr(), hsum_rows(&acc[g], result_idx));
+    }
+    out
+}

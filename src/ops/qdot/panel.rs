@@ -1,0 +1,232 @@
+//! Row panels: quantized activations laid out 8 rows at a time, block-major, for the
+//! AVX-512 VNNI multi-row kernels (`avx512`).
+//!
+//! A panel covers one group of 8 activation rows. For each 32-element block `b` it holds
+//! the quants of row pairs `(2p, 2p+1)` interleaved by 4-byte groups (64 bytes per pair:
+//! `[a0..4, b0..4, a4..8, b4..8, ..]`, one 512-bit register whose i32 lanes alternate
+//! between the two rows), followed by the 8 rows' scales as `[f32; 8]` vectors, so a
+//! kernel computes `d_w · d_a` (and Q8_1's `fma(m_w, s_a, summs)`) for 8 rows with one
+//! instruction. Each lane of those vector operations is exactly the scalar operation the
+//! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
+//! exact, so every row's result is bit-identical to `dot` (tests: `panel_tests`).
+//!
+//! Layout (`[groups][blocks]` of `Panel*`, 320 bytes each, 64-byte aligned):
+//! - `PanelQ8_1 { qs: [[i8; 64]; 4], d: [f32; 8], s: [f32; 8] }` (for Q4_1 weights).
+//! - `PanelQ8_0 { qs: [[u8; 64]; 4], d: [f32; 8] }` (for Q8_0 weights): quants stored
+//!   biased by +128 (`q ^ 0x80`) so `vpdpbusd` can take them as its unsigned operand.
+//!
+//! Rows past the end of the last group are zero (scale 0, quants 0): their results are
+//! finite and never written out.
+
+use crate::ops::act_quant::{self, Q8_0};
+use crate::ops::q4_1::{self, BlockQ8_1, Q4_1};
+use half::f16;
+
+/// Activation rows per panel group.
+pub const GROUP: usize = 8;
+/// Elements per block (both supported types).
+pub const QK: usize = 32;
+
+/// Rows per pair (one 512-bit register of quants).
+const PAIRS: usize = GROUP / 2;
+
+/// 8 rows of one Q8_1 block (for Q4_1 weights).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+pub struct PanelQ8_1 {
+    /// Row pairs' quants, interleaved by 4-byte groups.
+    pub qs: [[i8; 2 * QK]; PAIRS],
+    pub d: [f32; GROUP],
+    pub s: [f32; GROUP],
+}
+
+/// 8 rows of one Q8_0 block (for Q8_0 weights), quants biased by +128.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+pub struct PanelQ8_0 {
+    /// Row pairs' quants + 128, interleaved by 4-byte groups.
+    pub qs: [[u8; 2 * QK]; PAIRS],
+    pub d: [f32; GROUP],
+}
+
+const _: () = assert!(std::mem::size_of::<PanelQ8_1>() == 320);
+const _: () = assert!(std::mem::size_of::<PanelQ8_0>() == 320);
+
+/// A weight type with a multi-row panel kernel.
+pub trait RowPanel {
+    /// One weight block (ggml's layout).
+    type Weight: Sync;
+    /// One activation block of a whole group.
+    type Block: Copy + Send + Sync + 'static;
+    /// The all-zero block (padding rows).
+    const ZERO: Self::Block;
+
+    /// Quantizes `rows.len() / k` (≤ 8) activation rows `rows: [r, k]` into one group's
+    /// panel `out: [k / 32]`; lanes past `r` become zero.
+    fn quantize_group(rows: &[f32], k: usize, out: &mut [Self::Block]);
+
+    /// Whether the multi-row kernels can run on this CPU.
+    fn available() -> bool;
+
+    /// One weight row (`w: [kb]`) · the 16 rows of two groups (`a, b: [kb]` each).
+    ///
+    /// # Safety
+    /// `available()` must be true.
+    unsafe fn dot16(w: &[Self::Weight], a: &[Self::Block], b: &[Self::Block]) -> [f32; 16];
+
+    /// One weight row · the 8 rows of one group.
+    ///
+    /// # Safety
+    /// `available()` must be true.
+    unsafe fn dot8(w: &[Self::Weight], a: &[Self::Block]) -> [f32; 8];
+}
+
+/// Q4_1 weights · Q8_1 activation panels (`ggml_vec_dot_q4_1_q8_1` order per row).
+pub struct Q4_1Panel;
+
+/// Q8_0 weights · Q8_0 activation panels (`ggml_vec_dot_q8_0_q8_0` order per row).
+pub struct Q8_0Panel;
+
+/// Checks the group's shape and returns its row count.
+fn group_rows(rows: &[f32], k: usize, blocks: usize) -> usize {
+    assert!(
+        k > 0 && k == blocks * QK,
+        "quantize_group: k = {k}, blocks = {blocks}"
+    );
+    assert!(rows.len().is_multiple_of(k), "quantize_group: ragged rows");
+    let n = rows.len() / k;
+    assert!(n <= GROUP, "quantize_group: {n} rows > {GROUP}");
+    n
+}
+
+impl RowPanel for Q4_1Panel {
+    type Weight = Q4_1;
+    type Block = PanelQ8_1;
+    const ZERO: PanelQ8_1 = PanelQ8_1 {
+        qs: [[0; 2 * QK]; PAIRS],
+        d: [0.0; GROUP],
+        s: [0.0; GROUP],
+    };
+
+    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_1]) {
+        let n = group_rows(rows, k, out.len());
+        let mut tmp = [BlockQ8_1::default()];
+        for (b, panel) in out.iter_mut().enumerate() {
+            *panel = Self::ZERO;
+            for r in 0..n {
+                q4_1::quantize_q8_1(&rows[r * k + b * QK..r * k + (b + 1) * QK], &mut tmp);
+                put_row(&mut panel.qs, r, tmp[0].qs);
+                panel.d[r] = tmp[0].d;
+                panel.s[r] = tmp[0].s;
+            }
+        }
+    }
+
+    fn available() -> bool {
+        has_avx512_vnni()
+    }
+
+    unsafe fn dot16(w: &[Q4_1], a: &[PanelQ8_1], b: &[PanelQ8_1]) -> [f32; 16] {
+        let [lo, hi] = avx512::q4_1_rows::<2>(w, [a, b]);
+        concat(lo, hi)
+    }
+
+    unsafe fn dot8(w: &[Q4_1], a: &[PanelQ8_1]) -> [f32; 8] {
+        avx512::q4_1_rows::<1>(w, [a])[0]
+    }
+}
+
+impl RowPanel for Q8_0Panel {
+    type Weight = Q8_0;
+    type Block = PanelQ8_0;
+    const ZERO: PanelQ8_0 = PanelQ8_0 {
+        qs: [[0x80; 2 * QK]; PAIRS],
+        d: [0.0; GROUP],
+    };
+
+    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_0]) {
+        let n = group_rows(rows, k, out.len());
+        let mut tmp = [Q8_0 {
+            d: f16::ZERO,
+            qs: [0; QK],
+        }];
+        for (b, panel) in out.iter_mut().enumerate() {
+            *panel = Self::ZERO;
+            for r in 0..n {
+                act_quant::quantize_q8_0(&rows[r * k + b * QK..r * k + (b + 1) * QK], &mut tmp);
+                put_row(&mut panel.qs, r, tmp[0].qs.map(|q| q as u8 ^ 0x80));
+                panel.d[r] = tmp[0].d.to_f32();
+            }
+        }
+    }
+
+    fn available() -> bool {
+        has_avx512_vnni()
+    }
+
+    unsafe fn dot16(w: &[Q8_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
+        let [lo, hi] = avx512::q8_0_rows::<2>(w, [a, b]);
+        concat(lo, hi)
+    }
+
+    unsafe fn dot8(w: &[Q8_0], a: &[PanelQ8_0]) -> [f32; 8] {
+        avx512::q8_0_rows::<1>(w, [a])[0]
+    }
+}
+
+/// Stores row `r`'s 32 quants in its pair's interleaved slots.
+#[inline]
+fn put_row<T: Copy>(qs: &mut [[T; 2 * QK]; PAIRS], r: usize, row: [T; QK]) {
+    let (pair, half) = (r / 2, r % 2);
+    for (j, group) in row.chunks_exact(4).enumerate() {
+        let at = 8 * j + 4 * half;
+        qs[pair][at..at + 4].copy_from_slice(group);
+    }
+}
+
+/// Row `r`'s 32 quants out of its pair's interleaved slots (tests).
+#[cfg(test)]
+pub(crate) fn get_row<T: Copy + Default>(qs: &[[T; 2 * QK]; PAIRS], r: usize) -> [T; QK] {
+    let (pair, half) = (r / 2, r % 2);
+    std::array::from_fn(|i| qs[pair][8 * (i / 4) + 4 * half + i % 4])
+}
+
+#[inline(always)]
+fn concat(lo: [f32; 8], hi: [f32; 8]) -> [f32; 16] {
+    let mut out = [0f32; 16];
+    out[..8].copy_from_slice(&lo);
+    out[8..].copy_from_slice(&hi);
+    out
+}
+
+/// AVX-512 F/BW/VL + VNNI (and the FMA/F16C the scalar parts use), cached by std.
+pub fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use super::avx512;
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    //! No AVX-512 on this architecture: `available()` is false, so these never run.
+    use super::{PanelQ8_0, PanelQ8_1, Q4_1, Q8_0};
+    pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX-512 kernels called without AVX-512")
+    }
+    pub unsafe fn q8_0_rows<const G: usize>(_: &[Q8_0], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX-512 kernels called without AVX-512")
+    }
+}

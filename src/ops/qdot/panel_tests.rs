@@ -1,0 +1,209 @@
+//! Panel kernels against the single-row kernels, bit for bit: random weights (candle's
+//! quantization and raw random bytes), several row widths and row counts (partial
+//! groups, one group, group pairs), plus the panel quantizers against the row ones.
+//! On CPUs without AVX-512 VNNI the kernels cannot run; the tests say so and only check
+//! the quantizers.
+
+use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0, GgmlType};
+use half::f16;
+use rand::Rng;
+
+use super::blocks::{self, Q8_0};
+use super::panel::{get_row, PanelQ8_0, PanelQ8_1, Q4_1Panel, Q8_0Panel, RowPanel, GROUP};
+use super::tests::{rng, weights};
+use super::{Kernel, Q4_1Dot, Q8_0Dot};
+use crate::ops::q4_1::{self, BlockQ8_1};
+
+/// `m × k` activations with a few rows of very different magnitude and an all-zero row.
+fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut r = rng(seed);
+    let mut x: Vec<f32> = (0..m * k).map(|_| r.random_range(-3.0f32..3.0)).collect();
+    for (i, row) in x.chunks_exact_mut(k).enumerate() {
+        match i % 5 {
+            1 => row.iter_mut().for_each(|v| *v *= 1e-3),
+            3 => row.iter_mut().for_each(|v| *v *= 40.0),
+            4 if i == 4 => row.fill(0.0),
+            _ => {}
+        }
+    }
+    x
+}
+
+/// Panels of all `m` rows: `[groups][kb]`.
+fn panels<P: RowPanel>(x: &[f32], m: usize, k: usize) -> Vec<Vec<P::Block>> {
+    (0..m.div_ceil(GROUP))
+        .map(|g| {
+            let mut out = vec![P::ZERO; k / 32];
+            let rows = g * GROUP..((g + 1) * GROUP).min(m);
+            P::quantize_group(&x[rows.start * k..rows.end * k], k, &mut out);
+            out
+        })
+        .collect()
+}
+
+/// Every row of the panel kernels (`dot16` on group pairs, `dot8` on each group) equals
+/// `K::dot` of the row-quantized activations, bit for bit.
+fn check_rows<P, K>(w: &[K::Weight], x: &[f32], m: usize, k: usize, what: &str)
+where
+    P: RowPanel<Weight = K::Weight>,
+    K: Kernel,
+{
+    let groups = panels::<P>(x, m, k);
+    let kb = k / 32;
+    // SAFETY: activation blocks are plain data; all-zero is valid; fully overwritten.
+    let mut row_q: Vec<K::Act> = (0..kb).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut want = vec![0f32; m];
+    for (r, v) in want.iter_mut().enumerate() {
+        K::quantize(&x[r * k..(r + 1) * k], &mut row_q);
+        *v = K::dot(w, &row_q);
+    }
+    for (g, panel) in groups.iter().enumerate() {
+        // SAFETY: the caller checked `P::available()`.
+        let eight = unsafe { P::dot8(w, panel) };
+        let sixteen = groups
+            .get(g + 1)
+            // SAFETY: as above.
+            .map(|next| unsafe { P::dot16(w, panel, next) });
+        for (lane, &got) in eight.iter().enumerate() {
+            let r = g * GROUP + lane;
+            if r >= m {
+                continue;
+            }
+            let at = format!("{what}: row {r} of {m}");
+            assert_eq!(
+                got.to_bits(),
+                want[r].to_bits(),
+                "dot8 {at}: {got} vs {}",
+                want[r]
+            );
+            if let Some(s) = sixteen {
+                assert_eq!(s[lane].to_bits(), want[r].to_bits(), "dot16 {at}");
+                if let Some(&w_next) = want.get(r + GROUP) {
+                    assert_eq!(
+                        s[lane + GROUP].to_bits(),
+                        w_next.to_bits(),
+                        "dot16 {at} + 8"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_type<C, P, K>(view: fn(&[C]) -> &[K::Weight], f16_at: &[usize])
+where
+    C: GgmlType,
+    P: RowPanel<Weight = K::Weight>,
+    K: Kernel,
+{
+    if !P::available() {
+        eprintln!("skipped: this CPU lacks AVX-512 VNNI (the panel kernels cannot run)");
+        return;
+    }
+    for (case, n_blocks) in [1usize, 2, 3, 18, 48].into_iter().enumerate() {
+        for random_bytes in [false, true] {
+            let seed = case as u64 * 10 + random_bytes as u64;
+            let w = weights::<C>(n_blocks, random_bytes, f16_at, seed);
+            let k = n_blocks * 32;
+            for m in [1, 2, 7, 8, 9, 16, 17, 24, 33] {
+                let x = activations(m, k, seed * 31 + m as u64);
+                let what = format!("{n_blocks} blocks, random bytes {random_bytes}");
+                check_rows::<P, K>(view(&w), &x, m, k, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_1_panels_equal_dot_bit_for_bit() {
+    check_type::<BlockQ4_1, Q4_1Panel, Q4_1Dot>(q4_1::view, &[0, 2]);
+}
+
+#[test]
+fn q8_0_panels_equal_dot_bit_for_bit() {
+    check_type::<BlockQ8_0, Q8_0Panel, Q8_0Dot>(blocks::view_q8_0, &[0]);
+}
+
+#[test]
+fn panel_quantizers_match_the_row_quantizers_and_zero_the_padding() {
+    let (m, k) = (5, 96);
+    let x = activations(m, k, 7);
+    let q81 = panels::<Q4_1Panel>(&x, m, k);
+    let q80 = panels::<Q8_0Panel>(&x, m, k);
+    for r in 0..GROUP {
+        let mut row81 = [BlockQ8_1::default(); 3];
+        let mut row80: Vec<Q8_0> = (0..3)
+            .map(|_| Q8_0 {
+                d: f16::ZERO,
+                qs: [0; 32],
+            })
+            .collect();
+        if r < m {
+            Q4_1Dot::quantize(&x[r * k..(r + 1) * k], &mut row81);
+            Q8_0Dot::quantize(&x[r * k..(r + 1) * k], &mut row80);
+        }
+        for b in 0..3 {
+            let p: &PanelQ8_1 = &q81[0][b];
+            assert_eq!(
+                (get_row(&p.qs, r), p.d[r], p.s[r]),
+                (row81[b].qs, row81[b].d, row81[b].s)
+            );
+            let p: &PanelQ8_0 = &q80[0][b];
+            assert_eq!(
+                get_row(&p.qs, r),
+                row80[b].qs.map(|q| q as u8 ^ 0x80),
+                "row {r} block {b}"
+            );
+            assert_eq!(p.d[r], row80[b].d.to_f32());
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "rows > 8")]
+fn a_group_holds_at_most_eight_rows() {
+    let x = vec![0f32; 9 * 32];
+    let mut out = vec![Q4_1Panel::ZERO; 1];
+    Q4_1Panel::quantize_group(&x, 32, &mut out);
+}
+
+/// Kernel-only timing (data in L1): ns per (weight block × activation row), next to a
+/// dependent-add loop that measures the clock. `cargo test --release --lib
+/// panel_tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_kernel_in_l1() {
+    use std::hint::black_box;
+    use std::time::Instant;
+    if !Q4_1Panel::available() {
+        return;
+    }
+    let (kb, rows) = (18, 64);
+    let w = weights::<BlockQ4_1>(kb * rows, false, &[], 1);
+    let x = activations(16, kb * 32, 2);
+    let p = panels::<Q4_1Panel>(&x, 16, kb * 32);
+    let wv = q4_1::view(&w);
+    let mut best = f64::MAX;
+    for _ in 0..2000 {
+        let t = Instant::now();
+        for r in 0..rows {
+            // SAFETY: available() checked above.
+            black_box(unsafe { Q4_1Panel::dot16(&wv[r * kb..(r + 1) * kb], &p[0], &p[1]) });
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let ns = best * 1e9 / (kb * rows * 16) as f64;
+    let t = Instant::now();
+    // SAFETY: register-only arithmetic: 10^8 iterations of 4 dependent adds (4 cycles).
+    unsafe {
+        std::arch::asm!(
+            "2:", "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1", "dec {n}", "jnz 2b",
+            x = inout(reg) 0u64 => _, n = inout(reg) 100_000_000u64 => _,
+        );
+    }
+    let ghz = 4.0 * 1e8 / t.elapsed().as_secs_f64() / 1e9;
+    println!(
+        "q4_1 dot16: {ns:.3} ns per row-block; clock ~{ghz:.2} GHz → {:.2} cycles",
+        ns * ghz
+    );
+}

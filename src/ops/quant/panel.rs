@@ -1,0 +1,186 @@
+//! The multi-row matmul path: activations quantized straight into 8-row panels
+//! (`qdot::panel`), then each weight row dotted with 16 activation rows per kernel call
+//! while it sits in L1.
+//!
+//! Loop order per task (a contiguous run of weight rows, as `tiled`): chunks of
+//! `COLS_PER_CHUNK` weight rows; for each pair of row groups, every weight row of the
+//! chunk → a `[16 rows][COLS_PER_CHUNK]` tile, written out as contiguous row runs. Each
+//! weight row is read from memory once per matmul (the chunk stays in L1 across groups);
+//! the panels (all activation rows) stay in L1/L2.
+//!
+//! Exactness: every output is the panel kernel's row result, bit-identical to
+//! `Kernel::dot` of that weight row and activation row (see `qdot::panel`).
+
+use std::cell::RefCell;
+
+use super::{cols_per_task, SendPtr};
+use crate::ops::pool;
+use crate::ops::qdot::panel::{RowPanel, GROUP, QK};
+
+/// Weight rows per output tile: 16 rows of ≤ 48 blocks stay in L1.
+const COLS_PER_CHUNK: usize = 16;
+/// Activation rows per kernel call (two groups).
+const ROWS_PER_CALL: usize = 2 * GROUP;
+/// Fewer rows than this go through `Kernel::dot`/`dot4`: a padded group costs more.
+pub(super) const MIN_PANEL_ROWS: usize = 6;
+
+/// One cache line of panel scratch (keeps panel blocks 64-byte aligned).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+thread_local! {
+    /// Panels of the current matmul, reused across calls.
+    static PANEL_SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether `m` activation rows go through `P`'s panel kernels on this CPU.
+pub(super) fn use_panels<P: RowPanel>(m: usize) -> bool {
+    m >= MIN_PANEL_ROWS && P::available()
+}
+
+/// `y[m, n] = x[m, k] · Wᵀ` for `w: [n, k / 32]` blocks. Callers check `use_panels`.
+pub(super) fn matmul_panel<P: RowPanel>(
+    w: &[P::Weight],
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) {
+    assert!(P::available(), "matmul_panel: CPU lacks the panel kernels");
+    assert!(std::mem::align_of::<P::Block>() <= std::mem::align_of::<Line>());
+    let kb = k / QK;
+    let n = w.len() / kb;
+    let groups = m.div_ceil(GROUP);
+    PANEL_SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let lines = (groups * kb * std::mem::size_of::<P::Block>()).div_ceil(64);
+        if scratch.len() < lines {
+            scratch.resize(lines, Line([0; 64]));
+        }
+        // SAFETY: large enough and 64-byte aligned (checked above); panel blocks are
+        // plain integers and floats, valid for any initialized bytes.
+        let panels: &mut [P::Block] = unsafe {
+            std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut P::Block, groups * kb)
+        };
+        let panels_ptr = SendPtr(panels.as_mut_ptr());
+        pool::run(groups, |g| {
+            // SAFETY: group g's blocks are written by this task only; g < groups.
+            let out = unsafe { std::slice::from_raw_parts_mut(panels_ptr.get().add(g * kb), kb) };
+            let rows = g * GROUP..((g + 1) * GROUP).min(m);
+            P::quantize_group(&x[rows.start * k..rows.end * k], k, out);
+        });
+        panel_tiles::<P>(w, n, kb, panels, m, y);
+    })
+}
+
+/// Runs the kernels over all (weight row chunk, group pair) tiles in parallel over runs
+/// of weight rows, writing `y: [m, n]`.
+fn panel_tiles<P: RowPanel>(
+    w: &[P::Weight],
+    n: usize,
+    kb: usize,
+    panels: &[P::Block],
+    m: usize,
+    y: &mut [f32],
+) {
+    let y_ptr = SendPtr(y.as_mut_ptr());
+    let per_task = cols_per_task(n);
+    let groups = m.div_ceil(GROUP);
+    pool::run(n.div_ceil(per_task), |task| {
+        let cols = task * per_task..((task + 1) * per_task).min(n);
+        let mut tile = [[0f32; COLS_PER_CHUNK]; ROWS_PER_CALL];
+        for c0 in cols.clone().step_by(COLS_PER_CHUNK) {
+            let chunk = c0..(c0 + COLS_PER_CHUNK).min(cols.end);
+            for g in (0..groups).step_by(2) {
+                let group = |i: usize| &panels[i * kb..(i + 1) * kb];
+                for (c, col) in chunk.clone().enumerate() {
+                    let w_row = &w[col * kb..(col + 1) * kb];
+                    if g + 1 < groups {
+                        // SAFETY: `matmul_panel` checked `P::available()`.
+                        let r = unsafe { P::dot16(w_row, group(g), group(g + 1)) };
+                        (0..ROWS_PER_CALL).for_each(|i| tile[i][c] = r[i]);
+                    } else {
+                        // SAFETY: as above.
+                        let r = unsafe { P::dot8(w_row, group(g)) };
+                        (0..GROUP).for_each(|i| tile[i][c] = r[i]);
+                    }
+                }
+                let rows = g * GROUP..((g + 2) * GROUP).min(m);
+                for (tile_row, r) in tile.iter().zip(rows) {
+                    let dst = r * n + chunk.start;
+                    // SAFETY: row r's columns `chunk` are written by exactly this task;
+                    // r < m and chunk.end ≤ n, so the run lies inside y.
+                    unsafe {
+                        let src = tile_row.as_ptr();
+                        std::ptr::copy_nonoverlapping(src, y_ptr.get().add(dst), chunk.len());
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{matmul, QData, QMatrix};
+    use super::*;
+    use crate::ops::q4_1;
+    use crate::ops::qdot::panel::{Q4_1Panel, Q8_0Panel};
+    use crate::ops::qdot::{blocks, Q4_1Dot, Q8_0Dot};
+    use candle_core::quantized::GgmlDType;
+    use std::time::Instant;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// µs per matmul (best of many), panel path vs `dot4` path, for the default model's
+    /// shapes. Run: `cargo test --release --lib quant::panel::tests::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_panel_vs_dot4() {
+        let shapes = [
+            (GgmlDType::Q4_1, 960, 576),
+            (GgmlDType::Q4_1, 3072, 576),
+            (GgmlDType::Q4_1, 576, 1536),
+            (GgmlDType::Q8_0, 49152, 576),
+        ];
+        for (dtype, n, k) in shapes {
+            let w = QMatrix::quantize(dtype, n, k, &random(n * k, 1)).unwrap();
+            for m in [2, 4, 8, 16, 32] {
+                let x = random(m * k, 2);
+                let mut y = vec![0f32; m * n];
+                let reps = (20_000_000 / (n * k * m).max(1)).clamp(3, 200);
+                let time = |f: &mut dyn FnMut()| {
+                    let mut best = f64::MAX;
+                    for _ in 0..reps {
+                        let t = Instant::now();
+                        f();
+                        best = best.min(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    best
+                };
+                let (panel, dot4) = match &w.data {
+                    QData::Q4_1(b) => (
+                        time(&mut || matmul_panel::<Q4_1Panel>(q4_1::view(b), k, &x, m, &mut y)),
+                        time(&mut || matmul::<Q4_1Dot>(q4_1::view(b), k, &x, m, &mut y)),
+                    ),
+                    QData::Q8_0(b) => (
+                        time(&mut || {
+                            matmul_panel::<Q8_0Panel>(blocks::view_q8_0(b), k, &x, m, &mut y)
+                        }),
+                        time(&mut || matmul::<Q8_0Dot>(blocks::view_q8_0(b), k, &x, m, &mut y)),
+                    ),
+                    _ => unreachable!(),
+                };
+                println!(
+                    "{dtype:?} {n}x{k} m={m:2}: panel {panel:8.1} us, dot4 {dot4:8.1} us ({:.2}x)",
+                    dot4 / panel
+                );
+            }
+        }
+    }
+}
