@@ -23,7 +23,7 @@ tensors in F32). Router gain ROUTER_GAIN spreads the router logits (std ~1.5) so
 is decisive, not a coin toss between near-equal experts.
 
 Usage: scripts/make_moe_fixtures.py [--llama-quantize PATH] [--only STEM] [--no-golden]
-Needs: gguf 0.19, numpy, llama-cpp-python 0.3.36 (for goldens) — /work/main/.venv has them;
+Needs: gguf 0.19, numpy, llama-cpp-python 0.3.36 (for goldens) — .venv has them;
 llama-quantize from scripts/build-llama-cpp.sh.
 """
 from __future__ import annotations
@@ -220,7 +220,7 @@ def readme(rows: list[tuple[MoeFixture, Path]]) -> str:
         "",
         "Seeded random-weight mixture-of-experts models (NOT trained) that llama.cpp loads, made by",
         "`scripts/make_moe_fixtures.py` (regenerate: `scripts/build-llama-cpp.sh &&",
-        "/work/main/.venv/bin/python scripts/make_moe_fixtures.py`). Vocab and chat template as in",
+        ".venv/bin/python scripts/make_moe_fixtures.py`). Vocab and chat template as in",
         "README.md (trimmed qwen2 vocab, 2003 tokens). Goldens: `tests/golden/<stem>.json`.",
         "",
     ]

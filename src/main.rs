@@ -70,7 +70,7 @@ enum Command {
 /// Engine flags (vLLM names); every flag is also read from `TESSERA_*`.
 #[derive(Args)]
 struct EngineArgs {
-    /// GGUF model file (default: the fetched SmolLM2-135M-Instruct Q4_1).
+    /// GGUF file or Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long, env = "TESSERA_MODEL")]
     model: Option<PathBuf>,
     #[arg(long, env = "TESSERA_MAX_NUM_SEQS", default_value_t = 64)]

@@ -2,7 +2,7 @@
 the reference host) for the kernels in src/ops/qdot, on inputs both sides generate from a
 seed, into ggml_vectors.json next to this file. src/ops/qdot/ggml_vectors.rs replays them.
 
-Run: /work/main/.venv/bin/python src/ops/qdot/testdata/ggml_vectors.py
+Run: .venv/bin/python src/ops/qdot/testdata/ggml_vectors.py
 
 Inputs (mirrored exactly in ggml_vectors.rs): a splitmix64 stream gives, in order, 8 weight
 rows of `n_blocks` blocks each (random bytes, each f16 scale field replaced by
