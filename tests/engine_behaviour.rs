@@ -199,3 +199,48 @@ fn invalid_requests_get_clear_errors() {
     assert_eq!(run_ids(&e, &ids, greedy(3)).len(), 3);
     e.shutdown();
 }
+
+/// Panics on the engine thread during the third step that ran tokens, once.
+struct PanicOnThirdStep(std::sync::atomic::AtomicUsize);
+
+impl tessera::engine::handle::StepObserver for PanicOnThirdStep {
+    fn on_step(&self, _: &tessera::engine::core::StepStats, _: Duration) {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 2 {
+            panic!("injected step failure");
+        }
+    }
+}
+
+#[test]
+fn a_panicking_step_fails_the_requests_in_flight_and_the_engine_goes_on() {
+    let e = engine(EngineConfig::default());
+    let ids = chat_ids(&e, "Name three colors.");
+    let reference = run_ids(&e, &ids, greedy(12));
+    let observer = std::sync::Arc::new(PanicOnThirdStep(0.into()));
+    assert!(e.set_step_observer(observer));
+    let mut streams: Vec<_> = (0..3)
+        .map(|_| e.submit(ids.clone(), greedy(100)).unwrap())
+        .collect();
+    for s in &mut streams {
+        let err = std::iter::from_fn(|| s.blocking_next())
+            .find_map(Result::err)
+            .expect("the stream ends with an error");
+        match err {
+            EngineError::Internal(msg) => assert!(
+                msg.contains("engine step failed: injected step failure"),
+                "{msg}"
+            ),
+            other => panic!("expected an internal error, got {other:?}"),
+        }
+        assert!(s.blocking_next().is_none(), "nothing after the error");
+    }
+    wait_until("all blocks free", || all_blocks_free(&e));
+    assert!(e.is_running());
+    assert_eq!(
+        run_ids(&e, &ids, greedy(12)),
+        reference,
+        "same output after the failure"
+    );
+    e.shutdown();
+    assert!(!e.is_running());
+}

@@ -269,3 +269,31 @@ fn probes_version_and_metrics() {
         .and_then(|v| v.parse::<f64>().ok());
     assert!(length_finishes.is_some_and(|n| n >= 1.0), "{text}");
 }
+
+#[test]
+fn a_stopped_engine_fails_health_and_requests_with_500() {
+    let cfg = EngineConfig {
+        kv_cache_memory: 16 << 20,
+        max_model_len: Some(512),
+        ..EngineConfig::default()
+    };
+    let engine = start_engine(&cfg);
+    let server = serve(engine.clone(), cfg.max_num_seqs, ServerConfig::default());
+    assert_eq!(ok(get(server.addr, "/health"))["status"], "ok");
+    // The engine thread ends while the server still serves (as after a failure it could
+    // not recover from): liveness says so, so an orchestrator restarts the process.
+    engine.shutdown();
+    let health = get(server.addr, "/health");
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert_eq!(health.json()["status"], "engine_failed");
+    let err = error_of(
+        &post(server.addr, "/v1/completions", &completion(json!({}))),
+        500,
+    );
+    assert_eq!(err["code"], "internal_error");
+    assert!(
+        err["message"].as_str().unwrap().contains("restart"),
+        "{err}"
+    );
+    error_of(&get(server.addr, "/ready"), 500);
+}

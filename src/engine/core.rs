@@ -99,6 +99,27 @@ impl EngineCore {
         }
     }
 
+    /// Fails every request in flight with `err` and frees its blocks (after a step failed).
+    pub fn fail_all(&mut self, err: &EngineError) {
+        let ids: Vec<RequestId> = self.outputs.keys().copied().collect();
+        for id in ids {
+            self.scheduler.abort_request(id);
+            self.rngs.remove(&id);
+            self.first_scheduled.remove(&id);
+            if let Some(out) = self.outputs.remove(&id) {
+                let _ = out.send(EngineEvent::Error(err.clone()));
+            }
+        }
+    }
+
+    /// Whether nothing is in flight and every KV block is free (true after `fail_all`
+    /// unless the failure left the scheduler's books inconsistent).
+    pub fn is_clean(&self) -> bool {
+        self.outputs.is_empty()
+            && !self.scheduler.has_unfinished_requests()
+            && self.scheduler.num_free_blocks() == self.scheduler.config().num_blocks
+    }
+
     pub fn has_unfinished_requests(&self) -> bool {
         self.scheduler.has_unfinished_requests()
     }

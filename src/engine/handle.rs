@@ -5,7 +5,14 @@
 //! The engine thread blocks on its command channel when idle and otherwise drains it
 //! between steps, so adds and aborts take effect at the next step boundary. After every
 //! step that ran tokens it reports the step to the `StepObserver`, if one is set.
+//!
+//! A panic in a step (a bug; requests are validated before they reach the thread) fails
+//! the requests in flight with `EngineError::Internal` and the engine goes on serving; if
+//! aborting them does not leave it idle with every KV block free, the thread stops and
+//! `EngineHandle::is_running` turns false (`/health` then answers 503).
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
@@ -200,13 +207,47 @@ fn run_loop(
             }
         }
         gauges.publish(core.scheduler());
-        let started = Instant::now();
+        let go_on = step_guarded(&mut core, observer);
+        gauges.publish(core.scheduler());
+        if !go_on {
+            return;
+        }
+    }
+}
+
+/// One step and its report to the observer. After a panic in either, fails the requests
+/// in flight; false when the engine cannot go on (not clean after that).
+fn step_guarded(core: &mut EngineCore, observer: &ObserverSlot) -> bool {
+    let started = Instant::now();
+    let stepped = catch_unwind(AssertUnwindSafe(|| {
         let stats = core.step();
         if let Some(observer) = observer.get().filter(|_| stats.num_tokens > 0) {
             observer.on_step(&stats, started.elapsed());
         }
-        gauges.publish(core.scheduler());
+    }));
+    let Err(payload) = stepped else {
+        return true;
+    };
+    let reason = panic_message(payload.as_ref());
+    tracing::error!(%reason, "engine step panicked; failing the requests in flight");
+    let err = EngineError::Internal(format!("engine step failed: {reason}"));
+    let clean = catch_unwind(AssertUnwindSafe(|| {
+        core.fail_all(&err);
+        core.is_clean()
+    }))
+    .unwrap_or(false);
+    if !clean {
+        tracing::error!("engine state inconsistent after a failed step; the engine stops");
     }
+    clean
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Applies one command; false means shut down.
@@ -299,6 +340,15 @@ impl EngineHandle {
             });
         }
         Ok(())
+    }
+
+    /// Whether the engine thread is alive (false after `shutdown` or a failure it could
+    /// not recover from).
+    pub fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .map(|t| t.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false)
     }
 
     /// Aborts every request and stops the engine thread; waits for it to exit.

@@ -216,7 +216,11 @@ async fn detokenize(state: Data, req: HttpRequest, body: web::Payload) -> Reply 
 }
 
 /// Liveness: the process answers.
-async fn health() -> HttpResponse {
+/// Liveness: 503 once the engine thread has stopped on a failure (restart the process).
+async fn health(state: Data) -> HttpResponse {
+    if state.engine_failed() {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "engine_failed"}));
+    }
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 

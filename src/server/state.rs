@@ -145,10 +145,19 @@ impl AppState {
     /// The engine, when it may take new work.
     pub fn engine(&self) -> Result<&EngineHandle, ApiError> {
         match (self.phase(), self.engine.get()) {
+            (Phase::Ready, Some(engine)) if !engine.is_running() => Err(ApiError::Internal(
+                "the engine stopped after a failure (see the server log); restart the server"
+                    .into(),
+            )),
             (Phase::Ready, Some(engine)) => Ok(engine),
             (Phase::Draining, _) => Err(ApiError::Draining),
             _ => Err(ApiError::Loading),
         }
+    }
+
+    /// Whether the engine thread stopped while the server was not draining.
+    pub fn engine_failed(&self) -> bool {
+        self.phase() == Phase::Ready && self.engine.get().is_some_and(|e| !e.is_running())
     }
 
     /// The engine whatever the phase (metrics, shutdown).
