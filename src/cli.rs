@@ -138,6 +138,13 @@ pub struct BenchResult {
     pub decode_tok_s: f64,
 }
 
+/// Token id number `i` of a fixed run of ordinary ids (past the special tokens at the
+/// start of most vocabularies), for bench prompts that must differ.
+fn distinct_token(i: usize, vocab: usize) -> u32 {
+    let first = 1000.min(vocab / 2);
+    (first + i % (vocab - first)) as u32
+}
+
 /// Runs `concurrency` identical-length requests (`prompt_len` tokens, exactly
 /// `max_tokens` outputs) at once through the engine and measures throughput.
 pub fn bench(
@@ -153,8 +160,9 @@ pub fn bench(
     let started = Instant::now();
     let streams: Vec<RequestStream> = (0..concurrency)
         .map(|i| {
-            // Distinct prompts (no prefix-cache sharing between streams).
-            let mut ids = vec![base[i % base.len()]];
+            // Distinct first tokens, so no two prompts share a prefix-cache block (the
+            // text repeats every few tokens: picking its tokens by index would not do).
+            let mut ids = vec![distinct_token(i, engine.info().vocab)];
             ids.extend_from_slice(&base[..prompt_len - 1]);
             let params = SamplingParams {
                 ignore_eos: true,
