@@ -22,6 +22,23 @@ use super::ggml_math::{dot_f16, expf, reduce16, F16_STEP, LANES};
 use super::pool;
 use super::quant::SendPtr;
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+/// Whether `attend` may use the AVX-512 kernels for `head_dim` (checked once).
+fn avx512_for(head_dim: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        head_dim == avx512::HEAD_DIM && *AVAILABLE.get_or_init(avx512::available)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = head_dim;
+        false
+    }
+}
+
 /// Shape of one layer's K (or V) cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvGeometry {
@@ -173,19 +190,36 @@ fn attend<const SIMD: bool>(
     acc.resize(group * F16_STEP * hd, 0.0);
     q16.resize(group * hd, 0.0);
     round_to_f16(&q_row[kvh * group * hd..(kvh + 1) * group * hd], q16);
+    let fast = SIMD && avx512_for(hd);
     // scores[g, pos] = (q_g · k_pos) * scale
-    for pos in 0..n_ctx {
-        let at = slot_of(pos);
-        widen::<SIMD>(&inp.k_cache[at..at + hd], kv_row);
-        for g in 0..group {
-            scores[g * n_ctx + pos] = dot::<SIMD>(kv_row, &q16[g * hd..(g + 1) * hd]) * scale;
+    if fast {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `avx512_for` checked the CPU and hd; sizes as resized above.
+        unsafe {
+            avx512::scores(inp.k_cache, &slot_of, n_ctx, q16, scale, scores)
+        };
+    } else {
+        for pos in 0..n_ctx {
+            let at = slot_of(pos);
+            widen::<SIMD>(&inp.k_cache[at..at + hd], kv_row);
+            for g in 0..group {
+                scores[g * n_ctx + pos] = dot::<SIMD>(kv_row, &q16[g * hd..(g + 1) * hd]) * scale;
+            }
         }
     }
     for probs in scores.chunks_exact_mut(n_ctx) {
         softmax_in_place(probs);
         round_in_place_to_f16(probs);
     }
-    accumulate_v::<SIMD>(inp, n_ctx, group, &slot_of, scores, kv_row, acc);
+    if fast {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        unsafe {
+            avx512::accumulate_v(inp.v_cache, &slot_of, n_ctx, group, scores, acc)
+        };
+    } else {
+        accumulate_v::<SIMD>(inp, n_ctx, group, &slot_of, scores, kv_row, acc);
+    }
     for g in 0..group {
         let h = kvh * group + g;
         let lanes = &mut acc[g * F16_STEP * hd..(g + 1) * F16_STEP * hd];
@@ -318,94 +352,4 @@ fn softmax_in_place(x: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-
-    /// Dense causal attention over one sequence's contiguous K/V: the oracle.
-    fn dense(q: &[f32], k: &[f32], v: &[f32], n_heads: usize, n_kv: usize, hd: usize) -> Vec<f32> {
-        let n = q.len() / (n_heads * hd);
-        let mut out = vec![0.0; q.len()];
-        for t in 0..n {
-            for h in 0..n_heads {
-                let kvh = h / (n_heads / n_kv);
-                let qh = rounded(&q[(t * n_heads + h) * hd..][..hd]);
-                let mut s: Vec<f32> = (0..=t)
-                    .map(|p| dot_f16(&k[(p * n_kv + kvh) * hd..][..hd], &qh) / (hd as f32).sqrt())
-                    .collect();
-                softmax_in_place(&mut s);
-                let s = rounded(&s);
-                for (p, w) in s.iter().enumerate() {
-                    for d in 0..hd {
-                        out[(t * n_heads + h) * hd + d] += w * v[(p * n_kv + kvh) * hd + d];
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn rounded(x: &[f32]) -> Vec<f32> {
-        x.iter().map(|&a| f16::from_f32(a).to_f32()).collect()
-    }
-
-    #[test]
-    fn paged_equals_dense_with_scattered_blocks_and_chunks() {
-        let (n_heads, n_kv, hd, bs) = (4, 2, 8, 4);
-        let geo = KvGeometry {
-            block_size: bs,
-            n_kv_heads: n_kv,
-            head_dim: hd,
-        };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let n = 11; // tokens in the sequence
-        let mut rand_vec =
-            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
-        let (q, k, v) = (
-            rand_vec(n * n_heads * hd),
-            rand_vec(n * n_kv * hd),
-            rand_vec(n * n_kv * hd),
-        );
-        let want = dense(&q, &rounded(&k), &rounded(&v), n_heads, n_kv, hd);
-        let table = [5u32, 1, 7]; // scattered physical blocks
-        let num_blocks = 8;
-        let mut kc = vec![f16::ZERO; num_blocks * bs * n_kv * hd];
-        let mut vc = kc.clone();
-        // Two chunks: 7 tokens then 4 tokens (chunked prefill).
-        let mut got = vec![0.0; q.len()];
-        for (start, len) in [(0usize, 7usize), (7, 4)] {
-            let slots: Vec<u32> = (start..start + len)
-                .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
-                .collect();
-            let kv = start * n_kv * hd..(start + len) * n_kv * hd;
-            write_kv(&mut kc, &mut vc, &k[kv.clone()], &v[kv], &slots, geo);
-            let seqs = [AttnSeq {
-                q_row: 0,
-                n_q: len,
-                ctx_len: start + len,
-                table_start: 0,
-                table_len: 3,
-            }];
-            let qs = &q[start * n_heads * hd..(start + len) * n_heads * hd];
-            let inp = AttnInputs {
-                q: qs,
-                n_heads,
-                k_cache: &kc,
-                v_cache: &vc,
-                geo,
-                seqs: &seqs,
-                block_tables: &table,
-            };
-            paged_attention(
-                inp,
-                &mut got[start * n_heads * hd..(start + len) * n_heads * hd],
-            );
-        }
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(err < 1e-5, "max abs err {err}");
-    }
-}
+mod tests;

@@ -1,0 +1,175 @@
+//! Attention against a dense oracle, and the AVX-512 kernels against the scalar twin.
+
+use super::*;
+use rand::{Rng, SeedableRng};
+
+/// Dense causal attention over one sequence's contiguous K/V: the oracle.
+fn dense(q: &[f32], k: &[f32], v: &[f32], n_heads: usize, n_kv: usize, hd: usize) -> Vec<f32> {
+    let n = q.len() / (n_heads * hd);
+    let mut out = vec![0.0; q.len()];
+    for t in 0..n {
+        for h in 0..n_heads {
+            let kvh = h / (n_heads / n_kv);
+            let qh = rounded(&q[(t * n_heads + h) * hd..][..hd]);
+            let mut s: Vec<f32> = (0..=t)
+                .map(|p| dot_f16(&k[(p * n_kv + kvh) * hd..][..hd], &qh) / (hd as f32).sqrt())
+                .collect();
+            softmax_in_place(&mut s);
+            let s = rounded(&s);
+            for (p, w) in s.iter().enumerate() {
+                for d in 0..hd {
+                    out[(t * n_heads + h) * hd + d] += w * v[(p * n_kv + kvh) * hd + d];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn rounded(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&a| f16::from_f32(a).to_f32()).collect()
+}
+
+/// The AVX-512 kernels (head_dim 64) against the scalar twin, bit for bit: context
+/// lengths around the 8-position tiles and the 64 lanes, 1 to 7 heads per kv head.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_kernels_are_bit_identical_to_the_scalar_twin() {
+    if !(avx512::available() && avx512_for(64)) {
+        eprintln!("skipped: no AVX-512");
+        return;
+    }
+    let (hd, bs, n_kv) = (64, 16, 2);
+    let geo = KvGeometry {
+        block_size: bs,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for group in [1usize, 3, 4, 7] {
+        let n_heads = group * n_kv;
+        for n_ctx in [1usize, 7, 8, 9, 63, 64, 65, 130, 200] {
+            let blocks = n_ctx.div_ceil(bs);
+            // Scattered physical blocks.
+            let table: Vec<u32> = (0..blocks as u32).map(|b| (b * 7 + 3) % 64).collect();
+            let mut rand_f16 = |len: usize| -> Vec<f16> {
+                (0..len)
+                    .map(|_| f16::from_f32(rng.random_range(-2.0f32..2.0)))
+                    .collect()
+            };
+            let kc = rand_f16(64 * bs * n_kv * hd);
+            let vc = rand_f16(64 * bs * n_kv * hd);
+            let n_q = n_ctx.min(3);
+            let q: Vec<f32> = rand_f16(n_q * n_heads * hd)
+                .iter()
+                .map(|h| h.to_f32() * 3.0)
+                .collect();
+            let seqs = [AttnSeq {
+                q_row: 0,
+                n_q,
+                ctx_len: n_ctx,
+                table_start: 0,
+                table_len: blocks,
+            }];
+            let inp = AttnInputs {
+                q: &q,
+                n_heads,
+                k_cache: &kc,
+                v_cache: &vc,
+                geo,
+                seqs: &seqs,
+                block_tables: &table,
+            };
+            let (mut fast, mut twin) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+            let mut scratch: [Vec<f32>; 4] = Default::default();
+            for t in 0..n_q {
+                for kvh in 0..n_kv {
+                    // SAFETY: AVX-512 (hence AVX2/FMA/F16C) checked above.
+                    unsafe {
+                        attend_fma(
+                            &inp,
+                            &seqs[0],
+                            t,
+                            kvh,
+                            SendPtr(fast.as_mut_ptr()),
+                            &mut scratch,
+                        )
+                    };
+                    attend::<false>(
+                        &inp,
+                        &seqs[0],
+                        t,
+                        kvh,
+                        SendPtr(twin.as_mut_ptr()),
+                        &mut scratch,
+                    );
+                }
+            }
+            let same = fast
+                .iter()
+                .zip(&twin)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "group {group}, n_ctx {n_ctx}");
+        }
+    }
+}
+
+#[test]
+fn paged_equals_dense_with_scattered_blocks_and_chunks() {
+    let (n_heads, n_kv, hd, bs) = (4, 2, 8, 4);
+    let geo = KvGeometry {
+        block_size: bs,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let n = 11; // tokens in the sequence
+    let mut rand_vec =
+        |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+    let (q, k, v) = (
+        rand_vec(n * n_heads * hd),
+        rand_vec(n * n_kv * hd),
+        rand_vec(n * n_kv * hd),
+    );
+    let want = dense(&q, &rounded(&k), &rounded(&v), n_heads, n_kv, hd);
+    let table = [5u32, 1, 7]; // scattered physical blocks
+    let num_blocks = 8;
+    let mut kc = vec![f16::ZERO; num_blocks * bs * n_kv * hd];
+    let mut vc = kc.clone();
+    // Two chunks: 7 tokens then 4 tokens (chunked prefill).
+    let mut got = vec![0.0; q.len()];
+    for (start, len) in [(0usize, 7usize), (7, 4)] {
+        let slots: Vec<u32> = (start..start + len)
+            .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
+            .collect();
+        let kv = start * n_kv * hd..(start + len) * n_kv * hd;
+        write_kv(&mut kc, &mut vc, &k[kv.clone()], &v[kv], &slots, geo);
+        let seqs = [AttnSeq {
+            q_row: 0,
+            n_q: len,
+            ctx_len: start + len,
+            table_start: 0,
+            table_len: 3,
+        }];
+        let qs = &q[start * n_heads * hd..(start + len) * n_heads * hd];
+        let inp = AttnInputs {
+            q: qs,
+            n_heads,
+            k_cache: &kc,
+            v_cache: &vc,
+            geo,
+            seqs: &seqs,
+            block_tables: &table,
+        };
+        paged_attention(
+            inp,
+            &mut got[start * n_heads * hd..(start + len) * n_heads * hd],
+        );
+    }
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(err < 1e-5, "max abs err {err}");
+}
