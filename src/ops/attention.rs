@@ -17,6 +17,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
+use std::ops::Range;
 
 use super::ggml_math::{dot_f16, expf, reduce16, F16_STEP, LANES};
 use super::pool;
@@ -108,29 +109,45 @@ thread_local! {
         const { RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
 }
 
+/// Query rows of one sequence handled by one unit: the AVX-512 kernels read each K/V row
+/// once for the whole tile; the other paths take one row per unit.
+const ROW_TILE: usize = 8;
+
 /// Causal attention of every query row over its sequence's cached context.
 /// `out: [T, n_heads * hd]`.
 pub fn paged_attention(inp: AttnInputs<'_>, out: &mut [f32]) {
     assert_eq!(inp.q.len(), out.len());
     let n_kv = inp.geo.n_kv_heads;
     let out_ptr = SendPtr(out.as_mut_ptr());
-    // Units are numbered row by row: row r (of seq s) owns units [r * n_kv, (r+1) * n_kv).
-    let rows = inp.q.len() / (inp.n_heads * inp.geo.head_dim);
-    pool::run(rows * n_kv, |unit| {
-        let row = unit / n_kv;
-        let Some(seq) = inp
-            .seqs
-            .iter()
-            .find(|s| (s.q_row..s.q_row + s.n_q).contains(&row))
-        else {
-            return;
-        };
-        attend_unit(&inp, seq, row - seq.q_row, unit % n_kv, out_ptr);
+    let tile = if avx512_for(inp.geo.head_dim) {
+        ROW_TILE
+    } else {
+        1
+    };
+    // Units are numbered sequence by sequence, then tile by tile, then kv head.
+    let units: usize = inp.seqs.iter().map(|s| s.n_q.div_ceil(tile) * n_kv).sum();
+    pool::run(units, |unit| {
+        let mut first = 0;
+        for seq in inp.seqs {
+            let count = seq.n_q.div_ceil(tile) * n_kv;
+            if unit < first + count {
+                let (t, kvh) = ((unit - first) / n_kv * tile, (unit - first) % n_kv);
+                attend_unit(&inp, seq, t..(t + tile).min(seq.n_q), kvh, out_ptr);
+                return;
+            }
+            first += count;
+        }
     });
 }
 
-/// Query row `t` of `seq`, all query heads that share kv head `kvh`.
-fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: SendPtr<f32>) {
+/// Query rows `rows` of `seq`, all query heads that share kv head `kvh`.
+fn attend_unit(
+    inp: &AttnInputs<'_>,
+    seq: &AttnSeq,
+    rows: Range<usize>,
+    kvh: usize,
+    out: SendPtr<f32>,
+) {
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         #[cfg(target_arch = "x86_64")]
@@ -139,9 +156,9 @@ fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: S
             && std::is_x86_feature_detected!("f16c")
         {
             // SAFETY: FMA is available (checked above).
-            return unsafe { attend_fma(inp, seq, t, kvh, out, &mut scratch) };
+            return unsafe { attend_fma(inp, seq, rows, kvh, out, &mut scratch) };
         }
-        attend::<false>(inp, seq, t, kvh, out, &mut scratch)
+        attend::<false>(inp, seq, rows, kvh, out, &mut scratch)
     })
 }
 
@@ -152,21 +169,22 @@ fn attend_unit(inp: &AttnInputs<'_>, seq: &AttnSeq, t: usize, kvh: usize, out: S
 unsafe fn attend_fma(
     inp: &AttnInputs<'_>,
     seq: &AttnSeq,
-    t: usize,
+    rows: Range<usize>,
     kvh: usize,
     out: SendPtr<f32>,
     scratch: &mut [Vec<f32>; 4],
 ) {
-    attend::<true>(inp, seq, t, kvh, out, scratch)
+    attend::<true>(inp, seq, rows, kvh, out, scratch)
 }
 
-/// One unit. `SIMD`: called from `attend_fma` (AVX2, FMA, F16C available) and allowed
-/// to use intrinsics; both variants give identical bits.
+/// One unit: query rows `rows` (at most `ROW_TILE`) of `seq` and kv head `kvh`. `SIMD`:
+/// called from `attend_fma` (AVX2, FMA, F16C available) and allowed to use intrinsics;
+/// every path gives identical bits for a row, whatever tile it is in.
 #[inline(always)]
 fn attend<const SIMD: bool>(
     inp: &AttnInputs<'_>,
     seq: &AttnSeq,
-    t: usize,
+    rows: Range<usize>,
     kvh: usize,
     out: SendPtr<f32>,
     scratch: &mut [Vec<f32>; 4],
@@ -174,9 +192,18 @@ fn attend<const SIMD: bool>(
     let geo = inp.geo;
     let hd = geo.head_dim;
     let group = inp.n_heads / geo.n_kv_heads;
-    let row = seq.q_row + t;
-    let n_ctx = seq.ctx_len - seq.n_q + t + 1; // causal: positions 0..=pos
-    let q_row = &inp.q[row * inp.n_heads * hd..(row + 1) * inp.n_heads * hd];
+    let n_rows = rows.len();
+    assert!(
+        (1..=ROW_TILE).contains(&n_rows),
+        "attend: {n_rows} rows in a unit"
+    );
+    // Causal: row t sees positions 0..=its own.
+    let mut n_ctx = [0usize; ROW_TILE];
+    for (n, t) in n_ctx.iter_mut().zip(rows.clone()) {
+        *n = seq.ctx_len - seq.n_q + t + 1;
+    }
+    let n_ctx = &n_ctx[..n_rows];
+    let stride = n_ctx[n_rows - 1];
     let table = &inp.block_tables[seq.table_start..seq.table_start + seq.table_len];
     let scale = 1.0 / (hd as f32).sqrt();
     let slot_of = |pos: usize| {
@@ -185,60 +212,92 @@ fn attend<const SIMD: bool>(
             + kvh * hd
     };
     let [scores, kv_row, acc, q16] = scratch;
-    scores.resize(group * n_ctx, 0.0);
+    scores.resize(n_rows * group * stride, 0.0);
     kv_row.resize(hd, 0.0);
-    acc.resize(group * F16_STEP * hd, 0.0);
-    q16.resize(group * hd, 0.0);
-    round_to_f16(&q_row[kvh * group * hd..(kvh + 1) * group * hd], q16);
+    acc.resize(n_rows * group * F16_STEP * hd, 0.0);
+    q16.resize(n_rows * group * hd, 0.0);
+    for (r, t) in rows.clone().enumerate() {
+        let q_row = (seq.q_row + t) * inp.n_heads * hd;
+        let heads = q_row + kvh * group * hd..q_row + (kvh + 1) * group * hd;
+        round_to_f16(
+            &inp.q[heads],
+            &mut q16[r * group * hd..(r + 1) * group * hd],
+        );
+    }
     let fast = SIMD && avx512_for(hd);
-    // scores[g, pos] = (q_g · k_pos) * scale
+    // scores[r, g, pos] = (q_rg · k_pos) * scale
     if fast {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `avx512_for` checked the CPU and hd; sizes as resized above.
         unsafe {
-            avx512::scores(inp.k_cache, &slot_of, n_ctx, q16, scale, scores)
+            avx512::scores(inp.k_cache, &slot_of, n_ctx, q16, scale, scores, stride)
         };
     } else {
-        for pos in 0..n_ctx {
-            let at = slot_of(pos);
-            widen::<SIMD>(&inp.k_cache[at..at + hd], kv_row);
-            for g in 0..group {
-                scores[g * n_ctx + pos] = dot::<SIMD>(kv_row, &q16[g * hd..(g + 1) * hd]) * scale;
+        for (r, &n) in n_ctx.iter().enumerate() {
+            for pos in 0..n {
+                let at = slot_of(pos);
+                widen::<SIMD>(&inp.k_cache[at..at + hd], kv_row);
+                for g in 0..group {
+                    let head = r * group + g;
+                    scores[head * stride + pos] =
+                        dot::<SIMD>(kv_row, &q16[head * hd..(head + 1) * hd]) * scale;
+                }
             }
         }
     }
-    for probs in scores.chunks_exact_mut(n_ctx) {
-        softmax_in_place(probs);
-        round_in_place_to_f16(probs);
+    for (r, &n) in n_ctx.iter().enumerate() {
+        for g in 0..group {
+            let probs = &mut scores[(r * group + g) * stride..][..n];
+            if fast {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                unsafe {
+                    avx512::softmax_to_f16(probs)
+                };
+            } else {
+                softmax_in_place(probs);
+                round_in_place_to_f16(probs);
+            }
+        }
     }
     if fast {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         unsafe {
-            avx512::accumulate_v(inp.v_cache, &slot_of, n_ctx, group, scores, acc)
+            avx512::accumulate_v(inp.v_cache, &slot_of, n_ctx, group, scores, stride, acc)
         };
     } else {
-        accumulate_v::<SIMD>(inp, n_ctx, group, &slot_of, scores, kv_row, acc);
+        for (r, &n) in n_ctx.iter().enumerate() {
+            let probs = &scores[r * group * stride..(r + 1) * group * stride];
+            let acc = &mut acc[r * group * F16_STEP * hd..(r + 1) * group * F16_STEP * hd];
+            accumulate_v::<SIMD>(inp, n, stride, group, &slot_of, probs, kv_row, acc);
+        }
     }
-    for g in 0..group {
-        let h = kvh * group + g;
-        let lanes = &mut acc[g * F16_STEP * hd..(g + 1) * F16_STEP * hd];
-        fold_lanes(lanes, hd);
-        // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(out.get().add((row * inp.n_heads + h) * hd), hd)
-        };
-        dst.copy_from_slice(&lanes[..hd]);
+    for (r, t) in rows.enumerate() {
+        for g in 0..group {
+            let h = kvh * group + g;
+            let head = r * group + g;
+            let lanes = &mut acc[head * F16_STEP * hd..(head + 1) * F16_STEP * hd];
+            fold_lanes(lanes, hd);
+            // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
+            let dst = unsafe {
+                let at = ((seq.q_row + t) * inp.n_heads + h) * hd;
+                std::slice::from_raw_parts_mut(out.get().add(at), hd)
+            };
+            dst.copy_from_slice(&lanes[..hd]);
+        }
     }
 }
 
-/// `acc[g, lane, :]` = the V rows weighted by `probs[g, pos]`, position `pos` feeding lane
-/// `pos % 64` (`ggml_vec_dot_f16`'s order): a lane's first product is stored (an FMA
-/// onto zero), later ones fused in; lanes no position reaches are zeroed.
+/// `acc[g, lane, :]` = the V rows weighted by `probs[g * stride + pos]`, position `pos`
+/// feeding lane `pos % 64` (`ggml_vec_dot_f16`'s order): a lane's first product is
+/// stored (an FMA onto zero), later ones fused in; lanes no position reaches are zeroed.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn accumulate_v<const SIMD: bool>(
     inp: &AttnInputs<'_>,
     n_ctx: usize,
+    stride: usize,
     group: usize,
     slot_of: &impl Fn(usize) -> usize,
     probs: &[f32],
@@ -251,7 +310,7 @@ fn accumulate_v<const SIMD: bool>(
         widen::<SIMD>(&inp.v_cache[at..at + hd], kv_row);
         let lane = pos % F16_STEP;
         for g in 0..group {
-            let p = probs[g * n_ctx + pos];
+            let p = probs[g * stride + pos];
             let dst = &mut acc[(g * F16_STEP + lane) * hd..][..hd];
             if pos < F16_STEP {
                 for (a, &v) in dst.iter_mut().zip(kv_row.iter()) {

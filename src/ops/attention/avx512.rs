@@ -1,20 +1,23 @@
-//! AVX-512 attention for `head_dim == 64`, bit-identical to `attend`'s generic path.
+//! AVX-512 attention for `head_dim == 64` over a tile of query rows of one sequence,
+//! bit-identical row by row to `attend`'s generic path.
 //!
-//! Scores: a K row is widened straight into four 16-lane registers (no scratch row) and
-//! each query head's `ggml_vec_dot_f16` is four FMAs onto zero and the same fold
+//! Scores: positions are the outer loop, so a K row is read from memory once per tile;
+//! it is widened straight into four 16-lane registers (no scratch row) and each query
+//! head's `ggml_vec_dot_f16` is four FMAs onto zero and the same fold
 //! `(a0 + a2) + (a1 + a3)`; the 16-lane horizontal sums (`reduce16`: halves, quarters,
 //! pairs) of 8 positions are then done together by a transpose, whose every addition
 //! pairs the same two operands as `reduce16` does (float addition is commutative).
 //!
-//! V: for each of ggml's 64 lanes, the positions feeding it (`lane, lane + 64, …`) are
-//! accumulated in registers for up to 4 heads at once (a mul for the first, FMAs after:
-//! the order `accumulate_v` uses) and stored once, instead of a load and a store of the
+//! V: for each of ggml's 64 lanes (the outer loop, so a lane's V rows are read from memory
+//! once per tile), the positions feeding it (`lane, lane + 64, …`) are accumulated in
+//! registers for up to 4 heads at once (a mul for the first, FMAs after: the order
+//! `accumulate_v` uses) and stored once, instead of a load and a store of the
 //! accumulator row per position.
 
 use half::f16;
 use std::arch::x86_64::*;
 
-use crate::ops::ggml_math::{reduce16, F16_STEP, LANES};
+use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
 /// The head size these kernels take.
 pub const HEAD_DIM: usize = 64;
@@ -73,107 +76,218 @@ unsafe fn finish8(t3: &[__m256; POS_TILE]) -> __m256 {
     )
 }
 
-/// `scores[g * n_ctx + pos] = (k_pos · q16_g) * scale` for every head `g < group`.
+/// Scores of a tile of query rows of one sequence: `scores[(r * group + g) * stride + pos]
+/// = (k_pos · q16[r, g]) * scale` for `pos < n_ctx[r]`. Positions are the outer loop, so
+/// each K row is read from memory once for the whole tile.
 ///
 /// # Safety
-/// `available()`; `q16` holds `group * 64` values, `scores` `group * n_ctx`, and
-/// `slot_of(pos) + 64 <= k_cache.len()` for `pos < n_ctx`.
+/// `available()`; `q16` holds `n_ctx.len() * group * 64` values, `scores`
+/// `n_ctx.len() * group * stride`, every `n_ctx[r] <= stride`, and
+/// `slot_of(pos) + 64 <= k_cache.len()` for `pos < max(n_ctx)`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn scores(
     k_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
-    n_ctx: usize,
+    n_ctx: &[usize],
     q16: &[f32],
     scale: f32,
     scores: &mut [f32],
+    stride: usize,
 ) {
-    let group = q16.len() / HEAD_DIM;
-    let tiled = n_ctx - n_ctx % POS_TILE;
+    let group = q16.len() / (n_ctx.len() * HEAD_DIM);
+    let n_max = n_ctx.iter().copied().max().unwrap_or(0);
     let scale8 = _mm256_set1_ps(scale);
-    for g in 0..group {
-        let qp = q16[g * HEAD_DIM..(g + 1) * HEAD_DIM].as_ptr();
-        let q: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(qp.add(16 * j)));
-        let out = &mut scores[g * n_ctx..(g + 1) * n_ctx];
-        for p0 in (0..tiled).step_by(POS_TILE) {
-            let t3: [__m256; POS_TILE] = std::array::from_fn(|p| {
-                halves(folded_dot(&load_row(k_cache, slot_of(p0 + p)), &q))
-            });
-            let r = _mm256_mul_ps(finish8(&t3), scale8);
-            _mm256_storeu_ps(out.as_mut_ptr().add(p0), r);
-        }
-        for (pos, s) in out.iter_mut().enumerate().skip(tiled) {
-            let mut x = [0f32; LANES];
-            _mm512_storeu_ps(
-                x.as_mut_ptr(),
-                folded_dot(&load_row(k_cache, slot_of(pos)), &q),
-            );
-            *s = reduce16(&x) * scale;
+    for p0 in (0..n_max).step_by(POS_TILE) {
+        for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| p0 < n) {
+            for g in 0..group {
+                let head = r * group + g;
+                let qp = q16[head * HEAD_DIM..(head + 1) * HEAD_DIM].as_ptr();
+                let q: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(qp.add(16 * j)));
+                let out = &mut scores[head * stride..head * stride + n];
+                if p0 + POS_TILE <= n {
+                    let t3: [__m256; POS_TILE] = std::array::from_fn(|p| {
+                        halves(folded_dot(&load_row(k_cache, slot_of(p0 + p)), &q))
+                    });
+                    let r8 = _mm256_mul_ps(finish8(&t3), scale8);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(p0), r8);
+                } else {
+                    for (pos, s) in out.iter_mut().enumerate().skip(p0) {
+                        let mut x = [0f32; LANES];
+                        let dot = folded_dot(&load_row(k_cache, slot_of(pos)), &q);
+                        _mm512_storeu_ps(x.as_mut_ptr(), dot);
+                        *s = reduce16(&x) * scale;
+                    }
+                }
+            }
         }
     }
 }
 
-/// `acc[g, lane, :]` = Σ over `pos ≡ lane (mod 64)` of `probs[g, pos] · v_pos` in
-/// position order (a mul, then FMAs); lanes no position reaches are zeroed.
+/// For each row `r` of the tile and head `g`: `acc[r, g, lane, :]` = Σ over
+/// `pos ≡ lane (mod 64)`, `pos < n_ctx[r]`, of `probs[(r * group + g) * stride + pos] ·
+/// v_pos` in position order (a mul, then FMAs); lanes no position reaches are zeroed.
+/// Lanes are the outer loop, so a lane's V rows are read from memory once per tile.
 ///
 /// # Safety
-/// `available()`; `probs` holds `group * n_ctx` values, `acc` `group * 64 * 64`, and
-/// `slot_of(pos) + 64 <= v_cache.len()` for `pos < n_ctx`.
+/// `available()`; `probs` holds `n_ctx.len() * group * stride` values, `acc`
+/// `n_ctx.len() * group * 64 * 64`, and `slot_of(pos) + 64 <= v_cache.len()` for
+/// `pos < max(n_ctx)`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn accumulate_v(
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
-    n_ctx: usize,
+    n_ctx: &[usize],
     group: usize,
     probs: &[f32],
+    stride: usize,
     acc: &mut [f32],
 ) {
+    let heads = Heads {
+        n_ctx,
+        group,
+        probs,
+        stride,
+    };
     let mut g0 = 0;
     while g0 < group {
-        let heads = g0..(g0 + 4).min(group);
-        match heads.len() {
-            1 => heads_v::<1>(v_cache, slot_of, n_ctx, g0, probs, acc),
-            2 => heads_v::<2>(v_cache, slot_of, n_ctx, g0, probs, acc),
-            3 => heads_v::<3>(v_cache, slot_of, n_ctx, g0, probs, acc),
-            _ => heads_v::<4>(v_cache, slot_of, n_ctx, g0, probs, acc),
+        let end = (g0 + 4).min(group);
+        match end - g0 {
+            1 => heads.accumulate::<1>(v_cache, slot_of, g0, acc),
+            2 => heads.accumulate::<2>(v_cache, slot_of, g0, acc),
+            3 => heads.accumulate::<3>(v_cache, slot_of, g0, acc),
+            _ => heads.accumulate::<4>(v_cache, slot_of, g0, acc),
         }
-        g0 = heads.end;
+        g0 = end;
     }
-    if n_ctx < F16_STEP {
+    for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| n < F16_STEP) {
         for g in 0..group {
-            acc[(g * F16_STEP + n_ctx) * HEAD_DIM..(g + 1) * F16_STEP * HEAD_DIM].fill(0.0);
+            let head = r * group + g;
+            acc[(head * F16_STEP + n) * HEAD_DIM..(head + 1) * F16_STEP * HEAD_DIM].fill(0.0);
         }
     }
 }
 
-/// `accumulate_v` for heads `g0..g0 + G`, their accumulators in registers.
-#[inline(always)]
-unsafe fn heads_v<const G: usize>(
-    v_cache: &[f16],
-    slot_of: &impl Fn(usize) -> usize,
-    n_ctx: usize,
-    g0: usize,
-    probs: &[f32],
-    acc: &mut [f32],
-) {
-    for lane in 0..F16_STEP.min(n_ctx) {
-        let prob = |g: usize, pos: usize| _mm512_set1_ps(probs[(g0 + g) * n_ctx + pos]);
-        let v = load_row(v_cache, slot_of(lane));
-        let mut r: [[__m512; 4]; G] =
-            std::array::from_fn(|g| std::array::from_fn(|k| _mm512_mul_ps(v[k], prob(g, lane))));
-        for pos in (lane + F16_STEP..n_ctx).step_by(F16_STEP) {
-            let v = load_row(v_cache, slot_of(pos));
-            for (g, rg) in r.iter_mut().enumerate() {
-                let p = prob(g, pos);
-                for k in 0..4 {
-                    rg[k] = _mm512_fmadd_ps(v[k], p, rg[k]);
+/// The probabilities of a tile, as `accumulate_v` takes them.
+struct Heads<'a> {
+    n_ctx: &'a [usize],
+    group: usize,
+    probs: &'a [f32],
+    stride: usize,
+}
+
+impl Heads<'_> {
+    /// `accumulate_v` for heads `g0..g0 + G` of every row, their accumulators in registers.
+    #[inline(always)]
+    unsafe fn accumulate<const G: usize>(
+        &self,
+        v_cache: &[f16],
+        slot_of: &impl Fn(usize) -> usize,
+        g0: usize,
+        acc: &mut [f32],
+    ) {
+        let n_max = self.n_ctx.iter().copied().max().unwrap_or(0);
+        for lane in 0..F16_STEP.min(n_max) {
+            for (r, &n) in self.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
+                let base = r * self.group + g0;
+                let prob = |g: usize, pos: usize| {
+                    _mm512_set1_ps(self.probs[(base + g) * self.stride + pos])
+                };
+                let v = load_row(v_cache, slot_of(lane));
+                let mut sums: [[__m512; 4]; G] = std::array::from_fn(|g| {
+                    std::array::from_fn(|k| _mm512_mul_ps(v[k], prob(g, lane)))
+                });
+                for pos in (lane + F16_STEP..n).step_by(F16_STEP) {
+                    let v = load_row(v_cache, slot_of(pos));
+                    for (g, sg) in sums.iter_mut().enumerate() {
+                        let p = prob(g, pos);
+                        for k in 0..4 {
+                            sg[k] = _mm512_fmadd_ps(v[k], p, sg[k]);
+                        }
+                    }
+                }
+                for (g, sg) in sums.iter().enumerate() {
+                    let dst = acc[((base + g) * F16_STEP + lane) * HEAD_DIM..].as_mut_ptr();
+                    for (k, &x) in sg.iter().enumerate() {
+                        _mm512_storeu_ps(dst.add(16 * k), x);
+                    }
                 }
             }
         }
-        for (g, rg) in r.iter().enumerate() {
-            let dst = acc[((g0 + g) * F16_STEP + lane) * HEAD_DIM..].as_mut_ptr();
-            for (k, &x) in rg.iter().enumerate() {
-                _mm512_storeu_ps(dst.add(16 * k), x);
-            }
+    }
+}
+
+/// ggml's AVX-512 `ggml_v_expf` on 16 lanes: `ggml_math::expf` lane by lane, same bits.
+#[inline(always)]
+unsafe fn expf16(x: __m512) -> __m512 {
+    let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+    let r = c(0x4B40_0000); // 0x1.8p23
+    let z = _mm512_fmadd_ps(x, c(0x3FB8_AA3B), r); // log2(e)
+    let n = _mm512_sub_ps(z, r);
+    let b = _mm512_fnmadd_ps(n, c(0x35BF_BE8E), _mm512_fnmadd_ps(n, c(0x3F31_7200), x));
+    let out_of_range = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17)),
+            u,
+            _mm512_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB)),
+        ),
+        u,
+        _mm512_fmadd_ps(c(0x3F7F_FFF6), b, _mm512_set1_ps(1.0)),
+    );
+    let res = _mm512_scalef_ps(j, n);
+    if out_of_range == 0 {
+        return res;
+    }
+    let negative = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
+    let saturated =
+        _mm512_mask_blend_ps(negative, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
+    _mm512_mask_blend_ps(out_of_range, res, saturated)
+}
+
+/// `reduce16` of one register.
+#[inline(always)]
+unsafe fn reduce16_reg(x: __m512) -> f32 {
+    let t3 = halves(x);
+    let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+    let u = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+    _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)))
+}
+
+/// `softmax_in_place` then `round_in_place_to_f16` (the generic path's two steps), with
+/// the same bits: whole 16-lane chunks in registers, the last partial chunk lane by lane.
+///
+/// # Safety
+/// `available()`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn softmax_to_f16(x: &mut [f32]) {
+    let whole = x.len() - x.len() % LANES;
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max16 = _mm512_set1_ps(max);
+    let mut sum = 0f64;
+    for i in (0..whole).step_by(LANES) {
+        let p = x.as_mut_ptr().add(i);
+        let e = expf16(_mm512_sub_ps(_mm512_loadu_ps(p), max16));
+        _mm512_storeu_ps(p, e);
+        sum += reduce16_reg(e) as f64;
+    }
+    if whole < x.len() {
+        let mut lanes = [0f32; LANES];
+        for (lane, v) in lanes.iter_mut().zip(x[whole..].iter_mut()) {
+            *v = expf(*v - max);
+            *lane = *v;
         }
+        sum += reduce16(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    let inv16 = _mm512_set1_ps(inv);
+    for i in (0..whole).step_by(LANES) {
+        let p = x.as_mut_ptr().add(i);
+        let scaled = _mm512_mul_ps(_mm512_loadu_ps(p), inv16);
+        let half = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(scaled);
+        _mm512_storeu_ps(p, _mm512_cvtph_ps(half));
+    }
+    for v in x[whole..].iter_mut() {
+        *v = f16::from_f32(*v * inv).to_f32();
     }
 }
