@@ -42,8 +42,8 @@ pub enum HfError {
     Tokenizer { file: &'static str, detail: String },
 }
 
-/// Reads a JSON file of at most `limit` bytes (checked before reading).
-pub fn read_json(path: &std::path::Path, limit: u64) -> Result<serde_json::Value, HfError> {
+/// Reads a file of at most `limit` bytes (checked before reading).
+pub fn read_limited(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, HfError> {
     let io = |source| HfError::Io {
         path: path.to_path_buf(),
         source,
@@ -56,7 +56,12 @@ pub fn read_json(path: &std::path::Path, limit: u64) -> Result<serde_json::Value
             limit,
         });
     }
-    let bytes = std::fs::read(path).map_err(io)?;
+    std::fs::read(path).map_err(io)
+}
+
+/// Reads a JSON file of at most `limit` bytes (checked before reading).
+pub fn read_json(path: &std::path::Path, limit: u64) -> Result<serde_json::Value, HfError> {
+    let bytes = read_limited(path, limit)?;
     serde_json::from_slice(&bytes).map_err(|e| HfError::Json {
         path: path.to_path_buf(),
         detail: e.to_string(),

@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokenizers::AddedToken;
 
 use super::config::{all_ids, HfConfig};
-use super::error::{read_json, HfError};
+use super::error::{read_json, read_limited, HfError};
 use super::pipeline::prepare_pipeline;
 use crate::model::chat_template::ChatTemplate;
 use crate::model::tokenizer::{token_type, GgufVocab, Tokenizer, VocabKind};
@@ -269,17 +269,8 @@ fn chat_template_source(dir: &Path, config: &Value) -> Result<Option<String>, Hf
 
 /// A UTF-8 text file of at most `limit` bytes.
 fn read_text(path: &Path, limit: u64) -> Result<String, HfError> {
-    let io = |source| HfError::Io {
+    String::from_utf8(read_limited(path, limit)?).map_err(|e| HfError::Io {
         path: path.to_path_buf(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > limit {
-        return Err(HfError::TooLarge {
-            path: path.to_path_buf(),
-            len,
-            limit,
-        });
-    }
-    std::fs::read_to_string(path).map_err(io)
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
 }
