@@ -240,6 +240,13 @@ def write_f32_master(fx: Fixture, vocab: Vocab, chat_template: str, path: Path) 
     if fx.arch == "llama":
         writer.add_rope_dimension_count(fx.head_dim)
         writer.add_vocab_size(len(vocab.tokens))
+    finish_gguf(writer, vocab, fx.add_bos, chat_template, random_weights(fx, len(vocab.tokens)))
+
+
+def finish_gguf(writer: gguf.GGUFWriter, vocab: Vocab, add_bos: bool, chat_template: str,
+                tensors: dict[str, np.ndarray]) -> None:
+    """Writes the tokenizer metadata (trimmed qwen2 vocab, ChatML template) and `tensors`,
+    then the whole file."""
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(vocab.tokens)
@@ -249,9 +256,9 @@ def write_f32_master(fx: Fixture, vocab: Vocab, chat_template: str, path: Path) 
     writer.add_eos_token_id(vocab.eos_id)
     writer.add_eot_token_id(vocab.eot_id)
     writer.add_pad_token_id(vocab.pad_id)
-    writer.add_add_bos_token(fx.add_bos)
+    writer.add_add_bos_token(add_bos)
     writer.add_chat_template(chat_template)
-    for name, tensor in random_weights(fx, len(vocab.tokens)).items():
+    for name, tensor in tensors.items():
         writer.add_tensor(name, tensor)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -156,23 +156,7 @@ def write_f32(fx: MoeFixture, vocab: mf.Vocab, chat_template: str, path: Path) -
         writer.add_rope_dimension_count(fx.head_dim)
         writer.add_vocab_size(len(vocab.tokens))
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
-    writer.add_bos_token_id(vocab.bos_id)
-    writer.add_eos_token_id(vocab.eos_id)
-    writer.add_eot_token_id(vocab.eot_id)
-    writer.add_pad_token_id(vocab.pad_id)
-    writer.add_add_bos_token(fx.add_bos)
-    writer.add_chat_template(chat_template)
-    for name, tensor in random_weights(fx, len(vocab.tokens)).items():
-        writer.add_tensor(name, tensor)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    mf.finish_gguf(writer, vocab, fx.add_bos, chat_template, random_weights(fx, len(vocab.tokens)))
 
 
 def make_fixture(fx: MoeFixture, vocab: mf.Vocab, template: str, quantizer: Path | None, tmp: Path) -> Path:
