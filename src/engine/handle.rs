@@ -26,7 +26,7 @@ use super::request::{Request, RequestId, SamplingParams, TokenId};
 use super::stream::RequestStream;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, ModelError};
-use crate::model::kv_cache::KvCache;
+use crate::model::kv_storage::KvStorage;
 use crate::model::{LoadedModel, ModelAssets};
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -122,7 +122,7 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
     } = model;
     let max_model_len = transformer.max_positions();
     let geo = transformer.kv_geometry(cfg.block_size);
-    let num_blocks = cfg.num_blocks(KvCache::bytes_per_block(transformer.cfg.n_layers, geo));
+    let num_blocks = cfg.num_blocks(KvStorage::bytes_per_block(transformer.cfg.n_layers, geo));
     if num_blocks == 0 || cfg.block_size == 0 || cfg.max_num_seqs == 0 {
         return Err(ModelError::Invalid(format!(
             "the KV cache needs at least one block (num_kv_blocks {num_blocks}, block_size {}, \

@@ -4,7 +4,7 @@
 pub mod batch;
 
 use crate::engine::request::RequestId;
-use crate::model::kv_cache::KvCache;
+use crate::model::kv_storage::KvStorage;
 use crate::model::transformer::Transformer;
 use crate::model::workspace::Workspace;
 use crate::scheduler::output::SchedulerOutput;
@@ -13,7 +13,7 @@ use batch::BatchBuilder;
 
 pub struct ModelRunner {
     model: Transformer,
-    kv: KvCache,
+    kv: KvStorage,
     ws: Workspace,
     batch: BatchBuilder,
     block_size: usize,
@@ -36,7 +36,7 @@ impl ModelRunner {
         max_num_seqs: usize,
     ) -> Self {
         let geo = model.kv_geometry(block_size);
-        let kv = KvCache::new(model.cfg.n_layers, num_blocks, geo);
+        let kv = KvStorage::new(model.cfg.n_layers, num_blocks, geo);
         let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_num_seqs);
         Self {
             model,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 
-use super::generate::{check_finish, total_usage, Generation};
+use super::generate::{check_finish, Generation};
 use super::response::{sse_data, SSE_DONE, SSE_KEEPALIVE};
 use crate::engine::stream::{TokenEvent, Usage};
 use crate::error::{http_error, ApiError};
@@ -131,7 +131,7 @@ impl SseState {
                 &self
                     .gen
                     .meta
-                    .usage_chunk(&total_usage(&self.usages, self.gen.n)),
+                    .usage_chunk(&Usage::total(&self.usages, self.gen.n)),
             );
         }
         out.push_str(SSE_DONE);
