@@ -1,5 +1,6 @@
-//! The `generate` and `chat` commands: load the model, start the engine, stream tokens to
-//! the terminal. They use only the public engine API (`EngineHandle::submit`).
+//! The `generate`, `chat` and `bench` commands: load the model, start the engine, stream
+//! tokens to the terminal. They use only the public engine API, and validate what they
+//! submit as the HTTP routes do (`server::validate::validate_sequence`).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -7,10 +8,12 @@ use std::time::Instant;
 
 use crate::config::EngineConfig;
 use crate::engine::handle::{self, EngineHandle};
-use crate::engine::request::SamplingParams;
 use crate::engine::stream::RequestStream;
+use crate::error::ApiError;
 use crate::model;
 use crate::model::chat_template::{encode_chat, ChatMessage};
+use crate::request::SamplingParams;
+use crate::server::validate::validate_sequence;
 
 /// Loads `path` (showing progress on stderr) and starts an engine over it.
 pub fn start_engine(
@@ -87,8 +90,18 @@ pub fn generate(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let messages = [ChatMessage::new("user", prompt)];
     let ids = prompt_ids(engine, &messages, raw.then_some(prompt))?;
-    print_stream(engine.submit(ids, sampling)?)?;
+    print_stream(submit(engine, ids, sampling)?)?;
     Ok(())
+}
+
+/// Validates one sequence and submits it.
+fn submit(
+    engine: &EngineHandle,
+    ids: Vec<u32>,
+    sampling: SamplingParams,
+) -> Result<RequestStream, ApiError> {
+    let (ids, sampling) = validate_sequence(ids, sampling, engine.info())?;
+    Ok(engine.submit(ids, sampling)?)
 }
 
 /// Interactive multi-turn chat on stdin/stdout.
@@ -113,7 +126,7 @@ pub fn chat(
         }
         history.push(ChatMessage::new("user", line.trim_end()));
         let ids = prompt_ids(engine, &history, None)?;
-        match engine.submit(ids, sampling.clone()) {
+        match submit(engine, ids, sampling.clone()) {
             Ok(stream) => {
                 let reply = print_stream(stream)?;
                 history.push(ChatMessage::new("assistant", &reply));
@@ -168,7 +181,7 @@ pub fn bench(
                 ignore_eos: true,
                 ..SamplingParams::greedy(max_tokens)
             };
-            engine.submit(ids, params)
+            submit(engine, ids, params)
         })
         .collect::<Result<_, _>>()?;
     let handles: Vec<_> = streams

@@ -5,6 +5,8 @@
 use crate::model::config::ConfigError;
 use crate::model::gguf::GgufError;
 use crate::model::weights::WeightError;
+use crate::request::InvalidParam;
+use crate::scheduler::SchedulerError;
 
 /// Loading a model failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +28,15 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
     #[error("{0}")]
     Invalid(String),
 }
 
-/// A request could not be served by the engine.
+/// A request could not be served: refused by validation (`EmptyPrompt`, `ContextLength`,
+/// `InvalidToken`, `InvalidParam`: found by `server::validate` before the engine sees the
+/// request), or failed in the engine (`Stopped`, `Internal`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
     #[error("the prompt is empty")]
@@ -57,12 +63,20 @@ pub enum EngineError {
         problem: String,
         given: String,
     },
-    #[error("request rejected by the scheduler: {0}")]
-    Rejected(String),
     #[error("the engine is not running")]
     Stopped,
     #[error("engine failure: {0}")]
     Internal(String),
+}
+
+impl From<InvalidParam> for EngineError {
+    fn from(e: InvalidParam) -> Self {
+        EngineError::InvalidParam {
+            field: e.field,
+            problem: e.problem,
+            given: e.given,
+        }
+    }
 }
 
 /// Why an HTTP request failed. Every handler error is one of these, and
@@ -115,6 +129,12 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<InvalidParam> for ApiError {
+    fn from(e: InvalidParam) -> Self {
+        ApiError::Engine(e.into())
+    }
+}
+
 /// An HTTP status and the OpenAI error body `{"error": {message, type, param, code}}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpError {
@@ -145,8 +165,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
             }
             EngineError::EmptyPrompt
             | EngineError::InvalidToken { .. }
-            | EngineError::InvalidParam { .. }
-            | EngineError::Rejected(_) => BAD,
+            | EngineError::InvalidParam { .. } => BAD,
             EngineError::Stopped => (503, "service_unavailable_error", "shutting_down"),
             EngineError::Internal(_) => (500, "server_error", "internal_error"),
         },

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tessera::config::{default_model_path, parse_bytes, EngineConfig};
-use tessera::engine::request::SamplingParams;
 use tessera::metrics::MetricsCompat;
+use tessera::request::SamplingParams;
 use tessera::server::logging::LogFormat;
 
 #[derive(Parser)]

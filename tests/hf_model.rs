@@ -12,7 +12,7 @@ use tessera::config::EngineConfig;
 use tessera::engine::handle::EngineHandle;
 use tessera::error::ModelError;
 use tessera::model::safetensors::SafetensorsFile;
-use tessera::engine::request::SamplingParams;
+use tessera::request::SamplingParams;
 
 const FIXTURES: [&str; 2] = ["hf-llama-tiny-bf16", "hf-qwen2-tiny-f32"];
 const N: usize = 32;

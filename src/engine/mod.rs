@@ -4,6 +4,5 @@
 pub mod core;
 pub mod detokenizer;
 pub mod handle;
-pub mod request;
 pub mod sampler;
 pub mod stream;

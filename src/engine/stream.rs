@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::core::EngineEvent;
+use super::core::{Command, EngineEvent};
 use super::detokenizer::IncrementalDetokenizer;
-use super::handle::Command;
-use super::request::{FinishReason, RequestId, TokenId, TokenLogprobs};
 use super::sampler::StopStringMatcher;
 use crate::error::EngineError;
 use crate::model::ModelAssets;
+use crate::request::{FinishReason, RequestId, TokenId, TokenLogprobs};
 use crate::scheduler::output::OutputTiming;
 
 /// Token accounting of a request so far.

@@ -1,12 +1,13 @@
 //! Flattens a `SchedulerOutput` into the model's batch: token ids, positions, cache slots,
 //! per-sequence attention descriptors and block tables, and which rows need logits.
-//! Buffers are kept between steps (cleared, not reallocated).
+//! Tokens and block tables come from the runner's own `RequestStates`. Buffers are kept
+//! between steps (cleared, not reallocated).
 
-use crate::engine::request::RequestId;
+use super::requests::RequestStates;
 use crate::model::transformer::ForwardBatch;
 use crate::ops::attention::AttnSeq;
+use crate::request::RequestId;
 use crate::scheduler::output::SchedulerOutput;
-use crate::scheduler::Scheduler;
 
 #[derive(Default)]
 pub struct BatchBuilder {
@@ -25,14 +26,16 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// Fills the buffers for `so`; request state and block tables come from `sched`.
-    pub fn build(&mut self, so: &SchedulerOutput, sched: &Scheduler, block_size: usize) {
+    /// Fills the buffers for `so`; tokens and block tables come from `requests` (already
+    /// updated with `so`).
+    pub fn build(&mut self, so: &SchedulerOutput, requests: &RequestStates, block_size: usize) {
         self.clear();
         for sr in &so.scheduled {
-            let Some(req) = sched.request(sr.req_id) else {
+            let Some(req) = requests.get(sr.req_id) else {
+                debug_assert!(false, "scheduled request {} is not held", sr.req_id);
                 continue;
             };
-            let table = sched.block_table(sr.req_id);
+            let table = req.block_ids();
             let q_row = self.token_ids.len();
             let ctx_len = sr.start_pos + sr.num_tokens;
             for pos in sr.start_pos..ctx_len {

@@ -1,21 +1,26 @@
-//! The model runner: owns the model, its physical KV cache and the step workspace, and
-//! turns one `SchedulerOutput` into one forward pass over all scheduled tokens.
+//! The model runner: owns the model, its physical K/V memory, the step workspace and its
+//! own copy of the scheduled requests (`requests`), and turns one `SchedulerOutput` into
+//! one forward pass over all scheduled tokens. It reads nothing of the scheduler but that
+//! output (vLLM v1's contract): tokens and block tables arrive in it, whole when a
+//! request is admitted and as deltas while it runs.
 
 pub mod batch;
+pub mod requests;
 
-use crate::engine::request::RequestId;
 use crate::model::kv_storage::KvStorage;
 use crate::model::transformer::Transformer;
 use crate::model::workspace::Workspace;
+use crate::request::RequestId;
 use crate::scheduler::output::SchedulerOutput;
-use crate::scheduler::Scheduler;
 use batch::BatchBuilder;
+use requests::RequestStates;
 
 pub struct ModelRunner {
     model: Transformer,
     kv: KvStorage,
     ws: Workspace,
     batch: BatchBuilder,
+    requests: RequestStates,
     block_size: usize,
 }
 
@@ -43,6 +48,7 @@ impl ModelRunner {
             kv,
             ws,
             batch: BatchBuilder::default(),
+            requests: RequestStates::default(),
             block_size,
         }
     }
@@ -51,10 +57,29 @@ impl ModelRunner {
         &self.model
     }
 
-    /// One forward over everything scheduled; logits only for rows that sample.
-    pub fn execute(&mut self, so: &SchedulerOutput, sched: &Scheduler) -> StepLogits<'_> {
-        self.batch.build(so, sched, self.block_size);
+    /// Number of requests the runner holds.
+    pub fn num_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Forgets every request (after a failed step, when the engine aborts them all).
+    pub fn clear_requests(&mut self) {
+        self.requests.clear();
+    }
+
+    /// Applies `so` to the runner's requests, then runs one forward over everything
+    /// scheduled (none when nothing is); logits only for rows that sample.
+    pub fn execute(&mut self, so: &SchedulerOutput) -> StepLogits<'_> {
+        self.requests.update(so);
         let vocab = self.model.cfg.vocab;
+        if so.scheduled.is_empty() {
+            return StepLogits {
+                ids: &[],
+                logits: &mut [],
+                vocab,
+            };
+        }
+        self.batch.build(so, &self.requests, self.block_size);
         let logits = self
             .model
             .forward(&self.batch.forward_batch(), &mut self.kv, &mut self.ws);

@@ -23,7 +23,7 @@ use super::validate::ValidRequest;
 use crate::engine::handle::EngineHandle;
 use crate::engine::stream::{RequestStream, TokenEvent, Usage};
 use crate::error::ApiError;
-use crate::engine::request::{FinishReason, SamplingParams, TokenId};
+use crate::request::{FinishReason, SamplingParams, TokenId};
 
 /// Where a choice is: waiting for its prompt's blocks, or running.
 enum ChoiceState {

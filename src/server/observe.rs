@@ -21,7 +21,7 @@ use super::state::AppState;
 use crate::engine::stream::{TokenEvent, Usage};
 use crate::error::{http_error, ApiError};
 use crate::metrics::FailureReason;
-use crate::engine::request::FinishReason;
+use crate::request::FinishReason;
 
 /// The `target` of the per-request log line.
 pub const REQUEST_LOG_TARGET: &str = "tessera::request";

@@ -1,17 +1,20 @@
 //! Request validation: wire requests (`request.rs`) become `ValidRequest`s, parsed once.
 //!
-//! After validation every prompt is tokenized, every prompt fits the context with its
-//! `max_tokens`, every sampling value is in range and no unsupported feature was asked
-//! for. Messages name the field, the limit and the value given (TGI's style).
+//! After validation every prompt is tokenized, non-empty, made of ids inside the
+//! vocabulary and fits the context with its `max_tokens`, every sampling value is in
+//! range and no unsupported feature was asked for. Messages name the field, the limit
+//! and the value given (TGI's style). This is the only place requests are checked: the
+//! engine trusts what it is given (`validate_sequence` serves front ends other than the
+//! HTTP routes, e.g. the CLI).
 
 use super::request::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptField,
     SamplingFields, StopField, UnsupportedFields,
 };
-use crate::engine::handle::EngineHandle;
-use crate::engine::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
+use crate::engine::handle::{EngineHandle, EngineInfo};
 use crate::error::{ApiError, EngineError};
 use crate::model::chat_template::{encode_chat, ChatMessage};
+use crate::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
 
 /// Most choices one request may ask for (`n` × number of prompts).
 pub const MAX_SEQUENCES_PER_REQUEST: usize = 128;
@@ -103,6 +106,7 @@ pub fn validate_chat(
     let messages = chat_messages(req.messages.unwrap_or_default())?;
     let assets = engine.model();
     let ids = encode_chat(&assets.tokenizer, &assets.chat_template, &messages, true)?;
+    check_prompt(&ids, engine.info().vocab)?;
     let requested = match (req.max_completion_tokens, req.max_tokens) {
         (Some(n), _) => Some(("max_completion_tokens", n)),
         (None, Some(n)) => Some(("max_tokens", n)),
@@ -148,9 +152,7 @@ pub fn validate_completion(
     let requested = Some(("max_tokens", req.max_tokens.unwrap_or(16)));
     let mut valid = Vec::with_capacity(prompts.len());
     for ids in prompts {
-        if ids.is_empty() {
-            return Err(ApiError::Engine(EngineError::EmptyPrompt));
-        }
+        check_prompt(&ids, engine.info().vocab)?;
         let echo_text = if echo {
             Some(tokenizer.decode(&ids, false)?)
         } else {
@@ -159,6 +161,35 @@ pub fn validate_completion(
         valid.push(resolve_budget(ids, requested, echo_text, max_len)?);
     }
     build(model, valid, &req.sampling, req.logprobs, engine)
+}
+
+/// One sequence built outside an HTTP request (the CLI): the checks the routes apply,
+/// so that `EngineHandle::submit` may trust it.
+pub fn validate_sequence(
+    prompt: Vec<TokenId>,
+    sampling: SamplingParams,
+    info: &EngineInfo,
+) -> Result<(Vec<TokenId>, SamplingParams), ApiError> {
+    check_prompt(&prompt, info.vocab)?;
+    let requested = Some(("max_tokens", sampling.max_tokens as u64));
+    let valid = resolve_budget(prompt, requested, None, info.max_model_len)?;
+    sampling.validate()?;
+    Ok((valid.token_ids, sampling))
+}
+
+/// A prompt the model can read: at least one token, every id below `vocab`.
+fn check_prompt(ids: &[TokenId], vocab: usize) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Err(ApiError::Engine(EngineError::EmptyPrompt));
+    }
+    match ids.iter().position(|&t| t as usize >= vocab) {
+        Some(position) => Err(ApiError::Engine(EngineError::InvalidToken {
+            token_id: ids[position],
+            position,
+            vocab,
+        })),
+        None => Ok(()),
+    }
 }
 
 /// The output budget: as requested (must fit), or whatever the context leaves.
@@ -479,6 +510,22 @@ mod tests {
         assert!(err.to_string().contains("70"), "{err}");
         let zero = resolve_budget(vec![1; 10], Some(("max_tokens", 0)), None, 64).unwrap_err();
         assert_eq!(zero.to_string(), "`max_tokens` must be >= 1. Given: 0");
+    }
+
+    #[test]
+    fn prompts_must_be_non_empty_and_in_the_vocabulary() {
+        assert!(check_prompt(&[0, 9], 10).is_ok());
+        let empty = check_prompt(&[], 10).unwrap_err();
+        assert!(matches!(empty, ApiError::Engine(EngineError::EmptyPrompt)));
+        let outside = check_prompt(&[1, 2, 10], 10).unwrap_err();
+        assert!(matches!(
+            outside,
+            ApiError::Engine(EngineError::InvalidToken {
+                token_id: 10,
+                position: 2,
+                vocab: 10
+            })
+        ));
     }
 
     #[test]

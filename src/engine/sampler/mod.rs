@@ -23,11 +23,10 @@ mod rng;
 pub mod stop;
 mod truncation;
 
-pub use logprobs::MAX_TOP_LOGPROBS;
 pub use rng::SeqRng;
 pub use stop::{StopCheck, StopStringMatcher};
 
-use crate::engine::request::{SampledToken, SamplingParams, TokenId};
+use crate::request::{SampledToken, SamplingParams, TokenId};
 use logprobs::RawLogprobs;
 use penalties::TokenCounts;
 
