@@ -7,33 +7,23 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::config::EngineConfig;
-use crate::engine::handle::{self, EngineHandle};
+use crate::engine::handle::EngineHandle;
+use crate::engine::launch::launch;
 use crate::engine::stream::RequestStream;
 use crate::error::ApiError;
-use crate::model;
 use crate::model::chat_template::{encode_chat, ChatMessage};
 use crate::request::SamplingParams;
 use crate::server::validate::validate_sequence;
 
-/// Loads `path` (showing progress on stderr) and starts an engine over it.
+/// Loads `path` and starts an engine over it (`engine::launch`), saying how long the
+/// model took to load.
 pub fn start_engine(
     path: &Path,
     cfg: &EngineConfig,
 ) -> Result<EngineHandle, Box<dyn std::error::Error>> {
-    if !path.exists() {
-        return Err(format!(
-            "model file `{}` not found; fetch the default model with scripts/fetch-model.sh \
-             or pass --model PATH",
-            path.display()
-        )
-        .into());
-    }
-    let started = Instant::now();
-    let loaded = model::load(path, cfg.max_model_len, |done, total| {
-        eprint!("\rloading {}: layer {done}/{total}", path.display());
-    })?;
-    eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
-    Ok(handle::start(loaded, cfg)?)
+    let launched = launch(path, cfg)?;
+    eprintln!("loaded {} in {:.1}s", path.display(), launched.load_seconds);
+    Ok(launched.engine)
 }
 
 /// Prompt token ids: the chat template around `text` as one user turn, or `text` raw.
