@@ -136,6 +136,15 @@ pub struct SampledToken {
     pub logprobs: Option<TokenLogprobs>,
 }
 
+/// Token at absolute position `pos` of a sequence whose tokens are `prompt` then `output`
+/// (the scheduler's `Request` and the runner's copy of it both store them so).
+pub fn token_at(prompt: &[TokenId], output: &[TokenId], pos: usize) -> TokenId {
+    match pos.checked_sub(prompt.len()) {
+        None => prompt[pos],
+        Some(i) => output[i],
+    }
+}
+
 /// One sequence being served.
 #[derive(Debug)]
 pub struct Request {
@@ -187,12 +196,7 @@ impl Request {
 
     /// Token at absolute position `pos` (prompt first, then output).
     pub fn token_at(&self, pos: usize) -> TokenId {
-        let n_prompt = self.prompt_token_ids.len();
-        if pos < n_prompt {
-            self.prompt_token_ids[pos]
-        } else {
-            self.output_token_ids[pos - n_prompt]
-        }
+        token_at(&self.prompt_token_ids, &self.output_token_ids, pos)
     }
 
     /// All tokens, prompt first.

@@ -25,9 +25,15 @@ pub enum LaunchError {
     )]
     NotFound(String),
     #[error("loading {path}: {source}")]
-    Load { path: String, source: ModelError },
+    Load {
+        path: String,
+        source: Box<ModelError>,
+    },
     #[error("starting the engine over {path}: {source}")]
-    Start { path: String, source: ModelError },
+    Start {
+        path: String,
+        source: Box<ModelError>,
+    },
 }
 
 /// Loads the model at `path` (a GGUF file or a Hugging Face folder) and starts an engine.
@@ -50,7 +56,7 @@ pub fn launch(path: &Path, cfg: &EngineConfig) -> Result<Launched, LaunchError> 
     })
     .map_err(|source| LaunchError::Load {
         path: shown.clone(),
-        source,
+        source: Box::new(source),
     })?;
     if tty {
         eprintln!();
@@ -59,7 +65,7 @@ pub fn launch(path: &Path, cfg: &EngineConfig) -> Result<Launched, LaunchError> 
     tracing::info!(seconds = load_seconds, "model loaded");
     let engine = handle::start(loaded, cfg).map_err(|source| LaunchError::Start {
         path: shown,
-        source,
+        source: Box::new(source),
     })?;
     Ok(Launched {
         engine,

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::request::{RequestId, TokenId};
+use crate::request::{self, RequestId, TokenId};
 use crate::scheduler::output::{BlockId, SchedulerOutput};
 
 /// One request as the runner holds it.
@@ -29,12 +29,7 @@ impl RequestState {
 
     /// Token at absolute position `pos` (prompt first, then output); `pos < num_tokens()`.
     pub fn token_at(&self, pos: usize) -> TokenId {
-        let n_prompt = self.prompt_token_ids.len();
-        if pos < n_prompt {
-            self.prompt_token_ids[pos]
-        } else {
-            self.output_token_ids[pos - n_prompt]
-        }
+        request::token_at(&self.prompt_token_ids, &self.output_token_ids, pos)
     }
 
     /// Token at position `p` lives in slot `p % block_size` of block `block_ids()[p /
