@@ -1,8 +1,8 @@
 //! The `Scheduler`: request queues and the per-step scheduling decision.
 //!
 //! Owns every unfinished request, the FCFS `waiting` queue and the ordered `running`
-//! set, and the [`KvCacheManager`]. One rule (docs/architecture.md): each step a request is given
-//! `min(num_tokens - num_computed_tokens, budget)` tokens (also capped by
+//! set, and the [`KvCacheManager`]. One rule (docs/architecture.md): each step a request
+//! is given `min(num_tokens - num_computed_tokens, budget)` tokens (also capped by
 //! `long_prefill_token_threshold`), running requests first in order, then waiting ones
 //! FCFS while the token budget, `max_num_seqs` and free blocks allow. A waiting request
 //! that does not fit stops admission (no skipping ahead). A running request that cannot
