@@ -21,5 +21,5 @@ pub mod sse;
 pub mod state;
 pub mod validate;
 
-pub use serve::{serve, spawn, SpawnedServer};
+pub use serve::{serve, spawn, SpawnedServer, HOLD_LOADING_ENV};
 pub use state::{AppState, Phase, ServerConfig};

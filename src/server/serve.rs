@@ -69,6 +69,7 @@ pub fn serve(
         std::thread::Builder::new()
             .name("tessera-load".into())
             .spawn(move || {
+                hold_loading_for_tests();
                 let _ = loaded_tx.send(load_engine(&model, &load_cfg));
             })?;
         let supervisor = actix_web::rt::spawn(supervise(
@@ -149,6 +150,25 @@ async fn wait_idle(state: &AppState, limit: Duration) {
     let deadline = Instant::now() + limit;
     while state.in_flight() > 0 && Instant::now() < deadline {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Test hook, not a feature: while the file named by this variable does not exist, the
+/// model does not start loading, so tests see the loading phase (`/ready` 503,
+/// `model_loading`) for as long as they need it, then create the file to let it load.
+pub const HOLD_LOADING_ENV: &str = "TESSERA_TEST_HOLD_LOADING";
+
+fn hold_loading_for_tests() {
+    let Some(release) = std::env::var_os(HOLD_LOADING_ENV) else {
+        return;
+    };
+    let release = PathBuf::from(release);
+    tracing::warn!(
+        "{HOLD_LOADING_ENV} is set: loading waits for {}",
+        release.display()
+    );
+    while !release.exists() {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
