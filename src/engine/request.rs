@@ -214,8 +214,9 @@ impl SamplingParams {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad("temperature", "must be >= 0", self.temperature.to_string());
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p", "must be in (0, 1]", self.top_p.to_string());
+        // 0 keeps only the most likely token (OpenAI accepts [0, 1]).
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return bad("top_p", "must be in [0, 1]", self.top_p.to_string());
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p", "must be in [0, 1]", self.min_p.to_string());

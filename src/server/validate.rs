@@ -222,8 +222,7 @@ fn build(
     }
     let logprobs = top_logprobs.is_some();
     let sampling = sampling_params(f, top_logprobs, engine.info().vocab)?;
-    sampling.validate()?;
-    Ok(ValidRequest {
+    let valid = ValidRequest {
         model,
         prompts,
         n: n as usize,
@@ -235,14 +234,32 @@ fn build(
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         logprobs,
-    })
+    };
+    // Checked per prompt: `min_tokens` against that prompt's own resolved `max_tokens`.
+    for prompt in 0..valid.prompts.len() {
+        valid.sampling_for(prompt, 0).validate()?;
+    }
+    Ok(valid)
 }
+
+/// Highest `temperature` OpenAI accepts. The engine samples at any temperature >= 0; the
+/// API refuses what OpenAI refuses (the other ranges are the engine's own, which match).
+const MAX_TEMPERATURE: f32 = 2.0;
 
 fn sampling_params(
     f: &SamplingFields,
     top_logprobs: Option<u64>,
     vocab: usize,
 ) -> Result<SamplingParams, ApiError> {
+    if let Some(t) = f
+        .temperature
+        .filter(|t| !(0.0..=MAX_TEMPERATURE).contains(t))
+    {
+        return Err(invalid(
+            "temperature",
+            format!("`temperature` must be in [0, {MAX_TEMPERATURE}]. Given: {t}"),
+        ));
+    }
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
