@@ -247,9 +247,9 @@ pub mod int {
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
             let unexpected = Unexpected::Float(v);
             // Every integer-valued f64 in [-2^63, 2^64) converts exactly.
-            if v.fract() != 0.0
-                || !(-9.223_372_036_854_775_808e18..1.844_674_407_370_955_2e19).contains(&v)
-            {
+            const LOW: f64 = -((1u64 << 63) as f64);
+            const HIGH: f64 = u64::MAX as f64; // rounds to 2^64, which stays excluded
+            if v.fract() != 0.0 || !(LOW..HIGH).contains(&v) {
                 return Err(E::invalid_value(unexpected, &self));
             }
             if v < 0.0 {
