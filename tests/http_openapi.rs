@@ -163,6 +163,21 @@ fn every_example_response_validates_against_its_schema() {
         "/v1/completions",
         &call("POST", "/v1/completions", Some(&echo)),
     );
+    // Prompt logprobs: the echo shape (null first entries), streamed and not, and vLLM's.
+    let scored = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 2, "echo": true, "logprobs": 2, "prompt_logprobs": 2});
+    let mut streamed = scored.clone();
+    streamed["stream"] = json!(true);
+    streamed["prompt_logprobs"] = Value::Null;
+    let chat_scored = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "prompt_logprobs": 1});
+    for (path, body) in [
+        ("/v1/completions", scored),
+        ("/v1/completions", streamed),
+        ("/v1/chat/completions", chat_scored),
+    ] {
+        let res = call("POST", path, Some(&body));
+        assert_eq!(res.status, 200, "{path}: {}", res.text());
+        check_response("POST", path, &res);
+    }
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //!
 //! Invariant: a request has an output channel exactly while the scheduler holds it. A
 //! closed channel (the consumer left) aborts the request at the start of the next step,
-//! which frees its blocks in that same step.
+//! which frees its blocks in that same step. A request that wants prompt logprobs has a
+//! `PromptLogprobBuffer` for the same span; its prompt rows are scored after each step's
+//! sampling and the whole list rides on the request's first output.
 //!
 //! Timing for metrics: the clock is read twice per step (after `schedule`, after
 //! `update`), never per token; each output carries its request's first-scheduled time
@@ -15,7 +17,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::request::{Request, RequestId};
+use super::request::{PromptLogprob, Request, RequestId};
 use super::sampler::{self, SamplerScratch, SeqRng};
 use crate::error::EngineError;
 use crate::runner::ModelRunner;
@@ -44,7 +46,19 @@ pub struct EngineCore {
     rngs: HashMap<RequestId, SeqRng>,
     /// When each request was first scheduled (absent until then).
     first_scheduled: HashMap<RequestId, Instant>,
+    /// Prompt logprobs being gathered, for the requests that asked.
+    prompt_logprobs: HashMap<RequestId, PromptLogprobBuffer>,
     scratch: SamplerScratch,
+}
+
+/// The prompt logprobs of one request, gathered chunk by chunk.
+#[derive(Debug, Default)]
+struct PromptLogprobBuffer {
+    /// Entry `i` scores prompt token `i + 1`; positions arrive in order (no prefix-cache
+    /// hits for such requests), and a recompute after preemption repeats known ones.
+    entries: Vec<PromptLogprob>,
+    /// Handed to the first output already.
+    sent: bool,
 }
 
 impl EngineCore {
@@ -55,6 +69,7 @@ impl EngineCore {
             outputs: HashMap::new(),
             rngs: HashMap::new(),
             first_scheduled: HashMap::new(),
+            prompt_logprobs: HashMap::new(),
             scratch: SamplerScratch::new(),
         }
     }
@@ -67,8 +82,13 @@ impl EngineCore {
     pub fn add_request(&mut self, req: Request, out: UnboundedSender<EngineEvent>) {
         let id = req.id;
         let seed = req.sampling.seed;
+        let wants_prompt_logprobs = req.sampling.prompt_logprobs.is_some();
         match self.scheduler.add_request(req) {
             Ok(()) => {
+                if wants_prompt_logprobs {
+                    self.prompt_logprobs
+                        .insert(id, PromptLogprobBuffer::default());
+                }
                 self.rngs.insert(id, SeqRng::new(seed));
                 self.outputs.insert(id, out);
             }
@@ -82,6 +102,7 @@ impl EngineCore {
     pub fn abort_request(&mut self, id: RequestId) {
         let last = self.scheduler.abort_request(id);
         self.rngs.remove(&id);
+        self.prompt_logprobs.remove(&id);
         let timing = OutputTiming {
             first_scheduled: self.first_scheduled.remove(&id),
             produced: Instant::now(),
@@ -106,6 +127,7 @@ impl EngineCore {
             self.scheduler.abort_request(id);
             self.rngs.remove(&id);
             self.first_scheduled.remove(&id);
+            self.prompt_logprobs.remove(&id);
             if let Some(out) = self.outputs.remove(&id) {
                 let _ = out.send(EngineEvent::Error(err.clone()));
             }
@@ -167,6 +189,7 @@ impl EngineCore {
             let token = sample_for(req, row, rng, &mut self.scratch);
             sampled.push((id, token));
         }
+        self.score_prompt_rows();
         let outputs = self
             .scheduler
             .update_from_output(&so, &ModelRunnerOutput { sampled });
@@ -174,9 +197,29 @@ impl EngineCore {
         stats
     }
 
+    /// Scores this step's prompt rows (for the requests that want prompt logprobs).
+    fn score_prompt_rows(&mut self) {
+        let buffers = &mut self.prompt_logprobs;
+        self.runner.for_each_prompt_row(|row, logits| {
+            let Some(buffer) = buffers.get_mut(&row.req_id) else {
+                return;
+            };
+            if row.pos == buffer.entries.len() && !buffer.sent {
+                buffer
+                    .entries
+                    .push(sampler::prompt_logprob(logits, row.target, row.k));
+            }
+        });
+    }
+
     fn emit(&mut self, outputs: Vec<RequestOutput>, produced: Instant) {
-        for out in outputs {
+        for mut out in outputs {
             let id = out.req_id;
+            if let Some(buffer) = self.prompt_logprobs.get_mut(&id).filter(|b| !b.sent) {
+                // The first output comes after the whole prompt ran, so every entry is in.
+                buffer.sent = true;
+                out.prompt_logprobs = Some(std::mem::take(&mut buffer.entries));
+            }
             let finished = out.finish_reason.is_some();
             let timing = OutputTiming {
                 first_scheduled: self.first_scheduled.get(&id).copied(),
@@ -193,6 +236,7 @@ impl EngineCore {
                 self.outputs.remove(&id);
                 self.rngs.remove(&id);
                 self.first_scheduled.remove(&id);
+                self.prompt_logprobs.remove(&id);
             }
         }
     }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::core::EngineEvent;
 use super::detokenizer::IncrementalDetokenizer;
 use super::handle::Command;
-use super::request::{FinishReason, RequestId, TokenId, TokenLogprobs};
+use super::request::{FinishReason, PromptLogprob, RequestId, TokenId, TokenLogprobs};
 use super::sampler::StopStringMatcher;
 use crate::error::EngineError;
 use crate::model::ModelAssets;
@@ -39,6 +39,8 @@ pub struct TokenEvent {
     /// stop string is held back).
     pub text: String,
     pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// The prompt's logprobs (`prompt_logprobs`), on the request's first event only.
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Usage,
     pub timing: EventTiming,
@@ -281,6 +283,7 @@ impl RequestStream {
                 l.truncate(kept);
                 l
             }),
+            prompt_logprobs: out.prompt_logprobs,
             finish_reason: finish,
             usage: self.usage,
             timing,
@@ -290,7 +293,10 @@ impl RequestStream {
 }
 
 fn is_empty_event(ev: &TokenEvent) -> bool {
-    ev.token_ids.is_empty() && ev.text.is_empty() && ev.finish_reason.is_none()
+    ev.token_ids.is_empty()
+        && ev.text.is_empty()
+        && ev.finish_reason.is_none()
+        && ev.prompt_logprobs.is_none()
 }
 
 impl Drop for RequestStream {

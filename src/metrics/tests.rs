@@ -76,6 +76,7 @@ fn event(tokens: usize, first: bool, finish: Option<FinishReason>, total: usize)
         token_ids: vec![7; tokens],
         text: String::new(),
         logprobs: None,
+        prompt_logprobs: None,
         finish_reason: finish,
         usage: Usage {
             prompt_tokens: 12,

@@ -1,8 +1,9 @@
 //! Flattens a `SchedulerOutput` into the model's batch: token ids, positions, cache slots,
-//! per-sequence attention descriptors and block tables, and which rows need logits.
-//! Buffers are kept between steps (cleared, not reallocated).
+//! per-sequence attention descriptors and block tables, which rows need logits for
+//! sampling, and which prompt rows need them for prompt logprobs (only for requests that
+//! ask). Buffers are kept between steps (cleared, not reallocated).
 
-use crate::engine::request::RequestId;
+use crate::engine::request::{RequestId, TokenId};
 use crate::model::transformer::ForwardBatch;
 use crate::ops::attention::AttnSeq;
 use crate::scheduler::output::SchedulerOutput;
@@ -22,6 +23,22 @@ pub struct BatchBuilder {
     logit_rows: Vec<usize>,
     /// `[S]` the request each logit row belongs to.
     sample_ids: Vec<RequestId>,
+    /// `[P]` prompt positions whose logits give prompt logprobs, in batch order.
+    prompt_rows: Vec<PromptRow>,
+    /// `[P]` the batch row of each of `prompt_rows`.
+    prompt_row_index: Vec<usize>,
+}
+
+/// A prompt position whose logits score the next prompt token (`prompt_logprobs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PromptRow {
+    pub req_id: RequestId,
+    /// Position of the row; its logits score the prompt token at `pos + 1`.
+    pub pos: usize,
+    /// The prompt token at `pos + 1`.
+    pub target: TokenId,
+    /// Top alternatives wanted.
+    pub k: usize,
 }
 
 impl BatchBuilder {
@@ -55,6 +72,19 @@ impl BatchBuilder {
                 self.logit_rows.push(q_row + sr.num_tokens - 1);
                 self.sample_ids.push(sr.req_id);
             }
+            if let Some(k) = req.sampling.prompt_logprobs {
+                // Positions before the last prompt token; output tokens are not scored.
+                let scored_end = ctx_len.min(req.prompt_token_ids.len().saturating_sub(1));
+                for pos in sr.start_pos..scored_end {
+                    self.prompt_row_index.push(q_row + pos - sr.start_pos);
+                    self.prompt_rows.push(PromptRow {
+                        req_id: sr.req_id,
+                        pos,
+                        target: req.prompt_token_ids[pos + 1],
+                        k,
+                    });
+                }
+            }
         }
     }
 
@@ -66,6 +96,8 @@ impl BatchBuilder {
         self.block_tables.clear();
         self.logit_rows.clear();
         self.sample_ids.clear();
+        self.prompt_rows.clear();
+        self.prompt_row_index.clear();
     }
 
     pub fn forward_batch(&self) -> ForwardBatch<'_> {
@@ -77,6 +109,11 @@ impl BatchBuilder {
             block_tables: &self.block_tables,
             logit_rows: &self.logit_rows,
         }
+    }
+
+    /// Prompt rows wanting logits, and the batch row of each.
+    pub fn prompt_rows(&self) -> (&[PromptRow], &[usize]) {
+        (&self.prompt_rows, &self.prompt_row_index)
     }
 
     /// The request of each logits row, in row order.

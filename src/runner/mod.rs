@@ -1,5 +1,8 @@
 //! The model runner: owns the model, its physical KV cache and the step workspace, and
-//! turns one `SchedulerOutput` into one forward pass over all scheduled tokens.
+//! turns one `SchedulerOutput` into one forward pass over all scheduled tokens. Prompt
+//! logprobs come from the same forward: after sampling, `for_each_prompt_row` runs the
+//! LM head over the prompt rows that asked (a few at a time, in the workspace's logits
+//! buffer); steps without such rows do no extra work.
 
 pub mod batch;
 
@@ -9,7 +12,7 @@ use crate::model::transformer::Transformer;
 use crate::model::workspace::Workspace;
 use crate::scheduler::output::SchedulerOutput;
 use crate::scheduler::Scheduler;
-use batch::BatchBuilder;
+use batch::{BatchBuilder, PromptRow};
 
 pub struct ModelRunner {
     model: Transformer,
@@ -62,6 +65,21 @@ impl ModelRunner {
             ids: self.batch.sample_ids(),
             logits,
             vocab,
+        }
+    }
+
+    /// Calls `each` with every prompt row of the last `execute` that wants logits and
+    /// its logits `[vocab]`, in batch order. Call it after the step's sampling is done:
+    /// it reuses the logits buffer `execute` returned.
+    pub fn for_each_prompt_row(&mut self, mut each: impl FnMut(&PromptRow, &[f32])) {
+        let (rows, index) = self.batch.prompt_rows();
+        let vocab = self.model.cfg.vocab;
+        let per_pass = self.ws.max_logit_rows().max(1);
+        for (rows, index) in rows.chunks(per_pass).zip(index.chunks(per_pass)) {
+            let logits = self.model.head(index, &mut self.ws);
+            for (row, logits) in rows.iter().zip(logits.chunks_exact(vocab)) {
+                each(row, logits);
+            }
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct RequestOutput {
     pub new_token_ids: Vec<TokenId>,
     /// Logprobs for each of `new_token_ids`, when requested.
     pub logprobs: Option<Vec<crate::engine::request::TokenLogprobs>>,
+    /// The prompt's log-probabilities (`prompt_logprobs`): set by the engine on the
+    /// request's first output, one entry per prompt token after the first.
+    pub prompt_logprobs: Option<Vec<crate::engine::request::PromptLogprob>>,
     pub finish_reason: Option<FinishReason>,
     pub num_prompt_tokens: usize,
     /// Prompt tokens served from the prefix cache.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::observe::RequestRecord;
-use super::response::{ChoiceOutput, ResponseMeta};
+use super::response::{ChoiceOutput, LogprobShape, ResponseMeta};
 use super::state::{AppState, Permit};
 use super::validate::ValidRequest;
 use crate::engine::handle::EngineHandle;
@@ -100,8 +100,10 @@ pub struct Generation {
     pub choices: Vec<ChoiceStream>,
     /// Echoed prompt text per prompt (completions with `echo`).
     pub echo: Vec<Option<String>>,
+    /// Token ids per prompt (for responses with prompt logprobs; else empty).
+    pub prompt_ids: Vec<Vec<TokenId>>,
     pub n: usize,
-    pub logprobs: bool,
+    pub logprobs: LogprobShape,
     pub permit: Permit,
     /// Settled when the last of this and the choices' clones drops.
     pub record: Arc<RequestRecord>,
@@ -164,14 +166,28 @@ pub fn submit(
     for choice in &mut choices {
         choice.record = Some(record.clone());
     }
+    let logprobs = LogprobShape {
+        sampled: valid.logprobs,
+        echo: valid
+            .echo_logprobs
+            .then(|| valid.sampling.logprobs.unwrap_or(0)),
+        prompt: valid.prompt_logprobs,
+    };
+    let keep_ids = logprobs.echo.is_some() || logprobs.prompt.is_some();
+    let (echo, prompt_ids) = valid
+        .prompts
+        .into_iter()
+        .map(|p| (p.echo, if keep_ids { p.token_ids } else { Vec::new() }))
+        .unzip();
     Ok(Generation {
         meta,
         engine: engine.clone(),
         state,
         choices,
-        echo: valid.prompts.into_iter().map(|p| p.echo).collect(),
+        echo,
+        prompt_ids,
         n: valid.n,
-        logprobs: valid.logprobs,
+        logprobs,
         permit,
         record,
     })
@@ -205,10 +221,12 @@ impl Generation {
     /// future (the client left) drops the streams, which aborts their sequences.
     pub async fn collect(mut self) -> Result<serde_json::Value, ApiError> {
         let n = self.n.max(1);
-        let echo = &self.echo;
+        let (echo, prompt_ids) = (&self.echo, &self.prompt_ids);
         let results = futures_util::future::try_join_all(self.choices.iter_mut().map(|choice| {
-            let echo = echo[choice.index / n].as_deref().unwrap_or("");
-            collect_choice(choice, echo)
+            let prompt = choice.index / n;
+            let echo = echo[prompt].as_deref().unwrap_or("");
+            let ids = prompt_ids.get(prompt).map_or(&[][..], Vec::as_slice);
+            collect_choice(choice, echo, ids)
         }))
         .await?;
         let (outputs, usages): (Vec<ChoiceOutput>, Vec<Usage>) = results.into_iter().unzip();
@@ -218,15 +236,18 @@ impl Generation {
     }
 }
 
-/// Drains one choice into its output and final usage.
+/// Drains one choice into its output and final usage (`prompt_ids`: its prompt's ids
+/// when the response carries prompt logprobs, else empty).
 async fn collect_choice(
     choice: &mut ChoiceStream,
     echo: &str,
+    prompt_ids: &[TokenId],
 ) -> Result<(ChoiceOutput, Usage), ApiError> {
     let mut out = ChoiceOutput {
         index: choice.index,
         text: echo.to_string(),
         echo_len: echo.len(),
+        prompt_ids: prompt_ids.to_vec(),
         ..ChoiceOutput::default()
     };
     let mut usage = Usage::default();
@@ -235,6 +256,9 @@ async fn collect_choice(
         out.text.push_str(&event.text);
         out.token_ids.extend_from_slice(&event.token_ids);
         out.logprobs.extend(event.logprobs.unwrap_or_default());
+        if let Some(prompt_logprobs) = event.prompt_logprobs {
+            out.prompt_logprobs = prompt_logprobs;
+        }
         usage = event.usage;
         if let Some(reason) = event.finish_reason {
             out.finish_reason = Some(check_finish(reason)?);

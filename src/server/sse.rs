@@ -48,7 +48,9 @@ pub fn sse_body(
     for choice in std::mem::take(&mut gen.choices) {
         let index = choice.index;
         let echo = gen.echo[index / gen.n.max(1)].as_deref();
-        if let Some(chunk) = gen.meta.opening_chunk(index, echo) {
+        // With echo logprobs, the echo goes out with the first event (which brings them).
+        let echo_now = echo.filter(|_| gen.logprobs.echo.is_none());
+        if let Some(chunk) = gen.meta.opening_chunk(index, echo_now) {
             opening.push_str(&chunk);
         }
         offsets[index] = echo.map_or(0, str::len);
@@ -100,11 +102,17 @@ impl SseState {
     fn render(&mut self, index: usize, ev: TokenEvent) -> Result<String, ApiError> {
         self.usages[index] = ev.usage;
         let meta = &self.gen.meta;
+        let tokenizer = &self.gen.engine.model().tokenizer;
         let mut out = String::new();
-        let wants_logprobs = self.gen.logprobs && !ev.token_ids.is_empty();
-        if !ev.text.is_empty() || wants_logprobs {
-            let logprobs = ev.logprobs.as_deref().filter(|_| self.gen.logprobs);
-            let tokenizer = &self.gen.engine.model().tokenizer;
+        if let (Some(k), Some(prompt_logprobs)) = (self.gen.logprobs.echo, &ev.prompt_logprobs) {
+            let prompt = index / self.gen.n.max(1);
+            let text = self.gen.echo[prompt].as_deref().unwrap_or("");
+            let ids = &self.gen.prompt_ids[prompt];
+            out.push_str(&meta.echo_chunk(index, text, ids, prompt_logprobs, k, tokenizer));
+        }
+        let sampled = self.gen.logprobs.sampled;
+        if !ev.text.is_empty() || (sampled && !ev.token_ids.is_empty()) {
+            let logprobs = ev.logprobs.as_deref().filter(|_| sampled);
             let offset = self.offsets[index];
             out.push_str(&meta.delta_chunk(
                 index,

@@ -31,9 +31,12 @@ def binary() -> str:
 class Server:
     def __init__(self, *flags: str):
         env = dict(os.environ, RUST_LOG="info")
+        defaults = {"--kv-cache-memory": "256MiB", "--max-model-len": "2048"}
+        for name in flags:
+            defaults.pop(name, None)  # a flag given here replaces its default
         self.proc = subprocess.Popen(
-            [binary(), "serve", "--port", "0", "--served-model-name", MODEL,
-             "--api-key", API_KEY, "--kv-cache-memory", "256MiB", "--max-model-len", "2048", *flags],
+            [binary(), "serve", "--port", "0", "--served-model-name", MODEL, "--api-key", API_KEY,
+             *[part for pair in defaults.items() for part in pair], *flags],
             stderr=subprocess.PIPE, text=True, env=env,
         )
         self.lines: list[str] = []

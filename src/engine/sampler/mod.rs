@@ -23,7 +23,7 @@ mod rng;
 pub mod stop;
 mod truncation;
 
-pub use logprobs::MAX_TOP_LOGPROBS;
+pub use logprobs::{prompt_logprob, MAX_TOP_LOGPROBS};
 pub use rng::SeqRng;
 pub use stop::{StopCheck, StopStringMatcher};
 
