@@ -73,13 +73,16 @@ struct EngineArgs {
     /// GGUF file or Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long, env = "TESSERA_MODEL")]
     model: Option<PathBuf>,
+    /// Most sequences the engine runs in one step; more wait in the queue.
     #[arg(long, env = "TESSERA_MAX_NUM_SEQS", default_value_t = 64)]
     max_num_seqs: usize,
+    /// Token budget of one engine step (longer prompts are prefilled in chunks).
     #[arg(long, env = "TESSERA_MAX_NUM_BATCHED_TOKENS", default_value_t = 1024)]
     max_num_batched_tokens: usize,
     /// Maximum prompt + output tokens (default: the model's context length).
     #[arg(long, env = "TESSERA_MAX_MODEL_LEN")]
     max_model_len: Option<usize>,
+    /// Tokens per KV cache block (the unit of prefix sharing).
     #[arg(long, env = "TESSERA_BLOCK_SIZE", default_value_t = 16)]
     block_size: usize,
     /// KV cache size, e.g. 1GiB, 512MiB.
@@ -88,6 +91,7 @@ struct EngineArgs {
     /// Exact number of KV blocks (overrides --kv-cache-memory).
     #[arg(long, env = "TESSERA_NUM_KV_BLOCKS")]
     num_kv_blocks: Option<usize>,
+    /// Turn off the prefix cache (equal prompt prefixes no longer share KV blocks).
     #[arg(long, env = "TESSERA_NO_PREFIX_CACHING")]
     no_prefix_caching: bool,
     /// Compute threads (default: available cores).
@@ -98,8 +102,10 @@ struct EngineArgs {
 /// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
 #[derive(Args)]
 struct ServeArgs {
+    /// Address to listen on (0.0.0.0: every interface).
     #[arg(long, env = "TESSERA_HOST", default_value = "127.0.0.1")]
     host: String,
+    /// Port to listen on (0: any free port, printed at start).
     #[arg(long, env = "TESSERA_PORT", default_value_t = 8000)]
     port: u16,
     /// Name(s) the model is served under (repeatable; default: the model file's name).
@@ -298,6 +304,21 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 20, "9 engine flags + 11 server flags");
+    }
+
+    #[test]
+    fn every_serve_flag_has_one_line_of_help() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve command");
+        let bare: Vec<String> = serve
+            .get_arguments()
+            .filter(|arg| {
+                arg.get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+            })
+            .map(|arg| format!("--{}", arg.get_id().as_str().replace('_', "-")))
+            .collect();
+        assert!(bare.is_empty(), "flags without help text: {bare:?}");
     }
 
     #[test]
