@@ -123,9 +123,13 @@ struct ServeArgs {
     /// Sequences that may wait beyond --max-num-seqs; more get 429.
     #[arg(long, env = "TESSERA_MAX_QUEUED_REQUESTS", default_value_t = 256)]
     max_queued_requests: usize,
-    /// Seconds in-flight requests may run after SIGTERM.
+    /// Seconds in-flight requests may run after SIGTERM (the process exits a few seconds
+    /// later whatever still runs).
     #[arg(long, env = "TESSERA_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     shutdown_timeout: f64,
+    /// Seconds a client may take to send a whole request head; slower ones get 408.
+    #[arg(long, env = "TESSERA_REQUEST_HEAD_TIMEOUT", default_value_t = 5.0)]
+    request_head_timeout: f64,
     /// Largest request body, e.g. 10MiB; larger ones get 413.
     #[arg(long, env = "TESSERA_MAX_REQUEST_BYTES", default_value = "10MiB", value_parser = parse_bytes)]
     max_request_bytes: u64,
@@ -150,8 +154,14 @@ impl ServeArgs {
                 .map_err(|_| format!("--{flag} must be a number of seconds >= 0. Given: {v}"))
         };
         let keepalive = seconds("sse-keepalive", self.sse_keepalive)?;
-        if keepalive.is_zero() {
-            return Err("--sse-keepalive must be > 0".into());
+        let head_timeout = seconds("request-head-timeout", self.request_head_timeout)?;
+        for (flag, value) in [
+            ("sse-keepalive", keepalive),
+            ("request-head-timeout", head_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("--{flag} must be > 0"));
+            }
         }
         Ok(tessera::server::ServerConfig {
             host: self.host.clone(),
@@ -160,10 +170,12 @@ impl ServeArgs {
             api_keys: self.api_key.clone(),
             max_queued_requests: self.max_queued_requests,
             shutdown_timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
+            request_head_timeout: head_timeout,
             max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
             sse_keepalive: keepalive,
             log_requests: self.log_requests,
             metrics_compat: self.metrics_compat,
+            ..tessera::server::ServerConfig::default()
         })
     }
 }
@@ -303,7 +315,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 20, "9 engine flags + 11 server flags");
+        assert_eq!(checked, 21, "9 engine flags + 12 server flags");
     }
 
     #[test]
