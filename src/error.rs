@@ -88,10 +88,36 @@ pub enum ApiError {
     MethodNotAllowed {
         method: String,
         path: String,
-        allowed: &'static str,
+        allowed: String,
     },
     #[error("the request body has {size} bytes; the limit (--max-request-bytes) is {limit}")]
     PayloadTooLarge { size: usize, limit: usize },
+    /// Refused by the HTTP layer before any handler ran: the connection guard (a
+    /// malformed or over-long request head, a slow client) or the framework; `status` is
+    /// the HTTP status to answer.
+    #[error("{message}")]
+    Http { status: u16, message: String },
+    /// A prompt's text is longer than any `max_model_len`-token prompt can be, known
+    /// before tokenizing it: no token of this vocabulary covers more than
+    /// `max_bytes_per_token` bytes.
+    #[error(
+        "this model's maximum context length is {max_model_len} tokens; the prompt has \
+         {bytes} bytes of text, and no token of this model covers more than \
+         {max_bytes_per_token} bytes, so it cannot fit (at most {max_bytes} bytes can)"
+    )]
+    PromptTooLong {
+        param: &'static str,
+        bytes: usize,
+        max_bytes: usize,
+        max_model_len: usize,
+        max_bytes_per_token: usize,
+    },
+    /// The pool that tokenizes and renders prompts has a full queue.
+    #[error(
+        "the server is busy: {queued} requests already wait for tokenization (the limit); \
+         retry later"
+    )]
+    Busy { queued: usize },
     #[error(
         "the server is at capacity: {in_flight} sequences in flight and this request needs \
          {needed} more; the limit is --max-num-seqs + --max-queued-requests = {capacity}. Retry later"
@@ -136,6 +162,9 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::RouteNotFound { .. } => (404, "not_found_error", "unknown_route"),
         ApiError::MethodNotAllowed { .. } => (405, "invalid_request_error", "method_not_allowed"),
         ApiError::PayloadTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
+        ApiError::Http { status, .. } => http_refusal(*status),
+        ApiError::PromptTooLong { .. } => (400, "invalid_request_error", "context_length_exceeded"),
+        ApiError::Busy { .. } => (429, "rate_limit_error", "server_busy"),
         ApiError::QueueFull { .. } => (429, "rate_limit_error", "queue_full"),
         ApiError::Loading => (503, "service_unavailable_error", "model_loading"),
         ApiError::Draining => (503, "service_unavailable_error", "shutting_down"),
@@ -165,6 +194,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
             Some("prompt".to_string())
         }
         ApiError::Template(_) => Some("messages".to_string()),
+        ApiError::PromptTooLong { param, .. } => Some(param.to_string()),
         _ => None,
     };
     let retry_after = match status {
@@ -178,6 +208,25 @@ pub fn http_error(err: &ApiError) -> HttpError {
         status,
         body,
         retry_after,
+    }
+}
+
+/// Status, type and code of a refusal by the HTTP layer.
+fn http_refusal(status: u16) -> (u16, &'static str, &'static str) {
+    match status {
+        404 => (404, "not_found_error", "unknown_route"),
+        405 => (405, "invalid_request_error", "method_not_allowed"),
+        408 => (408, "invalid_request_error", "request_timeout"),
+        413 => (413, "invalid_request_error", "request_too_large"),
+        414 => (414, "invalid_request_error", "uri_too_long"),
+        431 => (
+            431,
+            "invalid_request_error",
+            "request_header_fields_too_large",
+        ),
+        400..=499 => (status, "invalid_request_error", "invalid_request"),
+        500..=599 => (status, "server_error", "internal_error"),
+        _ => (500, "server_error", "internal_error"),
     }
 }
 
@@ -220,6 +269,50 @@ mod tests {
                 500,
                 "internal_error",
             ),
+            (
+                ApiError::Http {
+                    status: 431,
+                    message: "x".into(),
+                },
+                431,
+                "request_header_fields_too_large",
+            ),
+            (
+                ApiError::Http {
+                    status: 408,
+                    message: "x".into(),
+                },
+                408,
+                "request_timeout",
+            ),
+            (
+                ApiError::Http {
+                    status: 414,
+                    message: "x".into(),
+                },
+                414,
+                "uri_too_long",
+            ),
+            (
+                ApiError::Http {
+                    status: 418,
+                    message: "x".into(),
+                },
+                418,
+                "invalid_request",
+            ),
+            (
+                ApiError::PromptTooLong {
+                    param: "prompt",
+                    bytes: 100,
+                    max_bytes: 40,
+                    max_model_len: 10,
+                    max_bytes_per_token: 4,
+                },
+                400,
+                "context_length_exceeded",
+            ),
+            (ApiError::Busy { queued: 3 }, 429, "server_busy"),
         ];
         for (err, status, code) in cases {
             let mapped = http_error(&err);

@@ -73,13 +73,16 @@ struct EngineArgs {
     /// GGUF file or Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long, env = "TESSERA_MODEL")]
     model: Option<PathBuf>,
+    /// Most sequences the engine runs in one step; more wait in the queue.
     #[arg(long, env = "TESSERA_MAX_NUM_SEQS", default_value_t = 64)]
     max_num_seqs: usize,
+    /// Token budget of one engine step (longer prompts are prefilled in chunks).
     #[arg(long, env = "TESSERA_MAX_NUM_BATCHED_TOKENS", default_value_t = 1024)]
     max_num_batched_tokens: usize,
     /// Maximum prompt + output tokens (default: the model's context length).
     #[arg(long, env = "TESSERA_MAX_MODEL_LEN")]
     max_model_len: Option<usize>,
+    /// Tokens per KV cache block (the unit of prefix sharing).
     #[arg(long, env = "TESSERA_BLOCK_SIZE", default_value_t = 16)]
     block_size: usize,
     /// KV cache size, e.g. 1GiB, 512MiB.
@@ -88,6 +91,7 @@ struct EngineArgs {
     /// Exact number of KV blocks (overrides --kv-cache-memory).
     #[arg(long, env = "TESSERA_NUM_KV_BLOCKS")]
     num_kv_blocks: Option<usize>,
+    /// Turn off the prefix cache (equal prompt prefixes no longer share KV blocks).
     #[arg(long, env = "TESSERA_NO_PREFIX_CACHING")]
     no_prefix_caching: bool,
     /// Compute threads (default: available cores).
@@ -98,8 +102,10 @@ struct EngineArgs {
 /// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
 #[derive(Args)]
 struct ServeArgs {
+    /// Address to listen on (0.0.0.0: every interface).
     #[arg(long, env = "TESSERA_HOST", default_value = "127.0.0.1")]
     host: String,
+    /// Port to listen on (0: any free port, printed at start).
     #[arg(long, env = "TESSERA_PORT", default_value_t = 8000)]
     port: u16,
     /// Name(s) the model is served under (repeatable; default: the model file's name).
@@ -117,9 +123,13 @@ struct ServeArgs {
     /// Sequences that may wait beyond --max-num-seqs; more get 429.
     #[arg(long, env = "TESSERA_MAX_QUEUED_REQUESTS", default_value_t = 256)]
     max_queued_requests: usize,
-    /// Seconds in-flight requests may run after SIGTERM.
+    /// Seconds in-flight requests may run after SIGTERM (the process exits a few seconds
+    /// later whatever still runs).
     #[arg(long, env = "TESSERA_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     shutdown_timeout: f64,
+    /// Seconds a client may take to send a whole request head; slower ones get 408.
+    #[arg(long, env = "TESSERA_REQUEST_HEAD_TIMEOUT", default_value_t = 5.0)]
+    request_head_timeout: f64,
     /// Largest request body, e.g. 10MiB; larger ones get 413.
     #[arg(long, env = "TESSERA_MAX_REQUEST_BYTES", default_value = "10MiB", value_parser = parse_bytes)]
     max_request_bytes: u64,
@@ -144,8 +154,14 @@ impl ServeArgs {
                 .map_err(|_| format!("--{flag} must be a number of seconds >= 0. Given: {v}"))
         };
         let keepalive = seconds("sse-keepalive", self.sse_keepalive)?;
-        if keepalive.is_zero() {
-            return Err("--sse-keepalive must be > 0".into());
+        let head_timeout = seconds("request-head-timeout", self.request_head_timeout)?;
+        for (flag, value) in [
+            ("sse-keepalive", keepalive),
+            ("request-head-timeout", head_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("--{flag} must be > 0"));
+            }
         }
         Ok(tessera::server::ServerConfig {
             host: self.host.clone(),
@@ -154,10 +170,12 @@ impl ServeArgs {
             api_keys: self.api_key.clone(),
             max_queued_requests: self.max_queued_requests,
             shutdown_timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
+            request_head_timeout: head_timeout,
             max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
             sse_keepalive: keepalive,
             log_requests: self.log_requests,
             metrics_compat: self.metrics_compat,
+            ..tessera::server::ServerConfig::default()
         })
     }
 }
@@ -297,7 +315,22 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 20, "9 engine flags + 11 server flags");
+        assert_eq!(checked, 21, "9 engine flags + 12 server flags");
+    }
+
+    #[test]
+    fn every_serve_flag_has_one_line_of_help() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve command");
+        let bare: Vec<String> = serve
+            .get_arguments()
+            .filter(|arg| {
+                arg.get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+            })
+            .map(|arg| format!("--{}", arg.get_id().as_str().replace('_', "-")))
+            .collect();
+        assert!(bare.is_empty(), "flags without help text: {bare:?}");
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! The OpenAI-compatible HTTP server (actix-web).
 //!
-//! Request path: `gate` (request id, API key, access log) → a handler in `routes`
-//! (parse with `gate::read_json` → `validate` into a `ValidRequest` → admission
-//! `Permit` from `state` → `generate::submit`) → `sse` (streamed) or
-//! `Generation::collect` (whole response), both shaped by `response`. Every error is an
-//! `error::ApiError`, turned into a response by `error::http_error` alone.
+//! Request path: `conn_guard` (every connection: request heads checked before actix sees
+//! them, refused ones answered in the OpenAI shape) → `gate` (request id, access log,
+//! metrics, the OpenAI body on every error) → the route's `access` check (API key
+//! unless the route is open) → a handler in `routes` (body read with `gate::read_body`,
+//! then on the `cpu` pool: parse → `validate` into a `ValidRequest`; admission `Permit`
+//! from `state` → `generate::submit`) → `sse` (streamed) or `Generation::collect` (whole
+//! response), both shaped by `response`. Every error is an `error::ApiError`, turned
+//! into a response by `error::http_error` alone.
 //! `serve` owns the process life: loading, readiness, signals and draining. `observe`
 //! records what generation requests did (metrics, outcome, one log line each);
 //! `logging` sets up the text or JSON log format.
 
+pub mod access;
+pub mod conn_guard;
+pub mod cpu;
 pub mod gate;
 pub mod generate;
 pub mod logging;
