@@ -17,3 +17,4 @@ pub mod ops;
 pub mod runner;
 pub mod scheduler;
 pub mod server;
+pub mod store;
