@@ -19,4 +19,3 @@ pub mod runner;
 pub mod scheduler;
 pub mod server;
 pub mod store;
-pub mod store;

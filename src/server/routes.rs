@@ -30,39 +30,84 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/ready"),
     ("GET", "/version"),
     ("GET", "/metrics"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{id}"),
+    ("DELETE", "/v1/responses/{id}"),
+    ("GET", "/v1/responses/{id}/input_items"),
+    ("POST", "/v1/conversations"),
+    ("GET", "/v1/conversations/{id}"),
+    ("POST", "/v1/conversations/{id}"),
+    ("DELETE", "/v1/conversations/{id}"),
+    ("GET", "/v1/conversations/{id}/items"),
+    ("POST", "/v1/conversations/{id}/items"),
+    ("GET", "/v1/conversations/{id}/items/{item_id}"),
+    ("DELETE", "/v1/conversations/{id}/items/{item_id}"),
 ];
 
 type Data = web::Data<AppState>;
 type Reply = Result<HttpResponse, ApiError>;
 
-/// Registers `ROUTES`; a known path with another method answers 405.
+/// Registers `ROUTES`, one resource per path; a known path with another method
+/// answers 405 naming the methods it takes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    for &(method, path) in ROUTES {
-        let route = match method {
-            "POST" => web::post(),
-            _ => web::get(),
-        };
-        let route = match path {
-            "/v1/chat/completions" => route.to(chat_completions),
-            "/v1/completions" => route.to(completions),
-            "/v1/models" => route.to(list_models),
-            "/v1/models/{model}" => route.to(get_model),
-            "/tokenize" => route.to(tokenize),
-            "/detokenize" => route.to(detokenize),
-            "/health" => route.to(health),
-            "/ready" => route.to(ready),
-            "/version" => route.to(version),
-            _ => route.to(metrics),
-        };
-        cfg.service(web::resource(path).route(route).default_service(web::to(
-            move |req: HttpRequest| async move {
+    let mut paths: Vec<&'static str> = Vec::new();
+    for &(_, path) in ROUTES {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    for path in paths {
+        let methods: Vec<&'static str> =
+            ROUTES.iter().filter(|r| r.1 == path).map(|r| r.0).collect();
+        let mut resource = web::resource(path);
+        for &method in &methods {
+            resource = resource.route(route(method, path));
+        }
+        let allowed = methods.join(", ");
+        cfg.service(resource.default_service(web::to(move |req: HttpRequest| {
+            let allowed = allowed.clone();
+            async move {
                 Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
                     method: req.method().to_string(),
                     path: req.path().to_string(),
-                    allowed: method,
+                    allowed,
                 })
-            },
-        )));
+            }
+        })));
+    }
+}
+
+/// The handler of `method` on `path`.
+fn route(method: &str, path: &str) -> actix_web::Route {
+    use super::{conversations as conv, responses as resp};
+    let route = match method {
+        "POST" => web::post(),
+        "DELETE" => web::delete(),
+        _ => web::get(),
+    };
+    match (method, path) {
+        (_, "/v1/chat/completions") => route.to(chat_completions),
+        (_, "/v1/completions") => route.to(completions),
+        (_, "/v1/models") => route.to(list_models),
+        (_, "/v1/models/{model}") => route.to(get_model),
+        (_, "/tokenize") => route.to(tokenize),
+        (_, "/detokenize") => route.to(detokenize),
+        (_, "/health") => route.to(health),
+        (_, "/ready") => route.to(ready),
+        (_, "/version") => route.to(version),
+        ("POST", "/v1/responses") => route.to(resp::create),
+        ("GET", "/v1/responses/{id}") => route.to(resp::retrieve),
+        ("DELETE", "/v1/responses/{id}") => route.to(resp::delete),
+        (_, "/v1/responses/{id}/input_items") => route.to(resp::input_items),
+        ("POST", "/v1/conversations") => route.to(conv::create),
+        ("GET", "/v1/conversations/{id}") => route.to(conv::retrieve),
+        ("POST", "/v1/conversations/{id}") => route.to(conv::update),
+        ("DELETE", "/v1/conversations/{id}") => route.to(conv::delete),
+        ("GET", "/v1/conversations/{id}/items") => route.to(conv::list_items),
+        ("POST", "/v1/conversations/{id}/items") => route.to(conv::add_items),
+        ("GET", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::get_item),
+        ("DELETE", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::delete_item),
+        _ => route.to(metrics),
     }
 }
 
