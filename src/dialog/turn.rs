@@ -9,6 +9,7 @@
 //! a turn can check it against the database with one key lookup instead of loading it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -82,6 +83,11 @@ pub struct TurnOutcome {
     pub usage: TurnUsage,
 }
 
+/// Milliseconds since `t`, for the debug log.
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
 fn anchor(fields: &ResponseFields) -> Result<Anchor, DialogError> {
     match (&fields.previous_response_id, &fields.conversation_id) {
         (Some(_), Some(_)) => Err(DialogError::Invalid {
@@ -110,7 +116,9 @@ impl Dialog {
         request: TurnRequest,
         engine: &EngineHandle,
     ) -> Result<PreparedTurn, DialogError> {
+        let started = Instant::now();
         let context = self.context(owner, &anchor(&request.fields)?).await?;
+        let history_ms = ms(started);
         let (engine, rule) = (engine.clone(), self.window);
         let (ctx, req) = (context.clone(), request.clone());
         let prompt = tokio::task::spawn_blocking(move || {
@@ -127,6 +135,13 @@ impl Dialog {
         })
         .await
         .map_err(|e| DialogError::Internal(format!("building the prompt failed: {e}")))??;
+        tracing::debug!(
+            history_ms,
+            prompt_ms = ms(started) - history_ms,
+            messages = context.messages.len(),
+            kept_turns = prompt.window.kept_turns(),
+            "turn prepared"
+        );
         Ok(PreparedTurn {
             response_id: new_id("resp"),
             output_id: new_id("msg"),
@@ -252,6 +267,7 @@ impl Dialog {
             output: output.iter().map(Message::to_record).collect(),
         };
         let mut version = None;
+        let started = Instant::now();
         if record.response.is_some() || record.conversation_id.is_some() {
             let owner = turn.owner.clone();
             version = self
@@ -265,6 +281,7 @@ impl Dialog {
                     (e, _) => DialogError::Store(e),
                 })?;
         }
+        tracing::debug!(commit_ms = ms(started), id = %turn.response_id, "turn committed");
         self.remember(&turn, &output, version);
         Ok(body)
     }
