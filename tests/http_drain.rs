@@ -29,6 +29,11 @@ fn start(extra: &[&str]) -> Server {
         model.display()
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        // The dialog store in a temporary directory, not the working tree.
+        .env(
+            "TESSERA_DATA_DIR",
+            std::env::temp_dir().join(format!("tessera-drain-{}", std::process::id())),
+        )
         .args([
             "serve",
             "--port",
@@ -176,6 +181,10 @@ fn streams_past_the_shutdown_timeout_end_with_an_error_event() {
 #[test]
 fn not_ready_while_loading_and_a_missing_model_exits_nonzero() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .env(
+            "TESSERA_DATA_DIR",
+            std::env::temp_dir().join(format!("tessera-drain-{}", std::process::id())),
+        )
         .args(["serve", "--port", "0", "--model", "/nonexistent/model.gguf"])
         .stderr(Stdio::piped())
         .spawn()
