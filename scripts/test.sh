@@ -6,7 +6,8 @@
 # test, then the official OpenAI SDK tests (tests/python) against the release binary, in
 # a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between
 # runs). The Grafana dashboard is checked against a real Prometheus (Debian's
-# `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs.
+# `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs;
+# the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise).
 # Each step prints its start time (seconds since the script began) on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ scripts/fetch-test-data.sh >/dev/null
 # Prometheus for tests/prometheus_dashboard.rs (Debian's package, installed with apt when
 # missing; fails here with the reason when it cannot be installed).
 scripts/prometheus.sh install >/dev/null
+# PostgreSQL for the dialog store tests (Debian's package, installed with apt when missing;
+# each test starts its own throwaway cluster through scripts/postgres.sh).
+scripts/postgres.sh install >/dev/null
 
 step "format and lints"
 cargo fmt --all --check

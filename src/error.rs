@@ -137,6 +137,9 @@ pub enum ApiError {
     Template(#[from] crate::model::chat_template::TemplateError),
     #[error(transparent)]
     Tokenizer(#[from] crate::model::tokenizer::TokenizerError),
+    /// Conversations, responses and their store.
+    #[error(transparent)]
+    Dialog(#[from] crate::dialog::DialogError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -182,6 +185,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::Template(T::Raised { .. } | T::NoFreeMarker { .. } | T::Tokenizer(_)) => BAD,
         ApiError::Template(_) => (500, "server_error", "chat_template_error"),
         ApiError::Tokenizer(_) => BAD,
+        ApiError::Dialog(e) => dialog_status(e),
         ApiError::Internal(_) => (500, "server_error", "internal_error"),
     };
     let param = match err {
@@ -195,6 +199,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         }
         ApiError::Template(_) => Some("messages".to_string()),
         ApiError::PromptTooLong { param, .. } => Some(param.to_string()),
+        ApiError::Dialog(e) => dialog_param(e),
         _ => None,
     };
     let retry_after = match status {
@@ -227,6 +232,38 @@ fn http_refusal(status: u16) -> (u16, &'static str, &'static str) {
         400..=499 => (status, "invalid_request_error", "invalid_request"),
         500..=599 => (status, "server_error", "internal_error"),
         _ => (500, "server_error", "internal_error"),
+    }
+}
+
+/// Status, type and code of a dialog error (part of `http_error`).
+fn dialog_status(err: &crate::dialog::DialogError) -> (u16, &'static str, &'static str) {
+    use crate::dialog::DialogError as D;
+    use crate::store::StoreError as S;
+    match err {
+        D::NotFound { .. } => (404, "invalid_request_error", "not_found"),
+        D::Invalid { .. } => (400, "invalid_request_error", "invalid_value"),
+        D::Unsupported { .. } => (400, "invalid_request_error", "unsupported_parameter"),
+        D::Context(_) => (400, "invalid_request_error", "context_length_exceeded"),
+        D::Template(crate::model::chat_template::TemplateError::Raised { .. }) => {
+            (400, "invalid_request_error", "invalid_value")
+        }
+        D::Template(_) => (500, "server_error", "chat_template_error"),
+        D::Store(S::Unavailable(_) | S::Busy(_)) => {
+            (503, "service_unavailable_error", "store_unavailable")
+        }
+        D::Store(S::NotFound(_)) => (404, "invalid_request_error", "not_found"),
+        D::Store(_) | D::Internal(_) => (500, "server_error", "internal_error"),
+    }
+}
+
+fn dialog_param(err: &crate::dialog::DialogError) -> Option<String> {
+    use crate::dialog::DialogError as D;
+    match err {
+        D::NotFound { param, .. } => param.map(str::to_string),
+        D::Invalid { param, .. } => param.clone(),
+        D::Unsupported { param, .. } => Some(param.clone()),
+        D::Context(_) => Some("input".to_string()),
+        _ => None,
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dialog;
 pub mod engine;
 pub mod error;
 pub mod kvcache;
@@ -17,3 +18,4 @@ pub mod ops;
 pub mod runner;
 pub mod scheduler;
 pub mod server;
+pub mod store;

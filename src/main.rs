@@ -145,6 +145,24 @@ struct ServeArgs {
     /// Also export vLLM's metric names (`vllm`), e.g. `vllm:num_requests_waiting`.
     #[arg(long, env = "TESSERA_METRICS_COMPAT", default_value = "none")]
     metrics_compat: MetricsCompat,
+    /// Directory of the embedded SQLite store of conversations and responses (created on
+    /// first start); unused with --database-url.
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+    data_dir: PathBuf,
+    /// PostgreSQL store shared by replicas, e.g. postgres://user:password@host:5432/db
+    /// (instead of SQLite in --data-dir).
+    #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Fewest recent completed turns of a stored dialog kept in the prompt (0 = all).
+    #[arg(long, env = "TESSERA_HISTORY_TURNS", default_value_t = 3)]
+    history_turns: usize,
+    /// Turns the history window's start jumps at once (keeps N..N+STEP-1 turns, so the
+    /// prompt stays a prefix-cache hit between jumps); 1 = slide every turn.
+    #[arg(long, env = "TESSERA_HISTORY_STEP", default_value_t = tessera::dialog::window::DEFAULT_STEP)]
+    history_step: usize,
+    /// Memory for recent dialog histories (saves store reads), e.g. 64MiB; 0 = off.
+    #[arg(long, env = "TESSERA_DIALOG_CACHE_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    dialog_cache_size: u64,
 }
 
 impl ServeArgs {
@@ -175,7 +193,25 @@ impl ServeArgs {
             sse_keepalive: keepalive,
             log_requests: self.log_requests,
             metrics_compat: self.metrics_compat,
+            dialog: self.dialog()?,
             ..tessera::server::ServerConfig::default()
+        })
+    }
+
+    fn dialog(&self) -> Result<tessera::dialog::DialogConfig, String> {
+        if self.history_step == 0 {
+            return Err("--history-step must be >= 1".into());
+        }
+        Ok(tessera::dialog::DialogConfig {
+            store: tessera::store::StoreConfig::from_flags(
+                self.data_dir.clone(),
+                self.database_url.clone(),
+            ),
+            window: tessera::dialog::WindowRule {
+                min_turns: self.history_turns,
+                step: self.history_step,
+            },
+            cache_bytes: usize::try_from(self.dialog_cache_size).unwrap_or(usize::MAX),
         })
     }
 }
@@ -315,7 +351,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 21, "9 engine flags + 12 server flags");
+        assert_eq!(checked, 25, "9 engine flags + 16 server flags");
     }
 
     #[test]
@@ -340,6 +376,7 @@ mod tests {
         std::env::set_var("TESSERA_API_KEY", "sk-a,sk-b");
         std::env::set_var("TESSERA_SHUTDOWN_TIMEOUT", "2.5");
         std::env::set_var("TESSERA_MAX_REQUEST_BYTES", "1KiB");
+        std::env::set_var("TESSERA_DATABASE_URL", "postgres://u@db/tessera");
         let cli =
             Cli::try_parse_from(["tessera", "serve", "--served-model-name", "m"]).expect("parses");
         let Command::Serve { server, .. } = cli.command else {
@@ -352,5 +389,12 @@ mod tests {
         assert_eq!(cfg.max_request_bytes, 1024);
         assert_eq!(cfg.served_model_names, vec!["m".to_string()]);
         assert_eq!(cfg.host, "127.0.0.1");
+        assert_eq!(
+            cfg.dialog.store,
+            tessera::store::StoreConfig::Postgres {
+                url: "postgres://u@db/tessera".into()
+            }
+        );
+        assert_eq!(cfg.dialog.window, tessera::dialog::WindowRule::default());
     }
 }

@@ -38,6 +38,11 @@ fn start_with_env(extra: &[&str], env: &[(&str, &Path)]) -> Server {
         model.display()
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        // The dialog store in a temporary directory, not the working tree.
+        .env(
+            "TESSERA_DATA_DIR",
+            std::env::temp_dir().join(format!("tessera-drain-{}", std::process::id())),
+        )
         .args([
             "serve",
             "--port",
@@ -204,6 +209,10 @@ fn streams_past_the_shutdown_timeout_end_with_an_error_event() {
 #[test]
 fn not_ready_while_loading_and_a_missing_model_exits_nonzero() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .env(
+            "TESSERA_DATA_DIR",
+            std::env::temp_dir().join(format!("tessera-drain-{}", std::process::id())),
+        )
         .args(["serve", "--port", "0", "--model", "/nonexistent/model.gguf"])
         .stderr(Stdio::piped())
         .spawn()

@@ -93,8 +93,41 @@ fn example(method: &str, path: &str) -> Option<Value> {
     Some(body)
 }
 
+/// `path` with its parameters filled in: `{model}`, and for the dialog routes a new
+/// conversation (holding one item) and a new stored response.
+fn concrete(path: &str) -> String {
+    let mut concrete = path.replace("{model}", MODEL);
+    if concrete.contains("{id}") || concrete.contains("{item_id}") {
+        let made = |path: &str, body: Value| {
+            let bytes = body.to_string();
+            let res = request(server().addr, "POST", path, &[AUTH], Some(bytes.as_bytes()));
+            assert_eq!(res.status, 200, "{path}: {}", res.text());
+            res.json()
+        };
+        let id = if concrete.starts_with("/v1/responses/") {
+            let body = json!({"model": MODEL, "input": "Hi", "max_output_tokens": 2});
+            made("/v1/responses", body)["id"].clone()
+        } else {
+            let body = json!({"items": [{"role": "user", "content": "Hi"}]});
+            let conv = made("/v1/conversations", body)["id"].clone();
+            let items = call(
+                "GET",
+                &format!("/v1/conversations/{}/items", conv.as_str().unwrap_or("")),
+                None,
+            );
+            concrete = concrete.replace(
+                "{item_id}",
+                items.json()["data"][0]["id"].as_str().unwrap_or(""),
+            );
+            conv
+        };
+        concrete = concrete.replace("{id}", id.as_str().unwrap_or(""));
+    }
+    concrete
+}
+
 fn call(method: &str, path: &str, body: Option<&Value>) -> Response {
-    let concrete = path.replace("{model}", MODEL);
+    let concrete = concrete(path);
     let bytes = body.map(Value::to_string);
     request(
         server().addr,

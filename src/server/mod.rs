@@ -10,17 +10,22 @@
 //! into a response by `error::http_error` alone.
 //! `serve` owns the process life: loading, readiness, signals and draining. `observe`
 //! records what generation requests did (metrics, outcome, one log line each);
-//! `logging` sets up the text or JSON log format.
+//! `logging` sets up the text or JSON log format. `responses` and `conversations` are
+//! the OpenAI Responses and Conversations routes over the dialog layer (`crate::dialog`),
+//! sharing `dialog_http`.
 
 pub mod access;
 pub mod conn_guard;
 pub mod cpu;
+pub mod conversations;
+pub mod dialog_http;
 pub mod gate;
 pub mod generate;
 pub mod logging;
 pub mod observe;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod routes;
 pub mod serve;
 pub mod sse;

@@ -32,7 +32,8 @@ pub const REQUEST_LOG_TARGET: &str = "tessera::request";
 pub const STATUS_CLIENT_CLOSED: u16 = 499;
 
 /// Routes whose requests are generation requests (counted in the failure metric).
-pub const GENERATION_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions"];
+pub const GENERATION_ROUTES: &[&str] =
+    &["/v1/chat/completions", "/v1/completions", "/v1/responses"];
 
 /// Request extension: the request was admitted and has a `RequestRecord`.
 #[derive(Debug, Clone, Copy)]

@@ -37,6 +37,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/ready"),
     ("GET", "/version"),
     ("GET", "/metrics"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{id}"),
+    ("DELETE", "/v1/responses/{id}"),
+    ("GET", "/v1/responses/{id}/input_items"),
+    ("POST", "/v1/conversations"),
+    ("GET", "/v1/conversations/{id}"),
+    ("POST", "/v1/conversations/{id}"),
+    ("DELETE", "/v1/conversations/{id}"),
+    ("GET", "/v1/conversations/{id}/items"),
+    ("POST", "/v1/conversations/{id}/items"),
+    ("GET", "/v1/conversations/{id}/items/{item_id}"),
+    ("DELETE", "/v1/conversations/{id}/items/{item_id}"),
 ];
 
 /// The routes anyone may call when API keys are configured; every other route needs one.
@@ -48,8 +60,12 @@ type Reply = Result<HttpResponse, ApiError>;
 /// Registers `ROUTES`, one resource per path, each behind its access check (see
 /// `access`); a known path with another method answers 405 with `Allow`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let mut paths: Vec<&'static str> = ROUTES.iter().map(|&(_, path)| path).collect();
-    paths.dedup();
+    let mut paths: Vec<&'static str> = Vec::new();
+    for &(_, path) in ROUTES {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
     for path in paths {
         let methods: Vec<&'static str> = ROUTES
             .iter()
@@ -82,21 +98,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The handler of one entry of `ROUTES`.
 fn handler(method: &str, path: &str) -> Route {
+    use super::{conversations as conv, responses as resp};
     let route = match method {
         "POST" => web::post(),
+        "DELETE" => web::delete(),
         _ => web::get(),
     };
-    match path {
-        "/v1/chat/completions" => route.to(chat_completions),
-        "/v1/completions" => route.to(completions),
-        "/v1/models" => route.to(list_models),
-        "/v1/models/{model}" => route.to(get_model),
-        "/tokenize" => route.to(tokenize),
-        "/detokenize" => route.to(detokenize),
-        "/health" => route.to(health),
-        "/ready" => route.to(ready),
-        "/version" => route.to(version),
-        "/metrics" => route.to(metrics),
+    match (method, path) {
+        (_, "/v1/chat/completions") => route.to(chat_completions),
+        (_, "/v1/completions") => route.to(completions),
+        (_, "/v1/models") => route.to(list_models),
+        (_, "/v1/models/{model}") => route.to(get_model),
+        (_, "/tokenize") => route.to(tokenize),
+        (_, "/detokenize") => route.to(detokenize),
+        (_, "/health") => route.to(health),
+        (_, "/ready") => route.to(ready),
+        (_, "/version") => route.to(version),
+        (_, "/metrics") => route.to(metrics),
+        ("POST", "/v1/responses") => route.to(resp::create),
+        ("GET", "/v1/responses/{id}") => route.to(resp::retrieve),
+        ("DELETE", "/v1/responses/{id}") => route.to(resp::delete),
+        (_, "/v1/responses/{id}/input_items") => route.to(resp::input_items),
+        ("POST", "/v1/conversations") => route.to(conv::create),
+        ("GET", "/v1/conversations/{id}") => route.to(conv::retrieve),
+        ("POST", "/v1/conversations/{id}") => route.to(conv::update),
+        ("DELETE", "/v1/conversations/{id}") => route.to(conv::delete),
+        ("GET", "/v1/conversations/{id}/items") => route.to(conv::list_items),
+        ("POST", "/v1/conversations/{id}/items") => route.to(conv::add_items),
+        ("GET", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::get_item),
+        ("DELETE", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::delete_item),
         _ => route.to(|| async {
             Err::<HttpResponse, _>(ApiError::Internal("this route has no handler".into()))
         }),

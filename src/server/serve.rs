@@ -26,6 +26,7 @@ use super::gate::gate;
 use super::routes::{configure, not_found};
 use super::state::{AppState, ServerConfig};
 use crate::config::EngineConfig;
+use crate::dialog::Dialog;
 use crate::engine::handle::{self, EngineHandle};
 
 /// How long the server waits for aborted streams to send their last event.
@@ -95,7 +96,9 @@ pub fn serve(
         .file_stem()
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let metrics = AppState::metrics_for(&cfg, &stem)?;
+    let dialog = open_dialog(&cfg)?;
     let state = web::Data::new(AppState::new(cfg, metrics)?);
+    state.set_dialog(dialog);
     actix_web::rt::System::new().block_on(async move {
         let server = build_server(state.clone(), listener, None)?;
         tracing::info!("listening on http://{addr} (loading {})", model.display());
@@ -121,6 +124,17 @@ pub fn serve(
             .await
             .map_err(|e| format!("supervisor task failed: {e}"))?;
         outcome.map_err(Box::<dyn Error>::from)
+    })
+}
+
+/// Opens the dialog store (creating it, applying migrations): a store that cannot be
+/// opened stops the server before it listens.
+fn open_dialog(cfg: &ServerConfig) -> Result<Dialog, String> {
+    Dialog::open(&cfg.dialog).map_err(|e| {
+        format!(
+            "opening the dialog store ({}): {e}",
+            cfg.dialog.store.describe()
+        )
     })
 }
 
@@ -297,7 +311,9 @@ pub fn spawn(
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     let addr = listener.local_addr()?;
     let metrics = AppState::metrics_for(&cfg, &engine.model().name)?;
+    let dialog = open_dialog(&cfg)?;
     let state = web::Data::new(AppState::new(cfg, metrics)?);
+    state.set_dialog(dialog);
     state.set_ready(engine, max_num_seqs, None);
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let server_state = state.clone();

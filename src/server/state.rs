@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub log_requests: bool,
     /// Extra metric names to export (`--metrics-compat vllm`).
     pub metrics_compat: MetricsCompat,
+    /// Conversations and responses: store, history window, hot cache.
+    pub dialog: crate::dialog::DialogConfig,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
             sse_keepalive: Duration::from_secs(10),
             log_requests: false,
             metrics_compat: MetricsCompat::None,
+            dialog: crate::dialog::DialogConfig::default(),
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Unix time the server started (the `created` of `/v1/models`).
     pub started_at: u64,
+    /// Conversations and responses (set once, before the server listens).
+    dialog: OnceLock<crate::dialog::Dialog>,
 }
 
 impl AppState {
@@ -101,7 +106,17 @@ impl AppState {
             prompt_limit: OnceLock::new(),
             metrics,
             started_at: unix_now(),
+            dialog: OnceLock::new(),
         })
+    }
+
+    /// Installs the dialog service (its store is open).
+    pub fn set_dialog(&self, dialog: crate::dialog::Dialog) {
+        let _ = self.dialog.set(dialog);
+    }
+
+    pub fn dialog(&self) -> Option<&crate::dialog::Dialog> {
+        self.dialog.get()
     }
 
     /// The metrics of a server for `cfg`: labelled with the first served name, else

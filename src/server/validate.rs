@@ -55,14 +55,14 @@ impl ValidRequest {
     }
 }
 
-fn invalid(param: &str, message: String) -> ApiError {
+pub(crate) fn invalid(param: &str, message: String) -> ApiError {
     ApiError::InvalidRequest {
         message,
         param: Some(param.to_string()),
     }
 }
 
-fn unsupported(param: &str, detail: &str) -> ApiError {
+pub(crate) fn unsupported(param: &str, detail: &str) -> ApiError {
     ApiError::Unsupported {
         param: param.to_string(),
         detail: detail.to_string(),
