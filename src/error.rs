@@ -111,6 +111,13 @@ pub enum ApiError {
     Template(#[from] crate::model::chat_template::TemplateError),
     #[error(transparent)]
     Tokenizer(#[from] crate::model::tokenizer::TokenizerError),
+    /// Refused by the moderation policy, or a moderation operation failed.
+    #[error(transparent)]
+    Moderation(#[from] crate::safety::ModerationError),
+    #[error("the admin API is disabled; start the server with --admin-api-key")]
+    AdminDisabled,
+    #[error("missing or invalid admin API key: send `Authorization: Bearer <key>` with a key given to --admin-api-key")]
+    AdminUnauthorized,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -127,6 +134,7 @@ pub struct HttpError {
 /// THE mapping from every request error to its HTTP status and OpenAI error body.
 pub fn http_error(err: &ApiError) -> HttpError {
     use crate::model::chat_template::TemplateError as T;
+    use crate::safety::ModerationError as M;
     const BAD: (u16, &str, &str) = (400, "invalid_request_error", "invalid_value");
     let (status, kind, code) = match err {
         ApiError::InvalidRequest { .. } => BAD,
@@ -153,6 +161,14 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::Template(T::Raised { .. } | T::NoFreeMarker { .. } | T::Tokenizer(_)) => BAD,
         ApiError::Template(_) => (500, "server_error", "chat_template_error"),
         ApiError::Tokenizer(_) => BAD,
+        ApiError::Moderation(e) => match e {
+            M::Blocked { .. } => (400, "invalid_request_error", "content_filter"),
+            M::TooLong { .. } | M::ControlChar { .. } => BAD,
+            M::NotConfigured => (400, "invalid_request_error", "moderation_not_configured"),
+            M::Reload(_) => (400, "invalid_request_error", "invalid_policy"),
+        },
+        ApiError::AdminDisabled => (403, "permission_error", "admin_api_disabled"),
+        ApiError::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
         ApiError::Internal(_) => (500, "server_error", "internal_error"),
     };
     let param = match err {
@@ -165,6 +181,9 @@ pub fn http_error(err: &ApiError) -> HttpError {
             Some("prompt".to_string())
         }
         ApiError::Template(_) => Some("messages".to_string()),
+        ApiError::Moderation(
+            M::Blocked { param, .. } | M::TooLong { param, .. } | M::ControlChar { param, .. },
+        ) => Some(param.clone()),
         _ => None,
     };
     let retry_after = match status {

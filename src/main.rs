@@ -135,6 +135,20 @@ struct ServeArgs {
     /// Also export vLLM's metric names (`vllm`), e.g. `vllm:num_requests_waiting`.
     #[arg(long, env = "TESSERA_METRICS_COMPAT", default_value = "none")]
     metrics_compat: MetricsCompat,
+    /// Moderation policy (TOML; see deploy/moderation/example.toml): checks input and
+    /// streamed output on every text route. Reloaded on SIGHUP and on
+    /// POST /admin/v1/moderation/reload. Without it: no moderation, no overhead.
+    #[arg(long, env = "TESSERA_MODERATION_POLICY")]
+    moderation_policy: Option<PathBuf>,
+    /// Key of the admin API under /admin/ (repeatable; the env variable takes a
+    /// comma-separated list). The --api-key keys never open it; without any, it is closed.
+    #[arg(
+        long,
+        env = "TESSERA_ADMIN_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_api_key: Vec<String>,
 }
 
 impl ServeArgs {
@@ -158,6 +172,8 @@ impl ServeArgs {
             sse_keepalive: keepalive,
             log_requests: self.log_requests,
             metrics_compat: self.metrics_compat,
+            moderation_policy: self.moderation_policy.clone(),
+            admin_api_keys: self.admin_api_key.clone(),
         })
     }
 }
@@ -297,7 +313,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 20, "9 engine flags + 11 server flags");
+        assert_eq!(checked, 22, "9 engine flags + 13 server flags");
     }
 
     #[test]

@@ -124,7 +124,7 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// `Authorization: Bearer <key>` must name one of `keys` (none configured: open).
-fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
     if keys.is_empty() {
         return Ok(());
     }

@@ -7,11 +7,15 @@
 //! `error::ApiError`, turned into a response by `error::http_error` alone.
 //! `serve` owns the process life: loading, readiness, signals and draining. `observe`
 //! records what generation requests did (metrics, outcome, one log line each);
-//! `logging` sets up the text or JSON log format.
+//! `logging` sets up the text or JSON log format. `content_filter` runs the moderation
+//! policy (`crate::safety`) on the generation routes; `moderations` serves
+//! `/v1/moderations` and the policy's reload.
 
+pub mod content_filter;
 pub mod gate;
 pub mod generate;
 pub mod logging;
+pub mod moderations;
 pub mod observe;
 pub mod request;
 pub mod response;

@@ -1,12 +1,16 @@
 //! The route table and the handlers. Handlers are thin: parse (`gate::read_json`),
 //! validate into a `Valid*` type, submit, stream or collect.
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use super::content_filter::{screen_chat, screen_completion};
 use super::gate::{id_of, read_json};
 use super::generate::submit;
+use super::moderations;
 use super::observe::mark_admitted;
 use super::request::{
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
@@ -17,6 +21,7 @@ use super::state::{unix_now, AppState};
 use super::validate::{check_model, validate_chat, validate_completion, ValidRequest};
 use crate::error::ApiError;
 use crate::model::chat_template::encode_chat;
+use crate::safety::Screen;
 
 /// Every route the server answers (`openapi.yaml` describes exactly these).
 pub const ROUTES: &[(&str, &str)] = &[
@@ -30,6 +35,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/ready"),
     ("GET", "/version"),
     ("GET", "/metrics"),
+    ("POST", "/v1/moderations"),
+    ("POST", "/admin/v1/moderation/reload"),
 ];
 
 type Data = web::Data<AppState>;
@@ -52,6 +59,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/health" => route.to(health),
             "/ready" => route.to(ready),
             "/version" => route.to(version),
+            "/v1/moderations" => route.to(moderations::moderations),
+            "/admin/v1/moderation/reload" => route.to(moderations::reload),
             _ => route.to(metrics),
         };
         cfg.service(web::resource(path).route(route).default_service(web::to(
@@ -75,18 +84,27 @@ pub async fn not_found(req: HttpRequest) -> Reply {
 }
 
 async fn chat_completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let parsed: ChatCompletionRequest =
+    let mut parsed: ChatCompletionRequest =
         read_json(&req, body, state.config.max_request_bytes).await?;
     let engine = state.engine()?;
+    let screen = state.moderation.screen(&id_of(&req));
+    if let Some(screen) = &screen {
+        screen_chat(screen, &mut parsed)?;
+    }
     let valid = validate_chat(parsed, engine, state.served_names())?;
-    generate(state, &req, valid, Endpoint::Chat).await
+    generate(state, &req, valid, Endpoint::Chat, screen).await
 }
 
 async fn completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let parsed: CompletionRequest = read_json(&req, body, state.config.max_request_bytes).await?;
+    let mut parsed: CompletionRequest =
+        read_json(&req, body, state.config.max_request_bytes).await?;
     let engine = state.engine()?;
+    let screen = state.moderation.screen(&id_of(&req));
+    if let Some(screen) = &screen {
+        screen_completion(screen, &mut parsed, &engine.model().tokenizer)?;
+    }
     let valid = validate_completion(parsed, engine, state.served_names())?;
-    generate(state, &req, valid, Endpoint::Completion).await
+    generate(state, &req, valid, Endpoint::Completion, screen).await
 }
 
 /// Admits, submits, then streams (SSE) or collects the whole response.
@@ -95,6 +113,7 @@ async fn generate(
     req: &HttpRequest,
     valid: ValidRequest,
     endpoint: Endpoint,
+    screen: Option<Arc<Screen>>,
 ) -> Reply {
     let engine = state.engine()?.clone();
     let permit = state.admit(valid.prompts.len() * valid.n)?;
@@ -118,6 +137,7 @@ async fn generate(
         meta,
         permit,
         request_id,
+        screen,
     )?;
     mark_admitted(req);
     if stream {

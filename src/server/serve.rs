@@ -1,7 +1,8 @@
 //! The server's life: bind, answer `/health` (and 503 elsewhere) while the model loads
 //! on its own thread, become ready, and on SIGTERM/SIGINT drain — `/ready` and new
 //! requests answer 503, in-flight requests finish (up to `--shutdown-timeout`, then they
-//! are aborted with an error event), the engine stops, and the process exits 0.
+//! are aborted with an error event), the engine stops, and the process exits 0. SIGHUP
+//! reloads the moderation policy.
 
 use std::error::Error;
 use std::io::{IsTerminal, Write};
@@ -16,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
 use super::gate::gate;
+use super::moderations::{load_moderation, reload_on_hangup};
 use super::routes::{configure, not_found};
 use super::state::{AppState, ServerConfig};
 use crate::config::EngineConfig;
@@ -60,9 +62,12 @@ pub fn serve(
         .file_stem()
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let metrics = AppState::metrics_for(&cfg, &stem)?;
-    let state = web::Data::new(AppState::new(cfg, metrics));
+    let mut app = AppState::new(cfg, metrics);
+    app.moderation = load_moderation(&app.config, &app.metrics)?;
+    let state = web::Data::new(app);
     actix_web::rt::System::new().block_on(async move {
         let server = build_server(state.clone(), listener, None)?;
+        actix_web::rt::spawn(reload_on_hangup(state.clone()));
         tracing::info!("listening on http://{addr} (loading {})", model.display());
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let load_cfg = engine_cfg.clone();
@@ -214,7 +219,9 @@ pub fn spawn(
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     let addr = listener.local_addr()?;
     let metrics = AppState::metrics_for(&cfg, &engine.model().name)?;
-    let state = web::Data::new(AppState::new(cfg, metrics));
+    let mut app = AppState::new(cfg, metrics);
+    app.moderation = load_moderation(&app.config, &app.metrics)?;
+    let state = web::Data::new(app);
     state.set_ready(engine, max_num_seqs, None);
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let server_state = state.clone();

@@ -6,6 +6,7 @@
 //! sequences held by live `Permit`s, so it never exceeds `capacity` (admission is a
 //! compare-and-swap, never a check followed by an add).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, MetricsCompat, ModelInfo};
+use crate::safety::Moderation;
 
 /// How the HTTP server is set up (flags of `tessera serve`).
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +37,10 @@ pub struct ServerConfig {
     pub log_requests: bool,
     /// Extra metric names to export (`--metrics-compat vllm`).
     pub metrics_compat: MetricsCompat,
+    /// The moderation policy file (`--moderation-policy`; none: no moderation).
+    pub moderation_policy: Option<PathBuf>,
+    /// Keys of the admin API under `/admin/` (none: the admin API is closed).
+    pub admin_api_keys: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +56,8 @@ impl Default for ServerConfig {
             sse_keepalive: Duration::from_secs(10),
             log_requests: false,
             metrics_compat: MetricsCompat::None,
+            moderation_policy: None,
+            admin_api_keys: Vec::new(),
         }
     }
 }
@@ -69,6 +77,8 @@ pub struct AppState {
     phase: AtomicU8,
     admission: Arc<Admission>,
     pub metrics: Metrics,
+    /// The moderation policy in force (off until `serve`/`spawn` load one).
+    pub moderation: Moderation,
     /// Unix time the server started (the `created` of `/v1/models`).
     pub started_at: u64,
 }
@@ -83,6 +93,7 @@ impl AppState {
             phase: AtomicU8::new(Phase::Loading as u8),
             admission: Arc::new(Admission::default()),
             metrics,
+            moderation: Moderation::off(),
             started_at: unix_now(),
         }
     }
