@@ -88,19 +88,20 @@ pub async fn reload_on_hangup(state: web::Data<AppState>) {
         }
     };
     while hangup.recv().await.is_some() {
-        if let Err(e) = reload_blocking(&state).await {
-            tracing::warn!("SIGHUP: {e}");
-        }
+        // The outcome is logged either way.
+        let _ = reload_blocking(&state).await;
     }
 }
 
-/// Reloads off the async workers (reading and compiling may take a while) and logs.
+/// Reloads off the async workers (reading and compiling may take a while) and logs the
+/// outcome.
 async fn reload_blocking(state: &web::Data<AppState>) -> Result<Arc<Policy>, ApiError> {
     let previous = state.moderation.policy().map(|p| p.version.clone());
     let for_reload = state.clone();
     let reloaded = actix_web::rt::task::spawn_blocking(move || for_reload.moderation.reload())
         .await
-        .map_err(|e| ApiError::Internal(format!("policy reload task failed: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("policy reload task failed: {e}")))
+        .and_then(|r| r.map_err(ApiError::from));
     match &reloaded {
         Ok(policy) => tracing::info!(
             version = %policy.version,
@@ -110,7 +111,7 @@ async fn reload_blocking(state: &web::Data<AppState>) -> Result<Arc<Policy>, Api
         ),
         Err(e) => tracing::warn!(error = %e, "moderation policy reload refused"),
     }
-    Ok(reloaded?)
+    reloaded
 }
 
 /// `Authorization: Bearer <admin key>` must name one of `--admin-api-key`'s keys.

@@ -146,10 +146,7 @@ fn chat_fields_are_named_and_only_user_messages_are_length_limited() {
     assert_eq!(err.status, 400);
     assert_eq!(err.body["error"]["code"], "content_filter");
     assert_eq!(err.body["error"]["param"], "messages[1].content");
-    assert_eq!(
-        err.body["error"]["message"],
-        crate::safety::policy::DEFAULT_BLOCKED_MESSAGE
-    );
+    assert_eq!(err.body["error"]["message"], "输入包含敏感内容,请重新表述");
 }
 
 #[test]
