@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use http_support::schema::Spec;
 use http_support::{
     chat, chatml, completion, error_of, joined_text, ok, post, request, serve, start_engine,
     wait_for, SseStream, MODEL,
@@ -105,6 +106,25 @@ fn greedy_chat(content: &str, extra: Value) -> Value {
     body
 }
 
+/// Asserts that `value` (a whole response, or one SSE chunk when `sse`) is what
+/// `openapi.yaml` says `POST path` answers.
+fn conforms(path: &str, sse: bool, value: &Value) {
+    static SPEC: OnceLock<Spec> = OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        Spec::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.yaml"))
+    });
+    let kind = if sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let schema = spec
+        .response_schema("POST", path, 200, kind)
+        .expect("the spec has the response");
+    spec.check(schema, value)
+        .unwrap_or_else(|e| panic!("POST {path}: {e}\n{value}"));
+}
+
 fn stream_m(path: &str, body: &Value) -> Vec<String> {
     let auth = format!("Bearer {USER_KEY}");
     let stream = SseStream::open_with(
@@ -159,6 +179,7 @@ fn masked_input_is_what_the_model_sees_and_is_annotated() {
     let body =
         completion(json!({"prompt": "my phone is 13812345678.", "echo": true, "max_tokens": 1}));
     let res = ok(post_m("/v1/completions", &body));
+    conforms("/v1/completions", false, &res);
     let text = res["choices"][0]["text"].as_str().expect("text");
     assert!(text.starts_with("my phone is ***********."), "{text}");
     assert_eq!(
@@ -201,6 +222,8 @@ fn flagged_input_passes_unchanged_with_its_annotation() {
         &json!({"model": MODEL, "messages": [{"role": "user", "content": "洗钱"}], "max_tokens": 2, "stream": true}),
     );
     let first: Value = serde_json::from_str(&events[0]).expect("json");
+    conforms("/v1/chat/completions", false, &flagged);
+    conforms("/v1/chat/completions", true, &first);
     assert_eq!(first["choices"], json!([]));
     assert_eq!(first["prompt_filter_results"][0]["prompt_index"], 0);
 }
@@ -302,6 +325,7 @@ fn output_stops_before_a_blocked_word_streamed_and_not() {
     let before = &answer[..at];
     let body = completion(json!({"max_tokens": 64, "ignore_eos": true}));
     let res = ok(post_m("/v1/completions", &body));
+    conforms("/v1/completions", false, &res);
     let choice = &res["choices"][0];
     assert_eq!(choice["text"], before);
     assert_eq!(choice["finish_reason"], "content_filter");
@@ -322,6 +346,7 @@ fn output_stops_before_a_blocked_word_streamed_and_not() {
     let mut sent = String::new();
     for data in events.iter().filter(|d| d.as_str() != "[DONE]") {
         let chunk: Value = serde_json::from_str(data).expect("json");
+        conforms("/v1/completions", true, &chunk);
         if let Some(piece) = chunk["choices"][0]["text"].as_str() {
             sent.push_str(piece);
             // Every delta stays within the text before the word: no "P", "Pa", … ever.
@@ -437,6 +462,7 @@ fn moderations_endpoint_answers_in_openai_shape() {
         "/v1/moderations",
         &json!({"input": ["炸 弹", "hello", "call 13812345678"]}),
     ));
+    conforms("/v1/moderations", false, &res);
     assert!(res["id"].as_str().is_some_and(|id| id.starts_with("modr-")));
     assert!(res["model"]
         .as_str()
@@ -483,6 +509,7 @@ fn the_admin_reload_takes_only_admin_keys() {
     assert_eq!(err["code"], "invalid_admin_key");
     error_of(&request(addr, "POST", path, &[], None), 401);
     let res = ok(authed(addr, path, ADMIN_KEY, &json!({})));
+    conforms(path, false, &res);
     assert_eq!(res["rules"], 4);
     assert_eq!(
         res["version"], res["previous_version"],
