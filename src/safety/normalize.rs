@@ -17,7 +17,7 @@
 use std::ops::Range;
 
 use unicode_normalization::char::is_combining_mark;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 /// One character of the folded view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +56,12 @@ pub struct Normalized {
 impl Normalized {
     /// Both views of `text`.
     pub fn new(text: &str) -> Self {
+        let count = text.chars().count();
         let mut out = Normalized {
             folded: String::with_capacity(text.len()),
-            chars: Vec::with_capacity(text.len()),
+            chars: Vec::with_capacity(count),
             skeleton: String::with_capacity(text.len()),
-            skel: Vec::with_capacity(text.len()),
+            skel: Vec::with_capacity(count),
             gap_after_last: false,
         };
         let mut gap = false;
@@ -77,6 +78,14 @@ impl Normalized {
             let orig = start as u32..end as u32;
             if end - start == 1 {
                 out.push(c.to_ascii_lowercase(), &orig, &mut gap);
+                continue;
+            }
+            // Most characters (all of CJK) are their own NFKC: skip the normalizer.
+            if end - start == c.len_utf8() && is_nfkc_quick(std::iter::once(c)) == IsNormalized::Yes
+            {
+                for l in c.to_lowercase() {
+                    out.push(l, &orig, &mut gap);
+                }
                 continue;
             }
             for n in text[start..end].nfkc() {
