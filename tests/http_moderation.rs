@@ -1,34 +1,22 @@
-//! Moderation over real HTTP against the default model: input rules (block, mask, flag,
-//! evasions, length in characters, control characters, invalid UTF-8, template syntax),
-//! the output stream guard (a word the model certainly says is never sent, not even in
-//! part, streamed or not; a term spanning three tokens; the sequence is aborted), Azure
-//! annotations, byte-identical passing outputs, `/v1/moderations`, the admin reload
-//! (refusing ordinary keys) and reloads under 32 streams. One engine; a plain server and
-//! moderated servers over it.
+//! Moderation over real HTTP against the default model, levels 1 and 2: input rules
+//! (block, mask, flag, evasions, length in characters, control characters, invalid
+//! UTF-8, template syntax), the output stream guard (a word the model certainly says is
+//! never sent, not even in part, streamed or not; a term spanning three tokens; the
+//! sequence is aborted), Azure annotations, byte-identical passing outputs.
 
 mod http_support;
+mod moderation_support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use http_support::schema::Spec;
 use http_support::{
-    chat, chatml, completion, error_of, joined_text, ok, post, request, serve, start_engine,
-    wait_for, SseStream, MODEL,
+    chatml, completion, error_of, joined_text, ok, post, request, serve, wait_for, SseStream, MODEL,
+};
+use moderation_support::{
+    conforms, fixture, greedy_chat, post_m, stream_m, write_policy, USER_KEY,
 };
 use serde_json::{json, Value};
-use tessera::config::EngineConfig;
-use tessera::engine::handle::EngineHandle;
-use tessera::server::{ServerConfig, SpawnedServer};
-
-const USER_KEY: &str = "sk-user";
-const ADMIN_KEY: &str = "sk-admin";
-
-/// Blocks "炸弹", "bomb", "make a bomb" (input and output) and "Paris" (output), masks
-/// mainland phone numbers, flags "洗钱" and "money laundering" (shared with the unit tests).
-const POLICY: &str = include_str!("fixtures/moderation/policy.toml");
+use tessera::server::ServerConfig;
 
 /// Blocks a phrase the model writes over several tokens.
 const PHRASE_POLICY: &str = r#"
@@ -38,104 +26,6 @@ action = "block"
 stages = ["output"]
 terms = ["France is Paris"]
 "#;
-
-struct Fixture {
-    engine: EngineHandle,
-    plain: SpawnedServer,
-    moderated: SpawnedServer,
-}
-
-fn write_policy(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tessera-http-moderation-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("policy written");
-    path
-}
-
-fn moderated_config(policy: PathBuf) -> ServerConfig {
-    ServerConfig {
-        moderation_policy: Some(policy),
-        api_keys: vec![USER_KEY.into()],
-        admin_api_keys: vec![ADMIN_KEY.into()],
-        ..ServerConfig::default()
-    }
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let cfg = EngineConfig {
-            kv_cache_memory: 256 << 20,
-            max_model_len: Some(2048),
-            max_num_seqs: 40,
-            ..EngineConfig::default()
-        };
-        let engine = start_engine(&cfg);
-        let plain = serve(engine.clone(), cfg.max_num_seqs, ServerConfig::default());
-        let policy = write_policy("policy.toml", POLICY);
-        let moderated = serve(engine.clone(), cfg.max_num_seqs, moderated_config(policy));
-        Fixture {
-            engine,
-            plain,
-            moderated,
-        }
-    })
-}
-
-fn authed(addr: SocketAddr, path: &str, key: &str, body: &Value) -> http_support::Response {
-    let auth = format!("Bearer {key}");
-    request(
-        addr,
-        "POST",
-        path,
-        &[("Authorization", &auth)],
-        Some(body.to_string().as_bytes()),
-    )
-}
-
-/// POST to the moderated server with the user key.
-fn post_m(path: &str, body: &Value) -> http_support::Response {
-    authed(fixture().moderated.addr, path, USER_KEY, body)
-}
-
-fn greedy_chat(content: &str, extra: Value) -> Value {
-    let mut body =
-        chat(json!({"temperature": 0, "messages": [{"role": "user", "content": content}]}));
-    http_support::merge(&mut body, extra);
-    body
-}
-
-/// Asserts that `value` (a whole response, or one SSE chunk when `sse`) is what
-/// `openapi.yaml` says `POST path` answers.
-fn conforms(path: &str, sse: bool, value: &Value) {
-    static SPEC: OnceLock<Spec> = OnceLock::new();
-    let spec = SPEC.get_or_init(|| {
-        Spec::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.yaml"))
-    });
-    let kind = if sse {
-        "text/event-stream"
-    } else {
-        "application/json"
-    };
-    let schema = spec
-        .response_schema("POST", path, 200, kind)
-        .expect("the spec has the response");
-    spec.check(schema, value)
-        .unwrap_or_else(|e| panic!("POST {path}: {e}\n{value}"));
-}
-
-fn stream_m(path: &str, body: &Value) -> Vec<String> {
-    let auth = format!("Bearer {USER_KEY}");
-    let stream = SseStream::open_with(
-        fixture().moderated.addr,
-        path,
-        &[("Authorization", &auth)],
-        body,
-    );
-    assert_eq!(stream.status, 200);
-    stream.rest()
-}
 
 #[test]
 fn blocked_input_never_reaches_the_engine() {
@@ -454,154 +344,4 @@ fn passing_outputs_are_byte_identical_with_and_without_the_policy() {
         };
         assert_eq!(finish(&a), finish(&b));
     }
-}
-
-#[test]
-fn moderations_endpoint_answers_in_openai_shape() {
-    let res = ok(post_m(
-        "/v1/moderations",
-        &json!({"input": ["炸 弹", "hello", "call 13812345678"]}),
-    ));
-    conforms("/v1/moderations", false, &res);
-    assert!(res["id"].as_str().is_some_and(|id| id.starts_with("modr-")));
-    assert!(res["model"]
-        .as_str()
-        .is_some_and(|m| m.starts_with("tessera-policy-")));
-    let flagged: Vec<bool> = res["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| r["flagged"] == true)
-        .collect();
-    assert_eq!(flagged, [true, false, true]);
-    assert_eq!(res["results"][0]["categories"]["violence"], true);
-    assert_eq!(res["results"][0]["category_scores"]["violence"], 1.0);
-    assert_eq!(
-        res["results"][1]["categories"],
-        json!({"fraud": false, "geo": false, "pii": false, "violence": false})
-    );
-    let err = error_of(
-        &post(
-            fixture().plain.addr,
-            "/v1/moderations",
-            &json!({"input": "x"}),
-        ),
-        400,
-    );
-    assert_eq!(err["code"], "moderation_not_configured");
-    // The API key guards it like every /v1 route; the admin key is not an API key.
-    error_of(
-        &authed(
-            fixture().moderated.addr,
-            "/v1/moderations",
-            ADMIN_KEY,
-            &json!({"input": "x"}),
-        ),
-        401,
-    );
-}
-
-#[test]
-fn the_admin_reload_takes_only_admin_keys() {
-    let addr = fixture().moderated.addr;
-    let path = "/admin/v1/moderation/reload";
-    let err = error_of(&authed(addr, path, USER_KEY, &json!({})), 401);
-    assert_eq!(err["code"], "invalid_admin_key");
-    error_of(&request(addr, "POST", path, &[], None), 401);
-    let res = ok(authed(addr, path, ADMIN_KEY, &json!({})));
-    conforms(path, false, &res);
-    assert_eq!(res["rules"], 4);
-    assert_eq!(
-        res["version"], res["previous_version"],
-        "the same file, the same version"
-    );
-    // Without --admin-api-key the admin API is closed.
-    let err = error_of(&post(fixture().plain.addr, path, &json!({})), 403);
-    assert_eq!(err["code"], "admin_api_disabled");
-}
-
-#[test]
-fn reloads_under_32_streams_fail_no_request() {
-    let policy = write_policy("reloaded.toml", POLICY);
-    let server = serve(
-        fixture().engine.clone(),
-        40,
-        moderated_config(policy.clone()),
-    );
-    let addr = server.addr;
-    let auth = format!("Bearer {USER_KEY}");
-    let streams: Vec<SseStream> = (0..32)
-        .map(|i| {
-            let body = json!({"model": MODEL, "prompt": chatml(&format!("Count to {i}.")), "max_tokens": 24, "stream": true, "temperature": 0});
-            let s = SseStream::open_with(addr, "/v1/completions", &[("Authorization", &auth)], &body);
-            assert_eq!(s.status, 200);
-            s
-        })
-        .collect();
-    let broken = "[[rule]]\ncategory = \"x\"\naction = \"explode\"\nterms = [\"a\"]";
-    let alternate = POLICY.replace("\"money laundering\"", "\"laundering\"");
-    let mut versions = Vec::new();
-    for i in 0..10 {
-        let text = match i % 3 {
-            0 => alternate.as_str(),
-            1 => broken,
-            _ => POLICY,
-        };
-        std::fs::write(&policy, text).expect("write");
-        let res = authed(addr, "/admin/v1/moderation/reload", ADMIN_KEY, &json!({}));
-        if i % 3 == 1 {
-            let err = error_of(&res, 400);
-            assert_eq!(err["code"], "invalid_policy");
-            assert!(
-                err["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("explode")),
-                "{err}"
-            );
-        } else {
-            versions.push(ok(res)["version"].as_str().expect("version").to_string());
-        }
-    }
-    assert!(
-        versions.windows(2).all(|w| w[0] != w[1]),
-        "each reload swapped: {versions:?}"
-    );
-    for stream in streams {
-        let events = stream.rest();
-        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-        assert!(
-            !events.iter().any(|e| e.contains("\"error\"")),
-            "{events:?}"
-        );
-        assert!(events.iter().any(
-            |e| e.contains("finish_reason\":\"length") || e.contains("finish_reason\":\"stop")
-        ));
-    }
-    server.shutdown();
-}
-
-#[test]
-fn hits_are_counted_by_stage_category_and_action() {
-    ok(post_m(
-        "/v1/chat/completions",
-        &greedy_chat("洗钱", json!({"max_tokens": 1})),
-    ));
-    let metrics = request(fixture().moderated.addr, "GET", "/metrics", &[], None).text();
-    let line = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("tessera_moderation_hits_total")
-                && l.contains("category=\"fraud\"")
-                && l.contains("stage=\"input\"")
-        })
-        .unwrap_or_else(|| panic!("no fraud hits:\n{metrics}"));
-    assert!(line.contains("action=\"flag\""), "{line}");
-    let count: f64 = line
-        .rsplit(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("value");
-    assert!(count >= 1.0);
-    // Every series of the policy is exported from the start.
-    assert!(metrics.contains("stage=\"output\"") && metrics.contains("category=\"geo\""));
 }

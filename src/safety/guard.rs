@@ -112,7 +112,7 @@ impl OutputGuard {
             (None, None)
         } else {
             let patterns = matcher.pattern_pending(&n, &mut self.cache);
-            (matcher.term_pending(&n), patterns)
+            (matcher.term_pending(&n, self.prev_word), patterns)
         };
         let ctx = Context {
             prev_word: self.prev_word,

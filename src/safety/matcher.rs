@@ -314,11 +314,23 @@ impl Matcher {
 impl Matcher {
     /// The first skeleton character at which a term match could still begin (the text
     /// from it is the beginning of a term, or holds a term whose end is undecided).
-    pub fn term_pending(&self, n: &Normalized) -> Option<usize> {
+    /// Inside a word of a spaced script no term can begin (it would need a word start),
+    /// so only word starts and unspaced letters are tried. `prev_word` is as `Context`'s.
+    pub fn term_pending(&self, n: &Normalized, prev_word: bool) -> Option<usize> {
         let nfa = self.terms.as_ref()?;
         let bytes = n.skeleton.as_bytes();
         let from = n.skel.len().saturating_sub(self.term_hold);
+        let inside_word = |p: usize| {
+            let before_is_word = match p {
+                0 => prev_word,
+                _ => is_word_char(n.skel_char(p - 1)),
+            };
+            is_word_char(n.skel_char(p)) && !n.skel[p].gap_before && before_is_word
+        };
         (from..n.skel.len()).find(|&p| {
+            if inside_word(p) {
+                return false;
+            }
             let Ok(mut sid) = nfa.start_state(Anchored::Yes) else {
                 return true;
             };
@@ -466,6 +478,20 @@ mod tests {
         assert!(m.find(&Normalized::new("paris"), &after_word).is_empty());
         assert_eq!(m.term_hold, 5);
         assert_eq!(matcher(&["炸弹"], &[]).term_hold, 1);
+    }
+
+    #[test]
+    fn terms_can_begin_only_at_word_starts_in_spaced_scripts() {
+        let m = matcher(&["bomb"], &[]);
+        let pending = |text: &str, prev_word| m.term_pending(&Normalized::new(text), prev_word);
+        assert_eq!(pending("a bo", false), Some(1), "\"bo\" may begin \"bomb\"");
+        assert_eq!(pending("abo", false), None, "inside a word");
+        assert_eq!(pending("bo", true), None, "continues the previous word");
+        assert_eq!(pending("bo", false), Some(0));
+        assert_eq!(pending("a b.o", false), Some(1), "letter-spaced");
+        let zh = matcher(&["炸弹"], &[]);
+        assert_eq!(zh.term_pending(&Normalized::new("他炸"), false), Some(1));
+        assert_eq!(zh.term_pending(&Normalized::new("他说"), false), None);
     }
 
     #[test]

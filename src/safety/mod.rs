@@ -136,13 +136,14 @@ impl Moderation {
         }
     }
 
-    /// One request's snapshot of the policy; `None` when moderation is off.
-    pub fn screen(&self, request_id: &str) -> Option<Arc<Screen>> {
+    /// One request's snapshot of the policy; `None` when moderation is off (then
+    /// `request_id` is not even called).
+    pub fn screen(&self, request_id: impl FnOnce() -> String) -> Option<Arc<Screen>> {
         let policy = self.policy()?;
         Some(Arc::new(Screen {
             policy,
             sink: self.sink.clone(),
-            request_id: request_id.to_string(),
+            request_id: request_id(),
             hits: Mutex::new(Vec::new()),
         }))
     }

@@ -9,7 +9,7 @@ fn moderation(name: &str) -> (Moderation, Arc<Recorder>) {
 
 /// Checks one user message; the masked text or the error.
 fn check(m: &Moderation, text: &str) -> Result<String, ModerationError> {
-    let screen = m.screen("r").expect("on");
+    let screen = m.screen(|| "r".into()).expect("on");
     let mut text = text.to_string();
     let mut fields = [InputText {
         param: "messages[2].content".into(),
@@ -24,10 +24,10 @@ fn check(m: &Moderation, text: &str) -> Result<String, ModerationError> {
 #[test]
 fn off_means_no_screen_at_all() {
     let m = Moderation::off();
-    assert!(m.screen("r").is_none() && m.policy().is_none());
+    assert!(m.screen(|| "r".into()).is_none() && m.policy().is_none());
     assert_eq!(m.reload().unwrap_err(), ModerationError::NotConfigured);
     let none = Moderation::new(None, Arc::new(NoSink)).expect("off");
-    assert!(none.screen("r").is_none());
+    assert!(none.screen(|| "r".into()).is_none());
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn template_syntax_stays_plain_text() {
 fn reload_swaps_atomically_and_a_broken_file_keeps_the_old_policy() {
     let path = policy_file("reload");
     let m = Moderation::new(Some(&path), Arc::new(NoSink)).expect("loads");
-    let before = m.screen("in-flight").expect("on");
+    let before = m.screen(|| "in-flight".into()).expect("on");
     let v1 = m.policy().expect("on").version.clone();
     std::fs::write(
         &path,

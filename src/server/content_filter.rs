@@ -14,6 +14,14 @@
 //!   on a choice an output rule matched (on its finish chunk when streamed), each per
 //!   category `{"filtered", "detected"}`. Requests without hits carry none, so passing
 //!   responses are the same bytes with and without a policy.
+//!
+//! Other text routes (`/v1/responses`, the WebSocket chat) use the same pieces: take
+//! `AppState::moderation.screen(|| request_id)` once per request (`None`: no moderation),
+//! pass their input texts to `Screen::check_input` as `InputText`s before building the
+//! prompt (a `ModerationError::Blocked` becomes the same 400), wrap each output stream's
+//! events in a `ChoiceGuard` (`finish_reason == ContentFilter` means cut: the Responses
+//! API reports `status: incomplete`, `incomplete_details.reason: content_filter`), and
+//! report with `prompt_filter_results` / `content_filter_results`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;

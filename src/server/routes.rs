@@ -87,7 +87,7 @@ async fn chat_completions(state: Data, req: HttpRequest, body: web::Payload) -> 
     let mut parsed: ChatCompletionRequest =
         read_json(&req, body, state.config.max_request_bytes).await?;
     let engine = state.engine()?;
-    let screen = state.moderation.screen(&id_of(&req));
+    let screen = state.moderation.screen(|| id_of(&req));
     if let Some(screen) = &screen {
         screen_chat(screen, &mut parsed)?;
     }
@@ -99,7 +99,7 @@ async fn completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply
     let mut parsed: CompletionRequest =
         read_json(&req, body, state.config.max_request_bytes).await?;
     let engine = state.engine()?;
-    let screen = state.moderation.screen(&id_of(&req));
+    let screen = state.moderation.screen(|| id_of(&req));
     if let Some(screen) = &screen {
         screen_completion(screen, &mut parsed, &engine.model().tokenizer)?;
     }
