@@ -140,6 +140,13 @@ pub enum ApiError {
     /// Conversations, responses and their store.
     #[error(transparent)]
     Dialog(#[from] crate::dialog::DialogError),
+    /// Refused by the moderation policy, or a moderation operation failed.
+    #[error(transparent)]
+    Moderation(#[from] crate::safety::ModerationError),
+    #[error("the admin API is disabled; start the server with --admin-api-key")]
+    AdminDisabled,
+    #[error("missing or invalid admin API key: send `Authorization: Bearer <key>` with a key given to --admin-api-key")]
+    AdminUnauthorized,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -156,6 +163,7 @@ pub struct HttpError {
 /// THE mapping from every request error to its HTTP status and OpenAI error body.
 pub fn http_error(err: &ApiError) -> HttpError {
     use crate::model::chat_template::TemplateError as T;
+    use crate::safety::ModerationError as M;
     const BAD: (u16, &str, &str) = (400, "invalid_request_error", "invalid_value");
     let (status, kind, code) = match err {
         ApiError::InvalidRequest { .. } => BAD,
@@ -186,6 +194,14 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::Template(_) => (500, "server_error", "chat_template_error"),
         ApiError::Tokenizer(_) => BAD,
         ApiError::Dialog(e) => dialog_status(e),
+        ApiError::Moderation(e) => match e {
+            M::Blocked { .. } => (400, "invalid_request_error", "content_filter"),
+            M::TooLong { .. } | M::ControlChar { .. } => BAD,
+            M::NotConfigured => (400, "invalid_request_error", "moderation_not_configured"),
+            M::Reload(_) => (400, "invalid_request_error", "invalid_policy"),
+        },
+        ApiError::AdminDisabled => (403, "permission_error", "admin_api_disabled"),
+        ApiError::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
         ApiError::Internal(_) => (500, "server_error", "internal_error"),
     };
     let param = match err {
@@ -200,6 +216,9 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::Template(_) => Some("messages".to_string()),
         ApiError::PromptTooLong { param, .. } => Some(param.to_string()),
         ApiError::Dialog(e) => dialog_param(e),
+        ApiError::Moderation(
+            M::Blocked { param, .. } | M::TooLong { param, .. } | M::ControlChar { param, .. },
+        ) => Some(param.clone()),
         _ => None,
     };
     let retry_after = match status {

@@ -4,7 +4,7 @@
 //! all mutable serving state) → `scheduler` + `kvcache` (which tokens run this step, where
 //! their K/V live) → `runner` (flat batch assembly) → `model` (forward pass) → `ops`
 //! (CPU kernels). Nothing below `engine` knows about HTTP; nothing below `runner` knows
-//! about requests.
+//! about requests. `safety` (moderation) sits above `engine`, beside `server`.
 
 pub mod cli;
 pub mod config;
@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod runner;
+pub mod safety;
 pub mod scheduler;
 pub mod server;
 pub mod store;

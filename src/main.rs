@@ -163,6 +163,20 @@ struct ServeArgs {
     /// Memory for recent dialog histories (saves store reads), e.g. 64MiB; 0 = off.
     #[arg(long, env = "TESSERA_DIALOG_CACHE_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
     dialog_cache_size: u64,
+    /// Moderation policy (TOML; see deploy/moderation/example.toml): checks input and
+    /// streamed output on every text route. Reloaded on SIGHUP and on
+    /// POST /admin/v1/moderation/reload. Without it: no moderation, no overhead.
+    #[arg(long, env = "TESSERA_MODERATION_POLICY")]
+    moderation_policy: Option<PathBuf>,
+    /// Key of the admin API under /admin/ (repeatable; the env variable takes a
+    /// comma-separated list). The --api-key keys never open it; without any, it is closed.
+    #[arg(
+        long,
+        env = "TESSERA_ADMIN_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_api_key: Vec<String>,
 }
 
 impl ServeArgs {
@@ -193,6 +207,8 @@ impl ServeArgs {
             sse_keepalive: keepalive,
             log_requests: self.log_requests,
             metrics_compat: self.metrics_compat,
+            moderation_policy: self.moderation_policy.clone(),
+            admin_api_keys: self.admin_api_key.clone(),
             dialog: self.dialog()?,
             ..tessera::server::ServerConfig::default()
         })
@@ -351,7 +367,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 25, "9 engine flags + 16 server flags");
+        assert_eq!(checked, 27, "9 engine flags + 18 server flags");
     }
 
     #[test]

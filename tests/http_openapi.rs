@@ -30,8 +30,13 @@ fn server() -> &'static SpawnedServer {
             max_model_len: Some(1024),
             ..EngineConfig::default()
         };
+        let policy =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/moderation/example.toml");
         let server_cfg = ServerConfig {
             api_keys: vec!["sk-test".into()],
+            // One key for both, so every route's example can be called alike.
+            admin_api_keys: vec!["sk-test".into()],
+            moderation_policy: Some(policy),
             max_request_bytes: 4096,
             ..ServerConfig::default()
         };

@@ -95,6 +95,9 @@ pub enum FinishReason {
     Length,
     /// Cancelled by the client or by the engine (e.g. on shutdown).
     Abort,
+    /// Cut by the output guard of the moderation policy (`crate::safety`), above the
+    /// engine; the engine itself never finishes a request so.
+    ContentFilter,
 }
 
 impl FinishReason {
@@ -104,6 +107,7 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Abort => "abort",
+            FinishReason::ContentFilter => "content_filter",
         }
     }
 }

@@ -223,6 +223,19 @@ impl RequestStream {
         Err(self.engine_gone())
     }
 
+    /// Ends the stream early for a reason decided above the engine (the moderation
+    /// guard's `content_filter`): aborts the request, whose KV blocks are freed at the
+    /// engine's next step. Returns the request's timings as of now, or `None` when the
+    /// stream had already finished.
+    pub fn cut(&mut self) -> Option<RequestTimings> {
+        if self.finished {
+            return None;
+        }
+        self.finished = true;
+        let _ = self.commands.send(Command::Abort(self.id));
+        Some(self.clock.finish(self.usage.completion_tokens))
+    }
+
     /// Ends the stream with an internal error and aborts the request.
     fn fail(&mut self, message: String) -> EngineError {
         self.finished = true;

@@ -243,6 +243,9 @@ fn every_exported_family_is_a_named_constant() {
     let m = Metrics::new("smol", MetricsCompat::None).expect("registry");
     m.set_model(&model_info()).expect("model series");
     m.record_http("/health", 200, Duration::ZERO);
+    m.moderation_hits()
+        .with_label_values(&["input", "fraud", "flag"])
+        .inc();
     let text = m.render(&EngineStats::default(), None).expect("render");
     let exported: Vec<&str> = text
         .lines()

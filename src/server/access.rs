@@ -3,7 +3,8 @@
 //! was spelled: `/%76%31/models`, `/tokeniz%65`, …).
 //!
 //! Deny by default: `routes::configure` wraps every resource of its table with
-//! [`check_access`], with `Access::Key` unless the path is in `routes::OPEN_ROUTES`.
+//! [`check_access`], with `Access::Key` unless the path is in `routes::OPEN_ROUTES`
+//! (`Access::Open`) or `routes::ADMIN_ROUTES` (`Access::Admin`).
 //! The middleware marks each request it lets through ([`AccessChecked`]); `gate`
 //! withholds (500) the response of any request that reached a handler without that mark,
 //! so a route registered outside the table can never serve anything.
@@ -24,6 +25,9 @@ pub enum Access {
     Open,
     /// A key given to `--api-key`, when any is configured.
     Key,
+    /// A key given to `--admin-api-key` (never an ordinary API key); without any admin
+    /// key the route is closed (403).
+    Admin,
 }
 
 /// Set on a request by [`check_access`] (or by the not-found handler): it went through
@@ -32,7 +36,8 @@ pub enum Access {
 pub struct AccessChecked;
 
 /// Resource middleware: refuses with 401 when `access` asks for a key and the request
-/// has none of the configured ones; marks the request as checked.
+/// has none of the configured ones (403 for an admin route with no admin key
+/// configured); marks the request as checked.
 pub async fn check_access(
     access: Access,
     req: ServiceRequest,
@@ -44,6 +49,10 @@ pub async fn check_access(
         Access::Key => req
             .app_data::<web::Data<AppState>>()
             .and_then(|state| authorize(&state.config.api_keys, req.headers()).err()),
+        Access::Admin => match req.app_data::<web::Data<AppState>>() {
+            Some(state) => authorize_admin(&state.config.admin_api_keys, req.headers()).err(),
+            None => Some(ApiError::AdminDisabled),
+        },
     };
     match refused {
         Some(err) => Ok(req
@@ -75,6 +84,15 @@ pub fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::Unauthorized)
     }
+}
+
+/// `Authorization: Bearer <admin key>` must name one of `--admin-api-key`'s keys; with
+/// none configured the admin API is closed.
+pub fn authorize_admin(admin_keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+    if admin_keys.is_empty() {
+        return Err(ApiError::AdminDisabled);
+    }
+    authorize(admin_keys, headers).map_err(|_| ApiError::AdminUnauthorized)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::content_filter::{annotate_response, ChoiceGuard};
 use super::observe::RequestRecord;
 use super::response::{ChoiceOutput, LogprobShape, ResponseMeta};
 use super::state::{AppState, Permit};
@@ -24,6 +25,7 @@ use crate::engine::handle::EngineHandle;
 use crate::engine::request::{FinishReason, SamplingParams, TokenId};
 use crate::engine::stream::{RequestStream, TokenEvent, Usage};
 use crate::error::ApiError;
+use crate::safety::Screen;
 
 /// Where a choice is: waiting for its prompt's blocks, or running.
 enum ChoiceState {
@@ -39,6 +41,8 @@ enum ChoiceState {
 
 /// One choice being generated.
 pub struct ChoiceStream {
+    /// The moderation guard of its output (only with a policy that has output rules).
+    guard: Option<ChoiceGuard>,
     /// Index in `choices` (`prompt * n + choice`).
     pub index: usize,
     state: ChoiceState,
@@ -88,7 +92,10 @@ impl ChoiceStream {
         if let Some(announce) = self.announce.take() {
             let _ = announce.send(true);
         }
-        event.map(|e| e.map_err(ApiError::from))
+        match (event, &mut self.guard) {
+            (Some(Ok(ev)), Some(guard)) => Some(Ok(guard.apply(ev, || stream.cut()))),
+            (event, _) => event.map(|e| e.map_err(ApiError::from)),
+        }
     }
 }
 
@@ -107,10 +114,13 @@ pub struct Generation {
     pub permit: Permit,
     /// Settled when the last of this and the choices' clones drops.
     pub record: Arc<RequestRecord>,
+    /// The request's moderation (policy snapshot and hits), when a policy is loaded.
+    pub screen: Option<Arc<Screen>>,
 }
 
 /// Submits choice 0 of every prompt of `valid` and queues the other choices behind it;
 /// on any refusal the ones already submitted are aborted (dropped) and the error returned.
+/// With a `screen`, every choice's output goes through its moderation guard.
 pub fn submit(
     engine: &EngineHandle,
     state: Arc<AppState>,
@@ -118,12 +128,16 @@ pub fn submit(
     meta: ResponseMeta,
     permit: Permit,
     request_id: String,
+    screen: Option<Arc<Screen>>,
 ) -> Result<Generation, ApiError> {
     let mut choices = Vec::with_capacity(valid.prompts.len() * valid.n);
     for (p, prompt) in valid.prompts.iter().enumerate() {
         let first = engine.submit(prompt.token_ids.clone(), valid.sampling_for(p, 0))?;
         let (announce, ready) = watch::channel(false);
         choices.push(ChoiceStream {
+            guard: screen
+                .as_ref()
+                .and_then(|s| ChoiceGuard::new(s, p * valid.n)),
             index: p * valid.n,
             state: ChoiceState::Running(first),
             announce: (valid.n > 1).then_some(announce),
@@ -131,6 +145,9 @@ pub fn submit(
         });
         for c in 1..valid.n {
             choices.push(ChoiceStream {
+                guard: screen
+                    .as_ref()
+                    .and_then(|s| ChoiceGuard::new(s, p * valid.n + c)),
                 index: p * valid.n + c,
                 state: ChoiceState::Waiting {
                     prompt_blocks_ready: ready.clone(),
@@ -190,6 +207,7 @@ pub fn submit(
         logprobs,
         permit,
         record,
+        screen,
     })
 }
 
@@ -232,7 +250,11 @@ impl Generation {
         let (outputs, usages): (Vec<ChoiceOutput>, Vec<Usage>) = results.into_iter().unzip();
         let usage = total_usage(&usages, self.n);
         let tokenizer = &self.engine.model().tokenizer;
-        Ok(self.meta.full(&outputs, &usage, tokenizer, self.logprobs))
+        let mut response = self.meta.full(&outputs, &usage, tokenizer, self.logprobs);
+        if let Some(screen) = &self.screen {
+            annotate_response(&mut response, screen);
+        }
+        Ok(response)
     }
 }
 

@@ -12,16 +12,20 @@
 //! records what generation requests did (metrics, outcome, one log line each);
 //! `logging` sets up the text or JSON log format. `responses` and `conversations` are
 //! the OpenAI Responses and Conversations routes over the dialog layer (`crate::dialog`),
-//! sharing `dialog_http`.
+//! sharing `dialog_http`. `content_filter` runs the moderation policy (`crate::safety`)
+//! on the generation routes; `moderations` serves `/v1/moderations` and the policy's
+//! reload.
 
 pub mod access;
 pub mod conn_guard;
-pub mod cpu;
+pub mod content_filter;
 pub mod conversations;
+pub mod cpu;
 pub mod dialog_http;
 pub mod gate;
 pub mod generate;
 pub mod logging;
+pub mod moderations;
 pub mod observe;
 pub mod request;
 pub mod response;

@@ -134,10 +134,12 @@ impl RequestRecord {
 
     /// Counts the outcome and writes the log line.
     fn settle(&self, progress: &Progress) {
-        let all_done = progress
-            .choices
-            .iter()
-            .all(|c| matches!(c.finish, Some(FinishReason::Stop | FinishReason::Length)));
+        let all_done = progress.choices.iter().all(|c| {
+            matches!(
+                c.finish,
+                Some(FinishReason::Stop | FinishReason::Length | FinishReason::ContentFilter)
+            )
+        });
         let status = match progress.error {
             Some(status) => status,
             None if all_done => 200,

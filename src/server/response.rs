@@ -198,12 +198,39 @@ impl ResponseMeta {
 
     /// The one chunk of a choice that carries its `finish_reason`.
     pub fn finish_chunk(&self, index: usize, reason: FinishReason) -> String {
-        match self.endpoint {
-            Endpoint::Chat => self.chunk(json!({
+        self.finish_chunk_with(index, reason, Map::new())
+    }
+
+    /// `finish_chunk` with `extra` fields on the choice (`content_filter_results`).
+    pub fn finish_chunk_with(
+        &self,
+        index: usize,
+        reason: FinishReason,
+        extra: Map<String, Value>,
+    ) -> String {
+        let mut choice = match self.endpoint {
+            Endpoint::Chat => json!({
                 "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str(),
-            })),
-            Endpoint::Completion => self.completion_choice(index, "", Value::Null, Some(reason)),
+            }),
+            Endpoint::Completion => json!({
+                "index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str(),
+            }),
+        };
+        if let Value::Object(fields) = &mut choice {
+            fields.extend(extra);
         }
+        self.chunk(choice)
+    }
+
+    /// A `choices: []` chunk carrying `fields` at the top level (Azure OpenAI's first
+    /// chunk with `prompt_filter_results`).
+    pub fn annotation_chunk(&self, fields: Map<String, Value>) -> String {
+        let mut m = self.envelope(true, Vec::new());
+        if self.include_usage {
+            m.insert("usage".into(), Value::Null);
+        }
+        m.extend(fields);
+        sse_data(&Value::Object(m))
     }
 
     fn completion_choice(

@@ -2,15 +2,19 @@
 //! (`gate::read_body`), then parse and validate it into a `Valid*` type on the CPU pool
 //! (`cpu`: never on the async workers), submit, stream or collect.
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, Route};
 use serde_json::json;
 
 use super::access::{check_access, Access, AccessChecked};
+use super::content_filter::{screen_chat, screen_completion};
 use super::cpu::PromptLimit;
 use super::gate::{id_of, parse_json, read_body};
 use super::generate::submit;
+use super::moderations;
 use super::observe::mark_admitted;
 use super::request::{
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
@@ -22,6 +26,7 @@ use super::validate::{check_model, validate_chat, validate_completion, ValidRequ
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::model::chat_template::encode_chat;
+use crate::safety::Screen;
 
 /// Every route the server answers (`openapi.yaml` describes exactly these). Register a
 /// new route here and in `handler`: `configure` puts it behind the API key unless its
@@ -49,10 +54,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/conversations/{id}/items"),
     ("GET", "/v1/conversations/{id}/items/{item_id}"),
     ("DELETE", "/v1/conversations/{id}/items/{item_id}"),
+    ("POST", "/v1/moderations"),
+    ("POST", "/admin/v1/moderation/reload"),
 ];
 
 /// The routes anyone may call when API keys are configured; every other route needs one.
 pub const OPEN_ROUTES: &[&str] = &["/health", "/ready", "/metrics", "/version"];
+
+/// The routes only an admin key (`--admin-api-key`) opens; ordinary API keys never do.
+pub const ADMIN_ROUTES: &[&str] = &["/admin/v1/moderation/reload"];
 
 type Data = web::Data<AppState>;
 type Reply = Result<HttpResponse, ApiError>;
@@ -75,6 +85,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         let allowed = methods.join(", ");
         let access = if OPEN_ROUTES.contains(&path) {
             Access::Open
+        } else if ADMIN_ROUTES.contains(&path) {
+            Access::Admin
         } else {
             Access::Key
         };
@@ -115,6 +127,8 @@ fn handler(method: &str, path: &str) -> Route {
         (_, "/ready") => route.to(ready),
         (_, "/version") => route.to(version),
         (_, "/metrics") => route.to(metrics),
+        (_, "/v1/moderations") => route.to(moderations::moderations),
+        (_, "/admin/v1/moderation/reload") => route.to(moderations::reload),
         ("POST", "/v1/responses") => route.to(resp::create),
         ("GET", "/v1/responses/{id}") => route.to(resp::retrieve),
         ("DELETE", "/v1/responses/{id}") => route.to(resp::delete),
@@ -169,27 +183,37 @@ async fn on_cpu<T: Send + 'static>(
 }
 
 async fn chat_completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let valid = on_cpu(&state, &req, body, |job| {
-        let parsed: ChatCompletionRequest = parse_json(&job.body)?;
+    let screen = state.moderation.screen(|| id_of(&req));
+    let job_screen = screen.clone();
+    let valid = on_cpu(&state, &req, body, move |job| {
+        let mut parsed: ChatCompletionRequest = parse_json(&job.body)?;
         check_model(parsed.model.as_deref(), &job.served)?;
         job.limit
             .map_or(Ok(()), |l| l.check_messages(parsed.messages.as_deref()))?;
+        if let Some(screen) = &job_screen {
+            screen_chat(screen, &mut parsed)?;
+        }
         validate_chat(parsed, &job.engine, &job.served)
     })
     .await?;
-    generate(state, &req, valid, Endpoint::Chat).await
+    generate(state, &req, valid, Endpoint::Chat, screen).await
 }
 
 async fn completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let valid = on_cpu(&state, &req, body, |job| {
-        let parsed: CompletionRequest = parse_json(&job.body)?;
+    let screen = state.moderation.screen(|| id_of(&req));
+    let job_screen = screen.clone();
+    let valid = on_cpu(&state, &req, body, move |job| {
+        let mut parsed: CompletionRequest = parse_json(&job.body)?;
         check_model(parsed.model.as_deref(), &job.served)?;
         job.limit
             .map_or(Ok(()), |l| l.check_prompt(parsed.prompt.as_ref()))?;
+        if let Some(screen) = &job_screen {
+            screen_completion(screen, &mut parsed, &job.engine.model().tokenizer)?;
+        }
         validate_completion(parsed, &job.engine, &job.served)
     })
     .await?;
-    generate(state, &req, valid, Endpoint::Completion).await
+    generate(state, &req, valid, Endpoint::Completion, screen).await
 }
 
 /// Admits, submits, then streams (SSE) or collects the whole response.
@@ -198,6 +222,7 @@ async fn generate(
     req: &HttpRequest,
     valid: ValidRequest,
     endpoint: Endpoint,
+    screen: Option<Arc<Screen>>,
 ) -> Reply {
     let engine = state.engine()?.clone();
     let permit = state.admit(valid.prompts.len() * valid.n)?;
@@ -221,6 +246,7 @@ async fn generate(
         meta,
         permit,
         request_id,
+        screen,
     )?;
     mark_admitted(req);
     if stream {

@@ -3,7 +3,7 @@
 //! requests answer 503, in-flight requests finish (up to `--shutdown-timeout`, then they
 //! are aborted with an error event), the engine stops, and the process exits 0. The
 //! deadline is hard: whatever is still running a few seconds after the shutdown timeout,
-//! the process exits (1) then (`arm_exit_deadline`).
+//! the process exits (1) then (`arm_exit_deadline`). SIGHUP reloads the moderation policy.
 
 use std::error::Error;
 use std::io::{IsTerminal, Write};
@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::conn_guard::GuardedStream;
 use super::gate::gate;
+use super::moderations::{load_moderation, reload_on_hangup};
 use super::routes::{configure, not_found};
 use super::state::{AppState, ServerConfig};
 use crate::config::EngineConfig;
@@ -97,10 +98,13 @@ pub fn serve(
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let metrics = AppState::metrics_for(&cfg, &stem)?;
     let dialog = open_dialog(&cfg)?;
-    let state = web::Data::new(AppState::new(cfg, metrics)?);
+    let mut app = AppState::new(cfg, metrics)?;
+    app.moderation = load_moderation(&app.config, &app.metrics)?;
+    let state = web::Data::new(app);
     state.set_dialog(dialog);
     actix_web::rt::System::new().block_on(async move {
         let server = build_server(state.clone(), listener, None)?;
+        actix_web::rt::spawn(reload_on_hangup(state.clone()));
         tracing::info!("listening on http://{addr} (loading {})", model.display());
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let load_cfg = engine_cfg.clone();
@@ -312,7 +316,9 @@ pub fn spawn(
     let addr = listener.local_addr()?;
     let metrics = AppState::metrics_for(&cfg, &engine.model().name)?;
     let dialog = open_dialog(&cfg)?;
-    let state = web::Data::new(AppState::new(cfg, metrics)?);
+    let mut app = AppState::new(cfg, metrics)?;
+    app.moderation = load_moderation(&app.config, &app.metrics)?;
+    let state = web::Data::new(app);
     state.set_dialog(dialog);
     state.set_ready(engine, max_num_seqs, None);
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();

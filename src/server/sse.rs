@@ -1,6 +1,8 @@
 //! Server-sent events for a streamed `Generation`, framed exactly as OpenAI does: the
-//! opening chunk of each choice (`role`, or the echoed prompt), content chunks as tokens
-//! arrive, exactly one `finish_reason` chunk per choice, the `choices: []` usage chunk
+//! opening chunk of each choice (`role`, or the echoed prompt; before them a
+//! `prompt_filter_results` chunk when a moderation input rule matched), content chunks as
+//! tokens arrive, exactly one `finish_reason` chunk per choice (with
+//! `content_filter_results` when an output rule matched it), the `choices: []` usage chunk
 //! when asked for, then `data: [DONE]`. A keep-alive comment goes out whenever nothing
 //! else did for `keepalive` (e.g. while the request waits in the queue).
 //!
@@ -16,6 +18,9 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 
+use serde_json::Map;
+
+use super::content_filter::{finish_fields, prompt_filter_results};
 use super::generate::{check_finish, total_usage, Generation};
 use super::response::{sse_data, SSE_DONE, SSE_KEEPALIVE};
 use crate::engine::stream::{TokenEvent, Usage};
@@ -43,6 +48,10 @@ pub fn sse_body(
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let count = gen.choices.len();
     let mut opening = String::new();
+    if let Some(results) = gen.screen.as_deref().and_then(prompt_filter_results) {
+        let fields = Map::from_iter([("prompt_filter_results".to_string(), results)]);
+        opening.push_str(&gen.meta.annotation_chunk(fields));
+    }
     let mut offsets = vec![0; count];
     let mut events: SelectAll<ChoiceEvents> = SelectAll::new();
     for choice in std::mem::take(&mut gen.choices) {
@@ -125,7 +134,8 @@ impl SseState {
             self.offsets[index] += ev.text.len();
         }
         if let Some(reason) = ev.finish_reason {
-            out.push_str(&meta.finish_chunk(index, check_finish(reason)?));
+            let fields = finish_fields(self.gen.screen.as_deref(), index);
+            out.push_str(&meta.finish_chunk_with(index, check_finish(reason)?, fields));
         }
         Ok(out)
     }

@@ -7,6 +7,7 @@
 //! sequences held by live `Permit`s, so it never exceeds `capacity` (admission is a
 //! compare-and-swap, never a check followed by an add).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use super::cpu::{CpuPool, PromptLimit};
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, MetricsCompat, ModelInfo};
+use crate::safety::Moderation;
 
 /// How the HTTP server is set up (flags of `tessera serve`).
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +47,10 @@ pub struct ServerConfig {
     pub metrics_compat: MetricsCompat,
     /// Conversations and responses: store, history window, hot cache.
     pub dialog: crate::dialog::DialogConfig,
+    /// The moderation policy file (`--moderation-policy`; none: no moderation).
+    pub moderation_policy: Option<PathBuf>,
+    /// Keys of the admin API under `/admin/` (none: the admin API is closed).
+    pub admin_api_keys: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +70,8 @@ impl Default for ServerConfig {
             log_requests: false,
             metrics_compat: MetricsCompat::None,
             dialog: crate::dialog::DialogConfig::default(),
+            moderation_policy: None,
+            admin_api_keys: Vec::new(),
         }
     }
 }
@@ -87,6 +95,8 @@ pub struct AppState {
     /// The longest prompt text the loaded model can take (when its tokenizer bounds it).
     prompt_limit: OnceLock<Option<PromptLimit>>,
     pub metrics: Metrics,
+    /// The moderation policy in force (off until `serve`/`spawn` load one).
+    pub moderation: Moderation,
     /// Unix time the server started (the `created` of `/v1/models`).
     pub started_at: u64,
     /// Conversations and responses (set once, before the server listens).
@@ -105,6 +115,7 @@ impl AppState {
             admission: Arc::new(Admission::default()),
             prompt_limit: OnceLock::new(),
             metrics,
+            moderation: Moderation::off(),
             started_at: unix_now(),
             dialog: OnceLock::new(),
         })

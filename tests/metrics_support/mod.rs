@@ -187,6 +187,11 @@ impl Tessera {
         }
     }
 
+    /// The server's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The `/metrics` text.
     pub fn metrics(&self) -> String {
         let (status, body) = http_get(self.addr, "/metrics").expect("GET /metrics");

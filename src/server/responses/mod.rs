@@ -63,6 +63,7 @@ pub async fn create(state: Data, req: HttpRequest, body: web::Payload) -> Reply 
         meta,
         permit,
         id_of(&req),
+        None,
     )?;
     mark_admitted(&req);
     let run = TurnRun { gen, turn, dialog };
