@@ -3,7 +3,8 @@
 //! client (408), unknown routes (404), wrong methods (405 with `Allow`) and extractor
 //! failures all answer with the OpenAI error body, a request id, and (for refused heads)
 //! `Connection: close`. Keep-alive and pipelined requests around them still work,
-//! including a chunked body followed by a bad request on the same connection.
+//! including a chunked body followed by a bad request on the same connection; a chunked
+//! body whose framing breaks mid-way gets 400 and the connection ends.
 
 mod http_support;
 
@@ -200,6 +201,22 @@ fn keep_alive_and_pipelined_requests_around_a_refusal() {
         read_reply(&mut reader).is_none(),
         "nothing after the refusal"
     );
+}
+
+#[test]
+fn a_chunked_body_whose_framing_breaks_gets_400_and_the_connection_ends() {
+    let stream = connect();
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    writer
+        .write_all(
+            b"POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\n\r\n5\r\n{\"pro\r\nzz\r\nmpt\"\r\n",
+        )
+        .expect("write");
+    let reply = read_reply(&mut reader).expect("a response");
+    assert_eq!(reply.error_code(400), "invalid_value");
+    assert!(read_reply(&mut reader).is_none(), "nothing after it");
 }
 
 #[test]

@@ -20,8 +20,9 @@
 //! Invariants: actix never receives an incomplete, over-limit or malformed head, so its
 //! own 400 / 408 / 431 responses cannot happen; a client cannot send `REFUSAL_HEADER`
 //! itself (400); bytes after a refusal are never released. A body whose chunked framing
-//! breaks mid-way cannot be answered (its head already went to its handler): actix sees
-//! the end of the stream, as if the client had left, and the connection closes.
+//! breaks mid-way is not refused here (its head already went to its handler): actix sees
+//! the end of the stream there, the handler waiting for the body answers 400 (the body
+//! ended early), and the connection closes.
 
 use std::future::Future;
 use std::io;

@@ -64,10 +64,7 @@ pub async fn gate(
     req.extensions_mut().insert(RequestId(id.clone()));
     let (method, path) = (req.method().to_string(), req.path().to_string());
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let mut res = match refusal_of(req.headers()) {
-        Some(err) => req.into_response(err.error_response()),
-        None => settle(next.call(req).await?),
-    };
+    let mut res = answer(req, next, &id).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut()
             .insert(header::HeaderName::from_static(REQUEST_ID_HEADER), value);
@@ -85,6 +82,35 @@ pub async fn gate(
         "request"
     );
     Ok(res)
+}
+
+/// The guard's refusal when the request is one, else the app's answer through
+/// [`settle`]. An error out of a middleware below (handlers answer theirs) comes back as
+/// an error whose response is the same OpenAI body (the request is gone with it).
+async fn answer(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    id: &str,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if let Some(err) = refusal_of(req.headers()) {
+        return Ok(req.into_response(err.error_response()));
+    }
+    match next.call(req).await {
+        Ok(res) => Ok(settle(res)),
+        Err(e) => {
+            let mut answer = match e.as_error::<ApiError>() {
+                Some(err) => err.error_response(),
+                None => framework_error(e.as_response_error()),
+            };
+            if let Ok(value) = HeaderValue::from_str(id) {
+                answer
+                    .headers_mut()
+                    .insert(header::HeaderName::from_static(REQUEST_ID_HEADER), value);
+            }
+            tracing::info!(request_id = %id, status = answer.status().as_u16(), "request failed in a middleware: {e}");
+            Err(actix_web::error::InternalError::from_response(e, answer).into())
+        }
+    }
 }
 
 /// The response of a routed request, made safe to send: withheld (500) when the request
@@ -107,15 +133,24 @@ fn settle(res: ServiceResponse<impl MessageBody + 'static>) -> ServiceResponse<B
     if status.as_u16() < 400 || is_json {
         return res.map_into_boxed_body();
     }
-    let message = res.response().error().map_or_else(
-        || status.canonical_reason().unwrap_or("error").to_string(),
-        ToString::to_string,
-    );
-    let err = ApiError::Http {
-        status: status.as_u16(),
-        message,
+    let answer = match res.response().error() {
+        Some(err) => framework_error(err.as_response_error()),
+        None => ApiError::Http {
+            status: status.as_u16(),
+            message: status.canonical_reason().unwrap_or("error").to_string(),
+        }
+        .error_response(),
     };
-    res.into_response(err.error_response())
+    res.into_response(answer)
+}
+
+/// The OpenAI-shaped answer to an error the framework made (its status and text).
+fn framework_error(err: &dyn ResponseError) -> HttpResponse {
+    ApiError::Http {
+        status: err.status_code().as_u16(),
+        message: err.to_string(),
+    }
+    .error_response()
 }
 
 /// HTTP metrics of one answered request; a generation request refused before admission
@@ -278,11 +313,13 @@ mod tests {
 
     /// A route registered next to the table (not through `routes::configure`) has no
     /// access check: whatever it answers is withheld. Table routes and unknown paths are
-    /// answered as usual, errors with the OpenAI body.
+    /// answered as usual, errors with the OpenAI body, also one a middleware returns.
     #[test]
     fn a_route_outside_the_table_never_answers() {
         use actix_web::middleware::from_fn;
-        use actix_web::test::{call_service, init_service, read_body, TestRequest};
+        use actix_web::test::{
+            call_service, init_service, read_body, try_call_service, TestRequest,
+        };
         use actix_web::{App, HttpResponse};
 
         actix_web::rt::System::new().block_on(async {
@@ -292,6 +329,13 @@ mod tests {
                     .configure(super::super::routes::configure)
                     .service(
                         web::resource("/rogue").to(|| async { HttpResponse::Ok().body("secret") }),
+                    )
+                    .service(
+                        web::resource("/failing")
+                            .wrap(from_fn(|_: ServiceRequest, _: Next<BoxBody>| async {
+                                Err::<ServiceResponse, _>(actix_web::error::ErrorForbidden("nope"))
+                            }))
+                            .to(HttpResponse::Ok),
                     )
                     .default_service(web::to(super::super::routes::not_found)),
             )
@@ -306,6 +350,18 @@ mod tests {
             assert_eq!(call_service(&app, call("/version")).await.status(), 200);
             let unknown = call_service(&app, call("/nowhere")).await;
             assert_eq!(unknown.status(), 404);
+            // actix answers a service error with its `error_response()`.
+            let failing = try_call_service(&app, call("/failing"))
+                .await
+                .expect_err("the middleware fails")
+                .error_response();
+            assert_eq!(failing.status(), 403);
+            assert!(failing.headers().contains_key(REQUEST_ID_HEADER));
+            let body = actix_web::body::to_bytes(failing.into_body())
+                .await
+                .expect("body");
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(body["error"]["message"], "nope");
         });
     }
 }
