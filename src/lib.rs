@@ -1,17 +1,20 @@
 //! tessera: an OpenAI-compatible LLM inference server.
 //!
 //! Layers, top to bottom (docs/architecture.md): `server` (HTTP) and `cli` (front ends:
-//! validation) → `engine` (one thread that owns all mutable serving state) →
-//! `scheduler` and `kvcache` (which tokens run this step, which blocks hold their K/V) →
-//! `runner` (its own copy of the scheduled requests, flat batch assembly) → `model`
-//! (forward pass, K/V memory) → `ops` (CPU kernels). `request` is the vocabulary they
-//! share, below all of them. Nothing below `engine` knows about HTTP; the runner knows
+//! validation) → `dialog` (conversations, the history window, prompt assembly) and
+//! `safety` (moderation policy, input check, output guard), over `store` (persistence)
+//! → `engine` (one thread that owns all mutable serving state) → `scheduler` and
+//! `kvcache` (which tokens run this step, which blocks hold their K/V) → `runner` (its
+//! own copy of the scheduled requests, flat batch assembly) → `model` (forward pass, K/V
+//! memory) → `ops` (CPU kernels). `request` is the vocabulary they share, below all of
+//! them. Nothing below `engine` knows about HTTP or the product layer; the runner knows
 //! requests only through the `SchedulerOutput`; nothing below `runner` knows about
 //! requests. No two files import each other, directly or in a circle
 //! (`tests/module_graph.rs`).
 
 pub mod cli;
 pub mod config;
+pub mod dialog;
 pub mod engine;
 pub mod error;
 pub mod kvcache;
@@ -20,5 +23,7 @@ pub mod model;
 pub mod ops;
 pub mod request;
 pub mod runner;
+pub mod safety;
 pub mod scheduler;
 pub mod server;
+pub mod store;

@@ -73,13 +73,16 @@ struct EngineArgs {
     /// GGUF file or Hugging Face model folder (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long, env = "TESSERA_MODEL")]
     model: Option<PathBuf>,
+    /// Most sequences the engine runs in one step; more wait in the queue.
     #[arg(long, env = "TESSERA_MAX_NUM_SEQS", default_value_t = 64)]
     max_num_seqs: usize,
+    /// Token budget of one engine step (longer prompts are prefilled in chunks).
     #[arg(long, env = "TESSERA_MAX_NUM_BATCHED_TOKENS", default_value_t = 1024)]
     max_num_batched_tokens: usize,
     /// Maximum prompt + output tokens (default: the model's context length).
     #[arg(long, env = "TESSERA_MAX_MODEL_LEN")]
     max_model_len: Option<usize>,
+    /// Tokens per KV cache block (the unit of prefix sharing).
     #[arg(long, env = "TESSERA_BLOCK_SIZE", default_value_t = 16)]
     block_size: usize,
     /// KV cache size, e.g. 1GiB, 512MiB.
@@ -88,6 +91,7 @@ struct EngineArgs {
     /// Exact number of KV blocks (overrides --kv-cache-memory).
     #[arg(long, env = "TESSERA_NUM_KV_BLOCKS")]
     num_kv_blocks: Option<usize>,
+    /// Turn off the prefix cache (equal prompt prefixes no longer share KV blocks).
     #[arg(long, env = "TESSERA_NO_PREFIX_CACHING")]
     no_prefix_caching: bool,
     /// Compute threads (default: available cores).
@@ -98,8 +102,10 @@ struct EngineArgs {
 /// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
 #[derive(Args)]
 struct ServeArgs {
+    /// Address to listen on (0.0.0.0: every interface).
     #[arg(long, env = "TESSERA_HOST", default_value = "127.0.0.1")]
     host: String,
+    /// Port to listen on (0: any free port, printed at start).
     #[arg(long, env = "TESSERA_PORT", default_value_t = 8000)]
     port: u16,
     /// Name(s) the model is served under (repeatable; default: the model file's name).
@@ -117,9 +123,13 @@ struct ServeArgs {
     /// Sequences that may wait beyond --max-num-seqs; more get 429.
     #[arg(long, env = "TESSERA_MAX_QUEUED_REQUESTS", default_value_t = 256)]
     max_queued_requests: usize,
-    /// Seconds in-flight requests may run after SIGTERM.
+    /// Seconds in-flight requests may run after SIGTERM (the process exits a few seconds
+    /// later whatever still runs).
     #[arg(long, env = "TESSERA_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     shutdown_timeout: f64,
+    /// Seconds a client may take to send a whole request head; slower ones get 408.
+    #[arg(long, env = "TESSERA_REQUEST_HEAD_TIMEOUT", default_value_t = 5.0)]
+    request_head_timeout: f64,
     /// Largest request body, e.g. 10MiB; larger ones get 413.
     #[arg(long, env = "TESSERA_MAX_REQUEST_BYTES", default_value = "10MiB", value_parser = parse_bytes)]
     max_request_bytes: u64,
@@ -135,6 +145,38 @@ struct ServeArgs {
     /// Also export vLLM's metric names (`vllm`), e.g. `vllm:num_requests_waiting`.
     #[arg(long, env = "TESSERA_METRICS_COMPAT", default_value = "none")]
     metrics_compat: MetricsCompat,
+    /// Directory of the embedded SQLite store of conversations and responses (created on
+    /// first start); unused with --database-url.
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+    data_dir: PathBuf,
+    /// PostgreSQL store shared by replicas, e.g. postgres://user:password@host:5432/db
+    /// (instead of SQLite in --data-dir).
+    #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Fewest recent completed turns of a stored dialog kept in the prompt (0 = all).
+    #[arg(long, env = "TESSERA_HISTORY_TURNS", default_value_t = 3)]
+    history_turns: usize,
+    /// Turns the history window's start jumps at once (keeps N..N+STEP-1 turns, so the
+    /// prompt stays a prefix-cache hit between jumps); 1 = slide every turn.
+    #[arg(long, env = "TESSERA_HISTORY_STEP", default_value_t = tessera::dialog::window::DEFAULT_STEP)]
+    history_step: usize,
+    /// Memory for recent dialog histories (saves store reads), e.g. 64MiB; 0 = off.
+    #[arg(long, env = "TESSERA_DIALOG_CACHE_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    dialog_cache_size: u64,
+    /// Moderation policy (TOML; see deploy/moderation/example.toml): checks input and
+    /// streamed output on every text route. Reloaded on SIGHUP and on
+    /// POST /admin/v1/moderation/reload. Without it: no moderation, no overhead.
+    #[arg(long, env = "TESSERA_MODERATION_POLICY")]
+    moderation_policy: Option<PathBuf>,
+    /// Key of the admin API under /admin/ (repeatable; the env variable takes a
+    /// comma-separated list). The --api-key keys never open it; without any, it is closed.
+    #[arg(
+        long,
+        env = "TESSERA_ADMIN_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_api_key: Vec<String>,
 }
 
 impl ServeArgs {
@@ -144,8 +186,14 @@ impl ServeArgs {
                 .map_err(|_| format!("--{flag} must be a number of seconds >= 0. Given: {v}"))
         };
         let keepalive = seconds("sse-keepalive", self.sse_keepalive)?;
-        if keepalive.is_zero() {
-            return Err("--sse-keepalive must be > 0".into());
+        let head_timeout = seconds("request-head-timeout", self.request_head_timeout)?;
+        for (flag, value) in [
+            ("sse-keepalive", keepalive),
+            ("request-head-timeout", head_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("--{flag} must be > 0"));
+            }
         }
         Ok(tessera::server::ServerConfig {
             host: self.host.clone(),
@@ -154,10 +202,32 @@ impl ServeArgs {
             api_keys: self.api_key.clone(),
             max_queued_requests: self.max_queued_requests,
             shutdown_timeout: seconds("shutdown-timeout", self.shutdown_timeout)?,
+            request_head_timeout: head_timeout,
             max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
             sse_keepalive: keepalive,
             log_requests: self.log_requests,
             metrics_compat: self.metrics_compat,
+            moderation_policy: self.moderation_policy.clone(),
+            admin_api_keys: self.admin_api_key.clone(),
+            dialog: self.dialog()?,
+            ..tessera::server::ServerConfig::default()
+        })
+    }
+
+    fn dialog(&self) -> Result<tessera::dialog::DialogConfig, String> {
+        if self.history_step == 0 {
+            return Err("--history-step must be >= 1".into());
+        }
+        Ok(tessera::dialog::DialogConfig {
+            store: tessera::store::StoreConfig::from_flags(
+                self.data_dir.clone(),
+                self.database_url.clone(),
+            ),
+            window: tessera::dialog::WindowRule {
+                min_turns: self.history_turns,
+                step: self.history_step,
+            },
+            cache_bytes: usize::try_from(self.dialog_cache_size).unwrap_or(usize::MAX),
         })
     }
 }
@@ -297,7 +367,22 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 20, "9 engine flags + 11 server flags");
+        assert_eq!(checked, 27, "9 engine flags + 18 server flags");
+    }
+
+    #[test]
+    fn every_serve_flag_has_one_line_of_help() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve command");
+        let bare: Vec<String> = serve
+            .get_arguments()
+            .filter(|arg| {
+                arg.get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+            })
+            .map(|arg| format!("--{}", arg.get_id().as_str().replace('_', "-")))
+            .collect();
+        assert!(bare.is_empty(), "flags without help text: {bare:?}");
     }
 
     #[test]
@@ -307,6 +392,7 @@ mod tests {
         std::env::set_var("TESSERA_API_KEY", "sk-a,sk-b");
         std::env::set_var("TESSERA_SHUTDOWN_TIMEOUT", "2.5");
         std::env::set_var("TESSERA_MAX_REQUEST_BYTES", "1KiB");
+        std::env::set_var("TESSERA_DATABASE_URL", "postgres://u@db/tessera");
         let cli =
             Cli::try_parse_from(["tessera", "serve", "--served-model-name", "m"]).expect("parses");
         let Command::Serve { server, .. } = cli.command else {
@@ -319,5 +405,12 @@ mod tests {
         assert_eq!(cfg.max_request_bytes, 1024);
         assert_eq!(cfg.served_model_names, vec!["m".to_string()]);
         assert_eq!(cfg.host, "127.0.0.1");
+        assert_eq!(
+            cfg.dialog.store,
+            tessera::store::StoreConfig::Postgres {
+                url: "postgres://u@db/tessera".into()
+            }
+        );
+        assert_eq!(cfg.dialog.window, tessera::dialog::WindowRule::default());
     }
 }

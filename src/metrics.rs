@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use prometheus::{Encoder, Gauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::engine::handle::EngineStats;
 use crate::engine::stream::TokenEvent;
@@ -89,7 +89,7 @@ pub const PREFIX_CACHE_QUERIES_TOTAL: &str = "tessera_prefix_cache_queries_total
 pub const PREFIX_CACHE_HITS_TOTAL: &str = "tessera_prefix_cache_hits_total";
 /// Sequences that lost their KV blocks and were recomputed.
 pub const NUM_PREEMPTIONS_TOTAL: &str = "tessera_num_preemptions_total";
-/// Sequences finished normally, by `finished_reason` (`stop`, `length`).
+/// Sequences finished normally, by `finished_reason` (`stop`, `length`, `content_filter`).
 pub const REQUEST_SUCCESS_TOTAL: &str = "tessera_request_success_total";
 /// Generation requests that failed, by `reason` (see [`FailureReason`]).
 pub const REQUEST_FAILURE_TOTAL: &str = "tessera_request_failure_total";
@@ -97,6 +97,9 @@ pub const REQUEST_FAILURE_TOTAL: &str = "tessera_request_failure_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "tessera_http_requests_total";
 /// Tokens routed to each expert of each MoE layer, by `layer` and `expert`.
 pub const MOE_EXPERT_TOKENS_TOTAL: &str = "tessera_moe_expert_tokens_total";
+/// Moderation rule matches, by `stage` (input, output), `category` (the policy's) and
+/// `action` (block, mask, flag).
+pub const MODERATION_HITS_TOTAL: &str = "tessera_moderation_hits_total";
 
 /// Every metric family tessera exports (the dashboard test checks queries against it).
 pub const ALL_NAMES: &[&str] = &[
@@ -128,6 +131,7 @@ pub const ALL_NAMES: &[&str] = &[
     REQUEST_FAILURE_TOTAL,
     HTTP_REQUESTS_TOTAL,
     MOE_EXPERT_TOKENS_TOTAL,
+    MODERATION_HITS_TOTAL,
 ];
 
 // ---- labels ------------------------------------------------------------------------
@@ -144,6 +148,10 @@ pub const LABEL_STATUS: &str = "status";
 /// Of [`MOE_EXPERT_TOKENS_TOTAL`].
 pub const LABEL_LAYER: &str = "layer";
 pub const LABEL_EXPERT: &str = "expert";
+/// Of [`MODERATION_HITS_TOTAL`].
+pub const LABEL_STAGE: &str = "stage";
+pub const LABEL_CATEGORY: &str = "category";
+pub const LABEL_ACTION: &str = "action";
 /// Of [`BUILD_INFO`].
 pub const LABEL_VERSION: &str = "version";
 pub const LABEL_MODEL: &str = "model";
@@ -228,6 +236,7 @@ pub struct Metrics {
     http: HttpSeries,
     build_info: IntGaugeVec,
     load_seconds: Gauge,
+    moderation_hits: IntCounterVec,
 }
 
 impl Metrics {
@@ -254,6 +263,11 @@ impl Metrics {
             http: HttpSeries::new(&reg)?,
             build_info,
             load_seconds: reg.gauge(MODEL_LOAD_SECONDS, "Seconds the model took to load.")?,
+            moderation_hits: reg.counter_vec(
+                MODERATION_HITS_TOTAL,
+                "Moderation rule matches, by stage, category and action.",
+                &[LABEL_STAGE, LABEL_CATEGORY, LABEL_ACTION],
+            )?,
             registry,
         })
     }
@@ -319,6 +333,12 @@ impl Metrics {
             counts.prompt.observe(ev.usage.prompt_tokens as f64);
             counts.generation.observe(ev.usage.completion_tokens as f64);
         }
+    }
+
+    /// The moderation hit counter (labels: stage, category, action), for the policy's
+    /// hit sink.
+    pub fn moderation_hits(&self) -> IntCounterVec {
+        self.moderation_hits.clone()
     }
 
     /// Counts one failed generation request.

@@ -53,6 +53,10 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// `None`: no logprobs. `Some(k)`: the sampled token's logprob and the top `k` (≤ 20).
     pub logprobs: Option<usize>,
+    /// `None`: none. `Some(k)`: the logprob of every prompt token after the first (raw
+    /// logits of the position before it), its rank and the top `k` (≤ 20). Such a request
+    /// takes no prefix-cache hits: a cached block has no logits.
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -73,6 +77,7 @@ impl Default for SamplingParams {
             min_tokens: 0,
             ignore_eos: false,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -97,6 +102,9 @@ pub enum FinishReason {
     Length,
     /// Cancelled by the client or by the engine (e.g. on shutdown).
     Abort,
+    /// Cut by the output guard of the moderation policy (`crate::safety`), above the
+    /// engine; the engine itself never finishes a request so.
+    ContentFilter,
 }
 
 impl FinishReason {
@@ -106,6 +114,7 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Abort => "abort",
+            FinishReason::ContentFilter => "content_filter",
         }
     }
 }
@@ -126,6 +135,17 @@ pub struct TokenLogprobs {
     /// Log-probability of the sampled token.
     pub logprob: f32,
     /// The `k` most likely tokens, most likely first.
+    pub top: Vec<(TokenId, f32)>,
+}
+
+/// The log-probability of one prompt token given the tokens before it (from the raw
+/// logits of the previous position).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLogprob {
+    pub logprob: f32,
+    /// 1 for the most likely token; tokens with an equal logit count ahead (vLLM's rank).
+    pub rank: usize,
+    /// The `k` most likely tokens at that position, most likely first.
     pub top: Vec<(TokenId, f32)>,
 }
 
@@ -239,8 +259,9 @@ impl SamplingParams {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad("temperature", "must be >= 0", self.temperature.to_string());
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p", "must be in (0, 1]", self.top_p.to_string());
+        // 0 keeps only the most likely token (OpenAI accepts [0, 1]).
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return bad("top_p", "must be in [0, 1]", self.top_p.to_string());
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p", "must be in [0, 1]", self.min_p.to_string());
@@ -272,6 +293,9 @@ impl SamplingParams {
         }
         if let Some(k) = self.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
             return bad("top_logprobs", "must be <= 20", k.to_string());
+        }
+        if let Some(k) = self.prompt_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return bad("prompt_logprobs", "must be <= 20", k.to_string());
         }
         if self.stop.iter().any(String::is_empty) {
             return bad(

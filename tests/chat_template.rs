@@ -306,3 +306,49 @@ fn injection_guard_survives_templates_that_transform_content() {
     );
     assert_eq!(tokenizer.decode(&ids, false).expect("decode"), rendered);
 }
+
+/// Real templates render long conversations well within the instruction budget, and a
+/// template that loops without end is stopped by it (at load when a probe conversation
+/// shows it, else on the request that triggers it).
+#[test]
+fn long_conversations_render_and_endless_templates_stop() {
+    let golden = json("tests/golden/chat_templates.json");
+    let conversation: Vec<ChatMessage> = (0..2001)
+        .map(|i| match i % 2 {
+            0 => m("user", &format!("Question {i}: what is {i} + {i}?")),
+            _ => m("assistant", &format!("It is {}.", 2 * i)),
+        })
+        .collect();
+    for entry in golden.as_array().expect("templates") {
+        let name = entry["template"].as_str().expect("name");
+        let source = match name.strip_prefix("gguf:") {
+            Some(_) => smollm2_vocab().chat_template.expect("template"),
+            None => fixture(name),
+        };
+        let template = ChatTemplate::new(&source, "<s>", "</s>").expect("template");
+        let rendered = template
+            .render(&conversation, true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(rendered.contains("Question 2000"), "{name}");
+    }
+
+    let endless = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}";
+    let err = ChatTemplate::new(endless, "", "").expect_err("caught at load");
+    assert!(matches!(err, TemplateError::OverBudget { .. }), "{err}");
+    assert!(err.to_string().contains("budget"), "{err}");
+
+    let on_demand = "{% if messages[-1].content == 'loop' %}{% for i in range(99999) %}\
+        {% for j in range(99999) %}{% endfor %}{% endfor %}{% endif %}ok";
+    let template = ChatTemplate::new(on_demand, "", "").expect("passes the probe");
+    assert_eq!(
+        template.render(&[m("user", "hi")], true).expect("render"),
+        "ok"
+    );
+    let err = template
+        .render(&[m("user", "loop")], true)
+        .expect_err("stopped");
+    assert!(
+        matches!(err, TemplateError::OverBudget { messages: 1, .. }),
+        "{err}"
+    );
+}

@@ -203,7 +203,7 @@ fn invalid_requests_get_clear_errors() {
         "{err}"
     );
     let bad = SamplingParams {
-        top_p: 0.0,
+        top_p: 1.5,
         ..greedy(4)
     };
     let err = refuse(ids.clone(), bad);

@@ -220,6 +220,41 @@ fn huge_counts_are_bounded_by_file_size() {
     assert!(err.to_string().contains("kv_count"), "{err}");
 }
 
+/// A header whose `kv_count` is 0 (or otherwise wrong) while a different number of
+/// metadata pairs precede the tensor table: the error says the metadata count is wrong,
+/// not that the first uncounted key is a tensor with 8 dimensions (its value type read
+/// as `n_dims`) or that a tensor name is a huge metadata key.
+#[test]
+fn miscounted_metadata_is_named() {
+    let pairs = sample_values().len() as u64;
+    for kv_count in [0u64, 1, 5, pairs - 1, pairs + 1, pairs + 2, pairs + 3] {
+        let mut bytes = sample_builder().build();
+        bytes[16..24].copy_from_slice(&kv_count.to_le_bytes());
+        let err = expect_err(bytes);
+        assert!(
+            matches!(&err, GgufError::MetadataCountMismatch { kv_count: k, found, .. } if *k == kv_count && *found == pairs),
+            "kv_count {kv_count}: {err}"
+        );
+        let message = err.to_string();
+        assert!(message.starts_with("metadata is missing"), "{message}");
+        assert!(
+            message.contains(&format!(
+                "`kv_count` is {kv_count}, but the file holds {pairs} metadata pairs"
+            )),
+            "{message}"
+        );
+        assert!(!message.contains("dimensions"), "{message}");
+    }
+    // No tensors and no metadata is a well-formed (empty) file: the loader then names the
+    // missing key.
+    let empty = parse(Builder::new().build()).expect("empty file parses");
+    let err = empty.architecture().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "metadata key `general.architecture` is missing"
+    );
+}
+
 #[test]
 fn huge_string_lengths_are_rejected_before_allocating() {
     let mut payload = u64::MAX.to_le_bytes().to_vec();

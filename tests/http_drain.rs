@@ -2,18 +2,22 @@
 //! to 503 and refuses new requests with 503 while the in-flight streams finish normally;
 //! the process exits 0. With a short `--shutdown-timeout`, streams still running are
 //! ended with an SSE error event and `[DONE]` (never cut off mid-air), and it still
-//! exits 0. Also: `/ready` is 503 and `/health` 200 while the model loads.
+//! exits 0. Also: `/ready` is 503 and `/health` 200 while the model loads (held in the
+//! loading phase by the `HOLD_LOADING_ENV` test hook, so the answer is deterministic).
+//! Every wait is for an event; `HANG_GUARD` only bounds a wait that would never end.
 
 mod http_support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http_support::{get, post, wait_for, SseStream, MODEL};
+use http_support::{get, post, wait_for, SseStream, HANG_GUARD, MODEL};
 use serde_json::{json, Value};
 use tessera::config::default_model_path;
+use tessera::server::HOLD_LOADING_ENV;
 
 struct Server {
     child: Child,
@@ -22,6 +26,11 @@ struct Server {
 
 /// Starts `tessera serve` on a free port; returns once it prints its address.
 fn start(extra: &[&str]) -> Server {
+    start_with_env(extra, &[])
+}
+
+/// `start` with extra environment variables for the server.
+fn start_with_env(extra: &[&str], env: &[(&str, &Path)]) -> Server {
     let model = default_model_path();
     assert!(
         model.exists(),
@@ -29,6 +38,11 @@ fn start(extra: &[&str]) -> Server {
         model.display()
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        // The dialog store in a temporary directory, not the working tree.
+        .env(
+            "TESSERA_DATA_DIR",
+            std::env::temp_dir().join(format!("tessera-drain-{}", std::process::id())),
+        )
         .args([
             "serve",
             "--port",
@@ -40,6 +54,7 @@ fn start(extra: &[&str]) -> Server {
         ])
         .args(["--kv-cache-memory", "128MiB", "--max-model-len", "2048"])
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -59,7 +74,7 @@ fn start(extra: &[&str]) -> Server {
         }
     });
     let addr = rx
-        .recv_timeout(Duration::from_secs(30))
+        .recv_timeout(HANG_GUARD)
         .expect("server prints its address");
     Server {
         child,
@@ -70,8 +85,7 @@ fn start(extra: &[&str]) -> Server {
 impl Server {
     fn wait_ready(&self) {
         assert!(
-            wait_for(Duration::from_secs(60), || get(self.addr, "/ready").status
-                == 200),
+            wait_for(HANG_GUARD, || get(self.addr, "/ready").status == 200),
             "never ready"
         );
     }
@@ -84,15 +98,16 @@ impl Server {
         assert!(status.success());
     }
 
-    fn wait_exit(mut self, limit: Duration) -> i32 {
-        let deadline = Instant::now() + limit;
+    /// The exit code, once the process exits (killed after `HANG_GUARD`).
+    fn wait_exit(mut self) -> i32 {
+        let deadline = Instant::now() + HANG_GUARD;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status.code().unwrap_or(-1);
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("the server did not exit within {limit:?}");
+                panic!("the server did not exit within {HANG_GUARD:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -121,13 +136,16 @@ fn open_streams(addr: SocketAddr, count: usize, max_tokens: usize) -> Vec<SseStr
 
 #[test]
 fn sigterm_drains_in_flight_streams_and_exits_zero() {
-    let server = start(&["--shutdown-timeout", "60"]);
+    // Long enough streams that they are still running while the checks below talk to
+    // the draining server (it exits once they end); the timeout never cuts them.
+    const TOKENS: usize = 200;
+    let server = start(&["--shutdown-timeout", "600"]);
     server.wait_ready();
     let addr = server.addr;
-    let streams = open_streams(addr, 3, 60);
+    let streams = open_streams(addr, 3, TOKENS);
     server.sigterm();
     assert!(
-        wait_for(Duration::from_secs(5), || get(addr, "/ready").status == 503),
+        wait_for(HANG_GUARD, || get(addr, "/ready").status == 503),
         "/ready stays 200"
     );
     let refused = post(addr, "/v1/chat/completions", &story(5));
@@ -143,21 +161,21 @@ fn sigterm_drains_in_flight_streams_and_exits_zero() {
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
         let usage: Value = serde_json::from_str(&events[events.len() - 2]).expect("usage chunk");
         assert_eq!(
-            usage["usage"]["completion_tokens"], 60,
+            usage["usage"]["completion_tokens"], TOKENS,
             "the stream ran to its end"
         );
         let finish: Value = serde_json::from_str(&events[events.len() - 3]).expect("finish chunk");
         assert_eq!(finish["choices"][0]["finish_reason"], "length");
     }
-    assert_eq!(server.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(server.wait_exit(), 0);
 }
 
 #[test]
 fn streams_past_the_shutdown_timeout_end_with_an_error_event() {
+    const TOKENS: usize = 2000;
     let server = start(&["--shutdown-timeout", "0.5"]);
     server.wait_ready();
-    let streams = open_streams(server.addr, 2, 2000);
-    let started = Instant::now();
+    let streams = open_streams(server.addr, 2, TOKENS);
     server.sigterm();
     for stream in streams {
         let events = stream.rest();
@@ -168,14 +186,33 @@ fn streams_past_the_shutdown_timeout_end_with_an_error_event() {
         );
         let error: Value = serde_json::from_str(&events[events.len() - 2]).expect("error event");
         assert_eq!(error["error"]["code"], "shutting_down", "{error}");
+        // Cut by the timeout, not run to its end: fewer tokens than asked for, no finish.
+        let chunks: Vec<Value> = events[..events.len() - 2]
+            .iter()
+            .map(|e| serde_json::from_str(e).expect("chunk"))
+            .collect();
+        let tokens = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["delta"]["content"].is_string())
+            .count();
+        assert!(tokens < TOKENS, "{tokens} tokens: the stream was not cut");
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["choices"][0]["finish_reason"].is_null()),
+            "a cut stream has no finish_reason"
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(server.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(server.wait_exit(), 0);
 }
 
 #[test]
 fn not_ready_while_loading_and_a_missing_model_exits_nonzero() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .env(
+            "TESSERA_DATA_DIR",
+            std::env::temp_dir().join(format!("tessera-drain-{}", std::process::id())),
+        )
         .args(["serve", "--port", "0", "--model", "/nonexistent/model.gguf"])
         .stderr(Stdio::piped())
         .spawn()
@@ -190,11 +227,22 @@ fn not_ready_while_loading_and_a_missing_model_exits_nonzero() {
         "{stderr}"
     );
 
-    let server = start(&[]);
-    let early = get(server.addr, "/ready").status;
-    assert!(early == 503 || early == 200, "{early}");
+    // Held in the loading phase until the release file exists.
+    let dir = std::env::temp_dir().join(format!("tessera-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let release = dir.join("load");
+    let _ = std::fs::remove_file(&release);
+    let server = start_with_env(&[], &[(HOLD_LOADING_ENV, &release)]);
+    let loading = get(server.addr, "/ready");
+    assert_eq!(loading.status, 503, "{}", loading.text());
+    assert_eq!(loading.json()["error"]["code"], "model_loading");
+    let refused = post(server.addr, "/v1/chat/completions", &story(5));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "model_loading");
     assert_eq!(get(server.addr, "/health").status, 200);
+    std::fs::write(&release, b"").expect("release loading");
     server.wait_ready();
     server.sigterm();
-    assert_eq!(server.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(server.wait_exit(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -97,7 +97,7 @@ fn malformed_requests_get_400_naming_the_field() {
         &post(addr(), "/v1/chat/completions", &chat(json!({"top_p": 3}))),
         400,
     );
-    assert_eq!(range["message"], "`top_p` must be in (0, 1]. Given: 3");
+    assert_eq!(range["message"], "`top_p` must be in [0, 1]. Given: 3");
     let nested = error_of(
         &post(
             addr(),

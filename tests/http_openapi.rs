@@ -30,8 +30,13 @@ fn server() -> &'static SpawnedServer {
             max_model_len: Some(1024),
             ..EngineConfig::default()
         };
+        let policy =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/moderation/example.toml");
         let server_cfg = ServerConfig {
             api_keys: vec!["sk-test".into()],
+            // One key for both, so every route's example can be called alike.
+            admin_api_keys: vec!["sk-test".into()],
+            moderation_policy: Some(policy),
             max_request_bytes: 4096,
             ..ServerConfig::default()
         };
@@ -93,8 +98,41 @@ fn example(method: &str, path: &str) -> Option<Value> {
     Some(body)
 }
 
+/// `path` with its parameters filled in: `{model}`, and for the dialog routes a new
+/// conversation (holding one item) and a new stored response.
+fn concrete(path: &str) -> String {
+    let mut concrete = path.replace("{model}", MODEL);
+    if concrete.contains("{id}") || concrete.contains("{item_id}") {
+        let made = |path: &str, body: Value| {
+            let bytes = body.to_string();
+            let res = request(server().addr, "POST", path, &[AUTH], Some(bytes.as_bytes()));
+            assert_eq!(res.status, 200, "{path}: {}", res.text());
+            res.json()
+        };
+        let id = if concrete.starts_with("/v1/responses/") {
+            let body = json!({"model": MODEL, "input": "Hi", "max_output_tokens": 2});
+            made("/v1/responses", body)["id"].clone()
+        } else {
+            let body = json!({"items": [{"role": "user", "content": "Hi"}]});
+            let conv = made("/v1/conversations", body)["id"].clone();
+            let items = call(
+                "GET",
+                &format!("/v1/conversations/{}/items", conv.as_str().unwrap_or("")),
+                None,
+            );
+            concrete = concrete.replace(
+                "{item_id}",
+                items.json()["data"][0]["id"].as_str().unwrap_or(""),
+            );
+            conv
+        };
+        concrete = concrete.replace("{id}", id.as_str().unwrap_or(""));
+    }
+    concrete
+}
+
 fn call(method: &str, path: &str, body: Option<&Value>) -> Response {
-    let concrete = path.replace("{model}", MODEL);
+    let concrete = concrete(path);
     let bytes = body.map(Value::to_string);
     request(
         server().addr,
@@ -163,6 +201,21 @@ fn every_example_response_validates_against_its_schema() {
         "/v1/completions",
         &call("POST", "/v1/completions", Some(&echo)),
     );
+    // Prompt logprobs: the echo shape (null first entries), streamed and not, and vLLM's.
+    let scored = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 2, "echo": true, "logprobs": 2, "prompt_logprobs": 2});
+    let mut streamed = scored.clone();
+    streamed["stream"] = json!(true);
+    streamed["prompt_logprobs"] = Value::Null;
+    let chat_scored = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "prompt_logprobs": 1});
+    for (path, body) in [
+        ("/v1/completions", scored),
+        ("/v1/completions", streamed),
+        ("/v1/chat/completions", chat_scored),
+    ] {
+        let res = call("POST", path, Some(&body));
+        assert_eq!(res.status, 200, "{path}: {}", res.text());
+        check_response("POST", path, &res);
+    }
 }
 
 #[test]

@@ -173,7 +173,8 @@ fn load_dashboard() -> Value {
     serde_json::from_str(&text).expect("the dashboard is JSON")
 }
 
-/// Runs completions (a repeated prompt: prefix-cache hits), streams, and refusals.
+/// Runs completions (a repeated prompt: prefix-cache hits), streams, refusals, and
+/// inputs the example moderation policy blocks or masks.
 fn run_load(addr: SocketAddr) {
     let deadline = Instant::now() + LOAD;
     let workers = [
@@ -199,6 +200,16 @@ fn run_load(addr: SocketAddr) {
             while Instant::now() < deadline {
                 let bad = post(addr, "/v1/completions", &completion(json!({"top_p": 7})));
                 assert_eq!(bad.status, 400, "{}", bad.text());
+                // Moderation hits: a blocked input and a masked one.
+                let blocked = post(
+                    addr,
+                    "/v1/completions",
+                    &completion(json!({"prompt": "炸弹"})),
+                );
+                assert_eq!(blocked.status, 400, "{}", blocked.text());
+                let masked = json!({"prompt": "call 13812345678", "max_tokens": 1});
+                let masked = post(addr, "/v1/completions", &completion(masked));
+                assert_eq!(masked.status, 200, "{}", masked.text());
                 thread::sleep(Duration::from_millis(500));
             }
         }),
@@ -212,7 +223,16 @@ fn run_load(addr: SocketAddr) {
 fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let dashboard = load_dashboard();
     check_layout(&dashboard);
-    let tessera = Tessera::start(&["--served-model-name", "smol", "--metrics-compat", "vllm"]);
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/moderation/example.toml");
+    let policy = policy.to_string_lossy().into_owned();
+    let tessera = Tessera::start(&[
+        "--served-model-name",
+        "smol",
+        "--metrics-compat",
+        "vllm",
+        "--moderation-policy",
+        &policy,
+    ]);
     let prom = Prometheus::start(tessera.addr);
     run_load(tessera.addr);
 
@@ -285,7 +305,14 @@ fn check_layout(dashboard: &Value) {
         .collect();
     assert_eq!(
         rows,
-        ["Overview", "Latency", "Throughput", "KV cache", "HTTP"]
+        [
+            "Overview",
+            "Latency",
+            "Throughput",
+            "KV cache",
+            "HTTP",
+            "Safety"
+        ]
     );
     let variables: Vec<&str> = dashboard["templating"]["list"]
         .as_array()

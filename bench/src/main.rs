@@ -16,7 +16,7 @@ use tessera_bench::plot;
 use tessera_bench::procfs;
 use tessera_bench::prompts::PromptMode;
 use tessera_bench::report::{summary_cells, RunReport, ScenarioResult};
-use tessera_bench::scenario::{self, dialog, prefill, rate, sweep, Target};
+use tessera_bench::scenario::{self, conversation, dialog, prefill, rate, sweep, Target};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +39,9 @@ enum Command {
     Dialog(DialogArgs),
     /// TTFT for each prompt length at concurrency 1.
     Prefill(PrefillArgs),
+    /// N users × T turns through /v1/responses (previous_response_id), then the same
+    /// dialog shape statelessly through /v1/chat/completions; figures per turn.
+    Conversation(ConversationArgs),
     /// Measure memory bandwidth (triad) and fp32 FMA peak; bounds for a model.
     Machine(MachineArgs),
     /// Side-by-side markdown (+ PNG plots) from a directory of run JSONs.
@@ -106,6 +109,28 @@ struct DialogArgs {
     /// Pause between a reply and the user's next turn.
     #[arg(long, default_value_t = 0)]
     think_ms: u64,
+}
+
+#[derive(Args)]
+struct ConversationArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 4)]
+    users: usize,
+    #[arg(long, default_value_t = 20)]
+    turns: usize,
+    #[arg(long, default_value_t = 100)]
+    system_words: usize,
+    #[arg(long, default_value_t = 20)]
+    user_words: usize,
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Which paths to run: stateful (/v1/responses), stateless (/v1/chat/completions).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [conversation::Path::Stateful, conversation::Path::Stateless])]
+    paths: Vec<conversation::Path>,
+    /// Run the paths at the same time (same machine load for both).
+    #[arg(long)]
+    together: bool,
 }
 
 #[derive(Args)]
@@ -259,6 +284,7 @@ fn run(command: Command) -> Result<(), BenchError> {
             })
         }
         Command::Prefill(a) => prefill_cmd(a),
+        Command::Conversation(a) => conversation_cmd(&a),
         Command::Machine(args) => machine_cmd(&args),
         Command::Report(a) => report_cmd(&a),
         Command::Wait { url, timeout_s } => {
@@ -285,23 +311,51 @@ fn prefill_cmd(a: PrefillArgs) -> Result<(), BenchError> {
     })
 }
 
+fn conversation_cmd(a: &ConversationArgs) -> Result<(), BenchError> {
+    let cfg = conversation::ConversationConfig {
+        users: a.users,
+        turns: a.turns,
+        system_words: a.system_words,
+        user_words: a.user_words,
+        max_tokens: a.max_tokens,
+        seed: a.common.seed,
+        paths: a.paths.clone(),
+        together: a.together,
+    };
+    let target = connect(&a.common)?;
+    let result = conversation::run(&target, &cfg)?;
+    println!("{}", result.markdown(&a.common.label));
+    if let Some(path) = &a.common.out {
+        let text =
+            serde_json::to_string_pretty(&result).map_err(BenchError::json("a run report"))?;
+        std::fs::write(path, text + "\n")
+            .map_err(BenchError::io(format!("writing {}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The target of `common`'s flags.
+fn connect(common: &CommonArgs) -> Result<Target, BenchError> {
+    let mode = common.prompt_mode.map(|m| match m {
+        ModeArg::TokenIds => PromptMode::TokenIds,
+        ModeArg::Text => PromptMode::Text,
+    });
+    Target::connect(
+        &common.url,
+        common.model.clone(),
+        mode,
+        Duration::from_secs(common.timeout_s),
+        common.token_range,
+    )
+}
+
 /// Connects, runs one scenario, and prints / writes its report.
 fn measure(
     common: &CommonArgs,
     scenario: impl FnOnce(&Target) -> Result<ScenarioResult, BenchError>,
 ) -> Result<(), BenchError> {
-    let mode = common.prompt_mode.map(|m| match m {
-        ModeArg::TokenIds => PromptMode::TokenIds,
-        ModeArg::Text => PromptMode::Text,
-    });
-    let timeout = Duration::from_secs(common.timeout_s);
-    let target = Target::connect(
-        &common.url,
-        common.model.clone(),
-        mode,
-        timeout,
-        common.token_range,
-    )?;
+    let target = connect(common)?;
     let server_pid = common.server_pid.or_else(|| local_pid(&target.ep));
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -47,6 +47,9 @@ pub struct RequestRecord {
     /// The generated text (kept by the dialog scenario to continue the conversation).
     #[serde(skip)]
     pub text: String,
+    /// The response id of a Responses API stream (to chain the next turn).
+    #[serde(skip)]
+    pub response_id: Option<String>,
 }
 
 impl RequestRecord {
@@ -86,6 +89,9 @@ impl StreamState {
                 return;
             }
         };
+        if let Some(kind) = json.get("type").and_then(Value::as_str) {
+            return self.on_response_event(kind, &json, at);
+        }
         if ev.event.as_deref() == Some("error") || json.get("error").is_some_and(|e| !e.is_null()) {
             self.record.error = Some(format!("error event: {}", http::snippet(&ev.data)));
             return;
@@ -106,6 +112,37 @@ impl StreamState {
         }
         if let Some(usage) = json.get("usage").filter(|u| u.is_object()) {
             self.on_usage(usage);
+        }
+    }
+
+    /// A typed event of the Responses API: deltas are content; `response.completed` /
+    /// `response.incomplete` end the stream (it has no `[DONE]`) with the usage.
+    fn on_response_event(&mut self, kind: &str, json: &Value, at: Instant) {
+        match kind {
+            "response.output_text.delta" => {
+                let text = json.get("delta").and_then(Value::as_str).unwrap_or("");
+                if !text.is_empty() {
+                    self.on_content(text, at);
+                }
+            }
+            "response.completed" | "response.incomplete" => {
+                let response = &json["response"];
+                self.record.response_id = response["id"].as_str().map(str::to_string);
+                self.record.finish_reason = response["status"].as_str().map(str::to_string);
+                let usage = &response["usage"];
+                let field = |v: &Value| v.as_u64().map(|n| n as usize);
+                if let Some(n) = field(&usage["output_tokens"]) {
+                    self.record.output_tokens = n;
+                    self.record.usage_reported = true;
+                }
+                self.record.prompt_tokens = field(&usage["input_tokens"]);
+                self.record.cached_tokens = field(&usage["input_tokens_details"]["cached_tokens"]);
+                self.done = true;
+            }
+            "response.failed" | "error" => {
+                self.record.error = Some(format!("{kind}: {}", http::snippet(&json.to_string())));
+            }
+            _ => {}
         }
     }
 
@@ -303,5 +340,58 @@ mod tests {
         assert!((r.tpot_s().unwrap() - 0.1).abs() < 1e-12);
         r.output_tokens = 1;
         assert_eq!(r.tpot_s(), None);
+    }
+
+    #[test]
+    fn responses_streams_give_content_usage_and_the_response_id() {
+        let now = Instant::now();
+        let mut state = StreamState {
+            sent: now,
+            last_content: None,
+            record: RequestRecord::default(),
+            done: false,
+        };
+        let event = |kind: &str, data: &str| SseEvent {
+            event: Some(kind.to_string()),
+            data: data.to_string(),
+        };
+        state.on_event(
+            &event(
+                "response.created",
+                r#"{"type":"response.created","sequence_number":0}"#,
+            ),
+            now,
+        );
+        state.on_event(
+            &event(
+                "response.output_text.delta",
+                r#"{"type":"response.output_text.delta","delta":"Hi"}"#,
+            ),
+            now,
+        );
+        state.on_event(
+            &event(
+                "response.output_text.delta",
+                r#"{"type":"response.output_text.delta","delta":" there"}"#,
+            ),
+            now,
+        );
+        assert!(!state.done);
+        let done = r#"{"type":"response.completed","response":{"id":"resp_1","status":"completed",
+            "usage":{"input_tokens":40,"input_tokens_details":{"cached_tokens":32},"output_tokens":2}}}"#;
+        state.on_event(&event("response.completed", done), now);
+        let r = &state.record;
+        assert!(state.done && r.ok());
+        assert_eq!((r.text.as_str(), r.content_chunks), ("Hi there", 2));
+        assert_eq!(
+            (r.prompt_tokens, r.cached_tokens, r.output_tokens),
+            (Some(40), Some(32), 2)
+        );
+        assert_eq!(r.response_id.as_deref(), Some("resp_1"));
+        state.on_event(
+            &event("response.failed", r#"{"type":"response.failed"}"#),
+            now,
+        );
+        assert!(state.record.error.is_some());
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! Invariant: a request has a `Sequence` exactly while the scheduler holds it. A closed
 //! channel (the consumer left) aborts the request at the start of the next step, which
-//! frees its blocks in that same step.
+//! frees its blocks in that same step. A request that wants prompt logprobs has a
+//! `PromptLogprobBuffer` in its `Sequence`; the runner hands over its prompt rows' logits
+//! after each step's sampling, and the whole list rides on the request's first output.
 //!
 //! Timing for metrics: the clock is read twice per step (after `schedule`, after
 //! `update`), never per token; each output carries its request's first-scheduled time
@@ -23,7 +25,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::sampler::{self, SamplerScratch, SeqRng};
 use crate::error::EngineError;
-use crate::request::{Request, RequestId, SamplingParams, TokenId};
+use crate::request::{PromptLogprob, Request, RequestId, SamplingParams, TokenId};
 use crate::runner::ModelRunner;
 use crate::scheduler::output::{ModelRunnerOutput, OutputTiming, RequestOutput};
 use crate::scheduler::Scheduler;
@@ -61,6 +63,18 @@ struct Sequence {
     prompt_token_ids: Arc<[TokenId]>,
     output_token_ids: Vec<TokenId>,
     eos_token_ids: Arc<[TokenId]>,
+    /// Prompt logprobs being gathered (`None`: not asked for).
+    prompt_logprobs: Option<PromptLogprobBuffer>,
+}
+
+/// The prompt logprobs of one request, gathered chunk by chunk.
+#[derive(Debug, Default)]
+struct PromptLogprobBuffer {
+    /// Entry `i` scores prompt token `i + 1`; positions arrive in order (no prefix-cache
+    /// hits for such requests), and a recompute after preemption repeats known ones.
+    entries: Vec<PromptLogprob>,
+    /// Handed to the first output already.
+    sent: bool,
 }
 
 pub struct EngineCore {
@@ -107,6 +121,10 @@ impl EngineCore {
             prompt_token_ids: Arc::clone(&req.prompt_token_ids),
             output_token_ids: Vec::new(),
             eos_token_ids: Arc::clone(&req.eos_token_ids),
+            prompt_logprobs: req
+                .sampling
+                .prompt_logprobs
+                .map(|_| PromptLogprobBuffer::default()),
         };
         self.seqs.insert(req.id, seq);
         self.scheduler.add_request(req);
@@ -209,6 +227,7 @@ impl EngineCore {
             );
             sampled.push((id, token));
         }
+        self.score_prompt_rows();
         let outputs = self
             .scheduler
             .update_from_output(&so, &ModelRunnerOutput { sampled });
@@ -216,16 +235,40 @@ impl EngineCore {
         stats
     }
 
-    /// Records each output's tokens in its sequence and sends it; a consumer that is gone
-    /// aborts its request. Finished requests leave `seqs`.
+    /// Scores this step's prompt rows (for the requests that want prompt logprobs).
+    fn score_prompt_rows(&mut self) {
+        let seqs = &mut self.seqs;
+        self.runner.for_each_prompt_row(|row, logits| {
+            let Some(buffer) = seqs
+                .get_mut(&row.req_id)
+                .and_then(|seq| seq.prompt_logprobs.as_mut())
+            else {
+                return;
+            };
+            if row.pos == buffer.entries.len() && !buffer.sent {
+                buffer
+                    .entries
+                    .push(sampler::prompt_logprob(logits, row.target, row.k));
+            }
+        });
+    }
+
+    /// Records each output's tokens in its sequence and sends it (the first one with the
+    /// prompt logprobs, when asked for); a consumer that is gone aborts its request.
+    /// Finished requests leave `seqs`.
     fn emit(&mut self, outputs: Vec<RequestOutput>, produced: Instant) {
-        for out in outputs {
+        for mut out in outputs {
             let id = out.req_id;
             let finished = out.finish_reason.is_some();
             let Some(seq) = self.seqs.get_mut(&id) else {
                 continue;
             };
             seq.output_token_ids.extend_from_slice(&out.new_token_ids);
+            if let Some(buffer) = seq.prompt_logprobs.as_mut().filter(|b| !b.sent) {
+                // The first output comes after the whole prompt ran, so every entry is in.
+                buffer.sent = true;
+                out.prompt_logprobs = Some(std::mem::take(&mut buffer.entries));
+            }
             let timing = OutputTiming {
                 first_scheduled: seq.first_scheduled,
                 produced,

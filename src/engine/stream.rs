@@ -18,7 +18,7 @@ use super::detokenizer::IncrementalDetokenizer;
 use super::sampler::StopStringMatcher;
 use crate::error::EngineError;
 use crate::model::ModelAssets;
-use crate::request::{FinishReason, RequestId, TokenId, TokenLogprobs};
+use crate::request::{FinishReason, PromptLogprob, RequestId, TokenId, TokenLogprobs};
 use crate::scheduler::output::OutputTiming;
 
 /// Token accounting of a request so far.
@@ -55,6 +55,8 @@ pub struct TokenEvent {
     /// stop string is held back).
     pub text: String,
     pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// The prompt's logprobs (`prompt_logprobs`), on the request's first event only.
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Usage,
     pub timing: EventTiming,
@@ -237,6 +239,19 @@ impl RequestStream {
         Err(self.engine_gone())
     }
 
+    /// Ends the stream early for a reason decided above the engine (the moderation
+    /// guard's `content_filter`): aborts the request, whose KV blocks are freed at the
+    /// engine's next step. Returns the request's timings as of now, or `None` when the
+    /// stream had already finished.
+    pub fn cut(&mut self) -> Option<RequestTimings> {
+        if self.finished {
+            return None;
+        }
+        self.finished = true;
+        let _ = self.commands.send(Command::Abort(self.id));
+        Some(self.clock.finish(self.usage.completion_tokens))
+    }
+
     /// Ends the stream with an internal error and aborts the request.
     fn fail(&mut self, message: String) -> EngineError {
         self.finished = true;
@@ -297,6 +312,7 @@ impl RequestStream {
                 l.truncate(kept);
                 l
             }),
+            prompt_logprobs: out.prompt_logprobs,
             finish_reason: finish,
             usage: self.usage,
             timing,
@@ -306,7 +322,10 @@ impl RequestStream {
 }
 
 fn is_empty_event(ev: &TokenEvent) -> bool {
-    ev.token_ids.is_empty() && ev.text.is_empty() && ev.finish_reason.is_none()
+    ev.token_ids.is_empty()
+        && ev.text.is_empty()
+        && ev.finish_reason.is_none()
+        && ev.prompt_logprobs.is_none()
 }
 
 impl Drop for RequestStream {

@@ -118,7 +118,10 @@ impl KvCacheManager {
     /// The longest run of leading full blocks of `req` already in the prefix cache, and
     /// the number of tokens they cover. Never covers the request's last token: its
     /// logits are needed, so at least one token is always recomputed. Empty for a
-    /// request that already holds blocks or when prefix caching is off.
+    /// request that already holds blocks or when prefix caching is off. No hits for a
+    /// request that wants prompt logprobs: they need the logits of every prompt position,
+    /// which a cached block does not have (vLLM skips the cache for them too); its
+    /// hashes are still returned so its full blocks are cached for others.
     pub fn get_computed_blocks(&self, req: &Request) -> (KvBlocks, usize) {
         let num_tokens = req.num_tokens();
         if !self.enable_prefix_caching || self.tables.contains_key(&req.id) || num_tokens == 0 {
@@ -134,7 +137,11 @@ impl KvCacheManager {
             self.block_size,
             extra,
         );
-        let max_hit_blocks = (num_tokens - 1) / self.block_size;
+        let max_hit_blocks = if req.sampling.prompt_logprobs.is_some() {
+            0
+        } else {
+            (num_tokens - 1) / self.block_size
+        };
         let block_ids: Vec<BlockId> = hashes[..max_hit_blocks]
             .iter()
             .map_while(|&h| self.pool.get_cached_block(h))

@@ -247,7 +247,11 @@ impl RequestSeries {
                 &[LABEL_REASON],
             )?,
         };
-        for reason in [FinishReason::Stop, FinishReason::Length] {
+        for reason in [
+            FinishReason::Stop,
+            FinishReason::Length,
+            FinishReason::ContentFilter,
+        ] {
             series.success.with_label_values(&[reason.as_str()]);
         }
         for reason in FailureReason::ALL {

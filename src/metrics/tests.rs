@@ -76,6 +76,7 @@ fn event(tokens: usize, first: bool, finish: Option<FinishReason>, total: usize)
         token_ids: vec![7; tokens],
         text: String::new(),
         logprobs: None,
+        prompt_logprobs: None,
         finish_reason: finish,
         usage: Usage {
             prompt_tokens: 12,
@@ -242,6 +243,9 @@ fn every_exported_family_is_a_named_constant() {
     let m = Metrics::new("smol", MetricsCompat::None).expect("registry");
     m.set_model(&model_info()).expect("model series");
     m.record_http("/health", 200, Duration::ZERO);
+    m.moderation_hits()
+        .with_label_values(&["input", "fraud", "flag"])
+        .inc();
     let text = m.render(&EngineStats::default(), None).expect("render");
     let exported: Vec<&str> = text
         .lines()

@@ -1,7 +1,7 @@
 //! The decoder-only transformer shared by the dense families: token embedding → N
 //! decoder layers → final norm → LM head, over a flat batch of all scheduled tokens.
 //! Only the rows that need a next token (`logit_rows`) go through the final norm and the
-//! LM head.
+//! LM head; `head` serves further rows from the same forward on request.
 
 use super::config::ModelConfig;
 use super::decoder::{DecoderLayer, FeedForward, LayerInputs};
@@ -181,8 +181,11 @@ impl Transformer {
         self.head(batch.logit_rows, ws)
     }
 
-    /// Final norm + LM head for the selected rows of `ws.x`.
-    fn head<'w>(&self, rows: &[usize], ws: &'w mut Workspace) -> &'w mut [f32] {
+    /// Final norm + LM head for the selected rows of `ws.x` (at most
+    /// `ws.max_logit_rows()`); logits `[rows.len(), vocab]`. `forward` ends with it; the
+    /// runner calls it again after `forward` for extra rows (prompt logprobs), while
+    /// `ws.x` still holds the step's final hidden states.
+    pub fn head<'w>(&self, rows: &[usize], ws: &'w mut Workspace) -> &'w mut [f32] {
         let (h, s, vocab) = (self.cfg.hidden, rows.len(), self.cfg.vocab);
         for (i, &r) in rows.iter().enumerate() {
             let src = &ws.x[r * h..(r + 1) * h];

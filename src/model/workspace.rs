@@ -56,6 +56,11 @@ impl Workspace {
         }
     }
 
+    /// Logit rows one `Transformer::head` call can produce.
+    pub fn max_logit_rows(&self) -> usize {
+        self.head_in.len() / self.hidden
+    }
+
     /// Rows this workspace can hold per step.
     pub fn max_tokens(&self) -> usize {
         self.x.len() / self.hidden

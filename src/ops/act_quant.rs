@@ -1,8 +1,8 @@
 //! Activation quantizers written to ggml's exact rounding, for the weight types whose dot
-//! products take Q8_0 (Q4_0, Q5_0, Q8_0 weights) or Q8_K (all K-quants) activations.
-//! candle's own quantizers scale by `1/d` and round half away from zero; ggml scales by
-//! `127/max` and rounds half to even (`_mm256_round_ps`, `nearest_int`), and those
-//! last-bit choices show up in the logits (see `ggml_math`).
+//! products take Q8_0 (Q4_0, Q5_0, Q8_0 weights), Q8_1 (Q4_1, Q5_1 weights) or Q8_K (all
+//! K-quants) activations. candle's own quantizers scale by `1/d` and round half away from
+//! zero; ggml scales by `127/max` and rounds half to even (`_mm256_round_ps`,
+//! `nearest_int`), and those last-bit choices show up in the logits (see `ggml_math`).
 
 use candle_core::quantized::k_quants::QK_K;
 use half::f16;
@@ -14,12 +14,33 @@ pub struct Q8_0 {
     pub qs: [i8; 32],
 }
 
+/// ggml's `block_q8_1` values: `d` and `s` (= d·Σq) are the f16-rounded values ggml
+/// stores, kept widened to f32 so the dot products' inner loops need no conversions
+/// (so the layout is not ggml's: 40 bytes instead of 36).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct Q8_1 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+const _: () = assert!(std::mem::size_of::<Q8_1>() == 40);
+
 /// ggml's `block_q8_K` (same layout as candle's `BlockQ8K`).
 #[repr(C)]
 pub struct Q8K {
     pub d: f32,
     pub qs: [i8; QK_K],
     pub bsums: [i16; QK_K / 16],
+}
+
+impl Q8K {
+    /// The quants in groups of 32 (what one AVX2 register holds): `[QK_K / 32][32]`.
+    #[inline(always)]
+    pub fn qs32(&self) -> &[[i8; 32]] {
+        self.qs.as_chunks::<32>().0
+    }
 }
 
 /// Round-half-to-even for |x| < 2^22 (ggml's `nearest_int` trick), no libm call.
@@ -38,6 +59,23 @@ pub fn quantize_q8_0(x: &[f32], out: &mut [Q8_0]) {
         for (q, &v) in y.qs.iter_mut().zip(xs) {
             *q = round_half_even(v * id) as i8;
         }
+    }
+}
+
+/// ggml's `quantize_row_q8_1` (AVX2 path): as `quantize_q8_0`, plus the scaled sum
+/// `s = d·Σq`; both rounded to f16 as ggml stores them.
+pub fn quantize_q8_1(x: &[f32], out: &mut [Q8_1]) {
+    for (xs, y) in x.chunks_exact(32).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in y.qs.iter_mut().zip(xs) {
+            *q = round_half_even(v * id) as i8;
+            sum += i32::from(*q);
+        }
+        y.d = f16::from_f32(d).to_f32();
+        y.s = f16::from_f32(d * sum as f32).to_f32();
     }
 }
 
@@ -86,6 +124,26 @@ mod tests {
         quantize_q8_0(&x, &mut q);
         assert_eq!(&q[0].qs[..3], &[-127, 2, 4]);
         assert_eq!(q[0].d.to_f32(), 1.0);
+    }
+
+    #[test]
+    fn q8_1_rounds_half_to_even_and_keeps_the_scaled_sum() {
+        let mut x = [0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -3.5;
+        let mut q = [Q8_1::default()];
+        quantize_q8_1(&x, &mut q);
+        assert_eq!(&q[0].qs[..3], &[127, 2, -4]);
+        assert_eq!(q[0].d, 1.0);
+        assert_eq!(q[0].s, 125.0);
+    }
+
+    #[test]
+    fn round_half_even_matches_std() {
+        for v in [-127.0f32, -126.5, -0.5, 0.5, 1.5, 2.49, 2.5, 126.5] {
+            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
+        }
     }
 
     #[test]

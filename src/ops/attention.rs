@@ -21,8 +21,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use super::ggml_math::{dot_f16, expf, reduce16, F16_STEP, LANES};
-use super::pool;
-use super::quant::SendPtr;
+use super::pool::{self, SharedOut};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -119,7 +118,7 @@ const ROW_TILE: usize = 8;
 pub fn paged_attention(inp: AttnInputs<'_>, out: &mut [f32]) {
     assert_eq!(inp.q.len(), out.len());
     let n_kv = inp.geo.n_kv_heads;
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(out);
     let tile = if avx512_for(inp.geo.head_dim) {
         ROW_TILE
     } else {
@@ -147,7 +146,7 @@ fn attend_unit(
     seq: &AttnSeq,
     rows: Range<usize>,
     kvh: usize,
-    out: SendPtr<f32>,
+    out: SharedOut<'_, f32>,
 ) {
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
@@ -172,7 +171,7 @@ unsafe fn attend_fma(
     seq: &AttnSeq,
     rows: Range<usize>,
     kvh: usize,
-    out: SendPtr<f32>,
+    out: SharedOut<'_, f32>,
     scratch: &mut [Vec<f32>; 4],
 ) {
     attend::<true>(inp, seq, rows, kvh, out, scratch)
@@ -187,7 +186,7 @@ fn attend<const SIMD: bool>(
     seq: &AttnSeq,
     rows: Range<usize>,
     kvh: usize,
-    out: SendPtr<f32>,
+    out: SharedOut<'_, f32>,
     scratch: &mut [Vec<f32>; 4],
 ) {
     let geo = inp.geo;
@@ -280,11 +279,9 @@ fn attend<const SIMD: bool>(
             let head = r * group + g;
             let lanes = &mut acc[head * F16_STEP * hd..(head + 1) * F16_STEP * hd];
             fold_lanes(lanes, hd);
-            // SAFETY: (row, head h) is owned by exactly this unit; dst + hd <= out.len().
-            let dst = unsafe {
-                let at = ((seq.q_row + t) * inp.n_heads + h) * hd;
-                std::slice::from_raw_parts_mut(out.get().add(at), hd)
-            };
+            // SAFETY: (row, head h) belongs to this unit alone.
+            let at = ((seq.q_row + t) * inp.n_heads + h) * hd;
+            let dst = unsafe { out.part(at, hd) };
             dst.copy_from_slice(&lanes[..hd]);
         }
     }

@@ -12,7 +12,6 @@ pub mod ggml_math;
 pub mod moe;
 pub mod norm;
 pub mod pool;
-pub mod q4_1;
 pub mod qdot;
 pub mod quant;
 pub mod rope;

@@ -7,8 +7,12 @@
 //! Invariant: `run` returns only after every task ran and every worker left the region,
 //! so `f` may borrow from the caller's stack. Regions do not nest (a task that calls
 //! `run` executes its inner region inline on its own thread).
+//!
+//! Tasks write their results through `SharedOut`: one `&mut [T]` that the tasks of a
+//! region split among themselves at run time (rows, columns, blocks).
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -69,6 +73,59 @@ pub fn init(threads: usize) -> &'static ComputePool {
 /// The process-wide pool (available cores unless `init` chose otherwise).
 pub fn global() -> &'static ComputePool {
     init(0)
+}
+
+/// An output buffer the tasks of one region write in disjoint parts: a `&mut [T]` split
+/// at run time (strided columns, say) where `split_at_mut` cannot express the split.
+/// Bounds and lifetime hold by construction; disjointness is the caller's promise.
+pub(crate) struct SharedOut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    buf: PhantomData<&'a mut [T]>,
+}
+
+impl<T> Clone for SharedOut<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOut<'_, T> {}
+
+// SAFETY: a `SharedOut` is a `&'a mut [T]` whose parts go to several threads, which is
+// what sending `&mut` pieces of a slice does (sound for `T: Send`, as for
+// `split_at_mut` + scoped threads). The buffer stays mutably borrowed for `'a`, so it
+// outlives every copy and nothing else reads or writes it meanwhile; `part` checks
+// bounds; the one remaining obligation, that no two live parts overlap, is on each
+// `part` call (it is `unsafe`).
+unsafe impl<T: Send> Send for SharedOut<'_, T> {}
+// SAFETY: as for `Send`: through `&SharedOut` a thread can only take parts (unsafe, with
+// the disjointness promise), never observe another thread's part.
+unsafe impl<T: Send> Sync for SharedOut<'_, T> {}
+
+impl<'a, T> SharedOut<'a, T> {
+    pub(crate) fn new(buf: &'a mut [T]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            buf: PhantomData,
+        }
+    }
+
+    /// Elements `start..start + len`; panics when they do not lie inside the buffer.
+    ///
+    /// # Safety
+    /// No other part taken from this buffer that overlaps this one is alive (in any
+    /// thread) while this one is.
+    #[inline(always)]
+    pub(crate) unsafe fn part(self, start: usize, len: usize) -> &'a mut [T] {
+        assert!(
+            start <= self.len && len <= self.len - start,
+            "SharedOut: part {start}+{len} of {}",
+            self.len
+        );
+        // SAFETY: in bounds (checked), borrowed for 'a (new), not aliased (the caller).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
 }
 
 /// Runs `f(0..n_tasks)` on the global pool.

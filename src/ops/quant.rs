@@ -23,9 +23,9 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 
+use super::pool::{self, SharedOut};
 use super::qdot::panel::{Q4_1Panel, Q8_0Panel};
 use super::qdot::{self, Kernel};
-use super::{pool, q4_1};
 use float::matmul_float;
 use panel::{matmul_panel, use_panels};
 use std::cell::RefCell;
@@ -250,9 +250,9 @@ impl QMatrix {
             QData::Q4_0(w) if packed => matmul::<Q4_0Interleaved>(blocks::view_q4_0(w), k, x, m, y),
             QData::Q4_0(w) => matmul::<Q4_0Dot>(blocks::view_q4_0(w), k, x, m, y),
             QData::Q4_1(w) if use_panels::<Q4_1Panel>(m) => {
-                matmul_panel::<Q4_1Panel>(q4_1::view(w), k, x, m, y)
+                matmul_panel::<Q4_1Panel>(qdot::blocks::view_q4_1(w), k, x, m, y)
             }
-            QData::Q4_1(w) => matmul::<Q4_1Dot>(q4_1::view(w), k, x, m, y),
+            QData::Q4_1(w) => matmul::<Q4_1Dot>(qdot::blocks::view_q4_1(w), k, x, m, y),
             QData::Q5_0(w) => matmul::<Q5_0Dot>(blocks::view_q5_0(w), k, x, m, y),
             QData::Q5_1(w) => matmul::<Q5_1Dot>(blocks::view_q5_1(w), k, x, m, y),
             QData::Q8_0(w) if use_panels::<Q8_0Panel>(m) => {
@@ -339,10 +339,10 @@ fn with_quantized<B: Send + Sync, R>(
         // SAFETY: large enough, u64-aligned, and fully written by `quantize` before use.
         let xq: &mut [B] =
             unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut B, m * kb) };
-        let xq_ptr = SendPtr(xq.as_mut_ptr());
+        let xq_out = SharedOut::new(&mut *xq);
         pool::run(m, |r| {
-            // SAFETY: row r's blocks are written by this task only; r < m.
-            let q = unsafe { std::slice::from_raw_parts_mut(xq_ptr.get().add(r * kb), kb) };
+            // SAFETY: task r alone takes row r's blocks.
+            let q = unsafe { xq_out.part(r * kb, kb) };
             quantize(&x[r * k..(r + 1) * k], q);
         });
         f(xq)
@@ -355,7 +355,7 @@ fn tiled<F>(n: usize, m: usize, y: &mut [f32], dot_tile: F)
 where
     F: Fn(usize, std::ops::Range<usize>, &mut [f32; ROWS_PER_TILE]) + Sync,
 {
-    let y_ptr = SendPtr(y.as_mut_ptr());
+    let y_out = SharedOut::new(y);
     let per_task = cols_per_task(n);
     pool::run(n.div_ceil(per_task), |task| {
         let cols = task * per_task..((task + 1) * per_task).min(n);
@@ -365,8 +365,8 @@ where
             for col in cols.clone() {
                 dot_tile(col, rows.clone(), &mut out);
                 for (r, &v) in rows.clone().zip(out.iter()) {
-                    // SAFETY: (r, col) is written by exactly this task; r < m, col < n.
-                    unsafe { *y_ptr.get().add(r * n + col) = v };
+                    // SAFETY: column `col` (of every row) belongs to this task alone.
+                    unsafe { y_out.part(r * n + col, 1)[0] = v };
                 }
             }
         }
@@ -408,22 +408,6 @@ fn matmul<K: Kernel>(w: &[K::Weight], k: usize, x: &[f32], m: usize, y: &mut [f3
             }
         })
     })
-}
-
-/// A raw pointer that may cross threads; users guarantee disjoint writes.
-pub(crate) struct SendPtr<T>(pub(crate) *mut T);
-impl<T> Clone for SendPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    pub(crate) fn get(self) -> *mut T {
-        self.0
-    }
 }
 
 #[cfg(test)]

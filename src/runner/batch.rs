@@ -1,12 +1,13 @@
 //! Flattens a `SchedulerOutput` into the model's batch: token ids, positions, cache slots,
-//! per-sequence attention descriptors and block tables, and which rows need logits.
-//! Tokens and block tables come from the runner's own `RequestStates`. Buffers are kept
-//! between steps (cleared, not reallocated).
+//! per-sequence attention descriptors and block tables, which rows need logits for
+//! sampling, and which prompt rows need them for prompt logprobs (only for requests that
+//! ask). Tokens and block tables come from the runner's own `RequestStates`. Buffers are
+//! kept between steps (cleared, not reallocated).
 
 use super::requests::RequestStates;
 use crate::model::transformer::ForwardBatch;
 use crate::ops::attention::AttnSeq;
-use crate::request::RequestId;
+use crate::request::{RequestId, TokenId};
 use crate::scheduler::output::SchedulerOutput;
 
 #[derive(Default)]
@@ -23,6 +24,22 @@ pub struct BatchBuilder {
     logit_rows: Vec<usize>,
     /// `[S]` the request each logit row belongs to.
     sample_ids: Vec<RequestId>,
+    /// `[P]` prompt positions whose logits give prompt logprobs, in batch order.
+    prompt_rows: Vec<PromptRow>,
+    /// `[P]` the batch row of each of `prompt_rows`.
+    prompt_row_index: Vec<usize>,
+}
+
+/// A prompt position whose logits score the next prompt token (`prompt_logprobs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PromptRow {
+    pub req_id: RequestId,
+    /// Position of the row; its logits score the prompt token at `pos + 1`.
+    pub pos: usize,
+    /// The prompt token at `pos + 1`.
+    pub target: TokenId,
+    /// Top alternatives wanted.
+    pub k: usize,
 }
 
 impl BatchBuilder {
@@ -58,6 +75,20 @@ impl BatchBuilder {
                 self.logit_rows.push(q_row + sr.num_tokens - 1);
                 self.sample_ids.push(sr.req_id);
             }
+            if let Some(k) = req.prompt_logprobs() {
+                // Positions before the last prompt token; output tokens are not scored.
+                let prompt = req.prompt_token_ids();
+                let scored_end = ctx_len.min(prompt.len().saturating_sub(1));
+                for pos in sr.start_pos..scored_end {
+                    self.prompt_row_index.push(q_row + pos - sr.start_pos);
+                    self.prompt_rows.push(PromptRow {
+                        req_id: sr.req_id,
+                        pos,
+                        target: prompt[pos + 1],
+                        k,
+                    });
+                }
+            }
         }
     }
 
@@ -69,6 +100,8 @@ impl BatchBuilder {
         self.block_tables.clear();
         self.logit_rows.clear();
         self.sample_ids.clear();
+        self.prompt_rows.clear();
+        self.prompt_row_index.clear();
     }
 
     pub fn forward_batch(&self) -> ForwardBatch<'_> {
@@ -80,6 +113,11 @@ impl BatchBuilder {
             block_tables: &self.block_tables,
             logit_rows: &self.logit_rows,
         }
+    }
+
+    /// Prompt rows wanting logits, and the batch row of each.
+    pub fn prompt_rows(&self) -> (&[PromptRow], &[usize]) {
+        (&self.prompt_rows, &self.prompt_row_index)
     }
 
     /// The request of each logits row, in row order.

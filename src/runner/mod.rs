@@ -2,7 +2,10 @@
 //! own copy of the scheduled requests (`requests`), and turns one `SchedulerOutput` into
 //! one forward pass over all scheduled tokens. It reads nothing of the scheduler but that
 //! output (vLLM v1's contract): tokens and block tables arrive in it, whole when a
-//! request is admitted and as deltas while it runs.
+//! request is admitted and as deltas while it runs. Prompt logprobs come from the same
+//! forward: after sampling, `for_each_prompt_row` runs the LM head over the prompt rows
+//! of the requests that asked (a few at a time, in the workspace's logits buffer); steps
+//! without such rows do no extra work.
 
 pub mod batch;
 pub mod requests;
@@ -12,7 +15,7 @@ use crate::model::transformer::Transformer;
 use crate::model::workspace::Workspace;
 use crate::request::RequestId;
 use crate::scheduler::output::SchedulerOutput;
-use batch::BatchBuilder;
+use batch::{BatchBuilder, PromptRow};
 use requests::RequestStates;
 
 pub struct ModelRunner {
@@ -87,6 +90,21 @@ impl ModelRunner {
             ids: self.batch.sample_ids(),
             logits,
             vocab,
+        }
+    }
+
+    /// Calls `each` with every prompt row of the last `execute` that wants logits and
+    /// its logits `[vocab]`, in batch order. Call it after the step's sampling is done:
+    /// it reuses the logits buffer `execute` returned.
+    pub fn for_each_prompt_row(&mut self, mut each: impl FnMut(&PromptRow, &[f32])) {
+        let (rows, index) = self.batch.prompt_rows();
+        let vocab = self.model.cfg.vocab;
+        let per_pass = self.ws.max_logit_rows().max(1);
+        for (rows, index) in rows.chunks(per_pass).zip(index.chunks(per_pass)) {
+            let logits = self.model.head(index, &mut self.ws);
+            for (row, logits) in rows.iter().zip(logits.chunks_exact(vocab)) {
+                each(row, logits);
+            }
         }
     }
 }

@@ -19,12 +19,24 @@ pub struct RequestState {
     prompt_token_ids: Arc<[TokenId]>,
     output_token_ids: Vec<TokenId>,
     block_ids: Vec<BlockId>,
+    /// `Some(k)`: its prompt rows get logits too, for prompt logprobs with the top `k`.
+    prompt_logprobs: Option<usize>,
 }
 
 impl RequestState {
     /// Prompt plus generated tokens held.
     pub fn num_tokens(&self) -> usize {
         self.prompt_token_ids.len() + self.output_token_ids.len()
+    }
+
+    /// The prompt's token ids.
+    pub fn prompt_token_ids(&self) -> &[TokenId] {
+        &self.prompt_token_ids
+    }
+
+    /// `Some(k)` when the request wants prompt logprobs with the top `k`.
+    pub fn prompt_logprobs(&self) -> Option<usize> {
+        self.prompt_logprobs
     }
 
     /// Token at absolute position `pos` (prompt first, then output); `pos < num_tokens()`.
@@ -57,6 +69,7 @@ impl RequestStates {
                 prompt_token_ids: Arc::clone(&new.prompt_token_ids),
                 output_token_ids: new.output_token_ids.clone(),
                 block_ids: new.block_ids.clone(),
+                prompt_logprobs: new.prompt_logprobs,
             };
             let previous = self.by_id.insert(new.req_id, state);
             debug_assert!(previous.is_none(), "request {} admitted twice", new.req_id);
@@ -134,6 +147,7 @@ mod tests {
                 prompt_token_ids: Arc::clone(&prompt),
                 output_token_ids: vec![],
                 block_ids: vec![4],
+                prompt_logprobs: None,
             }],
             total_num_tokens: 3,
             ..SchedulerOutput::default()

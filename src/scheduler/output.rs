@@ -4,7 +4,7 @@
 //! A `SchedulerOutput` is self-contained: with the outputs of all earlier steps it is
 //! everything the runner needs. A request admitted this step (first schedule, or again
 //! after a preemption) comes as `NewRequestData` with its tokens (the prompt shared, not
-//! copied) and its whole block table; a request the runner already holds comes as
+//! copied), its whole block table and whether it wants prompt logprobs; a request the runner already holds comes as
 //! `CachedRequestData` with only what changed since it was last scheduled: the token it
 //! sampled and the blocks added. Preempted and finished requests are named so the runner
 //! drops its copy. Invariant: every request in `scheduled` appears in exactly one of
@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use crate::kvcache::block_pool::BlockId;
-use crate::request::{FinishReason, RequestId, SampledToken, TokenId, TokenLogprobs};
+use crate::request::{
+    FinishReason, PromptLogprob, RequestId, SampledToken, TokenId, TokenLogprobs,
+};
 
 /// One request's share of a step.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +44,9 @@ pub struct NewRequestData {
     pub output_token_ids: Vec<TokenId>,
     /// The request's whole block table.
     pub block_ids: Vec<BlockId>,
+    /// `Some(k)`: the request wants prompt logprobs with the top `k`, so the runner
+    /// computes logits for its prompt rows too (`SamplingParams::prompt_logprobs`).
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// What changed for a request the runner holds since it was last scheduled.
@@ -86,6 +91,10 @@ pub struct RequestOutput {
     pub new_token_ids: Vec<TokenId>,
     /// Logprobs for each of `new_token_ids`, when requested.
     pub logprobs: Option<Vec<TokenLogprobs>>,
+    /// The prompt's log-probabilities (`prompt_logprobs`): `None` from the scheduler; the
+    /// engine, which scores the prompt rows, sets it on the request's first output, one
+    /// entry per prompt token after the first.
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
     pub finish_reason: Option<FinishReason>,
     pub num_prompt_tokens: usize,
     /// Prompt tokens served from the prefix cache.

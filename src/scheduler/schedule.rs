@@ -252,6 +252,7 @@ impl Scheduler {
                     prompt_token_ids: Arc::clone(&req.prompt_token_ids),
                     output_token_ids: req.output_token_ids.clone(),
                     block_ids: self.kv.block_ids(req_id).to_vec(),
+                    prompt_logprobs: req.sampling.prompt_logprobs,
                 });
             }
             out.scheduled.push(ScheduledRequest {

@@ -1,5 +1,6 @@
 //! What every request passes through before and after its handler: the request id
-//! (`X-Request-Id`, accepted or made, always returned and logged), API-key checks, the
+//! (`X-Request-Id`, accepted or made, always returned and logged), the answers to
+//! requests the connection guard refused, the OpenAI body on every error response, the
 //! body size limit, JSON parsing with field paths in errors, the mapping of `ApiError`
 //! into responses (through `error::http_error`, the one mapping), and the HTTP metrics:
 //! count and time to response head by route pattern and status, plus the failures of
@@ -8,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::StatusCode;
@@ -16,6 +17,8 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
+use super::access::AccessChecked;
+use super::conn_guard::refusal_of;
 use super::observe::{is_admitted, GENERATION_ROUTES};
 use super::request::{JsonBody, PathError};
 use super::state::AppState;
@@ -43,36 +46,25 @@ impl ResponseError for ApiError {
         if let Some(seconds) = mapped.retry_after {
             res.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
+        if let ApiError::MethodNotAllowed { allowed, .. } = self {
+            res.insert_header((header::ALLOW, allowed.as_str()));
+        }
         res.json(mapped.body)
     }
 }
 
-/// Routes that need the API key (when keys are configured); `/health`, `/ready`,
-/// `/metrics` and `/version` stay open.
-fn needs_key(path: &str) -> bool {
-    path.starts_with("/v1/") || path == "/tokenize" || path == "/detokenize"
-}
-
-/// Middleware: request id, authentication, access log.
+/// Middleware: request id, the refusals of the connection guard, the response checks of
+/// [`settle`], access log and HTTP metrics.
 pub async fn gate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
     let id = request_id(req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
     let (method, path) = (req.method().to_string(), req.path().to_string());
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let refused = state
-        .as_ref()
-        .filter(|_| needs_key(&path))
-        .and_then(|s| authorize(&s.config.api_keys, req.headers()).err());
-    let mut res = match refused {
-        Some(err) => req
-            .into_response(err.error_response())
-            .map_into_right_body(),
-        None => next.call(req).await?.map_into_left_body(),
-    };
+    let mut res = answer(req, next, &id).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut()
             .insert(header::HeaderName::from_static(REQUEST_ID_HEADER), value);
@@ -90,6 +82,75 @@ pub async fn gate(
         "request"
     );
     Ok(res)
+}
+
+/// The guard's refusal when the request is one, else the app's answer through
+/// [`settle`]. An error out of a middleware below (handlers answer theirs) comes back as
+/// an error whose response is the same OpenAI body (the request is gone with it).
+async fn answer(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    id: &str,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if let Some(err) = refusal_of(req.headers()) {
+        return Ok(req.into_response(err.error_response()));
+    }
+    match next.call(req).await {
+        Ok(res) => Ok(settle(res)),
+        Err(e) => {
+            let mut answer = match e.as_error::<ApiError>() {
+                Some(err) => err.error_response(),
+                None => framework_error(e.as_response_error()),
+            };
+            if let Ok(value) = HeaderValue::from_str(id) {
+                answer
+                    .headers_mut()
+                    .insert(header::HeaderName::from_static(REQUEST_ID_HEADER), value);
+            }
+            tracing::info!(request_id = %id, status = answer.status().as_u16(), "request failed in a middleware: {e}");
+            Err(actix_web::error::InternalError::from_response(e, answer).into())
+        }
+    }
+}
+
+/// The response of a routed request, made safe to send: withheld (500) when the request
+/// reached a handler without passing an access check (a route registered outside
+/// `routes::configure`); an error status without a JSON body (one the framework made:
+/// an extractor or payload error) gets the OpenAI error body.
+fn settle(res: ServiceResponse<impl MessageBody + 'static>) -> ServiceResponse<BoxBody> {
+    if !res.request().extensions().contains::<AccessChecked>() {
+        let route = res.request().match_pattern().unwrap_or_default();
+        tracing::error!(%route, "a route without an access check answered; response withheld");
+        let err = ApiError::Internal(format!("the route `{route}` has no access check"));
+        return res.into_response(err.error_response());
+    }
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return res.map_into_boxed_body();
+    }
+    let answer = match res.response().error() {
+        Some(err) => framework_error(err.as_response_error()),
+        None => ApiError::Http {
+            status: status.as_u16(),
+            message: status.canonical_reason().unwrap_or("error").to_string(),
+        }
+        .error_response(),
+    };
+    res.into_response(answer)
+}
+
+/// The OpenAI-shaped answer to an error the framework made (its status and text).
+fn framework_error(err: &dyn ResponseError) -> HttpResponse {
+    ApiError::Http {
+        status: err.status_code().as_u16(),
+        message: err.to_string(),
+    }
+    .error_response()
 }
 
 /// HTTP metrics of one answered request; a generation request refused before admission
@@ -123,35 +184,6 @@ fn request_id(headers: &HeaderMap) -> String {
         )
 }
 
-/// `Authorization: Bearer <key>` must name one of `keys` (none configured: open).
-fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
-    // Compare every key in full so timing does not reveal how much of a key matched.
-    let matched = keys.iter().fold(false, |acc, key| {
-        acc | constant_time_eq(key.as_bytes(), given.as_bytes())
-    });
-    if matched {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The request's id (set by `gate`).
 pub fn id_of(req: &HttpRequest) -> String {
     req.extensions().get::<RequestId>().map_or_else(
@@ -161,12 +193,23 @@ pub fn id_of(req: &HttpRequest) -> String {
 }
 
 /// Reads the body (at most `limit` bytes, else 413) and parses it as `T`; errors name
-/// the JSON path of the offending field.
+/// the JSON path of the offending field. Parsing runs on the calling thread: handlers
+/// with big bodies read with [`read_body`] and parse on the CPU pool.
 pub async fn read_json<T: JsonBody>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    parse_json(&read_body(req, payload, limit).await?)
+}
+
+/// Reads the body: at most `limit` bytes, else 413 (as soon as the declared or received
+/// size shows it).
+pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
-) -> Result<T, ApiError> {
+) -> Result<web::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -189,10 +232,11 @@ pub async fn read_json<T: JsonBody>(
         }
         body.extend_from_slice(&chunk);
     }
-    parse_json(&body)
+    Ok(body.freeze())
 }
 
-fn parse_json<T: JsonBody>(body: &[u8]) -> Result<T, ApiError> {
+/// Parses a JSON object body as `T`; errors name the JSON path of the offending field.
+pub fn parse_json<T: JsonBody>(body: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest {
             message: format!("the request body is not valid JSON: {e}"),
@@ -252,24 +296,6 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_checked_in_full() {
-        let keys = vec!["sk-one".to_string(), "sk-two".to_string()];
-        let mut headers = HeaderMap::new();
-        assert!(authorize(&keys, &headers).is_err());
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer sk-two"),
-        );
-        assert!(authorize(&keys, &headers).is_ok());
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer sk-tw"),
-        );
-        assert!(authorize(&keys, &headers).is_err());
-        assert!(authorize(&[], &HeaderMap::new()).is_ok());
-    }
-
-    #[test]
     fn request_ids_are_kept_or_made() {
         let mut headers = HeaderMap::new();
         assert_eq!(request_id(&headers).len(), 32);
@@ -283,5 +309,59 @@ mod tests {
             HeaderValue::from_static("has space"),
         );
         assert_ne!(request_id(&headers), "has space");
+    }
+
+    /// A route registered next to the table (not through `routes::configure`) has no
+    /// access check: whatever it answers is withheld. Table routes and unknown paths are
+    /// answered as usual, errors with the OpenAI body, also one a middleware returns.
+    #[test]
+    fn a_route_outside_the_table_never_answers() {
+        use actix_web::middleware::from_fn;
+        use actix_web::test::{
+            call_service, init_service, read_body, try_call_service, TestRequest,
+        };
+        use actix_web::{App, HttpResponse};
+
+        actix_web::rt::System::new().block_on(async {
+            let app = init_service(
+                App::new()
+                    .wrap(from_fn(gate))
+                    .configure(super::super::routes::configure)
+                    .service(
+                        web::resource("/rogue").to(|| async { HttpResponse::Ok().body("secret") }),
+                    )
+                    .service(
+                        web::resource("/failing")
+                            .wrap(from_fn(|_: ServiceRequest, _: Next<BoxBody>| async {
+                                Err::<ServiceResponse, _>(actix_web::error::ErrorForbidden("nope"))
+                            }))
+                            .to(HttpResponse::Ok),
+                    )
+                    .default_service(web::to(super::super::routes::not_found)),
+            )
+            .await;
+            let call = |path: &'static str| TestRequest::get().uri(path).to_request();
+            let rogue = call_service(&app, call("/rogue")).await;
+            assert_eq!(rogue.status(), 500);
+            let body = read_body(rogue).await;
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(body["error"]["code"], "internal_error");
+            assert!(!body.to_string().contains("secret"));
+            assert_eq!(call_service(&app, call("/version")).await.status(), 200);
+            let unknown = call_service(&app, call("/nowhere")).await;
+            assert_eq!(unknown.status(), 404);
+            // actix answers a service error with its `error_response()`.
+            let failing = try_call_service(&app, call("/failing"))
+                .await
+                .expect_err("the middleware fails")
+                .error_response();
+            assert_eq!(failing.status(), 403);
+            assert!(failing.headers().contains_key(REQUEST_ID_HEADER));
+            let body = actix_web::body::to_bytes(failing.into_body())
+                .await
+                .expect("body");
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(body["error"]["message"], "nope");
+        });
     }
 }

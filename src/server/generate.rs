@@ -16,14 +16,16 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::content_filter::{annotate_response, ChoiceGuard};
 use super::observe::RequestRecord;
-use super::response::{ChoiceOutput, ResponseMeta};
+use super::response::{ChoiceOutput, LogprobShape, ResponseMeta};
 use super::state::{AppState, Permit};
 use super::validate::ValidRequest;
 use crate::engine::handle::EngineHandle;
 use crate::engine::stream::{RequestStream, TokenEvent, Usage};
 use crate::error::ApiError;
 use crate::request::{FinishReason, SamplingParams, TokenId};
+use crate::safety::Screen;
 
 /// Where a choice is: waiting for its prompt's blocks, or running.
 enum ChoiceState {
@@ -39,6 +41,8 @@ enum ChoiceState {
 
 /// One choice being generated.
 pub struct ChoiceStream {
+    /// The moderation guard of its output (only with a policy that has output rules).
+    guard: Option<ChoiceGuard>,
     /// Index in `choices` (`prompt * n + choice`).
     pub index: usize,
     state: ChoiceState,
@@ -88,7 +92,10 @@ impl ChoiceStream {
         if let Some(announce) = self.announce.take() {
             let _ = announce.send(true);
         }
-        event.map(|e| e.map_err(ApiError::from))
+        match (event, &mut self.guard) {
+            (Some(Ok(ev)), Some(guard)) => Some(Ok(guard.apply(ev, || stream.cut()))),
+            (event, _) => event.map(|e| e.map_err(ApiError::from)),
+        }
     }
 }
 
@@ -100,15 +107,20 @@ pub struct Generation {
     pub choices: Vec<ChoiceStream>,
     /// Echoed prompt text per prompt (completions with `echo`).
     pub echo: Vec<Option<String>>,
+    /// Token ids per prompt (for responses with prompt logprobs; else empty).
+    pub prompt_ids: Vec<Vec<TokenId>>,
     pub n: usize,
-    pub logprobs: bool,
+    pub logprobs: LogprobShape,
     pub permit: Permit,
     /// Settled when the last of this and the choices' clones drops.
     pub record: Arc<RequestRecord>,
+    /// The request's moderation (policy snapshot and hits), when a policy is loaded.
+    pub screen: Option<Arc<Screen>>,
 }
 
 /// Submits choice 0 of every prompt of `valid` and queues the other choices behind it;
 /// on any refusal the ones already submitted are aborted (dropped) and the error returned.
+/// With a `screen`, every choice's output goes through its moderation guard.
 pub fn submit(
     engine: &EngineHandle,
     state: Arc<AppState>,
@@ -116,12 +128,16 @@ pub fn submit(
     meta: ResponseMeta,
     permit: Permit,
     request_id: String,
+    screen: Option<Arc<Screen>>,
 ) -> Result<Generation, ApiError> {
     let mut choices = Vec::with_capacity(valid.prompts.len() * valid.n);
     for (p, prompt) in valid.prompts.iter().enumerate() {
         let first = engine.submit(prompt.token_ids.clone(), valid.sampling_for(p, 0))?;
         let (announce, ready) = watch::channel(false);
         choices.push(ChoiceStream {
+            guard: screen
+                .as_ref()
+                .and_then(|s| ChoiceGuard::new(s, p * valid.n)),
             index: p * valid.n,
             state: ChoiceState::Running(first),
             announce: (valid.n > 1).then_some(announce),
@@ -129,6 +145,9 @@ pub fn submit(
         });
         for c in 1..valid.n {
             choices.push(ChoiceStream {
+                guard: screen
+                    .as_ref()
+                    .and_then(|s| ChoiceGuard::new(s, p * valid.n + c)),
                 index: p * valid.n + c,
                 state: ChoiceState::Waiting {
                     prompt_blocks_ready: ready.clone(),
@@ -164,16 +183,31 @@ pub fn submit(
     for choice in &mut choices {
         choice.record = Some(record.clone());
     }
+    let logprobs = LogprobShape {
+        sampled: valid.logprobs,
+        echo: valid
+            .echo_logprobs
+            .then(|| valid.sampling.logprobs.unwrap_or(0)),
+        prompt: valid.prompt_logprobs,
+    };
+    let keep_ids = logprobs.echo.is_some() || logprobs.prompt.is_some();
+    let (echo, prompt_ids) = valid
+        .prompts
+        .into_iter()
+        .map(|p| (p.echo, if keep_ids { p.token_ids } else { Vec::new() }))
+        .unzip();
     Ok(Generation {
         meta,
         engine: engine.clone(),
         state,
         choices,
-        echo: valid.prompts.into_iter().map(|p| p.echo).collect(),
+        echo,
+        prompt_ids,
         n: valid.n,
-        logprobs: valid.logprobs,
+        logprobs,
         permit,
         record,
+        screen,
     })
 }
 
@@ -191,28 +225,37 @@ impl Generation {
     /// future (the client left) drops the streams, which aborts their sequences.
     pub async fn collect(mut self) -> Result<serde_json::Value, ApiError> {
         let n = self.n.max(1);
-        let echo = &self.echo;
+        let (echo, prompt_ids) = (&self.echo, &self.prompt_ids);
         let results = futures_util::future::try_join_all(self.choices.iter_mut().map(|choice| {
-            let echo = echo[choice.index / n].as_deref().unwrap_or("");
-            collect_choice(choice, echo)
+            let prompt = choice.index / n;
+            let echo = echo[prompt].as_deref().unwrap_or("");
+            let ids = prompt_ids.get(prompt).map_or(&[][..], Vec::as_slice);
+            collect_choice(choice, echo, ids)
         }))
         .await?;
         let (outputs, usages): (Vec<ChoiceOutput>, Vec<Usage>) = results.into_iter().unzip();
         let usage = Usage::total(&usages, self.n);
         let tokenizer = &self.engine.model().tokenizer;
-        Ok(self.meta.full(&outputs, &usage, tokenizer, self.logprobs))
+        let mut response = self.meta.full(&outputs, &usage, tokenizer, self.logprobs);
+        if let Some(screen) = &self.screen {
+            annotate_response(&mut response, screen);
+        }
+        Ok(response)
     }
 }
 
-/// Drains one choice into its output and final usage.
+/// Drains one choice into its output and final usage (`prompt_ids`: its prompt's ids
+/// when the response carries prompt logprobs, else empty).
 async fn collect_choice(
     choice: &mut ChoiceStream,
     echo: &str,
+    prompt_ids: &[TokenId],
 ) -> Result<(ChoiceOutput, Usage), ApiError> {
     let mut out = ChoiceOutput {
         index: choice.index,
         text: echo.to_string(),
         echo_len: echo.len(),
+        prompt_ids: prompt_ids.to_vec(),
         ..ChoiceOutput::default()
     };
     let mut usage = Usage::default();
@@ -221,6 +264,9 @@ async fn collect_choice(
         out.text.push_str(&event.text);
         out.token_ids.extend_from_slice(&event.token_ids);
         out.logprobs.extend(event.logprobs.unwrap_or_default());
+        if let Some(prompt_logprobs) = event.prompt_logprobs {
+            out.prompt_logprobs = prompt_logprobs;
+        }
         usage = event.usage;
         if let Some(reason) = event.finish_reason {
             out.finish_reason = Some(check_finish(reason)?);

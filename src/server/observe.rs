@@ -30,7 +30,8 @@ pub const REQUEST_LOG_TARGET: &str = "tessera::request";
 pub const STATUS_CLIENT_CLOSED: u16 = 499;
 
 /// Routes whose requests are generation requests (counted in the failure metric).
-pub const GENERATION_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions"];
+pub const GENERATION_ROUTES: &[&str] =
+    &["/v1/chat/completions", "/v1/completions", "/v1/responses"];
 
 /// Request extension: the request was admitted and has a `RequestRecord`.
 #[derive(Debug, Clone, Copy)]
@@ -131,10 +132,12 @@ impl RequestRecord {
 
     /// Counts the outcome and writes the log line.
     fn settle(&self, progress: &Progress) {
-        let all_done = progress
-            .choices
-            .iter()
-            .all(|c| matches!(c.finish, Some(FinishReason::Stop | FinishReason::Length)));
+        let all_done = progress.choices.iter().all(|c| {
+            matches!(
+                c.finish,
+                Some(FinishReason::Stop | FinishReason::Length | FinishReason::ContentFilter)
+            )
+        });
         let status = match progress.error {
             Some(status) => status,
             None if all_done => 200,

@@ -4,13 +4,16 @@
 //!
 //! Invariants: every choice and chunk carries `index`, `logprobs` and `finish_reason`
 //! (null until the end); a streamed chat choice's first delta carries `role`; chunks
-//! carry `"usage": null` exactly when the client asked for `include_usage`.
+//! carry `"usage": null` exactly when the client asked for `include_usage`. Prompt
+//! logprobs come in OpenAI's legacy `echo` shape (the prompt's tokens lead the
+//! completion's `logprobs` lists, the first with `null`) and in vLLM's `prompt_logprobs`
+//! shape (`[null, {"<id>": {logprob, rank, decoded_token}}, …]`).
 
 use serde_json::{json, Map, Value};
 
 use crate::engine::stream::Usage;
 use crate::model::tokenizer::Tokenizer;
-use crate::request::{FinishReason, TokenId, TokenLogprobs};
+use crate::request::{FinishReason, PromptLogprob, TokenId, TokenLogprobs};
 
 /// Identifies this build in `system_fingerprint`.
 pub const SYSTEM_FINGERPRINT: &str = concat!("tessera-", env!("CARGO_PKG_VERSION"));
@@ -35,6 +38,18 @@ pub struct ResponseMeta {
     pub include_usage: bool,
 }
 
+/// Which log-probabilities a response carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogprobShape {
+    /// The sampled tokens' logprobs (`logprobs` / `top_logprobs`).
+    pub sampled: bool,
+    /// Completions `echo` with `logprobs: k`: the echoed prompt leads the `logprobs`
+    /// lists, with `k` alternatives per prompt token.
+    pub echo: Option<usize>,
+    /// vLLM `prompt_logprobs: k`: on each choice (completions) or on the response (chat).
+    pub prompt: Option<usize>,
+}
+
 /// One finished choice of a non-streamed response.
 #[derive(Debug, Clone, Default)]
 pub struct ChoiceOutput {
@@ -46,6 +61,10 @@ pub struct ChoiceOutput {
     /// Length of the echoed prompt in `text` (the offset of the first token's text).
     pub echo_len: usize,
     pub finish_reason: Option<FinishReason>,
+    /// The prompt's tokens and their logprobs (entry `i` scores token `i + 1`), when the
+    /// response carries prompt logprobs.
+    pub prompt_ids: Vec<TokenId>,
+    pub prompt_logprobs: Vec<PromptLogprob>,
 }
 
 impl ResponseMeta {
@@ -74,13 +93,20 @@ impl ResponseMeta {
         choices: &[ChoiceOutput],
         usage: &Usage,
         tok: &Tokenizer,
-        logprobs: bool,
+        shape: LogprobShape,
     ) -> Value {
-        let choices = choices
+        let rendered = choices
             .iter()
             .map(|c| {
-                let lp = logprobs
+                let mut lp = shape
+                    .sampled
                     .then(|| self.logprobs_json(&c.token_ids, &c.logprobs, c.echo_len, tok));
+                if let (Some(k), Some(sampled)) = (shape.echo, lp.as_mut()) {
+                    let prompt = prompt_entries(&c.prompt_ids, &c.prompt_logprobs, k);
+                    let mut echoed = completion_logprobs(prompt, 0, tok);
+                    append_lists(&mut echoed, sampled);
+                    *sampled = echoed;
+                }
                 let mut choice = json!({
                     "index": c.index,
                     "logprobs": lp,
@@ -92,12 +118,36 @@ impl ResponseMeta {
                     }
                     Endpoint::Completion => choice["text"] = json!(c.text),
                 }
+                if let (Some(k), Endpoint::Completion) = (shape.prompt, self.endpoint) {
+                    choice["prompt_logprobs"] =
+                        vllm_prompt_logprobs(&c.prompt_ids, &c.prompt_logprobs, k, tok);
+                }
                 choice
             })
             .collect();
-        let mut m = self.envelope(false, choices);
+        let mut m = self.envelope(false, rendered);
+        if let (Some(k), Endpoint::Chat, Some(c)) = (shape.prompt, self.endpoint, choices.first()) {
+            let lp = vllm_prompt_logprobs(&c.prompt_ids, &c.prompt_logprobs, k, tok);
+            m.insert("prompt_logprobs".into(), lp);
+        }
         m.insert("usage".into(), usage_json(usage));
         Value::Object(m)
+    }
+
+    /// The echoed prompt of a streamed completion choice with its logprobs (`echo` with
+    /// `logprobs: k`), sent when the choice's first event brings them.
+    pub fn echo_chunk(
+        &self,
+        index: usize,
+        text: &str,
+        prompt_ids: &[TokenId],
+        prompt_logprobs: &[PromptLogprob],
+        k: usize,
+        tok: &Tokenizer,
+    ) -> String {
+        let entries = prompt_entries(prompt_ids, prompt_logprobs, k);
+        let lp = completion_logprobs(entries, 0, tok);
+        self.completion_choice(index, text, lp, None)
     }
 
     /// One SSE `data:` event holding one choice update.
@@ -148,12 +198,39 @@ impl ResponseMeta {
 
     /// The one chunk of a choice that carries its `finish_reason`.
     pub fn finish_chunk(&self, index: usize, reason: FinishReason) -> String {
-        match self.endpoint {
-            Endpoint::Chat => self.chunk(json!({
+        self.finish_chunk_with(index, reason, Map::new())
+    }
+
+    /// `finish_chunk` with `extra` fields on the choice (`content_filter_results`).
+    pub fn finish_chunk_with(
+        &self,
+        index: usize,
+        reason: FinishReason,
+        extra: Map<String, Value>,
+    ) -> String {
+        let mut choice = match self.endpoint {
+            Endpoint::Chat => json!({
                 "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str(),
-            })),
-            Endpoint::Completion => self.completion_choice(index, "", Value::Null, Some(reason)),
+            }),
+            Endpoint::Completion => json!({
+                "index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str(),
+            }),
+        };
+        if let Value::Object(fields) = &mut choice {
+            fields.extend(extra);
         }
+        self.chunk(choice)
+    }
+
+    /// A `choices: []` chunk carrying `fields` at the top level (Azure OpenAI's first
+    /// chunk with `prompt_filter_results`).
+    pub fn annotation_chunk(&self, fields: Map<String, Value>) -> String {
+        let mut m = self.envelope(true, Vec::new());
+        if self.include_usage {
+            m.insert("usage".into(), Value::Null);
+        }
+        m.extend(fields);
+        sse_data(&Value::Object(m))
     }
 
     fn completion_choice(
@@ -185,7 +262,7 @@ impl ResponseMeta {
     ) -> Value {
         match self.endpoint {
             Endpoint::Chat => chat_logprobs(ids, lps, tok),
-            Endpoint::Completion => completion_logprobs(ids, lps, offset, tok),
+            Endpoint::Completion => completion_logprobs(sampled_entries(ids, lps), offset, tok),
         }
     }
 }
@@ -241,34 +318,99 @@ fn chat_logprobs(ids: &[TokenId], lps: &[TokenLogprobs], tok: &Tokenizer) -> Val
     json!({ "content": content })
 }
 
-/// Completions shape: parallel `tokens`, `token_logprobs`, `top_logprobs`, `text_offset`.
-fn completion_logprobs(
-    ids: &[TokenId],
-    lps: &[TokenLogprobs],
+/// One position of a completions `logprobs` object: the token and, unless it is the
+/// prompt's first token, its logprob and alternatives.
+type Scored<'a> = (TokenId, Option<(f32, &'a [(TokenId, f32)])>);
+
+fn sampled_entries<'a>(
+    ids: &'a [TokenId],
+    lps: &'a [TokenLogprobs],
+) -> impl Iterator<Item = Scored<'a>> {
+    ids.iter()
+        .zip(lps)
+        .map(|(&id, lp)| (id, Some((lp.logprob, lp.top.as_slice()))))
+}
+
+/// The prompt's positions: the first unscored, the others with up to `k` alternatives.
+fn prompt_entries<'a>(
+    ids: &'a [TokenId],
+    lps: &'a [PromptLogprob],
+    k: usize,
+) -> impl Iterator<Item = Scored<'a>> {
+    ids.iter().enumerate().map(move |(i, &id)| {
+        let scored = i.checked_sub(1).and_then(|j| lps.get(j));
+        (
+            id,
+            scored.map(|p| (p.logprob, &p.top[..k.min(p.top.len())])),
+        )
+    })
+}
+
+/// Completions shape: parallel `tokens`, `token_logprobs`, `top_logprobs`, `text_offset`
+/// (`null` logprob and alternatives for an unscored position); offsets start at `offset`.
+fn completion_logprobs<'a>(
+    entries: impl Iterator<Item = Scored<'a>>,
     offset: usize,
     tok: &Tokenizer,
 ) -> Value {
-    let mut tokens = Vec::with_capacity(ids.len());
-    let mut token_logprobs = Vec::with_capacity(ids.len());
-    let mut top = Vec::with_capacity(ids.len());
-    let mut offsets = Vec::with_capacity(ids.len());
+    let (mut tokens, mut token_logprobs, mut top, mut offsets) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut at = offset;
-    for (&id, lp) in ids.iter().zip(lps) {
+    for (id, scored) in entries {
         let text = token_text(tok, id);
         offsets.push(at);
         at += text.len();
-        let mut alternatives = Map::new();
-        for &(t, l) in &lp.top {
-            alternatives.insert(token_text(tok, t), json!(finite(l)));
+        match scored {
+            None => {
+                token_logprobs.push(Value::Null);
+                top.push(Value::Null);
+            }
+            Some((logprob, alternatives)) => {
+                let mut listed = Map::new();
+                for &(t, l) in alternatives {
+                    listed.insert(token_text(tok, t), json!(finite(l)));
+                }
+                listed.entry(text.clone()).or_insert(json!(finite(logprob)));
+                token_logprobs.push(json!(finite(logprob)));
+                top.push(Value::Object(listed));
+            }
         }
-        alternatives
-            .entry(text.clone())
-            .or_insert(json!(finite(lp.logprob)));
         tokens.push(text);
-        token_logprobs.push(finite(lp.logprob));
-        top.push(Value::Object(alternatives));
     }
     json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+}
+
+/// Appends the four lists of completions logprobs `tail` to those of `head`.
+fn append_lists(head: &mut Value, tail: &Value) {
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        if let (Some(h), Some(t)) = (head[key].as_array_mut(), tail[key].as_array()) {
+            h.extend(t.iter().cloned());
+        }
+    }
+}
+
+/// vLLM's `prompt_logprobs`: `null` for the first token, then per token an object keyed
+/// by token id (the prompt token, then up to `k` alternatives) of
+/// `{logprob, rank, decoded_token}`.
+fn vllm_prompt_logprobs(
+    ids: &[TokenId],
+    lps: &[PromptLogprob],
+    k: usize,
+    tok: &Tokenizer,
+) -> Value {
+    let entry = |id: TokenId, logprob: f32, rank: usize| json!({"logprob": finite(logprob), "rank": rank, "decoded_token": token_text(tok, id)});
+    let mut out = vec![Value::Null];
+    for (&id, lp) in ids.iter().skip(1).zip(lps) {
+        let mut listed = Map::new();
+        listed.insert(id.to_string(), entry(id, lp.logprob, lp.rank));
+        for (j, &(t, l)) in lp.top.iter().take(k).enumerate() {
+            listed
+                .entry(t.to_string())
+                .or_insert_with(|| entry(t, l, j + 1));
+        }
+        out.push(Value::Object(listed));
+    }
+    Value::Array(out)
 }
 
 #[cfg(test)]

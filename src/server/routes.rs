@@ -1,12 +1,20 @@
-//! The route table and the handlers. Handlers are thin: parse (`gate::read_json`),
-//! validate into a `Valid*` type, submit, stream or collect.
+//! The route table and the handlers. Handlers are thin: read the body
+//! (`gate::read_body`), then parse and validate it into a `Valid*` type on the CPU pool
+//! (`cpu`: never on the async workers), submit, stream or collect.
+
+use std::sync::Arc;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, Route};
 use serde_json::json;
 
-use super::gate::{id_of, read_json};
+use super::access::{check_access, Access, AccessChecked};
+use super::content_filter::{screen_chat, screen_completion};
+use super::cpu::PromptLimit;
+use super::gate::{id_of, parse_json, read_body};
 use super::generate::submit;
+use super::moderations;
 use super::observe::mark_admitted;
 use super::request::{
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
@@ -15,10 +23,14 @@ use super::response::{Endpoint, ResponseMeta};
 use super::sse::sse_body;
 use super::state::{unix_now, AppState};
 use super::validate::{check_model, validate_chat, validate_completion, ValidRequest};
+use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::model::chat_template::encode_chat;
+use crate::safety::Screen;
 
-/// Every route the server answers (`openapi.yaml` describes exactly these).
+/// Every route the server answers (`openapi.yaml` describes exactly these). Register a
+/// new route here and in `handler`: `configure` puts it behind the API key unless its
+/// path is in `OPEN_ROUTES`.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
@@ -30,63 +42,178 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/ready"),
     ("GET", "/version"),
     ("GET", "/metrics"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{id}"),
+    ("DELETE", "/v1/responses/{id}"),
+    ("GET", "/v1/responses/{id}/input_items"),
+    ("POST", "/v1/conversations"),
+    ("GET", "/v1/conversations/{id}"),
+    ("POST", "/v1/conversations/{id}"),
+    ("DELETE", "/v1/conversations/{id}"),
+    ("GET", "/v1/conversations/{id}/items"),
+    ("POST", "/v1/conversations/{id}/items"),
+    ("GET", "/v1/conversations/{id}/items/{item_id}"),
+    ("DELETE", "/v1/conversations/{id}/items/{item_id}"),
+    ("POST", "/v1/moderations"),
+    ("POST", "/admin/v1/moderation/reload"),
 ];
+
+/// The routes anyone may call when API keys are configured; every other route needs one.
+pub const OPEN_ROUTES: &[&str] = &["/health", "/ready", "/metrics", "/version"];
+
+/// The routes only an admin key (`--admin-api-key`) opens; ordinary API keys never do.
+pub const ADMIN_ROUTES: &[&str] = &["/admin/v1/moderation/reload"];
 
 type Data = web::Data<AppState>;
 type Reply = Result<HttpResponse, ApiError>;
 
-/// Registers `ROUTES`; a known path with another method answers 405.
+/// Registers `ROUTES`, one resource per path, each behind its access check (see
+/// `access`); a known path with another method answers 405 with `Allow`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    for &(method, path) in ROUTES {
-        let route = match method {
-            "POST" => web::post(),
-            _ => web::get(),
+    let mut paths: Vec<&'static str> = Vec::new();
+    for &(_, path) in ROUTES {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    for path in paths {
+        let methods: Vec<&'static str> = ROUTES
+            .iter()
+            .filter(|&&(_, p)| p == path)
+            .map(|&(m, _)| m)
+            .collect();
+        let allowed = methods.join(", ");
+        let access = if OPEN_ROUTES.contains(&path) {
+            Access::Open
+        } else if ADMIN_ROUTES.contains(&path) {
+            Access::Admin
+        } else {
+            Access::Key
         };
-        let route = match path {
-            "/v1/chat/completions" => route.to(chat_completions),
-            "/v1/completions" => route.to(completions),
-            "/v1/models" => route.to(list_models),
-            "/v1/models/{model}" => route.to(get_model),
-            "/tokenize" => route.to(tokenize),
-            "/detokenize" => route.to(detokenize),
-            "/health" => route.to(health),
-            "/ready" => route.to(ready),
-            "/version" => route.to(version),
-            _ => route.to(metrics),
-        };
-        cfg.service(web::resource(path).route(route).default_service(web::to(
-            move |req: HttpRequest| async move {
-                Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
-                    method: req.method().to_string(),
-                    path: req.path().to_string(),
-                    allowed: method,
-                })
-            },
-        )));
+        let resource = methods
+            .iter()
+            .fold(web::resource(path), |r, &m| r.route(handler(m, path)))
+            .default_service(web::to(move |req: HttpRequest| {
+                let allowed = allowed.clone();
+                async move {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+                        method: req.method().to_string(),
+                        path: req.path().to_string(),
+                        allowed,
+                    })
+                }
+            }))
+            .wrap(from_fn(move |req, next| check_access(access, req, next)));
+        cfg.service(resource);
     }
 }
 
-/// Any path not in `ROUTES`.
+/// The handler of one entry of `ROUTES`.
+fn handler(method: &str, path: &str) -> Route {
+    use super::{conversations as conv, responses as resp};
+    let route = match method {
+        "POST" => web::post(),
+        "DELETE" => web::delete(),
+        _ => web::get(),
+    };
+    match (method, path) {
+        (_, "/v1/chat/completions") => route.to(chat_completions),
+        (_, "/v1/completions") => route.to(completions),
+        (_, "/v1/models") => route.to(list_models),
+        (_, "/v1/models/{model}") => route.to(get_model),
+        (_, "/tokenize") => route.to(tokenize),
+        (_, "/detokenize") => route.to(detokenize),
+        (_, "/health") => route.to(health),
+        (_, "/ready") => route.to(ready),
+        (_, "/version") => route.to(version),
+        (_, "/metrics") => route.to(metrics),
+        (_, "/v1/moderations") => route.to(moderations::moderations),
+        (_, "/admin/v1/moderation/reload") => route.to(moderations::reload),
+        ("POST", "/v1/responses") => route.to(resp::create),
+        ("GET", "/v1/responses/{id}") => route.to(resp::retrieve),
+        ("DELETE", "/v1/responses/{id}") => route.to(resp::delete),
+        (_, "/v1/responses/{id}/input_items") => route.to(resp::input_items),
+        ("POST", "/v1/conversations") => route.to(conv::create),
+        ("GET", "/v1/conversations/{id}") => route.to(conv::retrieve),
+        ("POST", "/v1/conversations/{id}") => route.to(conv::update),
+        ("DELETE", "/v1/conversations/{id}") => route.to(conv::delete),
+        ("GET", "/v1/conversations/{id}/items") => route.to(conv::list_items),
+        ("POST", "/v1/conversations/{id}/items") => route.to(conv::add_items),
+        ("GET", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::get_item),
+        ("DELETE", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::delete_item),
+        _ => route.to(|| async {
+            Err::<HttpResponse, _>(ApiError::Internal("this route has no handler".into()))
+        }),
+    }
+}
+
+/// Any path not in `ROUTES` (open: it serves nothing but this error).
 pub async fn not_found(req: HttpRequest) -> Reply {
+    req.extensions_mut().insert(AccessChecked);
     Err(ApiError::RouteNotFound {
         method: req.method().to_string(),
         path: req.path().to_string(),
     })
 }
 
+/// What a request's CPU job gets: its body and what validating it needs.
+struct JobInput {
+    body: web::Bytes,
+    engine: EngineHandle,
+    served: Vec<String>,
+    limit: Option<PromptLimit>,
+}
+
+/// Reads the body here (async), then runs `job` on it on the CPU pool (503 while the
+/// model loads or the server drains).
+async fn on_cpu<T: Send + 'static>(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    job: impl FnOnce(JobInput) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let body = read_body(req, payload, state.config.max_request_bytes).await?;
+    let input = JobInput {
+        body,
+        engine: state.engine()?.clone(),
+        served: state.served_names().to_vec(),
+        limit: state.prompt_limit(),
+    };
+    state.cpu.run(move || job(input)).await
+}
+
 async fn chat_completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let parsed: ChatCompletionRequest =
-        read_json(&req, body, state.config.max_request_bytes).await?;
-    let engine = state.engine()?;
-    let valid = validate_chat(parsed, engine, state.served_names())?;
-    generate(state, &req, valid, Endpoint::Chat).await
+    let screen = state.moderation.screen(|| id_of(&req));
+    let job_screen = screen.clone();
+    let valid = on_cpu(&state, &req, body, move |job| {
+        let mut parsed: ChatCompletionRequest = parse_json(&job.body)?;
+        check_model(parsed.model.as_deref(), &job.served)?;
+        job.limit
+            .map_or(Ok(()), |l| l.check_messages(parsed.messages.as_deref()))?;
+        if let Some(screen) = &job_screen {
+            screen_chat(screen, &mut parsed)?;
+        }
+        validate_chat(parsed, &job.engine, &job.served)
+    })
+    .await?;
+    generate(state, &req, valid, Endpoint::Chat, screen).await
 }
 
 async fn completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let parsed: CompletionRequest = read_json(&req, body, state.config.max_request_bytes).await?;
-    let engine = state.engine()?;
-    let valid = validate_completion(parsed, engine, state.served_names())?;
-    generate(state, &req, valid, Endpoint::Completion).await
+    let screen = state.moderation.screen(|| id_of(&req));
+    let job_screen = screen.clone();
+    let valid = on_cpu(&state, &req, body, move |job| {
+        let mut parsed: CompletionRequest = parse_json(&job.body)?;
+        check_model(parsed.model.as_deref(), &job.served)?;
+        job.limit
+            .map_or(Ok(()), |l| l.check_prompt(parsed.prompt.as_ref()))?;
+        if let Some(screen) = &job_screen {
+            screen_completion(screen, &mut parsed, &job.engine.model().tokenizer)?;
+        }
+        validate_completion(parsed, &job.engine, &job.served)
+    })
+    .await?;
+    generate(state, &req, valid, Endpoint::Completion, screen).await
 }
 
 /// Admits, submits, then streams (SSE) or collects the whole response.
@@ -95,6 +222,7 @@ async fn generate(
     req: &HttpRequest,
     valid: ValidRequest,
     endpoint: Endpoint,
+    screen: Option<Arc<Screen>>,
 ) -> Reply {
     let engine = state.engine()?.clone();
     let permit = state.admit(valid.prompts.len() * valid.n)?;
@@ -118,6 +246,7 @@ async fn generate(
         meta,
         permit,
         request_id,
+        screen,
     )?;
     mark_admitted(req);
     if stream {
@@ -158,10 +287,24 @@ async fn get_model(state: Data, name: web::Path<String>) -> Reply {
 }
 
 async fn tokenize(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let parsed: TokenizeRequest = read_json(&req, body, state.config.max_request_bytes).await?;
-    let engine = state.engine()?;
+    let json = on_cpu(&state, &req, body, |job| {
+        tokenize_body(&job.body, &job.engine, &job.served)
+    })
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(json))
+}
+
+/// `/tokenize` from its body to its JSON answer (on the CPU pool).
+fn tokenize_body(
+    body: &[u8],
+    engine: &EngineHandle,
+    served: &[String],
+) -> Result<Vec<u8>, ApiError> {
+    let parsed: TokenizeRequest = parse_json(body)?;
     if let Some(model) = parsed.model.as_deref() {
-        check_model(Some(model), state.served_names())?;
+        check_model(Some(model), served)?;
     }
     let assets = engine.model();
     let tokens = match (parsed.prompt, parsed.messages) {
@@ -193,29 +336,35 @@ async fn tokenize(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
             .map(|&t| assets.tokenizer.id_to_token(t).unwrap_or_default())
             .collect::<Vec<_>>()
     });
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(json!({
         "count": tokens.len(),
         "max_model_len": engine.info().max_model_len,
         "tokens": tokens,
         "token_strs": token_strs,
-    })))
+    })
+    .to_string()
+    .into_bytes())
 }
 
 async fn detokenize(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let parsed: DetokenizeRequest = read_json(&req, body, state.config.max_request_bytes).await?;
-    let engine = state.engine()?;
-    if let Some(model) = parsed.model.as_deref() {
-        check_model(Some(model), state.served_names())?;
-    }
-    let tokens = parsed.tokens.ok_or_else(|| ApiError::InvalidRequest {
-        message: "`tokens` is required".into(),
-        param: Some("tokens".into()),
-    })?;
-    let prompt = engine.model().tokenizer.decode(&tokens, false)?;
-    Ok(HttpResponse::Ok().json(json!({ "prompt": prompt })))
+    let json = on_cpu(&state, &req, body, |job| {
+        let parsed: DetokenizeRequest = parse_json(&job.body)?;
+        if let Some(model) = parsed.model.as_deref() {
+            check_model(Some(model), &job.served)?;
+        }
+        let tokens = parsed.tokens.ok_or_else(|| ApiError::InvalidRequest {
+            message: "`tokens` is required".into(),
+            param: Some("tokens".into()),
+        })?;
+        let prompt = job.engine.model().tokenizer.decode(&tokens, false)?;
+        Ok(json!({ "prompt": prompt }).to_string().into_bytes())
+    })
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(json))
 }
 
-/// Liveness: the process answers.
 /// Liveness: 503 once the engine thread has stopped on a failure (restart the process).
 async fn health(state: Data) -> HttpResponse {
     if state.engine_failed() {

@@ -1,50 +1,87 @@
 //! The server's life: bind, answer `/health` (and 503 elsewhere) while the model loads
 //! on its own thread, become ready, and on SIGTERM/SIGINT drain — `/ready` and new
 //! requests answer 503, in-flight requests finish (up to `--shutdown-timeout`, then they
-//! are aborted with an error event), the engine stops, and the process exits 0.
+//! are aborted with an error event), the engine stops, and the process exits 0. The
+//! deadline is hard: whatever is still running a few seconds after the shutdown timeout,
+//! the process exits (1) then (`arm_exit_deadline`). SIGHUP reloads the moderation policy.
 
 use std::error::Error;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::{AppConfig, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpServer};
+use actix_web::rt::net::TcpStream;
+use actix_web::{web, App};
+use futures_util::future::ready;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
+use super::conn_guard::GuardedStream;
 use super::gate::gate;
+use super::moderations::{load_moderation, reload_on_hangup};
 use super::routes::{configure, not_found};
 use super::state::{AppState, ServerConfig};
 use crate::config::EngineConfig;
+use crate::dialog::Dialog;
 use crate::engine::handle::EngineHandle;
 use crate::engine::launch::launch;
 
 /// How long the server waits for aborted streams to send their last event.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// Time after the shutdown timeout and `ABORT_GRACE` for stopping the HTTP server and
+/// the engine before the process exits regardless.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
 
+/// The HTTP server over `listener`: actix-http's HTTP/1 service behind the connection
+/// guard (see `conn_guard`), set up as actix-web's `HttpServer` would be (keep-alive 5 s,
+/// disconnect timeout 1 s, graceful stop, one app per worker) except that the guard,
+/// not actix, times request heads, and a client that closes its side is gone (its
+/// handler is dropped, so its sequences abort).
 fn build_server(
     state: web::Data<AppState>,
     listener: TcpListener,
     workers: Option<usize>,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let server = HttpServer::new(move || {
-        App::new()
+    let addr = listener.local_addr()?;
+    let head_timeout = state.config.request_head_timeout;
+    let mut builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(1);
+    if let Some(n) = workers {
+        builder = builder.workers(n);
+    }
+    let stopping = builder.graceful_shutdown_signal();
+    let server = builder.listen("tessera-http", listener, move || {
+        let app = App::new()
             .app_data(state.clone())
             .wrap(from_fn(gate))
             .configure(configure)
             .default_service(web::to(not_found))
-    })
-    // A client that closes its side is gone: drop its handler so its sequences abort.
-    .h1_allow_half_closed(false)
-    .disable_signals()
-    .shutdown_timeout(1);
-    let server = match workers {
-        Some(n) => server.workers(n),
-        None => server,
-    };
-    Ok(server.listen(listener)?.run())
+            .into_factory()
+            .map_err(|err| err.error_response());
+        let stopping = stopping.clone();
+        let http = HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let stopping = stopping.clone();
+                async move { stopping.notified().await }
+            })
+            .keep_alive(KeepAlive::default())
+            .client_request_timeout(Duration::ZERO)
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .h1_allow_half_closed(false)
+            .local_addr(addr)
+            .h1(map_config(app, |_| AppConfig::default()));
+        fn_service(move |io: TcpStream| {
+            let peer = io.peer_addr().ok();
+            ready(Ok((GuardedStream::new(io, head_timeout), peer)))
+        })
+        .and_then(http)
+    })?;
+    Ok(server.run())
 }
 
 /// `tessera serve`: serves `model` until SIGTERM/SIGINT.
@@ -60,15 +97,21 @@ pub fn serve(
         .file_stem()
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let metrics = AppState::metrics_for(&cfg, &stem)?;
-    let state = web::Data::new(AppState::new(cfg, metrics));
+    let dialog = open_dialog(&cfg)?;
+    let mut app = AppState::new(cfg, metrics)?;
+    app.moderation = load_moderation(&app.config, &app.metrics)?;
+    let state = web::Data::new(app);
+    state.set_dialog(dialog);
     actix_web::rt::System::new().block_on(async move {
         let server = build_server(state.clone(), listener, None)?;
+        actix_web::rt::spawn(reload_on_hangup(state.clone()));
         tracing::info!("listening on http://{addr} (loading {})", model.display());
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let load_cfg = engine_cfg.clone();
         std::thread::Builder::new()
             .name("tessera-load".into())
             .spawn(move || {
+                hold_loading_for_tests();
                 let launched = launch(&model, &load_cfg)
                     .map(|l| (l.engine, l.load_seconds))
                     .map_err(|e| e.to_string());
@@ -88,6 +131,17 @@ pub fn serve(
             .await
             .map_err(|e| format!("supervisor task failed: {e}"))?;
         outcome.map_err(Box::<dyn Error>::from)
+    })
+}
+
+/// Opens the dialog store (creating it, applying migrations): a store that cannot be
+/// opened stops the server before it listens.
+fn open_dialog(cfg: &ServerConfig) -> Result<Dialog, String> {
+    Dialog::open(&cfg.dialog).map_err(|e| {
+        format!(
+            "opening the dialog store ({}): {e}",
+            cfg.dialog.store.describe()
+        )
     })
 }
 
@@ -115,16 +169,44 @@ async fn supervise(
                 return Err("the model loader stopped without a result".into());
             }
         },
-        _ = term.recv() => { server.stop(false).await; return Ok(()); }
-        _ = int.recv() => { server.stop(false).await; return Ok(()); }
+        _ = term.recv() => { stop_while_loading(&state, &server).await; return Ok(()); }
+        _ = int.recv() => { stop_while_loading(&state, &server).await; return Ok(()); }
     }
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    arm_exit_deadline(state.config.shutdown_timeout);
     drain(&state).await;
     server.stop(true).await;
     Ok(())
+}
+
+async fn stop_while_loading(state: &AppState, server: &ServerHandle) {
+    arm_exit_deadline(state.config.shutdown_timeout);
+    server.stop(false).await;
+}
+
+/// Makes the shutdown deadline hard: once a signal asked the process to stop, it is gone
+/// within `--shutdown-timeout` + `ABORT_GRACE` + `EXIT_GRACE` whatever still runs (a
+/// request stuck in a template or tokenizer, a handler, the engine, the model loader).
+/// A plain thread that nothing else can block calls `exit(1)` then: a clean stop has
+/// exited with 0 long before.
+fn arm_exit_deadline(shutdown_timeout: Duration) {
+    let limit = shutdown_timeout + ABORT_GRACE + EXIT_GRACE;
+    let armed = std::thread::Builder::new()
+        .name("tessera-exit-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(
+                ?limit,
+                "the shutdown deadline passed with work still running; exiting"
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = armed {
+        tracing::error!("cannot arm the shutdown deadline: {e}");
+    }
 }
 
 /// Refuses new work and waits for in-flight sequences (up to the shutdown timeout);
@@ -155,6 +237,25 @@ async fn wait_idle(state: &AppState, limit: Duration) {
     }
 }
 
+/// Test hook, not a feature: while the file named by this variable does not exist, the
+/// model does not start loading, so tests see the loading phase (`/ready` 503,
+/// `model_loading`) for as long as they need it, then create the file to let it load.
+pub const HOLD_LOADING_ENV: &str = "TESSERA_TEST_HOLD_LOADING";
+
+fn hold_loading_for_tests() {
+    let Some(release) = std::env::var_os(HOLD_LOADING_ENV) else {
+        return;
+    };
+    let release = PathBuf::from(release);
+    tracing::warn!(
+        "{HOLD_LOADING_ENV} is set: loading waits for {}",
+        release.display()
+    );
+    while !release.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A server running on its own thread (tests, embedding).
 pub struct SpawnedServer {
     pub addr: SocketAddr,
@@ -172,7 +273,11 @@ pub fn spawn(
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     let addr = listener.local_addr()?;
     let metrics = AppState::metrics_for(&cfg, &engine.model().name)?;
-    let state = web::Data::new(AppState::new(cfg, metrics));
+    let dialog = open_dialog(&cfg)?;
+    let mut app = AppState::new(cfg, metrics)?;
+    app.moderation = load_moderation(&app.config, &app.metrics)?;
+    let state = web::Data::new(app);
+    state.set_dialog(dialog);
     state.set_ready(engine, max_num_seqs, None);
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let server_state = state.clone();

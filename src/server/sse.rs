@@ -1,6 +1,8 @@
 //! Server-sent events for a streamed `Generation`, framed exactly as OpenAI does: the
-//! opening chunk of each choice (`role`, or the echoed prompt), content chunks as tokens
-//! arrive, exactly one `finish_reason` chunk per choice, the `choices: []` usage chunk
+//! opening chunk of each choice (`role`, or the echoed prompt; before them a
+//! `prompt_filter_results` chunk when a moderation input rule matched), content chunks as
+//! tokens arrive, exactly one `finish_reason` chunk per choice (with
+//! `content_filter_results` when an output rule matched it), the `choices: []` usage chunk
 //! when asked for, then `data: [DONE]`. A keep-alive comment goes out whenever nothing
 //! else did for `keepalive` (e.g. while the request waits in the queue).
 //!
@@ -16,6 +18,9 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 
+use serde_json::Map;
+
+use super::content_filter::{finish_fields, prompt_filter_results};
 use super::generate::{check_finish, Generation};
 use super::response::{sse_data, SSE_DONE, SSE_KEEPALIVE};
 use crate::engine::stream::{TokenEvent, Usage};
@@ -43,12 +48,18 @@ pub fn sse_body(
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let count = gen.choices.len();
     let mut opening = String::new();
+    if let Some(results) = gen.screen.as_deref().and_then(prompt_filter_results) {
+        let fields = Map::from_iter([("prompt_filter_results".to_string(), results)]);
+        opening.push_str(&gen.meta.annotation_chunk(fields));
+    }
     let mut offsets = vec![0; count];
     let mut events: SelectAll<ChoiceEvents> = SelectAll::new();
     for choice in std::mem::take(&mut gen.choices) {
         let index = choice.index;
         let echo = gen.echo[index / gen.n.max(1)].as_deref();
-        if let Some(chunk) = gen.meta.opening_chunk(index, echo) {
+        // With echo logprobs, the echo goes out with the first event (which brings them).
+        let echo_now = echo.filter(|_| gen.logprobs.echo.is_none());
+        if let Some(chunk) = gen.meta.opening_chunk(index, echo_now) {
             opening.push_str(&chunk);
         }
         offsets[index] = echo.map_or(0, str::len);
@@ -100,11 +111,17 @@ impl SseState {
     fn render(&mut self, index: usize, ev: TokenEvent) -> Result<String, ApiError> {
         self.usages[index] = ev.usage;
         let meta = &self.gen.meta;
+        let tokenizer = &self.gen.engine.model().tokenizer;
         let mut out = String::new();
-        let wants_logprobs = self.gen.logprobs && !ev.token_ids.is_empty();
-        if !ev.text.is_empty() || wants_logprobs {
-            let logprobs = ev.logprobs.as_deref().filter(|_| self.gen.logprobs);
-            let tokenizer = &self.gen.engine.model().tokenizer;
+        if let (Some(k), Some(prompt_logprobs)) = (self.gen.logprobs.echo, &ev.prompt_logprobs) {
+            let prompt = index / self.gen.n.max(1);
+            let text = self.gen.echo[prompt].as_deref().unwrap_or("");
+            let ids = &self.gen.prompt_ids[prompt];
+            out.push_str(&meta.echo_chunk(index, text, ids, prompt_logprobs, k, tokenizer));
+        }
+        let sampled = self.gen.logprobs.sampled;
+        if !ev.text.is_empty() || (sampled && !ev.token_ids.is_empty()) {
+            let logprobs = ev.logprobs.as_deref().filter(|_| sampled);
             let offset = self.offsets[index];
             out.push_str(&meta.delta_chunk(
                 index,
@@ -117,7 +134,8 @@ impl SseState {
             self.offsets[index] += ev.text.len();
         }
         if let Some(reason) = ev.finish_reason {
-            out.push_str(&meta.finish_chunk(index, check_finish(reason)?));
+            let fields = finish_fields(self.gen.screen.as_deref(), index);
+            out.push_str(&meta.finish_chunk_with(index, check_finish(reason)?, fields));
         }
         Ok(out)
     }

@@ -1,18 +1,22 @@
 //! Server-wide state shared by every handler: configuration, the engine (once loaded),
-//! the lifecycle phase, admission control and metrics.
+//! the lifecycle phase, admission control, the CPU pool for request work, the prompt
+//! byte limit of the loaded model, and metrics.
 //!
 //! Invariants: the phase only moves forward (`Loading → Ready → Draining`); the engine is
 //! set exactly once, before the phase becomes `Ready`; `in_flight` equals the number of
 //! sequences held by live `Permit`s, so it never exceeds `capacity` (admission is a
 //! compare-and-swap, never a check followed by an add).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::cpu::{CpuPool, PromptLimit};
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, MetricsCompat, ModelInfo};
+use crate::safety::Moderation;
 
 /// How the HTTP server is set up (flags of `tessera serve`).
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +31,12 @@ pub struct ServerConfig {
     pub max_queued_requests: usize,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a whole request head (else 408).
+    pub request_head_timeout: Duration,
+    /// Threads that parse, render and tokenize request prompts (see `cpu`).
+    pub cpu_threads: usize,
+    /// Requests that may wait for those threads before more get 429.
+    pub cpu_queue: usize,
     /// Largest accepted request body.
     pub max_request_bytes: usize,
     /// Interval of SSE keep-alive comments while a stream has nothing to send.
@@ -35,6 +45,12 @@ pub struct ServerConfig {
     pub log_requests: bool,
     /// Extra metric names to export (`--metrics-compat vllm`).
     pub metrics_compat: MetricsCompat,
+    /// Conversations and responses: store, history window, hot cache.
+    pub dialog: crate::dialog::DialogConfig,
+    /// The moderation policy file (`--moderation-policy`; none: no moderation).
+    pub moderation_policy: Option<PathBuf>,
+    /// Keys of the admin API under `/admin/` (none: the admin API is closed).
+    pub admin_api_keys: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -46,10 +62,16 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             max_queued_requests: 256,
             shutdown_timeout: Duration::from_secs(30),
+            request_head_timeout: Duration::from_secs(5),
+            cpu_threads: 2,
+            cpu_queue: 128,
             max_request_bytes: 10 << 20,
             sse_keepalive: Duration::from_secs(10),
             log_requests: false,
             metrics_compat: MetricsCompat::None,
+            dialog: crate::dialog::DialogConfig::default(),
+            moderation_policy: None,
+            admin_api_keys: Vec::new(),
         }
     }
 }
@@ -68,23 +90,44 @@ pub struct AppState {
     served_names: OnceLock<Vec<String>>,
     phase: AtomicU8,
     admission: Arc<Admission>,
+    /// Where request CPU work runs (parsing, templates, tokenizing).
+    pub cpu: CpuPool,
+    /// The longest prompt text the loaded model can take (when its tokenizer bounds it).
+    prompt_limit: OnceLock<Option<PromptLimit>>,
     pub metrics: Metrics,
+    /// The moderation policy in force (off until `serve`/`spawn` load one).
+    pub moderation: Moderation,
     /// Unix time the server started (the `created` of `/v1/models`).
     pub started_at: u64,
+    /// Conversations and responses (set once, before the server listens).
+    dialog: OnceLock<crate::dialog::Dialog>,
 }
 
 impl AppState {
-    /// A server state still loading its model; `capacity` sequences may be in flight.
-    pub fn new(config: ServerConfig, metrics: Metrics) -> Self {
-        Self {
+    /// A server state still loading its model (starts the CPU pool's threads).
+    pub fn new(config: ServerConfig, metrics: Metrics) -> std::io::Result<Self> {
+        Ok(Self {
+            cpu: CpuPool::new(config.cpu_threads, config.cpu_queue)?,
             config,
             engine: OnceLock::new(),
             served_names: OnceLock::new(),
             phase: AtomicU8::new(Phase::Loading as u8),
             admission: Arc::new(Admission::default()),
+            prompt_limit: OnceLock::new(),
             metrics,
+            moderation: Moderation::off(),
             started_at: unix_now(),
-        }
+            dialog: OnceLock::new(),
+        })
+    }
+
+    /// Installs the dialog service (its store is open).
+    pub fn set_dialog(&self, dialog: crate::dialog::Dialog) {
+        let _ = self.dialog.set(dialog);
+    }
+
+    pub fn dialog(&self) -> Option<&crate::dialog::Dialog> {
+        self.dialog.get()
     }
 
     /// The metrics of a server for `cfg`: labelled with the first served name, else
@@ -120,6 +163,15 @@ impl AppState {
             self.config.served_model_names.clone()
         };
         let _ = self.served_names.set(names);
+        let limit = engine
+            .model()
+            .tokenizer
+            .max_bytes_per_token()
+            .map(|max_bytes_per_token| PromptLimit {
+                max_model_len: engine.info().max_model_len,
+                max_bytes_per_token,
+            });
+        let _ = self.prompt_limit.set(limit);
         let _ = self.engine.set(engine);
         let _ = self.phase.compare_exchange(
             Phase::Loading as u8,
@@ -163,6 +215,12 @@ impl AppState {
     /// The engine whatever the phase (metrics, shutdown).
     pub fn loaded_engine(&self) -> Option<&EngineHandle> {
         self.engine.get()
+    }
+
+    /// The longest prompt text that can fit, once loaded (`None`: the tokenizer gives no
+    /// bound; prompts are then only refused after tokenizing).
+    pub fn prompt_limit(&self) -> Option<PromptLimit> {
+        self.prompt_limit.get().copied().flatten()
     }
 
     pub fn served_names(&self) -> &[String] {
@@ -245,7 +303,7 @@ mod tests {
     #[test]
     fn phases_gate_the_engine() {
         let metrics = Metrics::new("m", MetricsCompat::None).expect("metrics");
-        let state = AppState::new(ServerConfig::default(), metrics);
+        let state = AppState::new(ServerConfig::default(), metrics).expect("state");
         assert_eq!(state.phase(), Phase::Loading);
         assert!(matches!(state.engine(), Err(ApiError::Loading)));
         assert!(state.served_names().is_empty());

@@ -8,7 +8,7 @@
 //! HTTP routes, e.g. the CLI).
 
 use super::request::{
-    ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptField,
+    int, ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptField,
     SamplingFields, StopField, UnsupportedFields,
 };
 use crate::engine::handle::{EngineHandle, EngineInfo};
@@ -41,6 +41,10 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Return log-probabilities (with `sampling.logprobs` alternatives).
     pub logprobs: bool,
+    /// vLLM `prompt_logprobs`: the prompt's logprobs with this many alternatives.
+    pub prompt_logprobs: Option<usize>,
+    /// Completions `echo` with `logprobs`: the echoed prompt's tokens lead the logprobs.
+    pub echo_logprobs: bool,
 }
 
 impl ValidRequest {
@@ -54,14 +58,14 @@ impl ValidRequest {
     }
 }
 
-fn invalid(param: &str, message: String) -> ApiError {
+pub(crate) fn invalid(param: &str, message: String) -> ApiError {
     ApiError::InvalidRequest {
         message,
         param: Some(param.to_string()),
     }
 }
 
-fn unsupported(param: &str, detail: &str) -> ApiError {
+pub(crate) fn unsupported(param: &str, detail: &str) -> ApiError {
     ApiError::Unsupported {
         param: param.to_string(),
         detail: detail.to_string(),
@@ -113,7 +117,7 @@ pub fn validate_chat(
         (None, None) => None,
     };
     let prompt = resolve_budget(ids, requested, None, engine.info().max_model_len)?;
-    build(model, vec![prompt], &req.sampling, top, engine)
+    build(model, vec![prompt], &req.sampling, (top, false), engine)
 }
 
 /// `POST /v1/completions` → `ValidRequest`.
@@ -125,22 +129,24 @@ pub fn validate_completion(
     let model = check_model(req.model.as_deref(), served)?;
     refuse_unsupported(&req.unsupported, req.sampling.n)?;
     let echo = req.echo.unwrap_or(false);
-    if echo && req.logprobs.is_some() {
-        return Err(unsupported(
-            "logprobs",
-            " together with `echo` (prompt log-probabilities are not computed)",
-        ));
-    }
     let tokenizer = &engine.model().tokenizer;
+    // An empty text prompt starts a new document (OpenAI): BOS, else the end-of-text
+    // token that separates documents (`<|endoftext|>`).
+    let document_start = tokenizer
+        .bos_id()
+        .or_else(|| engine.info().eos_token_ids.first().copied());
+    let encode = |text: &str| match tokenizer.encode(text, true, true) {
+        Ok(ids) if ids.is_empty() => Ok(document_start.into_iter().collect()),
+        other => other,
+    };
     let prompts: Vec<Vec<TokenId>> = match req.prompt {
         None => return Err(invalid("prompt", "`prompt` is required".into())),
-        Some(PromptField::Text(text)) => vec![tokenizer.encode(&text, true, true)?],
-        Some(PromptField::Texts(texts)) => texts
-            .iter()
-            .map(|t| tokenizer.encode(t, true, true))
-            .collect::<Result<_, _>>()?,
-        Some(PromptField::Ids(ids)) => vec![ids],
-        Some(PromptField::IdLists(lists)) => lists,
+        Some(PromptField::Text(text)) => vec![encode(&text)?],
+        Some(PromptField::Texts(texts)) => {
+            texts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?
+        }
+        Some(PromptField::Ids(ids)) => vec![int::plain(ids)],
+        Some(PromptField::IdLists(lists)) => lists.into_iter().map(int::plain).collect(),
     };
     if prompts.is_empty() {
         return Err(invalid(
@@ -160,7 +166,14 @@ pub fn validate_completion(
         };
         valid.push(resolve_budget(ids, requested, echo_text, max_len)?);
     }
-    build(model, valid, &req.sampling, req.logprobs, engine)
+    let echo_logprobs = echo && req.logprobs.is_some();
+    build(
+        model,
+        valid,
+        &req.sampling,
+        (req.logprobs, echo_logprobs),
+        engine,
+    )
 }
 
 /// One sequence built outside an HTTP request (the CLI): the checks the routes apply,
@@ -224,12 +237,14 @@ fn resolve_budget(
     })
 }
 
-/// Shared tail of both validators: sampling, `n`, streaming options.
+/// Shared tail of both validators: sampling, `n`, streaming options, logprobs
+/// (`(top_logprobs, echo_logprobs)`: the sampled tokens' alternatives, and whether the
+/// echoed prompt's logprobs lead them).
 fn build(
     model: String,
     prompts: Vec<ValidPrompt>,
     f: &SamplingFields,
-    top_logprobs: Option<u64>,
+    (top_logprobs, echo_logprobs): (Option<u64>, bool),
     engine: &EngineHandle,
 ) -> Result<ValidRequest, ApiError> {
     let n = f.n.unwrap_or(1);
@@ -252,9 +267,11 @@ fn build(
         ));
     }
     let logprobs = top_logprobs.is_some();
-    let sampling = sampling_params(f, top_logprobs, engine.info().vocab)?;
-    sampling.validate()?;
-    Ok(ValidRequest {
+    let mut sampling = sampling_params(f, top_logprobs, engine.info().vocab)?;
+    let prompt_logprobs = prompt_logprobs(f.prompt_logprobs, stream)?;
+    let echo_k = echo_logprobs.then(|| sampling.logprobs.unwrap_or(0));
+    sampling.prompt_logprobs = prompt_logprobs.max(echo_k);
+    let valid = ValidRequest {
         model,
         prompts,
         n: n as usize,
@@ -266,14 +283,54 @@ fn build(
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         logprobs,
-    })
+        prompt_logprobs,
+        echo_logprobs,
+    };
+    // Checked per prompt: `min_tokens` against that prompt's own resolved `max_tokens`.
+    for prompt in 0..valid.prompts.len() {
+        valid.sampling_for(prompt, 0).validate()?;
+    }
+    Ok(valid)
 }
+
+/// vLLM's `prompt_logprobs`: 0..=20 alternatives, not with streaming (as vLLM).
+fn prompt_logprobs(given: Option<i64>, stream: bool) -> Result<Option<usize>, ApiError> {
+    let Some(k) = given else {
+        return Ok(None);
+    };
+    if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
+        return Err(invalid(
+            "prompt_logprobs",
+            format!("`prompt_logprobs` must be in [0, {MAX_TOP_LOGPROBS}]. Given: {k}"),
+        ));
+    }
+    if stream {
+        return Err(invalid(
+            "prompt_logprobs",
+            "`prompt_logprobs` is not available with `stream: true`".into(),
+        ));
+    }
+    Ok(Some(k as usize))
+}
+
+/// Highest `temperature` OpenAI accepts. The engine samples at any temperature >= 0; the
+/// API refuses what OpenAI refuses (the other ranges are the engine's own, which match).
+const MAX_TEMPERATURE: f32 = 2.0;
 
 fn sampling_params(
     f: &SamplingFields,
     top_logprobs: Option<u64>,
     vocab: usize,
 ) -> Result<SamplingParams, ApiError> {
+    if let Some(t) = f
+        .temperature
+        .filter(|t| !(0.0..=MAX_TEMPERATURE).contains(t))
+    {
+        return Err(invalid(
+            "temperature",
+            format!("`temperature` must be in [0, {MAX_TEMPERATURE}]. Given: {t}"),
+        ));
+    }
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
@@ -321,6 +378,7 @@ fn sampling_params(
         min_tokens: f.min_tokens.unwrap_or(0) as usize,
         ignore_eos: f.ignore_eos.unwrap_or(false),
         logprobs: top_logprobs.map(|k| k as usize),
+        prompt_logprobs: None, // set by `build`
     })
 }
 
@@ -419,7 +477,6 @@ fn refuse_unsupported(u: &UnsupportedFields, n: Option<u64>) -> Result<(), ApiEr
         ("audio", &u.audio),
         ("prediction", &u.prediction),
         ("web_search_options", &u.web_search_options),
-        ("prompt_logprobs", &u.prompt_logprobs),
         ("guided_json", &u.guided_json),
         ("guided_regex", &u.guided_regex),
         ("guided_choice", &u.guided_choice),

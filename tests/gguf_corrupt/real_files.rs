@@ -108,3 +108,27 @@ fn qwen2_vocab_parses_quickly() {
     // Well under a second on one core; the bound is loose for shared CI machines.
     assert!(elapsed.as_secs_f64() < 2.0, "parsing took {elapsed:?}");
 }
+
+/// The default model with its header's `kv_count` zeroed: the error says the metadata is
+/// missing from the count (it used to say "tensor `general.architecture` has 8
+/// dimensions").
+#[test]
+fn default_model_with_zero_kv_count_names_the_missing_metadata() {
+    let path = cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run scripts/fetch-model.sh (or set TESSERA_CACHE_DIR)",
+            path.display()
+        )
+    });
+    bytes[16..24].copy_from_slice(&0u64.to_le_bytes());
+    let err = GgufFile::from_bytes(bytes).expect_err("kv_count 0 must be refused");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(
+            "metadata is missing from the header's count: header field `kv_count` is 0, \
+             but the file holds 33 metadata pairs"
+        ),
+        "{message}"
+    );
+}

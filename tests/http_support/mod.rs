@@ -49,6 +49,11 @@ pub fn serve(engine: EngineHandle, max_num_seqs: usize, cfg: ServerConfig) -> Sp
     spawn(engine, max_num_seqs, cfg).expect("server starts")
 }
 
+/// How long a test waits for an event before it calls it a hang. Tests wait for events
+/// (a state, a metric, a message), never for a time: this only bounds a wait that would
+/// otherwise never end, so it is generous enough for a loaded CI machine.
+pub const HANG_GUARD: Duration = Duration::from_secs(120);
+
 /// Polls `cond` for up to `limit`.
 pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -147,9 +152,7 @@ fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(HANG_GUARD)).expect("timeout");
     stream
 }
 

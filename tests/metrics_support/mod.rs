@@ -132,6 +132,11 @@ impl Tessera {
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env("RUST_LOG", "info")
+            // The dialog store in a temporary directory, not the working tree.
+            .env(
+                "TESSERA_DATA_DIR",
+                std::env::temp_dir().join(format!("tessera-metrics-{}", std::process::id())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -180,6 +185,11 @@ impl Tessera {
                 return Some(line);
             }
         }
+    }
+
+    /// The server's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The `/metrics` text.

@@ -10,6 +10,7 @@ import pathlib
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -31,9 +32,15 @@ def binary() -> str:
 class Server:
     def __init__(self, *flags: str):
         env = dict(os.environ, RUST_LOG="info")
+        if "--data-dir" not in flags and "--database-url" not in flags:
+            # The dialog store: a fresh temporary directory, never the working tree.
+            flags = (*flags, "--data-dir", tempfile.mkdtemp(prefix="tessera-sdk-"))
+        defaults = {"--kv-cache-memory": "256MiB", "--max-model-len": "2048"}
+        for name in flags:
+            defaults.pop(name, None)  # a flag given here replaces its default
         self.proc = subprocess.Popen(
-            [binary(), "serve", "--port", "0", "--served-model-name", MODEL,
-             "--api-key", API_KEY, "--kv-cache-memory", "256MiB", "--max-model-len", "2048", *flags],
+            [binary(), "serve", "--port", "0", "--served-model-name", MODEL, "--api-key", API_KEY,
+             *[part for pair in defaults.items() for part in pair], *flags],
             stderr=subprocess.PIPE, text=True, env=env,
         )
         self.lines: list[str] = []

@@ -165,7 +165,7 @@ fn failed_turns(from: usize, to: usize, why: &str) -> Vec<RequestRecord> {
 
 /// Figures of turn `t` (0-based) over all users; its duration spans its first send to its
 /// last completion.
-fn turn_figures(t: usize, records: Vec<RequestRecord>) -> TurnFigures {
+pub fn turn_figures(t: usize, records: Vec<RequestRecord>) -> TurnFigures {
     let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok()).collect();
     let first = ok.iter().map(|r| r.start_s).fold(f64::INFINITY, f64::min);
     let last = ok.iter().map(|r| r.start_s + r.e2e_s).fold(0.0, f64::max);

@@ -4,6 +4,7 @@
 //!
 //! `Target` is the server as the client sees it: URL, model name, prompt mode, timeout.
 
+pub mod conversation;
 pub mod dialog;
 pub mod prefill;
 pub mod rate;

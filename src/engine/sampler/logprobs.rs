@@ -6,7 +6,7 @@
 //! never enter the top list ahead of one. The normalizer is accumulated in f64 in token
 //! order, so equal rows give bit-equal logprobs.
 
-use crate::request::{TokenId, TokenLogprobs, MAX_TOP_LOGPROBS};
+use crate::request::{PromptLogprob, TokenId, TokenLogprobs, MAX_TOP_LOGPROBS};
 
 /// What is kept of the raw row until the sampled token is known.
 #[derive(Debug, Default)]
@@ -45,6 +45,32 @@ impl RawLogprobs {
                 .map(|&(id, logit)| (id, to_logprob(logit)))
                 .collect(),
         }
+    }
+}
+
+/// The logprob of prompt token `token` from the raw row `logits: [vocab]` of the
+/// position before it, with its rank (1 + the number of other tokens whose logit is at
+/// least as high, as vLLM counts) and the top `k` (clamped to [`MAX_TOP_LOGPROBS`]).
+pub fn prompt_logprob(logits: &[f32], token: TokenId, k: usize) -> PromptLogprob {
+    let log_normalizer = log_sum_exp(logits);
+    let to_logprob = |logit: f32| (logit as f64 - log_normalizer) as f32;
+    let token_logit = logits
+        .get(token as usize)
+        .map_or(f32::NEG_INFINITY, |&l| rank_value(l));
+    let others_ahead = logits
+        .iter()
+        .enumerate()
+        .filter(|&(id, &l)| id != token as usize && rank_value(l) >= token_logit)
+        .count();
+    let mut top = Vec::new();
+    select_top(logits, k.min(MAX_TOP_LOGPROBS), &mut top);
+    PromptLogprob {
+        logprob: to_logprob(token_logit),
+        rank: others_ahead + 1,
+        top: top
+            .into_iter()
+            .map(|(id, logit)| (id, to_logprob(logit)))
+            .collect(),
     }
 }
 
@@ -147,6 +173,25 @@ mod tests {
         assert_eq!(raw.finish(0).top.len(), MAX_TOP_LOGPROBS);
         raw.capture(&logits[..3], 20);
         assert_eq!(raw.finish(0).top.len(), 3);
+    }
+
+    #[test]
+    fn prompt_logprob_has_value_rank_and_top() {
+        let logits = [1.5f32, -0.25, 3.0, 0.0, 2.75, 3.0];
+        let expected = reference_log_softmax(&logits);
+        let lp = prompt_logprob(&logits, 4, 2);
+        assert!((lp.logprob as f64 - expected[4]).abs() < 1e-6);
+        assert_eq!(lp.rank, 3, "two tokens (2 and 5) are ahead of token 4");
+        let ids: Vec<TokenId> = lp.top.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, vec![2, 5]);
+        assert!((lp.top[0].1 as f64 - expected[2]).abs() < 1e-6);
+        // A tie counts ahead (vLLM's `>=`), the best token alone ranks 1.
+        assert_eq!(prompt_logprob(&logits, 2, 0).rank, 2);
+        assert_eq!(prompt_logprob(&[0.0, 5.0], 1, 0).rank, 1);
+        assert!(prompt_logprob(&logits, 0, 0).top.is_empty());
+        // An id outside the row is -inf, ranked last.
+        let outside = prompt_logprob(&logits, 99, 1);
+        assert_eq!((outside.logprob, outside.rank), (f32::NEG_INFINITY, 7));
     }
 
     #[test]

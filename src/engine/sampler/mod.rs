@@ -23,6 +23,7 @@ mod rng;
 pub mod stop;
 mod truncation;
 
+pub use logprobs::prompt_logprob;
 pub use rng::SeqRng;
 pub use stop::{StopCheck, StopStringMatcher};
 

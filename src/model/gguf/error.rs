@@ -74,6 +74,13 @@ pub enum GgufError {
     #[error("metadata key `{key}` holds a bool byte {byte}; only 0 and 1 are valid")]
     InvalidBool { key: String, byte: u8 },
 
+    #[error("{}: header field `kv_count` is {kv_count}, but the file holds {found} metadata pairs before its tensor table (at offset {offset}); the header is corrupt", if .found > .kv_count { "metadata is missing from the header's count" } else { "metadata is missing" })]
+    MetadataCountMismatch {
+        kv_count: u64,
+        found: u64,
+        offset: u64,
+    },
+
     #[error("metadata key #{index} is empty")]
     EmptyKey { index: u64 },
 

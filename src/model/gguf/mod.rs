@@ -196,9 +196,13 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
     let left_for_kv = remaining - tensor_count * MIN_TENSOR_INFO_BYTES;
     check_count("kv_count", kv_count, MIN_KV_BYTES, left_for_kv)?;
 
-    let (metadata, key_index) = read_metadata(&mut cursor, kv_count)?;
+    let meta_start = cursor.pos();
+    let miscounted =
+        |err| miscounted_metadata(bytes, meta_start, kv_count, tensor_count).unwrap_or(err);
+    let (metadata, key_index) = read_metadata(&mut cursor, kv_count).map_err(miscounted)?;
     let alignment = alignment_of(&metadata, &key_index)?;
-    let (tensors, tensor_index) = read_tensor_table(&mut cursor, tensor_count)?;
+    let (tensors, tensor_index) =
+        read_tensor_table(&mut cursor, tensor_count).map_err(miscounted)?;
     let data_start = cursor
         .pos()
         .checked_next_multiple_of(alignment)
@@ -307,6 +311,39 @@ fn alignment_of(
         }),
         None => Ok(DEFAULT_ALIGNMENT),
     }
+}
+
+/// When the metadata or the tensor table cannot be read, the header's `kv_count` may be
+/// wrong (0 in a file whose count was zeroed): reading a metadata pair as a tensor, or a
+/// tensor as a metadata pair, gives a misleading message ("tensor `general.architecture`
+/// has 8 dimensions"). This rescans the pairs from `meta_start` and returns the error that
+/// names the real problem when the whole tensor table reads cleanly after some other
+/// number of pairs; `None` when no pair count explains the file.
+fn miscounted_metadata(
+    bytes: &[u8],
+    meta_start: usize,
+    kv_count: u64,
+    tensor_count: u64,
+) -> Option<GgufError> {
+    if tensor_count == 0 {
+        return None; // an empty table reads anywhere: nothing to tell the counts apart
+    }
+    let mut cursor = Cursor::new(bytes);
+    cursor.take(meta_start as u64).ok()?;
+    let mut values = ValueReader::new();
+    for found in 0u64.. {
+        if found != kv_count && read_tensor_table(&mut cursor.clone(), tensor_count).is_ok() {
+            return Some(GgufError::MetadataCountMismatch {
+                kv_count,
+                found,
+                offset: cursor.pos() as u64,
+            });
+        }
+        let key = cursor.str().ok().filter(|k| !k.is_empty())?;
+        let type_id = cursor.u32().ok()?;
+        values.read(&mut cursor, type_id, key).ok()?;
+    }
+    None
 }
 
 type TensorTable = (Vec<GgufTensorInfo>, HashMap<String, usize>);

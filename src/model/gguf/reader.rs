@@ -52,6 +52,7 @@ impl<T> Named<T> for Result<T, ReadError> {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,

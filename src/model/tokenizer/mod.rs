@@ -17,6 +17,7 @@
 //!   follows a special token when `add_space_prefix` is on (llama.cpp's rule), and
 //!   decoding strips one leading space of the decoded text again (Hugging Face's rule).
 
+mod bound;
 mod build;
 mod decode;
 mod from_gguf;

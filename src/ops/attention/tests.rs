@@ -104,7 +104,7 @@ fn avx512_kernels_are_bit_identical_to_the_scalar_twin() {
             for seq in &seqs {
                 for t in 0..seq.n_q {
                     for kvh in 0..n_kv {
-                        let out = SendPtr(twin.as_mut_ptr());
+                        let out = SharedOut::new(&mut twin);
                         attend::<false>(&inp, seq, t..t + 1, kvh, out, &mut scratch);
                     }
                 }

@@ -21,9 +21,9 @@
 
 use std::arch::x86_64::*;
 
+use super::blocks::Q4_1;
 use super::panel_layout::{PanelQ8_0, PanelQ8_1, GROUP};
 use crate::ops::act_quant::Q8_0;
-use crate::ops::q4_1::Q4_1;
 
 /// `vpermd` indices doubling each 4-byte group: `[g0, g0, g1, g1, .., g7, g7]`.
 const DOUBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];

@@ -3,17 +3,25 @@
 //! checked here at compile time). Also the scale decoders shared by the K-quant kernels.
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
-    QK_K,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, QK_K,
 };
 use half::f16;
 
-pub use crate::ops::act_quant::{Q8K, Q8_0};
+pub use crate::ops::act_quant::{Q8K, Q8_0, Q8_1};
 
 /// `block_q4_0`: value = d · (q − 8); low nibbles are elements 0..16, high 16..32.
 #[repr(C)]
 pub struct Q4_0 {
     pub d: f16,
+    pub qs: [u8; 16],
+}
+
+/// `block_q4_1`: value = d · q + m, q in 0..16; low nibbles are elements 0..16, high 16..32.
+#[repr(C)]
+pub struct Q4_1 {
+    pub d: f16,
+    pub m: f16,
     pub qs: [u8; 16],
 }
 
@@ -96,6 +104,7 @@ macro_rules! mirror {
 }
 
 mirror!(view_q4_0, BlockQ4_0 => Q4_0);
+mirror!(view_q4_1, BlockQ4_1 => Q4_1);
 mirror!(view_q5_0, BlockQ5_0 => Q5_0);
 mirror!(view_q5_1, BlockQ5_1 => Q5_1);
 mirror!(view_q8_0, BlockQ8_0 => Q8_0);

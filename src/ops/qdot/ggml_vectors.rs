@@ -11,7 +11,6 @@ use half::f16;
 
 use super::blocks;
 use super::*;
-use crate::ops::q4_1;
 
 /// splitmix64, as in the recording script.
 struct SplitMix(u64);
@@ -103,7 +102,7 @@ fn replay<C: GgmlType, K: Kernel>(name: &str, view: fn(&[C]) -> &[K::Weight], f1
 fn legacy_types_match_ggml_bit_for_bit() {
     replay::<BlockQ4_0, Q4_0Dot>("q4_0 vec", blocks::view_q4_0, &[0]);
     replay::<BlockQ4_0, Q4_0Interleaved>("q4_0 gemv", blocks::view_q4_0, &[0]);
-    replay::<BlockQ4_1, Q4_1Dot>("q4_1 vec", q4_1::view, &[0, 2]);
+    replay::<BlockQ4_1, Q4_1Dot>("q4_1 vec", blocks::view_q4_1, &[0, 2]);
     replay::<BlockQ5_0, Q5_0Dot>("q5_0 vec", blocks::view_q5_0, &[0]);
     replay::<BlockQ5_1, Q5_1Dot>("q5_1 vec", blocks::view_q5_1, &[0, 2]);
     replay::<BlockQ8_0, Q8_0Dot>("q8_0 vec", blocks::view_q8_0, &[0]);
@@ -160,6 +159,6 @@ fn replay_panels<C: GgmlType, P: panel::RowPanel>(
 #[test]
 fn panel_kernels_match_ggml_bit_for_bit() {
     use panel::{Q4_1Panel, Q8_0Panel};
-    replay_panels::<BlockQ4_1, Q4_1Panel>("q4_1 vec", q4_1::view, &[0, 2]);
+    replay_panels::<BlockQ4_1, Q4_1Panel>("q4_1 vec", blocks::view_q4_1, &[0, 2]);
     replay_panels::<BlockQ8_0, Q8_0Panel>("q8_0 vec", blocks::view_q8_0, &[0]);
 }

@@ -254,8 +254,8 @@ pub(crate) mod avx2 {
     pub(crate) unsafe fn sumi(u: &KRegs, y: &Q8K) -> __m256i {
         let mut sumi = _mm256_setzero_si256();
         for j in 0..4 {
-            let q8l = load_i8(&y.qs[64 * j..]);
-            let q8h = load_i8(&y.qs[64 * j + 32..]);
+            let q8l = load_i8(&y.qs32()[2 * j]);
+            let q8h = load_i8(&y.qs32()[2 * j + 1]);
             let (sl, sh) = (scale(u.scales, 2 * j), scale(u.scales, 2 * j + 1));
             let p16l = _mm256_madd_epi16(sl, _mm256_maddubs_epi16(u.q[2 * j], q8l));
             let p16h = _mm256_madd_epi16(sh, _mm256_maddubs_epi16(u.q[2 * j + 1], q8h));
@@ -428,7 +428,7 @@ pub(crate) mod avx2 {
                 let mut p = [_mm256_setzero_si256(); 4];
                 for (k, pk) in p.iter_mut().enumerate() {
                     let v = 4 * j + k;
-                    let q8 = load_i8(&y.qs[32 * v..]);
+                    let q8 = load_i8(&y.qs32()[v]);
                     *pk = _mm256_madd_epi16(u.scales[v], _mm256_maddubs_epi16(u.q[v], q8));
                 }
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[0], p[1]));

@@ -172,7 +172,7 @@ pub(crate) mod avx2 {
             let mut p = [_mm256_setzero_si256(); 4];
             for (k, pk) in p.iter_mut().enumerate() {
                 let v = 4 * j + k;
-                let q8 = load_i8(&y.qs[32 * v..]);
+                let q8 = load_i8(&y.qs32()[v]);
                 *pk = _mm256_madd_epi16(u.scales[v], _mm256_maddubs_epi16(u.q[v], q8));
             }
             let p01 = _mm256_add_epi32(p[0], p[1]);
@@ -271,7 +271,7 @@ pub(crate) mod avx2 {
                 let mut p = [_mm256_setzero_si256(); 4];
                 for (k, pk) in p.iter_mut().enumerate() {
                     let v = 4 * j + k;
-                    let q8 = load_i8(&y.qs[32 * v..]);
+                    let q8 = load_i8(&y.qs32()[v]);
                     let q8s = _mm256_maddubs_epi16(u.high[v], q8);
                     let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u.low[v], q8), q8s);
                     *pk = _mm256_madd_epi16(u.scales[v], p16);

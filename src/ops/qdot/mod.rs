@@ -299,10 +299,10 @@ pub(crate) mod x86 {
         _mm256_loadu_si256(p.as_ptr() as *const __m256i)
     }
 
-    /// A 32-byte unaligned load of signed bytes.
+    /// A 32-byte unaligned load of signed bytes (the type makes the 32 bytes exist;
+    /// callers index fixed-size groups, e.g. `Q8K::qs32`, whose checks fold away).
     #[inline(always)]
-    pub unsafe fn load_i8(p: &[i8]) -> __m256i {
-        debug_assert!(p.len() >= 32);
+    pub unsafe fn load_i8(p: &[i8; 32]) -> __m256i {
         _mm256_loadu_si256(p.as_ptr() as *const __m256i)
     }
 }

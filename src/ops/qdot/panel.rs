@@ -6,8 +6,8 @@
 //! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
 //! exact, so every row's result is bit-identical to `dot` (tests: `panel_tests`).
 
+use super::blocks::{Q4_1, Q8_1};
 use crate::ops::act_quant::{self, Q8_0};
-use crate::ops::q4_1::{self, BlockQ8_1, Q4_1};
 use half::f16;
 
 #[cfg(test)]
@@ -73,11 +73,11 @@ impl RowPanel for Q4_1Panel {
 
     fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_1]) {
         let n = group_rows(rows, k, out.len());
-        let mut tmp = [BlockQ8_1::default()];
+        let mut tmp = [Q8_1::default()];
         for (b, panel) in out.iter_mut().enumerate() {
             *panel = Self::ZERO;
             for r in 0..n {
-                q4_1::quantize_q8_1(&rows[r * k + b * QK..r * k + (b + 1) * QK], &mut tmp);
+                act_quant::quantize_q8_1(&rows[r * k + b * QK..r * k + (b + 1) * QK], &mut tmp);
                 put_row(&mut panel.qs, r, tmp[0].qs);
                 panel.d[r] = tmp[0].d;
                 panel.s[r] = tmp[0].s;

@@ -8,11 +8,10 @@ use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0, GgmlType};
 use half::f16;
 use rand::Rng;
 
-use super::blocks::{self, Q8_0};
+use super::blocks::{self, Q8_0, Q8_1};
 use super::panel::{get_row, PanelQ8_0, PanelQ8_1, Q4_1Panel, Q8_0Panel, RowPanel, GROUP};
 use super::tests::{rng, weights};
 use super::{Kernel, Q4_1Dot, Q8_0Dot};
-use crate::ops::q4_1::{self, BlockQ8_1};
 
 /// `m × k` activations with a few rows of very different magnitude and an all-zero row.
 fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
@@ -116,7 +115,7 @@ where
 
 #[test]
 fn q4_1_panels_equal_dot_bit_for_bit() {
-    check_type::<BlockQ4_1, Q4_1Panel, Q4_1Dot>(q4_1::view, &[0, 2]);
+    check_type::<BlockQ4_1, Q4_1Panel, Q4_1Dot>(blocks::view_q4_1, &[0, 2]);
 }
 
 #[test]
@@ -131,7 +130,7 @@ fn panel_quantizers_match_the_row_quantizers_and_zero_the_padding() {
     let q81 = panels::<Q4_1Panel>(&x, m, k);
     let q80 = panels::<Q8_0Panel>(&x, m, k);
     for r in 0..GROUP {
-        let mut row81 = [BlockQ8_1::default(); 3];
+        let mut row81 = [Q8_1::default(); 3];
         let mut row80: Vec<Q8_0> = (0..3)
             .map(|_| Q8_0 {
                 d: f16::ZERO,
@@ -182,7 +181,7 @@ fn bench_kernel_in_l1() {
     let w = weights::<BlockQ4_1>(kb * rows, false, &[], 1);
     let x = activations(16, kb * 32, 2);
     let p = panels::<Q4_1Panel>(&x, 16, kb * 32);
-    let wv = q4_1::view(&w);
+    let wv = blocks::view_q4_1(&w);
     let mut best = f64::MAX;
     for _ in 0..2000 {
         let t = Instant::now();

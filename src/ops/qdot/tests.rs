@@ -10,9 +10,8 @@ use candle_core::quantized::GgmlDType;
 use half::f16;
 use rand::{Rng, SeedableRng};
 
-use super::blocks::{self, Q8K, Q8_0};
+use super::blocks::{self, Q8K, Q8_0, Q8_1};
 use super::*;
-use crate::ops::q4_1::{self, BlockQ8_1};
 
 /// A vector of `n` all-zero plain-data blocks.
 fn zeroed<T>(n: usize) -> Vec<T> {
@@ -49,9 +48,9 @@ impl Dequant for Q8K {
     }
 }
 
-impl Dequant for BlockQ8_1 {
+impl Dequant for Q8_1 {
     fn dequant(blocks: &[Self]) -> Vec<f64> {
-        let v = |b: &BlockQ8_1| b.qs.map(|q| b.d as f64 * q as f64);
+        let v = |b: &Q8_1| b.qs.map(|q| b.d as f64 * q as f64);
         blocks.iter().flat_map(v).collect()
     }
     fn sum_error(b: &Self) -> f64 {
@@ -162,7 +161,7 @@ fn q4_0_both_orders() {
 
 #[test]
 fn q4_1() {
-    check::<BlockQ4_1, Q4_1Dot>(q4_1::view, &[0, 2]);
+    check::<BlockQ4_1, Q4_1Dot>(blocks::view_q4_1, &[0, 2]);
 }
 
 #[test]
@@ -284,7 +283,7 @@ fn fusing_never_changes_a_parts_dot_order() {
 fn bench_row_dots() {
     bench::<BlockQ4_0, Q4_0Dot>("q4_0 vec_dot", blocks::view_q4_0);
     bench::<BlockQ4_0, Q4_0Interleaved>("q4_0 gemv order", blocks::view_q4_0);
-    bench::<BlockQ4_1, Q4_1Dot>("q4_1", q4_1::view);
+    bench::<BlockQ4_1, Q4_1Dot>("q4_1", blocks::view_q4_1);
     bench::<BlockQ5_0, Q5_0Dot>("q5_0", blocks::view_q5_0);
     bench::<BlockQ5_1, Q5_1Dot>("q5_1", blocks::view_q5_1);
     bench::<BlockQ8_0, Q8_0Dot>("q8_0", blocks::view_q8_0);

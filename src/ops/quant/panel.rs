@@ -13,8 +13,9 @@
 
 use std::cell::RefCell;
 
-use super::{cols_per_task, SendPtr};
+use super::cols_per_task;
 use crate::ops::pool;
+use crate::ops::pool::SharedOut;
 use crate::ops::qdot::panel::{RowPanel, GROUP, QK};
 
 /// Weight rows per output tile: 16 rows of ≤ 48 blocks stay in L1.
@@ -63,10 +64,10 @@ pub(super) fn matmul_panel<P: RowPanel>(
         let panels: &mut [P::Block] = unsafe {
             std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut P::Block, groups * kb)
         };
-        let panels_ptr = SendPtr(panels.as_mut_ptr());
+        let panels_out = SharedOut::new(&mut *panels);
         pool::run(groups, |g| {
-            // SAFETY: group g's blocks are written by this task only; g < groups.
-            let out = unsafe { std::slice::from_raw_parts_mut(panels_ptr.get().add(g * kb), kb) };
+            // SAFETY: task g alone takes group g's blocks.
+            let out = unsafe { panels_out.part(g * kb, kb) };
             let rows = g * GROUP..((g + 1) * GROUP).min(m);
             P::quantize_group(&x[rows.start * k..rows.end * k], k, out);
         });
@@ -84,7 +85,7 @@ fn panel_tiles<P: RowPanel>(
     m: usize,
     y: &mut [f32],
 ) {
-    let y_ptr = SendPtr(y.as_mut_ptr());
+    let y_out = SharedOut::new(y);
     let per_task = cols_per_task(n);
     let groups = m.div_ceil(GROUP);
     pool::run(n.div_ceil(per_task), |task| {
@@ -108,13 +109,9 @@ fn panel_tiles<P: RowPanel>(
                 }
                 let rows = g * GROUP..((g + 2) * GROUP).min(m);
                 for (tile_row, r) in tile.iter().zip(rows) {
-                    let dst = r * n + chunk.start;
-                    // SAFETY: row r's columns `chunk` are written by exactly this task;
-                    // r < m and chunk.end ≤ n, so the run lies inside y.
-                    unsafe {
-                        let src = tile_row.as_ptr();
-                        std::ptr::copy_nonoverlapping(src, y_ptr.get().add(dst), chunk.len());
-                    }
+                    // SAFETY: columns `chunk` (of every row) belong to this task alone.
+                    let dst = unsafe { y_out.part(r * n + chunk.start, chunk.len()) };
+                    dst.copy_from_slice(&tile_row[..chunk.len()]);
                 }
             }
         }
@@ -125,7 +122,7 @@ fn panel_tiles<P: RowPanel>(
 mod tests {
     use super::super::{matmul, QData, QMatrix};
     use super::*;
-    use crate::ops::q4_1;
+
     use crate::ops::qdot::panel::{Q4_1Panel, Q8_0Panel};
     use crate::ops::qdot::{blocks, Q4_1Dot, Q8_0Dot};
     use candle_core::quantized::GgmlDType;
@@ -165,8 +162,10 @@ mod tests {
                 };
                 let (panel, dot4) = match &w.data {
                     QData::Q4_1(b) => (
-                        time(&mut || matmul_panel::<Q4_1Panel>(q4_1::view(b), k, &x, m, &mut y)),
-                        time(&mut || matmul::<Q4_1Dot>(q4_1::view(b), k, &x, m, &mut y)),
+                        time(&mut || {
+                            matmul_panel::<Q4_1Panel>(blocks::view_q4_1(b), k, &x, m, &mut y)
+                        }),
+                        time(&mut || matmul::<Q4_1Dot>(blocks::view_q4_1(b), k, &x, m, &mut y)),
                     ),
                     QData::Q8_0(b) => (
                         time(&mut || {

@@ -141,9 +141,11 @@ impl Run {
     }
 }
 
-/// One schedule → execute → update round, checking the step-level limits.
+/// One schedule → execute → update round, checking the step-level limits and the
+/// scheduler's own invariants after each half (in every build, not only debug ones).
 pub(super) fn step(s: &mut Scheduler, runner: &mut FakeRunner, run: &mut Run) {
     let out = s.schedule();
+    s.check_invariants(Some(&out));
     let c = s.config().clone();
     assert!(out.total_num_tokens <= c.max_num_batched_tokens, "budget");
     assert!(out.scheduled.len() <= c.max_num_seqs, "max_num_seqs");
@@ -158,7 +160,9 @@ pub(super) fn step(s: &mut Scheduler, runner: &mut FakeRunner, run: &mut Run) {
         assert!(s.block_table(*id).is_empty(), "preempted {id} holds blocks");
     }
     let model_out = runner.execute(s, &out);
-    for o in s.update_from_output(&out, &model_out) {
+    let outputs = s.update_from_output(&out, &model_out);
+    s.check_invariants(None);
+    for o in outputs {
         run.tokens
             .entry(o.req_id)
             .or_default()

@@ -1,0 +1,107 @@
+//! OpenAI's Responses API: `POST /v1/responses` (a turn: validate → dialog
+//! `prepare_turn` → admission → engine → commit, streamed or whole),
+//! `GET`/`DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`.
+//! Handlers are thin; the dialog layer (`crate::dialog`) does the work.
+
+mod events;
+mod wire;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::dialog_http::{dialog, list_params, owner_of};
+use super::gate::{id_of, read_json};
+use super::generate::submit;
+use super::observe::mark_admitted;
+use super::response::{Endpoint, ResponseMeta};
+use super::state::AppState;
+use super::validate::{ValidPrompt, ValidRequest};
+use crate::dialog::DialogError;
+use crate::error::ApiError;
+use events::{event_stream, TurnRun};
+pub use wire::ResponsesRequest;
+
+type Data = web::Data<AppState>;
+type Reply = Result<HttpResponse, ApiError>;
+
+/// `POST /v1/responses`.
+pub async fn create(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
+    let parsed: ResponsesRequest = read_json(&req, body, state.config.max_request_bytes).await?;
+    let engine = state.engine()?.clone();
+    let valid = parsed.validate(state.served_names())?;
+    let owner = owner_of(&req, &state.config.api_keys);
+    let dialog = dialog(&state)?.clone();
+    let turn = dialog.prepare_turn(&owner, valid.request, &engine).await?;
+    let permit = state.admit(1)?;
+    let meta = ResponseMeta {
+        id: turn.response_id.clone(),
+        created: turn.created_at.max(0) as u64,
+        model: turn.fields.model.clone(),
+        endpoint: Endpoint::Chat,
+        include_usage: false,
+    };
+    let request = ValidRequest {
+        model: turn.fields.model.clone(),
+        prompts: vec![ValidPrompt {
+            token_ids: turn.prompt.token_ids.clone(),
+            max_tokens: turn.prompt.max_tokens,
+            echo: None,
+        }],
+        n: 1,
+        sampling: valid.sampling,
+        stream: valid.stream,
+        include_usage: false,
+        logprobs: false,
+        prompt_logprobs: None,
+        echo_logprobs: false,
+    };
+    let gen = submit(
+        &engine,
+        state.clone().into_inner(),
+        request,
+        meta,
+        permit,
+        id_of(&req),
+        None,
+    )?;
+    mark_admitted(&req);
+    let run = TurnRun { gen, turn, dialog };
+    if valid.stream {
+        Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .streaming(event_stream(run, state.config.sse_keepalive)))
+    } else {
+        Ok(HttpResponse::Ok().json(run.complete().await?))
+    }
+}
+
+/// `GET /v1/responses/{id}`.
+pub async fn retrieve(state: Data, req: HttpRequest, id: web::Path<String>) -> Reply {
+    let owner = owner_of(&req, &state.config.api_keys);
+    let body = dialog(&state)?.response(&owner, &id).await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(state: Data, req: HttpRequest, id: web::Path<String>) -> Reply {
+    let owner = owner_of(&req, &state.config.api_keys);
+    if !dialog(&state)?.delete_response(&owner, &id).await? {
+        return Err(DialogError::NotFound {
+            what: "response",
+            id: id.into_inner(),
+            param: None,
+        }
+        .into());
+    }
+    Ok(HttpResponse::Ok().json(json!({"id": *id, "object": "response", "deleted": true})))
+}
+
+/// `GET /v1/responses/{id}/input_items`.
+pub async fn input_items(state: Data, req: HttpRequest, id: web::Path<String>) -> Reply {
+    let owner = owner_of(&req, &state.config.api_keys);
+    let query = list_params(&req)?;
+    let list = dialog(&state)?.input_items(&owner, &id, &query).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
