@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tessera::config::EngineConfig;
+use tessera::engine::error::EngineError;
 use tessera::engine::handle::EngineHandle;
-use tessera::error::{ApiError, EngineError};
+use tessera::error::ApiError;
 use tessera::request::{FinishReason, SamplingParams};
 use tessera::server::validate::validate_sequence;
 

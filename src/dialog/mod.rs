@@ -32,7 +32,7 @@ pub use objects::{ResponseFields, Status, Truncation, TurnUsage};
 pub use turn::{Anchor, PreparedTurn, TurnOutcome, TurnRequest, WindowInfo};
 pub use window::WindowRule;
 
-use crate::error::EngineError;
+use crate::engine::error::EngineError;
 use crate::model::chat_template::TemplateError;
 use crate::store::{StoreConfig, StoreError, StorePool, AFTER_NOT_FOUND};
 

@@ -11,7 +11,7 @@ use super::items::Message;
 use super::objects::Truncation;
 use super::window::{first_fitting, split_turns, WindowRule};
 use super::DialogError;
-use crate::error::EngineError;
+use crate::engine::error::EngineError;
 use crate::model::chat_template::{encode_chat, ChatMessage};
 use crate::model::ModelAssets;
 use crate::request::TokenId;

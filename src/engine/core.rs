@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::error::EngineError;
 use super::sampler::{self, SamplerScratch, SeqRng};
-use crate::error::EngineError;
 use crate::request::{PromptLogprob, Request, RequestId, SamplingParams, TokenId};
 use crate::runner::ModelRunner;
 use crate::scheduler::output::{ModelRunnerOutput, OutputTiming, RequestOutput};

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::unbounded_channel;
 
 use super::core::{Command, EngineCore, StepStats};
+use super::error::EngineError;
 use super::stream::RequestStream;
 use crate::config::EngineConfig;
-use crate::error::{EngineError, ModelError};
+use crate::error::ModelError;
 use crate::model::kv_storage::KvStorage;
 use crate::model::{LoadedModel, ModelAssets};
 use crate::request::{Request, SamplingParams, TokenId};

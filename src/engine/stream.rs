@@ -15,8 +15,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::core::{Command, EngineEvent};
 use super::detokenizer::IncrementalDetokenizer;
+use super::error::EngineError;
 use super::sampler::StopStringMatcher;
-use crate::error::EngineError;
 use crate::model::ModelAssets;
 use crate::request::{FinishReason, PromptLogprob, RequestId, TokenId, TokenLogprobs};
 use crate::scheduler::output::OutputTiming;

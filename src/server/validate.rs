@@ -11,8 +11,9 @@ use super::request::{
     int, ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptField,
     SamplingFields, StopField, UnsupportedFields,
 };
+use crate::engine::error::EngineError;
 use crate::engine::handle::{EngineHandle, EngineInfo};
-use crate::error::{ApiError, EngineError};
+use crate::error::ApiError;
 use crate::model::chat_template::{encode_chat, ChatMessage};
 use crate::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
 
