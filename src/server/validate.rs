@@ -318,20 +318,23 @@ fn prompt_logprobs(given: Option<i64>, stream: bool) -> Result<Option<usize>, Ap
 /// API refuses what OpenAI refuses (the other ranges are the engine's own, which match).
 const MAX_TEMPERATURE: f32 = 2.0;
 
+/// OpenAI's range of `temperature`, for every route that takes one.
+pub(crate) fn check_temperature(temperature: Option<f32>) -> Result<(), ApiError> {
+    match temperature.filter(|t| !(0.0..=MAX_TEMPERATURE).contains(t)) {
+        Some(t) => Err(invalid(
+            "temperature",
+            format!("`temperature` must be in [0, {MAX_TEMPERATURE}]. Given: {t}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn sampling_params(
     f: &SamplingFields,
     top_logprobs: Option<u64>,
     vocab: usize,
 ) -> Result<SamplingParams, ApiError> {
-    if let Some(t) = f
-        .temperature
-        .filter(|t| !(0.0..=MAX_TEMPERATURE).contains(t))
-    {
-        return Err(invalid(
-            "temperature",
-            format!("`temperature` must be in [0, {MAX_TEMPERATURE}]. Given: {t}"),
-        ));
-    }
+    check_temperature(f.temperature)?;
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
@@ -556,91 +559,4 @@ fn text_parts(i: usize, parts: Vec<super::request::ContentPart>) -> Result<Strin
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budget_defaults_to_what_the_context_leaves_and_checks_fit() {
-        let p = resolve_budget(vec![1; 10], None, None, 64).expect("fits");
-        assert_eq!(p.max_tokens, 54);
-        let err = resolve_budget(vec![1; 10], Some(("max_tokens", 60)), None, 64).unwrap_err();
-        assert!(err.to_string().contains("64"), "{err}");
-        assert!(err.to_string().contains("70"), "{err}");
-        let zero = resolve_budget(vec![1; 10], Some(("max_tokens", 0)), None, 64).unwrap_err();
-        assert_eq!(zero.to_string(), "`max_tokens` must be >= 1. Given: 0");
-    }
-
-    #[test]
-    fn prompts_must_be_non_empty_and_in_the_vocabulary() {
-        assert!(check_prompt(&[0, 9], 10).is_ok());
-        let empty = check_prompt(&[], 10).unwrap_err();
-        assert!(matches!(empty, ApiError::Engine(EngineError::EmptyPrompt)));
-        let outside = check_prompt(&[1, 2, 10], 10).unwrap_err();
-        assert!(matches!(
-            outside,
-            ApiError::Engine(EngineError::InvalidToken {
-                token_id: 10,
-                position: 2,
-                vocab: 10
-            })
-        ));
-    }
-
-    #[test]
-    fn unknown_model_is_named() {
-        let served = vec!["a".to_string()];
-        assert_eq!(check_model(Some("a"), &served).expect("served"), "a");
-        let err = check_model(Some("b"), &served).unwrap_err();
-        assert!(matches!(err, ApiError::ModelNotFound { .. }));
-        assert!(matches!(
-            check_model(None, &served),
-            Err(ApiError::InvalidRequest { .. })
-        ));
-    }
-
-    #[test]
-    fn unsupported_fields_are_refused_by_name() {
-        let refuse = |json: serde_json::Value| {
-            let u: UnsupportedFields = serde_json::from_value(json).expect("parses");
-            refuse_unsupported(&u, None).err().map(|e| e.to_string())
-        };
-        assert!(refuse(serde_json::json!({"tools": [{"type": "function"}]}))
-            .is_some_and(|m| m.starts_with("`tools`")));
-        assert!(
-            refuse(serde_json::json!({"response_format": {"type": "json_schema"}}))
-                .is_some_and(|m| m.contains("json_schema"))
-        );
-        assert!(refuse(serde_json::json!({"best_of": 3})).is_some());
-        assert!(refuse(serde_json::json!({"response_format": {"type": "text"}, "tools": [], "tool_choice": "none"})).is_none());
-    }
-
-    #[test]
-    fn messages_map_roles_and_text_parts() {
-        let msgs: Vec<ChatMessageIn> = serde_json::from_value(serde_json::json!([
-            {"role": "developer", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-        ]))
-        .expect("parses");
-        let out = chat_messages(msgs).expect("valid");
-        assert_eq!(
-            out,
-            vec![
-                ChatMessage::new("system", "be brief"),
-                ChatMessage::new("user", "a\nb")
-            ]
-        );
-        let image: Vec<ChatMessageIn> = serde_json::from_value(serde_json::json!([
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
-        ]))
-        .expect("parses");
-        let err = chat_messages(image).unwrap_err().to_string();
-        assert!(err.contains("messages[0].content[0].type"), "{err}");
-        let tool: Vec<ChatMessageIn> =
-            serde_json::from_value(serde_json::json!([{"role": "tool", "content": "x"}]))
-                .expect("parses");
-        assert!(matches!(
-            chat_messages(tool),
-            Err(ApiError::Unsupported { .. })
-        ));
-    }
-}
+mod tests;
