@@ -367,7 +367,8 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 27, "9 engine flags + 18 server flags");
+        // Guards against a walk that checks nothing; the exact count changes with every flag.
+        assert!(checked >= 27, "only {checked} serve flags were checked");
     }
 
     #[test]
