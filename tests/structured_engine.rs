@@ -127,8 +127,11 @@ fn constrained_outputs_match_the_schema_alone_and_batched_with_free_ones() {
 fn preemption_and_recompute_keep_constrained_outputs() {
     let big = engine(EngineConfig::default());
     let g = guide(&big, GrammarSpec::JsonSchema(person_schema()));
-    let prompts: Vec<Vec<u32>> = (0..8)
-        .map(|i| chat_ids(&big, &format!("Person number {i} as JSON, please.")))
+    // ~60-token prompts and ~40-token outputs need 7 blocks each: 84 for all 12; the
+    // tiny engine gets 16.
+    let filler = "They live by the sea, keep a small garden and read in the evenings. ".repeat(3);
+    let prompts: Vec<Vec<u32>> = (0..12)
+        .map(|i| chat_ids(&big, &format!("{filler}Describe person number {i} as JSON, please.")))
         .collect();
     let run = |e: &EngineHandle, g: &Guide| -> Vec<(Vec<u32>, String)> {
         let streams: Vec<_> = prompts
@@ -147,7 +150,7 @@ fn preemption_and_recompute_keep_constrained_outputs() {
     let want = run(&big, &g);
     big.shutdown();
     let tiny = engine(EngineConfig {
-        num_kv_blocks: Some(24),
+        num_kv_blocks: Some(16),
         max_model_len: Some(384),
         ..EngineConfig::default()
     });

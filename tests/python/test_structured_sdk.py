@@ -18,7 +18,7 @@ import pytest
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
-from conftest import API_KEY, MODEL
+from conftest import API_KEY, MODEL, Server
 
 
 class Colour(str, Enum):
@@ -38,7 +38,10 @@ class Owner(BaseModel):
     favourite: Colour
     pets: list[Pet] = Field(min_length=1, max_length=3)
     nickname: Optional[str] = Field(default=None, max_length=10)
-    rating: float = Field(ge=0, le=5)
+    # A float's digits are unbounded in JSON, so a run could spend its whole budget on
+    # one number and end with `length`; `multipleOf` bounds them (and stays a number
+    # with bounds).
+    rating: float = Field(ge=0, le=5, multiple_of=0.5)
 
 
 ASK = [{"role": "user", "content": "Describe a pet owner and their pets as JSON."}]
@@ -156,8 +159,6 @@ def test_max_tokens_cut_ends_with_length(server):
         ({"guided_regex": "a(b"}, "invalid regex"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "cycle", "schema": {
             "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}}}}, "response_format"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "huge", "schema": {
-            "type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(10_000)}}}}}, "bytes"),
         ({"guided_json": {"$ref": "https://example.invalid/x.json"}}, "guided_json"),
         ({"guided_json": {"type": "object"}, "guided_regex": "a"}, "only one"),
         ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "name"),
@@ -173,3 +174,19 @@ def test_bad_specs_are_clear_400s(server, extra, needle):
     body = err.value.body
     assert needle in body["message"], body
     assert body["type"] == "invalid_request_error"
+
+
+def test_ten_thousand_properties_are_a_clear_400():
+    # Above the default body limit of the shared server: one with room for the schema.
+    big = Server("--max-request-bytes", "1MiB")
+    try:
+        schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(10_000)}}
+        with pytest.raises(openai.BadRequestError) as err:
+            client(big).chat.completions.create(
+                model=MODEL, messages=ASK, max_tokens=8,
+                response_format={"type": "json_schema", "json_schema": {"name": "huge", "schema": schema}},
+            )
+        body = err.value.body
+        assert body["param"] == "response_format" and "65536" in body["message"], body
+    finally:
+        assert big.stop() == 0
