@@ -131,7 +131,12 @@ fn preemption_and_recompute_keep_constrained_outputs() {
     // tiny engine gets 16.
     let filler = "They live by the sea, keep a small garden and read in the evenings. ".repeat(3);
     let prompts: Vec<Vec<u32>> = (0..12)
-        .map(|i| chat_ids(&big, &format!("{filler}Describe person number {i} as JSON, please.")))
+        .map(|i| {
+            chat_ids(
+                &big,
+                &format!("{filler}Describe person number {i} as JSON, please."),
+            )
+        })
         .collect();
     let run = |e: &EngineHandle, g: &Guide| -> Vec<(Vec<u32>, String)> {
         let streams: Vec<_> = prompts
@@ -151,7 +156,7 @@ fn preemption_and_recompute_keep_constrained_outputs() {
     big.shutdown();
     let tiny = engine(EngineConfig {
         num_kv_blocks: Some(16),
-        max_model_len: Some(384),
+        max_model_len: Some(256),
         ..EngineConfig::default()
     });
     let g_tiny = guide(&tiny, GrammarSpec::JsonSchema(person_schema()));
