@@ -171,4 +171,6 @@ fn apply_processors(
 }
 
 #[cfg(test)]
+mod masked_tests;
+#[cfg(test)]
 mod tests;
