@@ -190,3 +190,16 @@ def test_ten_thousand_properties_are_a_clear_400():
         assert body["param"] == "response_format" and "65536" in body["message"], body
     finally:
         assert big.stop() == 0
+
+
+def test_a_stop_string_ends_a_constrained_output(server):
+    c = client(server)
+    pattern = r"[a-z]{3,5} [a-z]{3,5}"
+    for seed in range(3):
+        done = c.chat.completions.create(
+            model=MODEL, messages=ASK, temperature=1.0, seed=seed, max_tokens=20, stop=[" "],
+            extra_body={"guided_regex": pattern},
+        )
+        choice = done.choices[0]
+        assert choice.finish_reason == "stop"
+        assert re.fullmatch(r"[a-z]{3,5}", choice.message.content), choice.message.content
