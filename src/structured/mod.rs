@@ -249,12 +249,18 @@ impl TokenMask {
         let Some(allowed) = &self.allowed else {
             return;
         };
-        let known = allowed.len().min(logits.len());
-        for (id, logit) in logits[..known].iter_mut().enumerate() {
-            if !allowed.is_allowed(id as u32) {
-                *logit = f32::NEG_INFINITY;
+        // 32 ids per word of the bit set; a full word leaves its 32 logits as they are.
+        for (word, chunk) in allowed.as_slice().iter().zip(logits.chunks_mut(32)) {
+            if *word == u32::MAX {
+                continue;
+            }
+            for (bit, logit) in chunk.iter_mut().enumerate() {
+                if word & (1 << bit) == 0 {
+                    *logit = f32::NEG_INFINITY;
+                }
             }
         }
+        let known = (allowed.as_slice().len() * 32).min(logits.len());
         for logit in &mut logits[known..] {
             *logit = f32::NEG_INFINITY;
         }

@@ -109,15 +109,16 @@ pub fn sample_masked(
         _ => params.min_tokens,
     };
     apply_processors(logits, params, history, min_tokens, scratch);
-    let nothing_left = mask.is_some() && logits.iter().all(|&l| l == f32::NEG_INFINITY);
-    let token_id = if nothing_left {
-        let first = (0..logits.len() as TokenId).find(|&t| mask.is_some_and(|m| m.allows(t)));
-        first.unwrap_or(0)
-    } else if is_greedy(params.temperature) {
+    let mut token_id = if is_greedy(params.temperature) {
         truncation::argmax(logits)
     } else {
         truncation::sample_random(logits, params, rng, &mut scratch.candidates)
     };
+    // Only when no allowed token had a finite logit left can a masked-out one come out.
+    if let Some(mask) = mask.filter(|m| !m.allows(token_id)) {
+        let first = (0..logits.len() as TokenId).find(|&t| mask.allows(t));
+        token_id = first.unwrap_or(token_id);
+    }
     SampledToken {
         token_id,
         logprobs: params
