@@ -1,7 +1,8 @@
 //! Structured output through the engine on the real default model: every constrained
 //! output matches its grammar; a constrained request samples the same tokens alone and
 //! in a batch with unconstrained ones, and after preemption under a tiny KV cache; a
-//! `max_tokens` cut ends with `Length`; `n` sequences of one guide do not share state.
+//! `max_tokens` cut ends with `Length`; dropped constrained streams are aborted and free
+//! their blocks.
 
 mod common;
 
@@ -210,5 +211,46 @@ fn max_tokens_cuts_with_length_and_choices_hold() {
             && (2..=4).contains(&(text.len() - 4));
         assert!(ok, "{text:?}");
     }
+    e.shutdown();
+}
+
+#[test]
+fn dropped_constrained_streams_are_aborted_and_free_their_blocks() {
+    let e = engine(EngineConfig::default());
+    let g = guide(&e, GrammarSpec::Regex("[a-z ]+".into()));
+    let prompt = chat_ids(&e, "Tell me a long story.");
+    let mut streams: Vec<_> = (0..6)
+        .map(|seed| {
+            let params = SamplingParams {
+                min_tokens: 200,
+                ..sampled(&g, seed, 200)
+            };
+            e.submit(prompt.clone(), params).unwrap()
+        })
+        .collect();
+    for s in &mut streams {
+        let first = s.blocking_next().expect("an event").expect("no error");
+        assert!(!first.token_ids.is_empty());
+    }
+    drop(streams);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while e.gauges().snapshot().kv_blocks_used != 0 || e.gauges().snapshot().num_running != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks still held after the drop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The engine goes on serving constrained requests after the aborts.
+    let (_, text, finish, _) = e
+        .submit(prompt, sampled(&g, 9, 8))
+        .unwrap()
+        .blocking_collect()
+        .unwrap();
+    assert!(
+        text.bytes().all(|b| b.is_ascii_lowercase() || b == b' '),
+        "{text:?}"
+    );
+    assert!(matches!(finish, FinishReason::Length | FinishReason::Stop));
     e.shutdown();
 }
