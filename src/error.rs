@@ -271,6 +271,7 @@ fn dialog_status(err: &crate::dialog::DialogError) -> (u16, &'static str, &'stat
             (503, "service_unavailable_error", "store_unavailable")
         }
         D::Store(S::NotFound(_)) => (404, "invalid_request_error", "not_found"),
+        D::Store(S::Conflict(_)) => (409, "invalid_request_error", "conflict"),
         D::Store(_) | D::Internal(_) => (500, "server_error", "internal_error"),
     }
 }
