@@ -12,13 +12,15 @@
 //! configured keys every socket is the anonymous owner, as on the HTTP routes.
 //!
 //! Pieces: `socket.rs` runs one socket (its messages, limits, heartbeats, close);
-//! `turns.rs` runs one generation; `outbound.rs` bounds what waits for a slow reader;
-//! `WsHub` (here) counts sockets per key.
+//! `turns.rs` runs one generation and `requests.rs` answers the other messages;
+//! `frames.rs` reads client frames and `outbound.rs` bounds what waits for a slow reader
+//! (both over actix-http's WebSocket codec); `WsHub` (here) counts sockets per key.
 //!
 //! Invariants: a socket's generations never outlive it (closing it aborts them, freeing
 //! their KV blocks); every socket is counted in `WsHub` from authentication to its end.
 
 mod config;
+mod frames;
 mod outbound;
 mod protocol;
 mod requests;
@@ -28,6 +30,7 @@ mod turns;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use actix_http::body::{BodyStream, MessageBody};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -149,30 +152,29 @@ pub async fn chat_ws(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     state.engine()?;
+    let mut response = actix_http::ws::handshake(req.head()).map_err(|e| ApiError::Http {
+        status: 400,
+        message: format!(
+            "`/v1/chat/ws` takes a WebSocket upgrade (GET with `Upgrade: websocket`): {e}"
+        ),
+    })?;
     let (speaks, key) = offered(&req);
-    let protocols: &[&str] = if speaks { &[SUBPROTOCOL] } else { &[] };
-    let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, protocols)
-        .map_err(|e| ApiError::Http {
-            status: 400,
-            message: format!(
-                "`/v1/chat/ws` takes a WebSocket upgrade (GET with `Upgrade: websocket`): {e}"
-            ),
-        })?;
+    if speaks {
+        response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
+    }
     let limits = state.config.chat.limits;
-    let stream = stream
-        .max_frame_size(limits.max_message_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(limits.max_message_bytes);
-    let kill = req.conn_data::<Arc<KillSwitch>>().cloned();
-    let preauth = key.map(|k| owner_for_key(&state.config.api_keys, Some(&k)));
+    let (outbox, frames) = outbound::Outbox::new(limits.send_buffer);
+    let response = response
+        .message_body(BodyStream::new(frames).boxed())
+        .map_err(|e| ApiError::Internal(format!("WebSocket response: {e}")))?;
     let start = socket::Start {
+        preauth: key.map(|k| owner_for_key(&state.config.api_keys, Some(&k))),
         state: state.into_inner(),
-        session,
-        stream,
-        kill,
-        preauth,
+        outbox,
+        reader: frames::Reader::new(body, limits.max_message_bytes),
+        kill: req.conn_data::<Arc<KillSwitch>>().cloned(),
         request_id: id_of(&req),
     };
     actix_web::rt::spawn(socket::run(start));
-    Ok(response)
+    Ok(response.into())
 }

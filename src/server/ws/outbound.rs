@@ -1,26 +1,32 @@
 //! The send side of one socket: an `Outbox` that the socket and its generations push
-//! server messages into, and the writer task that hands them to the WebSocket in order.
+//! server messages into, and `Body`, the upgraded response's body, which actix polls for
+//! frames to write.
 //!
-//! Back-pressure: actix writes a WebSocket's frames only as fast as the client reads
-//! them; when it stops, the writer waits and the outbox fills. The outbox counts the
-//! bytes it holds and refuses a message that would take it past `--ws-limits
-//! send_buffer`: the socket is then *overflowed* — it stops taking messages, its
-//! generations are aborted, a close frame (`4409`) is queued behind what is waiting, and
-//! if the client has not read down to it within `CLOSE_GRACE` the connection is dropped
-//! (`conn_guard::KillSwitch`). Server memory per socket stays within the send buffer
-//! plus actix's own bounded buffers, whatever the client does.
+//! Back-pressure: actix polls the body only while its write buffer (32 KiB) has room,
+//! that is as fast as the client reads. Frames wait in the outbox until then, counted in
+//! bytes; a message that would take the outbox past `--ws-limits send_buffer` is refused
+//! (one larger message is taken when nothing else waits, so a long transcript still
+//! reaches a client that reads) and the socket is *overflowed*: it takes no more
+//! messages, its generations are aborted, a close frame (`4409`) is queued behind what
+//! waits, and a client that has not read down to it within `CLOSE_GRACE` loses its
+//! connection (`conn_guard::KillSwitch`). So a socket holds at most the send buffer (plus
+//! one message) and actix's write buffer, whatever its client does.
 //!
-//! Invariants: `queued` equals the bytes of the messages pushed and not yet written;
-//! once overflowed or closed, the outbox takes nothing more except the one close frame.
+//! Invariants: `queued` is the bytes of the frames in the queue; once overflowed or
+//! closed the outbox takes nothing but the one close frame; the body ends after it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use actix_web::web::Bytes;
-use actix_ws::{CloseCode, CloseReason, Session};
+use actix_codec::Encoder;
+use actix_http::ws::{CloseCode, CloseReason, Codec, Message};
+use actix_web::web::{Bytes, BytesMut};
+use futures_util::Stream;
 use serde_json::Value;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// How long an overflowed or closing socket's client has to read its close frame before
 /// the connection is dropped.
@@ -31,7 +37,7 @@ const CONTROL_FRAME_BYTES: usize = 128;
 
 /// One frame to send.
 #[derive(Debug)]
-pub enum Out {
+enum Out {
     Text(String),
     Ping(Bytes),
     Pong(Bytes),
@@ -46,36 +52,65 @@ impl Out {
             Out::Close(_, reason) => reason.len() + CONTROL_FRAME_BYTES,
         }
     }
+
+    fn into_message(self) -> Message {
+        match self {
+            Out::Text(text) => Message::Text(text.into()),
+            Out::Ping(b) => Message::Ping(b),
+            Out::Pong(b) => Message::Pong(b),
+            Out::Close(code, reason) => Message::Close(Some(CloseReason {
+                code: CloseCode::from(code),
+                description: (!reason.is_empty()).then_some(reason),
+            })),
+        }
+    }
 }
 
-/// The shared state of an outbox.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Out>,
+    queued: usize,
+    overflowed: bool,
+    closed: bool,
+    /// The body's waker, while it waits for a frame.
+    waker: Option<Waker>,
+}
+
 struct Shared {
-    queued: AtomicUsize,
+    queue: Mutex<Queue>,
     limit: usize,
-    overflowed: AtomicBool,
-    closed: AtomicBool,
     overflow: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        match self.queue.lock() {
+            Ok(q) => q,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
 }
 
 /// Where a socket's messages go; cheap to clone (one per generation).
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Out>,
     shared: Arc<Shared>,
 }
 
 impl Outbox {
-    /// An outbox of at most `limit` queued bytes and its receiving end (for `write`).
-    pub fn new(limit: usize) -> (Self, mpsc::UnboundedReceiver<Out>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// An outbox of at most `limit` queued bytes, and the response body it feeds.
+    pub fn new(limit: usize) -> (Self, Body) {
         let shared = Arc::new(Shared {
-            queued: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
             limit,
-            overflowed: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
             overflow: Notify::new(),
         });
-        (Self { tx, shared }, rx)
+        let body = Body {
+            shared: shared.clone(),
+            codec: Codec::new(),
+            done: false,
+        };
+        (Self { shared }, body)
     }
 
     /// Queues `message`; false when the socket is closed or this overflowed it.
@@ -92,77 +127,89 @@ impl Outbox {
     }
 
     fn push(&self, out: Out) -> bool {
-        let s = &self.shared;
-        if s.closed.load(Ordering::SeqCst) || s.overflowed.load(Ordering::SeqCst) {
+        let mut q = self.shared.lock();
+        if q.closed || q.overflowed {
             return false;
         }
         let bytes = out.bytes();
-        let total = s.queued.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        if total > s.limit {
-            s.queued.fetch_sub(bytes, Ordering::SeqCst);
-            if !s.overflowed.swap(true, Ordering::SeqCst) {
-                s.overflow.notify_one();
-            }
+        if q.queued > 0 && q.queued + bytes > self.shared.limit {
+            q.overflowed = true;
+            drop(q);
+            self.shared.overflow.notify_one();
             return false;
         }
-        if self.tx.send(out).is_err() {
-            s.queued.fetch_sub(bytes, Ordering::SeqCst);
-            return false;
+        q.queued += bytes;
+        q.frames.push_back(out);
+        if let Some(waker) = q.waker.take() {
+            waker.wake();
         }
         true
     }
 
-    /// Queues the close frame (once; past the limit) and takes nothing more after it.
+    /// Queues the close frame (once; past the limit); nothing is taken after it.
     pub fn close(&self, code: u16, reason: &str) {
-        if !self.shared.closed.swap(true, Ordering::SeqCst) {
-            let out = Out::Close(code, reason.to_string());
-            self.shared.queued.fetch_add(out.bytes(), Ordering::SeqCst);
-            let _ = self.tx.send(out);
+        let mut q = self.shared.lock();
+        if q.closed {
+            return;
+        }
+        q.closed = true;
+        let out = Out::Close(code, reason.to_string());
+        q.queued += out.bytes();
+        q.frames.push_back(out);
+        if let Some(waker) = q.waker.take() {
+            waker.wake();
         }
     }
 
     /// Resolves when a message did not fit (the client reads too slowly).
     pub async fn overflowed(&self) {
         let notified = self.shared.overflow.notified();
-        if self.shared.overflowed.load(Ordering::SeqCst) {
+        if self.shared.lock().overflowed {
             return;
         }
         notified.await;
     }
 
+    /// Whether the close frame has been handed to actix (the body has ended).
     #[cfg(test)]
-    fn is_overflowed(&self) -> bool {
-        self.shared.overflowed.load(Ordering::SeqCst)
+    fn is_flushed(&self) -> bool {
+        let q = self.shared.lock();
+        q.closed && q.frames.is_empty()
     }
 
-    /// Bytes queued and not yet handed to the WebSocket.
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::SeqCst)
+        self.shared.lock().queued
     }
 }
 
-/// The writer task: hands the queued frames to `session` in order until the close frame
-/// (or the connection ends). Returns once the close frame is handed over.
-pub async fn write(mut rx: mpsc::UnboundedReceiver<Out>, outbox: Outbox, mut session: Session) {
-    while let Some(out) = rx.recv().await {
-        let bytes = out.bytes();
-        let sent = match out {
-            Out::Text(text) => session.text(text).await,
-            Out::Ping(payload) => session.ping(&payload).await,
-            Out::Pong(payload) => session.pong(&payload).await,
-            Out::Close(code, reason) => {
-                let reason = CloseReason {
-                    code: CloseCode::from(code),
-                    description: Some(reason),
-                };
-                let _ = session.close(Some(reason)).await;
-                return;
-            }
+/// The WebSocket response body: the outbox's frames, encoded, as actix asks for them.
+pub struct Body {
+    shared: Arc<Shared>,
+    codec: Codec,
+    done: bool,
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut q = this.shared.lock();
+        let Some(out) = q.frames.pop_front() else {
+            q.waker = Some(cx.waker().clone());
+            return Poll::Pending;
         };
-        outbox.shared.queued.fetch_sub(bytes, Ordering::SeqCst);
-        if sent.is_err() {
-            return;
+        q.queued -= out.bytes();
+        drop(q);
+        this.done = matches!(out, Out::Close(..));
+        let mut buf = BytesMut::new();
+        match this.codec.encode(out.into_message(), &mut buf) {
+            Ok(()) => Poll::Ready(Some(Ok(buf.freeze()))),
+            Err(e) => Poll::Ready(Some(Err(actix_web::error::ErrorInternalServerError(e)))),
         }
     }
 }
@@ -170,32 +217,44 @@ pub async fn write(mut rx: mpsc::UnboundedReceiver<Out>, outbox: Outbox, mut ses
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use serde_json::json;
 
     #[test]
     fn the_outbox_is_bounded_in_bytes_and_overflows_once() {
-        let (outbox, mut rx) = Outbox::new(100);
+        let (outbox, mut body) = Outbox::new(100);
+        let big = json!({"text": "z".repeat(500)});
+        assert!(
+            outbox.send(&big),
+            "one large message goes when nothing waits"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let frame = rt.block_on(body.next()).expect("frame").expect("encoded");
+        assert!(frame.len() > 500);
+        assert_eq!(outbox.queued(), 0);
         let message = json!({"type": "delta", "text": "x".repeat(40)});
         assert!(outbox.send(&message));
-        assert!(!outbox.is_overflowed());
-        let size = outbox.queued();
-        assert!(size > 40 && size < 60, "{size}");
-        // The next two would be over 100 bytes: the first refusal overflows the outbox.
-        assert!(outbox.send(&message) || outbox.queued() <= 100);
-        assert!(!outbox.send(&json!({"text": "y".repeat(80)})));
-        assert!(outbox.is_overflowed());
+        assert!(
+            !outbox.send(&json!({"text": "y".repeat(80)})),
+            "past the limit"
+        );
         assert!(outbox.queued() <= 100);
         assert!(
             !outbox.send(&json!({})),
             "an overflowed outbox takes nothing"
         );
         outbox.close(4409, "slow");
-        let mut frames = Vec::new();
-        while let Ok(out) = rx.try_recv() {
-            frames.push(out);
-        }
-        assert!(matches!(frames.last(), Some(Out::Close(4409, r)) if r == "slow"));
         outbox.close(1000, "again");
-        assert!(rx.try_recv().is_err(), "one close frame only");
+        let frames: Vec<Bytes> = rt.block_on(body.map(|f| f.expect("encoded")).collect());
+        assert_eq!(frames.len(), 2, "the queued message, then one close frame");
+        assert_eq!(
+            &frames[1][..2],
+            &[0x88, 6],
+            "a close frame: code and reason"
+        );
+        assert_eq!(&frames[1][2..4], &4409u16.to_be_bytes());
+        assert!(outbox.is_flushed());
     }
 }

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::rt::task::JoinHandle;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseReason, ProtocolError, Session};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::outbound::{self, Outbox, CLOSE_GRACE};
+use super::frames::{Incoming, ReadError, Reader};
+use super::outbound::{Outbox, CLOSE_GRACE};
 use super::protocol::{self, close, message, ClientMessage};
 use super::requests;
 use super::turns::{self, Job, TurnKind};
@@ -30,8 +30,8 @@ use crate::store::Owner;
 /// What `chat_ws` hands the socket task.
 pub struct Start {
     pub state: Arc<AppState>,
-    pub session: Session,
-    pub stream: AggregatedMessageStream,
+    pub outbox: Outbox,
+    pub reader: Reader,
     pub kill: Option<Arc<KillSwitch>>,
     /// The result of a key offered as a subprotocol, if one was.
     pub preauth: Option<Result<Owner, ApiError>>,
@@ -96,15 +96,13 @@ struct Socket {
 pub async fn run(start: Start) {
     let Start {
         state,
-        session,
-        mut stream,
+        outbox,
+        mut reader,
         kill,
         preauth,
         request_id,
     } = start;
     let limits = state.config.chat.limits;
-    let (outbox, queue) = Outbox::new(limits.send_buffer);
-    let writer = actix_web::rt::spawn(outbound::write(queue, outbox.clone(), session));
     let (finished, mut done) = mpsc::unbounded_channel();
     let mut socket = Socket {
         state,
@@ -132,9 +130,9 @@ pub async fn run(start: Start) {
         None => None,
     };
     if ending.is_none() {
-        ending = socket.serve(&mut stream, &mut done).await;
+        ending = socket.serve(&mut reader, &mut done).await;
     }
-    socket.finish(ending, writer, stream, kill).await;
+    socket.finish(ending, reader, kill).await;
 }
 
 impl Socket {
@@ -145,7 +143,7 @@ impl Socket {
     /// The message loop; returns how the socket ends.
     async fn serve(
         &mut self,
-        stream: &mut AggregatedMessageStream,
+        reader: &mut Reader,
         done: &mut mpsc::UnboundedReceiver<String>,
     ) -> Ending {
         let limits = self.limits();
@@ -156,7 +154,7 @@ impl Socket {
         let outbox = self.outbox.clone();
         loop {
             let end = tokio::select! {
-                frame = stream.recv() => self.on_frame(frame).await,
+                frame = reader.recv() => self.on_frame(frame).await,
                 Some(id) = done.recv() => {
                     self.generations.remove(&id);
                     None
@@ -197,34 +195,32 @@ impl Socket {
         None
     }
 
-    /// One frame (or the end of the stream); `Some` ends the loop.
-    async fn on_frame(
-        &mut self,
-        frame: Option<Result<AggregatedMessage, ProtocolError>>,
-    ) -> Option<Ending> {
+    /// One client message (or the end of the stream); `Some` ends the loop.
+    async fn on_frame(&mut self, frame: Option<Result<Incoming, ReadError>>) -> Option<Ending> {
         self.last_seen = Instant::now();
         let max = self.limits().max_message_bytes;
         match frame {
             None => Some(None),
-            Some(Err(ProtocolError::Overflow)) => Some(Some((
+            Some(Err(ReadError::TooBig)) => Some(Some((
                 close::MESSAGE_TOO_BIG,
                 format!("a message was larger than the limit of {max} bytes"),
             ))),
-            Some(Err(e)) => Some(Some((
+            Some(Err(ReadError::Protocol(e))) => Some(Some((
                 close::PROTOCOL_ERROR,
                 format!("WebSocket protocol error: {e}"),
             ))),
-            Some(Ok(AggregatedMessage::Ping(payload))) => {
+            Some(Ok(Incoming::Ping(payload))) => {
                 self.outbox.pong(payload);
                 None
             }
-            Some(Ok(AggregatedMessage::Pong(_))) => None,
-            Some(Ok(AggregatedMessage::Close(reason))) => Some(Some(echo_close(reason))),
-            Some(Ok(AggregatedMessage::Binary(_))) => Some(Some((
+            Some(Ok(Incoming::Pong)) => None,
+            // The client closes: answer with a normal close.
+            Some(Ok(Incoming::Close)) => Some(Some((1000, String::new()))),
+            Some(Ok(Incoming::Binary)) => Some(Some((
                 close::UNSUPPORTED_DATA,
                 "the protocol takes JSON text messages, not binary ones".into(),
             ))),
-            Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
+            Some(Ok(Incoming::Text(text))) => self.on_text(&text).await,
         }
     }
 
@@ -427,14 +423,8 @@ impl Socket {
     }
 
     /// Aborts the generations, sends the close frame, and drops a connection whose
-    /// client does not take it in time.
-    async fn finish(
-        mut self,
-        ending: Ending,
-        writer: JoinHandle<()>,
-        mut stream: AggregatedMessageStream,
-        kill: Option<Arc<KillSwitch>>,
-    ) {
+    /// client does not answer it in time.
+    async fn finish(mut self, ending: Ending, mut reader: Reader, kill: Option<Arc<KillSwitch>>) {
         for (_, running) in self.generations.drain() {
             running.task.abort();
         }
@@ -445,29 +435,22 @@ impl Socket {
         tracing::info!(request_id = %self.request_id, code, %reason, "closing the chat socket");
         self.state.ws.record_close(code);
         self.outbox.close(code, &reason);
-        let closed = async {
-            let _ = writer.await;
-            while let Some(Ok(frame)) = stream.recv().await {
-                if matches!(frame, AggregatedMessage::Close(_)) {
+        let answered = async {
+            while let Some(Ok(frame)) = reader.recv().await {
+                if matches!(frame, Incoming::Close) {
                     break;
                 }
             }
         };
-        if actix_web::rt::time::timeout(CLOSE_GRACE, closed)
+        if actix_web::rt::time::timeout(CLOSE_GRACE, answered)
             .await
             .is_err()
         {
             if let Some(kill) = kill {
-                tracing::info!(request_id = %self.request_id, "the client did not take the close frame; dropping the connection");
+                tracing::info!(request_id = %self.request_id, "the client did not answer the close frame; dropping the connection");
                 kill.pull();
             }
         }
         drop(self.slot.take());
     }
-}
-
-/// The close frame answering a client's close: its code (normal when none).
-fn echo_close(reason: Option<CloseReason>) -> (u16, String) {
-    let code = reason.map_or(1000, |r| u16::from(r.code));
-    (code, String::new())
 }
