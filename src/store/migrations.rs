@@ -66,7 +66,7 @@ pub const MIGRATIONS: &[Migration] = &[
     ",
     },
     Migration {
-        version: 2,
+        version: 3,
         name: "feedback: one rating per answer, with the dialog it rated",
         sql: "
     CREATE TABLE feedback (
