@@ -3,13 +3,14 @@
 //! hits), stop mid-stream (the engine back to idle, the partial answer kept as
 //! incomplete), two generations on one socket, regenerate (the last turn replaced, the
 //! old response kept), moderation (blocked input and output), bad messages, and ratings
-//! over the socket and HTTP exported as fine-tuning lines.
+//! over the socket and HTTP exported as fine-tuning lines. One ignored "test" is a
+//! measurement: the time to the first token over the socket against SSE.
 
 mod http_support;
 mod ws_support;
 
 use futures_util::SinkExt;
-use http_support::{get, request, FRANCE};
+use http_support::{get, post, request, SseEvent, SseStream, FRANCE, MODEL};
 use serde_json::{json, Value};
 use tessera::dialog::feedback::export_feedback;
 use tessera::server::ws::{close, WsLimits};
@@ -219,7 +220,12 @@ fn moderation_blocks_input_and_cuts_output() {
     let engine = engine();
     let policy =
         std::env::temp_dir().join(format!("tessera-ws-policy-{}.toml", std::process::id()));
-    std::fs::write(&policy, include_str!("fixtures/moderation/policy.toml")).expect("policy");
+    // The test policy, and an output rule on a word of the greedy answer to `GREETING`.
+    let rules = concat!(
+        include_str!("fixtures/moderation/policy.toml"),
+        "\n[[rule]]\ncategory = \"style\"\naction = \"block\"\nstages = [\"output\"]\nterms = [\"creative\"]\n"
+    );
+    std::fs::write(&policy, rules).expect("policy");
     let srv = server(
         &engine,
         chat(greedy(16), WsLimits::default()),
@@ -245,12 +251,18 @@ fn moderation_blocks_input_and_cuts_output() {
             .await;
         let err = c.until("error").await;
         assert_eq!(err["error"]["param"], "text");
-        // "The capital of France is Paris." stops before "Paris" (an output rule).
-        let (messages, text) = c.turn(&conv, FRANCE, json!({})).await;
-        assert!(!text.contains("Par"), "{text:?}");
+        // "Hello! I'm here to help with any kind of creative writing project." stops
+        // before "creative" (an output rule).
+        let (messages, text) = c.turn(&conv, "Say hello.", json!({})).await;
+        assert!(
+            text.starts_with("Hello") && !text.contains("creat"),
+            "{text:?}"
+        );
+        let blocked = of_type(&messages, "moderation.blocked");
         assert_eq!(
-            of_type(&messages, "moderation.blocked")[0]["stage"],
-            "output"
+            blocked.first().map(|m| m["stage"].clone()),
+            Some(json!("output")),
+            "{text:?}"
         );
         assert_eq!(
             messages.last().expect("done")["finish_reason"],
@@ -294,6 +306,19 @@ fn bad_messages_get_errors_and_the_socket_goes_on() {
             c.ended().await,
             Ended::Closed(close::UNAUTHORIZED, _)
         ));
+        // An unknown type before `auth`: its error (which lists every type) is the close
+        // reason, cut to fit a close frame, so the client still reads the code.
+        let mut c = Client::connect(srv.addr, &["tessera.chat.v1"]).await;
+        c.send(json!({"type": "nope"})).await;
+        match c.ended().await {
+            Ended::Closed(close::UNAUTHORIZED, reason) => {
+                assert!(
+                    reason.len() <= 123 && reason.starts_with("unknown message type"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
 
         let (mut c, _) = Client::ready(srv.addr, Some("sk-ws")).await;
         c.send(json!({"type": "nope", "id": "a"})).await;
@@ -324,6 +349,19 @@ fn bad_messages_get_errors_and_the_socket_goes_on() {
         c.send(json!({"type": "feedback", "response_id": "resp_nope", "rating": "up"}))
             .await;
         assert_eq!(c.until("error").await["error"]["code"], "not_found");
+        c.send(json!({"type": "feedback", "response_id": "resp_nope", "rating": "meh"}))
+            .await;
+        assert_eq!(c.until("error").await["error"]["param"], "rating");
+        // Binary frames are not part of the protocol: the socket is closed (1003).
+        c.ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![
+            1u8, 2, 3,
+        ]))
+        .await
+        .expect("send");
+        assert!(matches!(
+            c.ended().await,
+            Ended::Closed(close::UNSUPPORTED_DATA, _)
+        ));
     });
 }
 
@@ -413,4 +451,77 @@ fn the_page_is_served_with_its_policy_or_not_at_all() {
     let srv = server(&engine, off, &[], None);
     assert_eq!(get(srv.addr, "/").status, 404);
     assert_eq!(get(srv.addr, "/web/app.js").status, 404);
+}
+
+fn median_and_p90(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+/// A measurement, not a test (`cargo test --release --test ws_chat -- --ignored
+/// --nocapture`): the time to the first token a client sees for the same turn (a new
+/// conversation, the same question, greedy) over an open socket (`message.send` to the
+/// first `delta`) and over SSE (`POST /v1/responses` streamed, request to the first
+/// `response.output_text.delta`), alternating; and the TTFT the socket reports in
+/// `generation.done` (engine submit to first token, what the page shows).
+#[test]
+#[ignore = "a measurement; run it with --ignored --nocapture"]
+fn measure_time_to_first_token_socket_against_sse() {
+    const RUNS: usize = 40;
+    let engine = engine();
+    let srv = server(&engine, chat(greedy(4), WsLimits::default()), &[], None);
+    let question = "Say hello.";
+    block_on(async {
+        let (mut c, _) = Client::ready(srv.addr, None).await;
+        let (mut socket, mut reported, mut sse) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let conv = c.conversation().await;
+            let sent = std::time::Instant::now();
+            c.send(json!({"type": "message.send", "conversation_id": conv, "text": question}))
+                .await;
+            c.until("delta").await;
+            socket.push(sent.elapsed().as_secs_f64() * 1e3);
+            let done = c.until("generation.done").await;
+            reported.push(done["ttft_ms"].as_f64().expect("ttft_ms"));
+
+            let conv = post(srv.addr, "/v1/conversations", &json!({})).json()["id"].clone();
+            let body = json!({"model": MODEL, "input": question, "conversation": conv,
+                "stream": true, "temperature": 0, "max_output_tokens": 4});
+            let sent = std::time::Instant::now();
+            let mut stream = SseStream::open(srv.addr, "/v1/responses", &body);
+            loop {
+                match stream.next_event().expect("a delta before the end") {
+                    SseEvent::Data(e) | SseEvent::Comment(e)
+                        if e.contains("response.output_text.delta") =>
+                    {
+                        break
+                    }
+                    _ => {}
+                }
+            }
+            sse.push(sent.elapsed().as_secs_f64() * 1e3);
+            assert!(stream
+                .rest()
+                .iter()
+                .any(|d| d.contains("response.completed")));
+        }
+        let (socket, reported, sse) = (
+            median_and_p90(socket),
+            median_and_p90(reported),
+            median_and_p90(sse),
+        );
+        println!(
+            "{RUNS} turns each, ms (median / p90): socket first delta {:.2} / {:.2}; \
+             SSE first delta {:.2} / {:.2}; socket minus SSE {:+.2}; \
+             generation.done ttft_ms {:.2} / {:.2}",
+            socket.0,
+            socket.1,
+            sse.0,
+            sse.1,
+            socket.0 - sse.0,
+            reported.0,
+            reported.1
+        );
+    });
 }

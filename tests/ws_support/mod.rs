@@ -33,10 +33,12 @@ pub fn engine() -> EngineHandle {
     })
 }
 
-/// Greedy, short answers unless a test asks otherwise.
+/// Greedy (plain argmax: no repetition penalty, which would end a count early), short
+/// answers unless a test asks otherwise.
 pub fn greedy(max_tokens: usize) -> ChatDefaults {
     ChatDefaults {
         temperature: 0.0,
+        repetition_penalty: 1.0,
         max_tokens,
         ..ChatDefaults::default()
     }

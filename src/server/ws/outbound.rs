@@ -35,6 +35,24 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bytes counted for a frame without text (ping, pong, close).
 const CONTROL_FRAME_BYTES: usize = 128;
 
+/// Longest close reason (RFC 6455: a control frame carries at most 125 bytes, two of
+/// them the code); a peer fails the connection on a longer one, losing the code.
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// `reason` cut to `MAX_CLOSE_REASON_BYTES` at a character boundary (an ellipsis marks
+/// the cut).
+fn close_reason(reason: &str) -> String {
+    if reason.len() <= MAX_CLOSE_REASON_BYTES {
+        return reason.to_string();
+    }
+    const MORE: &str = "…";
+    let mut end = MAX_CLOSE_REASON_BYTES - MORE.len();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &reason[..end])
+}
+
 /// One frame to send.
 #[derive(Debug)]
 enum Out {
@@ -153,7 +171,7 @@ impl Outbox {
             return;
         }
         q.closed = true;
-        let out = Out::Close(code, reason.to_string());
+        let out = Out::Close(code, close_reason(reason));
         q.queued += out.bytes();
         q.frames.push_back(out);
         if let Some(waker) = q.waker.take() {
@@ -256,5 +274,24 @@ mod tests {
         );
         assert_eq!(&frames[1][2..4], &4409u16.to_be_bytes());
         assert!(outbox.is_flushed());
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(close_reason("slow"), "slow");
+        let exact = "x".repeat(MAX_CLOSE_REASON_BYTES);
+        assert_eq!(close_reason(&exact), exact);
+        let long = format!("a{}", "字".repeat(100));
+        let cut = close_reason(&long);
+        assert!(cut.len() <= MAX_CLOSE_REASON_BYTES, "{}", cut.len());
+        assert!(cut.starts_with("a字") && cut.ends_with('…'), "{cut}");
+        let (outbox, body) = Outbox::new(100);
+        outbox.close(4401, &long);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let frames: Vec<Bytes> = rt.block_on(body.map(|f| f.expect("encoded")).collect());
+        assert_eq!(frames[0][0], 0x88, "a close frame");
+        assert!(usize::from(frames[0][1]) <= 125, "{}", frames[0][1]);
     }
 }

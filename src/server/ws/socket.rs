@@ -279,7 +279,11 @@ impl Socket {
     fn authenticate(&mut self, result: Result<Owner, ApiError>, id: Option<&str>) -> Ending {
         let owner = match result {
             Ok(owner) => owner,
-            Err(e) => return Some((close::UNAUTHORIZED, e.to_string())),
+            Err(_) => {
+                let reason = "missing or invalid API key: offer the subprotocol `bearer.KEY` \
+                     or send an `auth` message with a key given to --api-key";
+                return Some((close::UNAUTHORIZED, reason.into()));
+            }
         };
         let limit = self.limits().sockets_per_key;
         let Some(slot) = self.state.ws.enter(&owner, limit) else {
