@@ -14,7 +14,9 @@ use http_support::{get, post, request, SseEvent, SseStream, FRANCE, MODEL};
 use serde_json::{json, Value};
 use tessera::dialog::feedback::export_feedback;
 use tessera::server::ws::{close, WsLimits};
-use ws_support::{block_on, chat, engine, greedy, joined, server, wait_idle, Client, Ended};
+use ws_support::{
+    block_on, chat, engine, eventually, greedy, joined, server, wait_idle, Client, Ended,
+};
 
 fn of_type<'a>(messages: &'a [Value], kind: &str) -> Vec<&'a Value> {
     messages.iter().filter(|m| m["type"] == kind).collect()
@@ -37,10 +39,13 @@ fn a_three_turn_conversation_streams_and_is_stored() {
         let mut answers = Vec::new();
         let mut usage = Vec::new();
         for q in questions {
-            let (messages, text) = c.turn(&conv, q, json!({"id": q})).await;
+            let (messages, text) = c.turn(&conv, q, json!({"request_id": q})).await;
             let started = of_type(&messages, "generation.started");
             assert_eq!(started.len(), 1, "{messages:?}");
-            assert_eq!(started[0]["id"], q, "the started message answers the send");
+            assert_eq!(
+                started[0]["request_id"], q,
+                "the started message answers the send"
+            );
             assert_eq!(started[0]["input"]["text"], q);
             let done = messages.last().expect("done");
             assert!(
@@ -60,9 +65,11 @@ fn a_three_turn_conversation_streams_and_is_stored() {
             usage[2]["cached_tokens"].as_u64().unwrap_or(0) >= 16,
             "{usage:?}"
         );
-        c.send(json!({"type": "conversation.open", "id": conv}))
+        c.send(json!({"type": "conversation.open", "id": conv, "request_id": "h"}))
             .await;
         let history = c.until("conversation.history").await;
+        assert_eq!(history["request_id"], "h");
+        assert_eq!(history["conversation"]["id"], conv.as_str());
         let items = history["items"].as_array().expect("items");
         assert_eq!(items.len(), 6);
         for (i, q) in questions.iter().enumerate() {
@@ -103,8 +110,9 @@ fn stop_aborts_mid_stream_and_frees_the_kv_blocks() {
         let started = c.until("generation.started").await;
         let generation = started["generation_id"].clone();
         c.until("delta").await;
+        // The gauges are published after the step that sent the delta.
         assert!(
-            engine.gauges().snapshot().kv_blocks_used > 0,
+            eventually(|| engine.gauges().snapshot().kv_blocks_used > 0).await,
             "the sequence holds blocks"
         );
         c.send(json!({"type": "generation.stop", "generation_id": generation}))
@@ -167,10 +175,10 @@ fn two_generations_run_on_one_socket() {
         let slow = json!({"type": "message.send", "conversation_id": a, "text": "Tell a long story.", "max_tokens": 200});
         c.send(slow.clone()).await;
         c.until("generation.started").await;
-        c.send(json!({"type": "message.send", "conversation_id": a, "text": "hi", "id": "second"}))
+        c.send(json!({"type": "message.send", "conversation_id": a, "text": "hi", "request_id": "second"}))
             .await;
         let refused = c.until("error").await;
-        assert_eq!(refused["id"], "second");
+        assert_eq!(refused["request_id"], "second");
         assert_eq!(refused["error"]["param"], "conversation_id");
     });
 }
@@ -238,11 +246,11 @@ fn moderation_blocks_input_and_cuts_output() {
         let ready = c.until("ready").await;
         assert_eq!(ready["max_input_chars"], 512);
         let conv = c.conversation().await;
-        c.send(json!({"type": "message.send", "conversation_id": conv, "text": "how do I make a bomb", "id": "m1"}))
+        c.send(json!({"type": "message.send", "conversation_id": conv, "text": "how do I make a bomb", "request_id": "m1"}))
             .await;
         let blocked = c.until("moderation.blocked").await;
         assert_eq!(
-            (blocked["stage"].as_str(), blocked["id"].as_str()),
+            (blocked["stage"].as_str(), blocked["request_id"].as_str()),
             (Some("input"), Some("m1"))
         );
         assert_eq!(blocked["message"], "输入包含敏感内容,请重新表述");
@@ -321,10 +329,10 @@ fn bad_messages_get_errors_and_the_socket_goes_on() {
         }
 
         let (mut c, _) = Client::ready(srv.addr, Some("sk-ws")).await;
-        c.send(json!({"type": "nope", "id": "a"})).await;
+        c.send(json!({"type": "nope", "request_id": "a"})).await;
         let err = c.until("error").await;
         assert_eq!(
-            (err["id"].as_str(), err["error"]["param"].as_str()),
+            (err["request_id"].as_str(), err["error"]["param"].as_str()),
             (Some("a"), Some("type"))
         );
         assert!(err["error"]["message"]
@@ -344,8 +352,8 @@ fn bad_messages_get_errors_and_the_socket_goes_on() {
         c.send(json!({"type": "message.send", "conversation_id": "x", "text": "hi", "max_tokens": 100000}))
             .await;
         assert_eq!(c.until("error").await["error"]["param"], "max_tokens");
-        c.send(json!({"type": "ping", "id": "p"})).await;
-        assert_eq!(c.until("pong").await["id"], "p");
+        c.send(json!({"type": "ping", "request_id": "p"})).await;
+        assert_eq!(c.until("pong").await["request_id"], "p");
         c.send(json!({"type": "feedback", "response_id": "resp_nope", "rating": "up"}))
             .await;
         assert_eq!(c.until("error").await["error"]["code"], "not_found");

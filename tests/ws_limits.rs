@@ -127,7 +127,8 @@ fn rate_sockets_per_key_heartbeat_and_auth_are_limited() {
         // Four messages of burst (`auth` counts), then the rate: the 4th ping is refused
         // with an error.
         for i in 0..4 {
-            a.send(json!({"type": "ping", "id": i.to_string()})).await;
+            a.send(json!({"type": "ping", "request_id": i.to_string()}))
+                .await;
         }
         let mut answers = Vec::new();
         for _ in 0..4 {
@@ -178,7 +179,7 @@ fn a_silent_peer_is_closed_by_the_heartbeat() {
         let (mut alive, _) = Client::ready(srv.addr, None).await;
         for i in 0..3 {
             alive
-                .send(json!({"type": "ping", "id": i.to_string()}))
+                .send(json!({"type": "ping", "request_id": i.to_string()}))
                 .await;
             alive.until("pong").await;
         }

@@ -46,7 +46,7 @@ function setStatus(text, on) {
 function request(type, fields = {}, waiting) {
   const id = String(state.nextId++);
   if (waiting !== undefined) state.pending.set(id, waiting);
-  return send({ type, id, ...fields });
+  return send({ ...fields, type, request_id: id });
 }
 
 function send(message) {
@@ -112,14 +112,14 @@ function take(id) {
 function handle(msg) {
   switch (msg.type) {
     case "ready": return onReady(msg);
-    case "conversation.list": take(msg.id); return showList(msg.conversations);
+    case "conversation.list": take(msg.request_id); return showList(msg.conversations);
     case "conversation.created":
     case "conversation.renamed":
     case "conversation.deleted":
     case "conversation.history":
     case "feedback.recorded":
     case "pong": {
-      const callback = take(msg.id);
+      const callback = take(msg.request_id);
       return typeof callback === "function" ? callback(msg) : undefined;
     }
     case "generation.started": return onStarted(msg);
@@ -146,7 +146,7 @@ function onReady(msg) {
 }
 
 function onError(msg) {
-  const waiting = take(msg.id);
+  const waiting = take(msg.request_id);
   const view = (msg.generation_id && state.generations.get(msg.generation_id)) ||
     (waiting && waiting.bubble ? waiting : null);
   const text = msg.error ? msg.error.message : "error";
@@ -434,7 +434,7 @@ function startView(conversationId) {
 }
 
 function onStarted(msg) {
-  const view = take(msg.id);
+  const view = take(msg.request_id);
   if (!view || !view.bubble) return;
   view.responseId = msg.response_id;
   state.generations.set(msg.generation_id, view);
@@ -471,7 +471,7 @@ function onDone(msg) {
 }
 
 function onBlocked(msg) {
-  const waiting = take(msg.id);
+  const waiting = take(msg.request_id);
   const view = (msg.generation_id && state.generations.get(msg.generation_id)) ||
     (waiting && waiting.bubble ? waiting : null);
   if (!view) return;

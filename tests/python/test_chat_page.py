@@ -269,6 +269,9 @@ def test_the_page_reconnects_after_a_dropped_connection(browser):
     second = Server(*flags, port=port)
     try:
         expect(page.locator("#status")).to_have_text("connected")
+        # The page asked for the conversation again (it was still on screen).
+        history = frames.wait("conversation.history", 1)[0]
+        assert history["conversation"]["id"] == done["conversation_id"]
         expect(page.locator(".msg.user .bubble")).to_have_text(["Say hello."])
         expect(page.locator(".msg.assistant .bubble")).to_have_text(answer)
         send(page, "Say it again.")

@@ -3,8 +3,9 @@
 //! OpenAI error shape through `error::http_error`); server messages are built by the
 //! functions below, so every message type and field name is written once.
 //!
-//! Every client message may carry an `id` (a string of at most `MAX_ID_CHARS`); the
-//! server's direct answer to it (and an `error` about it) echoes it as `id`.
+//! Every client message may carry a `request_id` (a string of at most `MAX_ID_CHARS`);
+//! the server's answers to it (and an `error` about it) echo it as `request_id`. (Not
+//! `id`: that field names the conversation in `conversation.open` / `rename` / `delete`.)
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -33,8 +34,11 @@ pub mod close {
     pub const TOO_MANY: u16 = 4429;
 }
 
-/// Longest client message `id` echoed back.
+/// Longest client `request_id` echoed back.
 pub const MAX_ID_CHARS: usize = 64;
+
+/// The field that carries a client's request id, echoed in the answers.
+pub const REQUEST_ID: &str = "request_id";
 
 /// The message types a client may send.
 pub const CLIENT_TYPES: &[&str] = &[
@@ -150,21 +154,21 @@ fn fields<T: DeserializeOwned>(value: Value, kind: &str) -> Result<T, ApiError> 
     })
 }
 
-/// Parses one text message: its `id` and what it asks.
+/// Parses one text message: its `request_id` and what it asks.
 pub fn parse(text: &str) -> Result<(Option<String>, ClientMessage), BadMessage> {
     let value: Value = serde_json::from_str(text).map_err(|e| BadMessage {
         id: None,
         error: invalid(format!("a message must be a JSON object: {e}"), "type"),
     })?;
-    let id = match value.get("id") {
+    let id = match value.get(REQUEST_ID) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.chars().count() <= MAX_ID_CHARS => Some(s.clone()),
         Some(_) => {
             return Err(BadMessage {
                 id: None,
                 error: invalid(
-                    format!("`id` must be a string of at most {MAX_ID_CHARS} characters"),
-                    "id",
+                    format!("`{REQUEST_ID}` must be a string of at most {MAX_ID_CHARS} characters"),
+                    REQUEST_ID,
                 ),
             })
         }
@@ -204,12 +208,12 @@ pub fn parse(text: &str) -> Result<(Option<String>, ClientMessage), BadMessage> 
     }
 }
 
-/// A server message of `kind` with `fields` (an object) and the `id` it answers.
+/// A server message of `kind` with `fields` (an object) and the `request_id` it answers.
 pub fn message(kind: &str, id: Option<&str>, fields: Value) -> Value {
     let mut out = Map::new();
     out.insert("type".into(), json!(kind));
     if let Some(id) = id {
-        out.insert("id".into(), json!(id));
+        out.insert(REQUEST_ID.into(), json!(id));
     }
     if let Value::Object(fields) = fields {
         out.extend(fields);
@@ -234,7 +238,7 @@ mod tests {
         let bad = parse(text).expect_err(text);
         let v = error(bad.id.as_deref(), &bad.error, json!({}));
         (
-            v["id"].as_str().map(str::to_string),
+            v[REQUEST_ID].as_str().map(str::to_string),
             v["error"]["code"].as_str().unwrap_or("").to_string(),
             v["error"]["param"].as_str().unwrap_or("").to_string(),
         )
@@ -242,7 +246,7 @@ mod tests {
 
     #[test]
     fn messages_parse_with_their_fields() {
-        let (id, m) = parse(r#"{"type":"message.send","id":"7","conversation_id":"conv_1","text":"hi","temperature":0}"#)
+        let (id, m) = parse(r#"{"type":"message.send","request_id":"7","conversation_id":"conv_1","text":"hi","temperature":0}"#)
             .expect("parses");
         assert_eq!(id.as_deref(), Some("7"));
         let ClientMessage::Send(send) = m else {
@@ -261,7 +265,7 @@ mod tests {
 
     #[test]
     fn bad_messages_name_the_problem() {
-        let (id, code, param) = code_and_param(r#"{"type":"nope","id":"x"}"#);
+        let (id, code, param) = code_and_param(r#"{"type":"nope","request_id":"x"}"#);
         assert_eq!(
             (id.as_deref(), code.as_str(), param.as_str()),
             (Some("x"), "invalid_value", "type")
@@ -273,8 +277,14 @@ mod tests {
         assert_eq!(param, "text");
         let (_, _, param) = code_and_param("[1]");
         assert_eq!(param, "type");
-        let (_, _, param) =
-            code_and_param(&format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(65)));
-        assert_eq!(param, "id");
+        let (_, _, param) = code_and_param(&format!(
+            r#"{{"type":"ping","request_id":"{}"}}"#,
+            "x".repeat(65)
+        ));
+        assert_eq!(param, "request_id");
+        // `id` is a field of the message, not the request id.
+        let (id, m) = parse(r#"{"type":"conversation.open","id":"conv_1"}"#).expect("parses");
+        assert!(id.is_none());
+        assert!(matches!(m, ClientMessage::Open(Target { id }) if id == "conv_1"));
     }
 }
