@@ -4,8 +4,9 @@
 #
 #   scripts/chromium.sh install
 #       Makes sure Debian's `chromium` package is installed (apt-get, as root or through
-#       passwordless sudo) and prints the browser binary's path. Fails with a clear
-#       message when it cannot be installed; never pretends.
+#       passwordless sudo), with a small CJK font (`fonts-wqy-microhei`, so Chinese text
+#       in the screenshots is not drawn as boxes), and prints the browser binary's path.
+#       Fails with a clear message when it cannot be installed; never pretends.
 set -euo pipefail
 # shellcheck source=lib/debian-package.sh
 . "$(dirname "$0")/lib/debian-package.sh"
@@ -25,6 +26,7 @@ find_chromium() {
 
 install_chromium() {
   local bin
+  [ -d /usr/share/fonts/truetype/wqy ] || apt_install_package fonts-wqy-microhei
   if bin=$(find_chromium); then
     echo "$bin"
     return 0

@@ -378,7 +378,7 @@ function liveStats(view) {
 /** Adds the answer's buttons (copy, rating, regenerate on the last answer). */
 function finishView(view, { incomplete, last }) {
   view.bubble.classList.remove("cursor");
-  if (incomplete) view.stats.textContent ||= "(stopped)";
+  if (incomplete) view.stats.textContent ||= "(incomplete)";
   const copy = metaButton(view, "Copy", "Copy the answer", (b) => copyText(view.text, b));
   const up = metaButton(view, "▲ Good", "Good answer", () => rate(view, "up", up, down));
   const down = metaButton(view, "▼ Bad", "Bad answer", () => rate(view, "down", down, up));

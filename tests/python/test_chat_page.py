@@ -125,7 +125,8 @@ def send(page: Page, text: str):
 
 
 def answers(page: Page) -> list[str]:
-    return page.locator(".msg.assistant .bubble").all_inner_texts()
+    """The answers' text content (what `to_have_text` compares)."""
+    return page.locator(".msg.assistant .bubble").all_text_contents()
 
 
 def test_a_conversation_in_the_browser(browser, chat_server):
@@ -191,7 +192,7 @@ def test_a_conversation_in_the_browser(browser, chat_server):
     # 5. Reload: the key is remembered, the conversation is listed and its transcript
     # (both answers, as they were) comes back.
     before = answers(page)
-    users_before = page.locator(".msg.user .bubble").all_inner_texts()
+    users_before = page.locator(".msg.user .bubble").all_text_contents()
     page.screenshot(path=str(SHOTS / "chat.png"))
     page.reload()
     expect(page.locator("#status")).to_have_text("connected")
@@ -234,6 +235,9 @@ def test_a_conversation_in_the_browser(browser, chat_server):
     expect(page.locator("#sidebar")).not_to_be_in_viewport()
     page.click("#menu")
     expect(page.locator("#sidebar")).to_be_in_viewport()
+    # The drawer has slid in (its transition over) before the screenshot.
+    page.wait_for_function(
+        "() => getComputedStyle(document.getElementById('sidebar')).transform === 'none'")
     page.screenshot(path=str(SHOTS / "chat-phone.png"))
     context.close()
 
