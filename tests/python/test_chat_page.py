@@ -20,6 +20,7 @@ import pathlib
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -322,7 +323,8 @@ def test_untrusted_text_renders_as_text(browser, chat_server):
              "content": XSS_ANSWER},
         ],
     })
-    context, page, frames = open_page(browser, chat_server)
+    context, page, frames = open_page(browser, chat_server,
+                                      permissions=["clipboard-read", "clipboard-write"])
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     title = page.locator(f"#conversations li[data-id='{conv['id']}'] .title")
@@ -341,9 +343,37 @@ def test_untrusted_text_renders_as_text(browser, chat_server):
     for selector in ["#messages script", "#messages img", "#messages iframe", "#messages b",
                      "#conversations img", "a[href^='javascript']"]:
         expect(page.locator(selector)).to_have_count(0)
+    # Copy takes the answer's own text (the Markdown source), not the rendered HTML.
+    copy = page.get_by_role("button", name="Copy the answer")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("() => navigator.clipboard.readText()") == XSS_ANSWER
     page.get_by_text("click me").click()
     page.wait_for_timeout(0)
     assert page.evaluate("window.__xss") is None
     assert dialogs == [] and frames.errors == []
     page.screenshot(path=str(SHOTS / "untrusted.png"))
+    context.close()
+
+
+def test_conversations_are_created_renamed_and_deleted(browser, chat_server):
+    context, page, frames = open_page(browser, chat_server)
+    page.click("#new-chat")
+    created = frames.wait("conversation.created", 1)[0]["conversation"]["id"]
+    item = page.locator(f"#conversations li[data-id='{created}']")
+    expect(item).to_have_class("active")
+    expect(item.locator(".title")).to_have_text("New chat")
+    item.get_by_role("button", name="Rename").click()
+    item.get_by_role("textbox", name="Title").fill("Holiday plans 假期")
+    item.get_by_role("textbox", name="Title").press("Enter")
+    expect(item.locator(".title")).to_have_text("Holiday plans 假期")
+    stored = api(chat_server, "GET", f"/conversations/{created}")
+    assert stored["metadata"]["title"] == "Holiday plans 假期"
+    page.once("dialog", lambda d: d.accept())
+    item.get_by_role("button", name="Delete").click()
+    expect(item).to_have_count(0)
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        api(chat_server, "GET", f"/conversations/{created}")
+    assert gone.value.code == 404
+    assert frames.errors == []
     context.close()
