@@ -209,6 +209,8 @@ def test_a_conversation_in_the_browser(browser, chat_server):
     expect(blocked.locator(".bubble")).to_have_text(BLOCKED_MESSAGE)
     expect(blocked.locator(".stats")).to_have_text("blocked by the content policy")
     page.screenshot(path=str(SHOTS / "blocked.png"))
+    stored = api(chat_server, "GET", f"/conversations/{conversation}/items?order=asc&limit=100")["data"]
+    assert [i["role"] for i in stored] == ["user", "assistant", "user", "assistant"], stored
 
     # 7. The counter follows the policy's max_input_chars (characters, not bytes).
     page.fill("#input", "字" * 513)
