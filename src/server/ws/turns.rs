@@ -25,8 +25,8 @@ use crate::dialog::{Dialog, PreparedTurn};
 use crate::dialog::{
     Message, ResponseFields, Role, Status, Truncation, TurnOutcome, TurnRequest, TurnUsage,
 };
-use crate::engine::request::{FinishReason, SamplingParams};
 use crate::error::ApiError;
+use crate::request::{FinishReason, SamplingParams};
 use crate::safety::{InputText, ModerationError, Screen};
 use crate::server::dialog_http::dialog;
 use crate::server::generate::{check_finish, submit_turn, Generation};
