@@ -120,6 +120,10 @@ pub enum ApiError {
     AdminDisabled,
     #[error("missing or invalid admin API key: send `Authorization: Bearer <key>` with a key given to --admin-api-key")]
     AdminUnauthorized,
+    /// A client sends faster than its limit (the chat socket's message rate, its
+    /// generations at once).
+    #[error("{0}")]
+    RateLimited(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -180,6 +184,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         },
         ApiError::AdminDisabled => (403, "permission_error", "admin_api_disabled"),
         ApiError::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
+        ApiError::RateLimited(_) => (429, "rate_limit_error", "rate_limit_exceeded"),
         ApiError::Internal(_) => (500, "server_error", "internal_error"),
     };
     let param = match err {
@@ -249,6 +254,7 @@ fn dialog_status(err: &crate::dialog::DialogError) -> (u16, &'static str, &'stat
             (503, "service_unavailable_error", "store_unavailable")
         }
         D::Store(S::NotFound(_)) => (404, "invalid_request_error", "not_found"),
+        D::Store(S::Conflict(_)) => (409, "invalid_request_error", "conflict"),
         D::Store(_) | D::Internal(_) => (500, "server_error", "internal_error"),
     }
 }

@@ -53,6 +53,11 @@ enum Command {
         #[arg(long)]
         system: Option<String>,
     },
+    /// Ratings of answers (thumbs up/down from the chat page and the API).
+    Feedback {
+        #[command(subcommand)]
+        command: FeedbackCommand,
+    },
     /// Measure in-process throughput: N concurrent greedy requests of fixed length.
     Bench {
         #[command(flatten)]
@@ -64,6 +69,28 @@ enum Command {
         prompt_len: usize,
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedbackCommand {
+    /// Write the rated conversations as fine-tuning JSONL (`{"messages": [...]}` per
+    /// line): OUT_DIR/feedback-good.jsonl and OUT_DIR/feedback-bad.jsonl.
+    Export {
+        /// First day (UTC) of ratings to export: YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ.
+        #[arg(long)]
+        since: String,
+        /// End (exclusive) of the period; default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Directory the two files are written to (created if missing).
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// The store to read (as for `serve`).
+        #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -177,6 +204,15 @@ struct ServeArgs {
         hide_env_values = true
     )]
     admin_api_key: Vec<String>,
+    /// Do not serve the chat page at / (the WebSocket /v1/chat/ws stays).
+    #[arg(long, env = "TESSERA_NO_WEB_UI")]
+    no_web_ui: bool,
+    /// Defaults of a chat-page turn, e.g. temperature=0.7,top_p=0.9,repetition_penalty=1.2,max_tokens=200,history_turns=3.
+    #[arg(long, env = "TESSERA_CHAT_DEFAULTS", default_value = "")]
+    chat_defaults: String,
+    /// Limits of a chat WebSocket, e.g. max_message_bytes=64KiB,messages_per_second=20,burst=40,sockets_per_key=256,send_buffer=1MiB (docs/websocket.md lists all).
+    #[arg(long, env = "TESSERA_WS_LIMITS", default_value = "")]
+    ws_limits: String,
 }
 
 impl ServeArgs {
@@ -210,6 +246,11 @@ impl ServeArgs {
             moderation_policy: self.moderation_policy.clone(),
             admin_api_keys: self.admin_api_key.clone(),
             dialog: self.dialog()?,
+            chat: tessera::server::ws::ChatConfig {
+                defaults: tessera::server::ws::ChatDefaults::parse(&self.chat_defaults)?,
+                limits: tessera::server::ws::WsLimits::parse(&self.ws_limits)?,
+                web_ui: !self.no_web_ui,
+            },
             ..tessera::server::ServerConfig::default()
         })
     }
@@ -313,6 +354,20 @@ fn main() {
             let (path, cfg) = engine.config();
             tessera::cli::start_engine(&path, &cfg)
                 .and_then(|e| tessera::cli::chat(&e, system.as_deref(), sampling.params()))
+        }
+        Command::Feedback {
+            command:
+                FeedbackCommand::Export {
+                    since,
+                    until,
+                    out_dir,
+                    data_dir,
+                    database_url,
+                },
+        } => {
+            let store =
+                tessera::store::StoreConfig::from_flags(data_dir.clone(), database_url.clone());
+            tessera::cli::export_feedback(&store, since, until.as_deref(), out_dir)
         }
         Command::Bench {
             engine,

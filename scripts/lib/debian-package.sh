@@ -1,4 +1,5 @@
-# Sourced by scripts that need a Debian package (scripts/prometheus.sh, scripts/postgres.sh).
+# Sourced by scripts that need a Debian package (scripts/prometheus.sh, scripts/postgres.sh,
+# scripts/chromium.sh).
 # Defines apt_install_package.
 
 # apt_install_package PACKAGE: installs Debian's PACKAGE with apt-get, as root or through

@@ -16,7 +16,9 @@
 //! prompt is windowed.
 
 mod cache;
+pub mod chat;
 mod conversations;
+pub mod feedback;
 pub mod items;
 pub mod objects;
 mod prompt;

@@ -18,9 +18,9 @@ use super::items::{new_id, Message, Role};
 use super::objects::{item_list, response_object, ResponseFields, Status, TurnUsage};
 pub use super::prompt::WindowInfo;
 use super::prompt::{BuiltPrompt, PromptSpec};
-use super::{Dialog, DialogError, ListQuery};
+use super::{Dialog, DialogError, ListQuery, WindowRule};
 use crate::engine::handle::EngineHandle;
-use crate::store::{Owner, ResponseRecord, StoreError, TurnRecord};
+use crate::store::{Owner, Replaced, ResponseRecord, StoreError, TurnRecord};
 
 /// What a turn continues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +53,15 @@ pub struct PreparedTurn {
     pub prompt: BuiltPrompt,
     /// The history the prompt was built from.
     context: Arc<Context>,
+    /// The conversation items this turn replaces when committed (a regeneration).
+    replaces: Option<Replaced>,
+}
+
+/// What a turn is built on: its history, what it replaces, when preparing began.
+pub(super) struct TurnBase {
+    pub context: Arc<Context>,
+    pub replaces: Option<Replaced>,
+    pub started: Instant,
 }
 
 impl PreparedTurn {
@@ -116,10 +125,45 @@ impl Dialog {
         request: TurnRequest,
         engine: &EngineHandle,
     ) -> Result<PreparedTurn, DialogError> {
+        self.prepare_turn_with(owner, request, engine, self.window)
+            .await
+    }
+
+    /// `prepare_turn` with another history window than the server's (the chat page's
+    /// product defaults).
+    pub async fn prepare_turn_with(
+        &self,
+        owner: &Owner,
+        request: TurnRequest,
+        engine: &EngineHandle,
+        rule: WindowRule,
+    ) -> Result<PreparedTurn, DialogError> {
         let started = Instant::now();
         let context = self.context(owner, &anchor(&request.fields)?).await?;
+        let base = TurnBase {
+            context,
+            replaces: None,
+            started,
+        };
+        self.build_turn(owner, request, engine, rule, base).await
+    }
+
+    /// Windows `base.context` and builds the prompt of `request` on it.
+    pub(super) async fn build_turn(
+        &self,
+        owner: &Owner,
+        request: TurnRequest,
+        engine: &EngineHandle,
+        rule: WindowRule,
+        base: TurnBase,
+    ) -> Result<PreparedTurn, DialogError> {
+        let TurnBase {
+            context,
+            replaces,
+            started,
+        } = base;
         let history_ms = ms(started);
-        let (engine, rule) = (engine.clone(), self.window);
+        let engine = engine.clone();
         let (ctx, req) = (context.clone(), request.clone());
         let prompt = tokio::task::spawn_blocking(move || {
             PromptSpec {
@@ -151,12 +195,17 @@ impl Dialog {
             input: request.input,
             prompt,
             context,
+            replaces,
         })
     }
 
     /// The history of `anchor`: from the hot cache when its stamp is current, else from
     /// the store (and then cached).
-    async fn context(&self, owner: &Owner, anchor: &Anchor) -> Result<Arc<Context>, DialogError> {
+    pub(super) async fn context(
+        &self,
+        owner: &Owner,
+        anchor: &Anchor,
+    ) -> Result<Arc<Context>, DialogError> {
         let (key, param) = match anchor {
             Anchor::None => {
                 return Ok(Arc::new(Context {
@@ -265,6 +314,7 @@ impl Dialog {
             conversation_id: f.conversation_id.clone(),
             input: turn.input.iter().map(Message::to_record).collect(),
             output: output.iter().map(Message::to_record).collect(),
+            replaces: turn.replaces.clone(),
         };
         let mut version = None;
         let started = Instant::now();

@@ -20,7 +20,8 @@ use super::content_filter::{annotate_response, ChoiceGuard};
 use super::observe::RequestRecord;
 use super::response::{ChoiceOutput, LogprobShape, ResponseMeta};
 use super::state::{AppState, Permit};
-use super::validate::ValidRequest;
+use super::validate::{ValidPrompt, ValidRequest};
+use crate::dialog::PreparedTurn;
 use crate::engine::handle::EngineHandle;
 use crate::engine::stream::{RequestStream, TokenEvent, Usage};
 use crate::error::ApiError;
@@ -209,6 +210,42 @@ pub fn submit(
         record,
         screen,
     })
+}
+
+/// Submits a prepared dialog turn (one prompt, one choice, `sampling` with the turn's
+/// output budget): the Responses API and the chat socket run turns through this.
+pub fn submit_turn(
+    engine: &EngineHandle,
+    state: Arc<AppState>,
+    turn: &PreparedTurn,
+    sampling: SamplingParams,
+    permit: Permit,
+    request_id: String,
+    screen: Option<Arc<Screen>>,
+) -> Result<Generation, ApiError> {
+    let meta = ResponseMeta {
+        id: turn.response_id.clone(),
+        created: turn.created_at.max(0) as u64,
+        model: turn.fields.model.clone(),
+        endpoint: super::response::Endpoint::Chat,
+        include_usage: false,
+    };
+    let request = ValidRequest {
+        model: turn.fields.model.clone(),
+        prompts: vec![ValidPrompt {
+            token_ids: turn.prompt.token_ids.clone(),
+            max_tokens: turn.prompt.max_tokens,
+            echo: None,
+        }],
+        n: 1,
+        sampling,
+        stream: true,
+        include_usage: false,
+        logprobs: false,
+        prompt_logprobs: None,
+        echo_logprobs: false,
+    };
+    submit(engine, state, request, meta, permit, request_id, screen)
 }
 
 /// The finish of a sequence as the client sees it: `abort` only happens when the engine

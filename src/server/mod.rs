@@ -14,7 +14,8 @@
 //! the OpenAI Responses and Conversations routes over the dialog layer (`crate::dialog`),
 //! sharing `dialog_http`. `content_filter` runs the moderation policy (`crate::safety`)
 //! on the generation routes; `moderations` serves `/v1/moderations` and the policy's
-//! reload.
+//! reload. `ws` is the chat page's WebSocket (`/v1/chat/ws`), `web` serves the page
+//! itself, `feedback` takes ratings of responses over HTTP.
 
 pub mod access;
 pub mod conn_guard;
@@ -22,6 +23,7 @@ pub mod content_filter;
 pub mod conversations;
 pub mod cpu;
 pub mod dialog_http;
+pub mod feedback;
 pub mod gate;
 pub mod generate;
 pub mod guided;
@@ -36,6 +38,8 @@ pub mod serve;
 pub mod sse;
 pub mod state;
 pub mod validate;
+pub mod web;
+pub mod ws;
 
 pub use serve::{serve, spawn, SpawnedServer, HOLD_LOADING_ENV};
 pub use state::{AppState, Phase, ServerConfig};

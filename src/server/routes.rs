@@ -56,10 +56,25 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/conversations/{id}/items/{item_id}"),
     ("POST", "/v1/moderations"),
     ("POST", "/admin/v1/moderation/reload"),
+    ("POST", "/v1/responses/{id}/feedback"),
+    ("GET", "/v1/chat/ws"),
+    ("GET", "/"),
+    ("GET", "/web/{file}"),
 ];
 
 /// The routes anyone may call when API keys are configured; every other route needs one.
-pub const OPEN_ROUTES: &[&str] = &["/health", "/ready", "/metrics", "/version"];
+pub const OPEN_ROUTES: &[&str] = &[
+    "/health",
+    "/ready",
+    "/metrics",
+    "/version",
+    "/",
+    "/web/{file}",
+];
+
+/// The routes that authenticate their own messages (the chat WebSocket: browsers cannot
+/// send `Authorization` with an upgrade); see `access::Access::Socket`.
+pub const SOCKET_ROUTES: &[&str] = &["/v1/chat/ws"];
 
 /// The routes only an admin key (`--admin-api-key`) opens; ordinary API keys never do.
 pub const ADMIN_ROUTES: &[&str] = &["/admin/v1/moderation/reload"];
@@ -87,6 +102,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             Access::Open
         } else if ADMIN_ROUTES.contains(&path) {
             Access::Admin
+        } else if SOCKET_ROUTES.contains(&path) {
+            Access::Socket
         } else {
             Access::Key
         };
@@ -141,6 +158,10 @@ fn handler(method: &str, path: &str) -> Route {
         ("POST", "/v1/conversations/{id}/items") => route.to(conv::add_items),
         ("GET", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::get_item),
         ("DELETE", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::delete_item),
+        (_, "/v1/responses/{id}/feedback") => route.to(super::feedback::create),
+        (_, "/v1/chat/ws") => route.to(super::ws::chat_ws),
+        (_, "/") => route.to(super::web::index),
+        (_, "/web/{file}") => route.to(super::web::asset),
         _ => route.to(|| async {
             Err::<HttpResponse, _>(ApiError::Internal("this route has no handler".into()))
         }),

@@ -74,6 +74,9 @@ fn build_server(
             .client_disconnect_timeout(Duration::from_secs(1))
             .h1_allow_half_closed(false)
             .local_addr(addr)
+            .on_connect_ext(|io: &GuardedStream, data| {
+                data.insert(io.kill_switch());
+            })
             .h1(map_config(app, |_| AppConfig::default()));
         fn_service(move |io: TcpStream| {
             let peer = io.peer_addr().ok();

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub moderation_policy: Option<PathBuf>,
     /// Keys of the admin API under `/admin/` (none: the admin API is closed).
     pub admin_api_keys: Vec<String>,
+    /// The chat page and its WebSocket: product defaults, limits, page on/off.
+    pub chat: super::ws::ChatConfig,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +74,7 @@ impl Default for ServerConfig {
             dialog: crate::dialog::DialogConfig::default(),
             moderation_policy: None,
             admin_api_keys: Vec::new(),
+            chat: super::ws::ChatConfig::default(),
         }
     }
 }
@@ -101,6 +104,8 @@ pub struct AppState {
     pub started_at: u64,
     /// Conversations and responses (set once, before the server listens).
     dialog: OnceLock<crate::dialog::Dialog>,
+    /// The chat sockets open per key.
+    pub ws: Arc<super::ws::WsHub>,
 }
 
 impl AppState {
@@ -118,6 +123,7 @@ impl AppState {
             moderation: Moderation::off(),
             started_at: unix_now(),
             dialog: OnceLock::new(),
+            ws: Arc::default(),
         })
     }
 

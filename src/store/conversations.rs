@@ -8,10 +8,11 @@
 //! stays as a tombstone row (`deleted = 1`, no items) so the chain of a later response
 //! still walks past it.
 
+use super::chat;
 use super::sql::{write, Row, RowExt, SqlConn, SqlValue};
 use super::{
-    Chain, ConversationRecord, History, ItemRecord, Owner, Page, PageQuery, ResponseRecord, Store,
-    StoreError, TurnRecord, AFTER_NOT_FOUND,
+    Chain, ConversationRecord, FeedbackRecord, History, ItemRecord, Owner, Page, PageQuery,
+    ResponseRecord, Store, StoreError, TranscriptItem, TurnRecord, AFTER_NOT_FOUND,
 };
 
 /// `Store` over one connection.
@@ -219,6 +220,7 @@ impl<C: SqlConn> Store for SqlStore<C> {
             if deleted == 0 {
                 return Ok(false);
             }
+            chat::forget_conversation_feedback(conn, owner, id)?;
             conn.execute(
                 "DELETE FROM items WHERE conversation_id = $1 AND response_id IS NULL",
                 &[id.into()],
@@ -358,7 +360,12 @@ impl<C: SqlConn> Store for SqlStore<C> {
         write(&mut self.conn, |conn| {
             let count = turn.input.len() + turn.output.len();
             let reserved = match turn.conversation_id.as_deref() {
-                Some(conv) => Some((conv, reserve(conn, owner, conv, count)?)),
+                Some(conv) => {
+                    if let Some(replaced) = &turn.replaces {
+                        chat::take_out(conn, owner, conv, replaced)?;
+                    }
+                    Some((conv, reserve(conn, owner, conv, count)?))
+                }
                 None => None,
             };
             if let Some(r) = &turn.response {
@@ -423,6 +430,7 @@ impl<C: SqlConn> Store for SqlStore<C> {
             if deleted == 0 {
                 return Ok(false);
             }
+            chat::forget_response_feedback(conn, owner, id)?;
             conn.execute(
                 "DELETE FROM items WHERE response_id = $1 AND conversation_id IS NULL",
                 &[id.into()],
@@ -501,5 +509,34 @@ impl<C: SqlConn> Store for SqlStore<C> {
             .conn
             .query(sql, &[id.into(), from.into(), (q.limit as i64 + 1).into()])?;
         page(rows, q.limit)
+    }
+
+    fn list_conversations(
+        &mut self,
+        owner: &Owner,
+        limit: usize,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        chat::list_conversations(&mut self.conn, owner, limit)
+    }
+
+    fn conversation_transcript(
+        &mut self,
+        owner: &Owner,
+        id: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<TranscriptItem>>, StoreError> {
+        chat::transcript(&mut self.conn, owner, id, limit)
+    }
+
+    fn put_feedback(&mut self, owner: &Owner, feedback: &FeedbackRecord) -> Result<(), StoreError> {
+        chat::put_feedback(&mut self.conn, owner, feedback)
+    }
+
+    fn feedback_between(
+        &mut self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<FeedbackRecord>, StoreError> {
+        chat::feedback_between(&mut self.conn, since, until)
     }
 }

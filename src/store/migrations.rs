@@ -20,10 +20,11 @@ pub struct Migration {
 }
 
 /// Every migration, by version.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "dialog: conversations, responses, items",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "dialog: conversations, responses, items",
+        sql: "
     CREATE TABLE conversations (
         id TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
@@ -63,7 +64,28 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     CREATE UNIQUE INDEX items_conversation ON items (conversation_id, conversation_position);
     CREATE INDEX items_response ON items (response_id, response_role, response_position);
     ",
-}];
+    },
+    Migration {
+        version: 3,
+        name: "feedback: one rating per answer, with the dialog it rated",
+        sql: "
+    CREATE TABLE feedback (
+        response_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        conversation_id TEXT,
+        -- +1 good, -1 bad
+        rating BIGINT NOT NULL,
+        comment TEXT,
+        -- the rated dialog: JSON array of {role, content}, ending with the answer
+        messages TEXT NOT NULL,
+        -- when it was rated (the export's --since/--until select on it)
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX feedback_created ON feedback (created_at);
+    CREATE INDEX feedback_conversation ON feedback (conversation_id);
+    ",
+    },
+];
 
 const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS tessera_migrations (
     version BIGINT PRIMARY KEY,

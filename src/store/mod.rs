@@ -14,6 +14,7 @@
 //! (a turn is committed whole or not at all); bodies are stored as the JSON the API
 //! returns, and the store does not interpret them.
 
+mod chat;
 mod conversations;
 pub mod migrations;
 mod owner;
@@ -24,6 +25,7 @@ pub mod sqlite;
 
 use std::path::PathBuf;
 
+pub use chat::{FeedbackRecord, TranscriptItem};
 pub use owner::Owner;
 pub use pool::StorePool;
 
@@ -112,13 +114,22 @@ pub struct ResponseRecord {
 }
 
 /// One finished turn to commit: its response (when stored), its input and output items,
-/// and the conversation they are appended to (if any).
+/// the conversation they are appended to (if any), and the items of that conversation
+/// the turn replaces (a regenerated answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnRecord {
     pub response: Option<ResponseRecord>,
     pub conversation_id: Option<String>,
     pub input: Vec<ItemRecord>,
     pub output: Vec<ItemRecord>,
+    pub replaces: Option<Replaced>,
+}
+
+/// Items a turn takes out of its conversation, valid only at the version they were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    pub item_ids: Vec<String>,
+    pub version: i64,
 }
 
 /// What `StoreError::NotFound` names when a list's `after` cursor is not in the list.
@@ -232,6 +243,27 @@ pub trait Store: Send {
         id: &str,
         page: &PageQuery,
     ) -> Result<Page, StoreError>;
+    /// The owner's conversations, newest first, at most `limit`.
+    fn list_conversations(
+        &mut self,
+        owner: &Owner,
+        limit: usize,
+    ) -> Result<Vec<ConversationRecord>, StoreError>;
+    /// The last `limit` items of a conversation, in order, each with its response.
+    fn conversation_transcript(
+        &mut self,
+        owner: &Owner,
+        id: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<TranscriptItem>>, StoreError>;
+    /// Records (or replaces) the rating of a stored response of `owner`.
+    fn put_feedback(&mut self, owner: &Owner, feedback: &FeedbackRecord) -> Result<(), StoreError>;
+    /// Every owner's ratings made in `[since, until)` (seconds), oldest first.
+    fn feedback_between(
+        &mut self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<FeedbackRecord>, StoreError>;
 }
 
 /// Seconds since the UNIX epoch.

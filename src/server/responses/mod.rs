@@ -12,11 +12,9 @@ use serde_json::json;
 
 use super::dialog_http::{dialog, list_params, owner_of};
 use super::gate::{id_of, read_json};
-use super::generate::submit;
+use super::generate::submit_turn;
 use super::observe::mark_admitted;
-use super::response::{Endpoint, ResponseMeta};
 use super::state::AppState;
-use super::validate::{ValidPrompt, ValidRequest};
 use crate::dialog::DialogError;
 use crate::error::ApiError;
 use events::{event_stream, TurnRun};
@@ -34,33 +32,11 @@ pub async fn create(state: Data, req: HttpRequest, body: web::Payload) -> Reply 
     let dialog = dialog(&state)?.clone();
     let turn = dialog.prepare_turn(&owner, valid.request, &engine).await?;
     let permit = state.admit(1)?;
-    let meta = ResponseMeta {
-        id: turn.response_id.clone(),
-        created: turn.created_at.max(0) as u64,
-        model: turn.fields.model.clone(),
-        endpoint: Endpoint::Chat,
-        include_usage: false,
-    };
-    let request = ValidRequest {
-        model: turn.fields.model.clone(),
-        prompts: vec![ValidPrompt {
-            token_ids: turn.prompt.token_ids.clone(),
-            max_tokens: turn.prompt.max_tokens,
-            echo: None,
-        }],
-        n: 1,
-        sampling: valid.sampling,
-        stream: valid.stream,
-        include_usage: false,
-        logprobs: false,
-        prompt_logprobs: None,
-        echo_logprobs: false,
-    };
-    let gen = submit(
+    let gen = submit_turn(
         &engine,
         state.clone().into_inner(),
-        request,
-        meta,
+        &turn,
+        valid.sampling,
         permit,
         id_of(&req),
         None,
