@@ -177,6 +177,10 @@ struct ServeArgs {
         hide_env_values = true
     )]
     admin_api_key: Vec<String>,
+    /// This replica's name in the X-Tessera-Replica response header (default:
+    /// hostname:port).
+    #[arg(long, env = "TESSERA_REPLICA_ID")]
+    replica_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -209,6 +213,7 @@ impl ServeArgs {
             metrics_compat: self.metrics_compat,
             moderation_policy: self.moderation_policy.clone(),
             admin_api_keys: self.admin_api_key.clone(),
+            replica_id: self.replica_id.clone(),
             dialog: self.dialog()?,
             ..tessera::server::ServerConfig::default()
         })

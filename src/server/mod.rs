@@ -14,7 +14,9 @@
 //! the OpenAI Responses and Conversations routes over the dialog layer (`crate::dialog`),
 //! sharing `dialog_http`. `content_filter` runs the moderation policy (`crate::safety`)
 //! on the generation routes; `moderations` serves `/v1/moderations` and the policy's
-//! reload.
+//! reload. `router_compat` answers what LLM-aware routers (SGLang's Model Gateway,
+//! vllm-router) ask of a worker; `gate` names the replica on every response
+//! (`X-Tessera-Replica`) and marks refusals that started nothing (`X-Tessera-Not-Started`).
 
 pub mod access;
 pub mod conn_guard;
@@ -30,6 +32,7 @@ pub mod observe;
 pub mod request;
 pub mod response;
 pub mod responses;
+pub mod router_compat;
 pub mod routes;
 pub mod serve;
 pub mod sse;
