@@ -7,7 +7,8 @@
 # a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between
 # runs). The Grafana dashboard is checked against a real Prometheus (Debian's
 # `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs;
-# the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise).
+# the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise), and the
+# cluster tests against nginx (Debian's `nginx`) and SGLang's Model Gateway (PyPI).
 # Each step prints its start time (seconds since the script began) on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ scripts/prometheus.sh install >/dev/null
 # PostgreSQL for the dialog store tests (Debian's package, installed with apt when missing;
 # each test starts its own throwaway cluster through scripts/postgres.sh).
 scripts/postgres.sh install >/dev/null
+# nginx for the cluster tests (Debian's package likewise; deploy/local/cluster.sh runs it).
+scripts/nginx.sh install >/dev/null
 
 step "format and lints"
 cargo fmt --all --check

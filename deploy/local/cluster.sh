@@ -24,8 +24,6 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 state="${TESSERA_CLUSTER_DIR:-/tmp/tessera-cluster}"
 bin="${TESSERA_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/tessera}"
 cache="${TESSERA_CACHE_DIR:-$root/.cache}"
-# shellcheck source=../../scripts/lib/debian-package.sh
-. "$root/scripts/lib/debian-package.sh"
 
 die() {
   echo "deploy/local/cluster.sh: $*" >&2
@@ -81,7 +79,7 @@ start_postgres() {
 
 pg_ready() {
   alive "$state/postgres.pid" || die "PostgreSQL stopped: $(tail -5 "$state/postgres.log")"
-  "$1/pg_isready" -q -h 127.0.0.1 -p "$2"
+  "$1/pg_isready" -q -h 127.0.0.1 -p "$2" -U tessera -d postgres
 }
 
 start_replica() {
@@ -92,11 +90,34 @@ start_replica() {
   local port flags=()
   port=$(cat "$state/replica-$i.port")
   [ -s "$state/replica.flags" ] && mapfile -t flags <"$state/replica.flags"
+  mapfile -t flags < <(without_flags_of "$*" "${flags[@]}")
   setsid "$bin" serve --host 127.0.0.1 --port "$port" --replica-id "replica-$i" \
     --database-url "$(cat "$state/database.url")" "${flags[@]}" "$@" \
     >>"$state/replica-$i.log" 2>&1 </dev/null &
   echo $! >"$state/replica-$i.pid"
   wait_until 300 "replica $i" replica_ready "$i" "$port"
+}
+
+# without_flags_of "EXTRA FLAGS" FLAG…: prints the FLAGs (one a line) less those that
+# EXTRA FLAGS set again (`--name value` or `--name=value`), so a replica's own flags
+# replace the cluster's.
+without_flags_of() {
+  local extra=" $1 " skip=0 arg name
+  shift
+  for arg in "$@"; do
+    if [ "$skip" = 1 ]; then
+      skip=0
+      [[ "$arg" == --* ]] || continue
+    fi
+    if [[ "$arg" == --* ]]; then
+      name=${arg%%=*}
+      if [[ "$extra" == *" $name "* || "$extra" == *" $name="* ]]; then
+        [[ "$arg" == *=* ]] || skip=1
+        continue
+      fi
+    fi
+    echo "$arg"
+  done
 }
 
 replica_ready() {
@@ -133,8 +154,7 @@ CONF
 
 start_nginx() {
   local n=$1 port nginx
-  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install_package nginx
-  nginx=$(command -v nginx || echo /usr/sbin/nginx)
+  nginx=$(bash "$root/scripts/nginx.sh" install)
   port=$(free_port)
   mkdir -p "$state/nginx/tmp"
   write_nginx_conf "$port" "$n"
@@ -183,7 +203,7 @@ front_ready() {
 
 # The gateway registers workers in the background: ready once all N are healthy.
 router_ready() {
-  front_ready "$1" >/dev/null || return 1
+  alive "$state/front.pid" || die "the router stopped: $(tail -5 "$state/front.log")"
   [ "$(curl -fsS --max-time 2 "http://127.0.0.1:$1/workers" |
     grep -o '"is_healthy":true' | wc -l)" -ge "$2" ] 2>/dev/null
 }

@@ -35,8 +35,11 @@ class Cluster:
                         TESSERA_API_KEY=API_KEY, TESSERA_ROUTER_POLICY=policy, RUST_LOG="info")
         self.n = n
         args = ["up", str(n)] + (["--router"] if router else []) + ["--", *REPLICA_FLAGS]
-        out = self.run(*args)
-        self.url = out.strip().splitlines()[-1]
+        try:
+            self.url = self.run(*args).strip().splitlines()[-1]
+        except BaseException:
+            self.down()  # whatever did start
+            raise
 
     def run(self, *args: str) -> str:
         done = subprocess.run(["bash", str(CLUSTER), *args], env=self.env, capture_output=True,
