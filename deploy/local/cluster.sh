@@ -201,10 +201,13 @@ front_ready() {
   curl -fsS --max-time 2 "http://127.0.0.1:$1/ready" 2>/dev/null
 }
 
-# The gateway registers workers in the background: ready once all N are healthy.
+# The gateway registers workers in the background: ready once all N are healthy. With
+# --api-key it asks its own clients for that key too (/workers included).
 router_ready() {
+  local auth=()
   alive "$state/front.pid" || die "the router stopped: $(tail -5 "$state/front.log")"
-  [ "$(curl -fsS --max-time 2 "http://127.0.0.1:$1/workers" |
+  [ -n "${TESSERA_API_KEY:-}" ] && auth=(-H "Authorization: Bearer ${TESSERA_API_KEY%%,*}")
+  [ "$(curl -fsS --max-time 2 "${auth[@]}" "http://127.0.0.1:$1/workers" |
     grep -o '"is_healthy":true' | wc -l)" -ge "$2" ] 2>/dev/null
 }
 
