@@ -61,7 +61,13 @@ class Cluster:
         state = self.dir / "state"
         if not state.exists():
             return ""
-        return "".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(state.glob("*.log")))
+        logs = sorted(state.glob("*.log")) + sorted(state.glob("nginx/error.log"))
+        return "".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
+
+    def front_errors(self) -> str:
+        """nginx's error log (empty behind the gateway): why a request failed there."""
+        path = self.dir / "state" / "nginx" / "error.log"
+        return path.read_text()[-4000:] if path.exists() else ""
 
     def down(self) -> None:
         try:

@@ -188,7 +188,7 @@ def test_rolling_restart_loses_no_request_and_no_item(cluster):
         stop_after.set()
         for t in threads:
             t.join(timeout=600)
-    assert not failures, failures
+    assert not failures, (failures, cluster.front_errors())
     assert len(dialogs) == 32
     for conv, sent, answers in dialogs:
         assert_dialog_intact(base, conv, sent, answers)
