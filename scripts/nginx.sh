@@ -15,24 +15,7 @@ die() {
   exit 1
 }
 
-find_nginx() {
-  command -v nginx 2>/dev/null && return 0
-  [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx && return 0
-  return 1
-}
-
-install_nginx() {
-  local bin
-  if bin=$(find_nginx); then
-    echo "$bin"
-    return 0
-  fi
-  apt_install_package nginx
-  bin=$(find_nginx) || die "the nginx package is installed but no nginx binary was found"
-  echo "$bin"
-}
-
 case "${1:-}" in
-  install) install_nginx ;;
+  install) package_binary nginx nginx ;;
   *) die "usage: scripts/nginx.sh install" ;;
 esac
