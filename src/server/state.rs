@@ -5,7 +5,8 @@
 //! Invariants: the phase only moves forward (`Loading → Ready → Draining`); the engine is
 //! set exactly once, before the phase becomes `Ready`; `in_flight` equals the number of
 //! sequences held by live `Permit`s, so it never exceeds `capacity` (admission is a
-//! compare-and-swap, never a check followed by an add).
+//! compare-and-swap, never a check followed by an add); once the drain has seen
+//! `in_flight` at 0, no sequence is admitted any more (`admit`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -287,9 +288,17 @@ impl AppState {
         self.served_names.get().map_or(&[], Vec::as_slice)
     }
 
-    /// Reserves `sequences` slots or refuses with 429.
+    /// Reserves `sequences` slots, or refuses: 429 at capacity, 503 once draining. The
+    /// slots are taken before the phase is read, and the drain sets the phase before it
+    /// reads `in_flight` (all SeqCst): a request either is counted by the drain or sees
+    /// it, so none starts after the drain found the server idle (a handler that checked
+    /// the phase, then spent a while on its prompt, is refused here, nothing started).
     pub fn admit(&self, sequences: usize) -> Result<Permit, ApiError> {
-        self.admission.try_acquire(sequences)
+        let permit = self.admission.try_acquire(sequences)?;
+        if self.phase() == Phase::Draining {
+            return Err(ApiError::Draining); // dropping the permit frees its slots
+        }
+        Ok(permit)
     }
 
     /// Sequences admitted and not yet finished.
@@ -392,6 +401,19 @@ mod tests {
         };
         named.settle_replica_id(1).expect("given id");
         assert_eq!(named.replica_id.as_deref(), Some("gpu-0"));
+    }
+
+    #[test]
+    fn nothing_is_admitted_once_draining() {
+        let metrics = Metrics::new("m", MetricsCompat::None).expect("metrics");
+        let state = AppState::new(ServerConfig::default(), metrics).expect("state");
+        state.admission.capacity.store(4, Ordering::SeqCst);
+        let running = state.admit(1).expect("admitted before the drain");
+        state.start_draining();
+        assert!(matches!(state.admit(1), Err(ApiError::Draining)));
+        assert_eq!(state.in_flight(), 1, "a refused request holds no slot");
+        drop(running);
+        assert_eq!(state.in_flight(), 0);
     }
 
     #[test]
