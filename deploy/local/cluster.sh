@@ -8,7 +8,9 @@
 #       part answers, and prints the front URL as the last line of stdout.
 #   deploy/local/cluster.sh down
 #       Stops everything it started, by pid (front, replicas, PostgreSQL).
-#   deploy/local/cluster.sh stop I [--kill]      SIGTERM (drain) or SIGKILL replica I.
+#   deploy/local/cluster.sh stop I [--kill]      SIGTERM (drain: waits for the exit, up to
+#                                                $TESSERA_CLUSTER_DRAIN_LIMIT s, default
+#                                                120) or SIGKILL replica I.
 #   deploy/local/cluster.sh start I [-- FLAGS…]  (Re)starts replica I on its port, with
 #                                                the cluster's flags plus FLAGS.
 #   deploy/local/cluster.sh status               What runs, with pids and URLs.
@@ -24,6 +26,9 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 state="${TESSERA_CLUSTER_DIR:-/tmp/tessera-cluster}"
 bin="${TESSERA_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/tessera}"
 cache="${TESSERA_CACHE_DIR:-$root/.cache}"
+# How long a replica may drain after SIGTERM before it is killed: tessera exits by itself
+# within its --shutdown-timeout + 5 s, so keep this above that (the default 30 s + 5).
+drain_limit="${TESSERA_CLUSTER_DRAIN_LIMIT:-120}"
 
 die() {
   echo "deploy/local/cluster.sh: $*" >&2
@@ -237,7 +242,7 @@ down() {
   [ -d "$state" ] || return 0
   stop_pid "$state/front.pid" TERM 10
   for file in "$state"/replica-*.pid; do
-    [ -e "$file" ] && stop_pid "$file" TERM 40
+    [ -e "$file" ] && stop_pid "$file" TERM "$drain_limit"
   done
   stop_pid "$state/postgres.pid" INT 30
   rm -rf "$state"
@@ -262,7 +267,7 @@ case "$cmd" in
   status) status ;;
   stop)
     [ $# -ge 1 ] || die "usage: stop I [--kill]"
-    if [ "${2:-}" = "--kill" ]; then stop_pid "$state/replica-$1.pid" KILL 5; else stop_pid "$state/replica-$1.pid" TERM 40; fi
+    if [ "${2:-}" = "--kill" ]; then stop_pid "$state/replica-$1.pid" KILL 5; else stop_pid "$state/replica-$1.pid" TERM "$drain_limit"; fi
     ;;
   start)
     [ $# -ge 1 ] || die "usage: start I [-- FLAGS…]"

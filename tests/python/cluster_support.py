@@ -70,6 +70,10 @@ class Cluster:
         return path.read_text()[-4000:] if path.exists() else ""
 
     def down(self) -> None:
+        keep = os.environ.get("TESSERA_CLUSTER_LOGS")  # a directory: the logs are copied there
+        if keep and (self.dir / "state").exists():
+            shutil.copytree(self.dir / "state", pathlib.Path(keep) / self.dir.name,
+                            ignore=shutil.ignore_patterns("pg", "tmp"))
         try:
             self.run("down")
         finally:

@@ -161,7 +161,7 @@ def test_rolling_restart_loses_no_request_and_no_item(cluster):
         while not stop_after.is_set() or turn < 2:
             text = turn_text(300 + w, turn)
             try:
-                replica, answer = stream_turn(base, conv, text, max_tokens=24)
+                replica, answer = stream_turn(base, conv, text, max_tokens=12)
             except Exception as err:  # every failure counts; none is expected
                 with lock:
                     failures.append(f"worker {w} turn {turn}: {err!r}")
