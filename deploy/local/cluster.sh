@@ -135,7 +135,7 @@ write_nginx_conf() {
   cp "$root/deploy/nginx/tessera-proxy.conf" "$state/nginx/"
   : >"$state/nginx/tessera-replicas.conf"
   for ((i = 0; i < n; i++)); do
-    echo "server 127.0.0.1:$(cat "$state/replica-$i.port") max_fails=1 fail_timeout=5s;" \
+    echo "server 127.0.0.1:$(cat "$state/replica-$i.port") max_fails=1 fail_timeout=1s;" \
       >>"$state/nginx/tessera-replicas.conf"
   done
   echo "listen 127.0.0.1:$port;" >"$state/nginx/tessera-listen.conf"
