@@ -8,7 +8,8 @@
 # runs). The Grafana dashboard is checked against a real Prometheus (Debian's
 # `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs;
 # the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise), and the
-# cluster tests against nginx (Debian's `nginx`) and SGLang's Model Gateway (PyPI).
+# cluster tests (their light version: TESSERA_CLUSTER_TESTS=full adds SGLang's Model
+# Gateway from PyPI) against nginx (Debian's `nginx`, likewise).
 # Each step prints its start time (seconds since the script began) on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
