@@ -8,7 +8,9 @@
 # runs). The Grafana dashboard is checked against a real Prometheus (Debian's
 # `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs;
 # the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise); the chat
-# page in a real headless Chromium (Debian's `chromium`, likewise) driven by Playwright.
+# page in a real headless Chromium (Debian's `chromium`, likewise) driven by Playwright;
+# the cluster tests (their light version: TESSERA_CLUSTER_TESTS=full adds SGLang's Model
+# Gateway from PyPI) against nginx (Debian's `nginx`, likewise).
 # Each step prints its start time (seconds since the script began) on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,8 @@ scripts/postgres.sh install >/dev/null
 # missing; Playwright drives it through `executable_path`, it downloads no browser).
 TESSERA_CHROMIUM=$(scripts/chromium.sh install)
 export TESSERA_CHROMIUM
+# nginx for the cluster tests (Debian's package likewise; deploy/local/cluster.sh runs it).
+scripts/nginx.sh install >/dev/null
 
 step "format and lints"
 cargo fmt --all --check

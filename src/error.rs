@@ -141,6 +141,10 @@ pub struct HttpError {
     pub body: serde_json::Value,
     /// Seconds for a `Retry-After` header (429 and 503).
     pub retry_after: Option<u32>,
+    /// The request was refused before any of its work began (nothing generated, nothing
+    /// stored): a proxy may send it, unchanged, to another replica. Said in the
+    /// `X-Tessera-Not-Started` header (see `server::gate`).
+    pub not_started: bool,
 }
 
 /// THE mapping from every request error to its HTTP status and OpenAI error body.
@@ -208,6 +212,10 @@ pub fn http_error(err: &ApiError) -> HttpError {
         429 | 503 => Some(1),
         _ => None,
     };
+    let not_started = matches!(
+        err,
+        ApiError::Loading | ApiError::Draining | ApiError::Busy { .. } | ApiError::QueueFull { .. }
+    );
     let body = serde_json::json!({
         "error": {"message": err.to_string(), "type": kind, "param": param, "code": code}
     });
@@ -215,6 +223,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         status,
         body,
         retry_after,
+        not_started,
     }
 }
 
@@ -360,6 +369,31 @@ mod tests {
             assert_eq!(mapped.body["error"]["code"], code);
             assert_eq!(mapped.body["error"]["message"], err.to_string());
             assert_eq!(mapped.retry_after.is_some(), status == 429 || status == 503);
+        }
+    }
+
+    #[test]
+    fn only_refusals_before_any_work_are_marked_not_started() {
+        let queue_full = ApiError::QueueFull {
+            in_flight: 4,
+            needed: 1,
+            capacity: 4,
+        };
+        for err in [
+            ApiError::Loading,
+            ApiError::Draining,
+            ApiError::Busy { queued: 3 },
+            queue_full,
+        ] {
+            assert!(http_error(&err).not_started, "{err}");
+        }
+        // A 503 from a stopped engine may come after generation began: not retry-safe.
+        for err in [
+            ApiError::Engine(EngineError::Stopped),
+            ApiError::Internal("x".into()),
+            ApiError::Unauthorized,
+        ] {
+            assert!(!http_error(&err).not_started, "{err}");
         }
     }
 

@@ -27,8 +27,9 @@ enum Command {
     Serve {
         #[command(flatten)]
         engine: EngineArgs,
+        // Boxed: the server's flags make this variant far larger than the others.
         #[command(flatten)]
-        server: ServeArgs,
+        server: Box<ServeArgs>,
     },
     /// Generate a completion for one prompt and print it as it streams.
     Generate {
@@ -213,6 +214,10 @@ struct ServeArgs {
     /// Limits of a chat WebSocket, e.g. max_message_bytes=64KiB,messages_per_second=20,burst=40,sockets_per_key=256,send_buffer=1MiB (docs/websocket.md lists all).
     #[arg(long, env = "TESSERA_WS_LIMITS", default_value = "")]
     ws_limits: String,
+    /// This replica's name in the X-Tessera-Replica response header (default:
+    /// hostname:port).
+    #[arg(long, env = "TESSERA_REPLICA_ID")]
+    replica_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -245,6 +250,7 @@ impl ServeArgs {
             metrics_compat: self.metrics_compat,
             moderation_policy: self.moderation_policy.clone(),
             admin_api_keys: self.admin_api_key.clone(),
+            replica_id: self.replica_id.clone(),
             dialog: self.dialog()?,
             chat: tessera::server::ws::ChatConfig {
                 defaults: tessera::server::ws::ChatDefaults::parse(&self.chat_defaults)?,

@@ -142,9 +142,8 @@ impl Dialog {
         let conversation = fields.conversation_id.clone().ok_or_else(|| {
             DialogError::invalid("conversation_id", "`conversation_id` is required".into())
         })?;
-        let context = self
-            .context(owner, &Anchor::Conversation(conversation.clone()))
-            .await?;
+        let anchor = Anchor::Conversation(conversation.clone());
+        let context = self.context(owner, &anchor).await?;
         let Stamp::Conversation { version } = context.stamp else {
             return Err(DialogError::Internal(
                 "a conversation's history has no version".into(),
@@ -165,6 +164,7 @@ impl Dialog {
             ..Message::new(Role::User, "", crate::store::unix_now())
         };
         let base = TurnBase {
+            anchor,
             context: Arc::new(Context {
                 owner: owner.clone(),
                 stamp: context.stamp.clone(),

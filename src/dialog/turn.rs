@@ -30,6 +30,33 @@ pub enum Anchor {
     Conversation(String),
 }
 
+/// Hex digits at the start of a response or conversation id that name its dialog.
+pub const AFFINITY_HEX: usize = 16;
+
+impl Anchor {
+    /// The id of this turn's response: `resp_`, the dialog's affinity key, 16 random hex
+    /// digits. The key is the first `AFFINITY_HEX` hex digits of the conversation's id or
+    /// of the previous response's (so of the chain's first response); a new dialog gets
+    /// a random one. Every response of a dialog so shares it, and a load balancer that
+    /// hashes it (deploy/nginx/tessera.conf) keeps the dialog on the replica that holds
+    /// its KV cache.
+    fn response_id(&self) -> String {
+        let key = match self {
+            Anchor::Previous(id) | Anchor::Conversation(id) => affinity_key(id),
+            Anchor::None => None,
+        };
+        let key = key.map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_string);
+        format!("resp_{key}{:016x}", rand::random::<u64>())
+    }
+}
+
+/// The affinity key of a `resp_…` or `conv_…` id: its first `AFFINITY_HEX` hex digits.
+pub fn affinity_key(id: &str) -> Option<&str> {
+    let (_, hex) = id.split_once('_')?;
+    let key = hex.get(..AFFINITY_HEX)?;
+    key.bytes().all(|b| b.is_ascii_hexdigit()).then_some(key)
+}
+
 /// A new turn as the caller parsed it.
 #[derive(Debug, Clone)]
 pub struct TurnRequest {
@@ -59,6 +86,8 @@ pub struct PreparedTurn {
 
 /// What a turn is built on: its history, what it replaces, when preparing began.
 pub(super) struct TurnBase {
+    /// What the turn continues (its response id carries the dialog's affinity key).
+    pub anchor: Anchor,
     pub context: Arc<Context>,
     pub replaces: Option<Replaced>,
     pub started: Instant,
@@ -139,8 +168,10 @@ impl Dialog {
         rule: WindowRule,
     ) -> Result<PreparedTurn, DialogError> {
         let started = Instant::now();
-        let context = self.context(owner, &anchor(&request.fields)?).await?;
+        let anchor = anchor(&request.fields)?;
+        let context = self.context(owner, &anchor).await?;
         let base = TurnBase {
+            anchor,
             context,
             replaces: None,
             started,
@@ -158,6 +189,7 @@ impl Dialog {
         base: TurnBase,
     ) -> Result<PreparedTurn, DialogError> {
         let TurnBase {
+            anchor,
             context,
             replaces,
             started,
@@ -187,7 +219,7 @@ impl Dialog {
             "turn prepared"
         );
         Ok(PreparedTurn {
-            response_id: new_id("resp"),
+            response_id: anchor.response_id(),
             output_id: new_id("msg"),
             created_at: crate::store::unix_now(),
             owner: owner.clone(),
@@ -435,4 +467,28 @@ pub(super) fn list_of(page: &crate::store::Page) -> Result<Value, DialogError> {
         })
         .collect::<Result<Vec<Value>, _>>()?;
     Ok(item_list(&items, page.has_more))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_of_one_dialog_share_its_affinity_key() {
+        let conv = new_id("conv");
+        let key = affinity_key(&conv).expect("a conversation id has a key");
+        let first = Anchor::Conversation(conv.clone()).response_id();
+        assert_eq!(affinity_key(&first), Some(key));
+        let second = Anchor::Previous(first.clone()).response_id();
+        assert_eq!(affinity_key(&second), Some(key));
+        assert_ne!(first, second);
+        assert_eq!(first.len(), "resp_".len() + 2 * AFFINITY_HEX);
+        let fresh = Anchor::None.response_id();
+        assert_ne!(affinity_key(&fresh), Some(key));
+        // Foreign or short ids carry no key: the chain then starts a new one.
+        assert_eq!(affinity_key("resp_xyz"), None);
+        assert_eq!(affinity_key("nounderscore"), None);
+        let unkeyed = Anchor::Previous("resp_short".into()).response_id();
+        assert!(affinity_key(&unkeyed).is_some());
+    }
 }

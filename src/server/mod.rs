@@ -15,7 +15,9 @@
 //! sharing `dialog_http`. `content_filter` runs the moderation policy (`crate::safety`)
 //! on the generation routes; `moderations` serves `/v1/moderations` and the policy's
 //! reload. `ws` is the chat page's WebSocket (`/v1/chat/ws`), `web` serves the page
-//! itself, `feedback` takes ratings of responses over HTTP.
+//! itself, `feedback` takes ratings of responses over HTTP. `router_compat` answers what LLM-aware routers (SGLang's Model Gateway,
+//! vllm-router) ask of a worker; `gate` names the replica on every response
+//! (`X-Tessera-Replica`) and marks refusals that started nothing (`X-Tessera-Not-Started`).
 
 pub mod access;
 pub mod conn_guard;
@@ -33,6 +35,7 @@ pub mod observe;
 pub mod request;
 pub mod response;
 pub mod responses;
+pub mod router_compat;
 pub mod routes;
 pub mod serve;
 pub mod sse;

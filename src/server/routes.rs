@@ -60,6 +60,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/chat/ws"),
     ("GET", "/"),
     ("GET", "/web/{file}"),
+    ("GET", "/server_info"),
+    ("GET", "/get_server_info"),
+    ("GET", "/model_info"),
+    ("GET", "/get_model_info"),
+    ("GET", "/get_load"),
 ];
 
 /// The routes anyone may call when API keys are configured; every other route needs one.
@@ -68,6 +73,7 @@ pub const OPEN_ROUTES: &[&str] = &[
     "/ready",
     "/metrics",
     "/version",
+    "/get_load",
     "/",
     "/web/{file}",
 ];
@@ -127,7 +133,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The handler of one entry of `ROUTES`.
 fn handler(method: &str, path: &str) -> Route {
-    use super::{conversations as conv, responses as resp};
+    use super::{conversations as conv, responses as resp, router_compat as router};
     let route = match method {
         "POST" => web::post(),
         "DELETE" => web::delete(),
@@ -146,6 +152,9 @@ fn handler(method: &str, path: &str) -> Route {
         (_, "/metrics") => route.to(metrics),
         (_, "/v1/moderations") => route.to(moderations::moderations),
         (_, "/admin/v1/moderation/reload") => route.to(moderations::reload),
+        (_, "/server_info" | "/get_server_info") => route.to(router::server_info),
+        (_, "/model_info" | "/get_model_info") => route.to(router::model_info),
+        (_, "/get_load") => route.to(router::get_load),
         ("POST", "/v1/responses") => route.to(resp::create),
         ("GET", "/v1/responses/{id}") => route.to(resp::retrieve),
         ("DELETE", "/v1/responses/{id}") => route.to(resp::delete),

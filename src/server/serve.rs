@@ -91,11 +91,13 @@ fn build_server(
 pub fn serve(
     model: PathBuf,
     engine_cfg: EngineConfig,
-    cfg: ServerConfig,
+    mut cfg: ServerConfig,
 ) -> Result<(), Box<dyn Error>> {
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
+    cfg.settle_replica_id(addr.port())?;
+    let replica = cfg.replica_id.clone().unwrap_or_default();
     let stem = model
         .file_stem()
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
@@ -108,7 +110,7 @@ pub fn serve(
     actix_web::rt::System::new().block_on(async move {
         let server = build_server(state.clone(), listener, None)?;
         actix_web::rt::spawn(reload_on_hangup(state.clone()));
-        tracing::info!("listening on http://{addr} (loading {})", model.display());
+        tracing::info!(%replica, "listening on http://{addr} (loading {})", model.display());
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let load_cfg = engine_cfg.clone();
         std::thread::Builder::new()
@@ -271,10 +273,11 @@ pub struct SpawnedServer {
 pub fn spawn(
     engine: EngineHandle,
     max_num_seqs: usize,
-    cfg: ServerConfig,
+    mut cfg: ServerConfig,
 ) -> Result<SpawnedServer, Box<dyn Error>> {
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     let addr = listener.local_addr()?;
+    cfg.settle_replica_id(addr.port())?;
     let metrics = AppState::metrics_for(&cfg, &engine.model().name)?;
     let dialog = open_dialog(&cfg)?;
     let mut app = AppState::new(cfg, metrics)?;
