@@ -4,8 +4,11 @@
 //! all mutable serving state) → `scheduler` + `kvcache` (which tokens run this step, where
 //! their K/V live) → `runner` (flat batch assembly) → `model` (forward pass) → `ops`
 //! (CPU kernels). Nothing below `engine` knows about HTTP; nothing below `runner` knows
-//! about requests. `safety` (moderation) sits above `engine`, beside `server`.
+//! about requests. `safety` (moderation), `dialog` (conversations) and `audit` (the
+//! conversation log and review queue) sit above `engine`, beside `server`; `store` below
+//! them keeps their data.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod dialog;

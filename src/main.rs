@@ -1,5 +1,6 @@
-//! tessera command line: `serve` (the OpenAI-compatible HTTP server), `generate`, `chat`
-//! and `bench`. Parsing only; the work lives in `tessera::server` and `tessera::cli`.
+//! tessera command line: `serve` (the OpenAI-compatible HTTP server), `generate`, `chat`,
+//! `audit export` and `bench`. Parsing only; the work lives in `tessera::server`,
+//! `tessera::audit` and `tessera::cli`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +54,11 @@ enum Command {
         #[arg(long)]
         system: Option<String>,
     },
+    /// The conversation log: `export` writes what it holds for a time range.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Measure in-process throughput: N concurrent greedy requests of fixed length.
     Bench {
         #[command(flatten)]
@@ -65,6 +71,51 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Export the logged exchanges made in [--since, --until) as JSON lines, oldest first,
+    /// reading the store directly (the server need not run).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Start of the range: a date (2026-01-31, UTC), a UTC time (2026-01-31T08:00:00Z) or
+    /// unix seconds.
+    #[arg(long)]
+    since: String,
+    /// End of the range, exclusive (same forms; default: now).
+    #[arg(long)]
+    until: Option<String>,
+    /// Output format: `jsonl` (one JSON object per exchange and line).
+    #[arg(long, default_value = "jsonl")]
+    format: String,
+    /// Write to this file instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+/// Where the store is (shared by `serve` and `audit export`).
+#[derive(Args)]
+struct StoreArgs {
+    /// Directory of the embedded SQLite store of conversations, responses and the
+    /// conversation log (created on first start); unused with --database-url.
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+    data_dir: PathBuf,
+    /// PostgreSQL store shared by replicas, e.g. postgres://user:password@host:5432/db
+    /// (instead of SQLite in --data-dir).
+    #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn config(&self) -> tessera::store::StoreConfig {
+        tessera::store::StoreConfig::from_flags(self.data_dir.clone(), self.database_url.clone())
+    }
 }
 
 /// Engine flags (vLLM names); every flag is also read from `TESSERA_*`.
@@ -145,14 +196,8 @@ struct ServeArgs {
     /// Also export vLLM's metric names (`vllm`), e.g. `vllm:num_requests_waiting`.
     #[arg(long, env = "TESSERA_METRICS_COMPAT", default_value = "none")]
     metrics_compat: MetricsCompat,
-    /// Directory of the embedded SQLite store of conversations and responses (created on
-    /// first start); unused with --database-url.
-    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
-    data_dir: PathBuf,
-    /// PostgreSQL store shared by replicas, e.g. postgres://user:password@host:5432/db
-    /// (instead of SQLite in --data-dir).
-    #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Fewest recent completed turns of a stored dialog kept in the prompt (0 = all).
     #[arg(long, env = "TESSERA_HISTORY_TURNS", default_value_t = 3)]
     history_turns: usize,
@@ -177,9 +222,60 @@ struct ServeArgs {
         hide_env_values = true
     )]
     admin_api_key: Vec<String>,
+    /// Seconds the oldest exchange not yet written to the conversation log may wait;
+    /// beyond it new requests (and /ready) get 503 audit_unavailable until it catches up.
+    #[arg(long, env = "TESSERA_AUDIT_MAX_LAG", default_value_t = 30.0)]
+    audit_max_lag: f64,
+    /// Days the conversation log keeps exchanges (a daily job deletes older ones; those
+    /// reviewed as violations stay until an admin deletes them); at least 180.
+    #[arg(long, env = "TESSERA_AUDIT_RETENTION_DAYS", default_value_t = 180)]
+    audit_retention_days: u32,
+    /// Accept --audit-retention-days below 180 (not for regulated deployments).
+    #[arg(long, env = "TESSERA_ALLOW_SHORT_RETENTION")]
+    allow_short_retention: bool,
+    /// Share of exchanges without moderation hits drawn into the human review queue
+    /// (0 to 1); every exchange with a hit is queued.
+    #[arg(long, env = "TESSERA_REVIEW_SAMPLE_RATE", default_value_t = 0.01)]
+    review_sample_rate: f64,
+    /// Write no conversation log (not for regulated deployments).
+    #[arg(long, env = "TESSERA_DISABLE_AUDIT_LOG")]
+    disable_audit_log: bool,
 }
 
 impl ServeArgs {
+    fn audit(&self) -> Result<tessera::audit::AuditConfig, String> {
+        let days = self.audit_retention_days;
+        let min = tessera::audit::MIN_RETENTION_DAYS;
+        if days == 0 || (days < min && !self.allow_short_retention) {
+            return Err(format!(
+                "--audit-retention-days must be >= {min} (the log must be kept {min} days; \
+                 --allow-short-retention accepts 1 or more). Given: {days}"
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.review_sample_rate) {
+            return Err(format!(
+                "--review-sample-rate must be in 0..=1. Given: {}",
+                self.review_sample_rate
+            ));
+        }
+        let max_lag = Duration::try_from_secs_f64(self.audit_max_lag)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "--audit-max-lag must be a number of seconds > 0. Given: {}",
+                    self.audit_max_lag
+                )
+            })?;
+        Ok(tessera::audit::AuditConfig {
+            enabled: !self.disable_audit_log,
+            max_lag,
+            retention_days: days,
+            review_sample_rate: self.review_sample_rate,
+            ..tessera::audit::AuditConfig::default()
+        })
+    }
+
     fn config(&self) -> Result<tessera::server::ServerConfig, String> {
         let seconds = |flag: &str, v: f64| {
             Duration::try_from_secs_f64(v)
@@ -210,6 +306,7 @@ impl ServeArgs {
             moderation_policy: self.moderation_policy.clone(),
             admin_api_keys: self.admin_api_key.clone(),
             dialog: self.dialog()?,
+            audit: self.audit()?,
             ..tessera::server::ServerConfig::default()
         })
     }
@@ -219,10 +316,7 @@ impl ServeArgs {
             return Err("--history-step must be >= 1".into());
         }
         Ok(tessera::dialog::DialogConfig {
-            store: tessera::store::StoreConfig::from_flags(
-                self.data_dir.clone(),
-                self.database_url.clone(),
-            ),
+            store: self.store.config(),
             window: tessera::dialog::WindowRule {
                 min_turns: self.history_turns,
                 step: self.history_step,
@@ -314,6 +408,19 @@ fn main() {
             tessera::cli::start_engine(&path, &cfg)
                 .and_then(|e| tessera::cli::chat(&e, system.as_deref(), sampling.params()))
         }
+        Command::Audit {
+            command: AuditCommand::Export(a),
+        } => tessera::audit::export::ExportRange::parse(&a.since, a.until.as_deref())
+            .and_then(|range| {
+                tessera::audit::export::run(
+                    &a.store.config(),
+                    &range,
+                    &a.format,
+                    a.output.as_deref(),
+                )
+            })
+            .map(|n| eprintln!("exported {n} exchanges"))
+            .map_err(Into::into),
         Command::Bench {
             engine,
             concurrency,
@@ -367,7 +474,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 27, "9 engine flags + 18 server flags");
+        assert_eq!(checked, 32, "9 engine flags + 23 server flags");
     }
 
     #[test]

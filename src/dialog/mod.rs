@@ -4,14 +4,15 @@
 //! the model's chat template, and the commit of a finished turn; nothing in it is tied
 //! to HTTP (the Responses/Conversations routes and the WebSocket chat both use it).
 //!
-//! A turn: `Dialog::prepare_turn` loads the history (hot cache, else the store), windows
-//! it and tokenizes the prompt (`PreparedTurn`); the caller runs it on the engine and
+//! A turn: `Dialog::turn_history` loads the history (hot cache, else the store),
+//! `Dialog::build_turn` windows it and tokenizes the prompt (`PreparedTurn`, on the
+//! caller's CPU pool); the caller runs it on the engine and
 //! hands the outcome to `Dialog::commit_turn`, which writes the response and its items in
 //! one transaction and only then returns the final response object — so a turn reported
 //! complete is durable, and one that never finished leaves nothing behind.
 //!
 //! Invariants: no database call and no tokenization runs on an async worker (store
-//! operations run on the store's pool, prompts are built on the blocking pool); every
+//! operations run on the store's pool, prompts are built on the caller's CPU pool); every
 //! read names the caller's `Owner`; the stored conversation keeps every item, only the
 //! prompt is windowed.
 
@@ -29,7 +30,7 @@ pub use cache::HotCache;
 pub use conversations::metadata as check_metadata;
 pub use items::{Message, Role};
 pub use objects::{ResponseFields, Status, Truncation, TurnUsage};
-pub use turn::{Anchor, PreparedTurn, TurnOutcome, TurnRequest, WindowInfo};
+pub use turn::{Anchor, PreparedTurn, TurnHistory, TurnOutcome, TurnRequest, WindowInfo};
 pub use window::WindowRule;
 
 use crate::error::EngineError;

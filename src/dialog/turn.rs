@@ -1,6 +1,8 @@
-//! One turn of a dialog: `prepare_turn` (history → window → prompt) and `commit_turn`
-//! (the finished answer → one store transaction → the final response object), plus the
-//! stored responses' reads and deletes.
+//! One turn of a dialog: `turn_history` (async: the history, from the hot cache or the
+//! store) then `build_turn` (CPU work: window → prompt; the caller runs it on its CPU
+//! pool) make a `PreparedTurn`; `commit_turn` (the finished answer → one store
+//! transaction → the final response object); plus the stored responses' reads and
+//! deletes.
 //!
 //! The history of a turn is its anchor's: nothing (a fresh dialog), a previous response
 //! (OpenAI's `previous_response_id`: that response's own history, input and output,
@@ -55,9 +57,38 @@ pub struct PreparedTurn {
     context: Arc<Context>,
 }
 
+/// The history a turn continues (from `Dialog::turn_history`, for `Dialog::build_turn`).
+#[derive(Debug, Clone)]
+pub struct TurnHistory(Arc<Context>);
+
+impl TurnHistory {
+    /// Messages in the history.
+    pub fn len(&self) -> usize {
+        self.0.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.messages.is_empty()
+    }
+}
+
 impl PreparedTurn {
     pub fn window(&self) -> WindowInfo {
         self.prompt.window
+    }
+
+    /// The dialog this turn belongs to (the conversation log's `thread_id`): its
+    /// conversation, else the first stored response of its `previous_response_id`
+    /// chain, else this response.
+    pub fn thread_id(&self) -> String {
+        if let Some(conversation) = &self.fields.conversation_id {
+            return conversation.clone();
+        }
+        match &self.context.stamp {
+            Stamp::Chain { response_ids } => response_ids.first().cloned(),
+            Stamp::Conversation { .. } => None,
+        }
+        .unwrap_or_else(|| self.response_id.clone())
     }
 
     /// The response object without output, in `status` (`in_progress` while the turn
@@ -109,35 +140,41 @@ fn messages(items: &[crate::store::ItemRecord]) -> Result<Arc<Vec<Message>>, Dia
 }
 
 impl Dialog {
-    /// Loads the history, windows it and builds the prompt for `engine`'s model.
-    pub async fn prepare_turn(
+    /// Loads the history `request` continues (hot cache, else the store).
+    pub async fn turn_history(
+        &self,
+        owner: &Owner,
+        request: &TurnRequest,
+    ) -> Result<TurnHistory, DialogError> {
+        let started = Instant::now();
+        let context = self.context(owner, &anchor(&request.fields)?).await?;
+        tracing::debug!(history_ms = ms(started), "turn history loaded");
+        Ok(TurnHistory(context))
+    }
+
+    /// Windows `history` and builds the prompt for `engine`'s model: CPU work (template,
+    /// tokenizer), so callers run it on their CPU pool, never on an async worker.
+    pub fn build_turn(
         &self,
         owner: &Owner,
         request: TurnRequest,
+        history: TurnHistory,
         engine: &EngineHandle,
     ) -> Result<PreparedTurn, DialogError> {
         let started = Instant::now();
-        let context = self.context(owner, &anchor(&request.fields)?).await?;
-        let history_ms = ms(started);
-        let (engine, rule) = (engine.clone(), self.window);
-        let (ctx, req) = (context.clone(), request.clone());
-        let prompt = tokio::task::spawn_blocking(move || {
-            PromptSpec {
-                instructions: req.fields.instructions.as_deref(),
-                history: &ctx.messages,
-                input: &req.input,
-                rule,
-                truncation: req.fields.truncation,
-                max_output_tokens: req.fields.max_output_tokens,
-                max_model_len: engine.info().max_model_len,
-            }
-            .build(engine.model())
-        })
-        .await
-        .map_err(|e| DialogError::Internal(format!("building the prompt failed: {e}")))??;
+        let context = history.0;
+        let prompt = PromptSpec {
+            instructions: request.fields.instructions.as_deref(),
+            history: &context.messages,
+            input: &request.input,
+            rule: self.window,
+            truncation: request.fields.truncation,
+            max_output_tokens: request.fields.max_output_tokens,
+            max_model_len: engine.info().max_model_len,
+        }
+        .build(engine.model())?;
         tracing::debug!(
-            history_ms,
-            prompt_ms = ms(started) - history_ms,
+            prompt_ms = ms(started),
             messages = context.messages.len(),
             kept_turns = prompt.window.kept_turns(),
             "turn prepared"

@@ -14,14 +14,17 @@
 //! the OpenAI Responses and Conversations routes over the dialog layer (`crate::dialog`),
 //! sharing `dialog_http`. `content_filter` runs the moderation policy (`crate::safety`)
 //! on the generation routes; `moderations` serves `/v1/moderations` and the policy's
-//! reload.
+//! reload. `exchange` tells the conversation log (`crate::audit`) of each exchange;
+//! `admin` is the log's admin API (review queue, verdicts, threads).
 
 pub mod access;
+pub mod admin;
 pub mod conn_guard;
 pub mod content_filter;
 pub mod conversations;
 pub mod cpu;
 pub mod dialog_http;
+pub mod exchange;
 pub mod gate;
 pub mod generate;
 pub mod logging;

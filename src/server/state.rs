@@ -1,6 +1,6 @@
 //! Server-wide state shared by every handler: configuration, the engine (once loaded),
 //! the lifecycle phase, admission control, the CPU pool for request work, the prompt
-//! byte limit of the loaded model, and metrics.
+//! byte limit of the loaded model, metrics, and the conversation log.
 //!
 //! Invariants: the phase only moves forward (`Loading → Ready → Draining`); the engine is
 //! set exactly once, before the phase becomes `Ready`; `in_flight` equals the number of
@@ -10,9 +10,10 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::cpu::{CpuPool, PromptLimit};
+use crate::audit::AuditLog;
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, MetricsCompat, ModelInfo};
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     pub moderation_policy: Option<PathBuf>,
     /// Keys of the admin API under `/admin/` (none: the admin API is closed).
     pub admin_api_keys: Vec<String>,
+    /// The conversation log: lag limit, retention, review sampling.
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             dialog: crate::dialog::DialogConfig::default(),
             moderation_policy: None,
             admin_api_keys: Vec::new(),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }
@@ -101,6 +105,11 @@ pub struct AppState {
     pub started_at: u64,
     /// Conversations and responses (set once, before the server listens).
     dialog: OnceLock<crate::dialog::Dialog>,
+    /// The conversation log (set once, before the server listens; never with
+    /// `--disable-audit-log`).
+    audit: OnceLock<Arc<AuditLog>>,
+    /// When the process exits whatever still runs (set on SIGTERM/SIGINT).
+    exit_deadline: OnceLock<Instant>,
 }
 
 impl AppState {
@@ -118,7 +127,37 @@ impl AppState {
             moderation: Moderation::off(),
             started_at: unix_now(),
             dialog: OnceLock::new(),
+            audit: OnceLock::new(),
+            exit_deadline: OnceLock::new(),
         })
+    }
+
+    /// Installs the conversation log (its threads are running).
+    pub fn set_audit(&self, audit: Arc<AuditLog>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The conversation log (`None` with `--disable-audit-log`).
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.get()
+    }
+
+    /// Refuses new text-route requests (503 `audit_unavailable`) while the conversation
+    /// log cannot keep up: nothing is served that cannot be logged.
+    pub fn audit_ready(&self) -> Result<(), ApiError> {
+        match self.audit() {
+            Some(audit) => Ok(audit.check()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Records when the process will exit whatever still runs.
+    pub fn set_exit_deadline(&self, deadline: Instant) {
+        let _ = self.exit_deadline.set(deadline);
+    }
+
+    pub fn exit_deadline(&self) -> Option<Instant> {
+        self.exit_deadline.get().copied()
     }
 
     /// Installs the dialog service (its store is open).
