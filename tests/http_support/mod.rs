@@ -324,6 +324,29 @@ impl SseStream {
     }
 }
 
+/// The JSON of every typed event of a Responses stream (`event: <type>` + `data:`),
+/// checking that each event's `type` is its name.
+pub fn typed_events(mut stream: SseStream) -> Vec<Value> {
+    assert_eq!(stream.status, 200);
+    let mut out = Vec::new();
+    while let Some(event) = stream.next_event() {
+        let text = match event {
+            SseEvent::Comment(text) | SseEvent::Data(text) => text,
+        };
+        let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            continue; // keep-alive
+        };
+        let kind = text
+            .lines()
+            .find_map(|l| l.strip_prefix("event: "))
+            .expect("event line");
+        let value: Value = serde_json::from_str(data).expect("event JSON");
+        assert_eq!(value["type"], kind);
+        out.push(value);
+    }
+    out
+}
+
 /// Joins the content of a chat or completion SSE stream, per choice index.
 pub fn joined_text(events: &[String], choices: usize) -> Vec<String> {
     let mut texts = vec![String::new(); choices];
