@@ -80,6 +80,10 @@ impl Default for AuditConfig {
     }
 }
 
+/// How long before its deadline `close` gives up a failing batch (so the writer can
+/// say which exchanges it lost before the process exits).
+const GIVE_UP_MARGIN: Duration = Duration::from_millis(200);
+
 /// The environment variable of the `fail_file` test hook.
 pub const FAIL_FILE_ENV: &str = "TESSERA_TEST_AUDIT_FAIL";
 
@@ -208,22 +212,24 @@ impl AuditLog {
         }
     }
 
-    /// Stops taking records, writes what is pending (retrying failures until
-    /// `deadline`, then giving up with an error log) and stops the threads; blocking.
-    /// Returns how many records could not be written.
+    /// Stops taking records, writes what is pending (retrying failures until shortly
+    /// before `deadline`, then giving up with an error log that names them) and stops
+    /// the threads; blocking. Returns how many records could not be written.
     pub fn close(&self, deadline: Instant) -> usize {
-        if let Ok(mut give_up) = self.give_up_at.lock() {
-            *give_up = Some(deadline);
+        let give_up = deadline.checked_sub(GIVE_UP_MARGIN).unwrap_or(deadline);
+        if let Ok(mut give_up_at) = self.give_up_at.lock() {
+            *give_up_at = Some(give_up.max(Instant::now()));
         }
         let pending = self.queue.pending();
         if pending > 0 {
             tracing::info!(pending, "flushing the conversation log before exit");
         }
         self.queue.close();
-        let left = match self.flush(deadline.saturating_duration_since(Instant::now())) {
-            Ok(()) => 0,
-            Err(left) => left,
-        };
+        let unwritten = self
+            .flush(deadline.saturating_duration_since(Instant::now()))
+            .err()
+            .unwrap_or(0);
+        let left = unwritten + self.queue.lost() as usize;
         if pending > 0 && left == 0 {
             tracing::info!(written = pending, "conversation log flushed");
         }

@@ -27,6 +27,8 @@ struct Pending {
     submitted: u64,
     /// Records whose batch is done (committed, or given up at shutdown).
     done: u64,
+    /// Records given up (the store failed past the closing deadline).
+    lost: u64,
     closed: bool,
 }
 
@@ -87,13 +89,21 @@ impl Queue {
         Next::Batch(batch)
     }
 
-    /// The batch from `next_batch` is done (written, or given up).
-    pub fn batch_done(&self) {
+    /// The batch from `next_batch` is done: `written`, or given up.
+    pub fn batch_done(&self, written: bool) {
         let mut state = self.lock();
         if let Some((_, n)) = state.writing.take() {
             state.done += n as u64;
+            if !written {
+                state.lost += n as u64;
+            }
         }
         self.changed.notify_all();
+    }
+
+    /// Records given up so far.
+    pub fn lost(&self) -> u64 {
+        self.lock().lost
     }
 
     /// Age of the oldest record not yet written (zero when none waits).
@@ -183,7 +193,7 @@ mod tests {
         assert_eq!(batch[0].record.id, "a");
         assert_eq!(q.pending(), 3, "the batch being written still counts");
         assert!(!q.wait_done(2, Instant::now()));
-        q.batch_done();
+        q.batch_done(true);
         assert!(q.wait_done(2, Instant::now()));
         assert_eq!(q.pending(), 1);
         q.close();
@@ -191,7 +201,8 @@ mod tests {
             panic!("the rest is drained after close")
         };
         assert_eq!(rest[0].record.id, "c");
-        q.batch_done();
+        q.batch_done(false);
+        assert_eq!(q.lost(), 1);
         assert!(matches!(q.next_batch(8, Duration::ZERO), Next::Closed));
         assert_eq!((q.submitted(), q.lag()), (3, Duration::ZERO));
     }

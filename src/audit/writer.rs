@@ -43,16 +43,16 @@ impl Writer {
                 Next::Closed => return,
                 Next::Idle => self.series.lag.set(self.queue.lag().as_secs_f64()),
                 Next::Batch(batch) => {
-                    self.write(batch);
-                    self.queue.batch_done();
+                    let written = self.write(batch);
+                    self.queue.batch_done(written);
                     self.series.lag.set(self.queue.lag().as_secs_f64());
                 }
             }
         }
     }
 
-    /// Writes `batch`, retrying until it commits (or is given up at the deadline).
-    fn write(&self, batch: Vec<AuditEntry>) {
+    /// Writes `batch`, retrying until it commits (true) or is given up at the deadline.
+    fn write(&self, batch: Vec<AuditEntry>) -> bool {
         let batch = Arc::new(batch);
         let mut backoff = FIRST_BACKOFF;
         let mut failures = 0u64;
@@ -71,7 +71,7 @@ impl Writer {
                     if batch.iter().any(|e| e.review.is_some()) {
                         refresh_review_depth(&self.pool, &self.series);
                     }
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     self.series.failures.inc();
@@ -79,14 +79,15 @@ impl Writer {
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(error = %e, failures, records = batch.len(), lag_s = self.queue.lag().as_secs_f64(), "conversation log write failed; retrying");
                     }
-                    if self.past_deadline() {
+                    let give_up_in = self.give_up_in();
+                    if give_up_in == Some(Duration::ZERO) {
                         let ids: Vec<&str> =
                             batch.iter().map(|e| e.record.request_id.as_str()).collect();
                         tracing::error!(error = %e, lost = batch.len(), request_ids = ?ids, "the conversation log could not be written before exit; these exchanges are not logged");
-                        return;
+                        return false;
                     }
                     self.series.lag.set(self.queue.lag().as_secs_f64());
-                    std::thread::sleep(backoff);
+                    std::thread::sleep(give_up_in.map_or(backoff, |left| left.min(backoff)));
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -103,12 +104,13 @@ impl Writer {
         self.pool.run_blocking(move |s| s.append_audit(&batch))
     }
 
-    fn past_deadline(&self) -> bool {
+    /// Time left before a failing batch is given up (`None`: the log is not closing).
+    fn give_up_in(&self) -> Option<Duration> {
         let deadline = match self.give_up_at.lock() {
             Ok(d) => *d,
             Err(poisoned) => *poisoned.into_inner(),
         };
-        deadline.is_some_and(|d| Instant::now() >= d)
+        deadline.map(|d| d.saturating_duration_since(Instant::now()))
     }
 }
 

@@ -137,8 +137,14 @@ pub fn serve(
             .exit_deadline()
             .unwrap_or_else(|| Instant::now() + EXIT_GRACE);
         let flushing = state.clone();
-        let _ = actix_web::rt::task::spawn_blocking(move || close_audit(&flushing, deadline)).await;
-        outcome.map_err(Box::<dyn Error>::from)
+        let lost = actix_web::rt::task::spawn_blocking(move || close_audit(&flushing, deadline))
+            .await
+            .unwrap_or(0);
+        outcome.map_err(Box::<dyn Error>::from)?;
+        match lost {
+            0 => Ok(()),
+            n => Err(format!("{n} exchanges could not be written to the conversation log").into()),
+        }
     })
 }
 
@@ -166,10 +172,11 @@ fn new_state(cfg: ServerConfig, metrics: Metrics) -> Result<web::Data<AppState>,
 
 /// Writes what the conversation log still holds before the process exits: waits for
 /// the last requests to settle (their records to be queued), then flushes, retrying a
-/// failing store until shortly before `deadline` (the hard exit). Blocking.
-fn close_audit(state: &AppState, deadline: Instant) {
+/// failing store until shortly before `deadline` (the hard exit). Blocking; returns how
+/// many exchanges could not be written.
+fn close_audit(state: &AppState, deadline: Instant) -> usize {
     let Some(audit) = state.audit() else {
-        return;
+        return 0;
     };
     let flush_by = deadline.checked_sub(FLUSH_MARGIN).unwrap_or(deadline);
     while state.in_flight() > 0 && Instant::now() < flush_by {
@@ -182,6 +189,7 @@ fn close_audit(state: &AppState, deadline: Instant) {
             "exiting with exchanges the conversation log could not write"
         );
     }
+    lost
 }
 
 /// Opens the dialog store (creating it, applying migrations): a store that cannot be
@@ -409,7 +417,8 @@ impl SpawnedServer {
             let _ = thread.join();
         }
         let deadline = Instant::now() + self.state.config.shutdown_timeout + EXIT_GRACE;
-        close_audit(&self.state, deadline);
+        // What could not be written is logged (this embedding has no exit status).
+        let _lost = close_audit(&self.state, deadline);
     }
 }
 
