@@ -474,7 +474,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 32, "9 engine flags + 23 server flags");
+        assert_eq!(checked, 33, "9 engine flags + 24 server flags");
     }
 
     #[test]
@@ -490,6 +490,46 @@ mod tests {
             .map(|arg| format!("--{}", arg.get_id().as_str().replace('_', "-")))
             .collect();
         assert!(bare.is_empty(), "flags without help text: {bare:?}");
+    }
+
+    fn audit_config(flags: &[&str]) -> Result<tessera::audit::AuditConfig, String> {
+        let cli = Cli::try_parse_from([&["tessera", "serve"][..], flags].concat()).expect("parses");
+        let Command::Serve { server, .. } = cli.command else {
+            panic!("not serve")
+        };
+        server.audit()
+    }
+
+    #[test]
+    fn a_retention_below_180_days_needs_allow_short_retention() {
+        let default = audit_config(&[]).expect("the defaults are valid");
+        assert_eq!(default.retention_days, 180);
+        assert_eq!(default.max_lag, Duration::from_secs(30));
+        let refused = audit_config(&["--audit-retention-days", "179"]).expect_err("too short");
+        assert!(
+            refused.contains("--audit-retention-days must be >= 180")
+                && refused.contains("Given: 179"),
+            "{refused}"
+        );
+        let short = ["--audit-retention-days", "7", "--allow-short-retention"];
+        assert_eq!(audit_config(&short).expect("allowed").retention_days, 7);
+        let zero = ["--audit-retention-days", "0", "--allow-short-retention"];
+        assert!(audit_config(&zero).is_err(), "0 days is never accepted");
+        assert_eq!(
+            audit_config(&["--audit-retention-days", "365"]).map(|c| c.retention_days),
+            Ok(365)
+        );
+        for (flag, value) in [
+            ("--audit-max-lag", "0"),
+            ("--audit-max-lag", "-1"),
+            ("--review-sample-rate", "1.5"),
+        ] {
+            let refused = audit_config(&[&format!("{flag}={value}")]).expect_err(flag);
+            assert!(
+                refused.contains(flag) && refused.contains(value),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
