@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tessera::audit::time::{parse_date, DAY_MS};
 use tessera::audit::{view, AuditConfig, ClockRef, ManualClock, FAIL_FILE_ENV};
 use tessera::server::ServerConfig;
-use tessera::store::{Cursor, StoreConfig, StorePool};
+use tessera::store::{Cursor, StoreConfig, StorePool, Verdict};
 
 fn quiet() -> AuditConfig {
     AuditConfig {
@@ -98,7 +98,26 @@ fn the_admin_api_takes_only_admin_keys_and_reads_whole_dialogs() {
     let all = exchanges(&server);
     let exchange = the_exchange(&all, "t-2").record.id.clone();
     let thread = first["id"].as_str().expect("id").to_string();
-    for (method, path, body) in admin_routes(&exchange, &thread) {
+    refuses_other_keys(addr, &exchange, &thread);
+    reads_the_whole_dialog(addr, &thread);
+    let one = call(
+        addr,
+        "GET",
+        &format!("/admin/v1/exchanges/{exchange}"),
+        ADMIN_KEY,
+        "a",
+        None,
+    );
+    assert_eq!(one.header("cache-control"), Some("no-store"));
+    assert_eq!(one.json(), view::to_json(the_exchange(&all, "t-2")));
+    refuses_bad_queries(addr, &exchange);
+    reviews_and_deletes(addr, &exchange);
+    server.shutdown();
+}
+
+/// Every admin route refuses an ordinary API key and no key alike.
+fn refuses_other_keys(addr: SocketAddr, exchange: &str, thread: &str) {
+    for (method, path, body) in admin_routes(exchange, thread) {
         let as_user = call(addr, method, &path, USER_KEY, "u", body.as_ref());
         assert_eq!(
             error_of(&as_user, 401)["code"],
@@ -112,6 +131,10 @@ fn the_admin_api_takes_only_admin_keys_and_reads_whole_dialogs() {
             "{method} {path}"
         );
     }
+}
+
+/// The thread of turns t-1, t-2, t-3, whole and in pages.
+fn reads_the_whole_dialog(addr: SocketAddr, thread: &str) {
     let dialog = admin_get(addr, &format!("/admin/v1/threads/{thread}"));
     let order: Vec<&str> = dialog["data"]
         .as_array()
@@ -140,17 +163,10 @@ fn the_admin_api_takes_only_admin_keys_and_reads_whole_dialogs() {
         ),
     );
     assert_eq!(rest["data"][0]["request_id"], "t-3");
-    let one = call(
-        addr,
-        "GET",
-        &format!("/admin/v1/exchanges/{exchange}"),
-        ADMIN_KEY,
-        "a",
-        None,
-    );
-    assert_eq!(one.header("cache-control"), Some("no-store"));
-    assert_eq!(one.json(), view::to_json(the_exchange(&all, "t-2")));
-    refuses_bad_queries(addr, &exchange);
+}
+
+/// A verdict puts the exchange in the queue under it; a delete takes it out.
+fn reviews_and_deletes(addr: SocketAddr, exchange: &str) {
     let body = json!({"verdict": "ok", "reviewer": "auditor-7", "note": "fine"});
     let path = format!("/admin/v1/exchanges/{exchange}/review");
     let reviewed = ok(call(addr, "POST", &path, ADMIN_KEY, "a", Some(&body)));
@@ -171,9 +187,10 @@ fn the_admin_api_takes_only_admin_keys_and_reads_whole_dialogs() {
         .as_array()
         .expect("data")
         .is_empty());
-    server.shutdown();
+}
 
-    // Without admin keys the admin API is closed; without the log it has nothing.
+#[test]
+fn without_admin_keys_or_a_log_the_admin_api_has_nothing() {
     let closed = http_support::serve(engine().clone(), 4, ServerConfig::default());
     let res = http_support::request(closed.addr, "GET", "/admin/v1/review/queue", &[], None);
     assert_eq!(error_of(&res, 403)["code"], "admin_api_disabled");
@@ -219,22 +236,9 @@ fn export(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), text(out.stdout), text(out.stderr))
 }
 
-#[test]
-fn the_export_reads_back_into_the_records_it_was_written_from() {
-    let dir = temp_dir("export");
-    let day = parse_date("2025-01-10T12:00:00Z").expect("date");
-    let clock = ManualClock::new(day);
-    let audit = AuditConfig {
-        clock: ClockRef(clock.clone()),
-        ..quiet()
-    };
-    let server = server(
-        audit,
-        StoreConfig::Sqlite {
-            data_dir: dir.clone(),
-        },
-    );
-    let addr = server.addr;
+/// Four chats through `addr`, the clock set to `day`, `day` + 1 (twice, a minute apart)
+/// and `day` + 2 (d2b is blocked by the policy: logged as refused); their request ids.
+fn log_four_exchanges(addr: SocketAddr, clock: &ManualClock, day: i64) -> Vec<&'static str> {
     let mut ids = Vec::new();
     for (offset, id, text) in [
         (0, "d1", "one"),
@@ -254,72 +258,11 @@ fn the_export_reads_back_into_the_records_it_was_written_from() {
         assert!(res.status == 200 || res.status == 400, "{}", res.text());
         ids.push(id);
     }
-    let all = exchanges(&server);
-    let d2b = the_exchange(&all, "d2b").record.id.clone();
-    let body = json!({"verdict": "violation", "reviewer": "r", "note": "threat"});
-    ok(call(
-        addr,
-        "POST",
-        &format!("/admin/v1/exchanges/{d2b}/review"),
-        ADMIN_KEY,
-        "a",
-        Some(&body),
-    ));
-    let all = exchanges(&server);
-    let data_dir = dir.to_string_lossy().into_owned();
-    let (success, stdout, stderr) = export(&[
-        "--data-dir",
-        &data_dir,
-        "--since",
-        "2025-01-11",
-        "--until",
-        "2025-01-12",
-        "--format",
-        "jsonl",
-    ]);
-    assert!(success, "{stderr}");
-    assert!(stderr.contains("exported 2 exchanges"), "{stderr}");
-    let read: Vec<_> = stdout
-        .lines()
-        .map(|l| view::parse(l).expect("a line parses"))
-        .collect();
-    let want: Vec<_> = ["d2a", "d2b"]
-        .iter()
-        .map(|id| the_exchange(&all, id).clone())
-        .collect();
-    assert_eq!(read, want, "the export reads back into the stored records");
-    for line in stdout.lines() {
-        let value: Value = serde_json::from_str(line).expect("json");
-        let path = format!("/admin/v1/exchanges/{}", value["id"].as_str().expect("id"));
-        assert_eq!(
-            value,
-            admin_get(addr, &path),
-            "the export and the admin API agree"
-        );
-    }
-    assert_eq!(
-        read[1]
-            .review
-            .as_ref()
-            .and_then(|r| r.verdict.map(|v| v.as_str())),
-        Some("violation")
-    );
-    let file = dir.join("all.jsonl");
-    let (success, _, stderr) = export(&[
-        "--data-dir",
-        &data_dir,
-        "--since",
-        "2025-01-10",
-        "-o",
-        &file.to_string_lossy(),
-    ]);
-    assert!(success, "{stderr}");
-    let lines: Vec<String> = std::fs::read_to_string(&file)
-        .expect("file")
-        .lines()
-        .map(|l| view::parse(l).expect("parses").record.request_id)
-        .collect();
-    assert_eq!(lines, ids, "oldest first, the whole range");
+    ids
+}
+
+/// Bad arguments and a missing store are refused, naming what is wrong.
+fn refuses_bad_exports(data_dir: &str) {
     for (args, says) in [
         (vec!["--since", "2025-01-10", "--format", "csv"], "--format"),
         (vec!["--since", "last week"], "--since"),
@@ -328,7 +271,7 @@ fn the_export_reads_back_into_the_records_it_was_written_from() {
             "--until",
         ),
     ] {
-        let (success, _, stderr) = export(&[&["--data-dir", &data_dir][..], &args].concat());
+        let (success, _, stderr) = export(&[&["--data-dir", data_dir][..], &args].concat());
         assert!(!success && stderr.contains(says), "{args:?}: {stderr}");
     }
     let (success, _, stderr) = export(&[
@@ -341,6 +284,80 @@ fn the_export_reads_back_into_the_records_it_was_written_from() {
         !success && stderr.contains("no conversation log"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_export_reads_back_into_the_records_it_was_written_from() {
+    let dir = temp_dir("export");
+    let day = parse_date("2025-01-10T12:00:00Z").expect("date");
+    let clock = ManualClock::new(day);
+    let audit = AuditConfig {
+        clock: ClockRef(clock.clone()),
+        ..quiet()
+    };
+    let store = StoreConfig::Sqlite {
+        data_dir: dir.clone(),
+    };
+    let server = server(audit, store);
+    let addr = server.addr;
+    let ids = log_four_exchanges(addr, &clock, day);
+    let d2b = the_exchange(&exchanges(&server), "d2b").record.id.clone();
+    let body = json!({"verdict": "violation", "reviewer": "r", "note": "threat"});
+    let path = format!("/admin/v1/exchanges/{d2b}/review");
+    ok(call(addr, "POST", &path, ADMIN_KEY, "a", Some(&body)));
+    let all = exchanges(&server);
+    let data_dir = dir.to_string_lossy().into_owned();
+    let one_day = [
+        "--data-dir",
+        &data_dir,
+        "--since",
+        "2025-01-11",
+        "--until",
+        "2025-01-12",
+        "--format",
+        "jsonl",
+    ];
+    let (success, stdout, stderr) = export(&one_day);
+    assert!(success, "{stderr}");
+    assert!(stderr.contains("exported 2 exchanges"), "{stderr}");
+    let read: Vec<_> = stdout
+        .lines()
+        .map(|l| view::parse(l).expect("a line parses"))
+        .collect();
+    let want: Vec<_> = ["d2a", "d2b"]
+        .iter()
+        .map(|id| the_exchange(&all, id).clone())
+        .collect();
+    assert_eq!(read, want, "the export reads back into the stored records");
+    assert_eq!(
+        read[1].review.as_ref().and_then(|r| r.verdict),
+        Some(Verdict::Violation)
+    );
+    for line in stdout.lines() {
+        let value: Value = serde_json::from_str(line).expect("json");
+        let path = format!("/admin/v1/exchanges/{}", value["id"].as_str().expect("id"));
+        let shown = admin_get(addr, &path);
+        assert_eq!(value, shown, "the export and the admin API agree");
+    }
+    let file = dir.join("all.jsonl");
+    let file_arg = file.to_string_lossy().into_owned();
+    let whole = [
+        "--data-dir",
+        &data_dir,
+        "--since",
+        "2025-01-10",
+        "-o",
+        &file_arg,
+    ];
+    let (success, _, stderr) = export(&whole);
+    assert!(success, "{stderr}");
+    let lines: Vec<String> = std::fs::read_to_string(&file)
+        .expect("file")
+        .lines()
+        .map(|l| view::parse(l).expect("parses").record.request_id)
+        .collect();
+    assert_eq!(lines, ids, "oldest first, the whole range");
+    refuses_bad_exports(&data_dir);
     server.shutdown();
 }
 

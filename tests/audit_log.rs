@@ -58,12 +58,8 @@ fn workload(addr: SocketAddr) -> (Vec<String>, String) {
         logged.push(name.to_string());
         name.to_string()
     };
-    ok(post_as(
-        addr,
-        "/v1/chat/completions",
-        &id("chat"),
-        &chat_body("Say hi.", 8),
-    ));
+    let chat = "/v1/chat/completions";
+    ok(post_as(addr, chat, &id("chat"), &chat_body("Say hi.", 8)));
     let mut streamed = chat_body("Say hello.", 8);
     streamed["stream"] = json!(true);
     let events = stream_as(addr, "/v1/chat/completions", &id("chat-stream"), &streamed).rest();
@@ -104,13 +100,13 @@ fn workload(addr: SocketAddr) -> (Vec<String>, String) {
     assert_eq!(error_of(&blocked, 400)["code"], "content_filter");
     ok(post_as(
         addr,
-        "/v1/chat/completions",
+        chat,
         &id("masked"),
         &chat_body("call 13812345678", 2),
     ));
     ok(post_as(
         addr,
-        "/v1/chat/completions",
+        chat,
         &id("flagged"),
         &chat_body("money laundering?", 2),
     ));
@@ -133,6 +129,26 @@ fn workload(addr: SocketAddr) -> (Vec<String>, String) {
         }
     });
     (logged, "refused".to_string())
+}
+
+/// A chain of responses shares the thread of its first; a conversation's turn has the
+/// conversation as its thread.
+fn check_threads(all: &[StoredExchange]) {
+    let (r1, r2) = (
+        &the_exchange(all, "response-1").record,
+        &the_exchange(all, "response-2").record,
+    );
+    assert_eq!(
+        r1.thread_id, r1.response_id,
+        "a new chain starts its own thread"
+    );
+    assert_eq!(
+        r2.thread_id, r1.response_id,
+        "the chain's turns share its thread"
+    );
+    assert_eq!(r2.previous_response_id, r1.response_id);
+    let turn = &the_exchange(all, "conversation-turn").record;
+    assert!(turn.conversation_id.is_some() && turn.thread_id == turn.conversation_id);
 }
 
 /// Checks one exchange of each kind against what its client was sent.
@@ -164,21 +180,7 @@ fn check_kinds(all: &[StoredExchange]) {
         input,
         json!([{"role": "prompt", "content": "One"}, {"role": "prompt", "content": "Two"}])
     );
-    let (r1, r2) = (
-        &the_exchange(all, "response-1").record,
-        &the_exchange(all, "response-2").record,
-    );
-    assert_eq!(
-        r1.thread_id, r1.response_id,
-        "a new chain starts its own thread"
-    );
-    assert_eq!(
-        r2.thread_id, r1.response_id,
-        "the chain's turns share its thread"
-    );
-    assert_eq!(r2.previous_response_id, r1.response_id);
-    let turn = &the_exchange(all, "conversation-turn").record;
-    assert!(turn.conversation_id.is_some() && turn.thread_id == turn.conversation_id);
+    check_threads(all);
     let blocked = &the_exchange(all, "blocked").record;
     assert_eq!(
         (blocked.status, blocked.finish_reason.as_deref()),

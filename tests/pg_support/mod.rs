@@ -146,8 +146,10 @@ impl Postgres {
     /// server first, so a stopped one forks no new backend unseen), by pid.
     fn signal_all(&self, signal: &str) {
         let send = |pid: u32| {
+            // A backend may have exited since the listing: nothing to say then.
             let _ = Command::new("kill")
                 .args([signal, &pid.to_string()])
+                .stderr(Stdio::null())
                 .status();
         };
         let root = self.child.id();
