@@ -19,7 +19,7 @@ use tessera::store::{AuditEntry, AuditRecord, ReviewReason, StoreConfig, StorePo
 const EXCHANGES: usize = 1024;
 
 fn exchange(n: usize) -> AuditEntry {
-    let flagged = n % 8 == 0;
+    let flagged = n.is_multiple_of(8);
     let said =
         format!("第{n}轮: 我想了解一下账户的利息是怎么计算的? Please explain the fees. ").repeat(8);
     let answered =
