@@ -224,18 +224,6 @@ fn server_without_log() -> tessera::server::SpawnedServer {
     )
 }
 
-/// Runs `tessera audit export ARGS`: (exit success, stdout, stderr).
-fn export(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["audit", "export"])
-        .args(args)
-        .env_remove("TESSERA_DATABASE_URL")
-        .output()
-        .expect("tessera runs");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (out.status.success(), text(out.stdout), text(out.stderr))
-}
-
 /// Four chats through `addr`, the clock set to `day`, `day` + 1 (twice, a minute apart)
 /// and `day` + 2 (d2b is blocked by the policy: logged as refused); their request ids.
 fn log_four_exchanges(addr: SocketAddr, clock: &ManualClock, day: i64) -> Vec<&'static str> {

@@ -18,7 +18,7 @@ use http_support::{chatml, error_of, joined_text, ok, typed_events, SseEvent, MO
 use serde_json::{json, Value};
 use tessera::audit::review::ReviewSampler;
 use tessera::audit::time::{parse_date, DAY_MS};
-use tessera::audit::{AuditConfig, ClockRef, ManualClock};
+use tessera::audit::{view, AuditConfig, ClockRef, ManualClock};
 use tessera::server::SpawnedServer;
 use tessera::store::{Owner, StoreConfig, StoredExchange};
 
@@ -518,12 +518,8 @@ fn retention_deletes_exactly_the_exchanges_past_the_period() {
 fn the_log_on_postgresql_holds_every_exchange_once_and_keeps_its_rules() {
     let pg = pg_support::Postgres::start();
     let start = parse_date("2025-06-01").expect("date");
-    let (server, clock) = clocked(
-        StoreConfig::Postgres {
-            url: pg.new_database(),
-        },
-        start,
-    );
+    let url = pg.new_database();
+    let (server, clock) = clocked(StoreConfig::Postgres { url: url.clone() }, start);
     let (logged, refused) = workload(server.addr);
     for gone in ["gone-chat", "gone-response"] {
         wait_logged(&server, gone);
@@ -539,6 +535,17 @@ fn the_log_on_postgresql_holds_every_exchange_once_and_keeps_its_rules() {
     assert_eq!(flagged.len(), 3, "blocked, masked, flagged: {flagged:?}");
     assert_eq!(queue_ids(server.addr, "category=violence"), ["blocked"]);
     assert!(all.iter().all(|e| e.record.created_at_ms == start));
+    let range = ["--since", "2025-06-01", "--until", "2025-06-02"];
+    let (success, stdout, stderr) = export(&[&["--database-url", &url][..], &range].concat());
+    assert!(success, "{stderr}");
+    let read: Vec<StoredExchange> = stdout
+        .lines()
+        .map(|l| view::parse(l).expect("a line parses"))
+        .collect();
+    assert_eq!(
+        read, all,
+        "the export from PostgreSQL reads back into the log"
+    );
     clock.set(start + 181 * DAY_MS);
     let audit = server.state.audit().expect("log");
     audit.run_retention().expect("sweep");

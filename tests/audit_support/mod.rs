@@ -160,3 +160,15 @@ pub fn the_exchange<'a>(all: &'a [StoredExchange], id: &str) -> &'a StoredExchan
 pub fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("stored JSON")
 }
+
+/// Runs `tessera audit export ARGS` (the real binary): (exit success, stdout, stderr).
+pub fn export(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["audit", "export"])
+        .args(args)
+        .env_remove("TESSERA_DATABASE_URL")
+        .output()
+        .expect("tessera runs");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
