@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use tessera::config::EngineConfig;
 use tessera::server::routes::ROUTES;
 use tessera::server::{ServerConfig, SpawnedServer};
-use tessera::store::Cursor;
 
 fn spec() -> &'static Spec {
     static SPEC: OnceLock<Spec> = OnceLock::new();
@@ -99,43 +98,13 @@ fn example(method: &str, path: &str) -> Option<Value> {
     Some(body)
 }
 
-/// A new logged exchange (a stored response, written to the conversation log): its
-/// exchange id and its thread id.
-fn logged_exchange() -> (String, String) {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let request_id = format!("openapi-logged-{n}");
-    let body = json!({"model": MODEL, "input": "Hi", "max_output_tokens": 2}).to_string();
-    let res = request(
-        server().addr,
-        "POST",
-        "/v1/responses",
-        &[AUTH, ("X-Request-Id", &request_id)],
-        Some(body.as_bytes()),
-    );
-    assert_eq!(res.status, 200, "{}", res.text());
-    let log = server().state.audit().expect("the log is on");
-    log.flush(http_support::HANG_GUARD)
-        .expect("the log is written");
-    let all = log
-        .pool()
-        .run_blocking(|s| s.export_audit(i64::MIN, i64::MAX, &Cursor::start(), 100_000))
-        .expect("the log is readable");
-    let logged = all
-        .into_iter()
-        .find(|e| e.record.request_id == request_id)
-        .expect("the response is logged");
-    let thread = logged.record.thread_id.unwrap_or_default();
-    (logged.record.id, thread)
-}
-
 /// `path` with its parameters filled in: `{model}`, for the dialog routes a new
 /// conversation (holding one item) and a new stored response, for the admin routes a
 /// new logged exchange (or its thread).
 fn concrete(path: &str) -> String {
     let mut concrete = path.replace("{model}", MODEL);
     if concrete.starts_with("/admin/v1/exchanges/") || concrete.starts_with("/admin/v1/threads/") {
-        let (exchange, thread) = logged_exchange();
+        let (exchange, thread) = http_support::logged_exchange(server(), AUTH.1);
         let id = if concrete.starts_with("/admin/v1/threads/") {
             thread
         } else {

@@ -402,3 +402,44 @@ pub fn error_of(res: &Response, status: u16) -> Value {
     }
     err.clone()
 }
+
+/// A new exchange in `server`'s conversation log: a stored response made with the
+/// `Authorization` value `auth`, written (the log flushed); its exchange id and thread id
+/// (for the admin routes that take them).
+pub fn logged_exchange(server: &SpawnedServer, auth: &str) -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let request_id = format!("logged-exchange-{n}");
+    let body = json!({"model": MODEL, "input": "Hi", "max_output_tokens": 2}).to_string();
+    let headers = [
+        ("Authorization", auth),
+        ("X-Request-Id", request_id.as_str()),
+    ];
+    let res = request(
+        server.addr,
+        "POST",
+        "/v1/responses",
+        &headers,
+        Some(body.as_bytes()),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let log = server.state.audit().expect("the log is on");
+    log.flush(HANG_GUARD).expect("the log is written");
+    let all = log
+        .pool()
+        .run_blocking(|s| {
+            s.export_audit(
+                i64::MIN,
+                i64::MAX,
+                &tessera::store::Cursor::start(),
+                100_000,
+            )
+        })
+        .expect("the log is readable");
+    let logged = all
+        .into_iter()
+        .find(|e| e.record.request_id == request_id)
+        .expect("the response is logged");
+    let thread = logged.record.thread_id.unwrap_or_default();
+    (logged.record.id, thread)
+}
