@@ -60,6 +60,12 @@ fn refuses_bad_queries(addr: SocketAddr, exchange: &str) {
     bad("/admin/v1/review/queue?since=yesterday", "since");
     bad("/admin/v1/review/queue?limit=0", "limit");
     bad("/admin/v1/review/queue?after=exch_nope", "after");
+    bad("/admin/v1/review/queue?limit=", "limit");
+    // Empty filters are not given (as forms send them).
+    admin_get(
+        addr,
+        "/admin/v1/review/queue?category=&since=&until=&after=",
+    );
     let review = |body: Value, param: &str| {
         let path = format!("/admin/v1/exchanges/{exchange}/review");
         let res = call(addr, "POST", &path, ADMIN_KEY, "admin", Some(&body));

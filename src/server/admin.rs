@@ -109,6 +109,8 @@ fn queue_query(query: &str) -> Result<QueueQuery, ApiError> {
                     )
                 })?)
             }
+            // An empty filter is "not given", as an empty `after` is.
+            "category" | "since" | "until" if value.is_empty() => {}
             "category" => q.category = Some(value),
             "since" => q.since_ms = Some(date("since", &value)?),
             "until" => q.until_ms = Some(date("until", &value)?),
