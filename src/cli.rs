@@ -1,36 +1,29 @@
-//! The `generate` and `chat` commands: load the model, start the engine, stream tokens to
-//! the terminal. They use only the public engine API (`EngineHandle::submit`).
+//! The `generate`, `chat` and `bench` commands: load the model, start the engine, stream
+//! tokens to the terminal. They use only the public engine API, and validate what they
+//! submit as the HTTP routes do (`server::validate::validate_sequence`).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::Instant;
 
 use crate::config::EngineConfig;
-use crate::engine::handle::{self, EngineHandle};
-use crate::engine::request::SamplingParams;
+use crate::engine::handle::EngineHandle;
+use crate::engine::launch::launch;
 use crate::engine::stream::RequestStream;
-use crate::model;
+use crate::error::ApiError;
 use crate::model::chat_template::{encode_chat, ChatMessage};
+use crate::request::SamplingParams;
+use crate::server::validate::validate_sequence;
 
-/// Loads `path` (showing progress on stderr) and starts an engine over it.
+/// Loads `path` and starts an engine over it (`engine::launch`), saying how long the
+/// model took to load.
 pub fn start_engine(
     path: &Path,
     cfg: &EngineConfig,
 ) -> Result<EngineHandle, Box<dyn std::error::Error>> {
-    if !path.exists() {
-        return Err(format!(
-            "model file `{}` not found; fetch the default model with scripts/fetch-model.sh \
-             or pass --model PATH",
-            path.display()
-        )
-        .into());
-    }
-    let started = Instant::now();
-    let loaded = model::load(path, cfg.max_model_len, |done, total| {
-        eprint!("\rloading {}: layer {done}/{total}", path.display());
-    })?;
-    eprintln!(" ({:.1}s)", started.elapsed().as_secs_f64());
-    Ok(handle::start(loaded, cfg)?)
+    let launched = launch(path, cfg)?;
+    eprintln!("loaded {} in {:.1}s", path.display(), launched.load_seconds);
+    Ok(launched.engine)
 }
 
 /// Prompt token ids: the chat template around `text` as one user turn, or `text` raw.
@@ -87,8 +80,18 @@ pub fn generate(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let messages = [ChatMessage::new("user", prompt)];
     let ids = prompt_ids(engine, &messages, raw.then_some(prompt))?;
-    print_stream(engine.submit(ids, sampling)?)?;
+    print_stream(submit(engine, ids, sampling)?)?;
     Ok(())
+}
+
+/// Validates one sequence and submits it.
+fn submit(
+    engine: &EngineHandle,
+    ids: Vec<u32>,
+    sampling: SamplingParams,
+) -> Result<RequestStream, ApiError> {
+    let (ids, sampling) = validate_sequence(ids, sampling, engine.info())?;
+    Ok(engine.submit(ids, sampling)?)
 }
 
 /// Interactive multi-turn chat on stdin/stdout.
@@ -113,7 +116,7 @@ pub fn chat(
         }
         history.push(ChatMessage::new("user", line.trim_end()));
         let ids = prompt_ids(engine, &history, None)?;
-        match engine.submit(ids, sampling.clone()) {
+        match submit(engine, ids, sampling.clone()) {
             Ok(stream) => {
                 let reply = print_stream(stream)?;
                 history.push(ChatMessage::new("assistant", &reply));
@@ -168,7 +171,7 @@ pub fn bench(
                 ignore_eos: true,
                 ..SamplingParams::greedy(max_tokens)
             };
-            engine.submit(ids, params)
+            submit(engine, ids, params)
         })
         .collect::<Result<_, _>>()?;
     let handles: Vec<_> = streams

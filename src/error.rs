@@ -1,10 +1,16 @@
-//! Error enums, one per layer. The HTTP layer maps them to OpenAI error bodies in one
-//! function (issue "HTTP API"); messages here already name the field, the limit and the
-//! value given.
+//! The error of an HTTP request (`ApiError`, wrapping the errors of the layers below)
+//! and THE mapping from it to an HTTP status and OpenAI error body (`http_error`); also
+//! `ModelError` (loading a model, starting an engine). Messages already name the field,
+//! the limit and the value given. Other layers' enums live with their layer
+//! (`engine::error::EngineError`, `dialog::DialogError`, `safety::ModerationError`, …):
+//! `ApiError` names them all, so a layer that this file names must not import it.
 
+use crate::engine::error::EngineError;
 use crate::model::config::ConfigError;
 use crate::model::gguf::GgufError;
 use crate::model::weights::WeightError;
+use crate::request::InvalidParam;
+use crate::scheduler::SchedulerError;
 
 /// Loading a model failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,43 +32,10 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
     #[error("{0}")]
     Invalid(String),
-}
-
-/// A request could not be served by the engine.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum EngineError {
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    #[error(
-        "this model's maximum context length is {max_model_len} tokens; the prompt has \
-         {prompt_tokens} tokens and max_tokens is {max_tokens} ({total} in total)"
-    )]
-    ContextLength {
-        max_model_len: usize,
-        prompt_tokens: usize,
-        max_tokens: usize,
-        total: usize,
-    },
-    #[error("token id {token_id} at prompt position {position} is outside the vocabulary (size {vocab})")]
-    InvalidToken {
-        token_id: u32,
-        position: usize,
-        vocab: usize,
-    },
-    #[error("`{field}` {problem}. Given: {given}")]
-    InvalidParam {
-        field: &'static str,
-        problem: String,
-        given: String,
-    },
-    #[error("request rejected by the scheduler: {0}")]
-    Rejected(String),
-    #[error("the engine is not running")]
-    Stopped,
-    #[error("engine failure: {0}")]
-    Internal(String),
 }
 
 /// Why an HTTP request failed. Every handler error is one of these, and
@@ -154,6 +127,12 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<InvalidParam> for ApiError {
+    fn from(e: InvalidParam) -> Self {
+        ApiError::Engine(e.into())
+    }
+}
+
 /// An HTTP status and the OpenAI error body `{"error": {message, type, param, code}}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpError {
@@ -188,8 +167,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
             }
             EngineError::EmptyPrompt
             | EngineError::InvalidToken { .. }
-            | EngineError::InvalidParam { .. }
-            | EngineError::Rejected(_) => BAD,
+            | EngineError::InvalidParam { .. } => BAD,
             EngineError::Stopped => (503, "service_unavailable_error", "shutting_down"),
             EngineError::Internal(_) => (500, "server_error", "internal_error"),
         },

@@ -1,12 +1,17 @@
 //! tessera: an OpenAI-compatible LLM inference server.
 //!
-//! Layers, top to bottom (see DESIGN.md): `server` (HTTP) → `engine` (one thread that owns
-//! all mutable serving state) → `scheduler` + `kvcache` (which tokens run this step, where
-//! their K/V live) → `runner` (flat batch assembly) → `model` (forward pass) → `ops`
-//! (CPU kernels). Nothing below `engine` knows about HTTP; nothing below `runner` knows
-//! about requests. `safety` (moderation), `dialog` (conversations) and `audit` (the
-//! conversation log and review queue) sit above `engine`, beside `server`; `store` below
-//! them keeps their data.
+//! Layers, top to bottom (docs/architecture.md): `server` (HTTP) and `cli` (front ends:
+//! validation) → `dialog` (conversations, the history window, prompt assembly),
+//! `safety` (moderation policy, input check, output guard) and `audit` (the
+//! conversation log, retention, the review queue), over `store` (persistence)
+//! → `engine` (one thread that owns all mutable serving state) → `scheduler` and
+//! `kvcache` (which tokens run this step, which blocks hold their K/V) → `runner` (its
+//! own copy of the scheduled requests, flat batch assembly) → `model` (forward pass, K/V
+//! memory) → `ops` (CPU kernels). `request` is the vocabulary they share, below all of
+//! them. Nothing below `engine` knows about HTTP or the product layer; the runner knows
+//! requests only through the `SchedulerOutput`; nothing below `runner` knows about
+//! requests. No two files import each other, directly or in a circle
+//! (`tests/module_graph.rs`).
 
 pub mod audit;
 pub mod cli;
@@ -18,6 +23,7 @@ pub mod kvcache;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod request;
 pub mod runner;
 pub mod safety;
 pub mod scheduler;

@@ -28,9 +28,9 @@ use std::time::Duration;
 use prometheus::{Encoder, Gauge, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::engine::handle::EngineStats;
-use crate::engine::request::FinishReason;
 use crate::engine::stream::TokenEvent;
 use crate::model::moe::ExpertTokenCounts;
+use crate::request::FinishReason;
 pub use compat::{MetricsCompat, VLLM_NAMES};
 pub use series::{AuditSeries, StepSeries, HTTP_DURATION_BUCKETS, STEP_DURATION_BUCKETS};
 use series::{EngineSeries, HttpSeries, Reg, RequestSeries, TokenCountSeries};

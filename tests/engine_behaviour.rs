@@ -1,5 +1,6 @@
 //! Engine behaviour on the real default model: prefix-cache reuse, preemption under a tiny
-//! KV cache, aborts, stop strings, seeded sampling and request validation.
+//! KV cache, aborts, stop strings, seeded sampling and request validation (once, before
+//! submitting: `server::validate::validate_sequence`).
 
 mod common;
 
@@ -7,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tessera::config::EngineConfig;
+use tessera::engine::error::EngineError;
 use tessera::engine::handle::EngineHandle;
-use tessera::engine::request::{FinishReason, SamplingParams};
-use tessera::error::EngineError;
+use tessera::error::ApiError;
+use tessera::request::{FinishReason, SamplingParams};
+use tessera::server::validate::validate_sequence;
 
 fn engine(cfg: EngineConfig) -> EngineHandle {
     start(&default_model(), cfg)
@@ -170,9 +173,20 @@ fn invalid_requests_get_clear_errors() {
         ..EngineConfig::default()
     });
     let ids = chat_ids(&e, "hi");
-    let err = e.submit(vec![], greedy(4)).err().unwrap();
+    let refuse = |prompt: Vec<u32>, params: SamplingParams| match validate_sequence(
+        prompt,
+        params,
+        e.info(),
+    )
+    .err()
+    .unwrap()
+    {
+        ApiError::Engine(err) => err,
+        other => panic!("not an engine error: {other}"),
+    };
+    let err = refuse(vec![], greedy(4));
     assert_eq!(err, EngineError::EmptyPrompt);
-    let err = e.submit(ids.clone(), greedy(60)).err().unwrap();
+    let err = refuse(ids.clone(), greedy(60));
     assert!(
         matches!(
             err,
@@ -184,7 +198,7 @@ fn invalid_requests_get_clear_errors() {
         "{err}"
     );
     assert!(err.to_string().contains("64"));
-    let err = e.submit(vec![1, 2, 9_999_999], greedy(4)).err().unwrap();
+    let err = refuse(vec![1, 2, 9_999_999], greedy(4));
     assert!(
         matches!(err, EngineError::InvalidToken { position: 2, .. }),
         "{err}"
@@ -193,10 +207,11 @@ fn invalid_requests_get_clear_errors() {
         top_p: 1.5,
         ..greedy(4)
     };
-    let err = e.submit(ids.clone(), bad).err().unwrap();
+    let err = refuse(ids.clone(), bad);
     assert!(err.to_string().contains("top_p"), "{err}");
-    // The engine still serves after refusing.
-    assert_eq!(run_ids(&e, &ids, greedy(3)).len(), 3);
+    // What passes validation runs.
+    let (ids, params) = validate_sequence(ids, greedy(3), e.info()).expect("valid");
+    assert_eq!(run_ids(&e, &ids, params).len(), 3);
     e.shutdown();
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::*;
 use tessera::config::EngineConfig;
 use tessera::engine::handle::EngineHandle;
-use tessera::engine::request::SamplingParams;
+use tessera::request::SamplingParams;
 
 const N: usize = 32;
 

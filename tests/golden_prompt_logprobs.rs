@@ -12,7 +12,7 @@ use common::{default_model, greedy, repo_path, start};
 use serde::Deserialize;
 use tessera::config::EngineConfig;
 use tessera::engine::handle::EngineHandle;
-use tessera::engine::request::{PromptLogprob, SamplingParams};
+use tessera::request::{PromptLogprob, SamplingParams};
 
 /// The tolerance of the logit goldens (tests/golden.rs).
 const TOLERANCE: f32 = 2e-3;

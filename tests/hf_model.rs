@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use common::*;
 use tessera::config::EngineConfig;
 use tessera::engine::handle::EngineHandle;
-use tessera::engine::request::SamplingParams;
 use tessera::error::ModelError;
 use tessera::model::safetensors::SafetensorsFile;
+use tessera::request::SamplingParams;
 
 const FIXTURES: [&str; 2] = ["hf-llama-tiny-bf16", "hf-qwen2-tiny-f32"];
 const N: usize = 32;
@@ -153,6 +153,9 @@ fn tokenizer_json_tokenizes_like_the_gguf_vocab() {
             "{stem}: chat template"
         );
         assert_eq!(hf.assets.name, stem);
+        // The folder's weight type, read at load (`hf-llama-tiny-bf16` holds BF16).
+        let dtype = stem.rsplit('-').next().unwrap_or_default().to_uppercase();
+        assert_eq!(hf.assets.dtype, dtype, "{stem}");
     }
 }
 

@@ -1,10 +1,13 @@
-//! API keys against a real server started with a key (`k1`): every route of
-//! `routes::ROUTES` outside `routes::OPEN_ROUTES` refuses a request without the key
-//! however its path is spelled (percent-encoded, `%2F`, double slashes, dots, case,
-//! trailing slash): each spelling is either refused (401), not routed at all (404) or
-//! not a valid request (400), never served; the spellings that do reach a route prove it by serving with the key.
-//! Driven from the route table, so a route added later is checked too. The `Bearer`
-//! scheme is case-insensitive (RFC 7235).
+//! API keys against a real server started with a key (`k1`), an admin key (`a1`) and a
+//! moderation policy: every route of `routes::ROUTES` outside `routes::OPEN_ROUTES`
+//! refuses a request without its key however its path is spelled (percent-encoded,
+//! `%2F`, double slashes, dots, case, trailing slash): each spelling is either refused
+//! (401), not routed at all (404) or not a valid request (400), never served; the
+//! spellings that do reach a route prove it by serving with the key. Admin routes
+//! (`routes::ADMIN_ROUTES`) take only the admin key, the others only an API key. Routes
+//! with ids (`{id}`, `{item_id}`) are called on a response or conversation made for the
+//! call, so that each keyed call can succeed. Driven from the route table, so a route
+//! added later is checked too. The `Bearer` scheme is case-insensitive (RFC 7235).
 
 mod http_support;
 
@@ -13,10 +16,11 @@ use std::sync::OnceLock;
 use http_support::{chat, completion, error_of, request, serve, start_engine, Response, MODEL};
 use serde_json::{json, Value};
 use tessera::config::EngineConfig;
-use tessera::server::routes::{OPEN_ROUTES, ROUTES};
+use tessera::server::routes::{ADMIN_ROUTES, OPEN_ROUTES, ROUTES};
 use tessera::server::{ServerConfig, SpawnedServer};
 
 const KEY: &str = "k1";
+const ADMIN_KEY: &str = "a1";
 
 fn server() -> &'static SpawnedServer {
     static SERVER: OnceLock<SpawnedServer> = OnceLock::new();
@@ -27,27 +31,62 @@ fn server() -> &'static SpawnedServer {
             ..EngineConfig::default()
         };
         let engine = start_engine(&cfg);
+        let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/moderation/policy.toml");
         let server_cfg = ServerConfig {
             api_keys: vec![KEY.into()],
+            admin_api_keys: vec![ADMIN_KEY.into()],
+            moderation_policy: Some(policy),
             ..ServerConfig::default()
         };
         serve(engine, cfg.max_num_seqs, server_cfg)
     })
 }
 
-/// A body the route would serve with 200 (none for GET routes).
-fn body_for(path: &str) -> Option<Value> {
-    match path {
+/// A body `method route` would serve with 200 (none for GET and DELETE).
+fn body_for(method: &str, route: &str) -> Option<Value> {
+    if method != "POST" {
+        return None;
+    }
+    match route {
         "/v1/chat/completions" => Some(chat(json!({"max_tokens": 1}))),
         "/v1/completions" => Some(completion(json!({"max_tokens": 1}))),
         "/tokenize" => Some(json!({"model": MODEL, "prompt": "hello"})),
         "/detokenize" => Some(json!({"model": MODEL, "tokens": [1, 2]})),
-        _ => None,
+        "/v1/responses" => {
+            Some(json!({"model": MODEL, "input": "hi", "temperature": 0, "max_output_tokens": 1}))
+        }
+        "/v1/conversations" => Some(json!({"items": [{"role": "user", "content": "hi"}]})),
+        "/v1/conversations/{id}" => Some(json!({"metadata": {"topic": "auth"}})),
+        "/v1/conversations/{id}/items" => {
+            Some(json!({"items": [{"role": "user", "content": "more"}]}))
+        }
+        "/v1/moderations" => Some(json!({"input": "hello"})),
+        _ => Some(json!({})),
+    }
+}
+
+/// `Bearer <key>` with the key `route` takes: the admin key for admin routes.
+fn auth_for(route: &str) -> String {
+    let key = if ADMIN_ROUTES.contains(&route) {
+        ADMIN_KEY
+    } else {
+        KEY
+    };
+    format!("Bearer {key}")
+}
+
+/// The code of the 401 a request to `route` without its key gets.
+fn refusal_code(route: &str) -> &'static str {
+    if ADMIN_ROUTES.contains(&route) {
+        "invalid_admin_key"
+    } else {
+        "invalid_api_key"
     }
 }
 
 fn call(method: &str, path: &str, route: &str, auth: Option<&str>) -> Response {
-    let body = body_for(route).map(|b| b.to_string());
+    let body = body_for(method, route).map(|b| b.to_string());
     let header = auth.map(|a| ("Authorization", a));
     request(
         server().addr,
@@ -102,9 +141,37 @@ fn spellings(path: &str) -> Vec<String> {
     ]
 }
 
-/// The route the table declares for `path` with `{model}` filled in.
+/// The value of `field` in the 200 answer to `method path` (called with the key).
+fn made(method: &str, path: &str, route: &str, pointer: &str) -> String {
+    let res = call(method, path, route, Some(&auth_for(route)));
+    assert_eq!(res.status, 200, "{method} {path}: {}", res.text());
+    let value = res.json();
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{method} {path}: no {pointer} in {value}"))
+        .to_string()
+}
+
+/// The route the table declares for `path` with its parameters filled in: the served
+/// model, and a response or conversation (with one item) made for this call.
 fn concrete(path: &str) -> String {
-    path.replace("{model}", MODEL)
+    let mut path = path.replace("{model}", MODEL);
+    if path.starts_with("/v1/responses/{id}") {
+        let id = made("POST", "/v1/responses", "/v1/responses", "/id");
+        path = path.replace("{id}", &id);
+    }
+    if path.starts_with("/v1/conversations/{id}") {
+        let id = made("POST", "/v1/conversations", "/v1/conversations", "/id");
+        path = path.replace("{id}", &id);
+        if path.contains("{item_id}") {
+            let items = format!("/v1/conversations/{id}/items");
+            let item = made("GET", &items, "/v1/conversations/{id}/items", "/data/0/id");
+            path = path.replace("{item_id}", &item);
+        }
+    }
+    assert!(!path.contains('{'), "{path}: a parameter is not filled in");
+    path
 }
 
 fn protected() -> impl Iterator<Item = (&'static str, &'static str)> {
@@ -118,11 +185,15 @@ fn protected() -> impl Iterator<Item = (&'static str, &'static str)> {
 fn no_spelling_of_a_protected_route_is_served_without_the_key() {
     let mut reached = 0;
     for (method, route) in protected() {
-        for spelling in spellings(&concrete(route)) {
+        let count = spellings(route).len();
+        for i in 0..count {
+            // A fresh response or conversation for each spelling, so that the keyed call
+            // of a spelling that reaches the route can serve even after a DELETE.
+            let spelling = spellings(&concrete(route)).swap_remove(i);
             let refused = call(method, &spelling, route, None);
             // 401: refused; 404: routed nowhere; 400: not even a valid request.
             let code = match refused.status {
-                401 => "invalid_api_key",
+                401 => refusal_code(route),
                 404 => "unknown_route",
                 400 => "invalid_request",
                 other => panic!(
@@ -135,7 +206,7 @@ fn no_spelling_of_a_protected_route_is_served_without_the_key() {
                 code,
                 "{spelling}"
             );
-            let keyed = call(method, &spelling, route, Some(&format!("Bearer {KEY}")));
+            let keyed = call(method, &spelling, route, Some(&auth_for(route)));
             if refused.status == 401 && keyed.status == 200 {
                 reached += 1;
             }
@@ -188,8 +259,21 @@ fn every_route_is_either_protected_or_listed_as_open() {
                 401,
                 "{other} {route}"
             );
+            assert_eq!(error_of(&anonymous, 401)["code"], refusal_code(route));
+            // An API key never opens an admin route, nor an admin key any other route.
+            let wrong = if ADMIN_ROUTES.contains(&route) {
+                KEY
+            } else {
+                ADMIN_KEY
+            };
+            let refused = call(method, &path, route, Some(&format!("Bearer {wrong}")));
+            assert_eq!(
+                error_of(&refused, 401)["code"],
+                refusal_code(route),
+                "{method} {route} with the key `{wrong}`"
+            );
         }
-        let keyed = call(method, &path, route, Some(&format!("Bearer {KEY}")));
+        let keyed = call(method, &path, route, Some(&auth_for(route)));
         assert_eq!(keyed.status, 200, "{method} {route}: {}", keyed.text());
     }
 }

@@ -194,12 +194,14 @@ fn a_non_streaming_client_that_leaves_is_aborted() {
         payload.len()
     );
     std::io::Write::write_all(&mut socket, head.as_bytes()).expect("send");
-    // The request is decoding: it has produced tokens.
+    // The request is decoding: it runs and has produced tokens. (The gauges are
+    // published after each step, so they are waited for like the counter.)
     assert!(
-        wait_for(HANG_GUARD, || generated() > generated_before),
-        "never started generating"
+        wait_for(HANG_GUARD, || generated() > generated_before
+            && f.engine.gauges().snapshot().num_running == 1),
+        "never started generating: {:?}",
+        f.engine.gauges().snapshot()
     );
-    assert_eq!(f.engine.gauges().snapshot().num_running, 1);
     socket.shutdown(std::net::Shutdown::Both).expect("close");
     drop(socket);
     assert_idle(f, &f.roomy);
@@ -323,7 +325,11 @@ fn queued_streams_get_keep_alive_comments() {
             }
         }
     }
-    assert_eq!(f.engine.gauges().snapshot().num_waiting, 1);
+    assert!(
+        wait_for(HANG_GUARD, || f.engine.gauges().snapshot().num_waiting == 1),
+        "the stream is not queued: {:?}",
+        f.engine.gauges().snapshot()
+    );
     for r in runners {
         r.disconnect();
     }

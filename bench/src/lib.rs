@@ -7,8 +7,9 @@
 //! Layers, bottom up: `http` (minimal HTTP/1.1 over std::net) → `sse` (event parser) →
 //! `stream` (one timed streaming request) → `scenario` (sweep, rate, dialog, prefill) →
 //! `stats` / `report` / `plot` (figures, JSON, markdown, PNG). `machine` measures the host's
-//! memory bandwidth and FMA peak; `gguf` reads a model file's weight bytes and parameters;
-//! `procfs` reads peak RSS and the client's own CPU time.
+//! memory bandwidth and FMA peak; `gguf` reads a model file's weight bytes and parameters
+//! (through tessera's own GGUF reader: the file is an input, not something measured, so
+//! one parser serves both); `procfs` reads peak RSS and the client's own CPU time.
 
 pub mod compare;
 pub mod error;

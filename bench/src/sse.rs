@@ -5,6 +5,10 @@
 //! starting with `:` are comments (keep-alives) and are dropped. An event is dispatched at
 //! a blank line; one with no `data` field is dropped (as browsers do). A trailing event
 //! that never saw its blank line is not dispatched.
+//!
+//! Independent of tessera on purpose: the main crate only writes SSE (`server/sse.rs`),
+//! and the load generator must read the wire as any OpenAI client does, so a framing
+//! mistake in the server fails here instead of being mirrored by shared code.
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]

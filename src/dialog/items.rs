@@ -191,12 +191,19 @@ fn parse_item(item: &Value, at: &str, now: i64) -> Result<Message, DialogError> 
             format!("`{at}` must be an item object"),
         ));
     }
-    match item.get("type").and_then(Value::as_str) {
-        None | Some("message") => {}
-        Some(other) => {
+    match item.get("type") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(kind)) if kind == "message" => {}
+        Some(Value::String(other)) => {
             return Err(unsupported(
                 format!("{at}.type"),
                 format!(" for items of type `{other}` (only `message` items are served)"),
+            ))
+        }
+        Some(_) => {
+            return Err(DialogError::invalid(
+                &format!("{at}.type"),
+                format!("`{at}.type` must be a string"),
             ))
         }
     }
@@ -296,6 +303,8 @@ mod tests {
                 .contains("input[0].content[0].type")
         );
         assert!(err(json!([{"type": "function_call_output"}])).contains("input[0].type"));
+        let not_a_string = json!([{"type": {}, "role": "user", "content": ""}]);
+        assert!(err(not_a_string).contains("input[0].type"));
         assert!(err(json!([{"role": "tool", "content": "x"}])).contains("input[0].role"));
         assert!(err(json!([{"role": "user"}])).contains("input[0].content"));
         assert!(err(json!(7)).contains("`input`"));

@@ -1,5 +1,5 @@
-//! The dialog service: conversations and responses above the engine (DESIGN.md, "The
-//! dialog service above the engine"). It owns the stored items of a dialog, the history
+//! The dialog service: conversations and responses above the engine
+//! (docs/architecture.md, "The product layer"). It owns the stored items of a dialog, the history
 //! window (`window.rs`: which earlier turns go into the prompt), prompt assembly through
 //! the model's chat template, and the commit of a finished turn; nothing in it is tied
 //! to HTTP (the Responses/Conversations routes and the WebSocket chat both use it).
@@ -33,7 +33,7 @@ pub use objects::{ResponseFields, Status, Truncation, TurnUsage};
 pub use turn::{Anchor, PreparedTurn, TurnHistory, TurnOutcome, TurnRequest, WindowInfo};
 pub use window::WindowRule;
 
-use crate::error::EngineError;
+use crate::engine::error::EngineError;
 use crate::model::chat_template::TemplateError;
 use crate::store::{StoreConfig, StoreError, StorePool, AFTER_NOT_FOUND};
 

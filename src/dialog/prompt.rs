@@ -11,10 +11,10 @@ use super::items::Message;
 use super::objects::Truncation;
 use super::window::{first_fitting, split_turns, WindowRule};
 use super::DialogError;
-use crate::engine::request::TokenId;
-use crate::error::EngineError;
+use crate::engine::error::EngineError;
 use crate::model::chat_template::{encode_chat, ChatMessage};
 use crate::model::ModelAssets;
+use crate::request::TokenId;
 
 /// What went into a prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

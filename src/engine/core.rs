@@ -1,25 +1,31 @@
-//! `EngineCore`: the state the engine thread owns — scheduler, runner, per-request random
-//! streams and output channels — and one `step()`:
+//! `EngineCore`: the state the engine thread owns — scheduler, runner, and per request
+//! its output channel and what sampling it needs — and one `step()`:
 //! `schedule → execute → sample → update → emit`.
 //!
-//! Invariant: a request has an output channel exactly while the scheduler holds it. A
-//! closed channel (the consumer left) aborts the request at the start of the next step,
-//! which frees its blocks in that same step. A request that wants prompt logprobs has a
-//! `PromptLogprobBuffer` for the same span; its prompt rows are scored after each step's
-//! sampling and the whole list rides on the request's first output.
+//! The sampler reads only the engine's own `Sequence` of each request (its parameters,
+//! prompt and output tokens, EOS ids and random stream), built at admission and extended
+//! from each step's outputs; the runner reads only the `SchedulerOutput`. Neither looks
+//! into the scheduler.
+//!
+//! Invariant: a request has a `Sequence` exactly while the scheduler holds it. A closed
+//! channel (the consumer left) aborts the request at the start of the next step, which
+//! frees its blocks in that same step. A request that wants prompt logprobs has a
+//! `PromptLogprobBuffer` in its `Sequence`; the runner hands over its prompt rows' logits
+//! after each step's sampling, and the whole list rides on the request's first output.
 //!
 //! Timing for metrics: the clock is read twice per step (after `schedule`, after
 //! `update`), never per token; each output carries its request's first-scheduled time
 //! and the step's end time (`OutputTiming`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::request::{PromptLogprob, Request, RequestId};
+use super::error::EngineError;
 use super::sampler::{self, SamplerScratch, SeqRng};
-use crate::error::EngineError;
+use crate::request::{PromptLogprob, Request, RequestId, SamplingParams, TokenId};
 use crate::runner::ModelRunner;
 use crate::scheduler::output::{ModelRunnerOutput, OutputTiming, RequestOutput};
 use crate::scheduler::Scheduler;
@@ -31,6 +37,13 @@ pub enum EngineEvent {
     Error(EngineError),
 }
 
+/// What the engine thread is told, between steps.
+pub(crate) enum Command {
+    Add(Box<Request>, UnboundedSender<EngineEvent>),
+    Abort(RequestId),
+    Shutdown,
+}
+
 /// Counters of one step, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StepStats {
@@ -39,16 +52,19 @@ pub struct StepStats {
     pub num_preempted: usize,
 }
 
-pub struct EngineCore {
-    scheduler: Scheduler,
-    runner: ModelRunner,
-    outputs: HashMap<RequestId, UnboundedSender<EngineEvent>>,
-    rngs: HashMap<RequestId, SeqRng>,
-    /// When each request was first scheduled (absent until then).
-    first_scheduled: HashMap<RequestId, Instant>,
-    /// Prompt logprobs being gathered, for the requests that asked.
-    prompt_logprobs: HashMap<RequestId, PromptLogprobBuffer>,
-    scratch: SamplerScratch,
+/// One admitted request as the engine sees it: where its events go, and everything its
+/// next token is sampled from.
+struct Sequence {
+    out: UnboundedSender<EngineEvent>,
+    /// When it was first scheduled (`None` until then).
+    first_scheduled: Option<Instant>,
+    rng: SeqRng,
+    sampling: Arc<SamplingParams>,
+    prompt_token_ids: Arc<[TokenId]>,
+    output_token_ids: Vec<TokenId>,
+    eos_token_ids: Arc<[TokenId]>,
+    /// Prompt logprobs being gathered (`None`: not asked for).
+    prompt_logprobs: Option<PromptLogprobBuffer>,
 }
 
 /// The prompt logprobs of one request, gathered chunk by chunk.
@@ -61,15 +77,19 @@ struct PromptLogprobBuffer {
     sent: bool,
 }
 
+pub struct EngineCore {
+    scheduler: Scheduler,
+    runner: ModelRunner,
+    seqs: HashMap<RequestId, Sequence>,
+    scratch: SamplerScratch,
+}
+
 impl EngineCore {
     pub fn new(scheduler: Scheduler, runner: ModelRunner) -> Self {
         Self {
             scheduler,
             runner,
-            outputs: HashMap::new(),
-            rngs: HashMap::new(),
-            first_scheduled: HashMap::new(),
-            prompt_logprobs: HashMap::new(),
+            seqs: HashMap::new(),
             scratch: SamplerScratch::new(),
         }
     }
@@ -78,43 +98,56 @@ impl EngineCore {
         &self.scheduler
     }
 
-    /// Admits a request; a refusal is reported on its own channel.
-    pub fn add_request(&mut self, req: Request, out: UnboundedSender<EngineEvent>) {
-        let id = req.id;
-        let seed = req.sampling.seed;
-        let wants_prompt_logprobs = req.sampling.prompt_logprobs.is_some();
-        match self.scheduler.add_request(req) {
-            Ok(()) => {
-                if wants_prompt_logprobs {
-                    self.prompt_logprobs
-                        .insert(id, PromptLogprobBuffer::default());
-                }
-                self.rngs.insert(id, SeqRng::new(seed));
-                self.outputs.insert(id, out);
-            }
-            Err(e) => {
-                let _ = out.send(EngineEvent::Error(EngineError::Rejected(e.to_string())));
+    /// Applies one command; false means shut down.
+    pub(crate) fn apply(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Add(req, out) => self.add_request(*req, out),
+            Command::Abort(id) => self.abort_request(id),
+            Command::Shutdown => {
+                self.abort_all();
+                return false;
             }
         }
+        true
+    }
+
+    /// Admits a request (validated before it was submitted).
+    pub fn add_request(&mut self, req: Request, out: UnboundedSender<EngineEvent>) {
+        let seq = Sequence {
+            out,
+            first_scheduled: None,
+            rng: SeqRng::new(req.sampling.seed),
+            sampling: Arc::clone(&req.sampling),
+            prompt_token_ids: Arc::clone(&req.prompt_token_ids),
+            output_token_ids: Vec::new(),
+            eos_token_ids: Arc::clone(&req.eos_token_ids),
+            prompt_logprobs: req
+                .sampling
+                .prompt_logprobs
+                .map(|_| PromptLogprobBuffer::default()),
+        };
+        self.seqs.insert(req.id, seq);
+        self.scheduler.add_request(req);
     }
 
     /// Removes a request wherever it is and frees its blocks now.
     pub fn abort_request(&mut self, id: RequestId) {
         let last = self.scheduler.abort_request(id);
-        self.rngs.remove(&id);
-        self.prompt_logprobs.remove(&id);
+        let Some(seq) = self.seqs.remove(&id) else {
+            return;
+        };
         let timing = OutputTiming {
-            first_scheduled: self.first_scheduled.remove(&id),
+            first_scheduled: seq.first_scheduled,
             produced: Instant::now(),
         };
-        if let (Some(out), Some(last)) = (self.outputs.remove(&id), last) {
-            let _ = out.send(EngineEvent::Output(last, timing));
+        if let Some(last) = last {
+            let _ = seq.out.send(EngineEvent::Output(last, timing));
         }
     }
 
     /// Aborts everything (shutdown).
     pub fn abort_all(&mut self) {
-        let ids: Vec<RequestId> = self.outputs.keys().copied().collect();
+        let ids: Vec<RequestId> = self.seqs.keys().copied().collect();
         for id in ids {
             self.abort_request(id);
         }
@@ -122,22 +155,18 @@ impl EngineCore {
 
     /// Fails every request in flight with `err` and frees its blocks (after a step failed).
     pub fn fail_all(&mut self, err: &EngineError) {
-        let ids: Vec<RequestId> = self.outputs.keys().copied().collect();
-        for id in ids {
+        for (id, seq) in std::mem::take(&mut self.seqs) {
             self.scheduler.abort_request(id);
-            self.rngs.remove(&id);
-            self.first_scheduled.remove(&id);
-            self.prompt_logprobs.remove(&id);
-            if let Some(out) = self.outputs.remove(&id) {
-                let _ = out.send(EngineEvent::Error(err.clone()));
-            }
+            let _ = seq.out.send(EngineEvent::Error(err.clone()));
         }
+        self.runner.clear_requests();
     }
 
     /// Whether nothing is in flight and every KV block is free (true after `fail_all`
     /// unless the failure left the scheduler's books inconsistent).
     pub fn is_clean(&self) -> bool {
-        self.outputs.is_empty()
+        self.seqs.is_empty()
+            && self.runner.num_requests() == 0
             && !self.scheduler.has_unfinished_requests()
             && self.scheduler.num_free_blocks() == self.scheduler.config().num_blocks
     }
@@ -149,9 +178,9 @@ impl EngineCore {
     /// Aborts every request whose consumer has gone away.
     fn reap_disconnected(&mut self) {
         let gone: Vec<RequestId> = self
-            .outputs
+            .seqs
             .iter()
-            .filter(|(_, tx)| tx.is_closed())
+            .filter(|(_, seq)| seq.out.is_closed())
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
@@ -163,30 +192,39 @@ impl EngineCore {
     pub fn step(&mut self) -> StepStats {
         self.reap_disconnected();
         let so = self.scheduler.schedule();
+        let scheduled_at = Instant::now();
+        let step = self.runner.execute(&so);
         if so.scheduled.is_empty() {
-            return StepStats::default();
+            return StepStats::default(); // the runner only dropped finished requests
         }
         let stats = StepStats {
             num_tokens: so.total_num_tokens,
             num_seqs: so.scheduled.len(),
             num_preempted: so.preempted.len(),
         };
-        let scheduled_at = Instant::now();
         for s in &so.scheduled {
-            self.first_scheduled.entry(s.req_id).or_insert(scheduled_at);
+            if let Some(seq) = self.seqs.get_mut(&s.req_id) {
+                seq.first_scheduled.get_or_insert(scheduled_at);
+            }
         }
-        let step = self.runner.execute(&so, &self.scheduler);
         let mut sampled = Vec::with_capacity(step.ids.len());
         for (&id, row) in step
             .ids
             .iter()
             .zip(step.logits.chunks_exact_mut(step.vocab))
         {
-            let (Some(req), Some(rng)) = (self.scheduler.request(id), self.rngs.get_mut(&id))
-            else {
+            let Some(seq) = self.seqs.get_mut(&id) else {
                 continue;
             };
-            let token = sample_for(req, row, rng, &mut self.scratch);
+            let token = sampler::sample(
+                row,
+                &seq.sampling,
+                &seq.prompt_token_ids,
+                &seq.output_token_ids,
+                &seq.eos_token_ids,
+                &mut seq.rng,
+                &mut self.scratch,
+            );
             sampled.push((id, token));
         }
         self.score_prompt_rows();
@@ -199,9 +237,12 @@ impl EngineCore {
 
     /// Scores this step's prompt rows (for the requests that want prompt logprobs).
     fn score_prompt_rows(&mut self) {
-        let buffers = &mut self.prompt_logprobs;
+        let seqs = &mut self.seqs;
         self.runner.for_each_prompt_row(|row, logits| {
-            let Some(buffer) = buffers.get_mut(&row.req_id) else {
+            let Some(buffer) = seqs
+                .get_mut(&row.req_id)
+                .and_then(|seq| seq.prompt_logprobs.as_mut())
+            else {
                 return;
             };
             if row.pos == buffer.entries.len() && !buffer.sent {
@@ -212,49 +253,32 @@ impl EngineCore {
         });
     }
 
+    /// Records each output's tokens in its sequence and sends it (the first one with the
+    /// prompt logprobs, when asked for); a consumer that is gone aborts its request.
+    /// Finished requests leave `seqs`.
     fn emit(&mut self, outputs: Vec<RequestOutput>, produced: Instant) {
         for mut out in outputs {
             let id = out.req_id;
-            if let Some(buffer) = self.prompt_logprobs.get_mut(&id).filter(|b| !b.sent) {
+            let finished = out.finish_reason.is_some();
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                continue;
+            };
+            seq.output_token_ids.extend_from_slice(&out.new_token_ids);
+            if let Some(buffer) = seq.prompt_logprobs.as_mut().filter(|b| !b.sent) {
                 // The first output comes after the whole prompt ran, so every entry is in.
                 buffer.sent = true;
                 out.prompt_logprobs = Some(std::mem::take(&mut buffer.entries));
             }
-            let finished = out.finish_reason.is_some();
             let timing = OutputTiming {
-                first_scheduled: self.first_scheduled.get(&id).copied(),
+                first_scheduled: seq.first_scheduled,
                 produced,
             };
-            if let Some(tx) = self.outputs.get(&id) {
-                let delivered = tx.send(EngineEvent::Output(out, timing)).is_ok();
-                if !delivered && !finished {
-                    self.abort_request(id);
-                    continue;
-                }
-            }
+            let delivered = seq.out.send(EngineEvent::Output(out, timing)).is_ok();
             if finished {
-                self.outputs.remove(&id);
-                self.rngs.remove(&id);
-                self.first_scheduled.remove(&id);
-                self.prompt_logprobs.remove(&id);
+                self.seqs.remove(&id);
+            } else if !delivered {
+                self.abort_request(id);
             }
         }
     }
-}
-
-fn sample_for(
-    req: &Request,
-    logits: &mut [f32],
-    rng: &mut SeqRng,
-    scratch: &mut SamplerScratch,
-) -> super::request::SampledToken {
-    sampler::sample(
-        logits,
-        &req.sampling,
-        &req.prompt_token_ids,
-        &req.output_token_ids,
-        &req.eos_token_ids,
-        rng,
-        scratch,
-    )
 }

@@ -1,6 +1,8 @@
 //! The engine's public face: `start` spawns the engine thread; `EngineHandle::submit`
-//! validates a request, hands it to the thread and returns a `RequestStream` of token
-//! events. The HTTP layer and the CLI both use only this API.
+//! hands a validated request to the thread and returns a `RequestStream` of token
+//! events. The HTTP layer and the CLI both use only this API, and both validate what
+//! they submit once, in `server::validate`: `submit` trusts its input (checked only by
+//! debug assertions).
 //!
 //! The engine thread blocks on its command channel when idle and otherwise drains it
 //! between steps, so adds and aborts take effect at the next step boundary. After every
@@ -21,24 +23,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::unbounded_channel;
 
-use super::core::{EngineCore, StepStats};
-use super::request::{Request, RequestId, SamplingParams, TokenId};
+use super::core::{Command, EngineCore, StepStats};
+use super::error::EngineError;
 use super::stream::RequestStream;
 use crate::config::EngineConfig;
-use crate::error::{EngineError, ModelError};
-use crate::model::kv_cache::KvCache;
+use crate::error::ModelError;
+use crate::model::kv_storage::KvStorage;
 use crate::model::{LoadedModel, ModelAssets};
+use crate::request::{Request, SamplingParams, TokenId};
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
-
-pub(crate) enum Command {
-    Add(
-        Box<Request>,
-        tokio::sync::mpsc::UnboundedSender<super::core::EngineEvent>,
-    ),
-    Abort(RequestId),
-    Shutdown,
-}
 
 /// Facts about the running engine that request validation needs.
 #[derive(Debug, Clone)]
@@ -47,7 +41,8 @@ pub struct EngineInfo {
     pub vocab: usize,
     pub num_kv_blocks: usize,
     pub block_size: usize,
-    pub eos_token_ids: Vec<TokenId>,
+    /// Shared by every request (`Request::eos_token_ids`).
+    pub eos_token_ids: Arc<[TokenId]>,
 }
 
 /// Engine counters as of the last step or command.
@@ -122,7 +117,7 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
     } = model;
     let max_model_len = transformer.max_positions();
     let geo = transformer.kv_geometry(cfg.block_size);
-    let num_blocks = cfg.num_blocks(KvCache::bytes_per_block(transformer.cfg.n_layers, geo));
+    let num_blocks = cfg.num_blocks(KvStorage::bytes_per_block(transformer.cfg.n_layers, geo));
     if num_blocks == 0 || cfg.block_size == 0 || cfg.max_num_seqs == 0 {
         return Err(ModelError::Invalid(format!(
             "the KV cache needs at least one block (num_kv_blocks {num_blocks}, block_size {}, \
@@ -135,7 +130,7 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         vocab: transformer.cfg.vocab,
         num_kv_blocks: num_blocks,
         block_size: cfg.block_size,
-        eos_token_ids: assets.tokenizer.eos_ids(),
+        eos_token_ids: assets.tokenizer.eos_ids().into(),
     };
     let scheduler = Scheduler::new(SchedulerConfig {
         max_num_seqs: cfg.max_num_seqs,
@@ -145,8 +140,7 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         num_blocks,
         enable_prefix_caching: cfg.enable_prefix_caching,
         long_prefill_token_threshold: cfg.long_prefill_token_threshold,
-    })
-    .map_err(|e| ModelError::Invalid(e.to_string()))?;
+    })?;
     let runner = ModelRunner::new(
         transformer,
         num_blocks,
@@ -194,7 +188,7 @@ fn run_loop(
         if !core.has_unfinished_requests() {
             match commands.recv() {
                 Ok(cmd) => {
-                    if !apply(&mut core, cmd) {
+                    if !core.apply(cmd) {
                         return;
                     }
                 }
@@ -202,7 +196,7 @@ fn run_loop(
             }
         }
         while let Ok(cmd) = commands.try_recv() {
-            if !apply(&mut core, cmd) {
+            if !core.apply(cmd) {
                 return;
             }
         }
@@ -250,19 +244,6 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// Applies one command; false means shut down.
-fn apply(core: &mut EngineCore, cmd: Command) -> bool {
-    match cmd {
-        Command::Add(req, out) => core.add_request(*req, out),
-        Command::Abort(id) => core.abort_request(id),
-        Command::Shutdown => {
-            core.abort_all();
-            return false;
-        }
-    }
-    true
-}
-
 impl EngineHandle {
     pub fn info(&self) -> &EngineInfo {
         &self.info
@@ -282,13 +263,15 @@ impl EngineHandle {
         &self.model
     }
 
-    /// Validates and enqueues a request; its events arrive on the returned stream.
+    /// Enqueues a request; its events arrive on the returned stream. The request must be
+    /// valid (`server::validate` checks it once for every front end); this only asserts
+    /// that in debug builds. Fails only when the engine has stopped.
     pub fn submit(
         &self,
         prompt_token_ids: Vec<TokenId>,
         sampling: SamplingParams,
     ) -> Result<RequestStream, EngineError> {
-        self.validate(&prompt_token_ids, &sampling)?;
+        self.debug_check(&prompt_token_ids, &sampling);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let num_prompt = prompt_token_ids.len();
         let stops = sampling.stop.clone();
@@ -296,7 +279,7 @@ impl EngineHandle {
             id,
             prompt_token_ids,
             sampling,
-            self.info.eos_token_ids.clone(),
+            Arc::clone(&self.info.eos_token_ids),
         );
         let arrival = req.arrival;
         let (tx, rx) = unbounded_channel();
@@ -314,32 +297,25 @@ impl EngineHandle {
         ))
     }
 
-    fn validate(&self, prompt: &[TokenId], sampling: &SamplingParams) -> Result<(), EngineError> {
-        sampling.validate()?;
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        if let Some((position, &token_id)) = prompt
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= self.info.vocab)
-        {
-            return Err(EngineError::InvalidToken {
-                token_id,
-                position,
-                vocab: self.info.vocab,
-            });
-        }
-        let total = prompt.len() + sampling.max_tokens;
-        if total > self.info.max_model_len {
-            return Err(EngineError::ContextLength {
-                max_model_len: self.info.max_model_len,
-                prompt_tokens: prompt.len(),
-                max_tokens: sampling.max_tokens,
-                total,
-            });
-        }
-        Ok(())
+    /// What validation guarantees and the engine relies on: a non-empty prompt of
+    /// in-vocabulary ids that fits the context with its `max_tokens`, and in-range
+    /// sampling values.
+    fn debug_check(&self, prompt: &[TokenId], sampling: &SamplingParams) {
+        let info = &self.info;
+        debug_assert!(!prompt.is_empty(), "submitted an empty prompt");
+        debug_assert!(
+            prompt.iter().all(|&t| (t as usize) < info.vocab),
+            "submitted a prompt with ids outside the vocabulary ({})",
+            info.vocab
+        );
+        debug_assert!(
+            prompt.len() + sampling.max_tokens <= info.max_model_len,
+            "submitted {} + {} tokens > max_model_len {}",
+            prompt.len(),
+            sampling.max_tokens,
+            info.max_model_len
+        );
+        debug_assert_eq!(sampling.validate(), Ok(()), "submitted invalid sampling");
     }
 
     /// Whether the engine thread is alive (false after `shutdown` or a failure it could

@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::core::EngineEvent;
+use super::core::{Command, EngineEvent};
 use super::detokenizer::IncrementalDetokenizer;
-use super::handle::Command;
-use super::request::{FinishReason, PromptLogprob, RequestId, TokenId, TokenLogprobs};
+use super::error::EngineError;
 use super::sampler::StopStringMatcher;
-use crate::error::EngineError;
 use crate::model::ModelAssets;
+use crate::request::{FinishReason, PromptLogprob, RequestId, TokenId, TokenLogprobs};
 use crate::scheduler::output::OutputTiming;
 
 /// Token accounting of a request so far.
@@ -29,6 +28,23 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Prompt tokens served from the prefix cache.
     pub cached_tokens: usize,
+}
+
+impl Usage {
+    /// The usage of a request whose choices are `per_choice`, `n` per prompt (OpenAI's
+    /// order: the choices of prompt 0, then of prompt 1, …): each prompt's tokens (and
+    /// cache hits) count once, every choice's completion tokens count.
+    pub fn total(per_choice: &[Usage], n: usize) -> Usage {
+        let mut total = Usage::default();
+        for (i, u) in per_choice.iter().enumerate() {
+            if i % n.max(1) == 0 {
+                total.prompt_tokens += u.prompt_tokens;
+                total.cached_tokens += u.cached_tokens;
+            }
+            total.completion_tokens += u.completion_tokens;
+        }
+        total
+    }
 }
 
 /// New output of one request.
@@ -317,5 +333,22 @@ impl Drop for RequestStream {
         if !self.finished {
             let _ = self.commands.send(Command::Abort(self.id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_each_prompt_once_and_every_completion() {
+        let u = |p, c, k| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: k,
+        };
+        // two prompts (10 and 20 tokens), n = 2
+        let total = Usage::total(&[u(10, 3, 0), u(10, 4, 10), u(20, 5, 0), u(20, 6, 16)], 2);
+        assert_eq!(total, u(30, 18, 0));
     }
 }

@@ -8,7 +8,7 @@
 //! the same across runs and processes. With `n` cached blocks the chance of any
 //! collision is about `n² / 2^65` (≈ 3e-8 for a million blocks).
 
-use crate::engine::request::TokenId;
+use crate::request::TokenId;
 
 /// Seed of the chain for the first block of a sequence (no parent).
 const ROOT_SEED: u64 = 0x243F_6A88_85A3_08D3;

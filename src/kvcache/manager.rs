@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use super::block_pool::{BlockId, BlockPool};
 use super::hash::{extend_block_hashes, BlockHash, ExtraKeys};
-use crate::engine::request::{Request, RequestId};
+use crate::request::{Request, RequestId};
 
 /// Blocks found in the prefix cache for a request (plus the hashes computed to find
 /// them). Opaque outside this module: hand it back to [`KvCacheManager::allocate_slots`].
@@ -277,7 +277,7 @@ impl KvCacheManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::request::{SamplingParams, TokenId};
+    use crate::request::{SamplingParams, TokenId};
 
     fn req(id: RequestId, tokens: Vec<TokenId>) -> Request {
         Request::new(id, tokens, SamplingParams::greedy(4), vec![])

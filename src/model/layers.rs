@@ -1,16 +1,14 @@
-//! The building blocks every model family shares, each implemented once: fused linear
-//! projections, RMSNorm, the attention block (QKV → RoPE → paged attention → output
-//! projection), the SwiGLU MLP, and the choice of dense MLP or mixture of experts. Activations are flat `[T, width]` rows covering all
-//! tokens of all sequences in the step.
+//! The building blocks every model family shares, each implemented once and loaded by
+//! the one naming table: fused linear projections, the attention block's weights (QKV,
+//! optional Q/K/V biases, output projection) and the SwiGLU MLP. How they are put
+//! together into a decoder layer is `decoder`'s. Activations are flat `[T, width]`
+//! rows covering all tokens of all sequences in the step.
 
-use super::kv_cache::LayerKv;
-use super::moe::MoeBlock;
-use super::workspace::Workspace;
-use crate::ops::attention::{paged_attention, write_kv, AttnInputs, AttnSeq, KvGeometry};
-use crate::ops::norm::rms_norm;
+use super::config::ModelConfig;
+use super::tensor_names::LayerTensor;
+use super::weights::{WeightError, WeightLoader};
 use crate::ops::quant::QMatrix;
-use crate::ops::rope::RopeTable;
-use crate::ops::{add_assign, add_bias, silu_mul};
+use crate::ops::silu_mul;
 
 /// Several projections of the same input (QKV, gate+up). When their types match they are
 /// stacked into one matrix so the input is quantized once and read by one matmul.
@@ -75,6 +73,38 @@ pub struct AttentionBlock {
     pub out: QMatrix,
 }
 
+impl AttentionBlock {
+    /// Layer `i`'s attention weights (`qkv_bias` for families with Q/K/V biases).
+    pub fn load(
+        w: &WeightLoader<'_>,
+        cfg: &ModelConfig,
+        i: usize,
+        qkv_bias: bool,
+    ) -> Result<Self, WeightError> {
+        let n = |t: LayerTensor| w.naming().layer(i, t);
+        let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
+        let qkv = FusedLinear::new(vec![
+            w.matrix(&n(LayerTensor::Q), q, h)?,
+            w.matrix(&n(LayerTensor::K), kv, h)?,
+            w.matrix(&n(LayerTensor::V), kv, h)?,
+        ]);
+        let qkv_bias = if qkv_bias {
+            Some([
+                w.vector(&n(LayerTensor::QBias), q)?,
+                w.vector(&n(LayerTensor::KBias), kv)?,
+                w.vector(&n(LayerTensor::VBias), kv)?,
+            ])
+        } else {
+            None
+        };
+        Ok(Self {
+            qkv,
+            qkv_bias,
+            out: w.matrix(&n(LayerTensor::Out), h, q)?,
+        })
+    }
+}
+
 /// SwiGLU MLP weights: `down(silu(gate(x)) * up(x))`.
 pub struct Mlp {
     pub gate_up: FusedLinear,
@@ -82,6 +112,25 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// The MLP of layer `i` whose gate, up and down projections are `names` (the dense
+    /// MLP's, or a shared expert's), of width `ffn`.
+    pub fn load(
+        w: &WeightLoader<'_>,
+        i: usize,
+        names: [LayerTensor; 3],
+        hidden: usize,
+        ffn: usize,
+    ) -> Result<Self, WeightError> {
+        let [gate, up, down] = names.map(|t| w.naming().layer(i, t));
+        Ok(Self {
+            gate_up: FusedLinear::new(vec![
+                w.matrix(&gate, ffn, hidden)?,
+                w.matrix(&up, ffn, hidden)?,
+            ]),
+            down: w.matrix(&down, hidden, ffn)?,
+        })
+    }
+
     /// Hidden width (`ffn`).
     pub fn width(&self) -> usize {
         self.down.cols()
@@ -102,109 +151,5 @@ impl Mlp {
             .forward(x, m, fused, &mut [&mut *gate, &mut *up]);
         silu_mul(gate, up, ffn);
         self.down.matmul(gate, m, x);
-    }
-}
-
-/// The feed-forward half of a decoder layer.
-pub enum FeedForward {
-    Dense(Mlp),
-    Moe(Box<MoeBlock>),
-}
-
-impl FeedForward {
-    /// Bytes of weights (all experts for a MoE block).
-    pub fn size_bytes(&self) -> usize {
-        match self {
-            FeedForward::Dense(mlp) => mlp.gate_up.size_bytes() + mlp.down.size_bytes(),
-            FeedForward::Moe(moe) => moe.size_bytes(),
-        }
-    }
-}
-
-/// One pre-norm decoder layer.
-pub struct DecoderLayer {
-    pub attn_norm: Vec<f32>,
-    pub attn: AttentionBlock,
-    pub ffn_norm: Vec<f32>,
-    pub ffn: FeedForward,
-}
-
-/// Per-step inputs shared by every layer.
-pub struct LayerInputs<'a> {
-    pub positions: &'a [u32],
-    pub slots: &'a [u32],
-    pub seqs: &'a [AttnSeq],
-    pub block_tables: &'a [u32],
-    pub rope: &'a RopeTable,
-    pub geo: KvGeometry,
-    pub n_heads: usize,
-    pub rms_eps: f32,
-}
-
-impl DecoderLayer {
-    /// `ws.x: [T, hidden]` is updated in place (residual stream).
-    pub fn forward(&self, inp: &LayerInputs<'_>, kv: &mut LayerKv, ws: &mut Workspace) {
-        let t = inp.positions.len();
-        let (hidden, q_dim, kv_dim) = (ws.hidden, ws.q_dim, ws.kv_dim);
-        let hd = inp.geo.head_dim;
-
-        // Attention: xn = norm(x); q,k,v = xn·W; rope; cache; attend; x += o·Wo
-        rms_norm(
-            &ws.x[..t * hidden],
-            &self.attn_norm,
-            inp.rms_eps,
-            &mut ws.xn[..t * hidden],
-        );
-        let (q, k, v) = (
-            &mut ws.q[..t * q_dim],
-            &mut ws.k[..t * kv_dim],
-            &mut ws.v[..t * kv_dim],
-        );
-        self.attn
-            .qkv
-            .forward(&ws.xn[..t * hidden], t, &mut ws.fused, &mut [q, k, v]);
-        if let Some([bq, bk, bv]) = &self.attn.qkv_bias {
-            add_bias(&mut ws.q[..t * q_dim], bq);
-            add_bias(&mut ws.k[..t * kv_dim], bk);
-            add_bias(&mut ws.v[..t * kv_dim], bv);
-        }
-        inp.rope.apply(&mut ws.q[..t * q_dim], hd, inp.positions);
-        inp.rope.apply(&mut ws.k[..t * kv_dim], hd, inp.positions);
-        write_kv(
-            &mut kv.k,
-            &mut kv.v,
-            &ws.k[..t * kv_dim],
-            &ws.v[..t * kv_dim],
-            inp.slots,
-            inp.geo,
-        );
-        let attn_in = AttnInputs {
-            q: &ws.q[..t * q_dim],
-            n_heads: inp.n_heads,
-            k_cache: &kv.k,
-            v_cache: &kv.v,
-            geo: inp.geo,
-            seqs: inp.seqs,
-            block_tables: inp.block_tables,
-        };
-        paged_attention(attn_in, &mut ws.attn[..t * q_dim]);
-        self.attn
-            .out
-            .matmul(&ws.attn[..t * q_dim], t, &mut ws.xn[..t * hidden]);
-        add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
-
-        // FFN: x += mlp(norm(x)), dense or mixture of experts
-        rms_norm(
-            &ws.x[..t * hidden],
-            &self.ffn_norm,
-            inp.rms_eps,
-            &mut ws.xn[..t * hidden],
-        );
-        let xn = &mut ws.xn[..t * hidden];
-        match &self.ffn {
-            FeedForward::Dense(mlp) => mlp.forward(xn, t, &mut ws.gate, &mut ws.up, &mut ws.fused),
-            FeedForward::Moe(moe) => moe.forward(xn, t),
-        }
-        add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
     }
 }

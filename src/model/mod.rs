@@ -5,9 +5,10 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod decoder;
 pub mod gguf;
 pub mod hf;
-pub mod kv_cache;
+pub mod kv_storage;
 pub mod layers;
 pub mod llama;
 pub mod moe;
@@ -26,8 +27,10 @@ use crate::error::ModelError;
 use chat_template::ChatTemplate;
 use config::{Arch, ModelConfig};
 use gguf::GgufFile;
+use safetensors::Checkpoint;
 use tokenizer::Tokenizer;
 use transformer::Transformer;
+use weights::WeightError;
 
 /// Everything about a model besides its weights: shared read-only by the HTTP side.
 pub struct ModelAssets {
@@ -35,6 +38,9 @@ pub struct ModelAssets {
     pub name: String,
     pub path: PathBuf,
     pub config: ModelConfig,
+    /// The weight type holding most parameters of the model's matrices as ggml names it
+    /// (`Q4_1`, `BF16`, …; `unknown` without any), read from the file at load.
+    pub dtype: String,
     pub tokenizer: Tokenizer,
     pub chat_template: ChatTemplate,
     /// Live routed-token counters of a MoE model (`None` for dense models).
@@ -71,7 +77,13 @@ pub fn load(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".to_string());
-    assemble(path, name, config, transformer, tokenizer, chat_template)
+    let matrices = file.tensors().iter().filter(|t| t.dims.len() >= 2);
+    let dtype = gguf::dominant_dtype(matrices.map(|t| (t.dtype, t.element_count())));
+    let text = TextAssets {
+        tokenizer,
+        chat_template,
+    };
+    assemble(path, name, config, dtype, transformer, text)
 }
 
 fn load_hf(
@@ -79,27 +91,27 @@ fn load_hf(
     max_model_len: Option<usize>,
     progress: impl FnMut(usize, usize),
 ) -> Result<LoadedModel, ModelError> {
-    let positions = |cfg: &hf::HfConfig| resolve_max_len(&cfg.model, max_model_len);
-    let model = hf::load(dir, positions, progress)?;
+    let config = hf::read_config(dir)?;
+    let max_len = resolve_max_len(&config.model, max_model_len)?;
+    let (tokenizer, chat_template) = hf::load_text(dir, &config)?;
+    let checkpoint = Checkpoint::open_dir(dir).map_err(WeightError::from)?;
+    let tensors = checkpoint.shards().iter().flat_map(|shard| shard.tensors());
+    let matrices = tensors.filter(|t| t.shape.len() >= 2);
+    let dtype = gguf::dominant_dtype(matrices.filter_map(|t| {
+        let count = t.shape.iter().product();
+        t.dtype.ggml().map(|dtype| (dtype, count))
+    }));
+    let transformer = hf::load_weights(checkpoint, &config, max_len, progress)?;
     // A folder's name is the model's name ("Qwen2.5-0.5B-Instruct": no extension to strip).
     let name = std::fs::canonicalize(dir)
         .ok()
         .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".to_string());
-    let hf::HfModel {
-        config,
-        transformer,
+    let text = TextAssets {
         tokenizer,
         chat_template,
-    } = model;
-    assemble(
-        dir,
-        name,
-        config.model,
-        transformer,
-        tokenizer,
-        chat_template,
-    )
+    };
+    assemble(dir, name, config.model, dtype, transformer, text)
 }
 
 /// `--max-model-len` against the model's context length.
@@ -117,15 +129,25 @@ fn resolve_max_len(
     }
 }
 
+/// A model's tokenizer and chat template.
+struct TextAssets {
+    tokenizer: Tokenizer,
+    chat_template: ChatTemplate,
+}
+
 /// The final checks shared by both formats, then the `LoadedModel`.
 fn assemble(
     path: &Path,
     name: String,
     config: ModelConfig,
+    dtype: Option<&str>,
     transformer: Transformer,
-    tokenizer: Tokenizer,
-    chat_template: ChatTemplate,
+    text: TextAssets,
 ) -> Result<LoadedModel, ModelError> {
+    let TextAssets {
+        tokenizer,
+        chat_template,
+    } = text;
     if tokenizer.vocab_size() > config.vocab {
         return Err(ModelError::Invalid(format!(
             "tokenizer has {} tokens but the embedding has only {} rows",
@@ -140,6 +162,7 @@ fn assemble(
             name,
             path: path.to_path_buf(),
             config,
+            dtype: dtype.unwrap_or("unknown").to_string(),
             tokenizer,
             chat_template,
             expert_tokens,

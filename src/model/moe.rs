@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use super::config::MoeConfig;
 use super::layers::{FusedLinear, Mlp};
+use super::tensor_names::LayerTensor;
 use super::weights::{WeightError, WeightLoader};
 use crate::ops::add_assign;
 use crate::ops::moe::{permute, topk_softmax, unpermute_weighted, MoeAlign};
@@ -53,11 +54,12 @@ impl MoeBlock {
         cfg: &MoeConfig,
         i: usize,
     ) -> Result<Self, WeightError> {
-        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        use LayerTensor::*;
+        let n = |t: LayerTensor| w.naming().layer(i, t);
         let (e, ffn) = (cfg.n_expert, cfg.expert_ffn);
-        let gates = w.experts(&n("ffn_gate_exps"), e, ffn, hidden)?;
-        let ups = w.experts(&n("ffn_up_exps"), e, ffn, hidden)?;
-        let downs = w.experts(&n("ffn_down_exps"), e, hidden, ffn)?;
+        let gates = w.experts(&n(GateExps), e, ffn, hidden)?;
+        let ups = w.experts(&n(UpExps), e, ffn, hidden)?;
+        let downs = w.experts(&n(DownExps), e, hidden, ffn)?;
         let experts = gates
             .into_iter()
             .zip(ups)
@@ -69,13 +71,13 @@ impl MoeBlock {
             .collect();
         let shared = match cfg.shared_ffn {
             Some(width) => Some(SharedExpert {
-                mlp: w.mlp_named(&format!("blk.{i}."), "_shexp", hidden, width)?,
-                gate: w.row_matrix(&n("ffn_gate_inp_shexp"), hidden)?,
+                mlp: Mlp::load(w, i, [SharedGate, SharedUp, SharedDown], hidden, width)?,
+                gate: w.row_matrix(&n(SharedRouter), hidden)?,
             }),
             None => None,
         };
         Ok(Self {
-            router: w.matrix(&n("ffn_gate_inp"), e, hidden)?,
+            router: w.matrix(&n(Router), e, hidden)?,
             experts,
             shared,
             top_k: cfg.n_expert_used,

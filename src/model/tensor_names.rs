@@ -1,7 +1,8 @@
-//! Where each weight of the llama-style dense layout lives in a file: GGUF names
-//! (`blk.N.attn_q.weight`) or Hugging Face names (`model.layers.N.self_attn.q_proj.weight`).
-//! One table, so the shared construction path (`WeightLoader::layer`,
-//! `Transformer::from_weights`) never spells a file format's names itself.
+//! Where each weight of the llama-style layout (dense or mixture of experts) lives in a
+//! file: GGUF names (`blk.N.attn_q.weight`) or Hugging Face names
+//! (`model.layers.N.self_attn.q_proj.weight`). One table, so the shared construction
+//! path (`layers`, `decoder`, `moe`, `Transformer::from_weights`) never spells a file
+//! format's names itself.
 
 /// A naming scheme for the tensors of a model file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,21 @@ pub enum LayerTensor {
     Gate,
     Up,
     Down,
+    /// `[n_expert, hidden]` MoE router.
+    Router,
+    /// `[n_expert, ffn, hidden]` / `[n_expert, hidden, ffn]` stacked experts (llama.cpp's
+    /// layout). transformers keeps one tensor per expert (`mlp.experts.E.gate_proj`);
+    /// Hugging Face folders with experts are refused by `hf::config`, so their names in
+    /// this table are the stacked tensors' module paths and no checkpoint holds them.
+    GateExps,
+    UpExps,
+    DownExps,
+    /// `[hidden]` gate of the shared expert (Qwen2-MoE).
+    SharedRouter,
+    /// The shared expert's SwiGLU MLP (Qwen2-MoE).
+    SharedGate,
+    SharedUp,
+    SharedDown,
 }
 
 impl Naming {
@@ -71,6 +87,14 @@ impl Naming {
                     Gate => "ffn_gate.weight",
                     Up => "ffn_up.weight",
                     Down => "ffn_down.weight",
+                    Router => "ffn_gate_inp.weight",
+                    GateExps => "ffn_gate_exps.weight",
+                    UpExps => "ffn_up_exps.weight",
+                    DownExps => "ffn_down_exps.weight",
+                    SharedRouter => "ffn_gate_inp_shexp.weight",
+                    SharedGate => "ffn_gate_shexp.weight",
+                    SharedUp => "ffn_up_shexp.weight",
+                    SharedDown => "ffn_down_shexp.weight",
                 };
                 format!("blk.{layer}.{suffix}")
             }
@@ -88,6 +112,14 @@ impl Naming {
                     Gate => "mlp.gate_proj.weight",
                     Up => "mlp.up_proj.weight",
                     Down => "mlp.down_proj.weight",
+                    Router => "mlp.gate.weight",
+                    GateExps => "mlp.experts.gate_proj.weight",
+                    UpExps => "mlp.experts.up_proj.weight",
+                    DownExps => "mlp.experts.down_proj.weight",
+                    SharedRouter => "mlp.shared_expert_gate.weight",
+                    SharedGate => "mlp.shared_expert.gate_proj.weight",
+                    SharedUp => "mlp.shared_expert.up_proj.weight",
+                    SharedDown => "mlp.shared_expert.down_proj.weight",
                 };
                 format!("model.layers.{layer}.{suffix}")
             }
@@ -115,6 +147,14 @@ mod tests {
                 LayerTensor::Gate,
                 LayerTensor::Up,
                 LayerTensor::Down,
+                LayerTensor::Router,
+                LayerTensor::GateExps,
+                LayerTensor::UpExps,
+                LayerTensor::DownExps,
+                LayerTensor::SharedRouter,
+                LayerTensor::SharedGate,
+                LayerTensor::SharedUp,
+                LayerTensor::SharedDown,
             ];
             let mut names: Vec<String> = all.iter().map(|&t| naming.layer(3, t)).collect();
             names.sort();
@@ -128,6 +168,10 @@ mod tests {
         assert_eq!(
             Naming::Gguf.layer(0, LayerTensor::Down),
             "blk.0.ffn_down.weight"
+        );
+        assert_eq!(
+            Naming::Gguf.layer(1, LayerTensor::SharedRouter),
+            "blk.1.ffn_gate_inp_shexp.weight"
         );
     }
 }

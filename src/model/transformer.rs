@@ -4,9 +4,9 @@
 //! LM head; `head` serves further rows from the same forward on request.
 
 use super::config::ModelConfig;
+use super::decoder::{DecoderLayer, FeedForward, LayerInputs};
 use super::gguf::GgufFile;
-use super::kv_cache::KvCache;
-use super::layers::{DecoderLayer, FeedForward, LayerInputs};
+use super::kv_storage::KvStorage;
 use super::moe::ExpertTokenCounts;
 use super::tensor_names::GlobalTensor;
 use super::weights::{WeightError, WeightLoader};
@@ -97,7 +97,7 @@ impl Transformer {
         let embed = w.matrix(name(GlobalTensor::Embed), cfg.vocab, cfg.hidden)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            layers.push(w.layer(&cfg, i, layout.qkv_bias)?);
+            layers.push(DecoderLayer::load(w, &cfg, i, layout.qkv_bias)?);
             progress(i + 1, cfg.n_layers);
         }
         let head_name = name(GlobalTensor::LmHead);
@@ -153,7 +153,7 @@ impl Transformer {
     pub fn forward<'w>(
         &self,
         batch: &ForwardBatch<'_>,
-        kv: &mut KvCache,
+        kv: &mut KvStorage,
         ws: &'w mut Workspace,
     ) -> &'w mut [f32] {
         let t = batch.token_ids.len();

@@ -4,18 +4,16 @@
 //!
 //! The source of the bytes is a `TensorSource` (a GGUF file, or a Hugging Face
 //! safetensors checkpoint) and the tensor names come from a `Naming`, so both formats
-//! build their layers through the same code (`layer`, `Transformer::from_weights`).
+//! build their layers through the same code (`DecoderLayer::load`,
+//! `Transformer::from_weights`).
 //! Shapes are compared row-major, outermost dimension first (`[rows, cols]`; GGUF's
 //! dims reversed).
 
 use std::borrow::Cow;
 
-use super::config::ModelConfig;
 use super::gguf::{GgmlDType, GgufError, GgufFile};
-use super::layers::{AttentionBlock, DecoderLayer, FeedForward, FusedLinear, Mlp};
-use super::moe::MoeBlock;
 use super::safetensors::SafetensorsError;
-use super::tensor_names::{LayerTensor, Naming};
+use super::tensor_names::Naming;
 use crate::ops::quant::{QMatrix, QuantError};
 
 /// Why weights could not be loaded.
@@ -178,81 +176,6 @@ impl<'a> WeightLoader<'a> {
         QMatrix::quantize(GgmlDType::F32, 1, len, &values).map_err(|source| WeightError::Quant {
             name: name.to_string(),
             source,
-        })
-    }
-
-    /// One decoder layer of the llama/qwen2 layout, named by `self.naming()`: attention,
-    /// then a dense SwiGLU MLP, or (GGUF only) a mixture of experts when `cfg.moe` says so.
-    pub fn layer(
-        &self,
-        cfg: &ModelConfig,
-        i: usize,
-        qkv_bias: bool,
-    ) -> Result<DecoderLayer, WeightError> {
-        let n = |t: LayerTensor| self.naming.layer(i, t);
-        let ffn = match &cfg.moe {
-            None => FeedForward::Dense(Mlp {
-                gate_up: FusedLinear::new(vec![
-                    self.matrix(&n(LayerTensor::Gate), cfg.ffn, cfg.hidden)?,
-                    self.matrix(&n(LayerTensor::Up), cfg.ffn, cfg.hidden)?,
-                ]),
-                down: self.matrix(&n(LayerTensor::Down), cfg.hidden, cfg.ffn)?,
-            }),
-            Some(moe) => FeedForward::Moe(Box::new(MoeBlock::load(self, cfg.hidden, moe, i)?)),
-        };
-        Ok(DecoderLayer {
-            attn_norm: self.vector(&n(LayerTensor::AttnNorm), cfg.hidden)?,
-            attn: self.attention(cfg, i, qkv_bias)?,
-            ffn_norm: self.vector(&n(LayerTensor::FfnNorm), cfg.hidden)?,
-            ffn,
-        })
-    }
-
-    /// A SwiGLU MLP `{prefix}ffn_{gate,up,down}{suffix}.weight` (GGUF names) of width
-    /// `ffn`, e.g. prefix `blk.3.` and suffix `_shexp` for a shared expert.
-    pub fn mlp_named(
-        &self,
-        prefix: &str,
-        suffix: &str,
-        hidden: usize,
-        ffn: usize,
-    ) -> Result<Mlp, WeightError> {
-        let n = |s: &str| format!("{prefix}ffn_{s}{suffix}.weight");
-        Ok(Mlp {
-            gate_up: FusedLinear::new(vec![
-                self.matrix(&n("gate"), ffn, hidden)?,
-                self.matrix(&n("up"), ffn, hidden)?,
-            ]),
-            down: self.matrix(&n("down"), hidden, ffn)?,
-        })
-    }
-
-    fn attention(
-        &self,
-        cfg: &ModelConfig,
-        i: usize,
-        qkv_bias: bool,
-    ) -> Result<AttentionBlock, WeightError> {
-        let n = |t: LayerTensor| self.naming.layer(i, t);
-        let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
-        let qkv = FusedLinear::new(vec![
-            self.matrix(&n(LayerTensor::Q), q, h)?,
-            self.matrix(&n(LayerTensor::K), kv, h)?,
-            self.matrix(&n(LayerTensor::V), kv, h)?,
-        ]);
-        let qkv_bias = if qkv_bias {
-            Some([
-                self.vector(&n(LayerTensor::QBias), q)?,
-                self.vector(&n(LayerTensor::KBias), kv)?,
-                self.vector(&n(LayerTensor::VBias), kv)?,
-            ])
-        } else {
-            None
-        };
-        Ok(AttentionBlock {
-            qkv,
-            qkv_bias,
-            out: self.matrix(&n(LayerTensor::Out), h, q)?,
         })
     }
 }

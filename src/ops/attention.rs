@@ -2,8 +2,9 @@
 //! block table; queries of all sequences of a step sit in one flat `[T, n_heads * hd]`
 //! batch.
 //!
-//! Cache layout per layer (DESIGN.md): `[num_blocks, block_size, n_kv_heads, head_dim]`,
-//! f16 (as llama.cpp's default KV cache type). Slot `s` = `block * block_size + offset`.
+//! Cache layout per layer (docs/architecture.md, `model::kv_storage`):
+//! `[num_blocks, block_size, n_kv_heads, head_dim]`, f16 (as llama.cpp's default KV cache
+//! type). Slot `s` = `block * block_size + offset`.
 //!
 //! Work is split into independent units (sequence, query token, kv head); a unit's result
 //! never depends on other units, so outputs are batch invariant.

@@ -1,6 +1,8 @@
-//! CPU kernels. Each op here is plain Rust over `&[f32]` rows (shapes in comments) and is
-//! the oracle for its CUDA twin in `kernels/`. Ops never allocate per call beyond
-//! thread-local scratch that is reused across steps.
+//! CPU kernels. Each op here is plain Rust over `&[f32]` rows (shapes in comments). The
+//! MoE routing ops (`moe`: top-k softmax, align, permute) also have CUDA kernels in
+//! `kernels/` (feature `cuda`, wrappers in `cuda`), for which these are the test oracle;
+//! every other op runs on the CPU only. Ops never allocate per call beyond thread-local
+//! scratch that is reused across steps.
 
 pub mod act_quant;
 pub mod attention;

@@ -1,13 +1,14 @@
 //! Flattens a `SchedulerOutput` into the model's batch: token ids, positions, cache slots,
 //! per-sequence attention descriptors and block tables, which rows need logits for
 //! sampling, and which prompt rows need them for prompt logprobs (only for requests that
-//! ask). Buffers are kept between steps (cleared, not reallocated).
+//! ask). Tokens and block tables come from the runner's own `RequestStates`. Buffers are
+//! kept between steps (cleared, not reallocated).
 
-use crate::engine::request::{RequestId, TokenId};
+use super::requests::RequestStates;
 use crate::model::transformer::ForwardBatch;
 use crate::ops::attention::AttnSeq;
+use crate::request::{RequestId, TokenId};
 use crate::scheduler::output::SchedulerOutput;
-use crate::scheduler::Scheduler;
 
 #[derive(Default)]
 pub struct BatchBuilder {
@@ -42,14 +43,16 @@ pub struct PromptRow {
 }
 
 impl BatchBuilder {
-    /// Fills the buffers for `so`; request state and block tables come from `sched`.
-    pub fn build(&mut self, so: &SchedulerOutput, sched: &Scheduler, block_size: usize) {
+    /// Fills the buffers for `so`; tokens and block tables come from `requests` (already
+    /// updated with `so`).
+    pub fn build(&mut self, so: &SchedulerOutput, requests: &RequestStates, block_size: usize) {
         self.clear();
         for sr in &so.scheduled {
-            let Some(req) = sched.request(sr.req_id) else {
+            let Some(req) = requests.get(sr.req_id) else {
+                debug_assert!(false, "scheduled request {} is not held", sr.req_id);
                 continue;
             };
-            let table = sched.block_table(sr.req_id);
+            let table = req.block_ids();
             let q_row = self.token_ids.len();
             let ctx_len = sr.start_pos + sr.num_tokens;
             for pos in sr.start_pos..ctx_len {
@@ -72,15 +75,16 @@ impl BatchBuilder {
                 self.logit_rows.push(q_row + sr.num_tokens - 1);
                 self.sample_ids.push(sr.req_id);
             }
-            if let Some(k) = req.sampling.prompt_logprobs {
+            if let Some(k) = req.prompt_logprobs() {
                 // Positions before the last prompt token; output tokens are not scored.
-                let scored_end = ctx_len.min(req.prompt_token_ids.len().saturating_sub(1));
+                let prompt = req.prompt_token_ids();
+                let scored_end = ctx_len.min(prompt.len().saturating_sub(1));
                 for pos in sr.start_pos..scored_end {
                     self.prompt_row_index.push(q_row + pos - sr.start_pos);
                     self.prompt_rows.push(PromptRow {
                         req_id: sr.req_id,
                         pos,
-                        target: req.prompt_token_ids[pos + 1],
+                        target: prompt[pos + 1],
                         k,
                     });
                 }

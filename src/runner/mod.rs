@@ -1,24 +1,29 @@
-//! The model runner: owns the model, its physical KV cache and the step workspace, and
-//! turns one `SchedulerOutput` into one forward pass over all scheduled tokens. Prompt
-//! logprobs come from the same forward: after sampling, `for_each_prompt_row` runs the
-//! LM head over the prompt rows that asked (a few at a time, in the workspace's logits
-//! buffer); steps without such rows do no extra work.
+//! The model runner: owns the model, its physical K/V memory, the step workspace and its
+//! own copy of the scheduled requests (`requests`), and turns one `SchedulerOutput` into
+//! one forward pass over all scheduled tokens. It reads nothing of the scheduler but that
+//! output (vLLM v1's contract): tokens and block tables arrive in it, whole when a
+//! request is admitted and as deltas while it runs. Prompt logprobs come from the same
+//! forward: after sampling, `for_each_prompt_row` runs the LM head over the prompt rows
+//! of the requests that asked (a few at a time, in the workspace's logits buffer); steps
+//! without such rows do no extra work.
 
 pub mod batch;
+pub mod requests;
 
-use crate::engine::request::RequestId;
-use crate::model::kv_cache::KvCache;
+use crate::model::kv_storage::KvStorage;
 use crate::model::transformer::Transformer;
 use crate::model::workspace::Workspace;
+use crate::request::RequestId;
 use crate::scheduler::output::SchedulerOutput;
-use crate::scheduler::Scheduler;
 use batch::{BatchBuilder, PromptRow};
+use requests::RequestStates;
 
 pub struct ModelRunner {
     model: Transformer,
-    kv: KvCache,
+    kv: KvStorage,
     ws: Workspace,
     batch: BatchBuilder,
+    requests: RequestStates,
     block_size: usize,
 }
 
@@ -39,13 +44,14 @@ impl ModelRunner {
         max_num_seqs: usize,
     ) -> Self {
         let geo = model.kv_geometry(block_size);
-        let kv = KvCache::new(model.cfg.n_layers, num_blocks, geo);
+        let kv = KvStorage::new(model.cfg.n_layers, num_blocks, geo);
         let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_num_seqs);
         Self {
             model,
             kv,
             ws,
             batch: BatchBuilder::default(),
+            requests: RequestStates::default(),
             block_size,
         }
     }
@@ -54,10 +60,29 @@ impl ModelRunner {
         &self.model
     }
 
-    /// One forward over everything scheduled; logits only for rows that sample.
-    pub fn execute(&mut self, so: &SchedulerOutput, sched: &Scheduler) -> StepLogits<'_> {
-        self.batch.build(so, sched, self.block_size);
+    /// Number of requests the runner holds.
+    pub fn num_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Forgets every request (after a failed step, when the engine aborts them all).
+    pub fn clear_requests(&mut self) {
+        self.requests.clear();
+    }
+
+    /// Applies `so` to the runner's requests, then runs one forward over everything
+    /// scheduled (none when nothing is); logits only for rows that sample.
+    pub fn execute(&mut self, so: &SchedulerOutput) -> StepLogits<'_> {
+        self.requests.update(so);
         let vocab = self.model.cfg.vocab;
+        if so.scheduled.is_empty() {
+            return StepLogits {
+                ids: &[],
+                logits: &mut [],
+                vocab,
+            };
+        }
+        self.batch.build(so, &self.requests, self.block_size);
         let logits = self
             .model
             .forward(&self.batch.forward_batch(), &mut self.kv, &mut self.ws);

@@ -1,10 +1,10 @@
-//! Scheduler limits and the errors the scheduler reports for bad configs and requests.
+//! Scheduler limits and the error the scheduler reports for a bad config. Requests are
+//! not checked here: they arrive validated (`server::validate`), and the scheduler only
+//! asserts what it relies on in debug builds (`Scheduler::add_request`).
 //!
 //! A valid config guarantees that one request alone can always run to `max_model_len`
 //! tokens (`num_blocks * block_size >= max_model_len`), so preemption always makes
 //! progress: the oldest running request can never be starved of blocks.
-
-use crate::engine::request::RequestId;
 
 /// Limits of the continuous-batching scheduler (names as vLLM's flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// Why the scheduler refused a config or a request.
+/// Why the scheduler refused a config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedulerError {
     #[error("invalid scheduler config: `{field}` {message}")]
@@ -46,21 +46,6 @@ pub enum SchedulerError {
         field: &'static str,
         message: String,
     },
-    #[error("request {req_id}: the prompt is empty; at least one token is required")]
-    EmptyPrompt { req_id: RequestId },
-    #[error(
-        "request {req_id}: the prompt has {prompt_len} tokens, more than `max_model_len` \
-         ({max_model_len})"
-    )]
-    PromptTooLong {
-        req_id: RequestId,
-        prompt_len: usize,
-        max_model_len: usize,
-    },
-    #[error("request {req_id}: `max_tokens` must be >= 1. Given: 0")]
-    ZeroMaxTokens { req_id: RequestId },
-    #[error("request {req_id}: a request with this id is already queued or running")]
-    DuplicateRequestId { req_id: RequestId },
 }
 
 fn invalid(field: &'static str, message: String) -> SchedulerError {

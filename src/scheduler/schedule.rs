@@ -1,26 +1,33 @@
 //! The `Scheduler`: request queues and the per-step scheduling decision.
 //!
 //! Owns every unfinished request, the FCFS `waiting` queue and the ordered `running`
-//! set, and the [`KvCacheManager`]. One rule (DESIGN.md): each step a request is given
-//! `min(num_tokens - num_computed_tokens, budget)` tokens (also capped by
+//! set, and the [`KvCacheManager`]. One rule (docs/architecture.md): each step a request
+//! is given `min(num_tokens - num_computed_tokens, budget)` tokens (also capped by
 //! `long_prefill_token_threshold`), running requests first in order, then waiting ones
 //! FCFS while the token budget, `max_num_seqs` and free blocks allow. A waiting request
 //! that does not fit stops admission (no skipping ahead). A running request that cannot
 //! get blocks preempts the newest running request (by recompute) until it fits or is
 //! itself preempted; no request is admitted in a step that preempted.
 //!
+//! Each scheduled request also goes into the output as the runner needs it (see
+//! `output`): whole (`NewRequestData`) when admitted, as a delta (`CachedRequestData`)
+//! while running. `Request::num_runner_tokens` says how many of its tokens the runner
+//! holds, so each delta carries exactly the tokens it lacks.
+//!
 //! Invariants (checked every step in debug builds by `check_invariants`): scheduled
 //! tokens ≤ `max_num_batched_tokens`; running ≤ `max_num_seqs`; every scheduled request
-//! has blocks for `start_pos + num_tokens` tokens; each request is in exactly one of
-//! `waiting` / `running`; waiting requests hold no blocks and have no computed tokens.
+//! has blocks for `start_pos + num_tokens` tokens and the runner holds all its tokens
+//! once the output is applied; each request is in exactly one of `waiting` / `running`;
+//! waiting requests hold no blocks, have no computed tokens and nothing in the runner.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use super::config::{SchedulerConfig, SchedulerError};
-use super::output::{ScheduledRequest, SchedulerOutput};
-use crate::engine::request::{Request, RequestId, RequestStatus};
+use super::output::{CachedRequestData, NewRequestData, ScheduledRequest, SchedulerOutput};
 use crate::kvcache::block_pool::BlockId;
 use crate::kvcache::manager::{KvCacheManager, PrefixCacheStats};
+use crate::request::{Request, RequestId, RequestStatus, TokenId};
 
 /// Counters for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -46,6 +53,8 @@ pub struct Scheduler {
     pub(super) waiting: VecDeque<RequestId>,
     /// Oldest admission first; the last one is preempted first.
     pub(super) running: Vec<RequestId>,
+    /// Finished or aborted since the last `schedule()` (the runner drops them).
+    pub(super) finished_req_ids: Vec<RequestId>,
     pub(super) num_preemptions: u64,
 }
 
@@ -63,6 +72,7 @@ impl Scheduler {
             requests: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            finished_req_ids: Vec::new(),
             num_preemptions: 0,
         })
     }
@@ -71,42 +81,42 @@ impl Scheduler {
         &self.config
     }
 
-    /// Queues `req` (status Waiting, nothing computed). Refuses requests that could
-    /// never run: empty prompt, prompt longer than `max_model_len` (a valid config makes
-    /// the pool hold `max_model_len` tokens, so every accepted prompt fits alone),
-    /// `max_tokens == 0`, or an id already in use.
-    pub fn add_request(&mut self, mut req: Request) -> Result<(), SchedulerError> {
+    /// Queues `req` (status Waiting, nothing computed). The request was validated before
+    /// it got here (`server::validate`): a non-empty prompt that fits `max_model_len`
+    /// (a valid config makes the pool hold `max_model_len` tokens, so it fits alone),
+    /// `max_tokens >= 1` and an id not in use are asserted in debug builds only.
+    pub fn add_request(&mut self, mut req: Request) {
         let req_id = req.id;
         let prompt_len = req.prompt_token_ids.len();
-        if prompt_len == 0 {
-            return Err(SchedulerError::EmptyPrompt { req_id });
-        }
-        let max_model_len = self.config.max_model_len;
-        if prompt_len > max_model_len {
-            return Err(SchedulerError::PromptTooLong {
-                req_id,
-                prompt_len,
-                max_model_len,
-            });
-        }
-        if req.sampling.max_tokens == 0 {
-            return Err(SchedulerError::ZeroMaxTokens { req_id });
-        }
-        if self.requests.contains_key(&req_id) {
-            return Err(SchedulerError::DuplicateRequestId { req_id });
-        }
+        debug_assert!(prompt_len > 0, "request {req_id}: empty prompt");
+        debug_assert!(
+            prompt_len <= self.config.max_model_len,
+            "request {req_id}: prompt of {prompt_len} tokens > max_model_len {}",
+            self.config.max_model_len
+        );
+        debug_assert!(
+            req.sampling.max_tokens > 0,
+            "request {req_id}: max_tokens 0"
+        );
+        debug_assert!(
+            !self.requests.contains_key(&req_id),
+            "request {req_id} is already queued or running"
+        );
         req.output_token_ids.clear();
         req.num_computed_tokens = 0;
         req.num_cached_tokens = 0;
+        req.num_runner_tokens = 0;
         req.status = RequestStatus::Waiting;
         self.requests.insert(req_id, req);
         self.waiting.push_back(req_id);
-        Ok(())
     }
 
     /// Decides this step's batch. See the module doc for the rules.
     pub fn schedule(&mut self) -> SchedulerOutput {
-        let mut out = SchedulerOutput::default();
+        let mut out = SchedulerOutput {
+            finished_req_ids: std::mem::take(&mut self.finished_req_ids),
+            ..SchedulerOutput::default()
+        };
         let mut budget = self.config.max_num_batched_tokens;
         self.schedule_running(&mut budget, &mut out);
         if out.preempted.is_empty() {
@@ -137,9 +147,15 @@ impl Scheduler {
             let (start_pos, num_tokens) = (req.num_computed_tokens, req.num_tokens());
             let n = self.chunk_len(num_tokens - start_pos, *budget);
             debug_assert!(n > 0, "running request {req_id} has nothing to compute");
+            let num_held = self.kv.block_ids(req_id).len();
             if !self.allocate_or_preempt(req_id, n, out) {
                 break; // it preempted itself: it was the last running request
             }
+            out.scheduled_cached_reqs.push(CachedRequestData {
+                req_id,
+                new_token_ids: self.runner_delta(req_id),
+                new_block_ids: self.kv.block_ids(req_id)[num_held..].to_vec(),
+            });
             out.scheduled.push(ScheduledRequest {
                 req_id,
                 start_pos,
@@ -149,6 +165,23 @@ impl Scheduler {
             *budget -= n;
             i += 1;
         }
+    }
+
+    /// The tokens of running `req_id` the runner does not hold yet (the one sampled in
+    /// its previous step, if any); from now on it holds them all.
+    fn runner_delta(&mut self, req_id: RequestId) -> Vec<TokenId> {
+        let Some(req) = self.requests.get_mut(&req_id) else {
+            return Vec::new();
+        };
+        let num_prompt = req.prompt_token_ids.len();
+        debug_assert!(
+            req.num_runner_tokens >= num_prompt,
+            "running request {req_id}: the runner lacks part of its prompt"
+        );
+        let new =
+            req.output_token_ids[req.num_runner_tokens.max(num_prompt) - num_prompt..].to_vec();
+        req.num_runner_tokens = req.num_tokens();
+        new
     }
 
     /// Allocates blocks for `n` more tokens of running `req_id`, preempting the newest
@@ -185,6 +218,7 @@ impl Scheduler {
         if let Some(req) = self.requests.get_mut(&req_id) {
             req.status = RequestStatus::Preempted;
             req.num_computed_tokens = 0;
+            req.num_runner_tokens = 0; // the runner drops it (`out.preempted`)
             req.num_preemptions += 1;
         }
         self.waiting.push_front(req_id);
@@ -212,6 +246,14 @@ impl Scheduler {
                 }
                 req.status = RequestStatus::Running;
                 req.num_computed_tokens = num_hit_tokens;
+                req.num_runner_tokens = req.num_tokens();
+                out.scheduled_new_reqs.push(NewRequestData {
+                    req_id,
+                    prompt_token_ids: Arc::clone(&req.prompt_token_ids),
+                    output_token_ids: req.output_token_ids.clone(),
+                    block_ids: self.kv.block_ids(req_id).to_vec(),
+                    prompt_logprobs: req.sampling.prompt_logprobs,
+                });
             }
             out.scheduled.push(ScheduledRequest {
                 req_id,
@@ -297,6 +339,10 @@ impl Scheduler {
             );
             assert!(ok, "waiting request {id} has status {:?}", req.status);
             assert_eq!(req.num_computed_tokens, 0, "waiting request {id}");
+            assert_eq!(
+                req.num_runner_tokens, 0,
+                "waiting request {id} in the runner"
+            );
             assert!(
                 self.kv.block_ids(*id).is_empty(),
                 "waiting {id} holds blocks"
@@ -307,28 +353,59 @@ impl Scheduler {
             assert_eq!(status, RequestStatus::Running, "running request {id}");
         }
         if let Some(out) = out {
-            let total: usize = out.scheduled.iter().map(|s| s.num_tokens).sum();
-            assert_eq!(total, out.total_num_tokens, "total_num_tokens");
-            assert!(
-                total <= cfg.max_num_batched_tokens,
-                "token budget overdrawn"
-            );
-            for s in &out.scheduled {
-                let req = &self.requests[&s.req_id];
-                let end = s.start_pos + s.num_tokens;
-                assert!(
-                    s.num_tokens > 0 && end <= req.num_tokens(),
-                    "bad chunk {s:?}"
-                );
-                assert_eq!(s.start_pos, req.num_computed_tokens, "start_pos {s:?}");
-                let held = self.kv.block_ids(s.req_id).len() * cfg.block_size;
-                assert!(
-                    held >= end,
-                    "request {} holds {held} slots < {end}",
-                    s.req_id
-                );
-            }
+            self.check_output(out);
         }
         self.kv.check_invariants();
+    }
+
+    /// The invariants of the step `out` just scheduled: budget, chunks, blocks, and the
+    /// runner's view (each scheduled request new xor cached, holding all its tokens).
+    fn check_output(&self, out: &SchedulerOutput) {
+        let cfg = &self.config;
+        let total: usize = out.scheduled.iter().map(|s| s.num_tokens).sum();
+        assert_eq!(total, out.total_num_tokens, "total_num_tokens");
+        assert!(
+            total <= cfg.max_num_batched_tokens,
+            "token budget overdrawn"
+        );
+        let new: HashSet<RequestId> = out.scheduled_new_reqs.iter().map(|r| r.req_id).collect();
+        let cached: HashSet<RequestId> =
+            out.scheduled_cached_reqs.iter().map(|r| r.req_id).collect();
+        assert_eq!(
+            new.len() + cached.len(),
+            out.scheduled.len(),
+            "each scheduled request is new or cached, once"
+        );
+        for s in &out.scheduled {
+            let req = &self.requests[&s.req_id];
+            let end = s.start_pos + s.num_tokens;
+            assert!(
+                s.num_tokens > 0 && end <= req.num_tokens(),
+                "bad chunk {s:?}"
+            );
+            assert_eq!(s.start_pos, req.num_computed_tokens, "start_pos {s:?}");
+            let held = self.kv.block_ids(s.req_id).len() * cfg.block_size;
+            assert!(
+                held >= end,
+                "request {} holds {held} slots < {end}",
+                s.req_id
+            );
+            assert!(
+                new.contains(&s.req_id) != cached.contains(&s.req_id),
+                "request {} must be new xor cached",
+                s.req_id
+            );
+            assert_eq!(
+                req.num_runner_tokens,
+                req.num_tokens(),
+                "runner tokens {s:?}"
+            );
+        }
+        for id in out.preempted.iter().chain(&out.finished_req_ids) {
+            assert!(
+                !new.contains(id) && !cached.contains(id),
+                "request {id} scheduled and dropped in one step"
+            );
+        }
     }
 }

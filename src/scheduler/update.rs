@@ -1,14 +1,15 @@
 //! Applying a step's results: progress, sampled tokens, stop checks, aborts.
 //!
 //! Invariants kept: a finished or aborted request leaves `requests`, `waiting` and
-//! `running` and frees its blocks in the same call; blocks full of computed tokens are
+//! `running` and frees its blocks in the same call, and is named in the next output's
+//! `finished_req_ids` (so the runner drops its copy); blocks full of computed tokens are
 //! registered in the prefix cache right after the step that computed them.
 
 use std::collections::{HashMap, HashSet};
 
 use super::output::{ModelRunnerOutput, RequestOutput, SchedulerOutput};
 use super::schedule::Scheduler;
-use crate::engine::request::{
+use crate::request::{
     FinishReason, Request, RequestId, RequestStatus, SampledToken, TokenLogprobs,
 };
 
@@ -87,6 +88,7 @@ impl Scheduler {
             if let Some(reason) = reason {
                 req.status = RequestStatus::Finished(reason);
                 finished.insert(s.req_id);
+                self.finished_req_ids.push(s.req_id);
             }
         }
         if !finished.is_empty() {
@@ -111,6 +113,7 @@ impl Scheduler {
             _ => self.waiting.retain(|&id| id != req_id),
         }
         self.kv.free(req_id);
+        self.finished_req_ids.push(req_id);
         #[cfg(debug_assertions)]
         self.check_invariants(None);
         Some(RequestOutput {

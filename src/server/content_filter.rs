@@ -30,10 +30,10 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::request::{int, ChatCompletionRequest, CompletionRequest, MessageContent, PromptField};
-use crate::engine::request::{FinishReason, TokenId, TokenLogprobs};
 use crate::engine::stream::{RequestTimings, TokenEvent};
 use crate::error::ApiError;
 use crate::model::tokenizer::Tokenizer;
+use crate::request::{FinishReason, TokenId, TokenLogprobs};
 use crate::safety::{Action, Hit, InputText, OutputGuard, Screen, Stage};
 
 /// Level 1 on a chat request: checks and masks every message's text.

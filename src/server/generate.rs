@@ -24,9 +24,9 @@ use super::state::{AppState, Permit};
 use super::validate::ValidRequest;
 use crate::audit::Exchange;
 use crate::engine::handle::EngineHandle;
-use crate::engine::request::{FinishReason, SamplingParams, TokenId};
 use crate::engine::stream::{RequestStream, TokenEvent, Usage};
 use crate::error::ApiError;
+use crate::request::{FinishReason, SamplingParams, TokenId};
 use crate::safety::Screen;
 
 /// Where a choice is: waiting for its prompt's blocks, or running.
@@ -240,20 +240,6 @@ pub fn check_finish(reason: FinishReason) -> Result<FinishReason, ApiError> {
     }
 }
 
-/// Sums per-choice usage: each prompt's tokens (and cache hits) count once, every
-/// choice's completion tokens count.
-pub fn total_usage(per_choice: &[Usage], n: usize) -> Usage {
-    let mut total = Usage::default();
-    for (i, u) in per_choice.iter().enumerate() {
-        if i % n.max(1) == 0 {
-            total.prompt_tokens += u.prompt_tokens;
-            total.cached_tokens += u.cached_tokens;
-        }
-        total.completion_tokens += u.completion_tokens;
-    }
-    total
-}
-
 impl Generation {
     /// Waits for every choice (concurrently) and builds the whole response. Dropping this
     /// future (the client left) drops the streams, which aborts their sequences.
@@ -268,7 +254,7 @@ impl Generation {
         }))
         .await?;
         let (outputs, usages): (Vec<ChoiceOutput>, Vec<Usage>) = results.into_iter().unzip();
-        let usage = total_usage(&usages, self.n);
+        let usage = Usage::total(&usages, self.n);
         let tokenizer = &self.engine.model().tokenizer;
         let mut response = self.meta.full(&outputs, &usage, tokenizer, self.logprobs);
         if let Some(screen) = &self.screen {
@@ -319,15 +305,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_counts_each_prompt_once_and_every_completion() {
-        let u = |p, c, k| Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-            cached_tokens: k,
-        };
-        // two prompts (10 and 20 tokens), n = 2
-        let total = total_usage(&[u(10, 3, 0), u(10, 4, 10), u(20, 5, 0), u(20, 6, 16)], 2);
-        assert_eq!(total, u(30, 18, 0));
+    fn an_abort_is_a_drain_for_the_client() {
         assert!(matches!(
             check_finish(FinishReason::Abort),
             Err(ApiError::Draining)

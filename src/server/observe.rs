@@ -22,14 +22,12 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpMessage, HttpRequest};
 
-use super::generate::total_usage;
 use super::state::AppState;
 use crate::audit::{ChoiceOutcome, Exchange, ExchangeOutcome};
-use crate::engine::request::FinishReason;
 use crate::engine::stream::{TokenEvent, Usage};
 use crate::error::{http_error, ApiError};
 use crate::metrics::FailureReason;
-use crate::model::gguf::{dtype_name, GgufFile};
+use crate::request::FinishReason;
 use crate::safety::{Screen, Stage};
 
 /// The `target` of the per-request log line.
@@ -186,7 +184,7 @@ impl RequestRecord {
     /// The exchange's outcome for the conversation log.
     fn outcome(&self, progress: &mut Progress, status: u16) -> ExchangeOutcome {
         let usages: Vec<Usage> = progress.choices.iter().map(|c| c.usage).collect();
-        let usage = total_usage(&usages, self.n);
+        let usage = Usage::total(&usages, self.n);
         ExchangeOutcome {
             status,
             choices: progress
@@ -205,7 +203,7 @@ impl RequestRecord {
 
     fn log(&self, progress: &Progress, status: u16) {
         let usages: Vec<Usage> = progress.choices.iter().map(|c| c.usage).collect();
-        let usage = total_usage(&usages, self.n);
+        let usage = Usage::total(&usages, self.n);
         let ttft_ms = progress.choices.iter().filter_map(|c| c.ttft).min().map(ms);
         let mut reasons: Vec<&str> = progress
             .choices
@@ -271,26 +269,6 @@ fn joined(texts: &[String]) -> String {
     }
 }
 
-/// The weight type holding most parameters of the GGUF model at `path` (`Q4_1`, `F16`,
-/// …), or `unknown` when the file cannot be read.
-pub fn model_dtype(path: &std::path::Path) -> String {
-    let Ok(file) = GgufFile::open(path) else {
-        return "unknown".into();
-    };
-    let mut by_type: Vec<(&'static str, usize)> = Vec::new();
-    for t in file.tensors().iter().filter(|t| t.dims.len() >= 2) {
-        let name = dtype_name(t.dtype);
-        match by_type.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, count)) => *count += t.element_count(),
-            None => by_type.push((name, t.element_count())),
-        }
-    }
-    by_type
-        .into_iter()
-        .max_by_key(|&(_, count)| count)
-        .map_or_else(|| "unknown".into(), |(name, _)| name.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,13 +278,5 @@ mod tests {
         assert_eq!(joined(&["a".into()]), "a");
         assert_eq!(joined(&["a".into(), "b\"".into()]), r#"["a","b\""]"#);
         assert_eq!(ms(Duration::from_micros(12_345)), 12.3);
-    }
-
-    #[test]
-    fn unreadable_model_files_have_unknown_dtype() {
-        assert_eq!(
-            model_dtype(std::path::Path::new("/nonexistent.gguf")),
-            "unknown"
-        );
     }
 }

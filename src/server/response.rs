@@ -11,9 +11,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::engine::request::{FinishReason, PromptLogprob, TokenId, TokenLogprobs};
 use crate::engine::stream::Usage;
 use crate::model::tokenizer::Tokenizer;
+use crate::request::{FinishReason, PromptLogprob, TokenId, TokenLogprobs};
 
 /// Identifies this build in `system_fingerprint`.
 pub const SYSTEM_FINGERPRINT: &str = concat!("tessera-", env!("CARGO_PKG_VERSION"));

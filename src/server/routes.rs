@@ -468,3 +468,65 @@ async fn metrics(state: Data) -> Reply {
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(text))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::gate::{gate, REQUEST_ID_HEADER};
+    use super::*;
+
+    /// A route registered next to the table (not through `routes::configure`) has no
+    /// access check: whatever it answers is withheld. Table routes and unknown paths are
+    /// answered as usual, errors with the OpenAI body, also one a middleware returns.
+    #[test]
+    fn a_route_outside_the_table_never_answers() {
+        use actix_web::body::BoxBody;
+        use actix_web::dev::{ServiceRequest, ServiceResponse};
+        use actix_web::middleware::{from_fn, Next};
+        use actix_web::test::{
+            call_service, init_service, read_body, try_call_service, TestRequest,
+        };
+        use actix_web::{App, HttpResponse};
+
+        actix_web::rt::System::new().block_on(async {
+            let app = init_service(
+                App::new()
+                    .wrap(from_fn(gate))
+                    .configure(configure)
+                    .service(
+                        web::resource("/rogue").to(|| async { HttpResponse::Ok().body("secret") }),
+                    )
+                    .service(
+                        web::resource("/failing")
+                            .wrap(from_fn(|_: ServiceRequest, _: Next<BoxBody>| async {
+                                Err::<ServiceResponse, _>(actix_web::error::ErrorForbidden("nope"))
+                            }))
+                            .to(HttpResponse::Ok),
+                    )
+                    .default_service(web::to(not_found)),
+            )
+            .await;
+            let call = |path: &'static str| TestRequest::get().uri(path).to_request();
+            let rogue = call_service(&app, call("/rogue")).await;
+            assert_eq!(rogue.status(), 500);
+            let body = read_body(rogue).await;
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(body["error"]["code"], "internal_error");
+            assert!(!body.to_string().contains("secret"));
+            assert_eq!(call_service(&app, call("/version")).await.status(), 200);
+            let unknown = call_service(&app, call("/nowhere")).await;
+            assert_eq!(unknown.status(), 404);
+            // actix answers a service error with its `error_response()`.
+            let failing = try_call_service(&app, call("/failing"))
+                .await
+                .expect_err("the middleware fails")
+                .error_response();
+            assert_eq!(failing.status(), 403);
+            assert!(failing.headers().contains_key(REQUEST_ID_HEADER));
+            let body = actix_web::body::to_bytes(failing.into_body())
+                .await
+                .expect("body");
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(body["error"]["message"], "nope");
+        });
+    }
+}

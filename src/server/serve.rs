@@ -7,9 +7,8 @@
 //! writes what it still holds. SIGHUP reloads the moderation policy.
 
 use std::error::Error;
-use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix_http::{HttpService, KeepAlive};
@@ -30,7 +29,8 @@ use super::state::{AppState, ServerConfig};
 use crate::audit::{AuditLog, FAIL_FILE_ENV};
 use crate::config::EngineConfig;
 use crate::dialog::Dialog;
-use crate::engine::handle::{self, EngineHandle};
+use crate::engine::handle::EngineHandle;
+use crate::engine::launch::launch;
 use crate::metrics::Metrics;
 
 /// How long the server waits for aborted streams to send their last event.
@@ -118,7 +118,10 @@ pub fn serve(
             .name("tessera-load".into())
             .spawn(move || {
                 hold_loading_for_tests();
-                let _ = loaded_tx.send(load_engine(&model, &load_cfg));
+                let launched = launch(&model, &load_cfg)
+                    .map(|l| (l.engine, l.load_seconds))
+                    .map_err(|e| e.to_string());
+                let _ = loaded_tx.send(launched);
             })?;
         let supervisor = actix_web::rt::spawn(supervise(
             state.clone(),
@@ -316,51 +319,6 @@ fn hold_loading_for_tests() {
     }
 }
 
-/// Loads the model (a progress bar on a terminal) and starts the engine; also returns
-/// the seconds loading took.
-fn load_engine(path: &Path, cfg: &EngineConfig) -> Result<(EngineHandle, f64), String> {
-    if !path.exists() {
-        return Err(format!(
-            "model file `{}` not found; fetch the default model with scripts/fetch-model.sh or pass --model PATH",
-            path.display()
-        ));
-    }
-    let tty = std::io::stderr().is_terminal();
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let started = Instant::now();
-    let loaded = crate::model::load(path, cfg.max_model_len, |done, total| {
-        if tty {
-            let mut err = std::io::stderr();
-            let _ = write!(err, "\r{}", progress_line(&name, done, total));
-            let _ = err.flush();
-        }
-    })
-    .map_err(|e| format!("loading {}: {e}", path.display()))?;
-    if tty {
-        eprintln!();
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(seconds, "model loaded");
-    let engine = handle::start(loaded, cfg).map_err(|e| e.to_string())?;
-    Ok((engine, seconds))
-}
-
-/// `loading NAME [#######.......]  7/30 layers`.
-pub fn progress_line(name: &str, done: usize, total: usize) -> String {
-    const WIDTH: usize = 30;
-    let filled = (done * WIDTH)
-        .checked_div(total)
-        .unwrap_or(WIDTH)
-        .min(WIDTH);
-    format!(
-        "loading {name} [{}{}] {done:>3}/{total} layers",
-        "#".repeat(filled),
-        ".".repeat(WIDTH - filled)
-    )
-}
-
 /// A server running on its own thread (tests, embedding).
 pub struct SpawnedServer {
     pub addr: SocketAddr,
@@ -419,22 +377,5 @@ impl SpawnedServer {
         let deadline = Instant::now() + self.state.config.shutdown_timeout + EXIT_GRACE;
         // What could not be written is logged (this embedding has no exit status).
         let _lost = close_audit(&self.state, deadline);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_line_fills_with_layers() {
-        assert!(progress_line("m", 0, 30).contains("[..............................]"));
-        assert!(progress_line("m", 15, 30).contains(&format!(
-            "[{}{}]",
-            "#".repeat(15),
-            ".".repeat(15)
-        )));
-        assert!(progress_line("m", 30, 30).ends_with(" 30/30 layers"));
-        assert!(progress_line("m", 0, 0).contains(&"#".repeat(30)));
     }
 }

@@ -21,7 +21,7 @@ use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use serde_json::Map;
 
 use super::content_filter::{finish_fields, prompt_filter_results};
-use super::generate::{check_finish, total_usage, Generation};
+use super::generate::{check_finish, Generation};
 use super::response::{sse_data, SSE_DONE, SSE_KEEPALIVE};
 use crate::engine::stream::{TokenEvent, Usage};
 use crate::error::{http_error, ApiError};
@@ -149,7 +149,7 @@ impl SseState {
                 &self
                     .gen
                     .meta
-                    .usage_chunk(&total_usage(&self.usages, self.gen.n)),
+                    .usage_chunk(&Usage::total(&self.usages, self.gen.n)),
             );
         }
         out.push_str(SSE_DONE);

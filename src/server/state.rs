@@ -186,7 +186,7 @@ impl AppState {
         engine.set_step_observer(Arc::new(self.metrics.step_series()));
         let info = ModelInfo {
             model: engine.model().name.clone(),
-            dtype: super::observe::model_dtype(&engine.model().path),
+            dtype: engine.model().dtype.clone(),
             backend: "cpu".into(),
             max_model_len: engine.info().max_model_len,
             load_seconds,

@@ -1,17 +1,21 @@
 //! Request validation: wire requests (`request.rs`) become `ValidRequest`s, parsed once.
 //!
-//! After validation every prompt is tokenized, every prompt fits the context with its
-//! `max_tokens`, every sampling value is in range and no unsupported feature was asked
-//! for. Messages name the field, the limit and the value given (TGI's style).
+//! After validation every prompt is tokenized, non-empty, made of ids inside the
+//! vocabulary and fits the context with its `max_tokens`, every sampling value is in
+//! range and no unsupported feature was asked for. Messages name the field, the limit
+//! and the value given (TGI's style). This is the only place requests are checked: the
+//! engine trusts what it is given (`validate_sequence` serves front ends other than the
+//! HTTP routes, e.g. the CLI).
 
 use super::request::{
     int, ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptField,
     SamplingFields, StopField, UnsupportedFields,
 };
-use crate::engine::handle::EngineHandle;
-use crate::engine::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
-use crate::error::{ApiError, EngineError};
+use crate::engine::error::EngineError;
+use crate::engine::handle::{EngineHandle, EngineInfo};
+use crate::error::ApiError;
 use crate::model::chat_template::{encode_chat, ChatMessage};
+use crate::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
 
 /// Most choices one request may ask for (`n` × number of prompts).
 pub const MAX_SEQUENCES_PER_REQUEST: usize = 128;
@@ -107,6 +111,7 @@ pub fn validate_chat(
     let messages = chat_messages(req.messages.unwrap_or_default())?;
     let assets = engine.model();
     let ids = encode_chat(&assets.tokenizer, &assets.chat_template, &messages, true)?;
+    check_prompt(&ids, engine.info().vocab)?;
     let requested = match (req.max_completion_tokens, req.max_tokens) {
         (Some(n), _) => Some(("max_completion_tokens", n)),
         (None, Some(n)) => Some(("max_tokens", n)),
@@ -154,9 +159,7 @@ pub fn validate_completion(
     let requested = Some(("max_tokens", req.max_tokens.unwrap_or(16)));
     let mut valid = Vec::with_capacity(prompts.len());
     for ids in prompts {
-        if ids.is_empty() {
-            return Err(ApiError::Engine(EngineError::EmptyPrompt));
-        }
+        check_prompt(&ids, engine.info().vocab)?;
         let echo_text = if echo {
             Some(tokenizer.decode(&ids, false)?)
         } else {
@@ -172,6 +175,35 @@ pub fn validate_completion(
         (req.logprobs, echo_logprobs),
         engine,
     )
+}
+
+/// One sequence built outside an HTTP request (the CLI): the checks the routes apply,
+/// so that `EngineHandle::submit` may trust it.
+pub fn validate_sequence(
+    prompt: Vec<TokenId>,
+    sampling: SamplingParams,
+    info: &EngineInfo,
+) -> Result<(Vec<TokenId>, SamplingParams), ApiError> {
+    check_prompt(&prompt, info.vocab)?;
+    let requested = Some(("max_tokens", sampling.max_tokens as u64));
+    let valid = resolve_budget(prompt, requested, None, info.max_model_len)?;
+    sampling.validate()?;
+    Ok((valid.token_ids, sampling))
+}
+
+/// A prompt the model can read: at least one token, every id below `vocab`.
+fn check_prompt(ids: &[TokenId], vocab: usize) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Err(ApiError::Engine(EngineError::EmptyPrompt));
+    }
+    match ids.iter().position(|&t| t as usize >= vocab) {
+        Some(position) => Err(ApiError::Engine(EngineError::InvalidToken {
+            token_id: ids[position],
+            position,
+            vocab,
+        })),
+        None => Ok(()),
+    }
 }
 
 /// The output budget: as requested (must fit), or whatever the context leaves.
@@ -286,20 +318,23 @@ fn prompt_logprobs(given: Option<i64>, stream: bool) -> Result<Option<usize>, Ap
 /// API refuses what OpenAI refuses (the other ranges are the engine's own, which match).
 const MAX_TEMPERATURE: f32 = 2.0;
 
+/// OpenAI's range of `temperature`, for every route that takes one.
+pub(crate) fn check_temperature(temperature: Option<f32>) -> Result<(), ApiError> {
+    match temperature.filter(|t| !(0.0..=MAX_TEMPERATURE).contains(t)) {
+        Some(t) => Err(invalid(
+            "temperature",
+            format!("`temperature` must be in [0, {MAX_TEMPERATURE}]. Given: {t}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn sampling_params(
     f: &SamplingFields,
     top_logprobs: Option<u64>,
     vocab: usize,
 ) -> Result<SamplingParams, ApiError> {
-    if let Some(t) = f
-        .temperature
-        .filter(|t| !(0.0..=MAX_TEMPERATURE).contains(t))
-    {
-        return Err(invalid(
-            "temperature",
-            format!("`temperature` must be in [0, {MAX_TEMPERATURE}]. Given: {t}"),
-        ));
-    }
+    check_temperature(f.temperature)?;
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
@@ -524,75 +559,4 @@ fn text_parts(i: usize, parts: Vec<super::request::ContentPart>) -> Result<Strin
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budget_defaults_to_what_the_context_leaves_and_checks_fit() {
-        let p = resolve_budget(vec![1; 10], None, None, 64).expect("fits");
-        assert_eq!(p.max_tokens, 54);
-        let err = resolve_budget(vec![1; 10], Some(("max_tokens", 60)), None, 64).unwrap_err();
-        assert!(err.to_string().contains("64"), "{err}");
-        assert!(err.to_string().contains("70"), "{err}");
-        let zero = resolve_budget(vec![1; 10], Some(("max_tokens", 0)), None, 64).unwrap_err();
-        assert_eq!(zero.to_string(), "`max_tokens` must be >= 1. Given: 0");
-    }
-
-    #[test]
-    fn unknown_model_is_named() {
-        let served = vec!["a".to_string()];
-        assert_eq!(check_model(Some("a"), &served).expect("served"), "a");
-        let err = check_model(Some("b"), &served).unwrap_err();
-        assert!(matches!(err, ApiError::ModelNotFound { .. }));
-        assert!(matches!(
-            check_model(None, &served),
-            Err(ApiError::InvalidRequest { .. })
-        ));
-    }
-
-    #[test]
-    fn unsupported_fields_are_refused_by_name() {
-        let refuse = |json: serde_json::Value| {
-            let u: UnsupportedFields = serde_json::from_value(json).expect("parses");
-            refuse_unsupported(&u, None).err().map(|e| e.to_string())
-        };
-        assert!(refuse(serde_json::json!({"tools": [{"type": "function"}]}))
-            .is_some_and(|m| m.starts_with("`tools`")));
-        assert!(
-            refuse(serde_json::json!({"response_format": {"type": "json_schema"}}))
-                .is_some_and(|m| m.contains("json_schema"))
-        );
-        assert!(refuse(serde_json::json!({"best_of": 3})).is_some());
-        assert!(refuse(serde_json::json!({"response_format": {"type": "text"}, "tools": [], "tool_choice": "none"})).is_none());
-    }
-
-    #[test]
-    fn messages_map_roles_and_text_parts() {
-        let msgs: Vec<ChatMessageIn> = serde_json::from_value(serde_json::json!([
-            {"role": "developer", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-        ]))
-        .expect("parses");
-        let out = chat_messages(msgs).expect("valid");
-        assert_eq!(
-            out,
-            vec![
-                ChatMessage::new("system", "be brief"),
-                ChatMessage::new("user", "a\nb")
-            ]
-        );
-        let image: Vec<ChatMessageIn> = serde_json::from_value(serde_json::json!([
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
-        ]))
-        .expect("parses");
-        let err = chat_messages(image).unwrap_err().to_string();
-        assert!(err.contains("messages[0].content[0].type"), "{err}");
-        let tool: Vec<ChatMessageIn> =
-            serde_json::from_value(serde_json::json!([{"role": "tool", "content": "x"}]))
-                .expect("parses");
-        assert!(matches!(
-            chat_messages(tool),
-            Err(ApiError::Unsupported { .. })
-        ));
-    }
-}
+mod tests;

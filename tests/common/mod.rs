@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tessera::config::{default_model_path, EngineConfig};
 use tessera::engine::handle::{self, EngineHandle};
-use tessera::engine::request::SamplingParams;
+use tessera::request::SamplingParams;
 
 /// The default model; fails (not skips) with the fix when it has not been fetched.
 pub fn default_model() -> PathBuf {

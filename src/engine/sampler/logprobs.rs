@@ -6,10 +6,7 @@
 //! never enter the top list ahead of one. The normalizer is accumulated in f64 in token
 //! order, so equal rows give bit-equal logprobs.
 
-use crate::engine::request::{PromptLogprob, TokenId, TokenLogprobs};
-
-/// Most top logprobs returned per position (OpenAI's limit).
-pub const MAX_TOP_LOGPROBS: usize = 20;
+use crate::request::{PromptLogprob, TokenId, TokenLogprobs, MAX_TOP_LOGPROBS};
 
 /// What is kept of the raw row until the sampled token is known.
 #[derive(Debug, Default)]

@@ -23,11 +23,11 @@ mod rng;
 pub mod stop;
 mod truncation;
 
-pub use logprobs::{prompt_logprob, MAX_TOP_LOGPROBS};
+pub use logprobs::prompt_logprob;
 pub use rng::SeqRng;
 pub use stop::{StopCheck, StopStringMatcher};
 
-use crate::engine::request::{SampledToken, SamplingParams, TokenId};
+use crate::request::{SampledToken, SamplingParams, TokenId};
 use logprobs::RawLogprobs;
 use penalties::TokenCounts;
 

@@ -7,7 +7,7 @@
 //!
 //! Invariant: `TokenCounts` is all zeros between calls (each user clears what it set).
 
-use crate::engine::request::TokenId;
+use crate::request::TokenId;
 
 /// Reusable `[vocab]` counter, all zeros between calls.
 #[derive(Debug, Default)]

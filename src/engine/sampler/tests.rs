@@ -1,7 +1,7 @@
 //! Behaviour tests of `sample` as the engine calls it: one row, one request.
 
 use super::*;
-use crate::engine::request::TokenLogprobs;
+use crate::request::TokenLogprobs;
 
 const EOS: TokenId = 3;
 

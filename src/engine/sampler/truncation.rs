@@ -19,7 +19,7 @@ use std::cmp::Ordering;
 
 use super::logprobs::rank_value;
 use super::rng::SeqRng;
-use crate::engine::request::{SamplingParams, TokenId};
+use crate::request::{SamplingParams, TokenId};
 
 /// The nucleus search sorts at most this many tokens.
 const NUCLEUS_SORT_LEN: usize = 64;

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::tensor::ggml_type_name;
+use super::dtype::ggml_type_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {

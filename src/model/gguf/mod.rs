@@ -14,6 +14,7 @@
 //! u64 kv_count, kv pairs, tensor infos, padding to `alignment`, tensor data.
 
 mod access;
+mod dtype;
 mod error;
 mod reader;
 mod tensor;
@@ -24,8 +25,9 @@ use std::fmt;
 use std::path::Path;
 
 pub use candle_core::quantized::GgmlDType;
+pub use dtype::{dominant_dtype, dtype_from_ggml_id, dtype_name, ggml_type_name};
 pub use error::GgufError;
-pub use tensor::{dtype_from_ggml_id, dtype_name, ggml_type_name, GgufTensorInfo};
+pub use tensor::GgufTensorInfo;
 pub use value::GgufValue;
 
 use reader::{Cursor, Named};

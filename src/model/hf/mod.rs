@@ -21,11 +21,10 @@ pub use tensors::{rope_pairs_adjacent, HfTensors};
 
 use super::chat_template::ChatTemplate;
 use super::safetensors::Checkpoint;
+use super::tensor_names::Naming;
 use super::tokenizer::Tokenizer;
 use super::transformer::{DenseLayout, LmHead, Transformer};
-use super::weights::WeightLoader;
-use super::ModelError;
-use crate::model::tensor_names::Naming;
+use super::weights::{WeightError, WeightLoader};
 
 /// Largest config.json accepted.
 const MAX_CONFIG_JSON: u64 = 16 << 20;
@@ -42,25 +41,20 @@ pub fn read_config(dir: &Path) -> Result<HfConfig, HfError> {
     HfConfig::from_json(&error::read_json(&path, MAX_CONFIG_JSON)?)
 }
 
-/// The parts of a loaded folder; `model::load` adds the name and checks the context.
-pub struct HfModel {
-    pub config: HfConfig,
-    pub transformer: Transformer,
-    pub tokenizer: Tokenizer,
-    pub chat_template: ChatTemplate,
+/// The folder's tokenizer and chat template (cheap: load them before the weights, so a
+/// broken tokenizer does not cost a weight load).
+pub fn load_text(dir: &Path, config: &HfConfig) -> Result<(Tokenizer, ChatTemplate), HfError> {
+    tokenizer::load(dir, config)
 }
 
-/// Loads the folder `dir` with a RoPE table of `max_positions(config)` positions.
-pub fn load(
-    dir: &Path,
-    max_positions: impl FnOnce(&HfConfig) -> Result<usize, ModelError>,
+/// The weights of `checkpoint` (the folder's `*.safetensors`) as a `Transformer` with a
+/// RoPE table of `max_positions`.
+pub fn load_weights(
+    checkpoint: Checkpoint,
+    config: &HfConfig,
+    max_positions: usize,
     progress: impl FnMut(usize, usize),
-) -> Result<HfModel, ModelError> {
-    let config = read_config(dir)?;
-    let positions = max_positions(&config)?;
-    // The tokenizer first: it is cheap, and a broken one should not cost a weight load.
-    let (tokenizer, chat_template) = tokenizer::load(dir, &config)?;
-    let checkpoint = Checkpoint::open_dir(dir).map_err(super::weights::WeightError::from)?;
+) -> Result<Transformer, WeightError> {
     let tensors = HfTensors::new(checkpoint, &config.model);
     let layout = DenseLayout {
         qkv_bias: config.qkv_bias,
@@ -71,12 +65,11 @@ pub fn load(
         },
     };
     let loader = WeightLoader::with_source(&tensors, Naming::HuggingFace);
-    let transformer =
-        Transformer::from_weights(&loader, config.model.clone(), layout, positions, progress)?;
-    Ok(HfModel {
-        config,
-        transformer,
-        tokenizer,
-        chat_template,
-    })
+    Transformer::from_weights(
+        &loader,
+        config.model.clone(),
+        layout,
+        max_positions,
+        progress,
+    )
 }

@@ -1,4 +1,4 @@
-//! AVX-512 VNNI kernels over row panels (`panel`): one weight row against 8·G activation
+//! AVX-512 VNNI kernels over row panels (`panel_layout`): one weight row against 8·G activation
 //! rows, each row's float operations exactly those of its single-row kernel.
 //!
 //! Lanes: ggml's single-row kernels keep 8 f32 lanes per row, lane `l` accumulating the
@@ -22,7 +22,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::Q4_1;
-use super::panel::{PanelQ8_0, PanelQ8_1, GROUP};
+use super::panel_layout::{PanelQ8_0, PanelQ8_1, GROUP};
 use crate::ops::act_quant::Q8_0;
 
 /// `vpermd` indices doubling each 4-byte group: `[g0, g0, g1, g1, .., g7, g7]`.

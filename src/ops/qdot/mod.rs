@@ -30,6 +30,7 @@ mod kquants;
 mod legacy;
 mod low_k;
 pub mod panel;
+mod panel_layout;
 #[cfg(test)]
 mod panel_tests;
 #[cfg(test)]

@@ -124,8 +124,7 @@ fn blocked_waiting_head_is_not_skipped() {
     // it; C (4 tokens) could, but must wait behind B.
     let mut s = Scheduler::new(cfg(4, 16, 256)).expect("valid");
     for (id, len) in [(1, 40), (2, 40), (3, 4)] {
-        s.add_request(request(id, prompt(id, len), 8))
-            .expect("accepted");
+        s.add_request(request(id, prompt(id, len), 8));
     }
     let mut runner = FakeRunner::new(s.config(), default_sampler());
     let mut run = Run::default();
@@ -150,7 +149,7 @@ fn preemption_case(enable_prefix_caching: bool) {
     };
     let mut s = Scheduler::new(config.clone()).expect("valid");
     for r in to_requests(&reqs) {
-        s.add_request(r).expect("accepted");
+        s.add_request(r);
     }
     let mut runner = FakeRunner::new(&config, default_sampler());
     let run = drive(&mut s, &mut runner);
@@ -187,12 +186,12 @@ fn preempted_request_goes_to_front_of_waiting() {
         ..cfg(4, 16, 256)
     })
     .expect("valid");
-    s.add_request(request(1, prompt(1, 28), 30)).expect("ok");
-    s.add_request(request(2, prompt(2, 28), 30)).expect("ok");
+    s.add_request(request(1, prompt(1, 28), 30));
+    s.add_request(request(2, prompt(2, 28), 30));
     let mut runner = FakeRunner::new(s.config(), default_sampler());
     let mut run = Run::default();
     step(&mut s, &mut runner, &mut run);
-    s.add_request(request(3, prompt(3, 4), 2)).expect("ok"); // arrives later
+    s.add_request(request(3, prompt(3, 4), 2)); // arrives later
     while run.steps.last().is_some_and(|o| o.preempted.is_empty()) {
         step(&mut s, &mut runner, &mut run);
     }
@@ -203,10 +202,7 @@ fn preempted_request_goes_to_front_of_waiting() {
         "no admission"
     );
     let req2 = s.request(2).expect("kept");
-    assert_eq!(
-        req2.status,
-        crate::engine::request::RequestStatus::Preempted
-    );
+    assert_eq!(req2.status, crate::request::RequestStatus::Preempted);
     assert!(!req2.output_token_ids.is_empty(), "outputs kept");
     step(&mut s, &mut runner, &mut run);
     // 2 is first in line again: 3 (which would fit) does not overtake it.
@@ -222,11 +218,11 @@ fn shared_prefix_hits_and_matches_cold_run() {
     let b = common;
 
     let mut s = Scheduler::new(cfg(4, 32, 64)).expect("valid");
-    s.add_request(request(1, a, 4)).expect("ok");
+    s.add_request(request(1, a, 4));
     let mut runner = FakeRunner::new(s.config(), default_sampler());
     let warm_a = drive(&mut s, &mut runner);
     assert_eq!(warm_a.cached[&1], 0);
-    s.add_request(request(2, b.clone(), 6)).expect("ok");
+    s.add_request(request(2, b.clone(), 6));
     let warm = drive(&mut s, &mut runner);
     assert_eq!(warm.cached[&2], 24, "six full shared blocks hit");
     assert_eq!(chunks(&warm, 2)[0], (24, 5, true));
@@ -244,11 +240,11 @@ fn running_request_shares_its_computed_prefix() {
     let mut b = a[..16].to_vec();
     b.extend([7, 7, 7]);
     let mut s = Scheduler::new(cfg(4, 32, 64)).expect("valid");
-    s.add_request(request(1, a, 10)).expect("ok");
+    s.add_request(request(1, a, 10));
     let mut runner = FakeRunner::new(s.config(), default_sampler());
     let mut run = Run::default();
     step(&mut s, &mut runner, &mut run);
-    s.add_request(request(2, b.clone(), 5)).expect("ok");
+    s.add_request(request(2, b.clone(), 5));
     step(&mut s, &mut runner, &mut run);
     assert_eq!(
         s.block_table(1)[..4],
@@ -276,28 +272,41 @@ fn prefix_caching_off_never_hits() {
 }
 
 #[test]
-fn add_request_rejects_requests_that_cannot_run() {
+fn a_prompt_of_exactly_max_model_len_runs_one_token() {
     let mut s = Scheduler::new(cfg(4, 16, 64)).expect("valid");
-    let too_long = s.add_request(request(1, prompt(1, 65), 1));
-    let err = too_long.expect_err("65 > max_model_len 64");
-    assert!(matches!(
-        err,
-        SchedulerError::PromptTooLong { prompt_len: 65, .. }
-    ));
-    assert!(err.to_string().contains("65 tokens") && err.to_string().contains("(64)"));
-    assert_eq!(s.add_request(request(2, prompt(2, 64), 1)), Ok(()));
-    let empty = s.add_request(request(3, vec![], 1));
-    assert_eq!(empty, Err(SchedulerError::EmptyPrompt { req_id: 3 }));
-    let zero = s.add_request(request(4, prompt(4, 3), 0));
-    assert_eq!(zero, Err(SchedulerError::ZeroMaxTokens { req_id: 4 }));
-    let dup = s.add_request(request(2, prompt(2, 3), 1));
-    assert_eq!(dup, Err(SchedulerError::DuplicateRequestId { req_id: 2 }));
-    assert_eq!(s.num_waiting(), 1, "rejected requests are not queued");
-    // A prompt of exactly max_model_len runs and stops after one token.
+    s.add_request(request(2, prompt(2, 64), 1));
     let mut runner = FakeRunner::new(s.config(), default_sampler());
     let run = drive(&mut s, &mut runner);
     assert_eq!(run.tokens[&2].len(), 1);
     assert_eq!(run.finish[&2], FinishReason::Length);
+}
+
+// Requests that could never run are refused by validation (`server::validate`) before
+// they reach the scheduler, which only asserts that in debug builds.
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "> max_model_len 64")]
+fn a_prompt_longer_than_max_model_len_is_a_bug() {
+    let mut s = Scheduler::new(cfg(4, 16, 64)).expect("valid");
+    s.add_request(request(1, prompt(1, 65), 1));
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "empty prompt")]
+fn an_empty_prompt_is_a_bug() {
+    let mut s = Scheduler::new(cfg(4, 16, 64)).expect("valid");
+    s.add_request(request(3, vec![], 1));
+}
+
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "already queued or running")]
+fn a_reused_request_id_is_a_bug() {
+    let mut s = Scheduler::new(cfg(4, 16, 64)).expect("valid");
+    s.add_request(request(2, prompt(2, 3), 1));
+    s.add_request(request(2, prompt(2, 3), 1));
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! Aborts at every point of a request's life, and stop conditions.
 
 use super::*;
-use crate::engine::request::RequestStatus;
+use crate::request::RequestStatus;
 use crate::scheduler::check_stop;
 
 fn scheduler(config: SchedulerConfig, reqs: Vec<Request>) -> Scheduler {
     let mut s = Scheduler::new(config).expect("valid");
     for r in reqs {
-        s.add_request(r).expect("accepted");
+        s.add_request(r);
     }
     s
 }
@@ -190,7 +190,7 @@ fn check_stop_prefers_stop_over_length() {
     assert_eq!(check_stop(&req, 64), Some(FinishReason::Stop));
     req.output_token_ids = vec![3, 4];
     assert_eq!(check_stop(&req, 64), Some(FinishReason::Length));
-    req.sampling.max_tokens = 10;
+    std::sync::Arc::make_mut(&mut req.sampling).max_tokens = 10;
     assert_eq!(
         check_stop(&req, 4),
         Some(FinishReason::Length),

@@ -3,6 +3,10 @@
 //! sampling position reads the whole context back (asserting it is intact) and samples
 //! a token that depends on it. Wrong block tables, blocks freed while in use, or bad
 //! prefix-cache hits therefore fail loudly or change the outputs.
+//!
+//! Like the real runner, the fake one knows tokens and block tables only from the
+//! `SchedulerOutput`s (through the runner's own `RequestStates`), and checks at every
+//! step that what they gave it equals the scheduler's own books.
 
 mod admission;
 mod lifecycle;
@@ -11,9 +15,8 @@ use std::collections::HashMap;
 
 use super::output::{ModelRunnerOutput, SchedulerOutput};
 use super::{Scheduler, SchedulerConfig};
-use crate::engine::request::{
-    FinishReason, Request, RequestId, SampledToken, SamplingParams, TokenId,
-};
+use crate::request::{FinishReason, Request, RequestId, SampledToken, SamplingParams, TokenId};
+use crate::runner::requests::{RequestState, RequestStates};
 
 /// EOS id used by the tests; the default fake sampler only emits ids < 1000.
 pub(super) const EOS: TokenId = 2000;
@@ -55,6 +58,8 @@ pub(super) struct FakeRunner {
     slots: Vec<Option<TokenId>>,
     block_size: usize,
     sampler: SampleFn,
+    /// The requests as the outputs described them.
+    requests: RequestStates,
 }
 
 impl FakeRunner {
@@ -63,40 +68,56 @@ impl FakeRunner {
             slots: vec![None; config.num_blocks * config.block_size],
             block_size: config.block_size,
             sampler,
+            requests: RequestStates::default(),
         }
     }
 
-    fn slot(&self, table: &[u32], pos: usize) -> usize {
-        let block = table[pos / self.block_size] as usize;
-        block * self.block_size + pos % self.block_size
+    fn slot(block_size: usize, table: &[u32], pos: usize) -> usize {
+        let block = table[pos / block_size] as usize;
+        block * block_size + pos % block_size
     }
 
-    /// Writes all scheduled tokens first (like one forward pass), then samples.
+    /// Applies `out` to the runner's requests and checks them against the scheduler's
+    /// books; then writes all scheduled tokens (like one forward pass), then samples.
     pub(super) fn execute(&mut self, s: &Scheduler, out: &SchedulerOutput) -> ModelRunnerOutput {
+        self.requests.update(out);
         for sr in &out.scheduled {
-            let req = s.request(sr.req_id).expect("scheduled request exists");
-            let table = s.block_table(sr.req_id);
+            let held = held(&self.requests, s, sr.req_id);
             for pos in sr.start_pos..sr.start_pos + sr.num_tokens {
-                let slot = self.slot(table, pos);
-                self.slots[slot] = Some(req.token_at(pos));
+                let slot = Self::slot(self.block_size, held.block_ids(), pos);
+                self.slots[slot] = Some(held.token_at(pos));
             }
         }
         let mut sampled = Vec::new();
         for sr in out.scheduled.iter().filter(|sr| sr.sample) {
-            let req = s.request(sr.req_id).expect("scheduled request exists");
-            let table = s.block_table(sr.req_id);
+            let held = held(&self.requests, s, sr.req_id);
             let mut checksum = 0u64;
             for pos in 0..sr.start_pos + sr.num_tokens {
-                let got = self.slots[self.slot(table, pos)];
-                assert_eq!(got, Some(req.token_at(pos)), "req {} pos {pos}", req.id);
-                checksum = checksum.wrapping_mul(1_000_003) ^ u64::from(req.token_at(pos));
+                let got = self.slots[Self::slot(self.block_size, held.block_ids(), pos)];
+                assert_eq!(got, Some(held.token_at(pos)), "req {} pos {pos}", sr.req_id);
+                checksum = checksum.wrapping_mul(1_000_003) ^ u64::from(held.token_at(pos));
             }
+            let req = s.request(sr.req_id).expect("scheduled request exists");
             let token_id = (self.sampler)(req, checksum);
             let logprobs = None;
             sampled.push((sr.req_id, SampledToken { token_id, logprobs }));
         }
         ModelRunnerOutput { sampled }
     }
+}
+
+/// The runner's copy of scheduled request `id`, asserted equal to the scheduler's tokens
+/// and block table.
+fn held<'a>(requests: &'a RequestStates, s: &Scheduler, id: RequestId) -> &'a RequestState {
+    let held = requests
+        .get(id)
+        .expect("scheduled request held by the runner");
+    let req = s.request(id).expect("scheduled request exists");
+    assert_eq!(held.block_ids(), s.block_table(id), "req {id}: block table");
+    let tokens: Vec<TokenId> = (0..held.num_tokens()).map(|p| held.token_at(p)).collect();
+    let truth: Vec<TokenId> = req.all_token_ids().collect();
+    assert_eq!(tokens, truth, "req {id}: tokens");
+    held
 }
 
 /// Everything observed while driving a scheduler to completion.
@@ -182,7 +203,7 @@ pub(super) fn request(id: RequestId, tokens: Vec<TokenId>, max_tokens: usize) ->
 pub(super) fn run_all(config: SchedulerConfig, reqs: Vec<Request>) -> Run {
     let mut s = Scheduler::new(config.clone()).expect("valid config");
     for r in reqs {
-        s.add_request(r).expect("accepted");
+        s.add_request(r);
     }
     let mut runner = FakeRunner::new(&config, default_sampler());
     drive(&mut s, &mut runner)

@@ -20,9 +20,9 @@ use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
 
 use crate::dialog::{Dialog, PreparedTurn, Status, TurnOutcome, TurnUsage};
-use crate::engine::request::FinishReason;
 use crate::engine::stream::{TokenEvent, Usage};
 use crate::error::{http_error, ApiError};
+use crate::request::FinishReason;
 use crate::server::generate::{check_finish, Generation};
 use crate::server::response::SSE_KEEPALIVE;
 

@@ -7,10 +7,10 @@ use serde_json::Value;
 
 use crate::dialog::items::parse_input;
 use crate::dialog::{check_metadata, ResponseFields, Truncation, TurnRequest};
-use crate::engine::request::SamplingParams;
 use crate::error::ApiError;
+use crate::request::SamplingParams;
 use crate::server::request::JsonBody;
-use crate::server::validate::{check_model, invalid, unsupported};
+use crate::server::validate::{check_model, check_temperature, invalid, unsupported};
 
 /// `conversation`: an id or `{"id": ...}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +97,7 @@ impl ResponsesRequest {
         let conversation_id = self.conversation.map(|c| match c {
             ConversationRef::Id(id) | ConversationRef::Object { id } => id,
         });
+        check_temperature(self.temperature)?;
         let sampling = SamplingParams {
             temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p.unwrap_or(1.0),
@@ -249,6 +250,10 @@ mod tests {
             "max_output_tokens"
         );
         assert_eq!(param(json!({"model": "m"})), "input");
+        // OpenAI's temperature range, as on the other generation routes.
+        assert_eq!(param(base(json!({"temperature": 2.5}))), "temperature");
+        assert_eq!(param(base(json!({"temperature": -0.5}))), "temperature");
+        assert_eq!(param(base(json!({"temperature": 2}))), "ok");
         assert_eq!(
             param(base(
                 json!({"tools": [], "tool_choice": "auto", "include": []})

@@ -1,26 +1,27 @@
-//! Physical K/V storage for every layer: `[num_blocks, block_size, n_kv_heads, head_dim]`
-//! f16 per layer for K and for V. Block ids come from `kvcache::KvCacheManager`; this
-//! type only holds the numbers. Allocated zeroed, so pages are only resident once a
-//! block is first written.
+//! The physical K/V memory of every layer: `[num_blocks, block_size, n_kv_heads,
+//! head_dim]` f16 per layer for K and for V, owned by the model runner. Which block
+//! holds which request's tokens is bookkeeping done elsewhere (`crate::kvcache`: block
+//! pool, block tables, prefix cache); this type only holds the numbers. Allocated
+//! zeroed, so pages are only resident once a block is first written.
 
 use half::f16;
 
 use crate::ops::attention::KvGeometry;
 
-/// One layer's cache.
+/// One layer's K and V memory.
 pub struct LayerKv {
     pub k: Vec<f16>,
     pub v: Vec<f16>,
 }
 
-/// All layers' caches.
-pub struct KvCache {
+/// All layers' K/V memory.
+pub struct KvStorage {
     pub geo: KvGeometry,
     pub num_blocks: usize,
     pub layers: Vec<LayerKv>,
 }
 
-impl KvCache {
+impl KvStorage {
     pub fn new(n_layers: usize, num_blocks: usize, geo: KvGeometry) -> Self {
         let len = num_blocks * geo.block_size * geo.token_stride();
         let layers = (0..n_layers)

@@ -1,10 +1,17 @@
-//! Per-request state as the engine sees it (vLLM v1 vocabulary).
+//! The request vocabulary every layer shares, below all of them (vLLM v1's
+//! `vllm/v1/request.py`): ids, sampling parameters, finish reasons, sampled tokens and
+//! their logprobs, and `Request`, one sequence as the scheduler and the KV cache manager
+//! see it. The server validates into these types; nothing here imports another module of
+//! the crate.
 //!
-//! Invariant: `num_computed_tokens <= num_tokens()`; tokens
+//! Invariant of `Request`: `num_computed_tokens <= num_tokens()`; tokens
 //! `[num_computed_tokens, num_tokens())` still have to be run through the model. That one
 //! rule covers prefill, chunked prefill, decode, prefix-cache hits and recompute after
-//! preemption (which resets `num_computed_tokens` to 0).
+//! preemption (which resets `num_computed_tokens` to 0). The prompt, the sampling
+//! parameters and the EOS ids are shared (`Arc`) with the engine's sampler and the
+//! runner, never copied per step.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Engine-wide unique id of one sequence.
@@ -149,19 +156,31 @@ pub struct SampledToken {
     pub logprobs: Option<TokenLogprobs>,
 }
 
+/// Token at absolute position `pos` of a sequence whose tokens are `prompt` then `output`
+/// (the scheduler's `Request` and the runner's copy of it both store them so).
+pub fn token_at(prompt: &[TokenId], output: &[TokenId], pos: usize) -> TokenId {
+    match pos.checked_sub(prompt.len()) {
+        None => prompt[pos],
+        Some(i) => output[i],
+    }
+}
+
 /// One sequence being served.
 #[derive(Debug)]
 pub struct Request {
     pub id: RequestId,
-    pub prompt_token_ids: Vec<TokenId>,
+    pub prompt_token_ids: Arc<[TokenId]>,
     pub output_token_ids: Vec<TokenId>,
     /// Tokens whose K/V are in the cache (computed or taken from the prefix cache).
     pub num_computed_tokens: usize,
     /// Prompt tokens served from the prefix cache at first schedule.
     pub num_cached_tokens: usize,
-    pub sampling: SamplingParams,
+    /// Leading tokens the model runner holds for this request: sent in the step that
+    /// admitted it, then as deltas (`scheduler::output`). 0 while it is not admitted.
+    pub num_runner_tokens: usize,
+    pub sampling: Arc<SamplingParams>,
     /// The model's EOS token ids (ignored when `sampling.ignore_eos`).
-    pub eos_token_ids: Vec<TokenId>,
+    pub eos_token_ids: Arc<[TokenId]>,
     pub status: RequestStatus,
     pub arrival: Instant,
     /// Number of times this request lost its blocks.
@@ -171,18 +190,19 @@ pub struct Request {
 impl Request {
     pub fn new(
         id: RequestId,
-        prompt_token_ids: Vec<TokenId>,
-        sampling: SamplingParams,
-        eos_token_ids: Vec<TokenId>,
+        prompt_token_ids: impl Into<Arc<[TokenId]>>,
+        sampling: impl Into<Arc<SamplingParams>>,
+        eos_token_ids: impl Into<Arc<[TokenId]>>,
     ) -> Self {
         Self {
             id,
-            prompt_token_ids,
+            prompt_token_ids: prompt_token_ids.into(),
             output_token_ids: Vec::new(),
             num_computed_tokens: 0,
             num_cached_tokens: 0,
-            sampling,
-            eos_token_ids,
+            num_runner_tokens: 0,
+            sampling: sampling.into(),
+            eos_token_ids: eos_token_ids.into(),
             status: RequestStatus::Waiting,
             arrival: Instant::now(),
             num_preemptions: 0,
@@ -196,12 +216,7 @@ impl Request {
 
     /// Token at absolute position `pos` (prompt first, then output).
     pub fn token_at(&self, pos: usize) -> TokenId {
-        let n_prompt = self.prompt_token_ids.len();
-        if pos < n_prompt {
-            self.prompt_token_ids[pos]
-        } else {
-            self.output_token_ids[pos - n_prompt]
-        }
+        token_at(&self.prompt_token_ids, &self.output_token_ids, pos)
     }
 
     /// All tokens, prompt first.
@@ -220,10 +235,20 @@ impl Request {
 /// Largest `top_logprobs` OpenAI accepts.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// A sampling value the sampler cannot honour: the field, the rule and the value given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{field}` {problem}. Given: {given}")]
+pub struct InvalidParam {
+    pub field: &'static str,
+    pub problem: String,
+    pub given: String,
+}
+
 impl SamplingParams {
-    /// Rejects values the sampler cannot honour; messages name field, limit and value.
-    pub fn validate(&self) -> Result<(), crate::error::EngineError> {
-        use crate::error::EngineError::InvalidParam;
+    /// The sampler's rules for its parameters; messages name field, limit and value.
+    /// Applied once, by the front end's validator (`server::validate`), before a request
+    /// is submitted: below that, the engine only asserts them in debug builds.
+    pub fn validate(&self) -> Result<(), InvalidParam> {
         let bad = |field: &'static str, problem: &str, given: String| {
             Err(InvalidParam {
                 field,

@@ -1,0 +1,145 @@
+//! One pre-norm decoder layer of the llama/qwen2 layout, the same for every family:
+//! `x += attn(norm(x))`, then `x += ffn(norm(x))` where the feed-forward half is a dense
+//! SwiGLU MLP or a mixture of experts. Built from the shared `layers` and `moe` blocks
+//! by `DecoderLayer::load`, under the loader's naming (GGUF or Hugging Face).
+//!
+//! Shapes: `ws.x: [T, hidden]` is the residual stream of all `T` tokens of the step;
+//! attention reads each sequence's K/V through its block table (`LayerInputs`).
+
+use super::config::ModelConfig;
+use super::kv_storage::LayerKv;
+use super::layers::{AttentionBlock, Mlp};
+use super::moe::MoeBlock;
+use super::tensor_names::LayerTensor;
+use super::weights::{WeightError, WeightLoader};
+use super::workspace::Workspace;
+use crate::ops::attention::{paged_attention, write_kv, AttnInputs, AttnSeq, KvGeometry};
+use crate::ops::norm::rms_norm;
+use crate::ops::rope::RopeTable;
+use crate::ops::{add_assign, add_bias};
+
+/// The feed-forward half of a decoder layer.
+pub enum FeedForward {
+    Dense(Mlp),
+    Moe(Box<MoeBlock>),
+}
+
+impl FeedForward {
+    /// Bytes of weights (all experts for a MoE block).
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            FeedForward::Dense(mlp) => mlp.gate_up.size_bytes() + mlp.down.size_bytes(),
+            FeedForward::Moe(moe) => moe.size_bytes(),
+        }
+    }
+}
+
+/// One pre-norm decoder layer.
+pub struct DecoderLayer {
+    pub attn_norm: Vec<f32>,
+    pub attn: AttentionBlock,
+    pub ffn_norm: Vec<f32>,
+    pub ffn: FeedForward,
+}
+
+/// Per-step inputs shared by every layer.
+pub struct LayerInputs<'a> {
+    pub positions: &'a [u32],
+    pub slots: &'a [u32],
+    pub seqs: &'a [AttnSeq],
+    pub block_tables: &'a [u32],
+    pub rope: &'a RopeTable,
+    pub geo: KvGeometry,
+    pub n_heads: usize,
+    pub rms_eps: f32,
+}
+
+impl DecoderLayer {
+    /// Decoder layer `i`: attention, then a dense SwiGLU MLP, or (GGUF only) a mixture
+    /// of experts when `cfg.moe` says so.
+    pub fn load(
+        w: &WeightLoader<'_>,
+        cfg: &ModelConfig,
+        i: usize,
+        qkv_bias: bool,
+    ) -> Result<Self, WeightError> {
+        use LayerTensor::{AttnNorm, Down, FfnNorm, Gate, Up};
+        let ffn = match &cfg.moe {
+            None => FeedForward::Dense(Mlp::load(w, i, [Gate, Up, Down], cfg.hidden, cfg.ffn)?),
+            Some(moe) => FeedForward::Moe(Box::new(MoeBlock::load(w, cfg.hidden, moe, i)?)),
+        };
+        let n = |t: LayerTensor| w.naming().layer(i, t);
+        Ok(Self {
+            attn_norm: w.vector(&n(AttnNorm), cfg.hidden)?,
+            attn: AttentionBlock::load(w, cfg, i, qkv_bias)?,
+            ffn_norm: w.vector(&n(FfnNorm), cfg.hidden)?,
+            ffn,
+        })
+    }
+
+    /// `ws.x: [T, hidden]` is updated in place (residual stream).
+    pub fn forward(&self, inp: &LayerInputs<'_>, kv: &mut LayerKv, ws: &mut Workspace) {
+        let t = inp.positions.len();
+        let (hidden, q_dim, kv_dim) = (ws.hidden, ws.q_dim, ws.kv_dim);
+        let hd = inp.geo.head_dim;
+
+        // Attention: xn = norm(x); q,k,v = xn·W; rope; cache; attend; x += o·Wo
+        rms_norm(
+            &ws.x[..t * hidden],
+            &self.attn_norm,
+            inp.rms_eps,
+            &mut ws.xn[..t * hidden],
+        );
+        let (q, k, v) = (
+            &mut ws.q[..t * q_dim],
+            &mut ws.k[..t * kv_dim],
+            &mut ws.v[..t * kv_dim],
+        );
+        self.attn
+            .qkv
+            .forward(&ws.xn[..t * hidden], t, &mut ws.fused, &mut [q, k, v]);
+        if let Some([bq, bk, bv]) = &self.attn.qkv_bias {
+            add_bias(&mut ws.q[..t * q_dim], bq);
+            add_bias(&mut ws.k[..t * kv_dim], bk);
+            add_bias(&mut ws.v[..t * kv_dim], bv);
+        }
+        inp.rope.apply(&mut ws.q[..t * q_dim], hd, inp.positions);
+        inp.rope.apply(&mut ws.k[..t * kv_dim], hd, inp.positions);
+        write_kv(
+            &mut kv.k,
+            &mut kv.v,
+            &ws.k[..t * kv_dim],
+            &ws.v[..t * kv_dim],
+            inp.slots,
+            inp.geo,
+        );
+        let attn_in = AttnInputs {
+            q: &ws.q[..t * q_dim],
+            n_heads: inp.n_heads,
+            k_cache: &kv.k,
+            v_cache: &kv.v,
+            geo: inp.geo,
+            seqs: inp.seqs,
+            block_tables: inp.block_tables,
+        };
+        paged_attention(attn_in, &mut ws.attn[..t * q_dim]);
+        self.attn
+            .out
+            .matmul(&ws.attn[..t * q_dim], t, &mut ws.xn[..t * hidden]);
+        add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
+
+        // FFN: x += mlp(norm(x)), dense or mixture of experts
+        rms_norm(
+            &ws.x[..t * hidden],
+            &self.ffn_norm,
+            inp.rms_eps,
+            &mut ws.xn[..t * hidden],
+        );
+        let xn = &mut ws.xn[..t * hidden];
+        match &self.ffn {
+            FeedForward::Dense(mlp) => mlp.forward(xn, t, &mut ws.gate, &mut ws.up, &mut ws.fused),
+            FeedForward::Moe(moe) => moe.forward(xn, t),
+        }
+        add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
+    }
+}

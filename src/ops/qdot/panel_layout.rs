@@ -1,0 +1,66 @@
+//! The row-panel block layout: quantized activations 8 rows at a time, block-major, as
+//! the packer (`panel`) writes them and the AVX-512 VNNI kernels (`avx512`) read them.
+//!
+//! A panel covers one group of 8 activation rows. For each 32-element block `b` it holds
+//! the quants of row pairs `(2p, 2p+1)` interleaved by 4-byte groups (64 bytes per pair:
+//! `[a0..4, b0..4, a4..8, b4..8, ..]`, one 512-bit register whose i32 lanes alternate
+//! between the two rows), followed by the 8 rows' scales as `[f32; 8]` vectors, so a
+//! kernel computes `d_w · d_a` (and Q8_1's `fma(m_w, s_a, summs)`) for 8 rows with one
+//! instruction. Each lane of those vector operations is exactly the scalar operation the
+//! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
+//! exact, so every row's result is bit-identical to `dot` (tests: `panel_tests`).
+//!
+//! Layout (`[groups][blocks]` of `Panel*`, 320 bytes each, 64-byte aligned):
+//! - `PanelQ8_1 { qs: [[i8; 64]; 4], d: [f32; 8], s: [f32; 8] }` (for Q4_1 weights).
+//! - `PanelQ8_0 { qs: [[u8; 64]; 4], d: [f32; 8] }` (for Q8_0 weights): quants stored
+//!   biased by +128 (`q ^ 0x80`) so `vpdpbusd` can take them as its unsigned operand.
+//!
+//! Rows past the end of the last group are zero (scale 0, quants 0): their results are
+//! finite and never written out.
+
+/// Activation rows per panel group.
+pub const GROUP: usize = 8;
+/// Elements per block (both supported types).
+pub const QK: usize = 32;
+
+/// Rows per pair (one 512-bit register of quants).
+pub(super) const PAIRS: usize = GROUP / 2;
+
+/// 8 rows of one Q8_1 block (for Q4_1 weights).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+pub struct PanelQ8_1 {
+    /// Row pairs' quants, interleaved by 4-byte groups.
+    pub qs: [[i8; 2 * QK]; PAIRS],
+    pub d: [f32; GROUP],
+    pub s: [f32; GROUP],
+}
+
+/// 8 rows of one Q8_0 block (for Q8_0 weights), quants biased by +128.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+pub struct PanelQ8_0 {
+    /// Row pairs' quants + 128, interleaved by 4-byte groups.
+    pub qs: [[u8; 2 * QK]; PAIRS],
+    pub d: [f32; GROUP],
+}
+
+const _: () = assert!(std::mem::size_of::<PanelQ8_1>() == 320);
+const _: () = assert!(std::mem::size_of::<PanelQ8_0>() == 320);
+
+/// Stores row `r`'s 32 quants in its pair's interleaved slots.
+#[inline]
+pub(super) fn put_row<T: Copy>(qs: &mut [[T; 2 * QK]; PAIRS], r: usize, row: [T; QK]) {
+    let (pair, half) = (r / 2, r % 2);
+    for (j, group) in row.chunks_exact(4).enumerate() {
+        let at = 8 * j + 4 * half;
+        qs[pair][at..at + 4].copy_from_slice(group);
+    }
+}
+
+/// Row `r`'s 32 quants out of its pair's interleaved slots (tests).
+#[cfg(test)]
+pub(crate) fn get_row<T: Copy + Default>(qs: &[[T; 2 * QK]; PAIRS], r: usize) -> [T; QK] {
+    let (pair, half) = (r / 2, r % 2);
+    std::array::from_fn(|i| qs[pair][8 * (i / 4) + 4 * half + i % 4])
+}
