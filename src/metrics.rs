@@ -21,6 +21,8 @@
 mod compat;
 mod series;
 
+pub use crate::audit::series::AuditSeries;
+
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -32,8 +34,8 @@ use crate::engine::stream::TokenEvent;
 use crate::model::moe::ExpertTokenCounts;
 use crate::request::FinishReason;
 pub use compat::{MetricsCompat, VLLM_NAMES};
-pub use series::{AuditSeries, StepSeries, HTTP_DURATION_BUCKETS, STEP_DURATION_BUCKETS};
 use series::{EngineSeries, HttpSeries, Reg, RequestSeries, TokenCountSeries};
+pub use series::{StepSeries, HTTP_DURATION_BUCKETS, STEP_DURATION_BUCKETS};
 
 // ---- histograms --------------------------------------------------------------------
 /// Arrival → first token produced, per sequence.

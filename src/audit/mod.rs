@@ -24,6 +24,7 @@ pub mod export;
 mod queue;
 pub mod retention;
 pub mod review;
+pub mod series;
 pub mod time;
 pub mod view;
 mod writer;
@@ -35,11 +36,11 @@ use std::time::{Duration, Instant};
 pub use exchange::{ChoiceOutcome, Exchange, ExchangeMeta, ExchangeOutcome, InputMessage};
 pub use time::{Clock, ClockRef, ManualClock};
 
-use crate::metrics::AuditSeries;
 use crate::store::{AuditEntry, AuditRecord, StoreError, StorePool};
 use queue::Queue;
 use retention::Retention;
 use review::ReviewSampler;
+use series::AuditSeries;
 use writer::Writer;
 
 /// The shortest retention accepted without `--allow-short-retention`.

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::queue::Queue;
+use super::series::AuditSeries;
 use super::time::{ClockRef, DAY_MS};
 use super::writer::refresh_review_depth;
-use crate::metrics::AuditSeries;
 use crate::store::{StoreError, StorePool};
 
 /// Exchanges deleted per transaction.

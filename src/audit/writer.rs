@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::queue::{Next, Queue};
-use crate::metrics::AuditSeries;
+use super::series::AuditSeries;
 use crate::store::{AuditEntry, StoreError, StorePool};
 
 /// Most records one write takes.

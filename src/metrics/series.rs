@@ -15,6 +15,7 @@ use prometheus::{
 };
 
 use super::*;
+use crate::audit::series::AuditSeries;
 use crate::engine::core::StepStats;
 use crate::engine::handle::StepObserver;
 
@@ -339,19 +340,6 @@ impl HttpSeries {
             )?,
         })
     }
-}
-
-/// The conversation log's series: recorded by its writer thread and retention job, the
-/// lag also at scrape time.
-#[derive(Clone)]
-pub struct AuditSeries {
-    pub records: IntCounter,
-    pub lag: Gauge,
-    pub batch: Histogram,
-    pub write_seconds: Histogram,
-    pub failures: IntCounter,
-    pub retention_deleted: IntCounter,
-    pub review_queue: IntGauge,
 }
 
 impl AuditSeries {
