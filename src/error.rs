@@ -116,6 +116,9 @@ pub enum ApiError {
     /// Refused by the moderation policy, or a moderation operation failed.
     #[error(transparent)]
     Moderation(#[from] crate::safety::ModerationError),
+    /// The conversation log: it lags (new requests refused), or an admin API call failed.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("the admin API is disabled; start the server with --admin-api-key")]
     AdminDisabled,
     #[error("missing or invalid admin API key: send `Authorization: Bearer <key>` with a key given to --admin-api-key")]
@@ -186,6 +189,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
             M::NotConfigured => (400, "invalid_request_error", "moderation_not_configured"),
             M::Reload(_) => (400, "invalid_request_error", "invalid_policy"),
         },
+        ApiError::Audit(e) => audit_status(e),
         ApiError::AdminDisabled => (403, "permission_error", "admin_api_disabled"),
         ApiError::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
         ApiError::RateLimited(_) => (429, "rate_limit_error", "rate_limit_exceeded"),
@@ -203,6 +207,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::Template(_) => Some("messages".to_string()),
         ApiError::PromptTooLong { param, .. } => Some(param.to_string()),
         ApiError::Dialog(e) => dialog_param(e),
+        ApiError::Audit(crate::audit::AuditError::Invalid { param, .. }) => Some(param.clone()),
         ApiError::Moderation(
             M::Blocked { param, .. } | M::TooLong { param, .. } | M::ControlChar { param, .. },
         ) => Some(param.clone()),
@@ -265,6 +270,23 @@ fn dialog_status(err: &crate::dialog::DialogError) -> (u16, &'static str, &'stat
         D::Store(S::NotFound(_)) => (404, "invalid_request_error", "not_found"),
         D::Store(S::Conflict(_)) => (409, "invalid_request_error", "conflict"),
         D::Store(_) | D::Internal(_) => (500, "server_error", "internal_error"),
+    }
+}
+
+/// Status, type and code of a conversation-log error (part of `http_error`).
+fn audit_status(err: &crate::audit::AuditError) -> (u16, &'static str, &'static str) {
+    use crate::audit::AuditError as A;
+    use crate::store::StoreError as S;
+    match err {
+        A::Unavailable { .. } => (503, "service_unavailable_error", "audit_unavailable"),
+        A::Disabled => (404, "not_found_error", "audit_log_disabled"),
+        A::NotFound { .. } => (404, "not_found_error", "not_found"),
+        A::Invalid { .. } => (400, "invalid_request_error", "invalid_value"),
+        A::Store(S::Unavailable(_) | S::Busy(_)) => {
+            (503, "service_unavailable_error", "store_unavailable")
+        }
+        A::Store(S::NotFound(_)) => (400, "invalid_request_error", "invalid_value"),
+        A::Store(_) => (500, "server_error", "internal_error"),
     }
 }
 

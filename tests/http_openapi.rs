@@ -98,10 +98,20 @@ fn example(method: &str, path: &str) -> Option<Value> {
     Some(body)
 }
 
-/// `path` with its parameters filled in: `{model}`, and for the dialog routes a new
-/// conversation (holding one item) and a new stored response.
+/// `path` with its parameters filled in: `{model}`, for the dialog routes a new
+/// conversation (holding one item) and a new stored response, for the admin routes a
+/// new logged exchange (or its thread).
 fn concrete(path: &str) -> String {
     let mut concrete = path.replace("{model}", MODEL).replace("{file}", "app.js");
+    if concrete.starts_with("/admin/v1/exchanges/") || concrete.starts_with("/admin/v1/threads/") {
+        let (exchange, thread) = http_support::logged_exchange(server(), AUTH.1);
+        let id = if concrete.starts_with("/admin/v1/threads/") {
+            thread
+        } else {
+            exchange
+        };
+        return concrete.replace("{id}", &id);
+    }
     if concrete.contains("{id}") || concrete.contains("{item_id}") {
         let made = |path: &str, body: Value| {
             let bytes = body.to_string();

@@ -98,6 +98,20 @@ impl PreparedTurn {
         self.prompt.window
     }
 
+    /// The dialog this turn belongs to (the conversation log's `thread_id`): its
+    /// conversation, else the first stored response of its `previous_response_id`
+    /// chain, else this response.
+    pub fn thread_id(&self) -> String {
+        if let Some(conversation) = &self.fields.conversation_id {
+            return conversation.clone();
+        }
+        match &self.context.stamp {
+            Stamp::Chain { response_ids } => response_ids.first().cloned(),
+            Stamp::Conversation { .. } => None,
+        }
+        .unwrap_or_else(|| self.response_id.clone())
+    }
+
     /// The response object without output, in `status` (`in_progress` while the turn
     /// runs, `failed` when it could not finish).
     pub fn snapshot(&self, status: &Status) -> Value {

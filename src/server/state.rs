@@ -1,6 +1,6 @@
 //! Server-wide state shared by every handler: configuration, the engine (once loaded),
 //! the lifecycle phase, admission control, the CPU pool for request work, the prompt
-//! byte limit of the loaded model, and metrics.
+//! byte limit of the loaded model, metrics, and the conversation log.
 //!
 //! Invariants: the phase only moves forward (`Loading → Ready → Draining`); the engine is
 //! set exactly once, before the phase becomes `Ready`; `in_flight` equals the number of
@@ -11,11 +11,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
 
 use super::cpu::{CpuPool, PromptLimit};
+use crate::audit::AuditLog;
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, MetricsCompat, ModelInfo};
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     /// This replica's name in the `X-Tessera-Replica` response header and `/server_info`
     /// (`--replica-id`; `None`: `hostname:port`, filled in once the port is bound).
     pub replica_id: Option<String>,
+    /// The conversation log: lag limit, retention, review sampling.
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
             admin_api_keys: Vec::new(),
             chat: super::ws::ChatConfig::default(),
             replica_id: None,
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }
@@ -151,6 +155,11 @@ pub struct AppState {
     replica_header: Option<HeaderValue>,
     /// The engine's `--max-num-seqs` (0 until it is loaded).
     max_num_seqs: AtomicUsize,
+    /// The conversation log (set once, before the server listens; never with
+    /// `--disable-audit-log`).
+    audit: OnceLock<Arc<AuditLog>>,
+    /// When the process exits whatever still runs (set on SIGTERM/SIGINT).
+    exit_deadline: OnceLock<Instant>,
 }
 
 impl AppState {
@@ -174,7 +183,37 @@ impl AppState {
                 .as_deref()
                 .and_then(|id| HeaderValue::from_str(id).ok()),
             config,
+            audit: OnceLock::new(),
+            exit_deadline: OnceLock::new(),
         })
+    }
+
+    /// Installs the conversation log (its threads are running).
+    pub fn set_audit(&self, audit: Arc<AuditLog>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The conversation log (`None` with `--disable-audit-log`).
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.get()
+    }
+
+    /// Refuses new text-route requests (503 `audit_unavailable`) while the conversation
+    /// log cannot keep up: nothing is served that cannot be logged.
+    pub fn audit_ready(&self) -> Result<(), ApiError> {
+        match self.audit() {
+            Some(audit) => Ok(audit.check()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Records when the process will exit whatever still runs.
+    pub fn set_exit_deadline(&self, deadline: Instant) {
+        let _ = self.exit_deadline.set(deadline);
+    }
+
+    pub fn exit_deadline(&self) -> Option<Instant> {
+        self.exit_deadline.get().copied()
     }
 
     /// Installs the dialog service (its store is open).

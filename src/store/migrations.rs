@@ -66,6 +66,58 @@ pub const MIGRATIONS: &[Migration] = &[
     ",
     },
     Migration {
+        version: 2,
+        name: "conversation log: exchanges, hit categories, review queue",
+        sql: "
+    CREATE TABLE audit_exchanges (
+        -- made by the server (exch_...); the client's request id may repeat
+        id TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        route TEXT NOT NULL,
+        model TEXT NOT NULL,
+        -- hash of the API key (never the key)
+        api_key_id TEXT NOT NULL,
+        conversation_id TEXT,
+        response_id TEXT,
+        previous_response_id TEXT,
+        -- the dialog: its conversation, else the first response of its chain
+        thread_id TEXT,
+        client_addr TEXT,
+        forwarded_for TEXT,
+        status BIGINT NOT NULL,
+        finish_reason TEXT,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        -- JSON arrays: input messages, output choices, moderation hits
+        input TEXT NOT NULL,
+        output TEXT NOT NULL,
+        hits TEXT NOT NULL
+    );
+    CREATE INDEX audit_exchanges_time ON audit_exchanges (created_at_ms, id);
+    CREATE INDEX audit_exchanges_thread ON audit_exchanges (thread_id, created_at_ms, id);
+    CREATE TABLE audit_hit_categories (
+        exchange_id TEXT NOT NULL,
+        category TEXT NOT NULL,
+        PRIMARY KEY (exchange_id, category)
+    );
+    CREATE INDEX audit_hit_categories_category ON audit_hit_categories (category);
+    CREATE TABLE audit_reviews (
+        exchange_id TEXT PRIMARY KEY,
+        -- flagged | sampled | manual
+        reason TEXT NOT NULL,
+        queued_at_ms BIGINT NOT NULL,
+        -- NULL until reviewed: ok | violation
+        verdict TEXT,
+        note TEXT,
+        reviewer TEXT,
+        reviewed_at_ms BIGINT
+    );
+    CREATE INDEX audit_reviews_verdict ON audit_reviews (verdict);
+    ",
+    },
+    Migration {
         version: 3,
         name: "feedback: one rating per answer, with the dialog it rated",
         sql: "

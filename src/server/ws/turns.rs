@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::request::{FinishReason, SamplingParams};
 use crate::safety::{InputText, ModerationError, Screen};
 use crate::server::dialog_http::dialog;
-use crate::server::generate::{check_finish, submit_turn, Generation};
+use crate::server::generate::{check_finish, submit_turn, Generation, Oversight};
 use crate::server::state::AppState;
 use crate::store::Owner;
 use std::sync::Arc;
@@ -191,8 +191,12 @@ async fn turn(job: &Job, stopped: oneshot::Receiver<()>) -> Result<(), ApiError>
         &turn,
         params,
         permit,
-        job.request_id.clone(),
-        screen,
+        Oversight {
+            request_id: job.request_id.clone(),
+            screen,
+            // The socket's turns are not in the conversation log yet (only HTTP routes).
+            exchange: None,
+        },
     )?;
     job.send(
         "generation.started",
