@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use http_support::{chat, completion, error_of, request, serve, start_engine, Response, MODEL};
 use serde_json::{json, Value};
 use tessera::config::EngineConfig;
-use tessera::server::routes::{ADMIN_ROUTES, OPEN_ROUTES, ROUTES};
+use tessera::server::routes::{ADMIN_ROUTES, OPEN_ROUTES, ROUTES, SOCKET_ROUTES};
 use tessera::server::{ServerConfig, SpawnedServer};
 
 const KEY: &str = "k1";
@@ -63,6 +63,7 @@ fn body_for(method: &str, route: &str) -> Option<Value> {
         }
         "/v1/moderations" => Some(json!({"input": "hello"})),
         "/admin/v1/exchanges/{id}/review" => Some(json!({"verdict": "ok", "reviewer": "auth"})),
+        "/v1/responses/{id}/feedback" => Some(json!({"rating": "up"})),
         _ => Some(json!({})),
     }
 }
@@ -158,7 +159,7 @@ fn made(method: &str, path: &str, route: &str, pointer: &str) -> String {
 /// model, and a response or conversation (with one item), or a logged exchange (its id
 /// or its thread's), made for this call.
 fn concrete(path: &str) -> String {
-    let mut path = path.replace("{model}", MODEL);
+    let mut path = path.replace("{model}", MODEL).replace("{file}", "app.js");
     if path.starts_with("/admin/v1/exchanges/{id}") || path.starts_with("/admin/v1/threads/{id}") {
         let auth = auth_for("/v1/responses");
         let (exchange, thread) = http_support::logged_exchange(server(), &auth);
@@ -190,7 +191,7 @@ fn protected() -> impl Iterator<Item = (&'static str, &'static str)> {
     ROUTES
         .iter()
         .copied()
-        .filter(|(_, path)| !OPEN_ROUTES.contains(path))
+        .filter(|(_, path)| !OPEN_ROUTES.contains(path) && !SOCKET_ROUTES.contains(path))
 }
 
 #[test]
@@ -255,6 +256,19 @@ fn every_route_is_either_protected_or_listed_as_open() {
     for &(method, route) in ROUTES {
         let path = concrete(route);
         let anonymous = call(method, &path, route, None);
+        if SOCKET_ROUTES.contains(&route) {
+            // The socket authenticates its own messages (tests/ws_chat.rs); over plain
+            // HTTP, with a key or not, it only says that it wants an upgrade.
+            assert_eq!(
+                anonymous.status,
+                400,
+                "{method} {route}: {}",
+                anonymous.text()
+            );
+            let keyed = call(method, &path, route, Some(&auth_for(route)));
+            assert_eq!(keyed.status, 400, "{method} {route}: {}", keyed.text());
+            continue;
+        }
         if OPEN_ROUTES.contains(&route) {
             assert_ne!(anonymous.status, 401, "{method} {route} is listed as open");
         } else {

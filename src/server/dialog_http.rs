@@ -14,8 +14,7 @@ use serde_json::Value;
 
 use super::request::JsonBody;
 use super::state::AppState;
-use crate::dialog::{Dialog, ListQuery, PreparedTurn, TurnRequest};
-use crate::engine::handle::EngineHandle;
+use crate::dialog::{Dialog, ListQuery};
 use crate::error::ApiError;
 use crate::store::Owner;
 

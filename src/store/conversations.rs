@@ -13,9 +13,8 @@ use super::audit_read::{Cursor, ExchangePage, QueueQuery};
 use super::chat;
 use super::sql::{write, Row, RowExt, SqlConn, SqlValue};
 use super::{
-    audit, audit_read, Chain, ConversationRecord, FeedbackRecord, History, ItemRecord, Owner,
-    Page, PageQuery, ResponseRecord, Store, StoreError, TranscriptItem, TurnRecord,
-    AFTER_NOT_FOUND,
+    audit, audit_read, Chain, ConversationRecord, FeedbackRecord, History, ItemRecord, Owner, Page,
+    PageQuery, ResponseRecord, Store, StoreError, TranscriptItem, TurnRecord, AFTER_NOT_FOUND,
 };
 
 /// `Store` over one connection.

@@ -16,9 +16,9 @@
 //! (a turn is committed whole or not at all); bodies are stored as the JSON the API
 //! returns, and the store does not interpret them.
 
-mod chat;
 pub mod audit;
 pub mod audit_read;
+mod chat;
 mod conversations;
 pub mod migrations;
 mod owner;
@@ -29,11 +29,11 @@ pub mod sqlite;
 
 use std::path::PathBuf;
 
-pub use chat::{FeedbackRecord, TranscriptItem};
 pub use audit::{
     AuditEntry, AuditRecord, ReviewReason, ReviewState, StoredExchange, Verdict, VerdictRecord,
 };
 pub use audit_read::{Cursor, ExchangePage, QueueQuery, VerdictFilter};
+pub use chat::{FeedbackRecord, TranscriptItem};
 pub use owner::Owner;
 pub use pool::StorePool;
 
