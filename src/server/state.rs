@@ -56,7 +56,7 @@ pub struct ServerConfig {
     /// Keys of the admin API under `/admin/` (none: the admin API is closed).
     pub admin_api_keys: Vec<String>,
     /// The chat page and its WebSocket: product defaults, limits, page on/off.
-    pub chat: super::ws::ChatConfig,
+    pub chat: super::ws::config::ChatConfig,
     /// This replica's name in the `X-Tessera-Replica` response header and `/server_info`
     /// (`--replica-id`; `None`: `hostname:port`, filled in once the port is bound).
     pub replica_id: Option<String>,
@@ -83,7 +83,7 @@ impl Default for ServerConfig {
             dialog: crate::dialog::DialogConfig::default(),
             moderation_policy: None,
             admin_api_keys: Vec::new(),
-            chat: super::ws::ChatConfig::default(),
+            chat: super::ws::config::ChatConfig::default(),
             replica_id: None,
             audit: crate::audit::AuditConfig::default(),
         }
@@ -150,7 +150,7 @@ pub struct AppState {
     /// Conversations and responses (set once, before the server listens).
     dialog: OnceLock<crate::dialog::Dialog>,
     /// The chat sockets open per key.
-    pub ws: Arc<super::ws::WsHub>,
+    pub ws: Arc<super::ws::hub::WsHub>,
     /// `X-Tessera-Replica`'s value (`None` until the replica id is settled).
     replica_header: Option<HeaderValue>,
     /// The engine's `--max-num-seqs` (0 until it is loaded).

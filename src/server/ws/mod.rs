@@ -14,27 +14,28 @@
 //! Pieces: `socket.rs` runs one socket (its messages, limits, heartbeats, close);
 //! `turns.rs` runs one generation and `requests.rs` answers the other messages;
 //! `frames.rs` reads client frames and `outbound.rs` bounds what waits for a slow reader
-//! (both over actix-http's WebSocket codec); `WsHub` (here) counts sockets per key.
+//! (both over actix-http's WebSocket codec); `hub.rs` counts sockets per key.
 //!
 //! Invariants: a socket's generations never outlive it (closing it aborts them, freeing
 //! their KV blocks); every socket is counted in `WsHub` from authentication to its end.
 
-mod config;
+pub mod config;
 mod frames;
+pub mod hub;
 mod outbound;
 mod protocol;
 mod requests;
 mod socket;
 mod turns;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix_http::body::{BodyStream, MessageBody};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 pub use config::{ChatConfig, ChatDefaults, WsLimits};
+pub use hub::{SocketSlot, WsHub};
 pub use protocol::close;
 
 use super::access::constant_time_eq;
@@ -48,69 +49,6 @@ use crate::store::Owner;
 pub const SUBPROTOCOL: &str = "tessera.chat.v1";
 /// Prefix of the subprotocol that carries an API key (`bearer.<key>`).
 pub const KEY_PROTOCOL_PREFIX: &str = "bearer.";
-
-/// Open sockets per owner, and how sockets ended (for operators and tests).
-#[derive(Debug, Default)]
-pub struct WsHub {
-    open: Mutex<HashMap<Owner, usize>>,
-    closes: Mutex<BTreeMap<u16, u64>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-impl WsHub {
-    /// Counts a socket of `owner` in, unless it already has `limit` open.
-    fn enter(self: &Arc<Self>, owner: &Owner, limit: usize) -> Option<SocketSlot> {
-        let mut open = lock(&self.open);
-        let n = open.entry(owner.clone()).or_default();
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(SocketSlot {
-            hub: self.clone(),
-            owner: owner.clone(),
-        })
-    }
-
-    /// Authenticated sockets open now.
-    pub fn open_sockets(&self) -> usize {
-        lock(&self.open).values().sum()
-    }
-
-    /// Sockets the server closed with `code` so far.
-    pub fn closed_with(&self, code: u16) -> u64 {
-        lock(&self.closes).get(&code).copied().unwrap_or(0)
-    }
-
-    fn record_close(&self, code: u16) {
-        *lock(&self.closes).entry(code).or_default() += 1;
-    }
-}
-
-/// One counted socket; leaves the count when dropped.
-#[derive(Debug)]
-pub struct SocketSlot {
-    hub: Arc<WsHub>,
-    owner: Owner,
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        let mut open = lock(&self.hub.open);
-        if let Some(n) = open.get_mut(&self.owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.owner);
-            }
-        }
-    }
-}
 
 /// Who may use a socket, from a key given at the upgrade or in `auth`.
 pub(crate) fn owner_for_key(api_keys: &[String], given: Option<&str>) -> Result<Owner, ApiError> {
