@@ -3,8 +3,9 @@
 # tokenizer vectors (package registries only), checks formatting and lints (first, so a
 # style slip fails before the long build), runs the library's unit tests
 # with debug assertions and overflow checks on, builds once in release and runs every
-# test, then the official OpenAI SDK tests (tests/python) against the release binary, in
-# a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between
+# test, the golden and batch-invariance tests again on the AVX2 and scalar kernel paths
+# (TESSERA_CPU_FEATURES), then the official OpenAI SDK tests (tests/python) against the
+# release binary, in a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between
 # runs). The Grafana dashboard is checked against a real Prometheus (Debian's
 # `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs;
 # the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise).
@@ -42,6 +43,20 @@ cargo test --release --locked --lib \
 step "release build and tests"
 cargo build --release --locked --workspace --all-targets
 cargo test --release --locked --workspace --all-targets
+
+# The golden and batch-invariance tests again with the CPU kernels forced down
+# (TESSERA_CPU_FEATURES, src/ops/cpu_features.rs): AVX2 without AVX-512, then the scalar
+# twins. Every path must give llama.cpp's tokens (tests/cpu_levels.rs, in the run above,
+# also compares every level's logits bit for bit). Only these binaries: already built.
+for level in avx2 scalar; do
+  if [ "$level" = avx2 ] && ! grep -qw avx2 /proc/cpuinfo; then
+    echo "skipped TESSERA_CPU_FEATURES=avx2: this CPU has no AVX2" >&2
+    continue
+  fi
+  step "golden and batch-invariance tests at TESSERA_CPU_FEATURES=$level"
+  TESSERA_CPU_FEATURES=$level cargo test --release --locked \
+    --test golden --test moe_golden --test golden_prompt_logprobs
+done
 
 cache="${TESSERA_CACHE_DIR:-$PWD/.cache}"
 venv="$cache/sdk-venv"
