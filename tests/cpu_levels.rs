@@ -142,7 +142,8 @@ fn every_level_gives_the_same_bits() {
     );
     let host = cpu_features::host().level;
     let lower = [Level::Avx512, Level::Avx2, Level::Scalar];
-    for level in lower.into_iter().filter(|&l| l <= host) {
+    // The host's own level is what `native` ran.
+    for level in lower.into_iter().filter(|&l| l < host) {
         let got = fingerprint_at(level.name());
         for (ours, theirs) in got.lines().zip(native.lines()) {
             let case = theirs.split(':').next().unwrap_or_default();
