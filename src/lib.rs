@@ -27,3 +27,4 @@ pub mod safety;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod structured;

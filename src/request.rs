@@ -2,7 +2,8 @@
 //! `vllm/v1/request.py`): ids, sampling parameters, finish reasons, sampled tokens and
 //! their logprobs, and `Request`, one sequence as the scheduler and the KV cache manager
 //! see it. The server validates into these types; nothing here imports another module of
-//! the crate.
+//! the crate but `structured` (the compiled grammar a request may be constrained to,
+//! itself importing nothing of the crate).
 //!
 //! Invariant of `Request`: `num_computed_tokens <= num_tokens()`; tokens
 //! `[num_computed_tokens, num_tokens())` still have to be run through the model. That one
@@ -57,6 +58,9 @@ pub struct SamplingParams {
     /// logits of the position before it), its rank and the top `k` (≤ 20). Such a request
     /// takes no prefix-cache hits: a cached block has no logits.
     pub prompt_logprobs: Option<usize>,
+    /// Structured output: every token is sampled from the grammar's allowed set, and EOS
+    /// only where the grammar accepts (`crate::structured`). `None`: unconstrained.
+    pub guide: Option<crate::structured::Guide>,
 }
 
 impl Default for SamplingParams {
@@ -78,6 +82,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             prompt_logprobs: None,
+            guide: None,
         }
     }
 }
@@ -296,6 +301,14 @@ impl SamplingParams {
         }
         if let Some(k) = self.prompt_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
             return bad("prompt_logprobs", "must be <= 20", k.to_string());
+        }
+        if self.guide.is_some() && self.ignore_eos {
+            // Past a complete match the grammar allows nothing but EOS.
+            return bad(
+                "ignore_eos",
+                "must be false with structured output",
+                "true".to_string(),
+            );
         }
         if self.stop.iter().any(String::is_empty) {
             return bad(

@@ -13,6 +13,13 @@
 //! `PromptLogprobBuffer` in its `Sequence`; the runner hands over its prompt rows' logits
 //! after each step's sampling, and the whole list rides on the request's first output.
 //!
+//! Structured output: a constrained request's `Sequence` holds its `GuideState`. Each
+//! step computes the masks of the constrained rows that sample on a helper thread while
+//! the forward pass runs (they depend only on tokens committed in earlier steps); every
+//! emitted token is committed to its guide. A preempted request keeps its `Sequence`, so
+//! its guide stays where its output is. A guide that fails ends its request with an
+//! error before the scheduler sees the step's tokens.
+//!
 //! Timing for metrics: the clock is read twice per step (after `schedule`, after
 //! `update`), never per token; each output carries its request's first-scheduled time
 //! and the step's end time (`OutputTiming`).
@@ -24,11 +31,13 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::EngineError;
-use super::sampler::{self, SamplerScratch, SeqRng};
+use super::sampler::{self, History, SamplerScratch, SeqRng};
 use crate::request::{PromptLogprob, Request, RequestId, SamplingParams, TokenId};
-use crate::runner::ModelRunner;
+use crate::runner::{ModelRunner, StepLogits};
+use crate::scheduler::output::SchedulerOutput;
 use crate::scheduler::output::{ModelRunnerOutput, OutputTiming, RequestOutput};
 use crate::scheduler::Scheduler;
+use crate::structured::{GuideState, StructuredError};
 
 /// What the engine sends a request's consumer.
 #[derive(Debug)]
@@ -65,6 +74,8 @@ struct Sequence {
     eos_token_ids: Arc<[TokenId]>,
     /// Prompt logprobs being gathered (`None`: not asked for).
     prompt_logprobs: Option<PromptLogprobBuffer>,
+    /// Structured output: where the output is in its grammar (`None`: unconstrained).
+    guide: Option<GuideState>,
 }
 
 /// The prompt logprobs of one request, gathered chunk by chunk.
@@ -125,6 +136,7 @@ impl EngineCore {
                 .sampling
                 .prompt_logprobs
                 .map(|_| PromptLogprobBuffer::default()),
+            guide: req.sampling.guide.as_ref().map(|g| g.start()),
         };
         self.seqs.insert(req.id, seq);
         self.scheduler.add_request(req);
@@ -193,7 +205,7 @@ impl EngineCore {
         self.reap_disconnected();
         let so = self.scheduler.schedule();
         let scheduled_at = Instant::now();
-        let step = self.runner.execute(&so);
+        let (step, guide_failures) = execute_with_masks(&mut self.runner, &mut self.seqs, &so);
         if so.scheduled.is_empty() {
             return StepStats::default(); // the runner only dropped finished requests
         }
@@ -216,16 +228,26 @@ impl EngineCore {
             let Some(seq) = self.seqs.get_mut(&id) else {
                 continue;
             };
-            let token = sampler::sample(
+            if guide_failures.iter().any(|(failed, _)| *failed == id) {
+                continue;
+            }
+            let history = History {
+                prompt_ids: &seq.prompt_token_ids,
+                output_ids: &seq.output_token_ids,
+                eos_ids: &seq.eos_token_ids,
+            };
+            let token = sampler::sample_masked(
                 row,
                 &seq.sampling,
-                &seq.prompt_token_ids,
-                &seq.output_token_ids,
-                &seq.eos_token_ids,
+                &history,
+                seq.guide.as_ref().map(GuideState::mask),
                 &mut seq.rng,
                 &mut self.scratch,
             );
             sampled.push((id, token));
+        }
+        for (id, err) in guide_failures {
+            self.fail_request(id, &err);
         }
         self.score_prompt_rows();
         let outputs = self
@@ -233,6 +255,17 @@ impl EngineCore {
             .update_from_output(&so, &ModelRunnerOutput { sampled });
         self.emit(outputs, Instant::now());
         stats
+    }
+
+    /// Ends a request with an error (its consumer sees `err`) and frees its blocks.
+    fn fail_request(&mut self, id: RequestId, err: &StructuredError) {
+        tracing::error!(req_id = id, %err, "structured decoding failed; request ends");
+        if let Some(seq) = self.seqs.remove(&id) {
+            let _ = seq
+                .out
+                .send(EngineEvent::Error(EngineError::Internal(err.to_string())));
+        }
+        self.scheduler.abort_request(id);
     }
 
     /// Scores this step's prompt rows (for the requests that want prompt logprobs).
@@ -264,6 +297,14 @@ impl EngineCore {
                 continue;
             };
             seq.output_token_ids.extend_from_slice(&out.new_token_ids);
+            let committed = match (&mut seq.guide, finished) {
+                (Some(guide), false) => out.new_token_ids.iter().try_for_each(|&t| guide.commit(t)),
+                _ => Ok(()),
+            };
+            if let Err(err) = committed {
+                self.fail_request(id, &err);
+                continue;
+            }
             if let Some(buffer) = seq.prompt_logprobs.as_mut().filter(|b| !b.sent) {
                 // The first output comes after the whole prompt ran, so every entry is in.
                 buffer.sent = true;
@@ -281,4 +322,57 @@ impl EngineCore {
             }
         }
     }
+}
+
+/// Runs the forward pass of `so`; meanwhile, on a helper thread, computes the masks
+/// of the constrained requests that sample this step. Returns the step and the
+/// requests whose guide failed.
+fn execute_with_masks<'r>(
+    runner: &'r mut ModelRunner,
+    seqs: &mut HashMap<RequestId, Sequence>,
+    so: &SchedulerOutput,
+) -> (StepLogits<'r>, Vec<(RequestId, StructuredError)>) {
+    let wanted: Vec<RequestId> = so
+        .scheduled
+        .iter()
+        .filter(|s| s.sample)
+        .map(|s| s.req_id)
+        .filter(|id| seqs.get(id).is_some_and(|seq| seq.guide.is_some()))
+        .collect();
+    if wanted.is_empty() {
+        return (runner.execute(so), Vec::new());
+    }
+    std::thread::scope(|scope| {
+        let masks = scope.spawn(|| compute_masks(seqs, &wanted));
+        let step = runner.execute(so);
+        let failures = masks.join().unwrap_or_else(|_| {
+            let err = StructuredError::Matcher("mask computation panicked".into());
+            wanted.iter().map(|&id| (id, err.clone())).collect()
+        });
+        (step, failures)
+    })
+}
+
+/// The masks of `ids`' next tokens (each a constrained request); the requests whose
+/// guide failed, with why. Timed as a whole for the debug log.
+fn compute_masks(
+    seqs: &mut HashMap<RequestId, Sequence>,
+    ids: &[RequestId],
+) -> Vec<(RequestId, StructuredError)> {
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for &id in ids {
+        let Some(guide) = seqs.get_mut(&id).and_then(|seq| seq.guide.as_mut()) else {
+            continue;
+        };
+        if let Err(err) = guide.compute_mask() {
+            failures.push((id, err));
+        }
+    }
+    tracing::debug!(
+        masks = ids.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "structured output masks"
+    );
+    failures
 }

@@ -33,6 +33,7 @@ use crate::model::{LoadedModel, ModelAssets};
 use crate::request::{Request, SamplingParams, TokenId};
 use crate::runner::ModelRunner;
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::structured::{GrammarCompiler, StructuredError};
 
 /// Facts about the running engine that request validation needs.
 #[derive(Debug, Clone)]
@@ -106,6 +107,8 @@ pub struct EngineHandle {
     observer: Arc<ObserverSlot>,
     model: Arc<ModelAssets>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    /// Structured output's compiler, built from the tokenizer on first use.
+    grammars: Arc<OnceLock<Result<GrammarCompiler, StructuredError>>>,
 }
 
 /// Builds the scheduler and runner for `model` and starts the engine thread.
@@ -165,6 +168,7 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         observer,
         model: Arc::new(assets),
         thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        grammars: Arc::new(OnceLock::new()),
     })
 }
 
@@ -261,6 +265,18 @@ impl EngineHandle {
     /// The loaded model's tokenizer, chat template and metadata.
     pub fn model(&self) -> &ModelAssets {
         &self.model
+    }
+
+    /// The compiler of structured-output grammars for this model's vocabulary (built on
+    /// the first call, which takes a while: call it off the async workers).
+    pub fn grammar_compiler(&self) -> Result<&GrammarCompiler, StructuredError> {
+        self.grammars
+            .get_or_init(|| {
+                let bytes = self.model.tokenizer.token_bytes();
+                GrammarCompiler::new(&bytes, &self.info.eos_token_ids)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// Enqueues a request; its events arrive on the returned stream. The request must be

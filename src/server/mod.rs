@@ -24,6 +24,7 @@ pub mod cpu;
 pub mod dialog_http;
 pub mod gate;
 pub mod generate;
+pub mod guided;
 pub mod logging;
 pub mod moderations;
 pub mod observe;

@@ -56,7 +56,8 @@ pub struct SamplingFields {
     pub prompt_logprobs: Option<i64>,
 }
 
-/// Fields tessera knows and refuses (a 400 that names them), never ignores.
+/// Fields tessera knows and refuses (a 400 that names them), never ignores; and the
+/// structured-output fields, which `guided` reads.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct UnsupportedFields {
     pub tools: Option<Value>,

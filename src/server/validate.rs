@@ -118,7 +118,9 @@ pub fn validate_chat(
         (None, None) => None,
     };
     let prompt = resolve_budget(ids, requested, None, engine.info().max_model_len)?;
-    build(model, vec![prompt], &req.sampling, (top, false), engine)
+    let guide = super::guided::guide(&req.unsupported, engine)?;
+    let valid = build(model, vec![prompt], &req.sampling, (top, false), engine)?;
+    with_guide(valid, guide)
 }
 
 /// `POST /v1/completions` → `ValidRequest`.
@@ -168,13 +170,27 @@ pub fn validate_completion(
         valid.push(resolve_budget(ids, requested, echo_text, max_len)?);
     }
     let echo_logprobs = echo && req.logprobs.is_some();
-    build(
+    let guide = super::guided::guide(&req.unsupported, engine)?;
+    let valid = build(
         model,
         valid,
         &req.sampling,
         (req.logprobs, echo_logprobs),
         engine,
-    )
+    )?;
+    with_guide(valid, guide)
+}
+
+/// Constrains every sequence of `valid` to `guide` (each starts its own matcher).
+fn with_guide(
+    mut valid: ValidRequest,
+    guide: Option<crate::structured::Guide>,
+) -> Result<ValidRequest, ApiError> {
+    valid.sampling.guide = guide;
+    if valid.sampling.guide.is_some() {
+        valid.sampling_for(0, 0).validate()?;
+    }
+    Ok(valid)
 }
 
 /// One sequence built outside an HTTP request (the CLI): the checks the routes apply,
@@ -383,6 +399,7 @@ fn sampling_params(
         ignore_eos: f.ignore_eos.unwrap_or(false),
         logprobs: top_logprobs.map(|k| k as usize),
         prompt_logprobs: None, // set by `build`
+        guide: None,           // set by `with_guide`
     })
 }
 
@@ -416,7 +433,8 @@ fn logit_bias(
         .collect()
 }
 
-/// Refuses, by name, every known OpenAI/vLLM field tessera does not implement.
+/// Refuses, by name, every known OpenAI/vLLM field tessera does not implement
+/// (structured-output fields are read by `guided`).
 fn refuse_unsupported(u: &UnsupportedFields, n: Option<u64>) -> Result<(), ApiError> {
     use serde_json::Value;
     let given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
@@ -447,15 +465,6 @@ fn refuse_unsupported(u: &UnsupportedFields, n: Option<u64>) -> Result<(), ApiEr
             ": tool calling is not implemented",
         ));
     }
-    if let Some(format) = u.response_format.as_ref().filter(|v| !v.is_null()) {
-        let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
-        if kind != "text" {
-            return Err(unsupported(
-                "response_format",
-                &format!(" for type `{kind}` (structured output is not implemented; only `text`)"),
-            ));
-        }
-    }
     if let Some(m) = u.modalities.as_ref().filter(|v| !v.is_null()) {
         if m.as_array()
             .is_none_or(|a| a.iter().any(|x| x.as_str() != Some("text")))
@@ -481,11 +490,6 @@ fn refuse_unsupported(u: &UnsupportedFields, n: Option<u64>) -> Result<(), ApiEr
         ("audio", &u.audio),
         ("prediction", &u.prediction),
         ("web_search_options", &u.web_search_options),
-        ("guided_json", &u.guided_json),
-        ("guided_regex", &u.guided_regex),
-        ("guided_choice", &u.guided_choice),
-        ("guided_grammar", &u.guided_grammar),
-        ("structured_outputs", &u.structured_outputs),
     ] {
         if given(value) {
             return Err(unsupported(name, ""));

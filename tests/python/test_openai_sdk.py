@@ -155,8 +155,8 @@ def test_errors_map_to_sdk_exceptions(server):
                                   tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
     assert "not supported" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
-        c.chat.completions.create(model=MODEL, messages=MESSAGES, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
-    assert e.value.body["param"] == "response_format"
+        c.chat.completions.create(model=MODEL, messages=MESSAGES, response_format={"type": "json_schema", "json_schema": {"schema": {}}})
+    assert e.value.body["param"] == "response_format" and "name" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(model=MODEL, prompt=CHATML, max_tokens=4000)
     assert e.value.code == "context_length_exceeded" and "2048" in e.value.message

@@ -2,7 +2,10 @@
 //! batch-invariant; plus output-side stop-string matching (`stop`).
 //!
 //! Order (vLLM v1 `Sampler.forward`):
-//! 1. logprobs of the RAW row, if requested (`log_softmax` before any processing);
+//! 0. structured output: tokens the request's grammar does not allow get `-inf` (vLLM
+//!    applies its grammar bitmask to the logits before the sampler too);
+//! 1. logprobs of the RAW row, if requested (`log_softmax` before any processing; so
+//!    for a constrained request, of the masked distribution);
 //! 2. min_tokens (EOS unless `ignore_eos`, and stop token ids, get `-inf`), logit_bias;
 //! 3. repetition penalty (prompt + output), then frequency/presence (output only);
 //! 4. `temperature < 1e-5` (or NaN): greedy argmax, ties to the lowest id, no rng draw;
@@ -28,6 +31,7 @@ pub use rng::SeqRng;
 pub use stop::{StopCheck, StopStringMatcher};
 
 use crate::request::{SampledToken, SamplingParams, TokenId};
+use crate::structured::TokenMask;
 use logprobs::RawLogprobs;
 use penalties::TokenCounts;
 
@@ -67,15 +71,54 @@ pub fn sample(
     rng: &mut SeqRng,
     scratch: &mut SamplerScratch,
 ) -> SampledToken {
+    let history = History {
+        prompt_ids,
+        output_ids,
+        eos_ids,
+    };
+    sample_masked(logits, params, &history, None, rng, scratch)
+}
+
+/// A request's tokens so far and the model's EOS ids (what `sample` reads besides the row).
+pub struct History<'a> {
+    pub prompt_ids: &'a [TokenId],
+    pub output_ids: &'a [TokenId],
+    pub eos_ids: &'a [TokenId],
+}
+
+/// [`sample`] under a structured-output mask: only tokens `mask` allows can come out.
+/// When the grammar allows nothing but EOS, `min_tokens` yields to it (the grammar is
+/// complete); should the processors still leave no allowed token finite, the first
+/// allowed id is taken (greedy, no rng draw).
+pub fn sample_masked(
+    logits: &mut [f32],
+    params: &SamplingParams,
+    history: &History<'_>,
+    mask: Option<&TokenMask>,
+    rng: &mut SeqRng,
+    scratch: &mut SamplerScratch,
+) -> SampledToken {
+    if let Some(mask) = mask {
+        mask.apply(logits);
+    }
     if let Some(k) = params.logprobs {
         scratch.raw_logprobs.capture(logits, k);
     }
-    apply_processors(logits, params, prompt_ids, output_ids, eos_ids, scratch);
-    let token_id = if is_greedy(params.temperature) {
+    let min_tokens = match mask {
+        Some(mask) if mask.only_eos() => 0,
+        _ => params.min_tokens,
+    };
+    apply_processors(logits, params, history, min_tokens, scratch);
+    let mut token_id = if is_greedy(params.temperature) {
         truncation::argmax(logits)
     } else {
         truncation::sample_random(logits, params, rng, &mut scratch.candidates)
     };
+    // Only when no allowed token had a finite logit left can a masked-out one come out.
+    if let Some(mask) = mask.filter(|m| !m.allows(token_id)) {
+        let first = (0..logits.len() as TokenId).find(|&t| mask.allows(t));
+        token_id = first.unwrap_or(token_id);
+    }
     SampledToken {
         token_id,
         logprobs: params
@@ -94,14 +137,18 @@ pub fn is_greedy(temperature: f32) -> bool {
 fn apply_processors(
     logits: &mut [f32],
     params: &SamplingParams,
-    prompt_ids: &[TokenId],
-    output_ids: &[TokenId],
-    eos_ids: &[TokenId],
+    history: &History<'_>,
+    min_tokens: usize,
     scratch: &mut SamplerScratch,
 ) {
+    let History {
+        prompt_ids,
+        output_ids,
+        eos_ids,
+    } = *history;
     penalties::apply_min_tokens(
         logits,
-        params.min_tokens,
+        min_tokens,
         output_ids.len(),
         params.ignore_eos,
         eos_ids,
@@ -124,5 +171,7 @@ fn apply_processors(
     );
 }
 
+#[cfg(test)]
+mod masked_tests;
 #[cfg(test)]
 mod tests;

@@ -19,12 +19,14 @@
 
 mod bound;
 mod build;
+mod bytes;
 mod decode;
 mod from_gguf;
 mod pretok;
 mod special;
 mod vocab;
 
+pub use bytes::SPECIAL_TOKEN_MARKER;
 pub use pretok::{pre_tokenizer_spec, PreTokenizerSpec};
 pub use special::TokenKind;
 pub use vocab::{token_type, GgufVocab};
