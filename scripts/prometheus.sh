@@ -18,21 +18,8 @@ die() {
   exit 1
 }
 
-find_prometheus() {
-  command -v prometheus 2>/dev/null && return 0
-  [ -x /usr/bin/prometheus ] && echo /usr/bin/prometheus && return 0
-  return 1
-}
-
 install_prometheus() {
-  local bin
-  if bin=$(find_prometheus); then
-    echo "$bin"
-    return 0
-  fi
-  apt_install_package prometheus
-  bin=$(find_prometheus) || die "the prometheus package is installed but no prometheus binary was found"
-  echo "$bin"
+  package_binary prometheus prometheus
 }
 
 run_prometheus() {

@@ -8,7 +8,10 @@
 # release binary, in a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between
 # runs). The Grafana dashboard is checked against a real Prometheus (Debian's
 # `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs;
-# the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise).
+# the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise); the chat
+# page in a real headless Chromium (Debian's `chromium`, likewise) driven by Playwright;
+# the cluster tests (their light version: TESSERA_CLUSTER_TESTS=full adds SGLang's Model
+# Gateway from PyPI) against nginx (Debian's `nginx`, likewise).
 # Each step prints its start time (seconds since the script began) on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +26,12 @@ scripts/prometheus.sh install >/dev/null
 # PostgreSQL for the dialog store tests (Debian's package, installed with apt when missing;
 # each test starts its own throwaway cluster through scripts/postgres.sh).
 scripts/postgres.sh install >/dev/null
+# Chromium for the chat page's browser test (Debian's package, installed with apt when
+# missing; Playwright drives it through `executable_path`, it downloads no browser).
+TESSERA_CHROMIUM=$(scripts/chromium.sh install)
+export TESSERA_CHROMIUM
+# nginx for the cluster tests (Debian's package likewise; deploy/local/cluster.sh runs it).
+scripts/nginx.sh install >/dev/null
 
 step "format and lints"
 cargo fmt --all --check

@@ -1,6 +1,7 @@
 //! The `generate`, `chat` and `bench` commands: load the model, start the engine, stream
 //! tokens to the terminal. They use only the public engine API, and validate what they
-//! submit as the HTTP routes do (`server::validate::validate_sequence`).
+//! submit as the HTTP routes do (`server::validate::validate_sequence`). Also
+//! `feedback export` (the store's ratings as fine-tuning files).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -207,4 +208,40 @@ pub fn bench(
         ttft_ms: results.iter().map(|r| r.1).sum::<f64>() / n * 1e3,
         decode_tok_s: results.iter().map(|r| r.2).sum::<f64>() / n,
     })
+}
+
+/// `tessera feedback export`: the ratings made in `[since, until)` as
+/// `OUT_DIR/feedback-good.jsonl` and `OUT_DIR/feedback-bad.jsonl`.
+pub fn export_feedback(
+    store: &crate::store::StoreConfig,
+    since: &str,
+    until: Option<&str>,
+    out_dir: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::dialog::feedback::{export_feedback, parse_date};
+    let since = parse_date(since).map_err(|e| format!("--since: {e}"))?;
+    let until = match until {
+        Some(u) => parse_date(u).map_err(|e| format!("--until: {e}"))?,
+        None => crate::store::unix_now() + 1,
+    };
+    if until <= since {
+        return Err("--until must be after --since".into());
+    }
+    let pool = crate::store::StorePool::open(store)
+        .map_err(|e| format!("opening the store ({}): {e}", store.describe()))?;
+    let export = export_feedback(&pool, since, until)?;
+    std::fs::create_dir_all(out_dir)?;
+    for (name, lines) in [
+        ("feedback-good.jsonl", &export.good),
+        ("feedback-bad.jsonl", &export.bad),
+    ] {
+        let path = out_dir.join(name);
+        let mut text = lines.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(&path, text)?;
+        println!("{}: {} conversations", path.display(), lines.len());
+    }
+    Ok(())
 }

@@ -116,10 +116,17 @@ pub enum ApiError {
     /// Refused by the moderation policy, or a moderation operation failed.
     #[error(transparent)]
     Moderation(#[from] crate::safety::ModerationError),
+    /// The conversation log: it lags (new requests refused), or an admin API call failed.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("the admin API is disabled; start the server with --admin-api-key")]
     AdminDisabled,
     #[error("missing or invalid admin API key: send `Authorization: Bearer <key>` with a key given to --admin-api-key")]
     AdminUnauthorized,
+    /// A client sends faster than its limit (the chat socket's message rate, its
+    /// generations at once).
+    #[error("{0}")]
+    RateLimited(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -137,6 +144,10 @@ pub struct HttpError {
     pub body: serde_json::Value,
     /// Seconds for a `Retry-After` header (429 and 503).
     pub retry_after: Option<u32>,
+    /// The request was refused before any of its work began (nothing generated, nothing
+    /// stored): a proxy may send it, unchanged, to another replica. Said in the
+    /// `X-Tessera-Not-Started` header (see `server::gate`).
+    pub not_started: bool,
 }
 
 /// THE mapping from every request error to its HTTP status and OpenAI error body.
@@ -178,8 +189,10 @@ pub fn http_error(err: &ApiError) -> HttpError {
             M::NotConfigured => (400, "invalid_request_error", "moderation_not_configured"),
             M::Reload(_) => (400, "invalid_request_error", "invalid_policy"),
         },
+        ApiError::Audit(e) => audit_status(e),
         ApiError::AdminDisabled => (403, "permission_error", "admin_api_disabled"),
         ApiError::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
+        ApiError::RateLimited(_) => (429, "rate_limit_error", "rate_limit_exceeded"),
         ApiError::Internal(_) => (500, "server_error", "internal_error"),
     };
     let param = match err {
@@ -194,6 +207,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::Template(_) => Some("messages".to_string()),
         ApiError::PromptTooLong { param, .. } => Some(param.to_string()),
         ApiError::Dialog(e) => dialog_param(e),
+        ApiError::Audit(crate::audit::AuditError::Invalid { param, .. }) => Some(param.clone()),
         ApiError::Moderation(
             M::Blocked { param, .. } | M::TooLong { param, .. } | M::ControlChar { param, .. },
         ) => Some(param.clone()),
@@ -203,6 +217,10 @@ pub fn http_error(err: &ApiError) -> HttpError {
         429 | 503 => Some(1),
         _ => None,
     };
+    let not_started = matches!(
+        err,
+        ApiError::Loading | ApiError::Draining | ApiError::Busy { .. } | ApiError::QueueFull { .. }
+    );
     let body = serde_json::json!({
         "error": {"message": err.to_string(), "type": kind, "param": param, "code": code}
     });
@@ -210,6 +228,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         status,
         body,
         retry_after,
+        not_started,
     }
 }
 
@@ -249,7 +268,25 @@ fn dialog_status(err: &crate::dialog::DialogError) -> (u16, &'static str, &'stat
             (503, "service_unavailable_error", "store_unavailable")
         }
         D::Store(S::NotFound(_)) => (404, "invalid_request_error", "not_found"),
+        D::Store(S::Conflict(_)) => (409, "invalid_request_error", "conflict"),
         D::Store(_) | D::Internal(_) => (500, "server_error", "internal_error"),
+    }
+}
+
+/// Status, type and code of a conversation-log error (part of `http_error`).
+fn audit_status(err: &crate::audit::AuditError) -> (u16, &'static str, &'static str) {
+    use crate::audit::AuditError as A;
+    use crate::store::StoreError as S;
+    match err {
+        A::Unavailable { .. } => (503, "service_unavailable_error", "audit_unavailable"),
+        A::Disabled => (404, "not_found_error", "audit_log_disabled"),
+        A::NotFound { .. } => (404, "not_found_error", "not_found"),
+        A::Invalid { .. } => (400, "invalid_request_error", "invalid_value"),
+        A::Store(S::Unavailable(_) | S::Busy(_)) => {
+            (503, "service_unavailable_error", "store_unavailable")
+        }
+        A::Store(S::NotFound(_)) => (400, "invalid_request_error", "invalid_value"),
+        A::Store(_) => (500, "server_error", "internal_error"),
     }
 }
 
@@ -354,6 +391,31 @@ mod tests {
             assert_eq!(mapped.body["error"]["code"], code);
             assert_eq!(mapped.body["error"]["message"], err.to_string());
             assert_eq!(mapped.retry_after.is_some(), status == 429 || status == 503);
+        }
+    }
+
+    #[test]
+    fn only_refusals_before_any_work_are_marked_not_started() {
+        let queue_full = ApiError::QueueFull {
+            in_flight: 4,
+            needed: 1,
+            capacity: 4,
+        };
+        for err in [
+            ApiError::Loading,
+            ApiError::Draining,
+            ApiError::Busy { queued: 3 },
+            queue_full,
+        ] {
+            assert!(http_error(&err).not_started, "{err}");
+        }
+        // A 503 from a stopped engine may come after generation began: not retry-safe.
+        for err in [
+            ApiError::Engine(EngineError::Stopped),
+            ApiError::Internal("x".into()),
+            ApiError::Unauthorized,
+        ] {
+            assert!(!http_error(&err).not_started, "{err}");
         }
     }
 

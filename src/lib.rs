@@ -1,8 +1,9 @@
 //! tessera: an OpenAI-compatible LLM inference server.
 //!
 //! Layers, top to bottom (docs/architecture.md): `server` (HTTP) and `cli` (front ends:
-//! validation) → `dialog` (conversations, the history window, prompt assembly) and
-//! `safety` (moderation policy, input check, output guard), over `store` (persistence)
+//! validation) → `dialog` (conversations, the history window, prompt assembly),
+//! `safety` (moderation policy, input check, output guard) and `audit` (the
+//! conversation log, retention, the review queue), over `store` (persistence)
 //! → `engine` (one thread that owns all mutable serving state) → `scheduler` and
 //! `kvcache` (which tokens run this step, which blocks hold their K/V) → `runner` (its
 //! own copy of the scheduled requests, flat batch assembly) → `model` (forward pass, K/V
@@ -12,6 +13,7 @@
 //! requests. No two files import each other, directly or in a circle
 //! (`tests/module_graph.rs`).
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod dialog;

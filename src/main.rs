@@ -1,5 +1,6 @@
-//! tessera command line: `serve` (the OpenAI-compatible HTTP server), `generate`, `chat`
-//! and `bench`. Parsing only; the work lives in `tessera::server` and `tessera::cli`.
+//! tessera command line: `serve` (the OpenAI-compatible HTTP server), `generate`, `chat`,
+//! `audit export` and `bench`. Parsing only; the work lives in `tessera::server`,
+//! `tessera::audit` and `tessera::cli`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,8 +28,9 @@ enum Command {
     Serve {
         #[command(flatten)]
         engine: EngineArgs,
+        // Boxed: the server's flags make this variant far larger than the others.
         #[command(flatten)]
-        server: ServeArgs,
+        server: Box<ServeArgs>,
     },
     /// Generate a completion for one prompt and print it as it streams.
     Generate {
@@ -53,6 +55,16 @@ enum Command {
         #[arg(long)]
         system: Option<String>,
     },
+    /// Ratings of answers (thumbs up/down from the chat page and the API).
+    Feedback {
+        #[command(subcommand)]
+        command: FeedbackCommand,
+    },
+    /// The conversation log: `export` writes what it holds for a time range.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Measure in-process throughput: N concurrent greedy requests of fixed length.
     Bench {
         #[command(flatten)]
@@ -65,6 +77,73 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum FeedbackCommand {
+    /// Write the rated conversations as fine-tuning JSONL (`{"messages": [...]}` per
+    /// line): OUT_DIR/feedback-good.jsonl and OUT_DIR/feedback-bad.jsonl.
+    Export {
+        /// First day (UTC) of ratings to export: YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ.
+        #[arg(long)]
+        since: String,
+        /// End (exclusive) of the period; default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Directory the two files are written to (created if missing).
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// The store to read (as for `serve`).
+        #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Export the logged exchanges made in [--since, --until) as JSON lines, oldest first,
+    /// reading the store directly (the server need not run).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Start of the range: a date (2026-01-31, UTC), a UTC time (2026-01-31T08:00:00Z) or
+    /// unix seconds.
+    #[arg(long)]
+    since: String,
+    /// End of the range, exclusive (same forms; default: now).
+    #[arg(long)]
+    until: Option<String>,
+    /// Output format: `jsonl` (one JSON object per exchange and line).
+    #[arg(long, default_value = "jsonl")]
+    format: String,
+    /// Write to this file instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+/// Where the store is (shared by `serve` and `audit export`).
+#[derive(Args)]
+struct StoreArgs {
+    /// Directory of the embedded SQLite store of conversations, responses and the
+    /// conversation log (created on first start); unused with --database-url.
+    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
+    data_dir: PathBuf,
+    /// PostgreSQL store shared by replicas, e.g. postgres://user:password@host:5432/db
+    /// (instead of SQLite in --data-dir).
+    #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn config(&self) -> tessera::store::StoreConfig {
+        tessera::store::StoreConfig::from_flags(self.data_dir.clone(), self.database_url.clone())
+    }
 }
 
 /// Engine flags (vLLM names); every flag is also read from `TESSERA_*`.
@@ -145,14 +224,8 @@ struct ServeArgs {
     /// Also export vLLM's metric names (`vllm`), e.g. `vllm:num_requests_waiting`.
     #[arg(long, env = "TESSERA_METRICS_COMPAT", default_value = "none")]
     metrics_compat: MetricsCompat,
-    /// Directory of the embedded SQLite store of conversations and responses (created on
-    /// first start); unused with --database-url.
-    #[arg(long, env = "TESSERA_DATA_DIR", default_value = "./tessera-data")]
-    data_dir: PathBuf,
-    /// PostgreSQL store shared by replicas, e.g. postgres://user:password@host:5432/db
-    /// (instead of SQLite in --data-dir).
-    #[arg(long, env = "TESSERA_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Fewest recent completed turns of a stored dialog kept in the prompt (0 = all).
     #[arg(long, env = "TESSERA_HISTORY_TURNS", default_value_t = 3)]
     history_turns: usize,
@@ -177,9 +250,73 @@ struct ServeArgs {
         hide_env_values = true
     )]
     admin_api_key: Vec<String>,
+    /// Do not serve the chat page at / (the WebSocket /v1/chat/ws stays).
+    #[arg(long, env = "TESSERA_NO_WEB_UI")]
+    no_web_ui: bool,
+    /// Defaults of a chat-page turn, e.g. temperature=0.7,top_p=0.9,repetition_penalty=1.2,max_tokens=200,history_turns=3.
+    #[arg(long, env = "TESSERA_CHAT_DEFAULTS", default_value = "")]
+    chat_defaults: String,
+    /// Limits of a chat WebSocket, e.g. max_message_bytes=64KiB,messages_per_second=20,burst=40,sockets_per_key=256,send_buffer=1MiB (docs/websocket.md lists all).
+    #[arg(long, env = "TESSERA_WS_LIMITS", default_value = "")]
+    ws_limits: String,
+    /// This replica's name in the X-Tessera-Replica response header (default:
+    /// hostname:port).
+    #[arg(long, env = "TESSERA_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// Seconds the oldest exchange not yet written to the conversation log may wait;
+    /// beyond it new requests (and /ready) get 503 audit_unavailable until it catches up.
+    #[arg(long, env = "TESSERA_AUDIT_MAX_LAG", default_value_t = 30.0)]
+    audit_max_lag: f64,
+    /// Days the conversation log keeps exchanges (a daily job deletes older ones; those
+    /// reviewed as violations stay until an admin deletes them); at least 180.
+    #[arg(long, env = "TESSERA_AUDIT_RETENTION_DAYS", default_value_t = 180)]
+    audit_retention_days: u32,
+    /// Accept --audit-retention-days below 180 (not for regulated deployments).
+    #[arg(long, env = "TESSERA_ALLOW_SHORT_RETENTION")]
+    allow_short_retention: bool,
+    /// Share of exchanges without moderation hits drawn into the human review queue
+    /// (0 to 1); every exchange with a hit is queued.
+    #[arg(long, env = "TESSERA_REVIEW_SAMPLE_RATE", default_value_t = 0.01)]
+    review_sample_rate: f64,
+    /// Write no conversation log (not for regulated deployments).
+    #[arg(long, env = "TESSERA_DISABLE_AUDIT_LOG")]
+    disable_audit_log: bool,
 }
 
 impl ServeArgs {
+    fn audit(&self) -> Result<tessera::audit::AuditConfig, String> {
+        let days = self.audit_retention_days;
+        let min = tessera::audit::MIN_RETENTION_DAYS;
+        if days == 0 || (days < min && !self.allow_short_retention) {
+            return Err(format!(
+                "--audit-retention-days must be >= {min} (the log must be kept {min} days; \
+                 --allow-short-retention accepts 1 or more). Given: {days}"
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.review_sample_rate) {
+            return Err(format!(
+                "--review-sample-rate must be in 0..=1. Given: {}",
+                self.review_sample_rate
+            ));
+        }
+        let max_lag = Duration::try_from_secs_f64(self.audit_max_lag)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "--audit-max-lag must be a number of seconds > 0. Given: {}",
+                    self.audit_max_lag
+                )
+            })?;
+        Ok(tessera::audit::AuditConfig {
+            enabled: !self.disable_audit_log,
+            max_lag,
+            retention_days: days,
+            review_sample_rate: self.review_sample_rate,
+            ..tessera::audit::AuditConfig::default()
+        })
+    }
+
     fn config(&self) -> Result<tessera::server::ServerConfig, String> {
         let seconds = |flag: &str, v: f64| {
             Duration::try_from_secs_f64(v)
@@ -209,7 +346,14 @@ impl ServeArgs {
             metrics_compat: self.metrics_compat,
             moderation_policy: self.moderation_policy.clone(),
             admin_api_keys: self.admin_api_key.clone(),
+            replica_id: self.replica_id.clone(),
             dialog: self.dialog()?,
+            chat: tessera::server::ws::ChatConfig {
+                defaults: tessera::server::ws::ChatDefaults::parse(&self.chat_defaults)?,
+                limits: tessera::server::ws::WsLimits::parse(&self.ws_limits)?,
+                web_ui: !self.no_web_ui,
+            },
+            audit: self.audit()?,
             ..tessera::server::ServerConfig::default()
         })
     }
@@ -219,10 +363,7 @@ impl ServeArgs {
             return Err("--history-step must be >= 1".into());
         }
         Ok(tessera::dialog::DialogConfig {
-            store: tessera::store::StoreConfig::from_flags(
-                self.data_dir.clone(),
-                self.database_url.clone(),
-            ),
+            store: self.store.config(),
             window: tessera::dialog::WindowRule {
                 min_turns: self.history_turns,
                 step: self.history_step,
@@ -318,6 +459,33 @@ fn main() {
                 .and_then(|()| tessera::cli::start_engine(&path, &cfg))
                 .and_then(|e| tessera::cli::chat(&e, system.as_deref(), sampling.params()))
         }
+        Command::Feedback {
+            command:
+                FeedbackCommand::Export {
+                    since,
+                    until,
+                    out_dir,
+                    data_dir,
+                    database_url,
+                },
+        } => {
+            let store =
+                tessera::store::StoreConfig::from_flags(data_dir.clone(), database_url.clone());
+            tessera::cli::export_feedback(&store, since, until.as_deref(), out_dir)
+        }
+        Command::Audit {
+            command: AuditCommand::Export(a),
+        } => tessera::audit::export::ExportRange::parse(&a.since, a.until.as_deref())
+            .and_then(|range| {
+                tessera::audit::export::run(
+                    &a.store.config(),
+                    &range,
+                    &a.format,
+                    a.output.as_deref(),
+                )
+            })
+            .map(|n| eprintln!("exported {n} exchanges"))
+            .map_err(Into::into),
         Command::Bench {
             engine,
             concurrency,
@@ -406,6 +574,46 @@ mod tests {
             .map(|arg| format!("--{}", arg.get_id().as_str().replace('_', "-")))
             .collect();
         assert!(bare.is_empty(), "flags without help text: {bare:?}");
+    }
+
+    fn audit_config(flags: &[&str]) -> Result<tessera::audit::AuditConfig, String> {
+        let cli = Cli::try_parse_from([&["tessera", "serve"][..], flags].concat()).expect("parses");
+        let Command::Serve { server, .. } = cli.command else {
+            panic!("not serve")
+        };
+        server.audit()
+    }
+
+    #[test]
+    fn a_retention_below_180_days_needs_allow_short_retention() {
+        let default = audit_config(&[]).expect("the defaults are valid");
+        assert_eq!(default.retention_days, 180);
+        assert_eq!(default.max_lag, Duration::from_secs(30));
+        let refused = audit_config(&["--audit-retention-days", "179"]).expect_err("too short");
+        assert!(
+            refused.contains("--audit-retention-days must be >= 180")
+                && refused.contains("Given: 179"),
+            "{refused}"
+        );
+        let short = ["--audit-retention-days", "7", "--allow-short-retention"];
+        assert_eq!(audit_config(&short).expect("allowed").retention_days, 7);
+        let zero = ["--audit-retention-days", "0", "--allow-short-retention"];
+        assert!(audit_config(&zero).is_err(), "0 days is never accepted");
+        assert_eq!(
+            audit_config(&["--audit-retention-days", "365"]).map(|c| c.retention_days),
+            Ok(365)
+        );
+        for (flag, value) in [
+            ("--audit-max-lag", "0"),
+            ("--audit-max-lag", "-1"),
+            ("--review-sample-rate", "1.5"),
+        ] {
+            let refused = audit_config(&[&format!("{flag}={value}")]).expect_err(flag);
+            assert!(
+                refused.contains(flag) && refused.contains(value),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

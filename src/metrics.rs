@@ -21,6 +21,8 @@
 mod compat;
 mod series;
 
+pub use crate::audit::series::AuditSeries;
+
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -101,6 +103,22 @@ pub const MOE_EXPERT_TOKENS_TOTAL: &str = "tessera_moe_expert_tokens_total";
 /// `action` (block, mask, flag).
 pub const MODERATION_HITS_TOTAL: &str = "tessera_moderation_hits_total";
 
+// ---- the conversation log and the review queue ---------------------------------------
+/// Exchanges written to the conversation log (committed).
+pub const AUDIT_RECORDS_TOTAL: &str = "tessera_audit_records_total";
+/// Age of the oldest exchange not yet written to the log (0 when none waits).
+pub const AUDIT_WRITE_LAG_SECONDS: &str = "tessera_audit_write_lag_seconds";
+/// Records per log write (one transaction), per batch.
+pub const AUDIT_BATCH_RECORDS: &str = "tessera_audit_batch_records";
+/// Wall time of one log write (one transaction), per batch.
+pub const AUDIT_WRITE_DURATION_SECONDS: &str = "tessera_audit_write_duration_seconds";
+/// Log writes that failed (each is retried).
+pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "tessera_audit_write_failures_total";
+/// Exchanges deleted by the retention job (older than --audit-retention-days).
+pub const AUDIT_RETENTION_DELETED_TOTAL: &str = "tessera_audit_retention_deleted_total";
+/// Exchanges in the human review queue without a verdict.
+pub const REVIEW_QUEUE_DEPTH: &str = "tessera_review_queue_depth";
+
 /// Every metric family tessera exports (the dashboard test checks queries against it).
 pub const ALL_NAMES: &[&str] = &[
     TIME_TO_FIRST_TOKEN_SECONDS,
@@ -132,6 +150,13 @@ pub const ALL_NAMES: &[&str] = &[
     HTTP_REQUESTS_TOTAL,
     MOE_EXPERT_TOKENS_TOTAL,
     MODERATION_HITS_TOTAL,
+    AUDIT_RECORDS_TOTAL,
+    AUDIT_WRITE_LAG_SECONDS,
+    AUDIT_BATCH_RECORDS,
+    AUDIT_WRITE_DURATION_SECONDS,
+    AUDIT_WRITE_FAILURES_TOTAL,
+    AUDIT_RETENTION_DELETED_TOTAL,
+    REVIEW_QUEUE_DEPTH,
 ];
 
 // ---- labels ------------------------------------------------------------------------
@@ -237,6 +262,7 @@ pub struct Metrics {
     build_info: IntGaugeVec,
     load_seconds: Gauge,
     moderation_hits: IntCounterVec,
+    audit: AuditSeries,
 }
 
 impl Metrics {
@@ -268,6 +294,7 @@ impl Metrics {
                 "Moderation rule matches, by stage, category and action.",
                 &[LABEL_STAGE, LABEL_CATEGORY, LABEL_ACTION],
             )?,
+            audit: AuditSeries::new(&reg)?,
             registry,
         })
     }
@@ -339,6 +366,11 @@ impl Metrics {
     /// hit sink.
     pub fn moderation_hits(&self) -> IntCounterVec {
         self.moderation_hits.clone()
+    }
+
+    /// The conversation log's series, for its writer and retention job.
+    pub fn audit(&self) -> AuditSeries {
+        self.audit.clone()
     }
 
     /// Counts one failed generation request.

@@ -10,7 +10,7 @@ mod http_support;
 use std::net::SocketAddr;
 
 use http_support::{
-    error_of, get, ok, post, request, serve, start_engine, SseEvent, SseStream, MODEL,
+    error_of, get, ok, post, request, serve, start_engine, typed_events, SseStream, MODEL,
 };
 use serde_json::{json, Value};
 use tessera::config::EngineConfig;
@@ -349,28 +349,6 @@ fn chains_stream_and_refuse_what_they_cannot_do() {
         404,
     );
     srv.shutdown();
-}
-
-/// The JSON of every typed event of a Responses stream.
-fn typed_events(mut stream: SseStream) -> Vec<Value> {
-    assert_eq!(stream.status, 200);
-    let mut out = Vec::new();
-    while let Some(event) = stream.next_event() {
-        let text = match event {
-            SseEvent::Comment(text) | SseEvent::Data(text) => text,
-        };
-        let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) else {
-            continue; // keep-alive
-        };
-        let kind = text
-            .lines()
-            .find_map(|l| l.strip_prefix("event: "))
-            .expect("event line");
-        let value: Value = serde_json::from_str(data).expect("event JSON");
-        assert_eq!(value["type"], kind);
-        out.push(value);
-    }
-    out
 }
 
 #[test]

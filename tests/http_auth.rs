@@ -62,6 +62,7 @@ fn body_for(method: &str, route: &str) -> Option<Value> {
             Some(json!({"items": [{"role": "user", "content": "more"}]}))
         }
         "/v1/moderations" => Some(json!({"input": "hello"})),
+        "/admin/v1/exchanges/{id}/review" => Some(json!({"verdict": "ok", "reviewer": "auth"})),
         _ => Some(json!({})),
     }
 }
@@ -154,9 +155,20 @@ fn made(method: &str, path: &str, route: &str, pointer: &str) -> String {
 }
 
 /// The route the table declares for `path` with its parameters filled in: the served
-/// model, and a response or conversation (with one item) made for this call.
+/// model, and a response or conversation (with one item), or a logged exchange (its id
+/// or its thread's), made for this call.
 fn concrete(path: &str) -> String {
     let mut path = path.replace("{model}", MODEL);
+    if path.starts_with("/admin/v1/exchanges/{id}") || path.starts_with("/admin/v1/threads/{id}") {
+        let auth = auth_for("/v1/responses");
+        let (exchange, thread) = http_support::logged_exchange(server(), &auth);
+        let id = if path.starts_with("/admin/v1/threads/") {
+            thread
+        } else {
+            exchange
+        };
+        path = path.replace("{id}", &id);
+    }
     if path.starts_with("/v1/responses/{id}") {
         let id = made("POST", "/v1/responses", "/v1/responses", "/id");
         path = path.replace("{id}", &id);

@@ -98,10 +98,20 @@ fn example(method: &str, path: &str) -> Option<Value> {
     Some(body)
 }
 
-/// `path` with its parameters filled in: `{model}`, and for the dialog routes a new
-/// conversation (holding one item) and a new stored response.
+/// `path` with its parameters filled in: `{model}`, for the dialog routes a new
+/// conversation (holding one item) and a new stored response, for the admin routes a
+/// new logged exchange (or its thread).
 fn concrete(path: &str) -> String {
-    let mut concrete = path.replace("{model}", MODEL);
+    let mut concrete = path.replace("{model}", MODEL).replace("{file}", "app.js");
+    if concrete.starts_with("/admin/v1/exchanges/") || concrete.starts_with("/admin/v1/threads/") {
+        let (exchange, thread) = http_support::logged_exchange(server(), AUTH.1);
+        let id = if concrete.starts_with("/admin/v1/threads/") {
+            thread
+        } else {
+            exchange
+        };
+        return concrete.replace("{id}", &id);
+    }
     if concrete.contains("{id}") || concrete.contains("{item_id}") {
         let made = |path: &str, body: Value| {
             let bytes = body.to_string();
@@ -174,6 +184,13 @@ fn every_example_response_validates_against_its_schema() {
     for (method, path) in spec().operations() {
         let body = example(&method, &path);
         let res = call(&method, &path, body.as_ref());
+        if path == "/v1/chat/ws" {
+            // A plain GET is not an upgrade: the documented 400 (the socket itself is
+            // tested in tests/ws_chat.rs).
+            assert_eq!(res.status, 400, "{method} {path}: {}", res.text());
+            check_response(&method, &path, &res);
+            continue;
+        }
         assert_eq!(res.status, 200, "{method} {path}: {}", res.text());
         check_response(&method, &path, &res);
         if let Some(mut streamed) = body.filter(|b| b.get("max_tokens").is_some()) {

@@ -169,6 +169,7 @@ fn turns(pool: &StorePool) {
         conversation_id: None,
         input: vec![item(&format!("{n}-in"))],
         output: vec![item(&format!("{n}-out"))],
+        replaces: None,
     };
     for (id, prev, n) in [
         ("resp_1", None, "t1"),
@@ -229,6 +230,7 @@ fn turns(pool: &StorePool) {
         conversation_id: Some("conv_missing".into()),
         input: vec![item("x-in")],
         output: vec![item("x-out")],
+        replaces: None,
     };
     assert_eq!(
         pool.run_blocking(move |s| s.commit_turn(&o, &orphan)),
@@ -249,6 +251,7 @@ fn turns(pool: &StorePool) {
         conversation_id: Some("conv_2".into()),
         input: vec![item("c1")],
         output: vec![item("c2")],
+        replaces: None,
     };
     assert_eq!(
         pool.run_blocking(move |s| s.commit_turn(&o, &t)),

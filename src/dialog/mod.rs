@@ -5,7 +5,8 @@
 //! to HTTP (the Responses/Conversations routes and the WebSocket chat both use it).
 //!
 //! A turn: `Dialog::prepare_turn` loads the history (hot cache, else the store), windows
-//! it and tokenizes the prompt (`PreparedTurn`); the caller runs it on the engine and
+//! it and tokenizes the prompt on the blocking pool (`PreparedTurn`); the caller runs it
+//! on the engine and
 //! hands the outcome to `Dialog::commit_turn`, which writes the response and its items in
 //! one transaction and only then returns the final response object — so a turn reported
 //! complete is durable, and one that never finished leaves nothing behind.
@@ -16,7 +17,9 @@
 //! prompt is windowed.
 
 mod cache;
+pub mod chat;
 mod conversations;
+pub mod feedback;
 pub mod items;
 pub mod objects;
 mod prompt;

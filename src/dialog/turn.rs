@@ -18,9 +18,9 @@ use super::items::{new_id, Message, Role};
 use super::objects::{item_list, response_object, ResponseFields, Status, TurnUsage};
 pub use super::prompt::WindowInfo;
 use super::prompt::{BuiltPrompt, PromptSpec};
-use super::{Dialog, DialogError, ListQuery};
+use super::{Dialog, DialogError, ListQuery, WindowRule};
 use crate::engine::handle::EngineHandle;
-use crate::store::{Owner, ResponseRecord, StoreError, TurnRecord};
+use crate::store::{Owner, Replaced, ResponseRecord, StoreError, TurnRecord};
 
 /// What a turn continues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,33 @@ pub enum Anchor {
     None,
     Previous(String),
     Conversation(String),
+}
+
+/// Hex digits at the start of a response or conversation id that name its dialog.
+pub const AFFINITY_HEX: usize = 16;
+
+impl Anchor {
+    /// The id of this turn's response: `resp_`, the dialog's affinity key, 16 random hex
+    /// digits. The key is the first `AFFINITY_HEX` hex digits of the conversation's id or
+    /// of the previous response's (so of the chain's first response); a new dialog gets
+    /// a random one. Every response of a dialog so shares it, and a load balancer that
+    /// hashes it (deploy/nginx/tessera.conf) keeps the dialog on the replica that holds
+    /// its KV cache.
+    fn response_id(&self) -> String {
+        let key = match self {
+            Anchor::Previous(id) | Anchor::Conversation(id) => affinity_key(id),
+            Anchor::None => None,
+        };
+        let key = key.map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_string);
+        format!("resp_{key}{:016x}", rand::random::<u64>())
+    }
+}
+
+/// The affinity key of a `resp_…` or `conv_…` id: its first `AFFINITY_HEX` hex digits.
+pub fn affinity_key(id: &str) -> Option<&str> {
+    let (_, hex) = id.split_once('_')?;
+    let key = hex.get(..AFFINITY_HEX)?;
+    key.bytes().all(|b| b.is_ascii_hexdigit()).then_some(key)
 }
 
 /// A new turn as the caller parsed it.
@@ -53,11 +80,36 @@ pub struct PreparedTurn {
     pub prompt: BuiltPrompt,
     /// The history the prompt was built from.
     context: Arc<Context>,
+    /// The conversation items this turn replaces when committed (a regeneration).
+    replaces: Option<Replaced>,
+}
+
+/// What a turn is built on: its history, what it replaces, when preparing began.
+pub(super) struct TurnBase {
+    /// What the turn continues (its response id carries the dialog's affinity key).
+    pub anchor: Anchor,
+    pub context: Arc<Context>,
+    pub replaces: Option<Replaced>,
+    pub started: Instant,
 }
 
 impl PreparedTurn {
     pub fn window(&self) -> WindowInfo {
         self.prompt.window
+    }
+
+    /// The dialog this turn belongs to (the conversation log's `thread_id`): its
+    /// conversation, else the first stored response of its `previous_response_id`
+    /// chain, else this response.
+    pub fn thread_id(&self) -> String {
+        if let Some(conversation) = &self.fields.conversation_id {
+            return conversation.clone();
+        }
+        match &self.context.stamp {
+            Stamp::Chain { response_ids } => response_ids.first().cloned(),
+            Stamp::Conversation { .. } => None,
+        }
+        .unwrap_or_else(|| self.response_id.clone())
     }
 
     /// The response object without output, in `status` (`in_progress` while the turn
@@ -116,10 +168,48 @@ impl Dialog {
         request: TurnRequest,
         engine: &EngineHandle,
     ) -> Result<PreparedTurn, DialogError> {
+        self.prepare_turn_with(owner, request, engine, self.window)
+            .await
+    }
+
+    /// `prepare_turn` with another history window than the server's (the chat page's
+    /// product defaults).
+    pub async fn prepare_turn_with(
+        &self,
+        owner: &Owner,
+        request: TurnRequest,
+        engine: &EngineHandle,
+        rule: WindowRule,
+    ) -> Result<PreparedTurn, DialogError> {
         let started = Instant::now();
-        let context = self.context(owner, &anchor(&request.fields)?).await?;
+        let anchor = anchor(&request.fields)?;
+        let context = self.context(owner, &anchor).await?;
+        let base = TurnBase {
+            anchor,
+            context,
+            replaces: None,
+            started,
+        };
+        self.build_turn(owner, request, engine, rule, base).await
+    }
+
+    /// Windows `base.context` and builds the prompt of `request` on it.
+    pub(super) async fn build_turn(
+        &self,
+        owner: &Owner,
+        request: TurnRequest,
+        engine: &EngineHandle,
+        rule: WindowRule,
+        base: TurnBase,
+    ) -> Result<PreparedTurn, DialogError> {
+        let TurnBase {
+            anchor,
+            context,
+            replaces,
+            started,
+        } = base;
         let history_ms = ms(started);
-        let (engine, rule) = (engine.clone(), self.window);
+        let engine = engine.clone();
         let (ctx, req) = (context.clone(), request.clone());
         let prompt = tokio::task::spawn_blocking(move || {
             PromptSpec {
@@ -143,7 +233,7 @@ impl Dialog {
             "turn prepared"
         );
         Ok(PreparedTurn {
-            response_id: new_id("resp"),
+            response_id: anchor.response_id(),
             output_id: new_id("msg"),
             created_at: crate::store::unix_now(),
             owner: owner.clone(),
@@ -151,12 +241,17 @@ impl Dialog {
             input: request.input,
             prompt,
             context,
+            replaces,
         })
     }
 
     /// The history of `anchor`: from the hot cache when its stamp is current, else from
     /// the store (and then cached).
-    async fn context(&self, owner: &Owner, anchor: &Anchor) -> Result<Arc<Context>, DialogError> {
+    pub(super) async fn context(
+        &self,
+        owner: &Owner,
+        anchor: &Anchor,
+    ) -> Result<Arc<Context>, DialogError> {
         let (key, param) = match anchor {
             Anchor::None => {
                 return Ok(Arc::new(Context {
@@ -265,6 +360,7 @@ impl Dialog {
             conversation_id: f.conversation_id.clone(),
             input: turn.input.iter().map(Message::to_record).collect(),
             output: output.iter().map(Message::to_record).collect(),
+            replaces: turn.replaces.clone(),
         };
         let mut version = None;
         let started = Instant::now();
@@ -385,4 +481,28 @@ pub(super) fn list_of(page: &crate::store::Page) -> Result<Value, DialogError> {
         })
         .collect::<Result<Vec<Value>, _>>()?;
     Ok(item_list(&items, page.has_more))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_of_one_dialog_share_its_affinity_key() {
+        let conv = new_id("conv");
+        let key = affinity_key(&conv).expect("a conversation id has a key");
+        let first = Anchor::Conversation(conv.clone()).response_id();
+        assert_eq!(affinity_key(&first), Some(key));
+        let second = Anchor::Previous(first.clone()).response_id();
+        assert_eq!(affinity_key(&second), Some(key));
+        assert_ne!(first, second);
+        assert_eq!(first.len(), "resp_".len() + 2 * AFFINITY_HEX);
+        let fresh = Anchor::None.response_id();
+        assert_ne!(affinity_key(&fresh), Some(key));
+        // Foreign or short ids carry no key: the chain then starts a new one.
+        assert_eq!(affinity_key("resp_xyz"), None);
+        assert_eq!(affinity_key("nounderscore"), None);
+        let unkeyed = Anchor::Previous("resp_short".into()).response_id();
+        assert!(affinity_key(&unkeyed).is_some());
+    }
 }

@@ -15,6 +15,7 @@ use prometheus::{
 };
 
 use super::*;
+use crate::audit::series::AuditSeries;
 use crate::engine::core::StepStats;
 use crate::engine::handle::StepObserver;
 
@@ -40,6 +41,15 @@ pub const ITERATION_TOKENS_BUCKETS: &[f64] = &[
 /// Engine step wall time (vLLM has no such histogram): 1 ms to 10 s.
 pub const STEP_DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+/// Records per conversation-log write: 1 to 1024.
+pub const AUDIT_BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Conversation-log write time: 0.1 ms to 10 s.
+pub const AUDIT_WRITE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
 ];
 /// HTTP time to response head: Prometheus' default edges plus long ones for generation.
 pub const HTTP_DURATION_BUCKETS: &[f64] = &[
@@ -327,6 +337,43 @@ impl HttpSeries {
                 "HTTP request to response head in seconds, by route and status.",
                 HTTP_DURATION_BUCKETS,
                 &[LABEL_ROUTE, LABEL_STATUS],
+            )?,
+        })
+    }
+}
+
+impl AuditSeries {
+    pub(super) fn new(reg: &Reg) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            records: reg.counter(
+                AUDIT_RECORDS_TOTAL,
+                "Exchanges written to the conversation log.",
+            )?,
+            lag: reg.gauge(
+                AUDIT_WRITE_LAG_SECONDS,
+                "Age of the oldest exchange not yet written to the log, in seconds.",
+            )?,
+            batch: reg.histogram(
+                AUDIT_BATCH_RECORDS,
+                "Records per conversation-log write (one transaction).",
+                AUDIT_BATCH_BUCKETS,
+            )?,
+            write_seconds: reg.histogram(
+                AUDIT_WRITE_DURATION_SECONDS,
+                "Wall time of one conversation-log write (one transaction), in seconds.",
+                AUDIT_WRITE_BUCKETS,
+            )?,
+            failures: reg.counter(
+                AUDIT_WRITE_FAILURES_TOTAL,
+                "Conversation-log writes that failed (each is retried).",
+            )?,
+            retention_deleted: reg.counter(
+                AUDIT_RETENTION_DELETED_TOTAL,
+                "Exchanges deleted by the retention job.",
+            )?,
+            review_queue: reg.int_gauge(
+                REVIEW_QUEUE_DEPTH,
+                "Exchanges in the human review queue without a verdict.",
             )?,
         })
     }

@@ -4,7 +4,8 @@
 //!
 //! Deny by default: `routes::configure` wraps every resource of its table with
 //! [`check_access`], with `Access::Key` unless the path is in `routes::OPEN_ROUTES`
-//! (`Access::Open`) or `routes::ADMIN_ROUTES` (`Access::Admin`).
+//! (`Access::Open`), `routes::ADMIN_ROUTES` (`Access::Admin`) or `routes::SOCKET_ROUTES`
+//! (`Access::Socket`: the WebSocket authenticates its own messages).
 //! The middleware marks each request it lets through ([`AccessChecked`]); `gate`
 //! withholds (500) the response of any request that reached a handler without that mark,
 //! so a route registered outside the table can never serve anything.
@@ -28,6 +29,10 @@ pub enum Access {
     /// A key given to `--admin-api-key` (never an ordinary API key); without any admin
     /// key the route is closed (403).
     Admin,
+    /// The chat WebSocket: the upgrade is open, and the socket itself refuses every
+    /// message until a configured key is given (browsers cannot send `Authorization`
+    /// on a WebSocket; see `ws`).
+    Socket,
 }
 
 /// Set on a request by [`check_access`] (or by the not-found handler): it went through
@@ -45,7 +50,7 @@ pub async fn check_access(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     req.extensions_mut().insert(AccessChecked);
     let refused = match access {
-        Access::Open => None,
+        Access::Open | Access::Socket => None,
         Access::Key => req
             .app_data::<web::Data<AppState>>()
             .and_then(|state| authorize(&state.config.api_keys, req.headers()).err()),
@@ -95,7 +100,7 @@ pub fn authorize_admin(admin_keys: &[String], headers: &HeaderMap) -> Result<(),
     authorize(admin_keys, headers).map_err(|_| ApiError::AdminUnauthorized)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

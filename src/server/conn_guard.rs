@@ -17,6 +17,11 @@
 //! request); actix then closes the connection, and the guard reads what the client
 //! still sends for a moment so the close does not reset the connection under the answer.
 //!
+//! Each connection also carries a [`KillSwitch`] (in the connection data of its requests:
+//! `req.conn_data::<Arc<KillSwitch>>()`): a handler that must drop its connection whatever
+//! state actix's writer is in (a WebSocket whose client stopped reading) pulls it, and
+//! every later read or write of the connection fails, so actix drops it.
+//!
 //! Invariants: actix never receives an incomplete, over-limit or malformed head, so its
 //! own 400 / 408 / 431 responses cannot happen; a client cannot send `REFUSAL_HEADER`
 //! itself (400); bytes after a refusal are never released. A body whose chunked framing
@@ -27,6 +32,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -38,6 +45,7 @@ use actix_web::http::header::HeaderMap;
 use actix_web::rt::net::TcpStream;
 use actix_web::rt::time::{sleep, Sleep};
 use actix_web::web::BytesMut;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::ApiError;
@@ -113,8 +121,50 @@ enum Phase {
     Ended,
 }
 
+/// Ends a connection from outside actix: once pulled, the connection's reads and writes
+/// fail (and its task is woken to see it).
+#[derive(Debug, Default)]
+pub struct KillSwitch {
+    pulled: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl KillSwitch {
+    pub fn pull(&self) {
+        self.pulled.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    pub fn is_pulled(&self) -> bool {
+        self.pulled.load(Ordering::SeqCst)
+    }
+
+    /// `Err` once pulled; else `poll`, registering the waker when it is pending.
+    fn guard<T>(
+        &self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.is_pulled() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection was ended by the server",
+            )));
+        }
+        let result = poll(cx);
+        if result.is_pending() {
+            self.waker.register(cx.waker());
+            if self.is_pulled() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        result
+    }
+}
+
 /// A TCP connection as actix-http reads it: see the module header.
 pub struct GuardedStream {
+    kill: Arc<KillSwitch>,
     io: TcpStream,
     head_timeout: Duration,
     /// actix's request decoder, fed exactly the bytes released to actix.
@@ -142,6 +192,7 @@ impl GuardedStream {
     /// Guards `io`; a request head must arrive whole within `head_timeout`.
     pub fn new(io: TcpStream, head_timeout: Duration) -> Self {
         Self {
+            kill: Arc::new(KillSwitch::default()),
             io,
             head_timeout,
             mirror: Codec::new(ServiceConfigBuilder::new().build()),
@@ -152,6 +203,11 @@ impl GuardedStream {
             phase: Phase::Open,
             linger: None,
         }
+    }
+
+    /// The connection's kill switch (see the module header).
+    pub fn kill_switch(&self) -> Arc<KillSwitch> {
+        self.kill.clone()
     }
 
     /// Judges the pending bytes: releases what the mirror accepts; a refusal when a
@@ -305,6 +361,19 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let kill = this.kill.clone();
+        kill.guard(cx, |cx| this.read_released(cx, buf))
+    }
+}
+
+impl GuardedStream {
+    /// `poll_read` of a connection that is not killed.
+    fn read_released(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self;
         loop {
             if !this.released.is_empty() {
                 let n = buf.remaining().min(this.released.len());
@@ -348,7 +417,9 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let io = &mut this.io;
+        this.kill.guard(cx, |cx| Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -356,7 +427,10 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let io = &mut this.io;
+        this.kill
+            .guard(cx, |cx| Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -364,7 +438,9 @@ impl AsyncWrite for GuardedStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let io = &mut this.io;
+        this.kill.guard(cx, |cx| Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1,6 +1,7 @@
-//! What the Responses and Conversations routes share: the caller's `Owner` (from the
-//! API key the gate accepted), the dialog service, list query parameters and the JSON
-//! body types of the conversation routes.
+//! What the Responses and Conversations routes (and the WebSocket chat) share: the
+//! caller's `Owner` (from the API key the gate accepted), the dialog service, a turn's
+//! preparation (history, then the prompt on the CPU pool), query parameters and the
+//! JSON body types of the conversation routes.
 //!
 //! Invariants: with API keys configured every caller is the hash of its key (the gate
 //! has already refused unknown keys); without keys every caller is the one anonymous
@@ -13,7 +14,8 @@ use serde_json::Value;
 
 use super::request::JsonBody;
 use super::state::AppState;
-use crate::dialog::{Dialog, ListQuery};
+use crate::dialog::{Dialog, ListQuery, PreparedTurn, TurnRequest};
+use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::store::Owner;
 
@@ -76,10 +78,8 @@ fn parse_query(query: &str) -> Result<ListParams, String> {
         limit: None,
         order: None,
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value)?;
-        match key {
+    for (key, value) in query_pairs(query)? {
+        match key.as_str() {
             "after" => params.after = Some(value),
             "limit" => {
                 params.limit = Some(
@@ -93,6 +93,18 @@ fn parse_query(query: &str) -> Result<ListParams, String> {
         }
     }
     Ok(params)
+}
+
+/// The `key=value` pairs of a query string, values percent-decoded, in order.
+pub fn query_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((key.to_string(), percent_decode(value)?))
+        })
+        .collect()
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
@@ -21,12 +21,20 @@ use super::access::AccessChecked;
 use super::conn_guard::refusal_of;
 use super::observe::{is_admitted, GENERATION_ROUTES};
 use super::request::{JsonBody, PathError};
-use super::state::AppState;
+use super::state::{AppState, Phase};
 use crate::error::{http_error, ApiError};
 use crate::metrics::{FailureReason, ROUTE_UNMATCHED};
 
 /// The request id header (accepted from the client, else made; always returned).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// On every response: which replica answered (`--replica-id`), so affinity can be seen.
+pub const REPLICA_HEADER: &str = "x-tessera-replica";
+
+/// `true` on a refusal that came before any of the request's work began (nothing
+/// generated, nothing stored: loading, draining, at capacity): a proxy may send the same
+/// request to another replica (deploy/nginx/tessera.conf does).
+pub const NOT_STARTED_HEADER: &str = "x-tessera-not-started";
 
 /// Longest client-supplied request id kept as is.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -45,6 +53,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if let Some(seconds) = mapped.retry_after {
             res.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if mapped.not_started {
+            res.insert_header((NOT_STARTED_HEADER, "true"));
         }
         if let ApiError::MethodNotAllowed { allowed, .. } = self {
             res.insert_header((header::ALLOW, allowed.as_str()));
@@ -71,6 +82,7 @@ pub async fn gate(
     }
     let status = res.status().as_u16();
     if let Some(state) = &state {
+        mark_replica(state, res.response_mut());
         record_http(state, res.request(), status, started.elapsed());
     }
     tracing::info!(
@@ -151,6 +163,19 @@ fn framework_error(err: &dyn ResponseError) -> HttpResponse {
         message: err.to_string(),
     }
     .error_response()
+}
+
+/// Names the replica on the response; while draining, also ends the connection after it
+/// (`Connection: close`), so a proxy keeps no idle connection to a replica about to
+/// stop, whose close could race a request it sends.
+fn mark_replica(state: &AppState, res: &mut HttpResponse<BoxBody>) {
+    if let Some(value) = state.replica_header() {
+        res.headers_mut()
+            .insert(header::HeaderName::from_static(REPLICA_HEADER), value);
+    }
+    if state.phase() == Phase::Draining {
+        res.head_mut().set_connection_type(ConnectionType::Close);
+    }
 }
 
 /// HTTP metrics of one answered request; a generation request refused before admission

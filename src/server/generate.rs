@@ -10,7 +10,8 @@
 //! at any point (client gone, error) aborts every unfinished sequence and returns its
 //! admission slots. Choice `p * n + c` is choice `c` of prompt `p` (OpenAI's order).
 //! Every event and error of every choice passes through `ChoiceStream::next`, which
-//! hands it to the request's `RequestRecord` (metrics, outcome, log line).
+//! hands it to the request's `RequestRecord` (metrics, outcome, log line, and the
+//! request's exchange in the conversation log).
 
 use std::sync::Arc;
 
@@ -20,7 +21,9 @@ use super::content_filter::{annotate_response, ChoiceGuard};
 use super::observe::RequestRecord;
 use super::response::{ChoiceOutput, LogprobShape, ResponseMeta};
 use super::state::{AppState, Permit};
-use super::validate::ValidRequest;
+use super::validate::{ValidPrompt, ValidRequest};
+use crate::audit::Exchange;
+use crate::dialog::PreparedTurn;
 use crate::engine::handle::EngineHandle;
 use crate::engine::stream::{RequestStream, TokenEvent, Usage};
 use crate::error::ApiError;
@@ -118,18 +121,33 @@ pub struct Generation {
     pub screen: Option<Arc<Screen>>,
 }
 
+/// What watches a request besides its metrics: its id, its moderation, and its exchange
+/// in the conversation log.
+pub struct Oversight {
+    pub request_id: String,
+    /// The request's moderation (`None`: no policy).
+    pub screen: Option<Arc<Screen>>,
+    /// Logged when the request settles (`None`: the log is off).
+    pub exchange: Option<Exchange>,
+}
+
 /// Submits choice 0 of every prompt of `valid` and queues the other choices behind it;
 /// on any refusal the ones already submitted are aborted (dropped) and the error returned.
-/// With a `screen`, every choice's output goes through its moderation guard.
+/// With a `screen`, every choice's output goes through its moderation guard; with an
+/// `exchange`, the request is logged when it settles (whatever ends it).
 pub fn submit(
     engine: &EngineHandle,
     state: Arc<AppState>,
     valid: ValidRequest,
     meta: ResponseMeta,
     permit: Permit,
-    request_id: String,
-    screen: Option<Arc<Screen>>,
+    oversight: Oversight,
 ) -> Result<Generation, ApiError> {
+    let Oversight {
+        request_id,
+        screen,
+        exchange,
+    } = oversight;
     let mut choices = Vec::with_capacity(valid.prompts.len() * valid.n);
     for (p, prompt) in valid.prompts.iter().enumerate() {
         let first = engine.submit(prompt.token_ids.clone(), valid.sampling_for(p, 0))?;
@@ -172,14 +190,17 @@ pub fn submit(
             })
             .collect()
     });
-    let record = Arc::new(RequestRecord::new(
-        state.clone(),
-        request_id,
-        valid.model.clone(),
-        choices.len(),
-        valid.n,
-        prompts,
-    ));
+    let record = Arc::new(
+        RequestRecord::new(
+            state.clone(),
+            request_id,
+            valid.model.clone(),
+            choices.len(),
+            valid.n,
+            prompts,
+        )
+        .with_audit(exchange, screen.clone()),
+    );
     for choice in &mut choices {
         choice.record = Some(record.clone());
     }
@@ -209,6 +230,41 @@ pub fn submit(
         record,
         screen,
     })
+}
+
+/// Submits a prepared dialog turn (one prompt, one choice, `sampling` with the turn's
+/// output budget): the Responses API and the chat socket run turns through this.
+pub fn submit_turn(
+    engine: &EngineHandle,
+    state: Arc<AppState>,
+    turn: &PreparedTurn,
+    sampling: SamplingParams,
+    permit: Permit,
+    oversight: Oversight,
+) -> Result<Generation, ApiError> {
+    let meta = ResponseMeta {
+        id: turn.response_id.clone(),
+        created: turn.created_at.max(0) as u64,
+        model: turn.fields.model.clone(),
+        endpoint: super::response::Endpoint::Chat,
+        include_usage: false,
+    };
+    let request = ValidRequest {
+        model: turn.fields.model.clone(),
+        prompts: vec![ValidPrompt {
+            token_ids: turn.prompt.token_ids.clone(),
+            max_tokens: turn.prompt.max_tokens,
+            echo: None,
+        }],
+        n: 1,
+        sampling,
+        stream: true,
+        include_usage: false,
+        logprobs: false,
+        prompt_logprobs: None,
+        echo_logprobs: false,
+    };
+    submit(engine, state, request, meta, permit, oversight)
 }
 
 /// The finish of a sequence as the client sees it: `abort` only happens when the engine

@@ -14,14 +14,22 @@
 //! the OpenAI Responses and Conversations routes over the dialog layer (`crate::dialog`),
 //! sharing `dialog_http`. `content_filter` runs the moderation policy (`crate::safety`)
 //! on the generation routes; `moderations` serves `/v1/moderations` and the policy's
-//! reload.
+//! reload. `ws` is the chat page's WebSocket (`/v1/chat/ws`), `web` serves the page
+//! itself, `feedback` takes ratings of responses over HTTP. `router_compat` answers what
+//! LLM-aware routers (SGLang's Model Gateway, vllm-router) ask of a worker; `gate` names
+//! the replica on every response (`X-Tessera-Replica`) and marks refusals that started
+//! nothing (`X-Tessera-Not-Started`). `exchange` tells the conversation log (`crate::audit`) of each exchange;
+//! `admin` is the log's admin API (review queue, verdicts, threads).
 
 pub mod access;
+pub mod admin;
 pub mod conn_guard;
 pub mod content_filter;
 pub mod conversations;
 pub mod cpu;
 pub mod dialog_http;
+pub mod feedback;
+pub mod exchange;
 pub mod gate;
 pub mod generate;
 pub mod guided;
@@ -31,11 +39,14 @@ pub mod observe;
 pub mod request;
 pub mod response;
 pub mod responses;
+pub mod router_compat;
 pub mod routes;
 pub mod serve;
 pub mod sse;
 pub mod state;
 pub mod validate;
+pub mod web;
+pub mod ws;
 
 pub use serve::{serve, spawn, SpawnedServer, HOLD_LOADING_ENV};
 pub use state::{AppState, Phase, ServerConfig};

@@ -11,6 +11,11 @@
 //!
 //! Requests refused before admission never get a record: the middleware counts them
 //! (`gate`), telling them apart by the `Admitted` marker a handler sets.
+//!
+//! This is also where the conversation log hears of every admitted exchange, exactly
+//! once: a record given an `audit::Exchange` (`with_audit`) finishes it when it settles,
+//! with the text each choice sent, its finish reason, the token counts and the
+//! request's moderation hits.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,10 +23,12 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpMessage, HttpRequest};
 
 use super::state::AppState;
+use crate::audit::{ChoiceOutcome, Exchange, ExchangeOutcome};
 use crate::engine::stream::{TokenEvent, Usage};
 use crate::error::{http_error, ApiError};
 use crate::metrics::FailureReason;
 use crate::request::FinishReason;
+use crate::safety::{Screen, Stage};
 
 /// The `target` of the per-request log line.
 pub const REQUEST_LOG_TARGET: &str = "tessera::request";
@@ -53,7 +60,7 @@ struct ChoiceProgress {
     usage: Usage,
     finish: Option<FinishReason>,
     ttft: Option<Duration>,
-    /// Generated text (kept only with `--log-requests`).
+    /// Generated text (kept with `--log-requests` and for the conversation log).
     text: String,
 }
 
@@ -75,6 +82,10 @@ pub struct RequestRecord {
     /// Prompt texts, kept only with `--log-requests`.
     prompts: Option<Vec<String>>,
     progress: Mutex<Progress>,
+    /// The exchange to log when the request settles (`None`: the log is off).
+    audit: Option<Exchange>,
+    /// The request's moderation, whose hits go into the log.
+    screen: Option<Arc<Screen>>,
 }
 
 impl RequestRecord {
@@ -99,7 +110,16 @@ impl RequestRecord {
                 choices: vec![ChoiceProgress::default(); num_choices],
                 error: None,
             }),
+            audit: None,
+            screen: None,
         }
+    }
+
+    /// Logs `exchange` (with `screen`'s hits) when the request settles.
+    pub fn with_audit(mut self, exchange: Option<Exchange>, screen: Option<Arc<Screen>>) -> Self {
+        self.audit = exchange;
+        self.screen = screen;
+        self
     }
 
     /// Records one event of choice `index`.
@@ -109,7 +129,7 @@ impl RequestRecord {
             // The engine aborts a sequence only when it shuts down under it.
             self.fail(&ApiError::Draining);
         }
-        let keep_text = self.prompts.is_some();
+        let keep_text = self.prompts.is_some() || self.audit.is_some();
         let Ok(mut progress) = self.progress.lock() else {
             return;
         };
@@ -130,8 +150,14 @@ impl RequestRecord {
         }
     }
 
-    /// Counts the outcome and writes the log line.
-    fn settle(&self, progress: &Progress) {
+    /// `fail`, passing `err` on.
+    pub fn fail_with(&self, err: ApiError) -> ApiError {
+        self.fail(&err);
+        err
+    }
+
+    /// Counts the outcome and writes the log line; the status it settled on.
+    fn settle(&self, progress: &Progress) -> u16 {
         let all_done = progress.choices.iter().all(|c| {
             matches!(
                 c.finish,
@@ -152,6 +178,27 @@ impl RequestRecord {
             self.state.metrics.record_failure(reason);
         }
         self.log(progress, status);
+        status
+    }
+
+    /// The exchange's outcome for the conversation log.
+    fn outcome(&self, progress: &mut Progress, status: u16) -> ExchangeOutcome {
+        let usages: Vec<Usage> = progress.choices.iter().map(|c| c.usage).collect();
+        let usage = Usage::total(&usages, self.n);
+        ExchangeOutcome {
+            status,
+            choices: progress
+                .choices
+                .iter_mut()
+                .map(|c| ChoiceOutcome {
+                    text: std::mem::take(&mut c.text),
+                    finish_reason: c.finish.map(FinishReason::as_str),
+                })
+                .collect(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached_tokens: usage.cached_tokens,
+        }
     }
 
     fn log(&self, progress: &Progress, status: u16) {
@@ -192,11 +239,20 @@ impl RequestRecord {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let progress = match self.progress.get_mut() {
+        let mut progress = match self.progress.get_mut() {
             Ok(p) => std::mem::take(p),
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
         };
-        self.settle(&progress);
+        let status = self.settle(&progress);
+        if let Some(exchange) = self.audit.take() {
+            let outcome = self.outcome(&mut progress, status);
+            let mut hits = Vec::new();
+            if let Some(screen) = &self.screen {
+                hits = screen.hits(Stage::Input, None);
+                hits.extend(screen.hits(Stage::Output, None));
+            }
+            exchange.finish(&outcome, &hits);
+        }
     }
 }
 

@@ -12,8 +12,9 @@ use serde_json::json;
 use super::access::{check_access, Access, AccessChecked};
 use super::content_filter::{screen_chat, screen_completion};
 use super::cpu::PromptLimit;
+use super::exchange::{self, chat_input, completion_input, log_if_blocked};
 use super::gate::{id_of, parse_json, read_body};
-use super::generate::submit;
+use super::generate::{submit, Oversight};
 use super::moderations;
 use super::observe::mark_admitted;
 use super::request::{
@@ -23,6 +24,7 @@ use super::response::{Endpoint, ResponseMeta};
 use super::sse::sse_body;
 use super::state::{unix_now, AppState};
 use super::validate::{check_model, validate_chat, validate_completion, ValidRequest};
+use crate::audit::Exchange;
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::model::chat_template::encode_chat;
@@ -56,13 +58,45 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/conversations/{id}/items/{item_id}"),
     ("POST", "/v1/moderations"),
     ("POST", "/admin/v1/moderation/reload"),
+    ("POST", "/v1/responses/{id}/feedback"),
+    ("GET", "/v1/chat/ws"),
+    ("GET", "/"),
+    ("GET", "/web/{file}"),
+    ("GET", "/server_info"),
+    ("GET", "/get_server_info"),
+    ("GET", "/model_info"),
+    ("GET", "/get_model_info"),
+    ("GET", "/get_load"),
+    ("GET", "/admin/v1/review/queue"),
+    ("GET", "/admin/v1/exchanges/{id}"),
+    ("DELETE", "/admin/v1/exchanges/{id}"),
+    ("POST", "/admin/v1/exchanges/{id}/review"),
+    ("GET", "/admin/v1/threads/{id}"),
 ];
 
 /// The routes anyone may call when API keys are configured; every other route needs one.
-pub const OPEN_ROUTES: &[&str] = &["/health", "/ready", "/metrics", "/version"];
+pub const OPEN_ROUTES: &[&str] = &[
+    "/health",
+    "/ready",
+    "/metrics",
+    "/version",
+    "/get_load",
+    "/",
+    "/web/{file}",
+];
+
+/// The routes that authenticate their own messages (the chat WebSocket: browsers cannot
+/// send `Authorization` with an upgrade); see `access::Access::Socket`.
+pub const SOCKET_ROUTES: &[&str] = &["/v1/chat/ws"];
 
 /// The routes only an admin key (`--admin-api-key`) opens; ordinary API keys never do.
-pub const ADMIN_ROUTES: &[&str] = &["/admin/v1/moderation/reload"];
+pub const ADMIN_ROUTES: &[&str] = &[
+    "/admin/v1/moderation/reload",
+    "/admin/v1/review/queue",
+    "/admin/v1/exchanges/{id}",
+    "/admin/v1/exchanges/{id}/review",
+    "/admin/v1/threads/{id}",
+];
 
 type Data = web::Data<AppState>;
 type Reply = Result<HttpResponse, ApiError>;
@@ -87,6 +121,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             Access::Open
         } else if ADMIN_ROUTES.contains(&path) {
             Access::Admin
+        } else if SOCKET_ROUTES.contains(&path) {
+            Access::Socket
         } else {
             Access::Key
         };
@@ -110,7 +146,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The handler of one entry of `ROUTES`.
 fn handler(method: &str, path: &str) -> Route {
-    use super::{conversations as conv, responses as resp};
+    use super::{admin, conversations as conv, responses as resp, router_compat as router};
     let route = match method {
         "POST" => web::post(),
         "DELETE" => web::delete(),
@@ -129,6 +165,14 @@ fn handler(method: &str, path: &str) -> Route {
         (_, "/metrics") => route.to(metrics),
         (_, "/v1/moderations") => route.to(moderations::moderations),
         (_, "/admin/v1/moderation/reload") => route.to(moderations::reload),
+        (_, "/server_info" | "/get_server_info") => route.to(router::server_info),
+        (_, "/model_info" | "/get_model_info") => route.to(router::model_info),
+        (_, "/get_load") => route.to(router::get_load),
+        (_, "/admin/v1/review/queue") => route.to(admin::review_queue),
+        ("GET", "/admin/v1/exchanges/{id}") => route.to(admin::exchange),
+        ("DELETE", "/admin/v1/exchanges/{id}") => route.to(admin::delete_exchange),
+        (_, "/admin/v1/exchanges/{id}/review") => route.to(admin::review),
+        (_, "/admin/v1/threads/{id}") => route.to(admin::thread),
         ("POST", "/v1/responses") => route.to(resp::create),
         ("GET", "/v1/responses/{id}") => route.to(resp::retrieve),
         ("DELETE", "/v1/responses/{id}") => route.to(resp::delete),
@@ -141,6 +185,10 @@ fn handler(method: &str, path: &str) -> Route {
         ("POST", "/v1/conversations/{id}/items") => route.to(conv::add_items),
         ("GET", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::get_item),
         ("DELETE", "/v1/conversations/{id}/items/{item_id}") => route.to(conv::delete_item),
+        (_, "/v1/responses/{id}/feedback") => route.to(super::feedback::create),
+        (_, "/v1/chat/ws") => route.to(super::ws::chat_ws),
+        (_, "/") => route.to(super::web::index),
+        (_, "/web/{file}") => route.to(super::web::asset),
         _ => route.to(|| async {
             Err::<HttpResponse, _>(ApiError::Internal("this route has no handler".into()))
         }),
@@ -182,38 +230,86 @@ async fn on_cpu<T: Send + 'static>(
     state.cpu.run(move || job(input)).await
 }
 
+/// The exchange of a text route in the conversation log, named after `model`.
+fn named(mut exchange: Option<Exchange>, model: &str) -> Option<Exchange> {
+    if let Some(e) = exchange.as_mut() {
+        e.meta.model = model.to_string();
+    }
+    exchange
+}
+
 async fn chat_completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
+    state.audit_ready()?;
     let screen = state.moderation.screen(|| id_of(&req));
     let job_screen = screen.clone();
-    let valid = on_cpu(&state, &req, body, move |job| {
+    let exchange = exchange::begin(&state, &req, "/v1/chat/completions");
+    let (valid, exchange) = on_cpu(&state, &req, body, move |job| {
         let mut parsed: ChatCompletionRequest = parse_json(&job.body)?;
-        check_model(parsed.model.as_deref(), &job.served)?;
+        let mut exchange = named(
+            exchange,
+            &check_model(parsed.model.as_deref(), &job.served)?,
+        );
         job.limit
             .map_or(Ok(()), |l| l.check_messages(parsed.messages.as_deref()))?;
         if let Some(screen) = &job_screen {
-            screen_chat(screen, &mut parsed)?;
+            let checked = screen_chat(screen, &mut parsed);
+            let input = || chat_input(parsed.messages.as_deref());
+            log_if_blocked(checked, &mut exchange, screen, input)?;
         }
-        validate_chat(parsed, &job.engine, &job.served)
+        if let Some(e) = exchange.as_mut() {
+            e.meta.input = chat_input(parsed.messages.as_deref());
+        }
+        Ok((validate_chat(parsed, &job.engine, &job.served)?, exchange))
     })
     .await?;
-    generate(state, &req, valid, Endpoint::Chat, screen).await
+    let oversight = oversee(&req, screen, exchange);
+    generate(state, &req, valid, Endpoint::Chat, oversight).await
 }
 
 async fn completions(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
+    state.audit_ready()?;
     let screen = state.moderation.screen(|| id_of(&req));
     let job_screen = screen.clone();
-    let valid = on_cpu(&state, &req, body, move |job| {
+    let exchange = exchange::begin(&state, &req, "/v1/completions");
+    let (valid, exchange) = on_cpu(&state, &req, body, move |job| {
         let mut parsed: CompletionRequest = parse_json(&job.body)?;
-        check_model(parsed.model.as_deref(), &job.served)?;
+        let mut exchange = named(
+            exchange,
+            &check_model(parsed.model.as_deref(), &job.served)?,
+        );
         job.limit
             .map_or(Ok(()), |l| l.check_prompt(parsed.prompt.as_ref()))?;
+        let tokenizer = &job.engine.model().tokenizer;
+        let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_default();
         if let Some(screen) = &job_screen {
-            screen_completion(screen, &mut parsed, &job.engine.model().tokenizer)?;
+            let checked = screen_completion(screen, &mut parsed, tokenizer);
+            let input = || completion_input(parsed.prompt.as_ref(), decode);
+            log_if_blocked(checked, &mut exchange, screen, input)?;
         }
-        validate_completion(parsed, &job.engine, &job.served)
+        if let Some(e) = exchange.as_mut() {
+            e.meta.input = completion_input(parsed.prompt.as_ref(), decode);
+        }
+        Ok((
+            validate_completion(parsed, &job.engine, &job.served)?,
+            exchange,
+        ))
     })
     .await?;
-    generate(state, &req, valid, Endpoint::Completion, screen).await
+    let oversight = oversee(&req, screen, exchange);
+    generate(state, &req, valid, Endpoint::Completion, oversight).await
+}
+
+/// The request's id, moderation and exchange, for `submit`.
+fn oversee(
+    req: &HttpRequest,
+    screen: Option<Arc<Screen>>,
+    exchange: Option<Exchange>,
+) -> Oversight {
+    Oversight {
+        request_id: id_of(req),
+        screen,
+        exchange,
+    }
 }
 
 /// Admits, submits, then streams (SSE) or collects the whole response.
@@ -222,7 +318,7 @@ async fn generate(
     req: &HttpRequest,
     valid: ValidRequest,
     endpoint: Endpoint,
-    screen: Option<Arc<Screen>>,
+    oversight: Oversight,
 ) -> Reply {
     let engine = state.engine()?.clone();
     let permit = state.admit(valid.prompts.len() * valid.n)?;
@@ -230,9 +326,8 @@ async fn generate(
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completion => "cmpl",
     };
-    let request_id = id_of(req);
     let meta = ResponseMeta {
-        id: format!("{prefix}-{request_id}"),
+        id: format!("{prefix}-{}", oversight.request_id),
         created: unix_now(),
         model: valid.model.clone(),
         endpoint,
@@ -245,8 +340,7 @@ async fn generate(
         valid,
         meta,
         permit,
-        request_id,
-        screen,
+        oversight,
     )?;
     mark_admitted(req);
     if stream {
@@ -373,9 +467,11 @@ async fn health(state: Data) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 only when the model is loaded and the server is not draining.
+/// Readiness: 200 only when the model is loaded, the server is not draining and the
+/// conversation log keeps up (503 `audit_unavailable` while it lags).
 async fn ready(state: Data) -> Reply {
     state.engine()?;
+    state.audit_ready()?;
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }
 
@@ -384,6 +480,9 @@ async fn version() -> HttpResponse {
 }
 
 async fn metrics(state: Data) -> Reply {
+    if let Some(audit) = state.audit() {
+        audit.update_gauges();
+    }
     let stats = state
         .loaded_engine()
         .map(|e| e.gauges().snapshot())

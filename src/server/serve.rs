@@ -3,7 +3,8 @@
 //! requests answer 503, in-flight requests finish (up to `--shutdown-timeout`, then they
 //! are aborted with an error event), the engine stops, and the process exits 0. The
 //! deadline is hard: whatever is still running a few seconds after the shutdown timeout,
-//! the process exits (1) then (`arm_exit_deadline`). SIGHUP reloads the moderation policy.
+//! the process exits (1) then (`arm_exit_deadline`); before it, the conversation log
+//! writes what it still holds. SIGHUP reloads the moderation policy.
 
 use std::error::Error;
 use std::net::{SocketAddr, TcpListener};
@@ -25,16 +26,21 @@ use super::gate::gate;
 use super::moderations::{load_moderation, reload_on_hangup};
 use super::routes::{configure, not_found};
 use super::state::{AppState, ServerConfig};
+use crate::audit::{AuditLog, FAIL_FILE_ENV};
 use crate::config::EngineConfig;
 use crate::dialog::Dialog;
 use crate::engine::handle::EngineHandle;
 use crate::engine::launch::launch;
+use crate::metrics::Metrics;
 
 /// How long the server waits for aborted streams to send their last event.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// Time after the shutdown timeout and `ABORT_GRACE` for stopping the HTTP server and
-/// the engine before the process exits regardless.
+/// the engine and flushing the conversation log before the process exits regardless.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
+/// Time before the hard exit at which the conversation log's flush gives up (to log
+/// what it could not write).
+const FLUSH_MARGIN: Duration = Duration::from_millis(300);
 
 /// The HTTP server over `listener`: actix-http's HTTP/1 service behind the connection
 /// guard (see `conn_guard`), set up as actix-web's `HttpServer` would be (keep-alive 5 s,
@@ -74,6 +80,9 @@ fn build_server(
             .client_disconnect_timeout(Duration::from_secs(1))
             .h1_allow_half_closed(false)
             .local_addr(addr)
+            .on_connect_ext(|io: &GuardedStream, data| {
+                data.insert(io.kill_switch());
+            })
             .h1(map_config(app, |_| AppConfig::default()));
         fn_service(move |io: TcpStream| {
             let peer = io.peer_addr().ok();
@@ -88,24 +97,26 @@ fn build_server(
 pub fn serve(
     model: PathBuf,
     engine_cfg: EngineConfig,
-    cfg: ServerConfig,
+    mut cfg: ServerConfig,
 ) -> Result<(), Box<dyn Error>> {
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
+    cfg.settle_replica_id(addr.port())?;
+    let replica = cfg.replica_id.clone().unwrap_or_default();
     let stem = model
         .file_stem()
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let metrics = AppState::metrics_for(&cfg, &stem)?;
-    let dialog = open_dialog(&cfg)?;
-    let mut app = AppState::new(cfg, metrics)?;
-    app.moderation = load_moderation(&app.config, &app.metrics)?;
-    let state = web::Data::new(app);
-    state.set_dialog(dialog);
+    if let Some(file) = std::env::var_os(FAIL_FILE_ENV).filter(|_| cfg.audit.fail_file.is_none()) {
+        tracing::warn!("{FAIL_FILE_ENV} is set: conversation log writes fail while it exists");
+        cfg.audit.fail_file = Some(PathBuf::from(file));
+    }
+    let state = new_state(cfg, metrics)?;
     actix_web::rt::System::new().block_on(async move {
         let server = build_server(state.clone(), listener, None)?;
         actix_web::rt::spawn(reload_on_hangup(state.clone()));
-        tracing::info!("listening on http://{addr} (loading {})", model.display());
+        tracing::info!(%replica, "listening on http://{addr} (loading {})", model.display());
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let load_cfg = engine_cfg.clone();
         std::thread::Builder::new()
@@ -130,8 +141,63 @@ pub fn serve(
         let outcome = supervisor
             .await
             .map_err(|e| format!("supervisor task failed: {e}"))?;
-        outcome.map_err(Box::<dyn Error>::from)
+        let deadline = state
+            .exit_deadline()
+            .unwrap_or_else(|| Instant::now() + EXIT_GRACE);
+        let flushing = state.clone();
+        let lost = actix_web::rt::task::spawn_blocking(move || close_audit(&flushing, deadline))
+            .await
+            .unwrap_or(0);
+        outcome.map_err(Box::<dyn Error>::from)?;
+        match lost {
+            0 => Ok(()),
+            n => Err(format!("{n} exchanges could not be written to the conversation log").into()),
+        }
     })
+}
+
+/// The state of a server for `cfg`: its dialog store open, its conversation log
+/// running, its moderation policy loaded (any failure stops the server before it listens).
+fn new_state(cfg: ServerConfig, metrics: Metrics) -> Result<web::Data<AppState>, Box<dyn Error>> {
+    let dialog = open_dialog(&cfg)?;
+    let audit = match cfg.audit.enabled {
+        true => Some(AuditLog::start(
+            dialog.pool().clone(),
+            cfg.audit.clone(),
+            metrics.audit(),
+        )?),
+        false => None,
+    };
+    let mut app = AppState::new(cfg, metrics)?;
+    app.moderation = load_moderation(&app.config, &app.metrics)?;
+    let state = web::Data::new(app);
+    state.set_dialog(dialog);
+    if let Some(audit) = audit {
+        state.set_audit(audit);
+    }
+    Ok(state)
+}
+
+/// Writes what the conversation log still holds before the process exits: waits for
+/// the last requests to settle (their records to be queued), then flushes, retrying a
+/// failing store until shortly before `deadline` (the hard exit). Blocking; returns how
+/// many exchanges could not be written.
+fn close_audit(state: &AppState, deadline: Instant) -> usize {
+    let Some(audit) = state.audit() else {
+        return 0;
+    };
+    let flush_by = deadline.checked_sub(FLUSH_MARGIN).unwrap_or(deadline);
+    while state.in_flight() > 0 && Instant::now() < flush_by {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lost = audit.close(flush_by);
+    if lost > 0 {
+        tracing::error!(
+            lost,
+            "exiting with exchanges the conversation log could not write"
+        );
+    }
+    lost
 }
 
 /// Opens the dialog store (creating it, applying migrations): a store that cannot be
@@ -176,14 +242,14 @@ async fn supervise(
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    arm_exit_deadline(state.config.shutdown_timeout);
+    state.set_exit_deadline(arm_exit_deadline(state.config.shutdown_timeout));
     drain(&state).await;
     server.stop(true).await;
     Ok(())
 }
 
 async fn stop_while_loading(state: &AppState, server: &ServerHandle) {
-    arm_exit_deadline(state.config.shutdown_timeout);
+    state.set_exit_deadline(arm_exit_deadline(state.config.shutdown_timeout));
     server.stop(false).await;
 }
 
@@ -191,9 +257,10 @@ async fn stop_while_loading(state: &AppState, server: &ServerHandle) {
 /// within `--shutdown-timeout` + `ABORT_GRACE` + `EXIT_GRACE` whatever still runs (a
 /// request stuck in a template or tokenizer, a handler, the engine, the model loader).
 /// A plain thread that nothing else can block calls `exit(1)` then: a clean stop has
-/// exited with 0 long before.
-fn arm_exit_deadline(shutdown_timeout: Duration) {
+/// exited with 0 long before. Returns when that is.
+fn arm_exit_deadline(shutdown_timeout: Duration) -> Instant {
     let limit = shutdown_timeout + ABORT_GRACE + EXIT_GRACE;
+    let deadline = Instant::now() + limit;
     let armed = std::thread::Builder::new()
         .name("tessera-exit-deadline".into())
         .spawn(move || {
@@ -207,6 +274,7 @@ fn arm_exit_deadline(shutdown_timeout: Duration) {
     if let Err(e) = armed {
         tracing::error!("cannot arm the shutdown deadline: {e}");
     }
+    deadline
 }
 
 /// Refuses new work and waits for in-flight sequences (up to the shutdown timeout);
@@ -268,16 +336,13 @@ pub struct SpawnedServer {
 pub fn spawn(
     engine: EngineHandle,
     max_num_seqs: usize,
-    cfg: ServerConfig,
+    mut cfg: ServerConfig,
 ) -> Result<SpawnedServer, Box<dyn Error>> {
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))?;
     let addr = listener.local_addr()?;
+    cfg.settle_replica_id(addr.port())?;
     let metrics = AppState::metrics_for(&cfg, &engine.model().name)?;
-    let dialog = open_dialog(&cfg)?;
-    let mut app = AppState::new(cfg, metrics)?;
-    app.moderation = load_moderation(&app.config, &app.metrics)?;
-    let state = web::Data::new(app);
-    state.set_dialog(dialog);
+    let state = new_state(cfg, metrics)?;
     state.set_ready(engine, max_num_seqs, None);
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let server_state = state.clone();
@@ -305,7 +370,7 @@ pub fn spawn(
 }
 
 impl SpawnedServer {
-    /// Drains (as on SIGTERM) and stops the server.
+    /// Drains (as on SIGTERM), stops the server and flushes its conversation log.
     pub fn shutdown(mut self) {
         let (state, handle) = (self.state.clone(), self.handle.clone());
         actix_web::rt::System::new().block_on(async move {
@@ -315,5 +380,8 @@ impl SpawnedServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        let deadline = Instant::now() + self.state.config.shutdown_timeout + EXIT_GRACE;
+        // What could not be written is logged (this embedding has no exit status).
+        let _lost = close_audit(&self.state, deadline);
     }
 }

@@ -1,18 +1,22 @@
 //! Server-wide state shared by every handler: configuration, the engine (once loaded),
 //! the lifecycle phase, admission control, the CPU pool for request work, the prompt
-//! byte limit of the loaded model, and metrics.
+//! byte limit of the loaded model, metrics, and the conversation log.
 //!
 //! Invariants: the phase only moves forward (`Loading → Ready → Draining`); the engine is
 //! set exactly once, before the phase becomes `Ready`; `in_flight` equals the number of
 //! sequences held by live `Permit`s, so it never exceeds `capacity` (admission is a
-//! compare-and-swap, never a check followed by an add).
+//! compare-and-swap, never a check followed by an add); once the drain has seen
+//! `in_flight` at 0, no sequence is admitted any more (`admit`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::HeaderValue;
 
 use super::cpu::{CpuPool, PromptLimit};
+use crate::audit::AuditLog;
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, MetricsCompat, ModelInfo};
@@ -51,6 +55,13 @@ pub struct ServerConfig {
     pub moderation_policy: Option<PathBuf>,
     /// Keys of the admin API under `/admin/` (none: the admin API is closed).
     pub admin_api_keys: Vec<String>,
+    /// The chat page and its WebSocket: product defaults, limits, page on/off.
+    pub chat: super::ws::ChatConfig,
+    /// This replica's name in the `X-Tessera-Replica` response header and `/server_info`
+    /// (`--replica-id`; `None`: `hostname:port`, filled in once the port is bound).
+    pub replica_id: Option<String>,
+    /// The conversation log: lag limit, retention, review sampling.
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for ServerConfig {
@@ -72,8 +83,45 @@ impl Default for ServerConfig {
             dialog: crate::dialog::DialogConfig::default(),
             moderation_policy: None,
             admin_api_keys: Vec::new(),
+            chat: super::ws::ChatConfig::default(),
+            replica_id: None,
+            audit: crate::audit::AuditConfig::default(),
         }
     }
+}
+
+/// Longest `--replica-id`.
+const MAX_REPLICA_ID_LEN: usize = 128;
+
+impl ServerConfig {
+    /// Fills in the default replica id (`hostname:port` of the bound `port`) and checks
+    /// a given one: 1..=128 visible ASCII characters, so it fits a header.
+    pub fn settle_replica_id(&mut self, port: u16) -> Result<(), String> {
+        let id = self
+            .replica_id
+            .get_or_insert_with(|| format!("{}:{port}", hostname()));
+        let fits = !id.is_empty()
+            && id.len() <= MAX_REPLICA_ID_LEN
+            && id.bytes().all(|b| b.is_ascii_graphic());
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "--replica-id must be 1 to {MAX_REPLICA_ID_LEN} visible ASCII characters \
+                 (no spaces). Given: {id:?}"
+            ))
+        }
+    }
+}
+
+/// This host's name (the pod's name in Kubernetes), else `localhost`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +149,17 @@ pub struct AppState {
     pub started_at: u64,
     /// Conversations and responses (set once, before the server listens).
     dialog: OnceLock<crate::dialog::Dialog>,
+    /// The chat sockets open per key.
+    pub ws: Arc<super::ws::WsHub>,
+    /// `X-Tessera-Replica`'s value (`None` until the replica id is settled).
+    replica_header: Option<HeaderValue>,
+    /// The engine's `--max-num-seqs` (0 until it is loaded).
+    max_num_seqs: AtomicUsize,
+    /// The conversation log (set once, before the server listens; never with
+    /// `--disable-audit-log`).
+    audit: OnceLock<Arc<AuditLog>>,
+    /// When the process exits whatever still runs (set on SIGTERM/SIGINT).
+    exit_deadline: OnceLock<Instant>,
 }
 
 impl AppState {
@@ -108,7 +167,6 @@ impl AppState {
     pub fn new(config: ServerConfig, metrics: Metrics) -> std::io::Result<Self> {
         Ok(Self {
             cpu: CpuPool::new(config.cpu_threads, config.cpu_queue)?,
-            config,
             engine: OnceLock::new(),
             served_names: OnceLock::new(),
             phase: AtomicU8::new(Phase::Loading as u8),
@@ -118,7 +176,44 @@ impl AppState {
             moderation: Moderation::off(),
             started_at: unix_now(),
             dialog: OnceLock::new(),
+            ws: Arc::default(),
+            max_num_seqs: AtomicUsize::new(0),
+            replica_header: config
+                .replica_id
+                .as_deref()
+                .and_then(|id| HeaderValue::from_str(id).ok()),
+            config,
+            audit: OnceLock::new(),
+            exit_deadline: OnceLock::new(),
         })
+    }
+
+    /// Installs the conversation log (its threads are running).
+    pub fn set_audit(&self, audit: Arc<AuditLog>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// The conversation log (`None` with `--disable-audit-log`).
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.get()
+    }
+
+    /// Refuses new text-route requests (503 `audit_unavailable`) while the conversation
+    /// log cannot keep up: nothing is served that cannot be logged.
+    pub fn audit_ready(&self) -> Result<(), ApiError> {
+        match self.audit() {
+            Some(audit) => Ok(audit.check()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Records when the process will exit whatever still runs.
+    pub fn set_exit_deadline(&self, deadline: Instant) {
+        let _ = self.exit_deadline.set(deadline);
+    }
+
+    pub fn exit_deadline(&self) -> Option<Instant> {
+        self.exit_deadline.get().copied()
     }
 
     /// Installs the dialog service (its store is open).
@@ -128,6 +223,16 @@ impl AppState {
 
     pub fn dialog(&self) -> Option<&crate::dialog::Dialog> {
         self.dialog.get()
+    }
+
+    /// Sequences the engine runs per step (`--max-num-seqs`; 0 while loading).
+    pub fn max_num_seqs(&self) -> usize {
+        self.max_num_seqs.load(Ordering::SeqCst)
+    }
+
+    /// The value of the `X-Tessera-Replica` header.
+    pub fn replica_header(&self) -> Option<HeaderValue> {
+        self.replica_header.clone()
     }
 
     /// The metrics of a server for `cfg`: labelled with the first served name, else
@@ -155,6 +260,7 @@ impl AppState {
         if let Err(e) = self.metrics.set_model(&info) {
             tracing::warn!("model metrics not registered: {e}");
         }
+        self.max_num_seqs.store(max_num_seqs, Ordering::SeqCst);
         let capacity = max_num_seqs + self.config.max_queued_requests;
         self.admission.capacity.store(capacity, Ordering::SeqCst);
         let names = if self.config.served_model_names.is_empty() {
@@ -227,9 +333,17 @@ impl AppState {
         self.served_names.get().map_or(&[], Vec::as_slice)
     }
 
-    /// Reserves `sequences` slots or refuses with 429.
+    /// Reserves `sequences` slots, or refuses: 429 at capacity, 503 once draining. The
+    /// slots are taken before the phase is read, and the drain sets the phase before it
+    /// reads `in_flight` (all SeqCst): a request either is counted by the drain or sees
+    /// it, so none starts after the drain found the server idle (a handler that checked
+    /// the phase, then spent a while on its prompt, is refused here, nothing started).
     pub fn admit(&self, sequences: usize) -> Result<Permit, ApiError> {
-        self.admission.try_acquire(sequences)
+        let permit = self.admission.try_acquire(sequences)?;
+        if self.phase() == Phase::Draining {
+            return Err(ApiError::Draining); // dropping the permit frees its slots
+        }
+        Ok(permit)
     }
 
     /// Sequences admitted and not yet finished.
@@ -310,6 +424,41 @@ mod tests {
         state.start_draining();
         assert_eq!(state.phase(), Phase::Draining);
         assert!(matches!(state.engine(), Err(ApiError::Draining)));
+    }
+
+    #[test]
+    fn replica_id_defaults_to_host_and_port_and_must_fit_a_header() {
+        let mut cfg = ServerConfig::default();
+        cfg.settle_replica_id(8123).expect("default id");
+        let id = cfg.replica_id.clone().expect("settled");
+        assert!(id.ends_with(":8123") && id.len() > ":8123".len(), "{id}");
+        for bad in ["", "a b", "é", &"x".repeat(129)] {
+            let mut cfg = ServerConfig {
+                replica_id: Some(bad.to_string()),
+                ..ServerConfig::default()
+            };
+            let err = cfg.settle_replica_id(1).expect_err(bad);
+            assert!(err.contains("--replica-id"), "{err}");
+        }
+        let mut named = ServerConfig {
+            replica_id: Some("gpu-0".into()),
+            ..ServerConfig::default()
+        };
+        named.settle_replica_id(1).expect("given id");
+        assert_eq!(named.replica_id.as_deref(), Some("gpu-0"));
+    }
+
+    #[test]
+    fn nothing_is_admitted_once_draining() {
+        let metrics = Metrics::new("m", MetricsCompat::None).expect("metrics");
+        let state = AppState::new(ServerConfig::default(), metrics).expect("state");
+        state.admission.capacity.store(4, Ordering::SeqCst);
+        let running = state.admit(1).expect("admitted before the drain");
+        state.start_draining();
+        assert!(matches!(state.admit(1), Err(ApiError::Draining)));
+        assert_eq!(state.in_flight(), 1, "a refused request holds no slot");
+        drop(running);
+        assert_eq!(state.in_flight(), 0);
     }
 
     #[test]

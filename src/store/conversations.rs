@@ -8,10 +8,14 @@
 //! stays as a tombstone row (`deleted = 1`, no items) so the chain of a later response
 //! still walks past it.
 
+use super::audit::{AuditEntry, StoredExchange, VerdictRecord};
+use super::audit_read::{Cursor, ExchangePage, QueueQuery};
+use super::chat;
 use super::sql::{write, Row, RowExt, SqlConn, SqlValue};
 use super::{
-    Chain, ConversationRecord, History, ItemRecord, Owner, Page, PageQuery, ResponseRecord, Store,
-    StoreError, TurnRecord, AFTER_NOT_FOUND,
+    audit, audit_read, Chain, ConversationRecord, FeedbackRecord, History, ItemRecord, Owner,
+    Page, PageQuery, ResponseRecord, Store, StoreError, TranscriptItem, TurnRecord,
+    AFTER_NOT_FOUND,
 };
 
 /// `Store` over one connection.
@@ -219,6 +223,7 @@ impl<C: SqlConn> Store for SqlStore<C> {
             if deleted == 0 {
                 return Ok(false);
             }
+            chat::forget_conversation_feedback(conn, owner, id)?;
             conn.execute(
                 "DELETE FROM items WHERE conversation_id = $1 AND response_id IS NULL",
                 &[id.into()],
@@ -358,7 +363,12 @@ impl<C: SqlConn> Store for SqlStore<C> {
         write(&mut self.conn, |conn| {
             let count = turn.input.len() + turn.output.len();
             let reserved = match turn.conversation_id.as_deref() {
-                Some(conv) => Some((conv, reserve(conn, owner, conv, count)?)),
+                Some(conv) => {
+                    if let Some(replaced) = &turn.replaces {
+                        chat::take_out(conn, owner, conv, replaced)?;
+                    }
+                    Some((conv, reserve(conn, owner, conv, count)?))
+                }
                 None => None,
             };
             if let Some(r) = &turn.response {
@@ -423,6 +433,7 @@ impl<C: SqlConn> Store for SqlStore<C> {
             if deleted == 0 {
                 return Ok(false);
             }
+            chat::forget_response_feedback(conn, owner, id)?;
             conn.execute(
                 "DELETE FROM items WHERE response_id = $1 AND conversation_id IS NULL",
                 &[id.into()],
@@ -501,5 +512,81 @@ impl<C: SqlConn> Store for SqlStore<C> {
             .conn
             .query(sql, &[id.into(), from.into(), (q.limit as i64 + 1).into()])?;
         page(rows, q.limit)
+    }
+
+    fn list_conversations(
+        &mut self,
+        owner: &Owner,
+        limit: usize,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        chat::list_conversations(&mut self.conn, owner, limit)
+    }
+
+    fn conversation_transcript(
+        &mut self,
+        owner: &Owner,
+        id: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<TranscriptItem>>, StoreError> {
+        chat::transcript(&mut self.conn, owner, id, limit)
+    }
+
+    fn put_feedback(&mut self, owner: &Owner, feedback: &FeedbackRecord) -> Result<(), StoreError> {
+        chat::put_feedback(&mut self.conn, owner, feedback)
+    }
+
+    fn feedback_between(
+        &mut self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<FeedbackRecord>, StoreError> {
+        chat::feedback_between(&mut self.conn, since, until)
+    }
+
+    fn append_audit(&mut self, batch: &[AuditEntry]) -> Result<u64, StoreError> {
+        audit::append(&mut self.conn, batch)
+    }
+
+    fn audit_exchange(&mut self, id: &str) -> Result<Option<StoredExchange>, StoreError> {
+        audit_read::exchange_by_id(&mut self.conn, id)
+    }
+
+    fn audit_thread(
+        &mut self,
+        thread_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ExchangePage, StoreError> {
+        audit_read::thread(&mut self.conn, thread_id, after, limit)
+    }
+
+    fn review_queue(&mut self, query: &QueueQuery) -> Result<ExchangePage, StoreError> {
+        audit_read::review_queue(&mut self.conn, query)
+    }
+
+    fn set_verdict(&mut self, id: &str, verdict: &VerdictRecord) -> Result<bool, StoreError> {
+        audit::set_verdict(&mut self.conn, id, verdict)
+    }
+
+    fn delete_audit_exchange(&mut self, id: &str) -> Result<bool, StoreError> {
+        audit::delete(&mut self.conn, id)
+    }
+
+    fn delete_audit_older(&mut self, cutoff_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        audit::delete_older(&mut self.conn, cutoff_ms, limit)
+    }
+
+    fn export_audit(
+        &mut self,
+        since_ms: i64,
+        until_ms: i64,
+        from: &Cursor,
+        limit: usize,
+    ) -> Result<Vec<StoredExchange>, StoreError> {
+        audit_read::export_page(&mut self.conn, since_ms, until_ms, from, limit)
+    }
+
+    fn pending_reviews(&mut self) -> Result<i64, StoreError> {
+        audit::pending_reviews(&mut self.conn)
     }
 }

@@ -20,10 +20,11 @@ pub struct Migration {
 }
 
 /// Every migration, by version.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "dialog: conversations, responses, items",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "dialog: conversations, responses, items",
+        sql: "
     CREATE TABLE conversations (
         id TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
@@ -63,7 +64,80 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     CREATE UNIQUE INDEX items_conversation ON items (conversation_id, conversation_position);
     CREATE INDEX items_response ON items (response_id, response_role, response_position);
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "conversation log: exchanges, hit categories, review queue",
+        sql: "
+    CREATE TABLE audit_exchanges (
+        -- made by the server (exch_...); the client's request id may repeat
+        id TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        route TEXT NOT NULL,
+        model TEXT NOT NULL,
+        -- hash of the API key (never the key)
+        api_key_id TEXT NOT NULL,
+        conversation_id TEXT,
+        response_id TEXT,
+        previous_response_id TEXT,
+        -- the dialog: its conversation, else the first response of its chain
+        thread_id TEXT,
+        client_addr TEXT,
+        forwarded_for TEXT,
+        status BIGINT NOT NULL,
+        finish_reason TEXT,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        -- JSON arrays: input messages, output choices, moderation hits
+        input TEXT NOT NULL,
+        output TEXT NOT NULL,
+        hits TEXT NOT NULL
+    );
+    CREATE INDEX audit_exchanges_time ON audit_exchanges (created_at_ms, id);
+    CREATE INDEX audit_exchanges_thread ON audit_exchanges (thread_id, created_at_ms, id);
+    CREATE TABLE audit_hit_categories (
+        exchange_id TEXT NOT NULL,
+        category TEXT NOT NULL,
+        PRIMARY KEY (exchange_id, category)
+    );
+    CREATE INDEX audit_hit_categories_category ON audit_hit_categories (category);
+    CREATE TABLE audit_reviews (
+        exchange_id TEXT PRIMARY KEY,
+        -- flagged | sampled | manual
+        reason TEXT NOT NULL,
+        queued_at_ms BIGINT NOT NULL,
+        -- NULL until reviewed: ok | violation
+        verdict TEXT,
+        note TEXT,
+        reviewer TEXT,
+        reviewed_at_ms BIGINT
+    );
+    CREATE INDEX audit_reviews_verdict ON audit_reviews (verdict);
+    ",
+    },
+    Migration {
+        version: 3,
+        name: "feedback: one rating per answer, with the dialog it rated",
+        sql: "
+    CREATE TABLE feedback (
+        response_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        conversation_id TEXT,
+        -- +1 good, -1 bad
+        rating BIGINT NOT NULL,
+        comment TEXT,
+        -- the rated dialog: JSON array of {role, content}, ending with the answer
+        messages TEXT NOT NULL,
+        -- when it was rated (the export's --since/--until select on it)
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX feedback_created ON feedback (created_at);
+    CREATE INDEX feedback_conversation ON feedback (conversation_id);
+    ",
+    },
+];
 
 const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS tessera_migrations (
     version BIGINT PRIMARY KEY,

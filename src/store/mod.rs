@@ -1,19 +1,24 @@
 //! The store: everything tessera keeps beyond a process's life (conversations,
-//! responses and their items; later the conversation log), in SQLite (embedded, the
-//! default, `--data-dir`) or PostgreSQL (shared by replicas, `--database-url`).
+//! responses and their items; the conversation log and its review queue), in SQLite
+//! (embedded, the default, `--data-dir`) or PostgreSQL (shared by replicas,
+//! `--database-url`).
 //!
 //! Shape: `Store` is the one trait of operations, implemented once over the `SqlConn`
 //! seam (`sql.rs`), which the two drivers (`sqlite.rs`, `postgres.rs`) implement. A
 //! `StorePool` (`pool.rs`) owns a few connections, each on its own worker thread, and
 //! runs operations there: callers `await` them, so neither the engine thread nor an
 //! async worker ever blocks on the database. `migrations.rs` brings the schema up to
-//! date when the pool opens.
+//! date when the pool opens. `audit.rs` and `audit_read.rs` hold the conversation
+//! log's statements (the writer and retention that use them live in `crate::audit`).
 //!
 //! Invariants: the store never sees an API key, only its `Owner` hash, and every read or
 //! write of a row names its owner; a write that changes several rows is one transaction
 //! (a turn is committed whole or not at all); bodies are stored as the JSON the API
 //! returns, and the store does not interpret them.
 
+mod chat;
+pub mod audit;
+pub mod audit_read;
 mod conversations;
 pub mod migrations;
 mod owner;
@@ -24,6 +29,11 @@ pub mod sqlite;
 
 use std::path::PathBuf;
 
+pub use chat::{FeedbackRecord, TranscriptItem};
+pub use audit::{
+    AuditEntry, AuditRecord, ReviewReason, ReviewState, StoredExchange, Verdict, VerdictRecord,
+};
+pub use audit_read::{Cursor, ExchangePage, QueueQuery, VerdictFilter};
 pub use owner::Owner;
 pub use pool::StorePool;
 
@@ -112,13 +122,22 @@ pub struct ResponseRecord {
 }
 
 /// One finished turn to commit: its response (when stored), its input and output items,
-/// and the conversation they are appended to (if any).
+/// the conversation they are appended to (if any), and the items of that conversation
+/// the turn replaces (a regenerated answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnRecord {
     pub response: Option<ResponseRecord>,
     pub conversation_id: Option<String>,
     pub input: Vec<ItemRecord>,
     pub output: Vec<ItemRecord>,
+    pub replaces: Option<Replaced>,
+}
+
+/// Items a turn takes out of its conversation, valid only at the version they were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    pub item_ids: Vec<String>,
+    pub version: i64,
 }
 
 /// What `StoreError::NotFound` names when a list's `after` cursor is not in the list.
@@ -232,6 +251,57 @@ pub trait Store: Send {
         id: &str,
         page: &PageQuery,
     ) -> Result<Page, StoreError>;
+    /// The owner's conversations, newest first, at most `limit`.
+    fn list_conversations(
+        &mut self,
+        owner: &Owner,
+        limit: usize,
+    ) -> Result<Vec<ConversationRecord>, StoreError>;
+    /// The last `limit` items of a conversation, in order, each with its response.
+    fn conversation_transcript(
+        &mut self,
+        owner: &Owner,
+        id: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<TranscriptItem>>, StoreError>;
+    /// Records (or replaces) the rating of a stored response of `owner`.
+    fn put_feedback(&mut self, owner: &Owner, feedback: &FeedbackRecord) -> Result<(), StoreError>;
+    /// Every owner's ratings made in `[since, until)` (seconds), oldest first.
+    fn feedback_between(
+        &mut self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<FeedbackRecord>, StoreError>;
+
+    // ---- the conversation log (not scoped by owner: only the admin API reads it) ----
+    /// Writes a batch of log records in one transaction; how many were new.
+    fn append_audit(&mut self, batch: &[AuditEntry]) -> Result<u64, StoreError>;
+    fn audit_exchange(&mut self, id: &str) -> Result<Option<StoredExchange>, StoreError>;
+    /// A page of the exchanges of one dialog (conversation or response chain).
+    fn audit_thread(
+        &mut self,
+        thread_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ExchangePage, StoreError>;
+    fn review_queue(&mut self, query: &QueueQuery) -> Result<ExchangePage, StoreError>;
+    /// False when there is no such exchange.
+    fn set_verdict(&mut self, id: &str, verdict: &VerdictRecord) -> Result<bool, StoreError>;
+    /// Deletes an exchange whatever its verdict; false when there was none.
+    fn delete_audit_exchange(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Retention: deletes up to `limit` exchanges older than `cutoff_ms` that are not
+    /// violations, oldest first; how many.
+    fn delete_audit_older(&mut self, cutoff_ms: i64, limit: i64) -> Result<u64, StoreError>;
+    /// Up to `limit` exchanges made in `[since_ms, until_ms)` after `from`, oldest first.
+    fn export_audit(
+        &mut self,
+        since_ms: i64,
+        until_ms: i64,
+        from: &Cursor,
+        limit: usize,
+    ) -> Result<Vec<StoredExchange>, StoreError>;
+    /// Exchanges in the review queue without a verdict.
+    fn pending_reviews(&mut self) -> Result<i64, StoreError>;
 }
 
 /// Seconds since the UNIX epoch.

@@ -324,6 +324,29 @@ impl SseStream {
     }
 }
 
+/// The JSON of every typed event of a Responses stream (`event: <type>` + `data:`),
+/// checking that each event's `type` is its name.
+pub fn typed_events(mut stream: SseStream) -> Vec<Value> {
+    assert_eq!(stream.status, 200);
+    let mut out = Vec::new();
+    while let Some(event) = stream.next_event() {
+        let text = match event {
+            SseEvent::Comment(text) | SseEvent::Data(text) => text,
+        };
+        let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            continue; // keep-alive
+        };
+        let kind = text
+            .lines()
+            .find_map(|l| l.strip_prefix("event: "))
+            .expect("event line");
+        let value: Value = serde_json::from_str(data).expect("event JSON");
+        assert_eq!(value["type"], kind);
+        out.push(value);
+    }
+    out
+}
+
 /// Joins the content of a chat or completion SSE stream, per choice index.
 pub fn joined_text(events: &[String], choices: usize) -> Vec<String> {
     let mut texts = vec![String::new(); choices];
@@ -378,4 +401,45 @@ pub fn error_of(res: &Response, status: u16) -> Value {
         assert!(err.get(key).is_some(), "error body lacks `{key}`: {body}");
     }
     err.clone()
+}
+
+/// A new exchange in `server`'s conversation log: a stored response made with the
+/// `Authorization` value `auth`, written (the log flushed); its exchange id and thread id
+/// (for the admin routes that take them).
+pub fn logged_exchange(server: &SpawnedServer, auth: &str) -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let request_id = format!("logged-exchange-{n}");
+    let body = json!({"model": MODEL, "input": "Hi", "max_output_tokens": 2}).to_string();
+    let headers = [
+        ("Authorization", auth),
+        ("X-Request-Id", request_id.as_str()),
+    ];
+    let res = request(
+        server.addr,
+        "POST",
+        "/v1/responses",
+        &headers,
+        Some(body.as_bytes()),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    let log = server.state.audit().expect("the log is on");
+    log.flush(HANG_GUARD).expect("the log is written");
+    let all = log
+        .pool()
+        .run_blocking(|s| {
+            s.export_audit(
+                i64::MIN,
+                i64::MAX,
+                &tessera::store::Cursor::start(),
+                100_000,
+            )
+        })
+        .expect("the log is readable");
+    let logged = all
+        .into_iter()
+        .find(|e| e.record.request_id == request_id)
+        .expect("the response is logged");
+    let thread = logged.record.thread_id.unwrap_or_default();
+    (logged.record.id, thread)
 }

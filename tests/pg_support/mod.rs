@@ -86,6 +86,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        self.resume();
         // SIGINT: PostgreSQL's fast shutdown (the server is this child, see the script).
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
@@ -104,7 +105,69 @@ impl Drop for Postgres {
     }
 }
 
+/// The pids of `root`'s descendants (from `/proc/*/stat`), parents before children.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.split_off(1)
+}
+
 impl Postgres {
+    /// Sends `signal` to the server, then to every process it started (its backends; the
+    /// server first, so a stopped one forks no new backend unseen), by pid.
+    fn signal_all(&self, signal: &str) {
+        let send = |pid: u32| {
+            // A backend may have exited since the listing: nothing to say then.
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        };
+        let root = self.child.id();
+        send(root);
+        descendants(root).into_iter().for_each(send);
+    }
+
+    /// Freezes the server and its backends (SIGSTOP): connections stay open, every
+    /// query hangs until `resume`.
+    pub fn pause(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_all("-CONT");
+    }
+
     fn clean(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(self.dir.with_extension("log"));

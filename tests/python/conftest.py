@@ -2,7 +2,7 @@
 
 The binary is $TESSERA_BIN, else <target dir>/release/tessera; the model is the default
 one (scripts/fetch-model.sh; $TESSERA_CACHE_DIR is passed through). Each server listens
-on a free loopback port that it prints on stderr.
+on a free loopback port that it prints on stderr (or on `port`, to restart one in place).
 """
 
 import os
@@ -30,7 +30,7 @@ def binary() -> str:
 
 
 class Server:
-    def __init__(self, *flags: str):
+    def __init__(self, *flags: str, port: int = 0):
         env = dict(os.environ, RUST_LOG="info")
         if "--data-dir" not in flags and "--database-url" not in flags:
             # The dialog store: a fresh temporary directory, never the working tree.
@@ -39,7 +39,7 @@ class Server:
         for name in flags:
             defaults.pop(name, None)  # a flag given here replaces its default
         self.proc = subprocess.Popen(
-            [binary(), "serve", "--port", "0", "--served-model-name", MODEL, "--api-key", API_KEY,
+            [binary(), "serve", "--port", str(port), "--served-model-name", MODEL, "--api-key", API_KEY,
              *[part for pair in defaults.items() for part in pair], *flags],
             stderr=subprocess.PIPE, text=True, env=env,
         )

@@ -3,8 +3,9 @@
 //! `response.created`, `response.in_progress`, `response.output_item.added`,
 //! `response.content_part.added`, `response.output_text.delta`…, then — after the turn
 //! is committed — `response.output_text.done`, `response.content_part.done`,
-//! `response.output_item.done` and `response.completed` (or `response.incomplete`); an
-//! engine or store failure ends the stream with `response.failed`.
+//! `response.output_item.done` and `response.completed` (or `response.incomplete`:
+//! `max_output_tokens`, or `content_filter` when the moderation guard cut the answer);
+//! an engine or store failure ends the stream with `response.failed`.
 //!
 //! Invariants: sequence numbers start at 0 and increase by one per event; the turn is
 //! committed before any event that reports it done, so a client that saw
@@ -53,6 +54,7 @@ impl Answer {
             .ok_or_else(|| ApiError::Internal("the answer ended without a finish reason".into()))?;
         let status = match check_finish(reason)? {
             FinishReason::Length => Status::Incomplete("max_output_tokens"),
+            FinishReason::ContentFilter => Status::Incomplete("content_filter"),
             _ => Status::Completed,
         };
         Ok(TurnOutcome {
@@ -82,7 +84,9 @@ impl TurnRun {
             answer.add(&ev?);
         }
         let outcome = answer.outcome()?;
-        Ok(self.dialog.commit_turn(self.turn, outcome).await?)
+        let committed = self.dialog.commit_turn(self.turn, outcome).await;
+        // A failed commit is the request's outcome (the log shows the client's status).
+        committed.map_err(|e| self.gen.record.fail_with(e.into()))
     }
 }
 
@@ -205,7 +209,7 @@ impl EventStream {
         let turn = run.turn.clone();
         let body = match run.dialog.commit_turn(run.turn, outcome).await {
             Ok(body) => body,
-            Err(e) => return self.failed(&turn, &e.into()),
+            Err(e) => return self.failed(&turn, &run.gen.record.fail_with(e.into())),
         };
         let item = body["output"][0].clone();
         let part = item["content"][0].clone();

@@ -1,9 +1,13 @@
-//! OpenAI's Responses API: `POST /v1/responses` (a turn: validate → dialog
-//! `prepare_turn` → admission → engine → commit, streamed or whole),
-//! `GET`/`DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`.
-//! Handlers are thin; the dialog layer (`crate::dialog`) does the work.
+//! OpenAI's Responses API: `POST /v1/responses` (a turn: on the CPU pool parse,
+//! validate and moderate the input (`input.rs`) → dialog history → prompt on the
+//! blocking pool → admission → engine (its output through the moderation stream guard) →
+//! commit, streamed or whole; a blocked answer ends `incomplete` with reason
+//! `content_filter`), `GET`/`DELETE /v1/responses/{id}` and
+//! `GET /v1/responses/{id}/input_items`. Every turn is an exchange of the conversation
+//! log. Handlers are thin; the dialog layer (`crate::dialog`) does the work.
 
 mod events;
+mod input;
 mod wire;
 
 use actix_web::http::header;
@@ -11,13 +15,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::dialog_http::{dialog, list_params, owner_of};
-use super::gate::{id_of, read_json};
-use super::generate::submit;
+use super::exchange;
+use super::gate::{id_of, read_body};
+use super::generate::{submit_turn, Oversight};
 use super::observe::mark_admitted;
-use super::response::{Endpoint, ResponseMeta};
 use super::state::AppState;
-use super::validate::{ValidPrompt, ValidRequest};
-use crate::dialog::DialogError;
+use crate::audit::Exchange;
+use crate::dialog::{DialogError, PreparedTurn};
 use crate::error::ApiError;
 use events::{event_stream, TurnRun};
 pub use wire::ResponsesRequest;
@@ -25,45 +29,48 @@ pub use wire::ResponsesRequest;
 type Data = web::Data<AppState>;
 type Reply = Result<HttpResponse, ApiError>;
 
+/// The turn's exchange with its dialog ids.
+fn turn_exchange(exchange: Option<Exchange>, turn: &PreparedTurn) -> Option<Exchange> {
+    exchange.map(|mut e| {
+        e.meta.response_id = Some(turn.response_id.clone());
+        e.meta.conversation_id = turn.fields.conversation_id.clone();
+        e.meta.previous_response_id = turn.fields.previous_response_id.clone();
+        e.meta.thread_id = Some(turn.thread_id());
+        e
+    })
+}
+
 /// `POST /v1/responses`.
 pub async fn create(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
-    let parsed: ResponsesRequest = read_json(&req, body, state.config.max_request_bytes).await?;
+    state.audit_ready()?;
+    let body = read_body(&req, body, state.config.max_request_bytes).await?;
     let engine = state.engine()?.clone();
-    let valid = parsed.validate(state.served_names())?;
+    let screen = state.moderation.screen(|| id_of(&req));
+    let (served, limit) = (state.served_names().to_vec(), state.prompt_limit());
+    let (job_screen, exchange) = (
+        screen.clone(),
+        exchange::begin(&state, &req, "/v1/responses"),
+    );
+    let (valid, exchange) = state
+        .cpu
+        .run(move || input::check_turn(&body, &served, limit, job_screen.as_deref(), exchange))
+        .await?;
     let owner = owner_of(&req, &state.config.api_keys);
     let dialog = dialog(&state)?.clone();
     let turn = dialog.prepare_turn(&owner, valid.request, &engine).await?;
     let permit = state.admit(1)?;
-    let meta = ResponseMeta {
-        id: turn.response_id.clone(),
-        created: turn.created_at.max(0) as u64,
-        model: turn.fields.model.clone(),
-        endpoint: Endpoint::Chat,
-        include_usage: false,
+    let oversight = Oversight {
+        request_id: id_of(&req),
+        screen,
+        exchange: turn_exchange(exchange, &turn),
     };
-    let request = ValidRequest {
-        model: turn.fields.model.clone(),
-        prompts: vec![ValidPrompt {
-            token_ids: turn.prompt.token_ids.clone(),
-            max_tokens: turn.prompt.max_tokens,
-            echo: None,
-        }],
-        n: 1,
-        sampling: valid.sampling,
-        stream: valid.stream,
-        include_usage: false,
-        logprobs: false,
-        prompt_logprobs: None,
-        echo_logprobs: false,
-    };
-    let gen = submit(
+    let gen = submit_turn(
         &engine,
         state.clone().into_inner(),
-        request,
-        meta,
+        &turn,
+        valid.sampling,
         permit,
-        id_of(&req),
-        None,
+        oversight,
     )?;
     mark_admitted(&req);
     let run = TurnRun { gen, turn, dialog };

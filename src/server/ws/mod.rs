@@ -1,0 +1,180 @@
+//! `GET /v1/chat/ws`: the chat page's WebSocket (protocol: docs/websocket.md and
+//! `protocol.rs`). One socket carries a person's chat: conversations (create, list,
+//! open, rename, delete), turns streamed as `delta`s with several generations at once
+//! (different conversations), stop and regenerate, ratings, moderation and the product
+//! defaults of a chat turn (`config.rs`).
+//!
+//! Authentication: browsers cannot set `Authorization` on a WebSocket, so the key comes
+//! as the subprotocol `bearer.<key>` (offered next to `tessera.chat.v1`, which the server
+//! selects) or in a first `auth` message. The route's access level is `Access::Socket`:
+//! the upgrade itself is open, and the socket refuses everything but `auth` until a
+//! configured key was given (close `4401` on a bad key or none in time). Without
+//! configured keys every socket is the anonymous owner, as on the HTTP routes.
+//!
+//! Pieces: `socket.rs` runs one socket (its messages, limits, heartbeats, close);
+//! `turns.rs` runs one generation and `requests.rs` answers the other messages;
+//! `frames.rs` reads client frames and `outbound.rs` bounds what waits for a slow reader
+//! (both over actix-http's WebSocket codec); `WsHub` (here) counts sockets per key.
+//!
+//! Invariants: a socket's generations never outlive it (closing it aborts them, freeing
+//! their KV blocks); every socket is counted in `WsHub` from authentication to its end.
+
+mod config;
+mod frames;
+mod outbound;
+mod protocol;
+mod requests;
+mod socket;
+mod turns;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use actix_http::body::{BodyStream, MessageBody};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+pub use config::{ChatConfig, ChatDefaults, WsLimits};
+pub use protocol::close;
+
+use super::access::constant_time_eq;
+use super::conn_guard::KillSwitch;
+use super::gate::id_of;
+use super::state::AppState;
+use crate::error::ApiError;
+use crate::store::Owner;
+
+/// The subprotocol the server speaks (selected whenever the client offers it).
+pub const SUBPROTOCOL: &str = "tessera.chat.v1";
+/// Prefix of the subprotocol that carries an API key (`bearer.<key>`).
+pub const KEY_PROTOCOL_PREFIX: &str = "bearer.";
+
+/// Open sockets per owner, and how sockets ended (for operators and tests).
+#[derive(Debug, Default)]
+pub struct WsHub {
+    open: Mutex<HashMap<Owner, usize>>,
+    closes: Mutex<BTreeMap<u16, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl WsHub {
+    /// Counts a socket of `owner` in, unless it already has `limit` open.
+    fn enter(self: &Arc<Self>, owner: &Owner, limit: usize) -> Option<SocketSlot> {
+        let mut open = lock(&self.open);
+        let n = open.entry(owner.clone()).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(SocketSlot {
+            hub: self.clone(),
+            owner: owner.clone(),
+        })
+    }
+
+    /// Authenticated sockets open now.
+    pub fn open_sockets(&self) -> usize {
+        lock(&self.open).values().sum()
+    }
+
+    /// Sockets the server closed with `code` so far.
+    pub fn closed_with(&self, code: u16) -> u64 {
+        lock(&self.closes).get(&code).copied().unwrap_or(0)
+    }
+
+    fn record_close(&self, code: u16) {
+        *lock(&self.closes).entry(code).or_default() += 1;
+    }
+}
+
+/// One counted socket; leaves the count when dropped.
+#[derive(Debug)]
+pub struct SocketSlot {
+    hub: Arc<WsHub>,
+    owner: Owner,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.hub.open);
+        if let Some(n) = open.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// Who may use a socket, from a key given at the upgrade or in `auth`.
+pub(crate) fn owner_for_key(api_keys: &[String], given: Option<&str>) -> Result<Owner, ApiError> {
+    if api_keys.is_empty() {
+        return Ok(Owner::anonymous());
+    }
+    let given = given.ok_or(ApiError::Unauthorized)?;
+    let matched = api_keys.iter().fold(false, |acc, key| {
+        acc | constant_time_eq(key.as_bytes(), given.as_bytes())
+    });
+    if matched {
+        Ok(Owner::of_key(given))
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// The offered subprotocols: whether `tessera.chat.v1` is among them, and the key of a
+/// `bearer.<key>` one.
+fn offered(req: &HttpRequest) -> (bool, Option<String>) {
+    let mut speaks = false;
+    let mut key = None;
+    for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for proto in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            if proto == SUBPROTOCOL {
+                speaks = true;
+            } else if let Some(k) = proto.strip_prefix(KEY_PROTOCOL_PREFIX) {
+                key = Some(k.to_string());
+            }
+        }
+    }
+    (speaks, key)
+}
+
+/// `GET /v1/chat/ws`.
+pub async fn chat_ws(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    state.engine()?;
+    let mut response = actix_http::ws::handshake(req.head()).map_err(|e| ApiError::Http {
+        status: 400,
+        message: format!(
+            "`/v1/chat/ws` takes a WebSocket upgrade (GET with `Upgrade: websocket`): {e}"
+        ),
+    })?;
+    let (speaks, key) = offered(&req);
+    if speaks {
+        response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
+    }
+    let limits = state.config.chat.limits;
+    let (outbox, frames) = outbound::Outbox::new(limits.send_buffer);
+    let response = response
+        .message_body(BodyStream::new(frames).boxed())
+        .map_err(|e| ApiError::Internal(format!("WebSocket response: {e}")))?;
+    let start = socket::Start {
+        preauth: key.map(|k| owner_for_key(&state.config.api_keys, Some(&k))),
+        state: state.into_inner(),
+        outbox,
+        reader: frames::Reader::new(body, limits.max_message_bytes),
+        kill: req.conn_data::<Arc<KillSwitch>>().cloned(),
+        request_id: id_of(&req),
+    };
+    actix_web::rt::spawn(socket::run(start));
+    Ok(response.into())
+}
