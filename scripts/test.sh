@@ -3,8 +3,9 @@
 # tokenizer vectors (package registries only), checks formatting and lints (first, so a
 # style slip fails before the long build), runs the library's unit tests
 # with debug assertions and overflow checks on, builds once in release and runs every
-# test, then the official OpenAI SDK tests (tests/python) against the release binary, in
-# a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between
+# test, the golden and batch-invariance tests again on the AVX2 kernel path and the
+# fixtures' goldens on the scalar one (TESSERA_CPU_FEATURES), then the official OpenAI SDK tests (tests/python) against the
+# release binary, in a venv with the pinned packages of tests/python/requirements.txt (PyPI; cached between
 # runs). The Grafana dashboard is checked against a real Prometheus (Debian's
 # `prometheus` package, installed with apt when missing) in tests/prometheus_dashboard.rs;
 # the dialog store against a real PostgreSQL (Debian's `postgresql`, likewise); the chat
@@ -51,6 +52,22 @@ cargo test --release --locked --lib \
 step "release build and tests"
 cargo build --release --locked --workspace --all-targets
 cargo test --release --locked --workspace --all-targets
+
+# The golden and batch-invariance tests again with the CPU kernels forced down
+# (TESSERA_CPU_FEATURES, src/ops/cpu_features.rs): every path must give llama.cpp's tokens.
+# AVX2 without AVX-512: all of them (~2 min). The scalar twins are ~10x slower (all of
+# golden.rs took 19 min there), so at `scalar` only the tiny fixture models' goldens and
+# one SmolLM2 answer; tests/cpu_levels.rs (in the run above) already compares every level's
+# logits bit for bit on every golden model. Only these binaries: already built.
+if grep -qw avx2 /proc/cpuinfo; then
+  step "golden and batch-invariance tests at TESSERA_CPU_FEATURES=avx2"
+  TESSERA_CPU_FEATURES=avx2 cargo test --release --locked \
+    --test golden --test moe_golden --test golden_prompt_logprobs
+fi
+step "golden tests (fixtures) at TESSERA_CPU_FEATURES=scalar"
+TESSERA_CPU_FEATURES=scalar cargo test --release --locked --test moe_golden
+TESSERA_CPU_FEATURES=scalar cargo test --release --locked --test golden -- \
+  fixtures_match_llama_cpp smollm2_knows_the_capital_of_france
 
 cache="${TESSERA_CACHE_DIR:-$PWD/.cache}"
 venv="$cache/sdk-venv"

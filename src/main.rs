@@ -431,10 +431,12 @@ fn main() {
         Command::Serve { engine, server } => {
             tessera::server::logging::init(server.log_format);
             let (path, cfg) = engine.config();
-            server
-                .config()
-                .map_err(Into::into)
-                .and_then(|server_cfg| tessera::server::serve(path, cfg, server_cfg))
+            cpu_kernels().and_then(|()| {
+                server
+                    .config()
+                    .map_err(Into::into)
+                    .and_then(|server_cfg| tessera::server::serve(path, cfg, server_cfg))
+            })
         }
         Command::Generate {
             engine,
@@ -443,7 +445,8 @@ fn main() {
             raw,
         } => {
             let (path, cfg) = engine.config();
-            tessera::cli::start_engine(&path, &cfg)
+            cpu_kernels()
+                .and_then(|()| tessera::cli::start_engine(&path, &cfg))
                 .and_then(|e| tessera::cli::generate(&e, prompt, *raw, sampling.params()))
         }
         Command::Chat {
@@ -452,7 +455,8 @@ fn main() {
             system,
         } => {
             let (path, cfg) = engine.config();
-            tessera::cli::start_engine(&path, &cfg)
+            cpu_kernels()
+                .and_then(|()| tessera::cli::start_engine(&path, &cfg))
                 .and_then(|e| tessera::cli::chat(&e, system.as_deref(), sampling.params()))
         }
         Command::Feedback {
@@ -489,10 +493,12 @@ fn main() {
             max_tokens,
         } => {
             let (path, cfg) = engine.config();
-            tessera::cli::start_engine(&path, &cfg).and_then(|e| {
-                for &c in concurrency {
-                    let r = tessera::cli::bench(&e, c, *prompt_len, *max_tokens)?;
-                    println!(
+            cpu_kernels()
+                .and_then(|()| tessera::cli::start_engine(&path, &cfg))
+                .and_then(|e| {
+                    for &c in concurrency {
+                        let r = tessera::cli::bench(&e, c, *prompt_len, *max_tokens)?;
+                        println!(
                         "concurrency {c:>3}: {:>6} tokens in {:>6.2}s = {:>7.1} output tok/s | \
                          ttft {:>7.1} ms | per-stream decode {:>6.1} tok/s",
                         r.output_tokens,
@@ -501,15 +507,31 @@ fn main() {
                         r.ttft_ms,
                         r.decode_tok_s
                     );
-                }
-                Ok(())
-            })
+                    }
+                    Ok(())
+                })
         }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// Decides which instruction-set level the CPU kernels use (what the CPU has, capped by
+/// `TESSERA_CPU_FEATURES`) before a model is loaded, so a bad value stops the process with
+/// its message; logs the choice (`serve`'s startup log).
+fn cpu_kernels() -> Result<(), Box<dyn std::error::Error>> {
+    let cpu = tessera::ops::cpu_features::init()?;
+    tracing::info!(
+        level = %cpu.level,
+        vnni = cpu.vnni,
+        host = %cpu.host,
+        "CPU kernels: {} (TESSERA_CPU_FEATURES caps it; this CPU has {})",
+        cpu.level,
+        cpu.host
+    );
+    Ok(())
 }
 
 #[cfg(test)]

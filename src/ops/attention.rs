@@ -26,12 +26,12 @@ use super::pool::{self, SharedOut};
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-/// Whether `attend` may use the AVX-512 kernels for `head_dim` (checked once).
+/// Whether `attend` may use the AVX-512 kernels for `head_dim` (the level is chosen once,
+/// in `cpu_features`).
 fn avx512_for(head_dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        head_dim == avx512::HEAD_DIM && *AVAILABLE.get_or_init(avx512::available)
+        head_dim == avx512::HEAD_DIM && super::cpu_features::avx512()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -151,11 +151,8 @@ fn attend_unit(
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: FMA is available (checked above).
+        if super::cpu_features::avx2() {
+            // SAFETY: the chosen level includes AVX2, FMA and F16C.
             return unsafe { attend_fma(inp, seq, rows, kvh, out, &mut scratch) };
         }
         attend::<false>(inp, seq, rows, kvh, out, &mut scratch)

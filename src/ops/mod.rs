@@ -6,6 +6,7 @@
 
 pub mod act_quant;
 pub mod attention;
+pub mod cpu_features;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ggml_math;
@@ -21,8 +22,8 @@ pub mod rope;
 pub fn silu_mul(gate: &mut [f32], up: &[f32], width: usize) {
     assert_eq!(gate.len(), up.len());
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        // SAFETY: FMA is available (checked above).
+    if cpu_features::avx2() {
+        // SAFETY: the chosen level includes FMA.
         return unsafe { silu_mul_fma(gate, up, width) };
     }
     silu_mul_body(gate, up, width)

@@ -68,8 +68,8 @@ pub fn topk_softmax(
 /// ggml's `soft_max_f32` of one row (no mask, scale 1): `out = exp(x - max) / Σ`.
 pub fn softmax(x: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        // SAFETY: FMA is available (checked above).
+    if crate::ops::cpu_features::avx2() {
+        // SAFETY: the chosen level includes FMA.
         return unsafe { softmax_fma(x, out) };
     }
     softmax_body(x, out)

@@ -24,14 +24,6 @@ pub const HEAD_DIM: usize = 64;
 /// Positions reduced together.
 const POS_TILE: usize = 8;
 
-/// Whether the CPU has what these kernels use.
-pub fn available() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
-}
-
 /// The K (or V) row at element offset `at` as four 16-lane f32 registers.
 #[inline(always)]
 unsafe fn load_row(cache: &[f16], at: usize) -> [__m512; 4] {

@@ -171,16 +171,20 @@ pub(crate) use kernel;
 
 /// Whether llama.cpp's CPU backend (built for this host) repacks a `dtype` matrix with
 /// `rows` rows (`ggml_repack_get_optimal_repack_type` on x86: Q4_0 and Q4_K with AVX2,
-/// Q2_K with AVX-512, always only for a multiple of 8 rows).
+/// Q2_K with AVX-512, always only for a multiple of 8 rows). It follows what the CPU has,
+/// not `TESSERA_CPU_FEATURES`: the reference's float order is the same whatever level our
+/// kernels run at (each order has a scalar twin), so a forced level keeps llama.cpp's bits.
 pub fn llama_cpp_repacks(dtype: GgmlDType, rows: usize) -> bool {
     if !rows.is_multiple_of(8) {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     {
+        use crate::ops::cpu_features::{self, Level};
+        let host = cpu_features::host().level;
         match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q4K => std::is_x86_feature_detected!("avx2"),
-            GgmlDType::Q2K => std::is_x86_feature_detected!("avx512f"),
+            GgmlDType::Q4_0 | GgmlDType::Q4K => host >= Level::Avx2,
+            GgmlDType::Q2K => host >= Level::Avx512,
             _ => false,
         }
     }
@@ -191,13 +195,11 @@ pub fn llama_cpp_repacks(dtype: GgmlDType, rows: usize) -> bool {
     }
 }
 
-/// Whether the AVX2 kernels can run (cached by std after the first call).
+/// Whether the AVX2 kernels may run (the process's level, `cpu_features`).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
+    crate::ops::cpu_features::avx2()
 }
 
 /// ggml's `hsum_float_8`: `((x0+x4) + (x2+x6)) + ((x1+x5) + (x3+x7))`.

@@ -145,21 +145,10 @@ fn concat(lo: [f32; 8], hi: [f32; 8]) -> [f32; 16] {
     out
 }
 
-/// AVX-512 F/BW/VL + VNNI (and the FMA/F16C the scalar parts use), cached by std.
+/// Whether the panel kernels may run: AVX-512 F/BW/VL + VNNI (and the AVX2/FMA/F16C the
+/// scalar parts use), as chosen once by `cpu_features`.
 pub fn has_avx512_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::ops::cpu_features::avx512_vnni()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -244,7 +244,8 @@ fn routed_to<C: GgmlType, K: Kernel>(rows: usize, view: fn(&[C]) -> &[K::Weight]
 
 #[test]
 fn matrices_llama_cpp_repacks_use_the_gemv_order() {
-    let avx2 = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2");
+    // llama.cpp's choice follows the host, not TESSERA_CPU_FEATURES (see llama_cpp_repacks).
+    let avx2 = crate::ops::cpu_features::host().level >= crate::ops::cpu_features::Level::Avx2;
     // Q4_K: vec_dot for 12 rows, the interleaved gemv's order for 16 (on AVX2 hosts).
     assert!(routed_to::<BlockQ4K, Q4KDot>(12, blocks::view_q4k));
     assert_eq!(

@@ -21,8 +21,8 @@ pub(super) fn matmul_float<W: FloatWeight>(
     y: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        // SAFETY: FMA is available (checked above).
+    if crate::ops::cpu_features::avx2() {
+        // SAFETY: the chosen level includes FMA.
         return unsafe { matmul_float_fma(w, n, k, x, m, y) };
     }
     matmul_float_body(w, n, k, x, m, y)
@@ -73,8 +73,8 @@ fn float_dots<W: FloatWeight>(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        // SAFETY: FMA is available (checked above).
+    if crate::ops::cpu_features::avx2() {
+        // SAFETY: the chosen level includes FMA.
         return unsafe { float_dots_fma::<W>(w_row, xq, rows, k, out) };
     }
     for (o, r) in out.iter_mut().zip(rows) {
