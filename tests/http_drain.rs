@@ -6,6 +6,8 @@
 //! loading phase by the `HOLD_LOADING_ENV` test hook, so the answer is deterministic).
 //! Every wait is for an event; `HANG_GUARD` only bounds a wait that would never end.
 
+mod common;
+
 mod http_support;
 
 use std::io::{BufRead, BufReader};
@@ -24,14 +26,6 @@ struct Server {
     addr: SocketAddr,
 }
 
-/// A data directory of its own for each server: the tests run in parallel, and two
-/// servers opening one SQLite store at once find it locked.
-fn fresh_data_dir() -> std::path::PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("tessera-drain-{}-{n}", std::process::id()))
-}
-
 /// Starts `tessera serve` on a free port; returns once it prints its address.
 fn start(extra: &[&str]) -> Server {
     start_with_env(extra, &[])
@@ -47,7 +41,7 @@ fn start_with_env(extra: &[&str], env: &[(&str, &Path)]) -> Server {
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         // The dialog store in a temporary directory, not the working tree.
-        .env("TESSERA_DATA_DIR", fresh_data_dir())
+        .env("TESSERA_DATA_DIR", common::fresh_data_dir("drain"))
         .args([
             "serve",
             "--port",
@@ -214,7 +208,7 @@ fn streams_past_the_shutdown_timeout_end_with_an_error_event() {
 #[test]
 fn not_ready_while_loading_and_a_missing_model_exits_nonzero() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .env("TESSERA_DATA_DIR", fresh_data_dir())
+        .env("TESSERA_DATA_DIR", common::fresh_data_dir("drain"))
         .args(["serve", "--port", "0", "--model", "/nonexistent/model.gguf"])
         .stderr(Stdio::piped())
         .spawn()

@@ -7,6 +7,8 @@
 //!   `/health` answering while it runs, and SIGTERM ends the process within
 //!   `--shutdown-timeout` plus the fixed grace, whatever the render is doing.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,14 +41,6 @@ struct Server {
     log: Receiver<String>,
 }
 
-/// A data directory of its own for each server (not the working tree's; the tests run in
-/// parallel, and two servers opening one SQLite store at once find it locked).
-fn fresh_data_dir() -> std::path::PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("tessera-hardstop-{}-{n}", std::process::id()))
-}
-
 fn start(model: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args([
@@ -60,7 +54,7 @@ fn start(model: &Path, extra: &[&str]) -> Server {
         .arg(model)
         .args(["--kv-cache-memory", "16MiB", "--max-model-len", "512"])
         .args(extra)
-        .env("TESSERA_DATA_DIR", fresh_data_dir())
+        .env("TESSERA_DATA_DIR", common::fresh_data_dir("hardstop"))
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -146,7 +140,7 @@ fn an_endless_template_fails_at_start_with_a_clear_message() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["serve", "--port", "0", "--model"])
         .arg(&model)
-        .env("TESSERA_DATA_DIR", fresh_data_dir())
+        .env("TESSERA_DATA_DIR", common::fresh_data_dir("hardstop"))
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");

@@ -97,3 +97,12 @@ pub fn run_batch(
         .map(|s| s.blocking_collect().expect("completes").0)
         .collect()
 }
+
+/// A data directory of its own for each spawned server (`TESSERA_DATA_DIR`), not the
+/// working tree's: the tests run in parallel, and two servers opening one SQLite store at
+/// once find it locked.
+pub fn fresh_data_dir(tag: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("tessera-{tag}-{}-{n}", std::process::id()))
+}
