@@ -20,25 +20,13 @@ use super::gate::{id_of, read_body};
 use super::generate::{submit_turn, Oversight};
 use super::observe::mark_admitted;
 use super::state::AppState;
-use crate::audit::Exchange;
-use crate::dialog::{DialogError, PreparedTurn};
+use crate::dialog::DialogError;
 use crate::error::ApiError;
 use events::{event_stream, TurnRun};
 pub use wire::ResponsesRequest;
 
 type Data = web::Data<AppState>;
 type Reply = Result<HttpResponse, ApiError>;
-
-/// The turn's exchange with its dialog ids.
-fn turn_exchange(exchange: Option<Exchange>, turn: &PreparedTurn) -> Option<Exchange> {
-    exchange.map(|mut e| {
-        e.meta.response_id = Some(turn.response_id.clone());
-        e.meta.conversation_id = turn.fields.conversation_id.clone();
-        e.meta.previous_response_id = turn.fields.previous_response_id.clone();
-        e.meta.thread_id = Some(turn.thread_id());
-        e
-    })
-}
 
 /// `POST /v1/responses`.
 pub async fn create(state: Data, req: HttpRequest, body: web::Payload) -> Reply {
@@ -62,7 +50,7 @@ pub async fn create(state: Data, req: HttpRequest, body: web::Payload) -> Reply 
     let oversight = Oversight {
         request_id: id_of(&req),
         screen,
-        exchange: turn_exchange(exchange, &turn),
+        exchange: exchange::with_turn(exchange, &turn),
     };
     let gen = submit_turn(
         &engine,

@@ -40,6 +40,7 @@ pub use protocol::close;
 
 use super::access::constant_time_eq;
 use super::conn_guard::KillSwitch;
+use super::exchange::Peer;
 use super::gate::id_of;
 use super::state::AppState;
 use crate::error::ApiError;
@@ -112,6 +113,7 @@ pub async fn chat_ws(
         reader: frames::Reader::new(body, limits.max_message_bytes),
         kill: req.conn_data::<Arc<KillSwitch>>().cloned(),
         request_id: id_of(&req),
+        peer: Peer::of(&req),
     };
     actix_web::rt::spawn(socket::run(start));
     Ok(response.into())

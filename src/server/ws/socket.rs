@@ -24,6 +24,7 @@ use super::turns::{self, Job, TurnKind};
 use super::{owner_for_key, SocketSlot, SUBPROTOCOL};
 use crate::error::ApiError;
 use crate::server::conn_guard::KillSwitch;
+use crate::server::exchange::Peer;
 use crate::server::state::{AppState, Phase};
 use crate::store::Owner;
 
@@ -36,6 +37,7 @@ pub struct Start {
     /// The result of a key offered as a subprotocol, if one was.
     pub preauth: Option<Result<Owner, ApiError>>,
     pub request_id: String,
+    pub peer: Peer,
 }
 
 /// Why the loop ended: the close frame to send (none: the client is gone).
@@ -90,6 +92,7 @@ struct Socket {
     last_seen: Instant,
     next_generation: u64,
     request_id: String,
+    peer: Peer,
 }
 
 /// Runs one socket to its end.
@@ -101,6 +104,7 @@ pub async fn run(start: Start) {
         kill,
         preauth,
         request_id,
+        peer,
     } = start;
     let limits = state.config.chat.limits;
     let (finished, mut done) = mpsc::unbounded_channel();
@@ -121,6 +125,7 @@ pub async fn run(start: Start) {
         last_seen: Instant::now(),
         next_generation: 0,
         request_id,
+        peer,
     };
     let mut ending = match preauth {
         Some(result) => socket.authenticate(result, None),
@@ -392,6 +397,7 @@ impl Socket {
             kind,
             overrides,
             request_id: format!("{}-{}", self.request_id, generation_id),
+            peer: self.peer.clone(),
         };
         let finished = self.finished.clone();
         let gen_id = generation_id.clone();

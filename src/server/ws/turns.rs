@@ -21,14 +21,16 @@ use tokio::sync::oneshot;
 
 use super::outbound::Outbox;
 use super::protocol::{self, message, Overrides};
+use crate::audit::{Exchange, InputMessage};
 use crate::dialog::{Dialog, PreparedTurn};
 use crate::dialog::{
     Message, ResponseFields, Role, Status, Truncation, TurnOutcome, TurnRequest, TurnUsage,
 };
 use crate::error::ApiError;
 use crate::request::{FinishReason, SamplingParams};
-use crate::safety::{InputText, ModerationError, Screen};
+use crate::safety::{InputText, ModerationError, Screen, Stage};
 use crate::server::dialog_http::dialog;
+use crate::server::exchange::{begin_for, with_turn, Peer};
 use crate::server::generate::{check_finish, submit_turn, Generation, Oversight};
 use crate::server::state::AppState;
 use crate::store::Owner;
@@ -53,6 +55,8 @@ pub struct Job {
     pub kind: TurnKind,
     pub overrides: Overrides,
     pub request_id: String,
+    /// Where the socket came from (for the conversation log).
+    pub peer: Peer,
 }
 
 impl Job {
@@ -108,11 +112,14 @@ fn sampling(state: &AppState, o: &Overrides) -> Result<SamplingParams, ApiError>
 async fn screen_input(
     job: &Job,
     screen: &Option<Arc<Screen>>,
+    exchange: &mut Option<Exchange>,
     text: String,
 ) -> Result<Option<String>, ApiError> {
     let Some(screen) = screen.clone() else {
         return Ok(Some(text));
     };
+    let checked_text = text.clone();
+    let checker = screen.clone();
     let checked = job
         .state
         .cpu
@@ -124,12 +131,16 @@ async fn screen_input(
                 limited: true,
                 text: &mut text,
             }];
-            Ok(screen.check_input(&mut fields).map(|()| text))
+            Ok(checker.check_input(&mut fields).map(|()| text))
         })
         .await?;
     match checked {
         Ok(text) => Ok(Some(text)),
         Err(ModerationError::Blocked { message, .. }) => {
+            if let Some(mut refused) = exchange.take() {
+                refused.meta.input = vec![InputMessage::new("user", checked_text)];
+                refused.refused(&screen.hits(Stage::Input, None));
+            }
             job.send(
                 "moderation.blocked",
                 json!({"stage": "input", "message": message}),
@@ -140,9 +151,25 @@ async fn screen_input(
     }
 }
 
+/// The turn's exchange in the conversation log, as an HTTP request's is (`None`: the
+/// log is off).
+fn socket_exchange(job: &Job, model: &str) -> Option<Exchange> {
+    let mut exchange = begin_for(
+        &job.state,
+        job.request_id.clone(),
+        "/v1/chat/ws",
+        &job.owner,
+        &job.peer,
+    )?;
+    exchange.meta.model = model.to_string();
+    exchange.meta.conversation_id = Some(job.conversation_id.clone());
+    Some(exchange)
+}
+
 /// Prepares, moderates, submits and streams the turn.
 async fn turn(job: &Job, stopped: oneshot::Receiver<()>) -> Result<(), ApiError> {
     let state = &job.state;
+    state.audit_ready()?;
     let engine = state.engine()?.clone();
     let dialog = dialog(state)?.clone();
     let params = sampling(state, &job.overrides)?;
@@ -161,9 +188,10 @@ async fn turn(job: &Job, stopped: oneshot::Receiver<()>) -> Result<(), ApiError>
         conversation_id: Some(job.conversation_id.clone()),
     };
     let rule = state.config.chat.defaults.window(dialog.window());
+    let mut exchange = socket_exchange(job, &fields.model);
     let turn = match &job.kind {
         TurnKind::Send { text } => {
-            let Some(text) = screen_input(job, &screen, text.clone()).await? else {
+            let Some(text) = screen_input(job, &screen, &mut exchange, text.clone()).await? else {
                 return Ok(());
             };
             let input = vec![Message::new(Role::User, text, crate::store::unix_now())];
@@ -177,12 +205,22 @@ async fn turn(job: &Job, stopped: oneshot::Receiver<()>) -> Result<(), ApiError>
                 .prepare_regeneration(&job.owner, fields, &engine, rule)
                 .await?;
             let question = turn.input.first().map(Message::text).unwrap_or_default();
-            if screen_input(job, &screen, question).await?.is_none() {
+            if screen_input(job, &screen, &mut exchange, question)
+                .await?
+                .is_none()
+            {
                 return Ok(());
             }
             turn
         }
     };
+    if let Some(e) = exchange.as_mut() {
+        e.meta.input = turn
+            .input
+            .iter()
+            .map(|m| InputMessage::new("user", m.text()))
+            .collect();
+    }
     let permit = state.admit(1)?;
     let submitted = Instant::now();
     let gen = submit_turn(
@@ -194,8 +232,7 @@ async fn turn(job: &Job, stopped: oneshot::Receiver<()>) -> Result<(), ApiError>
         Oversight {
             request_id: job.request_id.clone(),
             screen,
-            // The socket's turns are not in the conversation log yet (only HTTP routes).
-            exchange: None,
+            exchange: with_turn(exchange, &turn),
         },
     )?;
     job.send(
