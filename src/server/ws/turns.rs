@@ -159,6 +159,8 @@ async fn turn(job: &Job, stopped: oneshot::Receiver<()>) -> Result<(), ApiError>
         store: true,
         previous_response_id: None,
         conversation_id: Some(job.conversation_id.clone()),
+        tools: None,
+        text_format: json!({"type": "text"}),
     };
     let rule = state.config.chat.defaults.window(dialog.window());
     let turn = match &job.kind {
@@ -317,6 +319,7 @@ async fn finish(
     let (response_id, message_id) = (turn.response_id.clone(), turn.output_id.clone());
     let outcome = TurnOutcome {
         text: s.text,
+        calls: Vec::new(),
         status,
         usage,
     };
