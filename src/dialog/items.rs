@@ -188,7 +188,12 @@ impl Message {
         };
         let value: Value =
             serde_json::from_str(&record.body).map_err(|e| corrupt(&e.to_string()))?;
-        let text = |key: &str| value[key].as_str().map(str::to_string).ok_or_else(|| corrupt(key));
+        let text = |key: &str| {
+            value[key]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| corrupt(key))
+        };
         match value["type"].as_str() {
             Some("function_call") => {
                 let mut call = Self::function_call(
@@ -441,7 +446,10 @@ mod tests {
         assert_eq!(json["call_id"], "call_1");
         assert!(json["id"].as_str().is_some_and(|id| id.starts_with("fc_")));
         for m in &msgs[1..] {
-            assert_eq!(&Message::from_record(&m.to_record()).expect("round trip"), m);
+            assert_eq!(
+                &Message::from_record(&m.to_record()).expect("round trip"),
+                m
+            );
         }
     }
 

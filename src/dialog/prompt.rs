@@ -77,7 +77,9 @@ fn push_item(out: &mut Vec<ChatMessage>, m: &Message) {
             });
             match out.last_mut() {
                 Some(last) if last.role == "assistant" => {
-                    let calls = last.tool_calls.get_or_insert_with(|| Value::Array(Vec::new()));
+                    let calls = last
+                        .tool_calls
+                        .get_or_insert_with(|| Value::Array(Vec::new()));
                     if let Value::Array(list) = calls {
                         list.push(call);
                     }

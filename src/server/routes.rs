@@ -23,13 +23,13 @@ use super::request::{
 use super::response::{Endpoint, ResponseMeta};
 use super::sse::sse_body;
 use super::state::{unix_now, AppState};
-use crate::tools::ToolParser;
 use super::validate::{check_model, validate_chat, validate_completion, ValidRequest};
 use crate::audit::Exchange;
 use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::model::chat_template::encode_chat;
 use crate::safety::Screen;
+use crate::tools::ToolParser;
 
 /// Every route the server answers (`openapi.yaml` describes exactly these). Register a
 /// new route here and in `handler`: `configure` puts it behind the API key unless its
@@ -262,7 +262,10 @@ async fn chat_completions(state: Data, req: HttpRequest, body: web::Payload) -> 
         if let Some(e) = exchange.as_mut() {
             e.meta.input = chat_input(parsed.messages.as_deref());
         }
-        Ok((validate_chat(parsed, &job.engine, &job.served, job.tool_parser)?, exchange))
+        Ok((
+            validate_chat(parsed, &job.engine, &job.served, job.tool_parser)?,
+            exchange,
+        ))
     })
     .await?;
     let oversight = oversee(&req, screen, exchange);

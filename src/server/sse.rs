@@ -25,11 +25,11 @@ use serde_json::Map;
 use super::content_filter::{finish_fields, prompt_filter_results};
 use super::generate::{check_finish, Generation};
 use super::response::{finish_str, sse_data, ResponseMeta, SSE_DONE, SSE_KEEPALIVE};
+use crate::engine::stream::{TokenEvent, Usage};
+use crate::error::{http_error, ApiError};
 use crate::model::tokenizer::Tokenizer;
 use crate::tools::hermes::{HermesParser, ToolEvent};
 use crate::tools::new_call_id;
-use crate::engine::stream::{TokenEvent, Usage};
-use crate::error::{http_error, ApiError};
 
 type ChoiceEvents = Pin<Box<dyn Stream<Item = (usize, Result<TokenEvent, ApiError>)>>>;
 
@@ -50,13 +50,20 @@ struct SseState {
 
 /// The chunk of one parsed piece of a choice's answer (content, or a tool call's start
 /// with a fresh `call_…` id, or more of its arguments).
-fn tool_event_chunk(meta: &ResponseMeta, index: usize, event: ToolEvent, tok: &Tokenizer) -> String {
+fn tool_event_chunk(
+    meta: &ResponseMeta,
+    index: usize,
+    event: ToolEvent,
+    tok: &Tokenizer,
+) -> String {
     match event {
         ToolEvent::Content(text) => meta.delta_chunk(index, &text, &[], None, 0, tok),
         ToolEvent::CallStart { index: call, name } => {
             meta.tool_call_chunk(index, call, Some((&new_call_id(), &name)), "")
         }
-        ToolEvent::Arguments { index: call, text } => meta.tool_call_chunk(index, call, None, &text),
+        ToolEvent::Arguments { index: call, text } => {
+            meta.tool_call_chunk(index, call, None, &text)
+        }
     }
 }
 

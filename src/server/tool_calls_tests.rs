@@ -32,7 +32,8 @@ fn qwen_template() -> ChatTemplate {
 }
 
 fn fixture_tokenizer() -> Tokenizer {
-    let file = GgufFile::open(&manifest("tests/fixtures/qwen2-tiny-tied-q4_k_m.gguf")).expect("fixture");
+    let file =
+        GgufFile::open(&manifest("tests/fixtures/qwen2-tiny-tied-q4_k_m.gguf")).expect("fixture");
     Tokenizer::from_vocab(&GgufVocab::from_gguf(&file).expect("vocab")).expect("tokenizer")
 }
 
@@ -95,7 +96,10 @@ fn a_template_without_tools_gets_the_generic_format() {
     let (messages, tools) = read_case(case);
     let ids = encode_prompt(&tokenizer, &template, messages, tools.as_ref()).expect("encodes");
     let text = tokenizer.decode(&ids, false).expect("decodes");
-    assert!(text.starts_with("<|im_start|>system\nYou are a weather bot.\n\n# Tools\n"), "{text}");
+    assert!(
+        text.starts_with("<|im_start|>system\nYou are a weather bot.\n\n# Tools\n"),
+        "{text}"
+    );
     assert!(text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}\n</tool_call>\n<tool_call>\n"), "{text}");
     assert!(text.contains("<|im_start|>user\n<tool_response>\n{\"temp\": 21, \"sky\": \"sunny\"}\n</tool_response>\n<tool_response>\n09:30\n</tool_response><|im_end|>"), "{text}");
     assert!(!text.contains("<|im_start|>tool"), "{text}");
@@ -106,7 +110,9 @@ fn history_calls_are_checked() {
     let bad = |v: Value| history_calls("m", &v).expect_err("refused").to_string();
     assert!(bad(serde_json::json!({})).contains("array"));
     assert!(bad(serde_json::json!([{"function": {}}])).contains("m[0]"));
-    assert!(bad(serde_json::json!([{"function": {"name": "f", "arguments": 3}}])).contains("arguments"));
+    assert!(
+        bad(serde_json::json!([{"function": {"name": "f", "arguments": 3}}])).contains("arguments")
+    );
     let ok = history_calls("m", &serde_json::json!([{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "not json"}}])).expect("ok");
     assert_eq!(ok[0]["function"]["arguments"], "not json");
 }

@@ -11,10 +11,10 @@ use super::request::{
     int, ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptField,
     SamplingFields, StopField, UnsupportedFields,
 };
+use super::tool_calls::{check_tools, encode_messages, history_calls, ToolFields};
 use crate::engine::error::EngineError;
 use crate::engine::handle::{EngineHandle, EngineInfo};
 use crate::error::ApiError;
-use super::tool_calls::{check_tools, encode_messages, history_calls, ToolFields};
 use crate::model::chat_template::ChatMessage;
 use crate::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
 use crate::tools::{ToolParser, WireForm};
@@ -158,7 +158,10 @@ pub fn validate_completion(
     let choice = u.tool_choice.as_ref().filter(|c| !c.is_null());
     let off = |v: &serde_json::Value| matches!(v.as_str(), Some("none" | "auto"));
     for (name, asked) in [
-        ("tools", tools.is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))),
+        (
+            "tools",
+            tools.is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())),
+        ),
         ("tool_choice", choice.is_some_and(|c| !off(c))),
     ] {
         if asked {

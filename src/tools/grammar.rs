@@ -39,7 +39,9 @@ pub fn forced_call_grammar(set: &ToolSet) -> String {
     } else {
         "call"
     };
-    format!("start: {start}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {schema}\n")
+    format!(
+        "start: {start}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {schema}\n"
+    )
 }
 
 /// Function `i`'s call object schema; its definitions go into `defs`.
@@ -118,9 +120,14 @@ mod tests {
                 "type": "object", "properties": {"n": {"$ref": "#/$defs/leaf"}},
                 "required": ["n"], "additionalProperties": false}}},
         ]);
-        parse_tools(Some(&list), Some(&choice), Some(&json!(parallel)), WireForm::Chat)
-            .expect("valid")
-            .expect("tools")
+        parse_tools(
+            Some(&list),
+            Some(&choice),
+            Some(&json!(parallel)),
+            WireForm::Chat,
+        )
+        .expect("valid")
+        .expect("tools")
     }
 
     /// Follows the mask, picking the `pick`-th allowed byte (rotating), to EOS.
@@ -134,7 +141,11 @@ mod tests {
         for step in 0..600 {
             state.compute_mask().expect("mask");
             let allowed: Vec<u32> = (0..=eos).filter(|&t| state.mask().allows(t)).collect();
-            assert!(!allowed.is_empty(), "dead end after {:?}", String::from_utf8_lossy(&out));
+            assert!(
+                !allowed.is_empty(),
+                "dead end after {:?}",
+                String::from_utf8_lossy(&out)
+            );
             if allowed.contains(&eos) && (step > 40 || allowed.len() == 1) {
                 assert!(state.is_accepting());
                 return String::from_utf8(out).expect("utf-8");
@@ -142,7 +153,10 @@ mod tests {
             let choices: Vec<u32> = allowed.into_iter().filter(|&t| t != eos).collect();
             // Prefer closing quotes and braces late in the walk, so it ends.
             let token = if step > 60 {
-                *choices.iter().find(|&&t| matches!(t as u8, b'"' | b'}' | b'<' | b'/')).unwrap_or(&choices[0])
+                *choices
+                    .iter()
+                    .find(|&&t| matches!(t as u8, b'"' | b'}' | b'<' | b'/'))
+                    .unwrap_or(&choices[0])
             } else {
                 choices[(pick * 31 + step * 7) % choices.len()]
             };
@@ -163,10 +177,18 @@ mod tests {
             let args: Value = serde_json::from_str(&calls[0].1).expect("arguments are JSON");
             match calls[0].0.as_str() {
                 "get_weather" => {
-                    assert!(args["city"].as_str().is_some_and(|c| c.chars().count() <= 8), "{args}");
+                    assert!(
+                        args["city"]
+                            .as_str()
+                            .is_some_and(|c| c.chars().count() <= 8),
+                        "{args}"
+                    );
                     assert!(args["unit"] == "c" || args["unit"] == "f", "{args}");
                 }
-                "tree" => assert!(args["n"].as_i64().is_some_and(|n| (0..=9).contains(&n)), "{args}"),
+                "tree" => assert!(
+                    args["n"].as_i64().is_some_and(|n| (0..=9).contains(&n)),
+                    "{args}"
+                ),
                 other => panic!("unknown function {other}"),
             }
         }
@@ -174,7 +196,10 @@ mod tests {
 
     #[test]
     fn a_named_choice_calls_that_function_only() {
-        let set = tools(json!({"type": "function", "function": {"name": "tree"}}), true);
+        let set = tools(
+            json!({"type": "function", "function": {"name": "tree"}}),
+            true,
+        );
         for pick in 0..3 {
             let (_, calls) = parse_all(&walk(&set, pick));
             assert!(!calls.is_empty() && calls.iter().all(|(name, _)| name == "tree"));
@@ -186,7 +211,10 @@ mod tests {
         assert_eq!(rebased("#/$defs/leaf", 1), "#/$defs/f1_leaf");
         assert_eq!(rebased("#/definitions/x", 0), "#/$defs/f0_x");
         assert_eq!(rebased("#", 2), "#/anyOf/2/properties/arguments");
-        assert_eq!(rebased("#/properties/a", 0), "#/anyOf/0/properties/arguments/properties/a");
+        assert_eq!(
+            rebased("#/properties/a", 0),
+            "#/anyOf/0/properties/arguments/properties/a"
+        );
         assert_eq!(rebased("https://x/y", 0), "https://x/y");
     }
 }

@@ -12,8 +12,10 @@
 //! - a call's `arguments` are the model's own text of the arguments value (valid JSON
 //!   whenever the model's call was); a call whose header (`{"name": "…", "arguments":`)
 //!   does not come first is buffered to its `</tool_call>` and parsed whole, and if it
-//!   is not a call after all its text goes out as content, markup included;
-//! - whitespace between content and a call, and after the last call, is dropped.
+//!   is not a call after all its text goes out as content, markup included; a call
+//!   the text ends inside of (cut by the budget) is dropped unless it is already whole;
+//! - whitespace between content and a call, and after the last call, is dropped; so is
+//!   a `<tool_call>` prefix the text ends in after a call (an answer cut by its budget).
 
 use serde_json::Value;
 
@@ -93,8 +95,16 @@ impl HermesParser {
         let mut out = Vec::new();
         let rest = std::mem::take(&mut self.buf);
         match std::mem::replace(&mut self.mode, Mode::Content) {
+            // What is held is a prefix of `<tool_call>`: after calls, a cut call.
+            Mode::Content if self.calls > 0 => {}
             Mode::Content => self.content(&rest, false, &mut out),
-            Mode::Header | Mode::Whole => self.whole_call(&rest, false, &mut out),
+            // An unclosed call: a call if the text so far is a whole one, else a cut call
+            // (its markup is dropped, never content).
+            Mode::Header | Mode::Whole => {
+                if let Some((name, arguments)) = parse_call(&rest) {
+                    self.push_call(name, arguments, &mut out);
+                }
+            }
             Mode::Arguments(_) | Mode::AfterArguments => {}
         }
         let ws = std::mem::take(&mut self.pending_ws);
@@ -122,7 +132,7 @@ impl HermesParser {
                 Some(at) => {
                     let body: String = self.buf.drain(..at + CLOSE.len()).collect();
                     self.mode = Mode::Content;
-                    self.whole_call(&body[..at], true, out);
+                    self.whole_call(&body[..at], out);
                     true
                 }
                 None => false,
@@ -194,22 +204,24 @@ impl HermesParser {
         }
     }
 
-    /// A call given whole (`body` after `<tool_call>`, up to `</tool_call>` when
-    /// `closed`): a call if it parses as one, else content with its markup.
-    fn whole_call(&mut self, body: &str, closed: bool, out: &mut Vec<ToolEvent>) {
+    /// A whole call's events.
+    fn push_call(&mut self, name: String, arguments: String, out: &mut Vec<ToolEvent>) {
+        let index = self.calls;
+        self.calls += 1;
+        out.push(ToolEvent::CallStart { index, name });
+        out.push(ToolEvent::Arguments {
+            index,
+            text: arguments,
+        });
+    }
+
+    /// A closed call given whole (`body` between the tags): a call if it parses as
+    /// one, else content with its markup.
+    fn whole_call(&mut self, body: &str, out: &mut Vec<ToolEvent>) {
         match parse_call(body) {
-            Some((name, arguments)) => {
-                let index = self.calls;
-                self.calls += 1;
-                out.push(ToolEvent::CallStart { index, name });
-                out.push(ToolEvent::Arguments {
-                    index,
-                    text: arguments,
-                });
-            }
+            Some((name, arguments)) => self.push_call(name, arguments, out),
             None => {
-                let close = if closed { CLOSE } else { "" };
-                let text = format!("{OPEN}{body}{close}");
+                let text = format!("{OPEN}{body}{CLOSE}");
                 self.content(&text, false, out);
             }
         }
@@ -235,7 +247,11 @@ fn is_ws_char(c: char) -> bool {
 fn held_prefix(buf: &str) -> usize {
     (1..OPEN.len())
         .rev()
-        .find(|&n| buf.len() >= n && buf.is_char_boundary(buf.len() - n) && OPEN.starts_with(&buf[buf.len() - n..]))
+        .find(|&n| {
+            buf.len() >= n
+                && buf.is_char_boundary(buf.len() - n)
+                && OPEN.starts_with(&buf[buf.len() - n..])
+        })
         .unwrap_or(0)
 }
 

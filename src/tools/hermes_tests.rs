@@ -29,6 +29,7 @@ const CASES: &[&str] = &[
     "<tool_call>not json</tool_call> tail",
     "x <tool_call>\n{\"name\": \"cut\", \"arguments\": {\"a\": \"unfinished",
     "ünïcødé 🙂 <tool_cal",
+    "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>\n<tool_",
 ];
 
 #[test]
@@ -78,11 +79,16 @@ fn calls_not_in_header_first_form_are_parsed_whole() {
 #[test]
 fn cut_text_ends_what_it_can() {
     let (content, calls) = feed(&[CASES[5]]);
-    assert_eq!(content, CASES[5], "an unfinished header is content");
+    assert_eq!(content, "", "a cut call leaves no markup");
     assert!(calls.is_empty());
+    let unclosed = "<tool_call>{\"arguments\": {}, \"name\": \"g\"}";
+    assert_eq!(feed(&[unclosed]), (String::new(), vec![call("g", "{}")]));
     let (content, calls) = feed(&[CASES[7]]);
     assert_eq!(content, "x");
     assert_eq!(calls, [call("cut", r#"{"a": "unfinished"#)]);
+    let (content, calls) = feed(&[CASES[9]]);
+    assert_eq!(content, "", "a cut second call leaves no markup");
+    assert_eq!(calls, [call("f", "{}")]);
 }
 
 #[test]
@@ -93,7 +99,11 @@ fn any_split_gives_the_same_result_and_never_leaks_markup() {
             .filter(|&i| text.is_char_boundary(i))
             .collect();
         for &i in &bounds {
-            assert_eq!(feed(&[&text[..i], &text[i..]]), whole, "split at {i} of {text:?}");
+            assert_eq!(
+                feed(&[&text[..i], &text[i..]]),
+                whole,
+                "split at {i} of {text:?}"
+            );
             for &j in bounds.iter().filter(|&&j| j >= i) {
                 let three = feed(&[&text[..i], &text[i..j], &text[j..]]);
                 assert_eq!(three, whole, "split at {i}, {j} of {text:?}");

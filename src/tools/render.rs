@@ -36,7 +36,12 @@ pub fn encode_prompt(
     if template_renders_tools(template.source()) {
         encode_chat_with_tools(tokenizer, template, &messages, tools, true)
     } else if tools.is_some() || has_tool_messages {
-        encode_chat(tokenizer, template, &generic_messages(messages, tools), true)
+        encode_chat(
+            tokenizer,
+            template,
+            &generic_messages(messages, tools),
+            true,
+        )
     } else {
         encode_chat(tokenizer, template, &messages, true)
     }
@@ -74,7 +79,9 @@ pub fn generic_messages(messages: Vec<ChatMessage>, tools: Option<&Value>) -> Ve
             "tool" => {
                 let block = format!("<tool_response>\n{}\n</tool_response>", m.content);
                 match out.last_mut() {
-                    Some(last) if last.role == "user" && last.content.ends_with("</tool_response>") => {
+                    Some(last)
+                        if last.role == "user" && last.content.ends_with("</tool_response>") =>
+                    {
                         last.content.push('\n');
                         last.content.push_str(&block);
                     }
@@ -83,7 +90,11 @@ pub fn generic_messages(messages: Vec<ChatMessage>, tools: Option<&Value>) -> Ve
             }
             "assistant" if m.tool_calls.is_some() => {
                 let mut text = m.content.clone();
-                for call in m.tool_calls.iter().flat_map(|c| c.as_array().into_iter().flatten()) {
+                for call in m
+                    .tool_calls
+                    .iter()
+                    .flat_map(|c| c.as_array().into_iter().flatten())
+                {
                     if !text.is_empty() {
                         text.push('\n');
                     }
@@ -146,7 +157,9 @@ mod tests {
     fn generic_format_puts_tools_in_the_system_message_and_calls_in_content() {
         let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
         let mut call = ChatMessage::new("assistant", "");
-        call.tool_calls = Some(json!([{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]));
+        call.tool_calls = Some(
+            json!([{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]),
+        );
         let mut r1 = ChatMessage::new("tool", "sunny");
         r1.tool_call_id = Some("call_1".into());
         let r2 = ChatMessage::new("tool", "warm");
@@ -156,9 +169,15 @@ mod tests {
         assert!(out[0].content.starts_with("# Tools\n"));
         assert!(out[0].content.contains("\n{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\"}}}\n</tools>"));
         assert_eq!(out[2].role, "assistant");
-        assert_eq!(out[2].content, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>");
+        assert_eq!(
+            out[2].content,
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>"
+        );
         assert_eq!(out[3].role, "user");
-        assert_eq!(out[3].content, "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nwarm\n</tool_response>");
+        assert_eq!(
+            out[3].content,
+            "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nwarm\n</tool_response>"
+        );
         assert_eq!(out.len(), 4);
         assert!(out.iter().all(|m| m.tool_calls.is_none()));
     }
@@ -166,15 +185,24 @@ mod tests {
     #[test]
     fn an_existing_system_message_gets_the_tools_appended() {
         let tools = json!([]);
-        let out = generic_messages(vec![ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "hi")], Some(&tools));
+        let out = generic_messages(
+            vec![
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "hi"),
+            ],
+            Some(&tools),
+        );
         assert!(out[0].content.starts_with("Be brief.\n\n# Tools"));
         assert_eq!(out.len(), 2);
     }
 
     #[test]
     fn templates_are_told_apart() {
-        let qwen = include_str!("../../tests/fixtures/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja");
+        let qwen =
+            include_str!("../../tests/fixtures/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja");
         assert!(template_renders_tools(qwen));
-        assert!(!template_renders_tools(crate::model::chat_template::CHATML_TEMPLATE));
+        assert!(!template_renders_tools(
+            crate::model::chat_template::CHATML_TEMPLATE
+        ));
     }
 }

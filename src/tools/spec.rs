@@ -207,7 +207,10 @@ fn function(i: usize, tool: &Value, form: WireForm) -> Result<Function, ToolErro
         Some(other) => {
             return Err(bad(
                 format!("{at}.description"),
-                format!("`{at}.description` must be a string. Given: {}", kind(other)),
+                format!(
+                    "`{at}.description` must be a string. Given: {}",
+                    kind(other)
+                ),
             ))
         }
     };
@@ -238,7 +241,13 @@ fn tool_choice(
 ) -> Result<ToolChoice, ToolError> {
     const P: &str = "tool_choice";
     let choice = match choice.filter(|c| !c.is_null()) {
-        None => return Ok(if functions.is_empty() { ToolChoice::None } else { ToolChoice::Auto }),
+        None => {
+            return Ok(if functions.is_empty() {
+                ToolChoice::None
+            } else {
+                ToolChoice::Auto
+            })
+        }
         Some(c) => c,
     };
     let parsed = match choice {

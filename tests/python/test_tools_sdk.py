@@ -87,11 +87,27 @@ def test_seeded_sampled_forced_calls_all_validate(qwen):
     for seed in range(10):
         done = c.chat.completions.create(
             model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", temperature=1.0,
-            seed=seed, max_tokens=400,
+            seed=seed, max_tokens=400, parallel_tool_calls=False,
         )
         choice = done.choices[0]
         assert choice.finish_reason == "tool_calls", (seed, choice)
+        assert len(choice.message.tool_calls) == 1 and choice.message.content is None
         check_calls(choice.message.tool_calls)
+
+
+def test_parallel_forced_calls_each_validate(qwen):
+    # Parallel calls: the random model may go on calling until its budget; every call that
+    # ended validates, and a cut one leaves no markup in `content`.
+    for seed in range(4):
+        done = client(qwen).chat.completions.create(
+            model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", temperature=1.0,
+            seed=seed, max_tokens=120,
+        )
+        choice = done.choices[0]
+        assert choice.message.content is None, choice
+        calls = choice.message.tool_calls
+        complete = calls if choice.finish_reason == "tool_calls" else calls[:-1]
+        check_calls(complete) if complete else None
 
 
 def test_a_named_function_is_the_one_called(qwen):
@@ -110,7 +126,7 @@ def stream_chunks(c, **kwargs):
 def test_streamed_and_whole_answers_agree(qwen):
     c = client(qwen)
     args = dict(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", temperature=0.8,
-                seed=11, max_tokens=300)
+                seed=11, max_tokens=300, parallel_tool_calls=False)
     whole = c.chat.completions.create(**args).choices[0]
     chunks = stream_chunks(c, **args)
     content, calls, finish = "", {}, None
@@ -249,7 +265,8 @@ def test_responses_streamed_function_call(qwen):
     c = client(qwen)
     events = list(c.responses.create(model=MODEL, input="Time in Tokyo?", tools=FLAT_TOOLS,
                                       tool_choice={"type": "function", "name": "get_time"},
-                                      temperature=0, max_output_tokens=200, stream=True))
+                                      parallel_tool_calls=False, temperature=0,
+                                      max_output_tokens=200, stream=True))
     kinds = [e.type for e in events]
     assert "response.function_call_arguments.done" in kinds
     assert "response.output_text.delta" not in kinds, kinds

@@ -256,11 +256,11 @@ impl EventStream {
         let opening = self.open_message();
         opening
             + &event(
-            "response.output_text.delta",
-            &mut self.seq,
-            json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+                "response.output_text.delta",
+                &mut self.seq,
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0,
                 "delta": text, "logprobs": []}),
-        )
+            )
     }
 
     /// Commits the turn, then reports it done.

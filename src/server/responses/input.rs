@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::wire::{ResponsesRequest, ValidTurn};
 use crate::audit::{Exchange, InputMessage};
 use crate::dialog::TurnRequest;
+use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::safety::{InputText, Screen};
 use crate::server::cpu::PromptLimit;
@@ -17,7 +18,6 @@ use crate::server::exchange::log_if_blocked;
 use crate::server::gate::parse_json;
 use crate::server::tool_calls::compile_tools;
 use crate::server::validate::check_model;
-use crate::engine::handle::EngineHandle;
 use crate::structured::Guide;
 use crate::tools::{ToolParser, WireForm};
 
@@ -93,7 +93,11 @@ fn screen_turn(screen: &Screen, request: &mut TurnRequest, shape: &Shape) -> Res
 }
 
 /// The turn's constraint: its forced tool call or its `text.format` (not both).
-fn guide(valid: &ValidTurn, engine: &EngineHandle, parser: ToolParser) -> Result<Option<Guide>, ApiError> {
+fn guide(
+    valid: &ValidTurn,
+    engine: &EngineHandle,
+    parser: ToolParser,
+) -> Result<Option<Guide>, ApiError> {
     let forced = match &valid.request.fields.tools {
         Some(set) => compile_tools(set, WireForm::Responses, parser, engine)?,
         None => None,
@@ -108,9 +112,11 @@ fn guide(valid: &ValidTurn, engine: &EngineHandle, parser: ToolParser) -> Result
     if forced.is_some() {
         return Err(invalid("`text.format` cannot be combined with `tool_choice` `required` or a named function: both constrain the answer".into()));
     }
-    let compiler = engine
-        .grammar_compiler()
-        .map_err(|e| invalid(format!("`text.format`: structured output is unavailable: {e}")))?;
+    let compiler = engine.grammar_compiler().map_err(|e| {
+        invalid(format!(
+            "`text.format`: structured output is unavailable: {e}"
+        ))
+    })?;
     let guide = compiler
         .compile(spec)
         .map_err(|e| invalid(format!("`text.format`: {e}")))?;

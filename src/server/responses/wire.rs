@@ -12,10 +12,10 @@ use crate::dialog::items::parse_input;
 use crate::dialog::{check_metadata, ResponseFields, Truncation, TurnRequest};
 use crate::error::ApiError;
 use crate::request::SamplingParams;
-use crate::structured::GrammarSpec;
-use crate::tools::{parse_tools, WireForm};
 use crate::server::request::JsonBody;
 use crate::server::validate::{check_model, check_temperature, invalid, unsupported};
+use crate::structured::GrammarSpec;
+use crate::tools::{parse_tools, WireForm};
 
 /// `conversation`: an id or `{"id": ...}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -152,7 +152,11 @@ impl ResponsesRequest {
 
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
         let given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
-        if self.text.as_ref().is_some_and(|t| !t.is_null() && !t.is_object()) {
+        if self
+            .text
+            .as_ref()
+            .is_some_and(|t| !t.is_null() && !t.is_object())
+        {
             return Err(invalid("text", "`text` must be an object".into()));
         }
         if given(&self.reasoning) {
@@ -269,10 +273,15 @@ mod tests {
         );
         let tool = json!([{"type": "function", "name": "f", "parameters": {"type": "object"}}]);
         assert_eq!(
-            param(base(json!({"tools": tool, "tool_choice": {"type": "function", "name": "g"}}))),
+            param(base(
+                json!({"tools": tool, "tool_choice": {"type": "function", "name": "g"}})
+            )),
             "tool_choice"
         );
-        assert_eq!(param(base(json!({"tools": tool, "tool_choice": "required"}))), "ok");
+        assert_eq!(
+            param(base(json!({"tools": tool, "tool_choice": "required"}))),
+            "ok"
+        );
         assert_eq!(
             param(base(json!({"reasoning": {"effort": "low"}}))),
             "reasoning"
@@ -283,7 +292,9 @@ mod tests {
             "ok"
         );
         assert_eq!(
-            param(base(json!({"text": {"format": {"type": "json_schema", "name": "x"}}}))),
+            param(base(
+                json!({"text": {"format": {"type": "json_schema", "name": "x"}}})
+            )),
             "text.format"
         );
         assert_eq!(
