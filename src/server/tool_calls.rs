@@ -127,19 +127,20 @@ pub fn history_calls(param: &str, calls: &Value) -> Result<Value, ApiError> {
                 format!("`{at}` must be {{\"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}"),
             ));
         };
-        let arguments =
-            match function.get("arguments") {
-                Some(Value::String(text)) => {
-                    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
-                }
-                None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
-                Some(other) => return Err(invalid(
+        let arguments = match function.get("arguments") {
+            Some(Value::String(text)) => {
+                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
+            }
+            None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+            Some(other) => {
+                return Err(invalid(
                     &format!("{at}.function.arguments"),
                     format!(
                         "`{at}.function.arguments` must be a string (JSON text). Given: {other}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         for key in ["id", "type"] {
             if call
                 .get(key)
