@@ -140,7 +140,8 @@ impl Message {
                 arguments,
             } => json!({
                 "id": self.id, "type": "function_call", "call_id": call_id, "name": name,
-                "arguments": arguments, "status": "completed",
+                "arguments": arguments,
+                "status": if self.complete { "completed" } else { "incomplete" },
             }),
             ItemKind::FunctionCallOutput { call_id } => json!({
                 "id": self.id, "type": "function_call_output", "call_id": call_id,
@@ -203,6 +204,7 @@ impl Message {
                     record.created_at,
                 );
                 call.id = record.id.clone();
+                call.complete = value["status"] != "incomplete";
                 return Ok(call);
             }
             Some("function_call_output") => {

@@ -360,6 +360,10 @@ impl Dialog {
                 now,
             ));
         }
+        // An answer cut short may have cut its last call.
+        if let Some(last) = output.last_mut().filter(|_| !outcome.calls.is_empty()) {
+            last.complete = outcome.status == Status::Completed;
+        }
         let f = &turn.fields;
         let body = response_object(
             &turn.response_id,
