@@ -2,6 +2,7 @@
 //!
 //! Layers, top to bottom (docs/architecture.md): `server` (HTTP) and `cli` (front ends:
 //! validation) → `dialog` (conversations, the history window, prompt assembly),
+//! `tools` (tool definitions, their prompt, forced-call grammars, the Hermes call parser),
 //! `safety` (moderation policy, input check, output guard) and `audit` (the
 //! conversation log, retention, the review queue), over `store` (persistence)
 //! → `engine` (one thread that owns all mutable serving state) → `scheduler` and
@@ -30,3 +31,4 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod structured;
+pub mod tools;

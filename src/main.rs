@@ -224,6 +224,9 @@ struct ServeArgs {
     /// Also export vLLM's metric names (`vllm`), e.g. `vllm:num_requests_waiting`.
     #[arg(long, env = "TESSERA_METRICS_COMPAT", default_value = "none")]
     metrics_compat: MetricsCompat,
+    /// How tool calls are read from the model's text: `auto`, `hermes` or `none` (off).
+    #[arg(long, env = "TESSERA_TOOL_CALL_PARSER", default_value = "auto")]
+    tool_call_parser: tessera::tools::ToolParser,
     #[command(flatten)]
     store: StoreArgs,
     /// Fewest recent completed turns of a stored dialog kept in the prompt (0 = all).
@@ -344,6 +347,7 @@ impl ServeArgs {
             sse_keepalive: keepalive,
             log_requests: self.log_requests,
             metrics_compat: self.metrics_compat,
+            tool_call_parser: self.tool_call_parser,
             moderation_policy: self.moderation_policy.clone(),
             admin_api_keys: self.admin_api_key.clone(),
             replica_id: self.replica_id.clone(),
@@ -558,7 +562,7 @@ mod tests {
             checked += 1;
         }
         // Guards against a walk that checks nothing; the exact count changes with every flag.
-        assert!(checked >= 27, "only {checked} serve flags were checked");
+        assert!(checked >= 28, "only {checked} serve flags were checked");
     }
 
     #[test]

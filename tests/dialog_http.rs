@@ -298,10 +298,17 @@ fn chains_stream_and_refuse_what_they_cannot_do() {
         ),
         404,
     );
-    let tools = json!({"model": MODEL, "input": "y", "tools": [{"type": "function", "name": "f"}]});
+    // Function tools are served; other tool types are refused by name.
+    let tools = json!({"model": MODEL, "input": "y", "tools": [{"type": "web_search"}]});
     assert_eq!(
         error_of(&post(addr, "/v1/responses", &tools), 400)["param"],
-        "tools"
+        "tools[0].type"
+    );
+    let choice = json!({"model": MODEL, "input": "y", "tools": [{"type": "function", "name": "f"}],
+        "tool_choice": {"type": "function", "name": "g"}});
+    assert_eq!(
+        error_of(&post(addr, "/v1/responses", &choice), 400)["param"],
+        "tool_choice"
     );
     let bad_item = json!({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], "conversation": conv["id"]});
     assert_eq!(

@@ -126,13 +126,20 @@ fn unsupported_and_out_of_range_requests_get_400_with_the_numbers() {
         "{err}"
     );
     let mut body = chat(json!({}));
-    body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    body["functions"] = json!([{"name": "f"}]);
     let err = error_of(&post(addr(), "/v1/chat/completions", &body), 400);
-    assert_eq!(err["param"], "tools");
+    assert_eq!(err["param"], "functions");
     assert!(
         err["message"].as_str().unwrap().contains("not supported"),
         "{err}"
     );
+    // Tools are served; a choice naming a tool that `tools` lacks is a 400 naming it.
+    let mut body = chat(json!({}));
+    body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "g"}});
+    let err = error_of(&post(addr(), "/v1/chat/completions", &body), 400);
+    assert_eq!(err["param"], "tool_choice");
+    assert!(err["message"].as_str().unwrap().contains("\"g\""), "{err}");
     let ctx = error_of(
         &post(
             addr(),

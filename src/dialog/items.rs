@@ -1,7 +1,8 @@
 //! Items: the messages a dialog is made of, as the dialog layer sees them (`Message`) and
 //! as OpenAI's Responses and Conversations APIs show them (message items with
-//! `input_text` / `output_text` parts). Parses client input (`input`, `items`) into
-//! messages and renders messages back into item JSON.
+//! `input_text` / `output_text` parts; `function_call` items, the model's tool calls;
+//! `function_call_output` items, the client's results of them). Parses client input
+//! (`input`, `items`) into messages and renders messages back into item JSON.
 //!
 //! Invariants: every message gets a fresh server-made id (`msg_…`): a client replaying
 //! earlier output items as input never collides with the stored ones; one request holds
@@ -22,6 +23,8 @@ pub enum Role {
     Assistant,
     System,
     Developer,
+    /// A tool's result (`function_call_output` items only).
+    Tool,
 }
 
 impl Role {
@@ -31,6 +34,7 @@ impl Role {
             Role::Assistant => "assistant",
             Role::System => "system",
             Role::Developer => "developer",
+            Role::Tool => "tool",
         }
     }
 
@@ -53,10 +57,28 @@ impl Role {
     }
 }
 
-/// One message item.
+/// What kind of item a `Message` is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ItemKind {
+    /// A message with text parts.
+    #[default]
+    Message,
+    /// A tool call of the model (role assistant, no parts).
+    FunctionCall {
+        call_id: String,
+        name: String,
+        /// The arguments' JSON text.
+        arguments: String,
+    },
+    /// The result of call `call_id` (role tool; the output is the one part).
+    FunctionCallOutput { call_id: String },
+}
+
+/// One item of a dialog (a message unless `kind` says otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub id: String,
+    pub kind: ItemKind,
     pub role: Role,
     /// Text parts, in order (joined with newlines in the prompt).
     pub parts: Vec<String>,
@@ -74,6 +96,7 @@ impl Message {
     pub fn new(role: Role, text: impl Into<String>, created_at: i64) -> Self {
         Self {
             id: new_id("msg"),
+            kind: ItemKind::Message,
             role,
             parts: vec![text.into()],
             complete: true,
@@ -91,8 +114,43 @@ impl Message {
         self.id.len() + self.parts.iter().map(|p| p.len() + 24).sum::<usize>() + 64
     }
 
+    /// A tool call of the model, as a `function_call` item.
+    pub fn function_call(call_id: &str, name: &str, arguments: &str, created_at: i64) -> Self {
+        Self {
+            id: new_id("fc"),
+            kind: ItemKind::FunctionCall {
+                call_id: call_id.to_string(),
+                name: name.to_string(),
+                arguments: arguments.to_string(),
+            },
+            role: Role::Assistant,
+            parts: Vec::new(),
+            complete: true,
+            created_at,
+        }
+    }
+
     /// The item as the API shows it.
     pub fn to_json(&self) -> Value {
+        match &self.kind {
+            ItemKind::Message => self.message_json(),
+            ItemKind::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => json!({
+                "id": self.id, "type": "function_call", "call_id": call_id, "name": name,
+                "arguments": arguments,
+                "status": if self.complete { "completed" } else { "incomplete" },
+            }),
+            ItemKind::FunctionCallOutput { call_id } => json!({
+                "id": self.id, "type": "function_call_output", "call_id": call_id,
+                "output": self.text(), "status": "completed",
+            }),
+        }
+    }
+
+    fn message_json(&self) -> Value {
         let kind = match self.role {
             Role::Assistant => "output_text",
             _ => "input_text",
@@ -131,6 +189,38 @@ impl Message {
         };
         let value: Value =
             serde_json::from_str(&record.body).map_err(|e| corrupt(&e.to_string()))?;
+        let text = |key: &str| {
+            value[key]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| corrupt(key))
+        };
+        match value["type"].as_str() {
+            Some("function_call") => {
+                let mut call = Self::function_call(
+                    &text("call_id")?,
+                    &text("name")?,
+                    &text("arguments")?,
+                    record.created_at,
+                );
+                call.id = record.id.clone();
+                call.complete = value["status"] != "incomplete";
+                return Ok(call);
+            }
+            Some("function_call_output") => {
+                return Ok(Self {
+                    id: record.id.clone(),
+                    kind: ItemKind::FunctionCallOutput {
+                        call_id: text("call_id")?,
+                    },
+                    role: Role::Tool,
+                    parts: vec![text("output")?],
+                    complete: true,
+                    created_at: record.created_at,
+                })
+            }
+            _ => {}
+        }
         let role = value["role"]
             .as_str()
             .and_then(Role::parse)
@@ -144,6 +234,7 @@ impl Message {
             .ok_or_else(|| corrupt("content text"))?;
         Ok(Self {
             id: record.id.clone(),
+            kind: ItemKind::Message,
             role,
             parts,
             complete: value["status"] != "incomplete",
@@ -194,10 +285,16 @@ fn parse_item(item: &Value, at: &str, now: i64) -> Result<Message, DialogError> 
     match item.get("type") {
         None | Some(Value::Null) => {}
         Some(Value::String(kind)) if kind == "message" => {}
+        Some(Value::String(kind)) if kind == "function_call" || kind == "function_call_output" => {
+            return call_item(item, kind, at, now)
+        }
         Some(Value::String(other)) => {
             return Err(unsupported(
                 format!("{at}.type"),
-                format!(" for items of type `{other}` (only `message` items are served)"),
+                format!(
+                    " for items of type `{other}` (`message`, `function_call` and \
+                     `function_call_output` items are served)"
+                ),
             ))
         }
         Some(_) => {
@@ -239,8 +336,44 @@ fn parse_item(item: &Value, at: &str, now: i64) -> Result<Message, DialogError> 
     };
     Ok(Message {
         id: new_id("msg"),
+        kind: ItemKind::Message,
         role,
         parts,
+        complete: true,
+        created_at: now,
+    })
+}
+
+/// A `function_call` item (a call the model made, replayed by the client) or a
+/// `function_call_output` item (the client's result of one).
+fn call_item(item: &Value, kind: &str, at: &str, now: i64) -> Result<Message, DialogError> {
+    let field = |key: &str| {
+        item.get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() || key == "output" || key == "arguments")
+            .ok_or_else(|| {
+                DialogError::invalid(
+                    &format!("{at}.{key}"),
+                    format!("`{at}.{key}` is required (a string) on a `{kind}` item"),
+                )
+            })
+    };
+    let call_id = field("call_id")?;
+    if kind == "function_call" {
+        return Ok(Message::function_call(
+            call_id,
+            field("name")?,
+            field("arguments")?,
+            now,
+        ));
+    }
+    Ok(Message {
+        id: new_id("fco"),
+        kind: ItemKind::FunctionCallOutput {
+            call_id: call_id.to_string(),
+        },
+        role: Role::Tool,
+        parts: vec![field("output")?.to_string()],
         complete: true,
         created_at: now,
     })
@@ -296,13 +429,41 @@ mod tests {
     }
 
     #[test]
+    fn function_call_items_parse_and_round_trip() {
+        let msgs = parse_input(
+            &json!([
+                {"role": "user", "content": "weather in Paris?"},
+                {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            ]),
+            "input",
+            5,
+        )
+        .expect("items");
+        assert_eq!(msgs[1].role, Role::Assistant);
+        assert_eq!(msgs[2].role, Role::Tool);
+        assert_eq!(msgs[2].text(), "sunny");
+        let json = msgs[1].to_json();
+        assert_eq!(json["type"], "function_call");
+        assert_eq!(json["call_id"], "call_1");
+        assert!(json["id"].as_str().is_some_and(|id| id.starts_with("fc_")));
+        for m in &msgs[1..] {
+            assert_eq!(
+                &Message::from_record(&m.to_record()).expect("round trip"),
+                m
+            );
+        }
+    }
+
+    #[test]
     fn bad_items_are_named() {
         let err = |v: Value| parse_input(&v, "input", 0).unwrap_err().to_string();
         assert!(
             err(json!([{"role": "user", "content": [{"type": "input_image"}]}]))
                 .contains("input[0].content[0].type")
         );
-        assert!(err(json!([{"type": "function_call_output"}])).contains("input[0].type"));
+        assert!(err(json!([{"type": "function_call_output"}])).contains("input[0].call_id"));
+        assert!(err(json!([{"type": "web_search_call"}])).contains("input[0].type"));
         let not_a_string = json!([{"type": {}, "role": "user", "content": ""}]);
         assert!(err(not_a_string).contains("input[0].type"));
         assert!(err(json!([{"role": "tool", "content": "x"}])).contains("input[0].role"));

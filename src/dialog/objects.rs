@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use super::items::Message;
+use crate::tools::{ToolChoice, ToolSet};
 
 /// `truncation` of a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +42,10 @@ pub struct ResponseFields {
     pub store: bool,
     pub previous_response_id: Option<String>,
     pub conversation_id: Option<String>,
+    /// The request's tools (`None`: no tools).
+    pub tools: Option<ToolSet>,
+    /// `text.format` as the request gave it (`{"type": "text"}` by default).
+    pub text_format: Value,
 }
 
 /// Token counts of one response.
@@ -123,21 +128,45 @@ pub fn response_object(
         "model": fields.model,
         "output": output.iter().map(Message::to_json).collect::<Vec<_>>(),
         "output_text": output_text,
-        "parallel_tool_calls": false,
+        "parallel_tool_calls": fields.tools.as_ref().is_some_and(|t| t.parallel),
         "previous_response_id": fields.previous_response_id,
         "conversation": fields.conversation_id.as_ref().map(|id| json!({ "id": id })),
         "reasoning": {"effort": null, "summary": null},
         "store": fields.store,
         "temperature": fields.temperature,
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "none",
-        "tools": [],
+        "text": {"format": fields.text_format},
+        "tool_choice": tool_choice(fields.tools.as_ref()),
+        "tools": tools_json(fields.tools.as_ref()),
         "top_p": fields.top_p,
         "truncation": fields.truncation.as_str(),
         "usage": usage.map(TurnUsage::to_json),
         "user": fields.user,
         "metadata": fields.metadata,
     })
+}
+
+/// `tool_choice` as the Responses API writes it.
+fn tool_choice(tools: Option<&ToolSet>) -> Value {
+    match tools.map(|t| &t.choice) {
+        None | Some(ToolChoice::None) => json!("none"),
+        Some(ToolChoice::Auto) => json!("auto"),
+        Some(ToolChoice::Required) => json!("required"),
+        Some(ToolChoice::Named(name)) => json!({"type": "function", "name": name}),
+    }
+}
+
+/// `tools` in the Responses API's flat form.
+fn tools_json(tools: Option<&ToolSet>) -> Value {
+    let functions = tools.map_or(&[][..], |t| t.functions.as_slice());
+    functions
+        .iter()
+        .map(|f| {
+            json!({
+                "type": "function", "name": f.name, "description": f.description,
+                "parameters": f.parameters, "strict": false,
+            })
+        })
+        .collect()
 }
 
 /// The conversation object.
@@ -176,6 +205,8 @@ mod tests {
             store: true,
             previous_response_id: Some("resp_p".into()),
             conversation_id: None,
+            tools: None,
+            text_format: json!({"type": "text"}),
         };
         let out = [Message::new(Role::Assistant, "hi", 0)];
         let usage = TurnUsage {

@@ -1,18 +1,23 @@
 //! Prompt assembly: `instructions` (as the system message), the history window and the
 //! new input, rendered through the model's chat template and tokenized (`encode_chat`:
-//! message text can never become control tokens), then fitted to the context.
+//! message text can never become control tokens), then fitted to the context. With
+//! tools, the tools and the turn's `function_call` / `function_call_output` items are
+//! rendered as `crate::tools::render` says (calls join the assistant message before
+//! them; an output is a `tool` message).
 //!
 //! The output budget: `max_output_tokens` when given; else whatever the context leaves
 //! after the prompt. Truncation `auto` moves the window start (`WindowRule::starts`)
 //! until the prompt leaves room for `max_output_tokens`, or without it for
 //! `default_reserve` tokens; `disabled` refuses a prompt that does not fit.
 
-use super::items::Message;
+use serde_json::Value;
+
+use super::items::{ItemKind, Message};
 use super::objects::Truncation;
 use super::window::{first_fitting, split_turns, WindowRule};
 use super::DialogError;
 use crate::engine::error::EngineError;
-use crate::model::chat_template::{encode_chat, ChatMessage};
+use crate::model::chat_template::ChatMessage;
 use crate::model::ModelAssets;
 use crate::request::TokenId;
 
@@ -42,6 +47,8 @@ pub struct PromptSpec<'a> {
     pub truncation: Truncation,
     pub max_output_tokens: Option<usize>,
     pub max_model_len: usize,
+    /// The active tools in chat form (the template's `tools`).
+    pub tools: Option<&'a Value>,
 }
 
 /// A tokenized prompt and its output budget.
@@ -50,6 +57,46 @@ pub struct BuiltPrompt {
     pub token_ids: Vec<TokenId>,
     pub max_tokens: usize,
     pub window: WindowInfo,
+}
+
+/// Appends item `m` to the template messages: a call joins the assistant message just
+/// before it (or starts one), a call's output is a `tool` message.
+fn push_item(out: &mut Vec<ChatMessage>, m: &Message) {
+    match &m.kind {
+        ItemKind::Message => out.push(ChatMessage::new(m.role.template_role(), m.text())),
+        ItemKind::FunctionCall {
+            call_id,
+            name,
+            arguments,
+        } => {
+            let args = serde_json::from_str(arguments)
+                .unwrap_or_else(|_| Value::String(arguments.clone()));
+            let call = serde_json::json!({
+                "id": call_id, "type": "function",
+                "function": {"name": name, "arguments": args},
+            });
+            match out.last_mut() {
+                Some(last) if last.role == "assistant" => {
+                    let calls = last
+                        .tool_calls
+                        .get_or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(list) = calls {
+                        list.push(call);
+                    }
+                }
+                _ => {
+                    let mut message = ChatMessage::new("assistant", "");
+                    message.tool_calls = Some(Value::Array(vec![call]));
+                    out.push(message);
+                }
+            }
+        }
+        ItemKind::FunctionCallOutput { call_id } => {
+            let mut message = ChatMessage::new("tool", m.text());
+            message.tool_call_id = Some(call_id.clone());
+            out.push(message);
+        }
+    }
 }
 
 /// Output tokens truncation `auto` keeps room for when `max_output_tokens` is not given:
@@ -70,11 +117,15 @@ impl PromptSpec<'_> {
             .iter()
             .chain(&self.history[from..])
             .chain(self.input);
-        self.instructions
+        let mut out: Vec<ChatMessage> = self
+            .instructions
             .map(|text| ChatMessage::new("system", text))
             .into_iter()
-            .chain(kept.map(|m| ChatMessage::new(m.role.template_role(), m.text())))
-            .collect()
+            .collect();
+        for m in kept {
+            push_item(&mut out, m);
+        }
+        out
     }
 
     /// Renders and tokenizes the prompt and fits it to the context (module header).
@@ -82,11 +133,11 @@ impl PromptSpec<'_> {
         let completed = split_turns(self.history).turns.len();
         let starts = self.rule.starts(completed);
         let encode = |first: usize| {
-            encode_chat(
+            crate::tools::render::encode_prompt(
                 &model.tokenizer,
                 &model.chat_template,
-                &self.messages(first),
-                true,
+                self.messages(first),
+                self.tools,
             )
         };
         let reserve = self

@@ -129,7 +129,10 @@ impl PreparedTurn {
 /// How a turn ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnOutcome {
+    /// The answer's content (without its tool calls).
     pub text: String,
+    /// The tool calls the answer made (`function_call` output items after the message).
+    pub calls: Vec<crate::tools::ToolCall>,
     /// `Completed` or `Incomplete(reason)`.
     pub status: Status,
     pub usage: TurnUsage,
@@ -220,6 +223,12 @@ impl Dialog {
                 truncation: req.fields.truncation,
                 max_output_tokens: req.fields.max_output_tokens,
                 max_model_len: engine.info().max_model_len,
+                tools: req
+                    .fields
+                    .tools
+                    .as_ref()
+                    .filter(|t| t.active())
+                    .map(|t| &t.template_tools),
             }
             .build(engine.model())
         })
@@ -335,10 +344,26 @@ impl Dialog {
         turn: PreparedTurn,
         outcome: TurnOutcome,
     ) -> Result<Value, DialogError> {
-        let mut answer = Message::new(Role::Assistant, outcome.text, crate::store::unix_now());
+        let now = crate::store::unix_now();
+        let mut answer = Message::new(Role::Assistant, outcome.text, now);
         answer.id = turn.output_id.clone();
         answer.complete = outcome.status == Status::Completed;
-        let output = vec![answer];
+        let mut output = Vec::with_capacity(1 + outcome.calls.len());
+        if outcome.calls.is_empty() || !answer.text().is_empty() {
+            output.push(answer);
+        }
+        for call in &outcome.calls {
+            output.push(Message::function_call(
+                &call.id,
+                &call.name,
+                &call.arguments,
+                now,
+            ));
+        }
+        // An answer cut short may have cut its last call.
+        if let Some(last) = output.last_mut().filter(|_| !outcome.calls.is_empty()) {
+            last.complete = outcome.status == Status::Completed;
+        }
         let f = &turn.fields;
         let body = response_object(
             &turn.response_id,

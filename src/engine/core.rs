@@ -14,8 +14,9 @@
 //! after each step's sampling, and the whole list rides on the request's first output.
 //!
 //! Structured output: a constrained request's `Sequence` holds its `GuideState`. Each
-//! step computes the masks of the constrained rows that sample on a helper thread while
-//! the forward pass runs (they depend only on tokens committed in earlier steps); every
+//! step computes the masks of the constrained rows that sample (they depend only on
+//! tokens committed in earlier steps): on a helper thread while the forward pass runs
+//! when the compute pool leaves a core spare, else on the engine thread before it; every
 //! emitted token is committed to its guide. A preempted request keeps its `Sequence`, so
 //! its guide stays where its output is. A guide that fails ends its request with an
 //! error before the scheduler sees the step's tokens.
@@ -324,9 +325,9 @@ impl EngineCore {
     }
 }
 
-/// Runs the forward pass of `so`; meanwhile, on a helper thread, computes the masks
-/// of the constrained requests that sample this step. Returns the step and the
-/// requests whose guide failed.
+/// Runs the forward pass of `so` and computes the masks of the constrained requests
+/// that sample this step: meanwhile on a helper thread when a core is spare, else just
+/// before it. Returns the step and the requests whose guide failed.
 fn execute_with_masks<'r>(
     runner: &'r mut ModelRunner,
     seqs: &mut HashMap<RequestId, Sequence>,
@@ -342,6 +343,10 @@ fn execute_with_masks<'r>(
     if wanted.is_empty() {
         return (runner.execute(so), Vec::new());
     }
+    if !spare_core() {
+        let failures = compute_masks(seqs, &wanted);
+        return (runner.execute(so), failures);
+    }
     std::thread::scope(|scope| {
         let masks = scope.spawn(|| compute_masks(seqs, &wanted));
         let step = runner.execute(so);
@@ -350,6 +355,19 @@ fn execute_with_masks<'r>(
             wanted.iter().map(|&id| (id, err.clone())).collect()
         });
         (step, failures)
+    })
+}
+
+/// Whether a core is left beside the compute pool for a mask helper thread. When the
+/// pool takes every core (the default), the masks are computed on the engine thread just
+/// before the forward pass: a helper competing with the pool's workers for a core cost
+/// the step more (they wait for each other at every parallel section) than the masks
+/// themselves (~20 µs each; bench/NOTES.md #14).
+fn spare_core() -> bool {
+    static SPARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SPARE.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        crate::ops::pool::global().threads() < cores
     })
 }
 

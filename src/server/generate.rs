@@ -29,6 +29,7 @@ use crate::engine::stream::{RequestStream, TokenEvent, Usage};
 use crate::error::ApiError;
 use crate::request::{FinishReason, SamplingParams, TokenId};
 use crate::safety::Screen;
+use crate::tools::split_answer;
 
 /// Where a choice is: waiting for its prompt's blocks, or running.
 enum ChoiceState {
@@ -119,6 +120,8 @@ pub struct Generation {
     pub record: Arc<RequestRecord>,
     /// The request's moderation (policy snapshot and hits), when a policy is loaded.
     pub screen: Option<Arc<Screen>>,
+    /// Parse each choice's answer for tool calls (chat with tools).
+    pub tool_calls: bool,
 }
 
 /// What watches a request besides its metrics: its id, its moderation, and its exchange
@@ -229,6 +232,7 @@ pub fn submit(
         permit,
         record,
         screen,
+        tool_calls: valid.tool_calls,
     })
 }
 
@@ -263,6 +267,7 @@ pub fn submit_turn(
         logprobs: false,
         prompt_logprobs: None,
         echo_logprobs: false,
+        tool_calls: false,
     };
     submit(engine, state, request, meta, permit, oversight)
 }
@@ -289,7 +294,14 @@ impl Generation {
             collect_choice(choice, echo, ids)
         }))
         .await?;
-        let (outputs, usages): (Vec<ChoiceOutput>, Vec<Usage>) = results.into_iter().unzip();
+        let (mut outputs, usages): (Vec<ChoiceOutput>, Vec<Usage>) = results.into_iter().unzip();
+        if self.tool_calls {
+            for out in &mut outputs {
+                let (content, calls) = split_answer(&out.text);
+                out.text = content.unwrap_or_default();
+                out.tool_calls = Some(calls);
+            }
+        }
         let usage = Usage::total(&usages, self.n);
         let tokenizer = &self.engine.model().tokenizer;
         let mut response = self.meta.full(&outputs, &usage, tokenizer, self.logprobs);

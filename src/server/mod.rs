@@ -44,6 +44,7 @@ pub mod routes;
 pub mod serve;
 pub mod sse;
 pub mod state;
+pub mod tool_calls;
 pub mod validate;
 pub mod web;
 pub mod ws;

@@ -56,12 +56,14 @@ pub struct SamplingFields {
     pub prompt_logprobs: Option<i64>,
 }
 
-/// Fields tessera knows and refuses (a 400 that names them), never ignores; and the
-/// structured-output fields, which `guided` reads.
+/// Fields tessera knows and refuses (a 400 that names them), never ignores; the
+/// structured-output fields, which `guided` reads; and the tool fields, which
+/// `tool_calls` reads.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct UnsupportedFields {
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<Value>,
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     pub response_format: Option<Value>,

@@ -4,7 +4,10 @@
 //!
 //! Invariants: every choice and chunk carries `index`, `logprobs` and `finish_reason`
 //! (null until the end); a streamed chat choice's first delta carries `role`; chunks
-//! carry `"usage": null` exactly when the client asked for `include_usage`. Prompt
+//! carry `"usage": null` exactly when the client asked for `include_usage`. A chat
+//! answer parsed for tool calls has `message.tool_calls` (content `null` when it made
+//! only calls) and `finish_reason: "tool_calls"`; streamed, its calls come as
+//! `delta.tool_calls` chunks. Prompt
 //! logprobs come in OpenAI's legacy `echo` shape (the prompt's tokens lead the
 //! completion's `logprobs` lists, the first with `null`) and in vLLM's `prompt_logprobs`
 //! shape (`[null, {"<id>": {logprob, rank, decoded_token}}, …]`).
@@ -14,6 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::engine::stream::Usage;
 use crate::model::tokenizer::Tokenizer;
 use crate::request::{FinishReason, PromptLogprob, TokenId, TokenLogprobs};
+use crate::tools::ToolCall;
 
 /// Identifies this build in `system_fingerprint`.
 pub const SYSTEM_FINGERPRINT: &str = concat!("tessera-", env!("CARGO_PKG_VERSION"));
@@ -65,6 +69,41 @@ pub struct ChoiceOutput {
     /// response carries prompt logprobs.
     pub prompt_ids: Vec<TokenId>,
     pub prompt_logprobs: Vec<PromptLogprob>,
+    /// Chat with tools: the calls parsed out of the answer (`text` is then its content
+    /// alone); `None` when the answer is not parsed for calls.
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// The `finish_reason` of a choice: `tool_calls` when a finished answer made calls.
+pub fn finish_str(reason: FinishReason, made_calls: bool) -> &'static str {
+    match reason {
+        FinishReason::Stop if made_calls => "tool_calls",
+        other => other.as_str(),
+    }
+}
+
+/// A chat choice's `message`: content (`null` when a parsed answer has none) and its
+/// `tool_calls`.
+fn chat_message(c: &ChoiceOutput) -> Value {
+    let Some(calls) = &c.tool_calls else {
+        return json!({"role": "assistant", "content": c.text});
+    };
+    let content = Some(&c.text).filter(|t| !t.is_empty());
+    let mut message = json!({"role": "assistant", "content": content});
+    if !calls.is_empty() {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|call| {
+                json!({
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                })
+            })
+            .collect();
+        message["tool_calls"] = Value::Array(calls);
+    }
+    message
 }
 
 impl ResponseMeta {
@@ -107,15 +146,14 @@ impl ResponseMeta {
                     append_lists(&mut echoed, sampled);
                     *sampled = echoed;
                 }
+                let made_calls = c.tool_calls.as_ref().is_some_and(|t| !t.is_empty());
                 let mut choice = json!({
                     "index": c.index,
                     "logprobs": lp,
-                    "finish_reason": c.finish_reason.map(FinishReason::as_str),
+                    "finish_reason": c.finish_reason.map(|r| finish_str(r, made_calls)),
                 });
                 match self.endpoint {
-                    Endpoint::Chat => {
-                        choice["message"] = json!({"role": "assistant", "content": c.text})
-                    }
+                    Endpoint::Chat => choice["message"] = chat_message(c),
                     Endpoint::Completion => choice["text"] = json!(c.text),
                 }
                 if let (Some(k), Endpoint::Completion) = (shape.prompt, self.endpoint) {
@@ -198,28 +236,51 @@ impl ResponseMeta {
 
     /// The one chunk of a choice that carries its `finish_reason`.
     pub fn finish_chunk(&self, index: usize, reason: FinishReason) -> String {
-        self.finish_chunk_with(index, reason, Map::new())
+        self.finish_chunk_with(index, reason.as_str(), Map::new())
     }
 
-    /// `finish_chunk` with `extra` fields on the choice (`content_filter_results`).
+    /// `finish_chunk` with `reason` as sent (`finish_str`) and `extra` fields on the
+    /// choice (`content_filter_results`).
     pub fn finish_chunk_with(
         &self,
         index: usize,
-        reason: FinishReason,
+        reason: &str,
         extra: Map<String, Value>,
     ) -> String {
         let mut choice = match self.endpoint {
             Endpoint::Chat => json!({
-                "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str(),
+                "index": index, "delta": {}, "logprobs": null, "finish_reason": reason,
             }),
             Endpoint::Completion => json!({
-                "index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str(),
+                "index": index, "text": "", "logprobs": null, "finish_reason": reason,
             }),
         };
         if let Value::Object(fields) = &mut choice {
             fields.extend(extra);
         }
         self.chunk(choice)
+    }
+
+    /// A chat chunk with one piece of tool call `call` of choice `index`: its start (`id`
+    /// and `name` given, `arguments` empty or not) or more of its `arguments`.
+    pub fn tool_call_chunk(
+        &self,
+        index: usize,
+        call: usize,
+        start: Option<(&str, &str)>,
+        arguments: &str,
+    ) -> String {
+        let delta = match start {
+            Some((id, name)) => json!({
+                "index": call, "id": id, "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }),
+            None => json!({"index": call, "function": {"arguments": arguments}}),
+        };
+        self.chunk(json!({
+            "index": index, "delta": {"tool_calls": [delta]}, "logprobs": null,
+            "finish_reason": null,
+        }))
     }
 
     /// A `choices: []` chunk carrying `fields` at the top level (Azure OpenAI's first

@@ -29,6 +29,7 @@ use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::model::chat_template::encode_chat;
 use crate::safety::Screen;
+use crate::tools::ToolParser;
 
 /// Every route the server answers (`openapi.yaml` describes exactly these). Register a
 /// new route here and in `handler`: `configure` puts it behind the API key unless its
@@ -210,6 +211,7 @@ struct JobInput {
     engine: EngineHandle,
     served: Vec<String>,
     limit: Option<PromptLimit>,
+    tool_parser: ToolParser,
 }
 
 /// Reads the body here (async), then runs `job` on it on the CPU pool (503 while the
@@ -226,6 +228,7 @@ async fn on_cpu<T: Send + 'static>(
         engine: state.engine()?.clone(),
         served: state.served_names().to_vec(),
         limit: state.prompt_limit(),
+        tool_parser: state.config.tool_call_parser,
     };
     state.cpu.run(move || job(input)).await
 }
@@ -259,7 +262,10 @@ async fn chat_completions(state: Data, req: HttpRequest, body: web::Payload) -> 
         if let Some(e) = exchange.as_mut() {
             e.meta.input = chat_input(parsed.messages.as_deref());
         }
-        Ok((validate_chat(parsed, &job.engine, &job.served)?, exchange))
+        Ok((
+            validate_chat(parsed, &job.engine, &job.served, job.tool_parser)?,
+            exchange,
+        ))
     })
     .await?;
     let oversight = oversee(&req, screen, exchange);

@@ -2,7 +2,9 @@
 //! opening chunk of each choice (`role`, or the echoed prompt; before them a
 //! `prompt_filter_results` chunk when a moderation input rule matched), content chunks as
 //! tokens arrive, exactly one `finish_reason` chunk per choice (with
-//! `content_filter_results` when an output rule matched it), the `choices: []` usage chunk
+//! `content_filter_results` when an output rule matched it; `tool_calls` when a chat
+//! answer parsed for tools made calls, which stream as `delta.tool_calls` chunks while
+//! no call markup reaches `content`), the `choices: []` usage chunk
 //! when asked for, then `data: [DONE]`. A keep-alive comment goes out whenever nothing
 //! else did for `keepalive` (e.g. while the request waits in the queue).
 //!
@@ -22,9 +24,12 @@ use serde_json::Map;
 
 use super::content_filter::{finish_fields, prompt_filter_results};
 use super::generate::{check_finish, Generation};
-use super::response::{sse_data, SSE_DONE, SSE_KEEPALIVE};
+use super::response::{finish_str, sse_data, ResponseMeta, SSE_DONE, SSE_KEEPALIVE};
 use crate::engine::stream::{TokenEvent, Usage};
 use crate::error::{http_error, ApiError};
+use crate::model::tokenizer::Tokenizer;
+use crate::tools::hermes::{HermesParser, ToolEvent};
+use crate::tools::new_call_id;
 
 type ChoiceEvents = Pin<Box<dyn Stream<Item = (usize, Result<TokenEvent, ApiError>)>>>;
 
@@ -37,8 +42,29 @@ struct SseState {
     usages: Vec<Usage>,
     /// Bytes of text sent per choice (completions' `text_offset`).
     offsets: Vec<usize>,
+    /// Per choice, its tool-call parser (chat with tools).
+    tools: Vec<Option<HermesParser>>,
     keepalive: Duration,
     done: bool,
+}
+
+/// The chunk of one parsed piece of a choice's answer (content, or a tool call's start
+/// with a fresh `call_…` id, or more of its arguments).
+fn tool_event_chunk(
+    meta: &ResponseMeta,
+    index: usize,
+    event: ToolEvent,
+    tok: &Tokenizer,
+) -> String {
+    match event {
+        ToolEvent::Content(text) => meta.delta_chunk(index, &text, &[], None, 0, tok),
+        ToolEvent::CallStart { index: call, name } => {
+            meta.tool_call_chunk(index, call, Some((&new_call_id(), &name)), "")
+        }
+        ToolEvent::Arguments { index: call, text } => {
+            meta.tool_call_chunk(index, call, None, &text)
+        }
+    }
 }
 
 /// The SSE body of `gen`.
@@ -68,12 +94,16 @@ pub fn sse_body(
         });
         events.push(Box::pin(per_choice));
     }
+    let tool_calls = gen.tool_calls;
     let state = SseState {
         gen,
         events,
         opening: Some(opening).filter(|o| !o.is_empty()),
         usages: vec![Usage::default(); count],
         offsets,
+        tools: (0..count)
+            .map(|_| tool_calls.then(HermesParser::new))
+            .collect(),
         keepalive,
         done: false,
     };
@@ -120,7 +150,19 @@ impl SseState {
             out.push_str(&meta.echo_chunk(index, text, ids, prompt_logprobs, k, tokenizer));
         }
         let sampled = self.gen.logprobs.sampled;
-        if !ev.text.is_empty() || (sampled && !ev.token_ids.is_empty()) {
+        if let Some(parser) = self.tools[index].as_mut() {
+            let mut events = parser.push(&ev.text);
+            if ev.finish_reason.is_some() {
+                events.extend(parser.finish());
+            }
+            for event in events {
+                out.push_str(&tool_event_chunk(meta, index, event, tokenizer));
+            }
+            if let Some(logprobs) = ev.logprobs.as_deref().filter(|_| sampled) {
+                let lp = meta.delta_chunk(index, "", &ev.token_ids, Some(logprobs), 0, tokenizer);
+                out.push_str(&lp);
+            }
+        } else if !ev.text.is_empty() || (sampled && !ev.token_ids.is_empty()) {
             let logprobs = ev.logprobs.as_deref().filter(|_| sampled);
             let offset = self.offsets[index];
             out.push_str(&meta.delta_chunk(
@@ -135,7 +177,9 @@ impl SseState {
         }
         if let Some(reason) = ev.finish_reason {
             let fields = finish_fields(self.gen.screen.as_deref(), index);
-            out.push_str(&meta.finish_chunk_with(index, check_finish(reason)?, fields));
+            let made_calls = self.tools[index].as_ref().is_some_and(|p| p.calls() > 0);
+            let reason = finish_str(check_finish(reason)?, made_calls);
+            out.push_str(&meta.finish_chunk_with(index, reason, fields));
         }
         Ok(out)
     }

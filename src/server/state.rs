@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub replica_id: Option<String>,
     /// The conversation log: lag limit, retention, review sampling.
     pub audit: crate::audit::AuditConfig,
+    /// How tool calls are read out of the model's text (`--tool-call-parser`).
+    pub tool_call_parser: crate::tools::ToolParser,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             chat: super::ws::config::ChatConfig::default(),
             replica_id: None,
             audit: crate::audit::AuditConfig::default(),
+            tool_call_parser: crate::tools::ToolParser::default(),
         }
     }
 }

@@ -11,11 +11,13 @@ use super::request::{
     int, ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptField,
     SamplingFields, StopField, UnsupportedFields,
 };
+use super::tool_calls::{check_tools, encode_messages, history_calls, ToolFields};
 use crate::engine::error::EngineError;
 use crate::engine::handle::{EngineHandle, EngineInfo};
 use crate::error::ApiError;
-use crate::model::chat_template::{encode_chat, ChatMessage};
+use crate::model::chat_template::ChatMessage;
 use crate::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
+use crate::tools::{ToolParser, WireForm};
 
 /// Most choices one request may ask for (`n` × number of prompts).
 pub const MAX_SEQUENCES_PER_REQUEST: usize = 128;
@@ -46,6 +48,8 @@ pub struct ValidRequest {
     pub prompt_logprobs: Option<usize>,
     /// Completions `echo` with `logprobs`: the echoed prompt's tokens lead the logprobs.
     pub echo_logprobs: bool,
+    /// Chat with active tools: each choice's text is parsed for Hermes tool calls.
+    pub tool_calls: bool,
 }
 
 impl ValidRequest {
@@ -95,6 +99,7 @@ pub fn validate_chat(
     req: ChatCompletionRequest,
     engine: &EngineHandle,
     served: &[String],
+    parser: ToolParser,
 ) -> Result<ValidRequest, ApiError> {
     let model = check_model(req.model.as_deref(), served)?;
     refuse_unsupported(&req.unsupported, req.sampling.n)?;
@@ -108,9 +113,16 @@ pub fn validate_chat(
         (false, _) => None,
         (true, k) => Some(k.unwrap_or(0)),
     };
+    let u = &req.unsupported;
+    let fields = ToolFields {
+        tools: u.tools.as_ref(),
+        choice: u.tool_choice.as_ref(),
+        parallel: u.parallel_tool_calls.as_ref(),
+        form: WireForm::Chat,
+    };
+    let tools = check_tools(fields, parser, engine)?;
     let messages = chat_messages(req.messages.unwrap_or_default())?;
-    let assets = engine.model();
-    let ids = encode_chat(&assets.tokenizer, &assets.chat_template, &messages, true)?;
+    let ids = encode_messages(engine, messages, tools.as_ref().map(|t| &t.set))?;
     check_prompt(&ids, engine.info().vocab)?;
     let requested = match (req.max_completion_tokens, req.max_tokens) {
         (Some(n), _) => Some(("max_completion_tokens", n)),
@@ -119,8 +131,18 @@ pub fn validate_chat(
     };
     let prompt = resolve_budget(ids, requested, None, engine.info().max_model_len)?;
     let guide = super::guided::guide(&req.unsupported, engine)?;
-    let valid = build(model, vec![prompt], &req.sampling, (top, false), engine)?;
-    with_guide(valid, guide)
+    let forced = tools.as_ref().and_then(|t| t.guide.clone());
+    if forced.is_some() && guide.is_some() {
+        return Err(invalid(
+            "tool_choice",
+            "a structured-output constraint (`response_format`, `guided_*`) cannot be combined \
+             with `tool_choice` `required` or a named function: both constrain the answer"
+                .into(),
+        ));
+    }
+    let mut valid = build(model, vec![prompt], &req.sampling, (top, false), engine)?;
+    valid.tool_calls = tools.is_some();
+    with_guide(valid, guide.or(forced))
 }
 
 /// `POST /v1/completions` → `ValidRequest`.
@@ -131,6 +153,24 @@ pub fn validate_completion(
 ) -> Result<ValidRequest, ApiError> {
     let model = check_model(req.model.as_deref(), served)?;
     refuse_unsupported(&req.unsupported, req.sampling.n)?;
+    let u = &req.unsupported;
+    let tools = u.tools.as_ref().filter(|t| !t.is_null());
+    let choice = u.tool_choice.as_ref().filter(|c| !c.is_null());
+    let off = |v: &serde_json::Value| matches!(v.as_str(), Some("none" | "auto"));
+    for (name, asked) in [
+        (
+            "tools",
+            tools.is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())),
+        ),
+        ("tool_choice", choice.is_some_and(|c| !off(c))),
+    ] {
+        if asked {
+            return Err(unsupported(
+                name,
+                " on /v1/completions (tools are a chat feature)",
+            ));
+        }
+    }
     let echo = req.echo.unwrap_or(false);
     let tokenizer = &engine.model().tokenizer;
     // An empty text prompt starts a new document (OpenAI): BOS, else the end-of-text
@@ -302,6 +342,7 @@ fn build(
         logprobs,
         prompt_logprobs,
         echo_logprobs,
+        tool_calls: false,
     };
     // Checked per prompt: `min_tokens` against that prompt's own resolved `max_tokens`.
     for prompt in 0..valid.prompts.len() {
@@ -443,26 +484,16 @@ fn refuse_unsupported(u: &UnsupportedFields, n: Option<u64>) -> Result<(), ApiEr
             .and_then(Value::as_str)
             .is_some_and(|s| ok.contains(&s))
     };
-    let tools_given = u
-        .tools
-        .as_ref()
-        .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()));
-    if tools_given || u.functions.as_ref().is_some_and(|f| !f.is_null()) {
+    if u.functions.as_ref().is_some_and(|f| !f.is_null()) {
         return Err(unsupported(
-            if tools_given { "tools" } else { "functions" },
-            ": tool calling is not implemented",
-        ));
-    }
-    if given(&u.tool_choice) && !is_str(&u.tool_choice, &["none", "auto"]) {
-        return Err(unsupported(
-            "tool_choice",
-            ": tool calling is not implemented",
+            "functions",
+            " (the legacy form of `tools`: use `tools`)",
         ));
     }
     if given(&u.function_call) && !is_str(&u.function_call, &["none", "auto"]) {
         return Err(unsupported(
             "function_call",
-            ": tool calling is not implemented",
+            " (the legacy form of `tool_choice`: use `tool_choice`)",
         ));
     }
     if let Some(m) = u.modalities.as_ref().filter(|v| !v.is_null()) {
@@ -498,7 +529,9 @@ fn refuse_unsupported(u: &UnsupportedFields, n: Option<u64>) -> Result<(), ApiEr
     Ok(())
 }
 
-/// OpenAI messages → template messages (text only; `developer` is the system role).
+/// OpenAI messages → template messages (text only; `developer` is the system role; an
+/// assistant message may carry `tool_calls`, a `tool` message answers one by
+/// `tool_call_id`).
 pub(crate) fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(invalid(
@@ -509,34 +542,69 @@ pub(crate) fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMess
     messages
         .into_iter()
         .enumerate()
-        .map(|(i, m)| {
-            let role = match m.role.as_deref() {
-                Some("system") | Some("developer") => "system",
-                Some("user") => "user",
-                Some("assistant") => "assistant",
-                Some(other @ ("tool" | "function")) => {
-                    return Err(unsupported(&format!("messages[{i}].role"), &format!(" for role `{other}` (tool calling is not implemented)")))
-                }
-                Some(other) => {
-                    return Err(invalid(
-                        &format!("messages[{i}].role"),
-                        format!("`messages[{i}].role` must be one of system, developer, user, assistant. Given: {other:?}"),
-                    ))
-                }
-                None => return Err(invalid(&format!("messages[{i}].role"), format!("`messages[{i}].role` is required"))),
-            };
-            if m.tool_calls.as_ref().is_some_and(|t| !t.is_null()) || m.tool_call_id.is_some() {
-                return Err(unsupported(&format!("messages[{i}].tool_calls"), " (tool calling is not implemented)"));
-            }
-            let content = match m.content {
-                Some(MessageContent::Text(text)) => text,
-                Some(MessageContent::Parts(parts)) => text_parts(i, parts)?,
-                None if role == "assistant" => String::new(),
-                None => return Err(invalid(&format!("messages[{i}].content"), format!("`messages[{i}].content` is required for role `{role}`"))),
-            };
-            Ok(ChatMessage::new(role, content))
-        })
+        .map(|(i, m)| chat_message(i, m))
         .collect()
+}
+
+fn chat_message(i: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
+    let role = match m.role.as_deref() {
+        Some("system") | Some("developer") => "system",
+        Some("user") => "user",
+        Some("assistant") => "assistant",
+        Some("tool") => "tool",
+        Some("function") => {
+            return Err(unsupported(
+                &format!("messages[{i}].role"),
+                " for role `function` (the legacy form of `tool`: use `tool`)",
+            ))
+        }
+        Some(other) => {
+            return Err(invalid(
+                &format!("messages[{i}].role"),
+                format!("`messages[{i}].role` must be one of system, developer, user, assistant, tool. Given: {other:?}"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                &format!("messages[{i}].role"),
+                format!("`messages[{i}].role` is required"),
+            ))
+        }
+    };
+    let calls = m.tool_calls.as_ref().filter(|t| !t.is_null());
+    let tool_calls = match (role, calls) {
+        (_, None) => None,
+        ("assistant", Some(calls)) => {
+            Some(history_calls(&format!("messages[{i}].tool_calls"), calls)?)
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                &format!("messages[{i}].tool_calls"),
+                format!("`messages[{i}].tool_calls` is only allowed on assistant messages"),
+            ))
+        }
+    };
+    if role == "tool" && m.tool_call_id.is_none() {
+        return Err(invalid(
+            &format!("messages[{i}].tool_call_id"),
+            format!("`messages[{i}].tool_call_id` is required for role `tool`"),
+        ));
+    }
+    let content = match m.content {
+        Some(MessageContent::Text(text)) => text,
+        Some(MessageContent::Parts(parts)) => text_parts(i, parts)?,
+        None if role == "assistant" => String::new(),
+        None => {
+            return Err(invalid(
+                &format!("messages[{i}].content"),
+                format!("`messages[{i}].content` is required for role `{role}`"),
+            ))
+        }
+    };
+    let mut message = ChatMessage::new(role, content);
+    message.tool_calls = tool_calls;
+    message.tool_call_id = m.tool_call_id.filter(|_| role == "tool");
+    Ok(message)
 }
 
 fn text_parts(i: usize, parts: Vec<super::request::ContentPart>) -> Result<String, ApiError> {

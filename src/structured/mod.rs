@@ -6,7 +6,8 @@
 //! Who uses what: `server::validate` compiles (on the CPU pool, never on an HTTP worker or
 //! the engine thread) through the engine's `GrammarCompiler`; the `Guide` rides in
 //! `SamplingParams::guide`; the engine keeps one `GuideState` per sequence, computes the
-//! masks of a step's constrained rows on a helper thread while the forward pass runs, and
+//! masks of a step's constrained rows (on a helper thread during the forward pass when a
+//! core is spare, else just before it), and
 //! commits every emitted token.
 //!
 //! Invariants:

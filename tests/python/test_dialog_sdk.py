@@ -110,8 +110,9 @@ def test_unstored_responses_cannot_be_chained(server):
     with pytest.raises(openai.NotFoundError):
         c.responses.retrieve(res.id)
     with pytest.raises(openai.BadRequestError) as err:
-        c.responses.create(input="x", tools=[{"type": "function", "name": "f", "parameters": {}}], **GREEDY)
-    assert err.value.body["param"] == "tools"
+        c.responses.create(input="x", tools=[{"type": "function", "name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"type": "nonsense"}}}}], **GREEDY)
+    assert err.value.body["param"] == "tools[0].parameters"
 
 
 def test_conversations_and_items(server):

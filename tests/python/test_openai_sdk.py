@@ -152,7 +152,7 @@ def test_errors_map_to_sdk_exceptions(server):
     assert e.value.body["param"] == "top_p" and "Given: 3" in e.value.body["message"]
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model=MODEL, messages=MESSAGES,
-                                  tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+                                  functions=[{"name": "f", "parameters": {}}])
     assert "not supported" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model=MODEL, messages=MESSAGES, response_format={"type": "json_schema", "json_schema": {"schema": {}}})

@@ -21,6 +21,8 @@
 
 use std::ops::Range;
 
+use serde_json::Value;
+
 use super::{ChatMessage, ChatTemplate, TemplateError};
 use crate::model::tokenizer::Tokenizer;
 
@@ -37,17 +39,36 @@ pub fn encode_chat(
     messages: &[ChatMessage],
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, TemplateError> {
+    encode_chat_with_tools(tokenizer, template, messages, None, add_generation_prompt)
+}
+
+/// `encode_chat` with the template's `tools` variable set; the strings of the tools and
+/// of messages' `tool_calls` are literal text too.
+pub fn encode_chat_with_tools(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+    tools: Option<&Value>,
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, TemplateError> {
     let controls = tokenizer.control_token_texts();
-    let (open, close) = pick_markers(template.source(), messages)?;
+    let (open, close) = pick_markers(template.source(), messages, tools)?;
+    let markers = (open, close);
     let mut originals: Vec<&str> = Vec::new();
     let marked: Vec<ChatMessage> = messages
         .iter()
         .map(|m| ChatMessage {
             role: m.role.clone(),
-            content: defang(&m.content, &controls, (open, close), &mut originals),
+            content: defang(&m.content, &controls, markers, &mut originals),
+            tool_calls: m
+                .tool_calls
+                .as_ref()
+                .map(|c| defang_value(c, &controls, markers, &mut originals)),
+            tool_call_id: m.tool_call_id.clone(),
         })
         .collect();
-    let rendered = template.render(&marked, add_generation_prompt)?;
+    let tools = tools.map(|t| defang_value(t, &controls, markers, &mut originals));
+    let rendered = template.render_with_tools(&marked, tools.as_ref(), add_generation_prompt)?;
     let (prompt, literal) = restore(&rendered, (open, close), &originals)?;
     let mut ids = tokenizer.encode_with_literals(&prompt, false, &literal)?;
     if let Some(bos) = tokenizer.bos_id().filter(|_| tokenizer.add_bos()) {
@@ -58,9 +79,20 @@ pub fn encode_chat(
     Ok(ids)
 }
 
-/// A pair of private-use characters found neither in the template nor in any message.
-fn pick_markers(source: &str, messages: &[ChatMessage]) -> Result<(char, char), TemplateError> {
-    let used = |c: char| source.contains(c) || messages.iter().any(|m| m.content.contains(c));
+/// A pair of private-use characters found neither in the template nor in any message
+/// (nor in the tools or calls).
+fn pick_markers(
+    source: &str,
+    messages: &[ChatMessage],
+    tools: Option<&Value>,
+) -> Result<(char, char), TemplateError> {
+    let mut extra = tools.map(Value::to_string).unwrap_or_default();
+    for calls in messages.iter().filter_map(|m| m.tool_calls.as_ref()) {
+        extra.push_str(&calls.to_string());
+    }
+    let used = |c: char| {
+        source.contains(c) || extra.contains(c) || messages.iter().any(|m| m.content.contains(c))
+    };
     (0..MARKER_PAIRS)
         .filter_map(|k| {
             let open = char::from_u32(MARKER_BASE + 2 * k)?;
@@ -101,6 +133,33 @@ fn defang<'a>(
         }
     }
     out
+}
+
+/// `value` with every string (keys included) defanged.
+fn defang_value<'a>(
+    value: &Value,
+    controls: &[&'a str],
+    markers: (char, char),
+    originals: &mut Vec<&'a str>,
+) -> Value {
+    match value {
+        Value::String(s) => Value::String(defang(s, controls, markers, originals)),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| defang_value(v, controls, markers, originals))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = defang(k, controls, markers, originals);
+                    (key, defang_value(v, controls, markers, originals))
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Swap markers back for their control texts; returns the prompt and the byte ranges
@@ -157,7 +216,7 @@ mod tests {
     fn markers_avoid_characters_the_input_uses() {
         let msgs = [ChatMessage::new("user", "\u{F0000}")];
         assert_eq!(
-            pick_markers("", &msgs).expect("pick"),
+            pick_markers("", &msgs, None).expect("pick"),
             ('\u{F0002}', '\u{F0003}')
         );
         let all: String = (0..2 * MARKER_PAIRS)
@@ -167,7 +226,7 @@ mod tests {
             ChatMessage::new("user", "hi"),
             ChatMessage::new("user", all),
         ];
-        let err = pick_markers("", &msgs).expect_err("exhausted");
+        let err = pick_markers("", &msgs, None).expect_err("exhausted");
         assert!(
             matches!(err, TemplateError::NoFreeMarker { index: 1 }),
             "{err}"

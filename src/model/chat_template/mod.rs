@@ -6,7 +6,8 @@
 //! methods (`.strip()`, `.startswith()`, `.items()` … via minijinja-contrib pycompat),
 //! transformers' `tojson`, `raise_exception` and `strftime_now`; and the context:
 //! `messages` (list of `{role, content}`), `add_generation_prompt`, `bos_token`,
-//! `eos_token`, and `tools` / `documents` set to none as transformers does.
+//! `eos_token`, `tools` (none unless the request has tools: `render_with_tools`) and
+//! `documents` set to none as transformers does.
 //!
 //! Invariants: a `ChatTemplate` always holds a template that compiled and that rendered
 //! small probe conversations within their budget; rendering never panics — a template's
@@ -24,7 +25,7 @@ mod pyfuncs;
 use minijinja::{context, Environment, Value};
 use serde::Serialize;
 
-pub use encode::encode_chat;
+pub use encode::{encode_chat, encode_chat_with_tools};
 
 use crate::model::tokenizer::TokenizerError;
 
@@ -47,11 +48,18 @@ pub fn render_budget(messages: usize) -> u64 {
 /// ChatML, what transformers falls back to for a model without a template.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-/// One chat message as the template sees it.
+/// One chat message as the template sees it. An assistant message may carry
+/// `tool_calls` (Hugging Face's form: `[{id, type, function: {name, arguments}}]` with
+/// `arguments` an object), a `tool` message its `tool_call_id`; absent fields are not
+/// defined for the template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -59,6 +67,8 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -168,6 +178,16 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// `render` with the template's `tools` variable set (a list of tools in chat form).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let budget = render_budget(messages.len());
         let mut env = self.env.clone();
         env.set_fuel(Some(budget));
@@ -181,7 +201,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            tools => Value::from(()),
+            tools => tools.map_or(Value::from(()), Value::from_serialize),
             documents => Value::from(()),
         };
         template

@@ -5,7 +5,11 @@
 //! is committed — `response.output_text.done`, `response.content_part.done`,
 //! `response.output_item.done` and `response.completed` (or `response.incomplete`:
 //! `max_output_tokens`, or `content_filter` when the moderation guard cut the answer);
-//! an engine or store failure ends the stream with `response.failed`.
+//! an engine or store failure ends the stream with `response.failed`. With tools, the
+//! text deltas carry the answer's content only (no call markup), the message item opens
+//! with its first delta, and each `function_call` output item is reported after the
+//! commit (`output_item.added`, `function_call_arguments.delta` / `.done`,
+//! `output_item.done`).
 //!
 //! Invariants: sequence numbers start at 0 and increase by one per event; the turn is
 //! committed before any event that reports it done, so a client that saw
@@ -25,6 +29,8 @@ use crate::error::{http_error, ApiError};
 use crate::request::FinishReason;
 use crate::server::generate::{check_finish, Generation};
 use crate::server::response::SSE_KEEPALIVE;
+use crate::tools::hermes::{HermesParser, ToolEvent};
+use crate::tools::split_answer;
 
 /// A turn on the engine and what committing it needs.
 pub struct TurnRun {
@@ -39,6 +45,8 @@ struct Answer {
     text: String,
     usage: Usage,
     finish: Option<FinishReason>,
+    /// The turn has active tools: the answer is split into content and calls.
+    tools: bool,
 }
 
 impl Answer {
@@ -57,8 +65,15 @@ impl Answer {
             FinishReason::ContentFilter => Status::Incomplete("content_filter"),
             _ => Status::Completed,
         };
+        let (text, calls) = if self.tools {
+            let (content, calls) = split_answer(&self.text);
+            (content.unwrap_or_default(), calls)
+        } else {
+            (self.text, Vec::new())
+        };
         Ok(TurnOutcome {
-            text: self.text,
+            text,
+            calls,
             status,
             usage: TurnUsage {
                 input_tokens: self.usage.prompt_tokens,
@@ -77,9 +92,17 @@ impl TurnRun {
         }
     }
 
+    /// Whether the turn's answer is parsed for tool calls.
+    fn has_tools(&self) -> bool {
+        self.turn.fields.tools.as_ref().is_some_and(|t| t.active())
+    }
+
     /// Runs the turn to its end, commits it and returns the final response object.
     pub async fn complete(mut self) -> Result<Value, ApiError> {
-        let mut answer = Answer::default();
+        let mut answer = Answer {
+            tools: self.has_tools(),
+            ..Answer::default()
+        };
         while let Some(ev) = self.next().await {
             answer.add(&ev?);
         }
@@ -110,6 +133,10 @@ struct EventStream {
     seq: u64,
     phase: Phase,
     keepalive: Duration,
+    /// With tools: the parser that keeps call markup out of the text deltas.
+    parser: Option<HermesParser>,
+    /// The message item's `added` events went out.
+    message_open: bool,
 }
 
 /// The SSE body of `run`.
@@ -117,12 +144,18 @@ pub fn event_stream(
     run: TurnRun,
     keepalive: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let tools = run.has_tools();
     let state = EventStream {
         run: Some(run),
-        answer: Answer::default(),
+        answer: Answer {
+            tools,
+            ..Answer::default()
+        },
         seq: 0,
         phase: Phase::Opening,
         keepalive,
+        parser: tools.then(HermesParser::new),
+        message_open: false,
     };
     stream::unfold(state, |mut state| async move {
         let text = state.next_text().await?;
@@ -152,8 +185,9 @@ impl EventStream {
                     Ok(Some(Err(e))) => return Some(self.fail(&e)),
                     Ok(Some(Ok(ev))) => {
                         self.answer.add(&ev);
-                        if !ev.text.is_empty() {
-                            return Some(self.delta(&ev.text));
+                        let text = self.content_of(&ev);
+                        if !text.is_empty() {
+                            return Some(self.delta(&text));
                         }
                     }
                 }
@@ -167,11 +201,42 @@ impl EventStream {
             return String::new();
         };
         let snapshot = run.turn.snapshot(&Status::InProgress);
-        let item_id = run.turn.output_id.clone();
         let seq = &mut self.seq;
         let mut out = event("response.created", seq, json!({ "response": snapshot }));
         out += &event("response.in_progress", seq, json!({ "response": snapshot }));
-        out += &event(
+        if self.parser.is_none() {
+            out += &self.open_message();
+        }
+        out
+    }
+
+    /// The content text of `ev` (with tools: what the parser lets through).
+    fn content_of(&mut self, ev: &TokenEvent) -> String {
+        let Some(parser) = self.parser.as_mut() else {
+            return ev.text.clone();
+        };
+        let mut events = parser.push(&ev.text);
+        if ev.finish_reason.is_some() {
+            events.extend(parser.finish());
+        }
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                ToolEvent::Content(text) => Some(text),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `output_item.added` and `content_part.added` of the message item (once).
+    fn open_message(&mut self) -> String {
+        if self.message_open {
+            return String::new();
+        }
+        self.message_open = true;
+        let (item_id, _) = self.item_ids();
+        let seq = &mut self.seq;
+        let mut out = event(
             "response.output_item.added",
             seq,
             json!({"output_index": 0, "item": {"id": item_id, "type": "message",
@@ -188,12 +253,14 @@ impl EventStream {
 
     fn delta(&mut self, text: &str) -> String {
         let (item_id, _) = self.item_ids();
-        event(
-            "response.output_text.delta",
-            &mut self.seq,
-            json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+        let opening = self.open_message();
+        opening
+            + &event(
+                "response.output_text.delta",
+                &mut self.seq,
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0,
                 "delta": text, "logprobs": []}),
-        )
+            )
     }
 
     /// Commits the turn, then reports it done.
@@ -211,9 +278,28 @@ impl EventStream {
             Ok(body) => body,
             Err(e) => return self.failed(&turn, &run.gen.record.fail_with(e.into())),
         };
-        let item = body["output"][0].clone();
+        let mut out = String::new();
+        let items = body["output"].as_array().cloned().unwrap_or_default();
+        for (index, item) in items.iter().enumerate() {
+            out += &match item["type"].as_str() {
+                Some("function_call") => self.call_done(index, item),
+                _ => self.message_done(index, item),
+            };
+        }
+        let seq = &mut self.seq;
+        let kind = match body["status"].as_str() {
+            Some("incomplete") => "response.incomplete",
+            _ => "response.completed",
+        };
+        out + &event(kind, seq, json!({ "response": body }))
+    }
+
+    /// The events that close the message item at `index` (opening it first if no delta
+    /// did).
+    fn message_done(&mut self, index: usize, item: &Value) -> String {
+        let mut out = self.open_message();
         let part = item["content"][0].clone();
-        let ids = json!({"item_id": item["id"], "output_index": 0, "content_index": 0});
+        let ids = json!({"item_id": item["id"], "output_index": index, "content_index": 0});
         let with = |mut v: Value, extra: Value| {
             if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
                 v.extend(extra.clone());
@@ -221,7 +307,7 @@ impl EventStream {
             v
         };
         let seq = &mut self.seq;
-        let mut out = event(
+        out += &event(
             "response.output_text.done",
             seq,
             with(ids.clone(), json!({"text": part["text"], "logprobs": []})),
@@ -231,16 +317,37 @@ impl EventStream {
             seq,
             with(ids, json!({ "part": part })),
         );
-        out += &event(
+        out + &event(
             "response.output_item.done",
             seq,
-            json!({"output_index": 0, "item": item}),
+            json!({"output_index": index, "item": item}),
+        )
+    }
+
+    /// The events of a `function_call` item at `index`: added, its arguments (one
+    /// delta), done.
+    fn call_done(&mut self, index: usize, item: &Value) -> String {
+        let seq = &mut self.seq;
+        let mut added = item.clone();
+        added["arguments"] = json!("");
+        added["status"] = json!("in_progress");
+        let ids = json!({"item_id": item["id"], "output_index": index});
+        let mut delta = ids.clone();
+        delta["delta"] = item["arguments"].clone();
+        let mut done = ids;
+        done["arguments"] = item["arguments"].clone();
+        let mut out = event(
+            "response.output_item.added",
+            seq,
+            json!({"output_index": index, "item": added}),
         );
-        let kind = match body["status"].as_str() {
-            Some("incomplete") => "response.incomplete",
-            _ => "response.completed",
-        };
-        out + &event(kind, seq, json!({ "response": body }))
+        out += &event("response.function_call_arguments.delta", seq, delta);
+        out += &event("response.function_call_arguments.done", seq, done);
+        out + &event(
+            "response.output_item.done",
+            seq,
+            json!({"output_index": index, "item": item}),
+        )
     }
 
     fn fail(&mut self, err: &ApiError) -> String {

@@ -2,19 +2,24 @@
 //! validated, the prompt byte bound (the new input and `instructions` must fit the
 //! context even with no history), moderation level 1 (every input text and the
 //! instructions checked, masks applied, a block refused with 400 `content_filter` and
-//! logged as refused), and the input messages of the turn's exchange in the log.
+//! logged as refused), the turn's constraint compiled (its forced tool call or
+//! `text.format`), and the input messages of the turn's exchange in the log.
 
 use serde_json::Value;
 
 use super::wire::{ResponsesRequest, ValidTurn};
 use crate::audit::{Exchange, InputMessage};
 use crate::dialog::TurnRequest;
+use crate::engine::handle::EngineHandle;
 use crate::error::ApiError;
 use crate::safety::{InputText, Screen};
 use crate::server::cpu::PromptLimit;
 use crate::server::exchange::log_if_blocked;
 use crate::server::gate::parse_json;
+use crate::server::tool_calls::compile_tools;
 use crate::server::validate::check_model;
+use crate::structured::Guide;
+use crate::tools::{ToolParser, WireForm};
 
 /// How the client wrote `input`, so errors name the field it sent.
 enum Shape {
@@ -87,6 +92,37 @@ fn screen_turn(screen: &Screen, request: &mut TurnRequest, shape: &Shape) -> Res
     Ok(screen.check_input(&mut fields)?)
 }
 
+/// The turn's constraint: its forced tool call or its `text.format` (not both).
+fn guide(
+    valid: &ValidTurn,
+    engine: &EngineHandle,
+    parser: ToolParser,
+) -> Result<Option<Guide>, ApiError> {
+    let forced = match &valid.request.fields.tools {
+        Some(set) => compile_tools(set, WireForm::Responses, parser, engine)?,
+        None => None,
+    };
+    let Some(spec) = &valid.format else {
+        return Ok(forced);
+    };
+    let invalid = |message: String| ApiError::InvalidRequest {
+        message,
+        param: Some("text.format".into()),
+    };
+    if forced.is_some() {
+        return Err(invalid("`text.format` cannot be combined with `tool_choice` `required` or a named function: both constrain the answer".into()));
+    }
+    let compiler = engine.grammar_compiler().map_err(|e| {
+        invalid(format!(
+            "`text.format`: structured output is unavailable: {e}"
+        ))
+    })?;
+    let guide = compiler
+        .compile(spec)
+        .map_err(|e| invalid(format!("`text.format`: {e}")))?;
+    Ok(Some(guide))
+}
+
 /// Parses and checks a `POST /v1/responses` body (see the module header); returns the
 /// turn and its exchange, named after the model and holding the input.
 pub fn check_turn(
@@ -95,6 +131,8 @@ pub fn check_turn(
     limit: Option<PromptLimit>,
     screen: Option<&Screen>,
     mut exchange: Option<Exchange>,
+    engine: &EngineHandle,
+    parser: ToolParser,
 ) -> Result<(ValidTurn, Option<Exchange>), ApiError> {
     let parsed: ResponsesRequest = parse_json(body)?;
     let shape = Shape::of(parsed.input.as_ref());
@@ -102,6 +140,7 @@ pub fn check_turn(
         e.meta.model = check_model(parsed.model.as_deref(), served)?;
     }
     let mut valid = parsed.validate(served)?;
+    valid.sampling.guide = guide(&valid, engine, parser)?;
     if let Some(limit) = limit {
         let request = &valid.request;
         let bytes = request.fields.instructions.as_deref().map_or(0, str::len)

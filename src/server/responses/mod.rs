@@ -39,9 +39,13 @@ pub async fn create(state: Data, req: HttpRequest, body: web::Payload) -> Reply 
         screen.clone(),
         exchange::begin(&state, &req, "/v1/responses"),
     );
+    let (job_engine, parser) = (engine.clone(), state.config.tool_call_parser);
     let (valid, exchange) = state
         .cpu
-        .run(move || input::check_turn(&body, &served, limit, job_screen.as_deref(), exchange))
+        .run(move || {
+            let screen = job_screen.as_deref();
+            input::check_turn(&body, &served, limit, screen, exchange, &job_engine, parser)
+        })
         .await?;
     let owner = owner_of(&req, &state.config.api_keys);
     let dialog = dialog(&state)?.clone();

@@ -1,6 +1,9 @@
 //! The `POST /v1/responses` body as it arrives, and its validation into a dialog
-//! `TurnRequest` plus the sampling of the turn. Fields OpenAI defines that tessera does
-//! not implement (tools, reasoning, background mode, …) are refused by name.
+//! `TurnRequest` plus the sampling of the turn: `tools` / `tool_choice` (function tools
+//! in the Responses API's flat form) and `text.format` (`text`, `json_object`,
+//! `json_schema`) are read here and compiled by the caller (`input.rs`), which has the
+//! engine. Fields OpenAI defines that tessera does not implement (built-in tools,
+//! reasoning, background mode, …) are refused by name.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,6 +14,8 @@ use crate::error::ApiError;
 use crate::request::SamplingParams;
 use crate::server::request::JsonBody;
 use crate::server::validate::{check_model, check_temperature, invalid, unsupported};
+use crate::structured::GrammarSpec;
+use crate::tools::{parse_tools, WireForm};
 
 /// `conversation`: an id or `{"id": ...}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +46,7 @@ pub struct ResponsesRequest {
     // Refused when given with a value that asks for something tessera does not do.
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<Value>,
     pub reasoning: Option<Value>,
     pub background: Option<bool>,
     pub text: Option<Value>,
@@ -57,6 +63,8 @@ pub struct ValidTurn {
     pub request: TurnRequest,
     pub sampling: SamplingParams,
     pub stream: bool,
+    /// The constraint `text.format` asks for (compiled by the caller).
+    pub format: Option<GrammarSpec>,
 }
 
 impl ResponsesRequest {
@@ -107,6 +115,15 @@ impl ResponsesRequest {
             ..SamplingParams::default()
         };
         sampling.validate()?;
+        let tools = parse_tools(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls.as_ref(),
+            WireForm::Responses,
+        )
+        .map_err(|e| invalid(&e.param, e.message))?;
+        let format_given = self.text.as_ref().and_then(|t| t.get("format"));
+        let format = format_given.map_or(Ok(None), text_format)?;
         let fields = ResponseFields {
             model,
             instructions: self.instructions,
@@ -119,33 +136,28 @@ impl ResponsesRequest {
             store: self.store.unwrap_or(true),
             previous_response_id: self.previous_response_id,
             conversation_id,
+            tools,
+            text_format: format_given
+                .filter(|f| !f.is_null())
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({"type": "text"})),
         };
         Ok(ValidTurn {
             request: TurnRequest { input, fields },
             sampling,
             stream: self.stream.unwrap_or(false),
+            format,
         })
     }
 
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
         let given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
         if self
-            .tools
+            .text
             .as_ref()
-            .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()) && !t.is_null())
+            .is_some_and(|t| !t.is_null() && !t.is_object())
         {
-            return Err(unsupported("tools", ": tool calling is not implemented"));
-        }
-        if given(&self.tool_choice)
-            && !matches!(
-                self.tool_choice.as_ref().and_then(Value::as_str),
-                Some("none" | "auto")
-            )
-        {
-            return Err(unsupported(
-                "tool_choice",
-                ": tool calling is not implemented",
-            ));
+            return Err(invalid("text", "`text` must be an object".into()));
         }
         if given(&self.reasoning) {
             return Err(unsupported("reasoning", ": this model does not reason"));
@@ -155,15 +167,6 @@ impl ResponsesRequest {
                 "background",
                 ": responses run in the foreground",
             ));
-        }
-        if let Some(format) = self.text.as_ref().and_then(|t| t.get("format")) {
-            let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
-            if !format.is_null() && kind != "text" {
-                return Err(unsupported(
-                    "text.format",
-                    &format!(" for type `{kind}` (structured output is not implemented)"),
-                ));
-            }
         }
         if self
             .include
@@ -182,12 +185,40 @@ impl ResponsesRequest {
             return Err(unsupported("top_logprobs", ""));
         }
         if given(&self.max_tool_calls) {
-            return Err(unsupported(
-                "max_tool_calls",
-                ": tool calling is not implemented",
-            ));
+            return Err(unsupported("max_tool_calls", ""));
         }
         Ok(())
+    }
+}
+
+/// `text.format`: `text` (no constraint), `json_object`, or `json_schema` with `name`,
+/// `schema` and `strict` beside `type`.
+fn text_format(format: &Value) -> Result<Option<GrammarSpec>, ApiError> {
+    const P: &str = "text.format";
+    if format.is_null() {
+        return Ok(None);
+    }
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(GrammarSpec::JsonSchema(
+            serde_json::json!({"type": "object"}),
+        ))),
+        Some("json_schema") => {
+            let name = format.get("name").and_then(Value::as_str).unwrap_or("");
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !name_ok {
+                return Err(invalid(P, format!("`text.format.name` must be 1-64 characters of a-z, A-Z, 0-9, `_` and `-`. Given: {}", format.get("name").unwrap_or(&Value::Null))));
+            }
+            match format.get("schema") {
+                Some(schema @ Value::Object(_)) => Ok(Some(GrammarSpec::JsonSchema(schema.clone()))),
+                other => Err(invalid(P, format!("`text.format.schema` must be a JSON schema object. Given: {}", other.unwrap_or(&Value::Null)))),
+            }
+        }
+        other => Err(invalid(P, format!("`text.format.type` must be one of `text`, `json_object`, `json_schema`. Given: {other:?}"))),
     }
 }
 
@@ -230,7 +261,26 @@ mod tests {
         };
         assert_eq!(
             param(base(json!({"tools": [{"type": "function"}]}))),
-            "tools"
+            "tools[0].name"
+        );
+        assert_eq!(
+            param(base(json!({"tools": [{"type": "web_search"}]}))),
+            "tools[0].type"
+        );
+        assert_eq!(
+            param(base(json!({"tool_choice": "required"}))),
+            "tool_choice"
+        );
+        let tool = json!([{"type": "function", "name": "f", "parameters": {"type": "object"}}]);
+        assert_eq!(
+            param(base(
+                json!({"tools": tool, "tool_choice": {"type": "function", "name": "g"}})
+            )),
+            "tool_choice"
+        );
+        assert_eq!(
+            param(base(json!({"tools": tool, "tool_choice": "required"}))),
+            "ok"
         );
         assert_eq!(
             param(base(json!({"reasoning": {"effort": "low"}}))),
@@ -239,6 +289,16 @@ mod tests {
         assert_eq!(param(base(json!({"background": true}))), "background");
         assert_eq!(
             param(base(json!({"text": {"format": {"type": "json_object"}}}))),
+            "ok"
+        );
+        assert_eq!(
+            param(base(
+                json!({"text": {"format": {"type": "json_schema", "name": "x"}}})
+            )),
+            "text.format"
+        );
+        assert_eq!(
+            param(base(json!({"text": {"format": {"type": "xml"}}}))),
             "text.format"
         );
         assert_eq!(

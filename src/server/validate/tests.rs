@@ -47,8 +47,10 @@ fn unsupported_fields_are_refused_by_name() {
         let u: UnsupportedFields = serde_json::from_value(json).expect("parses");
         refuse_unsupported(&u, None).err().map(|e| e.to_string())
     };
-    assert!(refuse(serde_json::json!({"tools": [{"type": "function"}]}))
-        .is_some_and(|m| m.starts_with("`tools`")));
+    // Tools are read by `tool_calls`; the legacy `functions` field is refused.
+    assert!(refuse(serde_json::json!({"tools": [{"type": "function"}]})).is_none());
+    assert!(refuse(serde_json::json!({"functions": [{"name": "f"}]}))
+        .is_some_and(|m| m.starts_with("`functions`")));
     // Structured output is read by `guided`, not refused here.
     assert!(refuse(serde_json::json!({"response_format": {"type": "json_schema"}})).is_none());
     assert!(refuse(serde_json::json!({"best_of": 3})).is_some());
@@ -79,11 +81,25 @@ fn messages_map_roles_and_text_parts() {
     .expect("parses");
     let err = chat_messages(image).unwrap_err().to_string();
     assert!(err.contains("messages[0].content[0].type"), "{err}");
+    // A tool message needs the id of the call it answers; the legacy role is refused.
     let tool: Vec<ChatMessageIn> =
         serde_json::from_value(serde_json::json!([{"role": "tool", "content": "x"}]))
             .expect("parses");
     assert!(matches!(
         chat_messages(tool),
+        Err(ApiError::InvalidRequest { param: Some(p), .. }) if p == "messages[0].tool_call_id"
+    ));
+    let answered: Vec<ChatMessageIn> = serde_json::from_value(serde_json::json!([
+        {"role": "tool", "content": "x", "tool_call_id": "call_1"},
+    ]))
+    .expect("parses");
+    let out = chat_messages(answered).expect("valid");
+    assert_eq!(out[0].tool_call_id.as_deref(), Some("call_1"));
+    let function: Vec<ChatMessageIn> =
+        serde_json::from_value(serde_json::json!([{"role": "function", "content": "x"}]))
+            .expect("parses");
+    assert!(matches!(
+        chat_messages(function),
         Err(ApiError::Unsupported { .. })
     ));
 }

@@ -186,6 +186,8 @@ async fn turn(job: &Job, stopped: oneshot::Receiver<()>) -> Result<(), ApiError>
         store: true,
         previous_response_id: None,
         conversation_id: Some(job.conversation_id.clone()),
+        tools: None,
+        text_format: json!({"type": "text"}),
     };
     let rule = state.config.chat.defaults.window(dialog.window());
     let mut exchange = socket_exchange(job, &fields.model);
@@ -354,6 +356,7 @@ async fn finish(
     let (response_id, message_id) = (turn.response_id.clone(), turn.output_id.clone());
     let outcome = TurnOutcome {
         text: s.text,
+        calls: Vec::new(),
         status,
         usage,
     };
