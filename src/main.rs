@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tessera::config::{default_model_path, parse_bytes, EngineConfig};
 use tessera::metrics::MetricsCompat;
+use tessera::model::quantize::Quantization;
 use tessera::request::SamplingParams;
 use tessera::server::logging::LogFormat;
 
@@ -176,6 +177,9 @@ struct EngineArgs {
     /// Compute threads (default: available cores).
     #[arg(long, env = "TESSERA_THREADS", default_value_t = 0)]
     threads: usize,
+    /// Quantize an F32/F16/BF16 model's weights at load: `q8_0` (llama.cpp's Q8_0 bits).
+    #[arg(long, env = "TESSERA_QUANTIZATION")]
+    quantization: Option<Quantization>,
 }
 
 /// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
@@ -405,6 +409,7 @@ impl EngineArgs {
             enable_prefix_caching: !self.no_prefix_caching,
             long_prefill_token_threshold: 0,
             num_threads: self.threads,
+            quantization: self.quantization,
         };
         (self.model.clone().unwrap_or_else(default_model_path), cfg)
     }
@@ -536,7 +541,26 @@ mod tests {
             checked += 1;
         }
         // Guards against a walk that checks nothing; the exact count changes with every flag.
-        assert!(checked >= 27, "only {checked} serve flags were checked");
+        assert!(checked >= 38, "only {checked} serve flags were checked");
+    }
+
+    #[test]
+    fn quantization_takes_q8_0_and_names_a_wrong_value() {
+        let parse = |value: &str| {
+            Cli::try_parse_from(["tessera", "generate", "-p", "x", "--quantization", value])
+        };
+        let Ok(Cli {
+            command: Command::Generate { engine, .. },
+        }) = parse("q8_0")
+        else {
+            panic!("--quantization q8_0 parses")
+        };
+        assert_eq!(engine.config().1.quantization, Some(Quantization::Q8_0));
+        let err = parse("int4").err().expect("int4 is refused").to_string();
+        assert!(
+            err.contains("--quantization must be one of: q8_0. Given: `int4`"),
+            "{err}"
+        );
     }
 
     #[test]
