@@ -66,6 +66,18 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Perplexity of a text file with llama.cpp's llama-perplexity semantics (chunks of
+    /// --ctx tokens, the second half of each scored).
+    Perplexity {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// The text file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Tokens per chunk (llama-perplexity's -c).
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+    },
     /// Measure in-process throughput: N concurrent greedy requests of fixed length.
     Bench {
         #[command(flatten)]
@@ -487,6 +499,23 @@ fn main() {
             })
             .map(|n| eprintln!("exported {n} exchanges"))
             .map_err(Into::into),
+        Command::Perplexity { engine, file, ctx } => {
+            let (path, cfg) = engine.config();
+            tessera::cli::start_engine(&path, &cfg).and_then(|e| {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|err| format!("reading {}: {err}", file.display()))?;
+                let r = tessera::perplexity::perplexity(&e, &text, *ctx, |i, ppl| {
+                    print!("[{i}]{ppl:.4},");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                })?;
+                println!();
+                println!(
+                    "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks of {ctx} tokens, {} scored)",
+                    r.ppl, r.error, r.chunks, r.scored
+                );
+                Ok(())
+            })
+        }
         Command::Bench {
             engine,
             concurrency,
