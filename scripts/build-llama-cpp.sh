@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Build llama.cpp's `llama-quantize` and `llama-server` (Release, CPU only, no curl) from the
-# llama.cpp vendored in the llama-cpp-python==0.3.36 sdist from PyPI (sha256-checked), into
-# the git-ignored cache. These are reference tools for scripts/make_fixtures.py (K-quants)
-# and for side-by-side checks; the Rust build never needs them.
-# Prints the two binaries' paths. A second run builds nothing.
+# Build llama.cpp's `llama-quantize`, `llama-server` and `llama-perplexity` (Release, CPU
+# only, no curl) from the llama.cpp vendored in the llama-cpp-python==0.3.36 sdist from PyPI
+# (sha256-checked), into the git-ignored cache. These are reference tools for
+# scripts/make_fixtures.py (K-quants, the Q8_0 oracle of --quantization), for
+# `tessera perplexity`'s reference number and for side-by-side checks; the Rust build never
+# needs them. Prints the binaries' paths. A second run builds nothing.
 # Env: TESSERA_CACHE_DIR (default <repo>/.cache), BUILD_JOBS (default 2).
 set -euo pipefail
 
-TARGETS=(llama-quantize llama-server)
+TARGETS=(llama-quantize llama-server llama-perplexity)
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib/llama-sdist.sh

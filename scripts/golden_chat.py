@@ -4,8 +4,8 @@ transformers renders them (its `_compile_jinja_template`: ImmutableSandboxedEnvi
 with trim_blocks, lstrip_blocks, loopcontrols; json.dumps `tojson`; `raise_exception`;
 `strftime_now`), the oracle for tests/chat_template.rs.
 
-Templates: tests/fixtures/chat_templates/*.jinja, plus the default model's own template
-read from its GGUF. `strftime_now` is pinned to 2024-07-26 13:25:09 UTC so the output is
+Templates: tests/fixtures/chat_templates/*.jinja, plus the templates read from GGUF files:
+the default model's own and the InternLM2 fixture's (InternLM2-chat's). `strftime_now` is pinned to 2024-07-26 13:25:09 UTC so the output is
 reproducible (tests pin tessera's clock the same way).
 
 Usage: .venv/bin/python scripts/golden_chat.py  (needs jinja2 and gguf; no network)
@@ -93,6 +93,10 @@ def main():
     source = gguf.GGUFReader(model).fields["tokenizer.chat_template"].contents()
     out.append({"template": "gguf:SmolLM2-135M-Instruct", "bos_token": "<|im_start|>",
                 "eos_token": "<|im_end|>", "cases": render_all(source, "<|im_start|>", "<|im_end|>")})
+    internlm2 = os.path.join(ROOT, "tests", "fixtures", "internlm2-tiny-f32.gguf")
+    source = gguf.GGUFReader(internlm2).fields["tokenizer.chat_template"].contents()
+    out.append({"template": "gguf:internlm2-tiny-f32", "bos_token": "<s>",
+                "eos_token": "<|im_end|>", "cases": render_all(source, "<s>", "<|im_end|>")})
     path = os.path.join(ROOT, "tests", "golden", "chat_templates.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)

@@ -6,11 +6,26 @@ gguf-py, then converted by llama.cpp's own `llama-quantize` into the tensor type
 FIXTURES (per-tensor types via --tensor-type / --token-embedding-type / --output-tensor-type),
 so every quantized block in the fixtures was produced by llama.cpp itself.
 
-Vocabulary: llama.cpp's ggml-vocab-qwen2.gguf (byte-level BPE, pre-tokenizer `qwen2`) trimmed
-to its first N_NORMAL normal tokens (which hold all 256 byte-level symbols, so every text
-still tokenizes), the merges whose two sides and result survive, and the three ChatML special
-tokens re-numbered right after. Chat template: Qwen2.5-Instruct's, from llama.cpp's
-models/templates.
+Vocabulary (FIXTURES): llama.cpp's ggml-vocab-qwen2.gguf (byte-level BPE, pre-tokenizer
+`qwen2`) trimmed to its first N_NORMAL normal tokens (which hold all 256 byte-level symbols,
+so every text still tokenizes), the merges whose two sides and result survive, and the three
+ChatML special tokens re-numbered right after. Chat template: Qwen2.5-Instruct's, from
+llama.cpp's models/templates.
+
+InternLM2 (INTERNLM2_FIXTURES, arch `internlm2`, README-internlm2.md): the vocabulary as
+llama.cpp's converter (conversion/internlm.py, InternLM2Model.set_vocab) writes InternLM2-chat's
+SentencePiece model: `tokenizer.ggml.model = llama`, pre `default`, scores and token types,
+`<unk>` `<s>` `</s>` at 0..2, the 256 `<0xXX>` byte tokens at 3..258, then pieces, and the
+chat model's added tokens last (`<|plugin|>` `<|interpreter|>` `<|action_end|>`
+`<|action_start|>` `<|im_end|>` `<|im_start|>`, as at 92538..92543). The pieces are the first
+N_SPM_NORMAL of llama.cpp's ggml-vocab-llama-spm.gguf (LLaMA's SentencePiece model, the same
+layout) plus its single-character pieces for every character of those pieces (`▁` among
+them, as in any SentencePiece vocab) and below U+0250; every other character falls back to
+byte tokens. As the converter does for every entry of tokenizer_config's
+`added_tokens_decoder` (special: true), those tokens get score -1000 and type CONTROL, and eos
+is `<|im_end|>` (its chat-model rule); pad `</s>`, add_bos true. Chat template:
+INTERNLM2_CHAT_TEMPLATE, InternLM2-chat's own (tokenizer_config.json). The Q8_0 file is
+llama-quantize's Q8_0 of the F16 file (the oracle for `--quantization q8_0` at load).
 
 Weights are scaled so the residual stream carries comparable token-embedding, attention
 and MLP parts (the next token depends on the context, not only on the last token) and the
@@ -39,6 +54,16 @@ import numpy as np
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 N_NORMAL = 2000  # normal (non-special) tokens kept from the qwen2 vocab
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+N_SPM_NORMAL = 1800  # pieces kept from the front of the llama-spm vocab (after the bytes)
+# InternLM2-chat's added tokens, in id order (92538..92543 in the real 92544-token vocab).
+INTERNLM2_ADDED = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>",
+                   "<|im_end|>", "<|im_start|>"]
+# InternLM2-chat's chat_template (tokenizer_config.json of internlm2-chat-7b / -1_8b).
+INTERNLM2_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 REPO = Path(__file__).resolve().parent.parent
 # Weight gains (std x sqrt(fan_in)); see random_weights.
 QK_GAIN = 1.2
@@ -51,7 +76,9 @@ class Fixture:
     """One fixture file: model shape, seed and the llama-quantize call that types it."""
 
     stem: str
-    arch: str  # "qwen2" (QKV biases, NEOX rope) or "llama" (no biases, interleaved rope)
+    # "qwen2" (QKV biases, NEOX rope), "llama" (no biases, interleaved rope) or "internlm2"
+    # (llama's layer as llama.cpp's converter writes it; no rope.dimension_count / vocab_size)
+    arch: str
     seed: int
     n_layer: int
     n_embd: int
@@ -66,6 +93,8 @@ class Fixture:
     base_type: str  # llama-quantize ftype argument
     quant_args: tuple[str, ...]  # extra llama-quantize flags (per-tensor types)
     n_ctx_train: int = 2048
+    # Quantize this fixture's output file (by stem, made earlier) instead of the F32 master.
+    source: str | None = None
 
 
 FIXTURES = [
@@ -117,6 +146,19 @@ FIXTURES = [
 ]
 
 
+# InternLM2-chat-shaped (GQA 4/2, rope base 1e6, rms eps 1e-5, separate output), on the
+# InternLM2 SentencePiece vocab: F32 and F16 straight from the master, Q8_0 from the F16 file.
+INTERNLM2_FIXTURES = [
+    Fixture(
+        stem=f"internlm2-tiny-{ftype.lower()}", arch="internlm2", seed=20240611, n_layer=2,
+        n_embd=128, n_head=4, n_head_kv=2, head_dim=32, n_ff=352, tied=False, rope_base=1e6,
+        rms_eps=1e-5, add_bos=True, base_type=ftype, quant_args=(),
+        source="internlm2-tiny-f16" if ftype == "Q8_0" else None,
+    )
+    for ftype in ("F32", "F16", "Q8_0")
+]
+
+
 @dataclasses.dataclass
 class Vocab:
     tokens: list[str]
@@ -124,8 +166,13 @@ class Vocab:
     merges: list[str]
     bos_id: int
     eos_id: int
-    eot_id: int
+    eot_id: int | None
     pad_id: int
+    model: str = "gpt2"  # tokenizer.ggml.model
+    pre: str = "qwen2"
+    scores: list[float] | None = None  # SentencePiece only
+    unk_id: int | None = None
+    add_space_prefix: bool | None = None
 
 
 def cache_dir() -> Path:
@@ -182,6 +229,40 @@ def trimmed_qwen2_vocab(src: Path) -> Vocab:
         eos_id=ids["<|im_end|>"],
         eot_id=ids["<|im_end|>"],
         pad_id=ids["<|endoftext|>"],
+    )
+
+
+def internlm2_vocab(src: Path) -> Vocab:
+    """InternLM2-chat's vocabulary layout over pieces of llama.cpp's llama-spm vocab (see
+    the module docstring): <unk> <s> </s>, 256 byte tokens, pieces, the added tokens."""
+    reader = gguf.GGUFReader(src)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    scores = reader.fields["tokenizer.ggml.scores"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    if tokens[:3] != ["<unk>", "<s>", "</s>"] or tokens[3] != "<0x00>" or tokens[258] != "<0xFF>":
+        sys.exit(f"error: {src} does not start with <unk> <s> </s> <0x00>..<0xFF>")
+    normal = int(gguf.TokenType.NORMAL)
+    head = list(range(259 + N_SPM_NORMAL))
+    # A real SentencePiece vocab holds every character of its pieces as a piece itself
+    # (`▁` included); keep those, and the Latin ones.
+    used = {c for i in head[259:] for c in tokens[i]}
+    chars = [i for i in range(259 + N_SPM_NORMAL, len(tokens))
+             if types[i] == normal and len(tokens[i]) == 1
+             and (ord(tokens[i]) < 0x250 or tokens[i] in used)]
+    kept = head + chars
+    out_tokens = [tokens[i] for i in kept] + INTERNLM2_ADDED
+    out_scores = [float(scores[i]) for i in kept] + [0.0] * len(INTERNLM2_ADDED)
+    out_types = [int(types[i]) for i in kept] + [int(gguf.TokenType.USER_DEFINED)] * len(INTERNLM2_ADDED)
+    # The converter's added_tokens_decoder rule: score -1000, CONTROL when special.
+    for i, tok in enumerate(out_tokens):
+        if tok in ("<unk>", "<s>", "</s>") or tok in INTERNLM2_ADDED:
+            out_scores[i] = -1000.0
+            out_types[i] = int(gguf.TokenType.CONTROL)
+    ids = {t: i for i, t in enumerate(out_tokens)}
+    return Vocab(
+        tokens=out_tokens, token_types=out_types, merges=[], bos_id=ids["<s>"],
+        eos_id=ids["<|im_end|>"], eot_id=None, pad_id=ids["</s>"], model="llama", pre="default",
+        scores=out_scores, unk_id=ids["<unk>"], add_space_prefix=True,
     )
 
 
@@ -245,18 +326,28 @@ def write_f32_master(fx: Fixture, vocab: Vocab, chat_template: str, path: Path) 
 
 def finish_gguf(writer: gguf.GGUFWriter, vocab: Vocab, add_bos: bool, chat_template: str,
                 tensors: dict[str, np.ndarray]) -> None:
-    """Writes the tokenizer metadata (trimmed qwen2 vocab, ChatML template) and `tensors`,
-    then the whole file."""
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
+    """Writes the tokenizer metadata (`vocab`, `chat_template`) and `tensors`, then the
+    whole file."""
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
     writer.add_bos_token_id(vocab.bos_id)
     writer.add_eos_token_id(vocab.eos_id)
-    writer.add_eot_token_id(vocab.eot_id)
+    if vocab.unk_id is not None:
+        writer.add_unk_token_id(vocab.unk_id)
+    if vocab.eot_id is not None:
+        writer.add_eot_token_id(vocab.eot_id)
     writer.add_pad_token_id(vocab.pad_id)
     writer.add_add_bos_token(add_bos)
+    if vocab.model == "llama":
+        writer.add_add_eos_token(False)
     writer.add_chat_template(chat_template)
     for name, tensor in tensors.items():
         writer.add_tensor(name, tensor)
@@ -296,15 +387,18 @@ def tensor_types(path: Path) -> tuple[collections.Counter, list[tuple[str, str]]
     return collections.Counter(ty for _, ty in pairs), pairs
 
 
-def readme(rows: list[tuple[Fixture, Path]], vocab: Vocab) -> str:
+def readme(rows: list[tuple[Fixture, Path]], vocab: Vocab, vocab_lines: list[str] | None = None,
+           title: str = "GGUF test fixtures") -> str:
     lines = [
-        "# GGUF test fixtures",
+        f"# {title}",
         "",
         "Seeded random-weight models (NOT trained: their text is gibberish) that llama.cpp loads.",
         "Generated by `scripts/make_fixtures.py` (regenerate: `scripts/build-llama-cpp.sh &&",
         ".venv/bin/python scripts/make_fixtures.py`, or any Python with gguf 0.19 + numpy).",
         "Reference outputs for them are in `tests/golden/<stem>.json` (`scripts/make_golden.py`).",
         "",
+    ]
+    lines += vocab_lines if vocab_lines is not None else [
         f"Vocab (all files): llama.cpp's ggml-vocab-qwen2.gguf trimmed to {N_NORMAL} normal tokens",
         f"(ids 0..{N_NORMAL - 1}, all 256 byte-level symbols included) + {len(vocab.merges)} merges +",
         f"`<|endoftext|>`={vocab.bos_id}, `<|im_start|>`={vocab.bos_id + 1}, `<|im_end|>`={vocab.eos_id}"
@@ -322,7 +416,8 @@ def readme(rows: list[tuple[Fixture, Path]], vocab: Vocab) -> str:
             f" {fx.n_head_kv}, head_dim {fx.head_dim}, n_ff {fx.n_ff}, context {fx.n_ctx_train},"
             f" rope base {fx.rope_base:g}, rms eps {fx.rms_eps:g}, add_bos {str(fx.add_bos).lower()},"
             f" {'tied embeddings (no output.weight)' if fx.tied else 'separate output.weight'}",
-            f"- seed {fx.seed}; `llama-quantize {' '.join([*fx.quant_args, 'IN', 'OUT', fx.base_type])}`",
+            f"- seed {fx.seed}; `llama-quantize {' '.join([*fx.quant_args, 'IN', 'OUT', fx.base_type])}`"
+            + (f" (IN = `{fx.source}.gguf`)" if fx.source else ""),
             f"- size {path.stat().st_size} bytes, sha256 `{sha256(path)}`",
             "- tensor types: " + ", ".join(f"{ty} x{n}" for ty, n in sorted(counts.items())),
             "",
@@ -334,27 +429,62 @@ def readme(rows: list[tuple[Fixture, Path]], vocab: Vocab) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", default=str(REPO / "tests" / "fixtures"))
-    ap.add_argument("--llama-quantize", help="path to llama-quantize (default: scripts/build-llama-cpp.sh)")
-    args = ap.parse_args()
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    llama_cpp = vendored_llama_cpp()
-    vocab = trimmed_qwen2_vocab(llama_cpp / "models" / "ggml-vocab-qwen2.gguf")
-    chat_template = (llama_cpp / "models" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
-    llama_quantize = find_llama_quantize(args.llama_quantize)
-    rows = []
+def vocab_readme_line(vocab: Vocab) -> list[str]:
+    """The README's vocabulary paragraph for the InternLM2 fixtures."""
+    specials = ", ".join(f"`{vocab.tokens[i]}`={i}" for i, ty in enumerate(vocab.token_types)
+                         if ty == int(gguf.TokenType.CONTROL))
+    return [
+        f"Vocab (all files): InternLM2-chat's layout (`tokenizer.ggml.model` llama, pre `default`,"
+        f" add_space_prefix true): `<unk>` `<s>` `</s>`, 256 byte tokens, llama.cpp's"
+        f" ggml-vocab-llama-spm.gguf pieces (the first {N_SPM_NORMAL} + the single characters of"
+        f" those and below U+0250), then InternLM2-chat's added tokens (n_vocab {len(vocab.tokens)});",
+        f"CONTROL tokens (score -1000): {specials};",
+        f"bos={vocab.bos_id} eos={vocab.eos_id} unk={vocab.unk_id} pad={vocab.pad_id}; add_bos true;"
+        " chat template: InternLM2-chat's (`INTERNLM2_CHAT_TEMPLATE` in the script).",
+        "",
+    ]
+
+
+def make_group(fixtures: list[Fixture], vocab: Vocab, chat_template: str, llama_quantize: Path,
+               out_dir: Path) -> list[tuple[Fixture, Path]]:
+    """Writes each fixture: its F32 master quantized by llama-quantize (or, with `source`,
+    an earlier fixture's file quantized again)."""
+    rows: list[tuple[Fixture, Path]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fx in FIXTURES:
-            master = Path(tmp) / f"{fx.stem}.f32.gguf"
-            write_f32_master(fx, vocab, chat_template, master)
+        for fx in fixtures:
+            if fx.source is not None:
+                master = out_dir / f"{fx.source}.gguf"
+            else:
+                master = Path(tmp) / f"{fx.stem}.f32.gguf"
+                write_f32_master(fx, vocab, chat_template, master)
             out = out_dir / f"{fx.stem}.gguf"
             quantize(llama_quantize, fx, master, out)
             rows.append((fx, out))
             print(f"{out} {out.stat().st_size} bytes sha256 {sha256(out)}")
-    (out_dir / "README.md").write_text(readme(rows, vocab))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", default=str(REPO / "tests" / "fixtures"))
+    ap.add_argument("--llama-quantize", help="path to llama-quantize (default: scripts/build-llama-cpp.sh)")
+    ap.add_argument("--only", choices=["qwen2-vocab", "internlm2"],
+                    help="write one group: FIXTURES (README.md) or INTERNLM2_FIXTURES (README-internlm2.md)")
+    args = ap.parse_args()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    llama_cpp = vendored_llama_cpp()
+    llama_quantize = find_llama_quantize(args.llama_quantize)
+    if args.only in (None, "qwen2-vocab"):
+        vocab = trimmed_qwen2_vocab(llama_cpp / "models" / "ggml-vocab-qwen2.gguf")
+        chat_template = (llama_cpp / "models" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+        rows = make_group(FIXTURES, vocab, chat_template, llama_quantize, out_dir)
+        (out_dir / "README.md").write_text(readme(rows, vocab))
+    if args.only in (None, "internlm2"):
+        vocab = internlm2_vocab(llama_cpp / "models" / "ggml-vocab-llama-spm.gguf")
+        rows = make_group(INTERNLM2_FIXTURES, vocab, INTERNLM2_CHAT_TEMPLATE, llama_quantize, out_dir)
+        text = readme(rows, vocab, vocab_lines=vocab_readme_line(vocab), title="InternLM2 GGUF test fixtures")
+        (out_dir / "README-internlm2.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::model::quantize::Quantization;
+
 /// How the engine is sized. Defaults suit a small model on a few CPU cores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -24,6 +26,8 @@ pub struct EngineConfig {
     pub long_prefill_token_threshold: usize,
     /// Compute threads (0 = available cores).
     pub num_threads: usize,
+    /// Quantize the model's float weights at load (`--quantization`); `None` = as stored.
+    pub quantization: Option<Quantization>,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +42,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             long_prefill_token_threshold: 0,
             num_threads: 0,
+            quantization: None,
         }
     }
 }

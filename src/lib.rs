@@ -1,7 +1,7 @@
 //! tessera: an OpenAI-compatible LLM inference server.
 //!
-//! Layers, top to bottom (docs/architecture.md): `server` (HTTP) and `cli` (front ends:
-//! validation) → `dialog` (conversations, the history window, prompt assembly),
+//! Layers, top to bottom (docs/architecture.md): `server` (HTTP), `cli` and `perplexity`
+//! (front ends: validation) → `dialog` (conversations, the history window, prompt assembly),
 //! `tools` (tool definitions, their prompt, forced-call grammars, the Hermes call parser),
 //! `safety` (moderation policy, input check, output guard) and `audit` (the
 //! conversation log, retention, the review queue), over `store` (persistence)
@@ -24,6 +24,7 @@ pub mod kvcache;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod perplexity;
 pub mod request;
 pub mod runner;
 pub mod safety;

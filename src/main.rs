@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tessera::config::{default_model_path, parse_bytes, EngineConfig};
 use tessera::metrics::MetricsCompat;
+use tessera::model::quantize::Quantization;
 use tessera::request::SamplingParams;
 use tessera::server::logging::LogFormat;
 
@@ -64,6 +65,18 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Perplexity of a text file with llama.cpp's llama-perplexity semantics (chunks of
+    /// --ctx tokens, the second half of each scored).
+    Perplexity {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// The text file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Tokens per chunk (llama-perplexity's -c).
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
     },
     /// Measure in-process throughput: N concurrent greedy requests of fixed length.
     Bench {
@@ -176,6 +189,9 @@ struct EngineArgs {
     /// Compute threads (default: available cores).
     #[arg(long, env = "TESSERA_THREADS", default_value_t = 0)]
     threads: usize,
+    /// Quantize an F32/F16/BF16 model's weights at load: `q8_0` (llama.cpp's Q8_0 bits).
+    #[arg(long, env = "TESSERA_QUANTIZATION")]
+    quantization: Option<Quantization>,
 }
 
 /// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
@@ -409,6 +425,7 @@ impl EngineArgs {
             enable_prefix_caching: !self.no_prefix_caching,
             long_prefill_token_threshold: 0,
             num_threads: self.threads,
+            quantization: self.quantization,
         };
         (self.model.clone().unwrap_or_else(default_model_path), cfg)
     }
@@ -490,6 +507,23 @@ fn main() {
             })
             .map(|n| eprintln!("exported {n} exchanges"))
             .map_err(Into::into),
+        Command::Perplexity { engine, file, ctx } => {
+            let (path, cfg) = engine.config();
+            tessera::cli::start_engine(&path, &cfg).and_then(|e| {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|err| format!("reading {}: {err}", file.display()))?;
+                let r = tessera::perplexity::perplexity(&e, &text, *ctx, |i, ppl| {
+                    print!("[{i}]{ppl:.4},");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                })?;
+                println!();
+                println!(
+                    "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks of {ctx} tokens, {} scored)",
+                    r.ppl, r.error, r.chunks, r.scored
+                );
+                Ok(())
+            })
+        }
         Command::Bench {
             engine,
             concurrency,
@@ -562,7 +596,26 @@ mod tests {
             checked += 1;
         }
         // Guards against a walk that checks nothing; the exact count changes with every flag.
-        assert!(checked >= 28, "only {checked} serve flags were checked");
+        assert!(checked >= 38, "only {checked} serve flags were checked");
+    }
+
+    #[test]
+    fn quantization_takes_q8_0_and_names_a_wrong_value() {
+        let parse = |value: &str| {
+            Cli::try_parse_from(["tessera", "generate", "-p", "x", "--quantization", value])
+        };
+        let Ok(Cli {
+            command: Command::Generate { engine, .. },
+        }) = parse("q8_0")
+        else {
+            panic!("--quantization q8_0 parses")
+        };
+        assert_eq!(engine.config().1.quantization, Some(Quantization::Q8_0));
+        let err = parse("int4").err().expect("int4 is refused").to_string();
+        assert!(
+            err.contains("--quantization must be one of: q8_0. Given: `int4`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,6 +41,22 @@ fn vocab(name: &str) -> Tokenizer {
     Tokenizer::from_vocab(&load_vocab(&path, "scripts/fetch-test-data.sh")).expect("tokenizer")
 }
 
+/// The chat template of a golden entry named `gguf:<stem>`: the default model's own, or
+/// a GGUF fixture's (tests/fixtures/<stem>.gguf).
+fn gguf_template(stem: &str) -> String {
+    let vocab = if stem == "SmolLM2-135M-Instruct" {
+        smollm2_vocab()
+    } else {
+        fixture_vocab(stem)
+    };
+    vocab.chat_template.expect("the GGUF has a chat template")
+}
+
+fn fixture_vocab(stem: &str) -> GgufVocab {
+    let path = manifest().join(format!("tests/fixtures/{stem}.gguf"));
+    load_vocab(&path, "scripts/make_fixtures.py")
+}
+
 fn fixture(name: &str) -> String {
     let path = manifest().join("tests/fixtures/chat_templates").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -73,14 +89,11 @@ fn m(role: &str, content: &str) -> ChatMessage {
 #[test]
 fn templates_render_exactly_like_transformers() {
     let golden = json("tests/golden/chat_templates.json");
-    let smollm2_source = smollm2_vocab()
-        .chat_template
-        .expect("SmolLM2 GGUF has a chat template");
     let mut checked = 0;
     for entry in golden.as_array().expect("templates") {
         let name = entry["template"].as_str().expect("name");
         let source = match name.strip_prefix("gguf:") {
-            Some(_) => smollm2_source.clone(),
+            Some(stem) => gguf_template(stem),
             None => fixture(name),
         };
         let bos = entry["bos_token"].as_str().expect("bos");
@@ -233,6 +246,52 @@ fn encode_chat_on_normal_conversations_equals_full_prompt_encoding() {
     }
 }
 
+/// The InternLM2 fixture (InternLM2-chat's vocabulary layout and template): its chat
+/// cases encode to llama.cpp's prompt ids (tests/golden/internlm2-tiny-f32.json). The
+/// template starts with `{{ bos_token }}`; make_golden.py renders it without one and
+/// llama.cpp adds `<s>` as the vocabulary says (add_bos), so the golden prompt is ours
+/// without its leading `<s>`, and the ids are the same: one BOS either way.
+#[test]
+fn internlm2_chat_encodes_to_llama_cpps_prompt_ids() {
+    let vocab = fixture_vocab("internlm2-tiny-f32");
+    let tokenizer = Tokenizer::from_vocab(&vocab).expect("tokenizer");
+    let text = |id: Option<u32>| tokenizer.id_to_token(id.expect("id")).expect("token");
+    let (bos, eos) = (text(vocab.bos_id), text(vocab.eos_id));
+    assert_eq!((bos.as_str(), eos.as_str()), ("<s>", "<|im_end|>"));
+    let template =
+        ChatTemplate::from_optional(vocab.chat_template.as_deref(), &bos, &eos).expect("template");
+    let golden = json("tests/golden/internlm2-tiny-f32.json");
+    let mut checked = 0;
+    for case in golden["cases"].as_array().expect("cases") {
+        let Some(msgs) = case.get("messages").map(messages) else {
+            continue;
+        };
+        let rendered = template.render(&msgs, true).expect("render");
+        let prompt = case["prompt"].as_str().expect("prompt");
+        assert_eq!(rendered, format!("<s>{prompt}"));
+        assert!(rendered.ends_with("<|im_end|>\n<|im_start|>assistant\n"));
+        let want: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).expect("ids");
+        let got = encode_chat(&tokenizer, &template, &msgs, true).expect("encode_chat");
+        assert_eq!(got, want, "{}", case["name"]);
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} chat cases");
+    for special in [
+        "<|action_start|>",
+        "<|action_end|>",
+        "<|interpreter|>",
+        "<|plugin|>",
+    ] {
+        let id = tokenizer
+            .token_to_id(special)
+            .expect("InternLM2 special token");
+        assert_eq!(
+            tokenizer.encode(special, false, true).expect("encode"),
+            [id]
+        );
+    }
+}
+
 /// A user typing ChatML control text gets text tokens, not a new system turn.
 #[test]
 fn user_content_cannot_inject_control_tokens() {
@@ -322,7 +381,7 @@ fn long_conversations_render_and_endless_templates_stop() {
     for entry in golden.as_array().expect("templates") {
         let name = entry["template"].as_str().expect("name");
         let source = match name.strip_prefix("gguf:") {
-            Some(_) => smollm2_vocab().chat_template.expect("template"),
+            Some(stem) => gguf_template(stem),
             None => fixture(name),
         };
         let template = ChatTemplate::new(&source, "<s>", "</s>").expect("template");

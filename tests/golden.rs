@@ -17,6 +17,8 @@ use std::time::Duration;
 use common::*;
 use tessera::config::EngineConfig;
 use tessera::engine::handle::EngineHandle;
+use tessera::model::quantize::Quantization;
+use tessera::model::LoadOptions;
 use tessera::request::SamplingParams;
 
 const N: usize = 32;
@@ -35,7 +37,11 @@ fn engine_for(file: &GoldenFile, max_batched: usize) -> EngineHandle {
 fn check_against_llama_cpp(name: &str, margin: f32) {
     let g = golden(name);
     // A small step budget forces chunked prefill on the long prompts.
-    let engine = engine_for(&g, 128);
+    check_engine_against(name, &g, engine_for(&g, 128), margin);
+}
+
+/// `check_against_llama_cpp` for an engine started some other way.
+fn check_engine_against(name: &str, g: &GoldenFile, engine: EngineHandle, margin: f32) {
     let tok = &engine.model().tokenizer;
     let mut checked = 0;
     for case in &g.cases {
@@ -155,6 +161,30 @@ fn fixtures_match_llama_cpp() {
     for name in names {
         check_against_llama_cpp(&name, 0.0);
     }
+}
+
+/// `--quantization q8_0` on the F16 InternLM2 fixture gives llama.cpp's goldens for the
+/// file llama-quantize wrote from it (`internlm2-tiny-q8_0.gguf`, made from the F16 file
+/// by scripts/make_fixtures.py): same prompt ids, all 32 greedy ids free-running and
+/// teacher-forced, first-step logits to 2e-3.
+#[test]
+fn f16_quantized_at_load_matches_llama_quantizes_q8_0() {
+    let name = "internlm2-tiny-q8_0";
+    let g = golden(name);
+    let f16 = repo_path("tests/fixtures/internlm2-tiny-f16.gguf");
+    let options = LoadOptions {
+        quantization: Some(Quantization::Q8_0),
+        ..LoadOptions::default()
+    };
+    let loaded = tessera::model::load_with(&f16, &options, |_, _| {}).expect("loads");
+    assert_eq!(loaded.assets.dtype, "Q8_0");
+    let cfg = EngineConfig {
+        max_num_batched_tokens: 128,
+        kv_cache_memory: 256 << 20,
+        ..EngineConfig::default()
+    };
+    let engine = tessera::engine::handle::start(loaded, &cfg).expect("engine starts");
+    check_engine_against(name, &g, engine, 0.0);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Loading a model and starting an engine over it: the one path shared by `tessera serve`
 //! and the CLI commands (`generate`, `chat`, `bench`). While the layers load, a progress
-//! bar goes to stderr when stderr is a terminal (nothing otherwise, so logs stay clean).
+//! bar goes to stderr when stderr is a terminal; otherwise nothing, so logs stay clean,
+//! except for a load that quantizes (`--quantization`, slower): a line per quarter.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use super::handle::{self, EngineHandle};
 use crate::config::EngineConfig;
 use crate::error::ModelError;
+use crate::model::LoadOptions;
 
 /// A started engine and how long its model took to load.
 pub struct Launched {
@@ -43,15 +45,35 @@ pub fn launch(path: &Path, cfg: &EngineConfig) -> Result<Launched, LaunchError> 
         return Err(LaunchError::NotFound(shown));
     }
     let tty = std::io::stderr().is_terminal();
-    let name = path
+    let mut name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    if let Some(q) = cfg.quantization {
+        name = format!("{name} as {q}");
+        tracing::info!(quantization = %q, threads = crate::ops::pool::global().threads(),
+            "quantizing the weights while they load");
+    }
+    let options = LoadOptions {
+        max_model_len: cfg.max_model_len,
+        quantization: cfg.quantization,
+    };
     let started = Instant::now();
-    let loaded = crate::model::load(path, cfg.max_model_len, |done, total| {
+    let mut logged_quarter = 0;
+    let loaded = crate::model::load_with(path, &options, |done, total| {
         if tty {
             let mut err = std::io::stderr();
             let _ = write!(err, "\r{}", progress_line(&name, done, total));
             let _ = err.flush();
+        } else if let Some(quarter) = cfg
+            .quantization
+            .and_then(|_| quarter_reached(done, total, &mut logged_quarter))
+        {
+            tracing::info!(
+                layers = done,
+                of = total,
+                "loading {name}: {}%",
+                quarter * 25
+            );
         }
     })
     .map_err(|source| LaunchError::Load {
@@ -70,6 +92,16 @@ pub fn launch(path: &Path, cfg: &EngineConfig) -> Result<Launched, LaunchError> 
     Ok(Launched {
         engine,
         load_seconds,
+    })
+}
+
+/// The quarter (1..=4) of the layers just completed, once each, for the log lines a
+/// load writes when stderr is not a terminal.
+fn quarter_reached(done: usize, total: usize, logged: &mut usize) -> Option<usize> {
+    let quarter = (done * 4).checked_div(total).unwrap_or(4).min(4);
+    (quarter > *logged).then(|| {
+        *logged = quarter;
+        quarter
     })
 }
 
@@ -101,6 +133,15 @@ mod tests {
         )));
         assert!(progress_line("m", 30, 30).ends_with(" 30/30 layers"));
         assert!(progress_line("m", 0, 0).contains(&"#".repeat(30)));
+    }
+
+    #[test]
+    fn quarters_are_logged_once_each() {
+        let mut logged = 0;
+        let seen: Vec<usize> = (1..=10)
+            .filter_map(|done| quarter_reached(done, 10, &mut logged))
+            .collect();
+        assert_eq!(seen, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub enum Arch {
     Qwen2,
     /// Qwen1.5-MoE / Qwen2-MoE: the Qwen2 attention, routed experts plus a gated shared expert.
     Qwen2Moe,
+    /// InternLM2 / InternLM2.5 as llama.cpp converts it: the llama layer (fused `wqkv`
+    /// split into GGUF-permuted Q/K/V by the converter), always a separate LM head.
+    InternLm2,
 }
 
 impl Arch {
@@ -23,6 +26,7 @@ impl Arch {
             "llama" => Some(Arch::Llama),
             "qwen2" => Some(Arch::Qwen2),
             "qwen2moe" => Some(Arch::Qwen2Moe),
+            "internlm2" => Some(Arch::InternLm2),
             _ => None,
         }
     }
@@ -32,6 +36,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen2Moe => "qwen2moe",
+            Arch::InternLm2 => "internlm2",
         }
     }
 }
@@ -41,7 +46,7 @@ impl Arch {
 pub enum ConfigError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("architecture `{0}` is not supported (supported: llama, qwen2, qwen2moe)")]
+    #[error("architecture `{0}` is not supported (supported: llama, qwen2, qwen2moe, internlm2)")]
     UnsupportedArch(String),
     #[error("`{key}` must be in {min}..={max}. Given: {value}")]
     OutOfRange {
@@ -126,7 +131,7 @@ impl MoeConfig {
                 Some(width("expert_shared_feed_forward_length", ffn)?),
                 false,
             ),
-            Arch::Llama | Arch::Qwen2 => (ffn, None, true),
+            Arch::Llama | Arch::Qwen2 | Arch::InternLm2 => (ffn, None, true),
         };
         if expert_ffn == 0 {
             return Err(ConfigError::Inconsistent(format!(
@@ -188,13 +193,13 @@ impl ModelConfig {
             rope_base: file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_dims,
             rope_style: match arch {
-                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Llama | Arch::InternLm2 => RopeStyle::Interleaved,
                 Arch::Qwen2 | Arch::Qwen2Moe => RopeStyle::Neox,
             },
             rms_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             context_length: get("context_length", 1, 1 << 24)?,
             moe: match arch {
-                Arch::Qwen2 => None,
+                Arch::Qwen2 | Arch::InternLm2 => None,
                 Arch::Llama | Arch::Qwen2Moe => MoeConfig::from_gguf(file, arch, ffn)?,
             },
         };

@@ -5,15 +5,14 @@
 //! > 0 it is Mixtral: every FFN is a `moe::MoeBlock` (top-k renormalized, no shared expert).
 
 use super::config::ModelConfig;
-use super::gguf::GgufFile;
 use super::transformer::Transformer;
-use super::weights::WeightError;
+use super::weights::{WeightError, WeightLoader};
 
 pub fn load(
-    file: &GgufFile,
+    weights: &WeightLoader<'_>,
     cfg: ModelConfig,
     max_positions: usize,
     progress: impl FnMut(usize, usize),
 ) -> Result<Transformer, WeightError> {
-    Transformer::load_dense(file, cfg, false, max_positions, progress)
+    Transformer::load_dense(weights, cfg, false, max_positions, progress)
 }

@@ -1,17 +1,20 @@
 //! Model loading and execution: GGUF files and Hugging Face folders (`hf`, over the
 //! `safetensors` reader), tokenizer and chat template, shared layers and one file per
 //! model family. `load` dispatches on the path: a folder is a Hugging Face checkpoint,
-//! a file is GGUF; both end in the same `Transformer` and `ModelAssets`.
+//! a file is GGUF; both end in the same `Transformer` and `ModelAssets`. With
+//! `LoadOptions::quantization` the float weights are quantized as they load (`quantize`).
 
 pub mod chat_template;
 pub mod config;
 pub mod decoder;
 pub mod gguf;
 pub mod hf;
+pub mod internlm2;
 pub mod kv_storage;
 pub mod layers;
 pub mod llama;
 pub mod moe;
+pub mod quantize;
 pub mod qwen2;
 pub mod qwen2moe;
 pub mod safetensors;
@@ -27,10 +30,11 @@ use crate::error::ModelError;
 use chat_template::ChatTemplate;
 use config::{Arch, ModelConfig};
 use gguf::GgufFile;
+use quantize::Quantization;
 use safetensors::Checkpoint;
 use tokenizer::Tokenizer;
 use transformer::Transformer;
-use weights::WeightError;
+use weights::{ConvertedWeights, WeightError, WeightLoader};
 
 /// Everything about a model besides its weights: shared read-only by the HTTP side.
 pub struct ModelAssets {
@@ -53,32 +57,62 @@ pub struct LoadedModel {
     pub assets: ModelAssets,
 }
 
-/// Loads a model: a Hugging Face folder (config.json + *.safetensors + tokenizer.json)
-/// when `path` is a directory, else a GGUF file. `max_model_len` caps the context
-/// (default: the trained length). `progress(done, total)` is called as layers load.
+/// How to load a model beyond its path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `--max-model-len`: caps the context (default: the trained length).
+    pub max_model_len: Option<usize>,
+    /// `--quantization`: quantize the float weights at load.
+    pub quantization: Option<Quantization>,
+}
+
+/// Loads a model as stored (see `load_with`).
 pub fn load(
     path: &Path,
     max_model_len: Option<usize>,
     progress: impl FnMut(usize, usize),
 ) -> Result<LoadedModel, ModelError> {
+    let options = LoadOptions {
+        max_model_len,
+        quantization: None,
+    };
+    load_with(path, &options, progress)
+}
+
+/// Loads a model: a Hugging Face folder (config.json + *.safetensors + tokenizer.json)
+/// when `path` is a directory, else a GGUF file. `progress(done, total)` is called as
+/// layers load.
+pub fn load_with(
+    path: &Path,
+    options: &LoadOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<LoadedModel, ModelError> {
     if path.is_dir() {
-        return load_hf(path, max_model_len, progress);
+        return load_hf(path, options, progress);
     }
     let file = GgufFile::open(path)?;
     let config = ModelConfig::from_gguf(&file)?;
-    let max_len = resolve_max_len(&config, max_model_len)?;
+    let max_len = resolve_max_len(&config, options.max_model_len)?;
+    let matrices = || file.tensors().iter().filter(|t| t.dims.len() >= 2);
+    if let Some(q) = options.quantization {
+        quantize::check_source(q, matrices().map(|t| (t.name.as_str(), Some(t.dtype))))
+            .map_err(ModelError::Invalid)?;
+    }
+    let weights = WeightLoader::new(&file).quantizing(options.quantization);
     let transformer = match config.arch {
-        Arch::Llama => llama::load(&file, config.clone(), max_len, progress)?,
-        Arch::Qwen2 => qwen2::load(&file, config.clone(), max_len, progress)?,
-        Arch::Qwen2Moe => qwen2moe::load(&file, config.clone(), max_len, progress)?,
+        Arch::Llama => llama::load(&weights, config.clone(), max_len, progress)?,
+        Arch::Qwen2 => qwen2::load(&weights, config.clone(), max_len, progress)?,
+        Arch::Qwen2Moe => qwen2moe::load(&weights, config.clone(), max_len, progress)?,
+        Arch::InternLm2 => internlm2::load(&weights, config.clone(), max_len, progress)?,
     };
+    log_conversion(options.quantization, weights.converted());
     let (tokenizer, chat_template) = load_text_assets(&file)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".to_string());
-    let matrices = file.tensors().iter().filter(|t| t.dims.len() >= 2);
-    let dtype = gguf::dominant_dtype(matrices.map(|t| (t.dtype, t.element_count())));
+    let stored = gguf::dominant_dtype(matrices().map(|t| (t.dtype, t.element_count())));
+    let dtype = served_dtype(stored, options.quantization);
     let text = TextAssets {
         tokenizer,
         chat_template,
@@ -88,20 +122,27 @@ pub fn load(
 
 fn load_hf(
     dir: &Path,
-    max_model_len: Option<usize>,
+    options: &LoadOptions,
     progress: impl FnMut(usize, usize),
 ) -> Result<LoadedModel, ModelError> {
     let config = hf::read_config(dir)?;
-    let max_len = resolve_max_len(&config.model, max_model_len)?;
+    let max_len = resolve_max_len(&config.model, options.max_model_len)?;
     let (tokenizer, chat_template) = hf::load_text(dir, &config)?;
     let checkpoint = Checkpoint::open_dir(dir).map_err(WeightError::from)?;
-    let tensors = checkpoint.shards().iter().flat_map(|shard| shard.tensors());
-    let matrices = tensors.filter(|t| t.shape.len() >= 2);
-    let dtype = gguf::dominant_dtype(matrices.filter_map(|t| {
+    let tensors = || checkpoint.shards().iter().flat_map(|shard| shard.tensors());
+    let matrices = || tensors().filter(|t| t.shape.len() >= 2);
+    if let Some(q) = options.quantization {
+        quantize::check_source(q, matrices().map(|t| (t.name.as_str(), t.dtype.ggml())))
+            .map_err(ModelError::Invalid)?;
+    }
+    let stored = gguf::dominant_dtype(matrices().filter_map(|t| {
         let count = t.shape.iter().product();
         t.dtype.ggml().map(|dtype| (dtype, count))
     }));
-    let transformer = hf::load_weights(checkpoint, &config, max_len, progress)?;
+    let dtype = served_dtype(stored, options.quantization);
+    let (transformer, converted) =
+        hf::load_weights(checkpoint, &config, max_len, options.quantization, progress)?;
+    log_conversion(options.quantization, converted);
     // A folder's name is the model's name ("Qwen2.5-0.5B-Instruct": no extension to strip).
     let name = std::fs::canonicalize(dir)
         .ok()
@@ -112,6 +153,27 @@ fn load_hf(
         chat_template,
     };
     assemble(dir, name, config.model, dtype, transformer, text)
+}
+
+/// The weight type the model is served in: the quantization's when one is set.
+fn served_dtype(stored: Option<&'static str>, q: Option<Quantization>) -> Option<&'static str> {
+    match q {
+        Some(Quantization::Q8_0) => Some("Q8_0"),
+        None => stored,
+    }
+}
+
+/// One log line for what `--quantization` did.
+fn log_conversion(q: Option<Quantization>, converted: ConvertedWeights) {
+    if let Some(q) = q {
+        tracing::info!(
+            quantization = %q,
+            matrices = converted.matrices,
+            mib_before = converted.bytes_before as f64 / (1 << 20) as f64,
+            mib_after = converted.bytes_after as f64 / (1 << 20) as f64,
+            "weights quantized at load"
+        );
+    }
 }
 
 /// `--max-model-len` against the model's context length.

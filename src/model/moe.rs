@@ -77,7 +77,7 @@ impl MoeBlock {
             None => None,
         };
         Ok(Self {
-            router: w.matrix(&n(Router), e, hidden)?,
+            router: w.matrix_as_stored(&n(Router), e, hidden)?,
             experts,
             shared,
             top_k: cfg.n_expert_used,

@@ -6,15 +6,14 @@
 //! The block itself is `moe::MoeBlock`; `ModelConfig::moe` carries the shape.
 
 use super::config::ModelConfig;
-use super::gguf::GgufFile;
 use super::transformer::Transformer;
-use super::weights::WeightError;
+use super::weights::{WeightError, WeightLoader};
 
 pub fn load(
-    file: &GgufFile,
+    weights: &WeightLoader<'_>,
     cfg: ModelConfig,
     max_positions: usize,
     progress: impl FnMut(usize, usize),
 ) -> Result<Transformer, WeightError> {
-    Transformer::load_dense(file, cfg, true, max_positions, progress)
+    Transformer::load_dense(weights, cfg, true, max_positions, progress)
 }

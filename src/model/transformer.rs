@@ -5,7 +5,6 @@
 
 use super::config::ModelConfig;
 use super::decoder::{DecoderLayer, FeedForward, LayerInputs};
-use super::gguf::GgufFile;
 use super::kv_storage::KvStorage;
 use super::moe::ExpertTokenCounts;
 use super::tensor_names::GlobalTensor;
@@ -62,10 +61,10 @@ pub struct DenseLayout {
 }
 
 impl Transformer {
-    /// Loads a llama-layout model (dense, or MoE when `cfg.moe` is set) from a GGUF file;
-    /// `qkv_bias` for families that have Q/K/V biases.
+    /// Loads a llama-layout model (dense, or MoE when `cfg.moe` is set) from a GGUF file's
+    /// weights; `qkv_bias` for families that have Q/K/V biases.
     pub fn load_dense(
-        file: &GgufFile,
+        w: &WeightLoader<'_>,
         cfg: ModelConfig,
         qkv_bias: bool,
         max_positions: usize,
@@ -75,13 +74,7 @@ impl Transformer {
             qkv_bias,
             lm_head: LmHead::IfPresent,
         };
-        Self::from_weights(
-            &WeightLoader::new(file),
-            cfg,
-            layout,
-            max_positions,
-            progress,
-        )
+        Self::from_weights(w, cfg, layout, max_positions, progress)
     }
 
     /// Builds the model from any tensor source: the one construction path for GGUF and

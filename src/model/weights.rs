@@ -7,11 +7,14 @@
 //! build their layers through the same code (`DecoderLayer::load`,
 //! `Transformer::from_weights`).
 //! Shapes are compared row-major, outermost dimension first (`[rows, cols]`; GGUF's
-//! dims reversed).
+//! dims reversed). With a `Quantization` set (`quantizing`), every matrix read through
+//! `matrix` / `experts` is converted as it is read (`model::quantize`).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use super::gguf::{GgmlDType, GgufError, GgufFile};
+use super::quantize::Quantization;
 use super::safetensors::SafetensorsError;
 use super::tensor_names::Naming;
 use crate::ops::quant::{QMatrix, QuantError};
@@ -71,6 +74,17 @@ impl TensorSource for GgufFile {
 pub struct WeightLoader<'a> {
     source: &'a dyn TensorSource,
     naming: Naming,
+    quantization: Option<Quantization>,
+    converted: Cell<ConvertedWeights>,
+}
+
+/// What `--quantization` converted during a load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConvertedWeights {
+    pub matrices: usize,
+    /// Bytes of those matrices as stored in the file, and after conversion.
+    pub bytes_before: usize,
+    pub bytes_after: usize,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -81,7 +95,23 @@ impl<'a> WeightLoader<'a> {
 
     /// A loader over any tensor source whose names follow `naming`.
     pub fn with_source(source: &'a dyn TensorSource, naming: Naming) -> Self {
-        Self { source, naming }
+        Self {
+            source,
+            naming,
+            quantization: None,
+            converted: Cell::new(ConvertedWeights::default()),
+        }
+    }
+
+    /// Converts every matrix to `quantization` as it is read (`None`: as stored).
+    pub fn quantizing(mut self, quantization: Option<Quantization>) -> Self {
+        self.quantization = quantization;
+        self
+    }
+
+    /// What the conversion did so far.
+    pub fn converted(&self) -> ConvertedWeights {
+        self.converted.get()
     }
 
     pub fn naming(&self) -> Naming {
@@ -105,8 +135,20 @@ impl<'a> WeightLoader<'a> {
         Ok(tensor)
     }
 
-    /// A `[rows, cols]` matrix (GGUF dims `[cols, rows]`).
+    /// A `[rows, cols]` matrix (GGUF dims `[cols, rows]`), converted when quantizing.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, WeightError> {
+        let stored = self.matrix_as_stored(name, rows, cols)?;
+        self.convert(name, stored)
+    }
+
+    /// A `[rows, cols]` matrix in its stored type even when quantizing (a MoE router,
+    /// which llama-quantize keeps as it is).
+    pub fn matrix_as_stored(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMatrix, WeightError> {
         let tensor = self.shaped(name, &[rows, cols])?;
         QMatrix::from_ggml(tensor.dtype, rows, cols, &tensor.data).map_err(|source| {
             WeightError::Quant {
@@ -114,6 +156,26 @@ impl<'a> WeightLoader<'a> {
                 source,
             }
         })
+    }
+
+    /// `m` in the `quantizing` type (as it is without one).
+    fn convert(&self, name: &str, m: QMatrix) -> Result<QMatrix, WeightError> {
+        let Some(quantization) = self.quantization else {
+            return Ok(m);
+        };
+        let converted = match quantization {
+            Quantization::Q8_0 => m.to_q8_0(),
+        }
+        .map_err(|source| WeightError::Quant {
+            name: name.to_string(),
+            source,
+        })?;
+        let mut stats = self.converted.get();
+        stats.matrices += 1;
+        stats.bytes_before += m.size_bytes();
+        stats.bytes_after += converted.size_bytes();
+        self.converted.set(stats);
+        Ok(converted)
     }
 
     /// A 1-D f32 vector of `len` elements (norm weights, biases).
@@ -165,7 +227,11 @@ impl<'a> WeightLoader<'a> {
             }));
         }
         data.chunks_exact(per_expert)
-            .map(|bytes| QMatrix::from_ggml(tensor.dtype, rows, cols, bytes).map_err(quant_err))
+            .map(|bytes| {
+                let stored =
+                    QMatrix::from_ggml(tensor.dtype, rows, cols, bytes).map_err(quant_err)?;
+                self.convert(name, stored)
+            })
             .collect()
     }
 

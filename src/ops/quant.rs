@@ -14,7 +14,8 @@
 //! Q4_1 and Q8_0 matrices with several activation rows go through the AVX-512 panel
 //! kernels where the CPU has them (`panel`): same per-row float order, 16 rows per call.
 //!
-//! Submodules: `float` (F32/F16 weights), `panel` (the multi-row path).
+//! Submodules: `float` (F32/F16 weights), `panel` (the multi-row path), `requant` (float
+//! weights to Q8_0 at load, as llama-quantize writes them).
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -32,6 +33,9 @@ use std::cell::RefCell;
 
 mod float;
 mod panel;
+mod requant;
+
+pub use requant::quantize_row_q8_0_ref;
 
 /// Why a tensor could not become a `QMatrix`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -194,6 +198,11 @@ impl QMatrix {
 
     pub fn dtype(&self) -> GgmlDType {
         with_blocks!(&self.data, w => elem_dtype(w))
+    }
+
+    /// The blocks as ggml stores them (what `from_ggml` takes back).
+    pub fn ggml_bytes(&self) -> &[u8] {
+        with_blocks!(&self.data, w => as_bytes(w))
     }
 
     /// Bytes of weight data (what one full pass over the matrix reads).

@@ -84,6 +84,7 @@ fn hf_names(arch: Arch, moe: bool) -> (&'static str, &'static str) {
         (Arch::Llama, true) => ("mixtral", "MixtralForCausalLM"),
         (Arch::Qwen2, _) => ("qwen2", "Qwen2ForCausalLM"),
         (Arch::Qwen2Moe, _) => ("qwen2_moe", "Qwen2MoeForCausalLM"),
+        (Arch::InternLm2, _) => ("internlm2", "InternLM2ForCausalLM"),
     }
 }
 

@@ -302,7 +302,7 @@ fn model_config(
         rope_base,
         rope_dims: head_dim,
         rope_style: match arch {
-            Arch::Llama => RopeStyle::Interleaved,
+            Arch::Llama | Arch::InternLm2 => RopeStyle::Interleaved,
             Arch::Qwen2 | Arch::Qwen2Moe => RopeStyle::Neox,
         },
         rms_eps: rms_eps as f32,

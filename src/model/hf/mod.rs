@@ -20,11 +20,12 @@ pub use error::HfError;
 pub use tensors::{rope_pairs_adjacent, HfTensors};
 
 use super::chat_template::ChatTemplate;
+use super::quantize::Quantization;
 use super::safetensors::Checkpoint;
 use super::tensor_names::Naming;
 use super::tokenizer::Tokenizer;
 use super::transformer::{DenseLayout, LmHead, Transformer};
-use super::weights::{WeightError, WeightLoader};
+use super::weights::{ConvertedWeights, WeightError, WeightLoader};
 
 /// Largest config.json accepted.
 const MAX_CONFIG_JSON: u64 = 16 << 20;
@@ -48,13 +49,15 @@ pub fn load_text(dir: &Path, config: &HfConfig) -> Result<(Tokenizer, ChatTempla
 }
 
 /// The weights of `checkpoint` (the folder's `*.safetensors`) as a `Transformer` with a
-/// RoPE table of `max_positions`.
+/// RoPE table of `max_positions`, quantized at load when `quantization` says so (with
+/// what that converted).
 pub fn load_weights(
     checkpoint: Checkpoint,
     config: &HfConfig,
     max_positions: usize,
+    quantization: Option<Quantization>,
     progress: impl FnMut(usize, usize),
-) -> Result<Transformer, WeightError> {
+) -> Result<(Transformer, ConvertedWeights), WeightError> {
     let tensors = HfTensors::new(checkpoint, &config.model);
     let layout = DenseLayout {
         qkv_bias: config.qkv_bias,
@@ -64,12 +67,13 @@ pub fn load_weights(
             LmHead::Separate
         },
     };
-    let loader = WeightLoader::with_source(&tensors, Naming::HuggingFace);
-    Transformer::from_weights(
+    let loader = WeightLoader::with_source(&tensors, Naming::HuggingFace).quantizing(quantization);
+    let transformer = Transformer::from_weights(
         &loader,
         config.model.clone(),
         layout,
         max_positions,
         progress,
-    )
+    )?;
+    Ok((transformer, loader.converted()))
 }
