@@ -3,6 +3,8 @@
 //! submit as the HTTP routes do (`server::validate::validate_sequence`). Also
 //! `feedback export` (the store's ratings as fine-tuning files).
 
+pub mod args;
+
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::Instant;
