@@ -26,6 +26,7 @@
 
 mod cache;
 mod spec;
+pub(crate) use spec::kind_of;
 
 pub use spec::GrammarSpec;
 

@@ -96,7 +96,8 @@ fn with_options(schema: &Value) -> Result<Value, StructuredError> {
     Ok(Value::Object(schema))
 }
 
-fn kind_of(value: &Value) -> &'static str {
+/// What a JSON value is, for error messages ("a string", "an object", …).
+pub(crate) fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -10,6 +10,8 @@
 
 use serde_json::{json, Value};
 
+use crate::structured::kind_of;
+
 /// Most tools one request may define (OpenAI's limit).
 pub const MAX_TOOLS: usize = 128;
 
@@ -108,7 +110,10 @@ pub fn parse_tools(
         Some(other) => {
             return Err(bad(
                 "tools",
-                format!("`tools` must be an array of tools. Given: {}", kind(other)),
+                format!(
+                    "`tools` must be an array of tools. Given: {}",
+                    kind_of(other)
+                ),
             ))
         }
     };
@@ -187,12 +192,7 @@ fn function(i: usize, tool: &Value, form: WireForm) -> Result<Function, ToolErro
         return Err(bad(at.clone(), format!("`{at}` must be an object")));
     };
     let name = body.get("name").and_then(Value::as_str).unwrap_or("");
-    let name_ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !name_ok {
+    if !is_function_name(name) {
         return Err(bad(
             format!("{at}.name"),
             format!(
@@ -209,7 +209,7 @@ fn function(i: usize, tool: &Value, form: WireForm) -> Result<Function, ToolErro
                 format!("{at}.description"),
                 format!(
                     "`{at}.description` must be a string. Given: {}",
-                    kind(other)
+                    kind_of(other)
                 ),
             ))
         }
@@ -222,7 +222,7 @@ fn function(i: usize, tool: &Value, form: WireForm) -> Result<Function, ToolErro
                 format!("{at}.parameters"),
                 format!(
                     "`{at}.parameters` must be a JSON schema object. Given: {}",
-                    kind(other)
+                    kind_of(other)
                 ),
             ))
         }
@@ -295,13 +295,12 @@ fn tool_choice(
     }
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+/// OpenAI's rule for a function's (and a response format's) name: 1-64 characters of
+/// a-z, A-Z, 0-9, `_` and `-`.
+pub fn is_function_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }

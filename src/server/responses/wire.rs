@@ -205,12 +205,7 @@ fn text_format(format: &Value) -> Result<Option<GrammarSpec>, ApiError> {
         ))),
         Some("json_schema") => {
             let name = format.get("name").and_then(Value::as_str).unwrap_or("");
-            let name_ok = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !name_ok {
+            if !crate::tools::spec::is_function_name(name) {
                 return Err(invalid(P, format!("`text.format.name` must be 1-64 characters of a-z, A-Z, 0-9, `_` and `-`. Given: {}", format.get("name").unwrap_or(&Value::Null))));
             }
             match format.get("schema") {

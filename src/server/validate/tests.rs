@@ -1,6 +1,8 @@
 //! Unit tests of the validators (`server::validate`).
 
 use super::*;
+use crate::model::chat_template::ChatMessage;
+use crate::server::request::ChatMessageIn;
 
 #[test]
 fn budget_defaults_to_what_the_context_leaves_and_checks_fit() {
