@@ -8,6 +8,7 @@
 //! One engine (`max_num_seqs` 8); tests take turns through a lock because they watch
 //! the engine's idle state and the servers' counters.
 
+mod common;
 mod http_support;
 mod metrics_support;
 

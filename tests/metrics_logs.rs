@@ -4,6 +4,7 @@
 //! `--log-requests`; a client that leaves is logged with status 499. The text format
 //! carries the same fields.
 
+mod common;
 mod http_support;
 mod metrics_support;
 

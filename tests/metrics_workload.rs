@@ -3,6 +3,7 @@
 //! request histogram counting exactly the finished sequences, HTTP series by route
 //! pattern and status, build info, and the vLLM copies under `--metrics-compat vllm`.
 
+mod common;
 mod http_support;
 mod metrics_support;
 

@@ -2,6 +2,7 @@
 //! effect, a broken one is refused with the reason in the log and the old policy stays;
 //! a server without a policy survives SIGHUP.
 
+mod common;
 mod http_support;
 mod metrics_support;
 

@@ -6,6 +6,7 @@
 //! parse and return data, and may name only metrics tessera exports. The dashboard's
 //! rows and variables are the ones documented, and its variable queries find the server.
 
+mod common;
 mod http_support;
 mod metrics_support;
 

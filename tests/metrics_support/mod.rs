@@ -132,11 +132,9 @@ impl Tessera {
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env("RUST_LOG", "info")
-            // The dialog store in a temporary directory, not the working tree.
-            .env(
-                "TESSERA_DATA_DIR",
-                std::env::temp_dir().join(format!("tessera-metrics-{}", std::process::id())),
-            )
+            // The dialog store in a temporary directory of its own (not the working tree's,
+            // nor another server's of this test binary: SQLite would find it locked).
+            .env("TESSERA_DATA_DIR", super::common::fresh_data_dir("metrics"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
