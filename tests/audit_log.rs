@@ -4,7 +4,8 @@
 //! mid-stream; a refused request) every exchange is in the log exactly once with what
 //! its client saw; the review queue holds every flagged exchange and the seeded sample
 //! of the others; retention (on an injectable clock) deletes exactly the exchanges past
-//! the period and keeps violations; the same on a real PostgreSQL.
+//! the period and keeps violations; exchanges of one millisecond read back in the order
+//! they began; the same on a real PostgreSQL.
 
 mod audit_support;
 mod http_support;
@@ -482,6 +483,27 @@ fn check_retention(server: &SpawnedServer, clock: &ManualClock, start: i64) {
     audit.run_retention().expect("sweep");
     assert!(exchanges(server).is_empty());
     assert_eq!(retention_deleted(server), 4);
+}
+
+/// Exchanges begun in the same millisecond (the clock stands still) read back in the
+/// order they began: the log orders by time, then by id, and a replica's ids keep its
+/// order (the chat socket's blocked input and the regeneration after it once swapped).
+#[test]
+fn exchanges_of_one_millisecond_read_back_in_the_order_they_began() {
+    let start = parse_date("2025-02-01").expect("date");
+    let (server, _clock) = clocked(StoreConfig::Memory, start);
+    let ids: Vec<String> = (0..12).map(|i| format!("same-ms-{i:02}")).collect();
+    for id in &ids {
+        let body = json!({"model": MODEL, "prompt": "Count:", "max_tokens": 1});
+        ok(post_as(server.addr, "/v1/completions", id, &body));
+    }
+    flush(&server);
+    let read: Vec<String> = exchanges(&server)
+        .iter()
+        .map(|e| e.record.request_id.clone())
+        .collect();
+    assert_eq!(read, ids);
+    server.shutdown();
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! the matched text, is left out for `mask` hits: the mask hid it from the model, the
 //! log keeps it hidden too).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -80,7 +81,14 @@ pub struct Exchange {
     log: Arc<AuditLog>,
     pub meta: ExchangeMeta,
     started_ms: i64,
+    /// `exch_` + this process's start sequence + random bits: the log reads in
+    /// (`created_at_ms`, `id`) order, so two exchanges of one replica begun in the same
+    /// millisecond read back in the order they began.
+    id: String,
 }
+
+/// Exchanges begun in this process, for the ids' order within a millisecond.
+static BEGUN: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,8 +101,10 @@ impl std::fmt::Debug for Exchange {
 impl Exchange {
     /// Starts an exchange now (its time is the log clock's).
     pub fn begin(log: &Arc<AuditLog>, meta: ExchangeMeta) -> Self {
+        let seq = BEGUN.fetch_add(1, Ordering::Relaxed);
         Self {
             started_ms: log.now_ms(),
+            id: format!("exch_{seq:016x}{:016x}", rand::random::<u64>()),
             log: log.clone(),
             meta,
         }
@@ -130,7 +140,7 @@ impl Exchange {
         categories.sort_unstable();
         categories.dedup();
         AuditRecord {
-            id: format!("exch_{:032x}", rand::random::<u128>()),
+            id: self.id.clone(),
             request_id: m.request_id.clone(),
             created_at_ms: self.started_ms,
             route: m.route.clone(),
