@@ -67,22 +67,10 @@ fn main() {
             })
             .map(|n| eprintln!("exported {n} exchanges"))
             .map_err(Into::into),
-        Command::Perplexity { engine, file, ctx } => {
+        Command::Perplexity { engine, args } => {
             let (path, cfg) = engine.config();
-            tessera::cli::start_engine(&path, &cfg).and_then(|e| {
-                let text = std::fs::read_to_string(file)
-                    .map_err(|err| format!("reading {}: {err}", file.display()))?;
-                let r = tessera::perplexity::perplexity(&e, &text, *ctx, |i, ppl| {
-                    print!("[{i}]{ppl:.4},");
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
-                })?;
-                println!();
-                println!(
-                    "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks of {ctx} tokens, {} scored)",
-                    r.ppl, r.error, r.chunks, r.scored
-                );
-                Ok(())
-            })
+            tessera::cli::start_engine(&path, &cfg)
+                .and_then(|e| tessera::cli::perplexity::run(&e, args))
         }
         Command::Bench {
             engine,
@@ -178,6 +166,53 @@ mod tests {
             err.contains("--quantization must be one of: q8_0. Given: `int4`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn perplexity_takes_a_text_or_a_base_to_compare_with() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["tessera", "perplexity"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Perplexity { args, .. } => args,
+                _ => panic!("the perplexity command"),
+            })
+        };
+        let save = parse(&[
+            "--file",
+            "t.txt",
+            "--chunks",
+            "3",
+            "--kl-divergence-base",
+            "b",
+        ])
+        .expect("a text, saving its rows");
+        assert_eq!(
+            (save.ctx, save.chunks, save.kl_divergence),
+            (512, Some(3), false)
+        );
+        let compare = parse(&["--kl-divergence-base", "b", "--kl-divergence"]).expect("compare");
+        assert!(compare.kl_divergence && compare.file.is_none());
+        for refused in [
+            &["--kl-divergence"][..],
+            &[][..],
+            &[
+                "--file",
+                "t.txt",
+                "--kl-divergence-base",
+                "b",
+                "--kl-divergence",
+            ][..],
+            &[
+                "--ctx",
+                "64",
+                "--kl-divergence-base",
+                "b",
+                "--kl-divergence",
+            ][..],
+        ] {
+            assert!(parse(refused).is_err(), "{refused:?} is refused");
+        }
     }
 
     #[test]

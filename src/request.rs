@@ -150,7 +150,8 @@ pub struct PromptLogprob {
     pub logprob: f32,
     /// 1 for the most likely token; tokens with an equal logit count ahead (vLLM's rank).
     pub rank: usize,
-    /// The `k` most likely tokens at that position, most likely first.
+    /// The `k` most likely tokens at that position, most likely first; with
+    /// [`PROMPT_LOGPROBS_FULL_ROW`], every token in id order.
     pub top: Vec<(TokenId, f32)>,
 }
 
@@ -240,6 +241,11 @@ impl Request {
 /// Largest `top_logprobs` OpenAI accepts.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// `prompt_logprobs` asking for every token's log-probability at every prompt position,
+/// in token-id order (`PromptLogprob::top` is the whole row). In-process only (the
+/// perplexity tool's KL divergence); the HTTP routes accept 0..=20.
+pub const PROMPT_LOGPROBS_FULL_ROW: usize = usize::MAX;
+
 /// A sampling value the sampler cannot honour: the field, the rule and the value given.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("`{field}` {problem}. Given: {given}")]
@@ -299,7 +305,10 @@ impl SamplingParams {
         if let Some(k) = self.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
             return bad("top_logprobs", "must be <= 20", k.to_string());
         }
-        if let Some(k) = self.prompt_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+        if let Some(k) = self
+            .prompt_logprobs
+            .filter(|&k| k > MAX_TOP_LOGPROBS && k != PROMPT_LOGPROBS_FULL_ROW)
+        {
             return bad("prompt_logprobs", "must be <= 20", k.to_string());
         }
         if self.guide.is_some() && self.ignore_eos {

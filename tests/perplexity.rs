@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use tessera::config::EngineConfig;
+use tessera::perplexity::PerplexityRun;
 
 #[test]
 fn perplexity_matches_llama_perplexity() {
@@ -29,10 +30,15 @@ fn perplexity_matches_llama_perplexity() {
         let ctx = run["ctx"].as_u64().expect("ctx") as usize;
         let want: Vec<f64> = serde_json::from_value(run["chunks"].clone()).expect("chunks");
         let mut got = Vec::new();
-        let result = tessera::perplexity::perplexity(&engine, &text, ctx, |i, ppl| {
-            assert_eq!(i, got.len() + 1);
-            got.push(ppl);
-        })
+        let result = tessera::perplexity::perplexity(
+            &engine,
+            &text,
+            PerplexityRun::chunks_of(ctx),
+            |i, ppl| {
+                assert_eq!(i, got.len() + 1);
+                got.push(ppl);
+            },
+        )
         .expect("perplexity");
         assert_eq!(got.len(), want.len(), "ctx {ctx}: chunks");
         assert_eq!(result.chunks, want.len());
@@ -53,7 +59,12 @@ fn perplexity_matches_llama_perplexity() {
             result.ppl
         );
     }
-    let short = tessera::perplexity::perplexity(&engine, "too short", 128, |_, _| {});
+    let short = tessera::perplexity::perplexity(
+        &engine,
+        "too short",
+        PerplexityRun::chunks_of(128),
+        |_, _| {},
+    );
     let err = short.expect_err("a short text is refused").to_string();
     assert!(err.contains("at least 256 tokens"), "{err}");
     engine.shutdown();

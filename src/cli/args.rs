@@ -71,12 +71,8 @@ pub enum Command {
     Perplexity {
         #[command(flatten)]
         engine: EngineArgs,
-        /// The text file.
-        #[arg(long)]
-        file: PathBuf,
-        /// Tokens per chunk (llama-perplexity's -c).
-        #[arg(long, default_value_t = 512)]
-        ctx: usize,
+        #[command(flatten)]
+        args: PerplexityArgs,
     },
     /// Measure in-process throughput: N concurrent greedy requests of fixed length.
     Bench {
@@ -90,6 +86,32 @@ pub enum Command {
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
     },
+}
+
+/// `tessera perplexity`'s own flags (llama-perplexity's names).
+#[derive(Args, Debug, Clone)]
+pub struct PerplexityArgs {
+    /// The text file (not with --kl-divergence: the base file holds the tokens).
+    #[arg(
+        long,
+        required_unless_present = "kl_divergence",
+        conflicts_with = "kl_divergence"
+    )]
+    pub file: Option<PathBuf>,
+    /// Tokens per chunk (llama-perplexity's -c; --kl-divergence uses the base file's).
+    #[arg(long, default_value_t = 512, conflicts_with = "kl_divergence")]
+    pub ctx: usize,
+    /// Score at most this many chunks (llama-perplexity's --chunks; default: all).
+    #[arg(long, conflicts_with = "kl_divergence")]
+    pub chunks: Option<usize>,
+    /// Saved log-probabilities, in llama-perplexity's format: written by a run with
+    /// --file, read by --kl-divergence (llama-perplexity's files work too).
+    #[arg(long, value_name = "FILE")]
+    pub kl_divergence_base: Option<PathBuf>,
+    /// Compare this model with the rows saved in --kl-divergence-base: KL divergence,
+    /// same top token, PPL ratio.
+    #[arg(long, requires = "kl_divergence_base")]
+    pub kl_divergence: bool,
 }
 
 #[derive(Subcommand)]

@@ -4,6 +4,7 @@
 //! `feedback export` (the store's ratings as fine-tuning files).
 
 pub mod args;
+pub mod perplexity;
 
 use std::io::{BufRead, Write};
 use std::path::Path;

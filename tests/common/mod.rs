@@ -25,8 +25,13 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Loads `path` as `cfg` says (its context cap and `--quantization`) and starts an engine.
 pub fn start(path: &Path, cfg: EngineConfig) -> EngineHandle {
-    let loaded = tessera::model::load(path, cfg.max_model_len, |_, _| {})
+    let options = tessera::model::LoadOptions {
+        max_model_len: cfg.max_model_len,
+        quantization: cfg.quantization,
+    };
+    let loaded = tessera::model::load_with(path, &options, |_, _| {})
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     handle::start(loaded, &cfg).expect("engine starts")
 }

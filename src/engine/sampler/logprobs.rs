@@ -2,11 +2,14 @@
 //! before any penalty, bias or temperature.
 //!
 //! Invariants: the top list holds `min(k, 20, vocab)` entries sorted by logprob
-//! descending, ties broken by lower token id; NaN logits rank below every number and
+//! descending, ties broken by lower token id (a prompt's full row, for perplexity's KL
+//! divergence, holds every token in id order); NaN logits rank below every number and
 //! never enter the top list ahead of one. The normalizer is accumulated in f64 in token
 //! order, so equal rows give bit-equal logprobs.
 
-use crate::request::{PromptLogprob, TokenId, TokenLogprobs, MAX_TOP_LOGPROBS};
+use crate::request::{
+    PromptLogprob, TokenId, TokenLogprobs, MAX_TOP_LOGPROBS, PROMPT_LOGPROBS_FULL_ROW,
+};
 
 /// What is kept of the raw row until the sampled token is known.
 #[derive(Debug, Default)]
@@ -50,7 +53,8 @@ impl RawLogprobs {
 
 /// The logprob of prompt token `token` from the raw row `logits: [vocab]` of the
 /// position before it, with its rank (1 + the number of other tokens whose logit is at
-/// least as high, as vLLM counts) and the top `k` (clamped to [`MAX_TOP_LOGPROBS`]).
+/// least as high, as vLLM counts) and the top `k` (clamped to [`MAX_TOP_LOGPROBS`]; with
+/// [`PROMPT_LOGPROBS_FULL_ROW`] every token's, in id order).
 pub fn prompt_logprob(logits: &[f32], token: TokenId, k: usize) -> PromptLogprob {
     let log_normalizer = log_sum_exp(logits);
     let to_logprob = |logit: f32| (logit as f64 - log_normalizer) as f32;
@@ -63,7 +67,11 @@ pub fn prompt_logprob(logits: &[f32], token: TokenId, k: usize) -> PromptLogprob
         .filter(|&(id, &l)| id != token as usize && rank_value(l) >= token_logit)
         .count();
     let mut top = Vec::new();
-    select_top(logits, k.min(MAX_TOP_LOGPROBS), &mut top);
+    if k == PROMPT_LOGPROBS_FULL_ROW {
+        top.extend((0..).zip(logits.iter().map(|&l| rank_value(l))));
+    } else {
+        select_top(logits, k.min(MAX_TOP_LOGPROBS), &mut top);
+    }
     PromptLogprob {
         logprob: to_logprob(token_logit),
         rank: others_ahead + 1,
@@ -192,6 +200,20 @@ mod tests {
         // An id outside the row is -inf, ranked last.
         let outside = prompt_logprob(&logits, 99, 1);
         assert_eq!((outside.logprob, outside.rank), (f32::NEG_INFINITY, 7));
+    }
+
+    #[test]
+    fn full_row_prompt_logprobs_hold_every_token_in_id_order() {
+        let logits = [1.5f32, -0.25, 3.0, f32::NAN, 2.75];
+        let expected = reference_log_softmax(&[1.5, -0.25, 3.0, f32::NEG_INFINITY, 2.75]);
+        let lp = prompt_logprob(&logits, 4, PROMPT_LOGPROBS_FULL_ROW);
+        let ids: Vec<TokenId> = lp.top.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4]);
+        for &(id, logprob) in &lp.top {
+            let want = expected[id as usize];
+            assert!(logprob as f64 == want || (logprob as f64 - want).abs() < 1e-6);
+        }
+        assert_eq!(lp.logprob, lp.top[4].1);
     }
 
     #[test]
