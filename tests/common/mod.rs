@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod golden_check;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -34,6 +36,9 @@ pub fn start(path: &Path, cfg: EngineConfig) -> EngineHandle {
 #[derive(Debug, Deserialize)]
 pub struct GoldenFile {
     pub model_file: String,
+    /// The LoRA adapter llama.cpp ran with (`lora-*.json`), repo-relative.
+    #[serde(default)]
+    pub adapter_file: Option<String>,
     pub cases: Vec<GoldenCase>,
 }
 
