@@ -33,7 +33,7 @@ pub fn start(path: &Path, cfg: EngineConfig) -> EngineHandle {
     handle::start(loaded, &cfg).expect("engine starts")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct GoldenFile {
     pub model_file: String,
     /// The LoRA adapter llama.cpp ran with (`lora-*.json`), repo-relative.
