@@ -178,10 +178,7 @@ fn the_prefix_cache_does_not_share_blocks_across_adapters() {
 fn load_err(base: &str, options: &LoraOptions, names: &[String]) -> String {
     let base = repo_path(&format!("tests/fixtures/{base}.gguf"));
     let mut loaded = tessera::model::load(&base, None, |_, _| {}).expect("base loads");
-    let err: LoraError = loaded
-        .serve_adapters(options, names)
-        .err()
-        .expect("refused");
+    let err: LoraError = loaded.serve_adapters(options, names).expect_err("refused");
     err.to_string()
 }
 
@@ -249,8 +246,7 @@ fn bad_adapters_are_refused_with_clear_errors() {
     let mut smollm2 = tessera::model::load(&default_model(), None, |_, _| {}).expect("loads");
     let err = smollm2
         .serve_adapters(&options(&["llama-attn-r8"], 16), &[])
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         err.contains(
