@@ -17,6 +17,8 @@ Goldens: as scripts/make_golden.py makes them (same settings, cases and JSON lay
 llama-cpp-python's `lora_path` (scale 1.0); each file names the base and the adapter.
 
 Usage: scripts/make_lora_fixtures.py [--goldens-only | --no-goldens]
+       scripts/make_lora_fixtures.py --bench BASE.gguf --out-dir DIR [--count 4] [--rank 16]
+         (random adapters on every projection of any llama/qwen2 GGUF, for bench/: not fixtures)
 Needs: gguf-py and numpy (the adapters); llama-cpp-python 0.3.36 and jinja2 (the goldens).
 """
 from __future__ import annotations
@@ -73,12 +75,12 @@ def base_shapes(base: Path) -> tuple[str, dict[str, tuple[int, int]]]:
     return arch, shapes
 
 
-def write_adapter(ad: Adapter) -> Path:
-    base = REPO / "tests" / "fixtures" / f"{ad.base}.gguf"
+def write_adapter(ad: Adapter, base: Path | None = None, out_dir: Path = LORA_DIR) -> Path:
+    base = base or REPO / "tests" / "fixtures" / f"{ad.base}.gguf"
     arch, shapes = base_shapes(base)
     rng = np.random.default_rng(ad.seed)
     scale = ad.alpha / ad.rank
-    path = LORA_DIR / f"{ad.stem}.gguf"
+    path = out_dir / f"{ad.stem}.gguf"
     writer = gguf.GGUFWriter(path, arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_name(ad.stem)
@@ -138,7 +140,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--goldens-only", action="store_true")
     ap.add_argument("--no-goldens", action="store_true")
+    ap.add_argument("--bench", type=Path, help="base GGUF for bench adapters")
+    ap.add_argument("--out-dir", type=Path)
+    ap.add_argument("--count", type=int, default=4)
+    ap.add_argument("--rank", type=int, default=16)
     args = ap.parse_args()
+    if args.bench:
+        arch, shapes = base_shapes(args.bench)
+        n_layer = 1 + max(int(n.split(".")[1]) for n in shapes if n.startswith("blk."))
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(args.count):
+            ad = Adapter(f"bench-{i}", args.bench.stem, 9000 + i, rank=args.rank,
+                         alpha=float(args.rank), targets=ATTN + FFN, layers=tuple(range(n_layer)))
+            print(write_adapter(ad, args.bench, args.out_dir))
+        return
     LORA_DIR.mkdir(parents=True, exist_ok=True)
     for ad in ADAPTERS:
         if not args.goldens_only:
