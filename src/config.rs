@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+pub use crate::model::lora::registry::LoraOptions;
 use crate::model::quantize::Quantization;
 
 /// How the engine is sized. Defaults suit a small model on a few CPU cores.
@@ -28,6 +29,9 @@ pub struct EngineConfig {
     pub num_threads: usize,
     /// Quantize the model's float weights at load (`--quantization`); `None` = as stored.
     pub quantization: Option<Quantization>,
+    /// LoRA adapters served on the model (`--lora-modules`, `--max-loras`,
+    /// `--max-lora-rank`).
+    pub lora: LoraOptions,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +47,7 @@ impl Default for EngineConfig {
             long_prefill_token_threshold: 0,
             num_threads: 0,
             quantization: None,
+            lora: LoraOptions::default(),
         }
     }
 }
@@ -75,6 +80,18 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok((value * scale) as u64)
 }
 
+/// One `--lora-modules` value, `name=path` (vLLM's form).
+pub fn parse_lora_module(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.trim().is_empty() && !path.trim().is_empty() => {
+            Ok((name.trim().to_string(), PathBuf::from(path.trim())))
+        }
+        _ => Err(format!(
+            "`{text}` is not `name=path` (e.g. --lora-modules sql=/adapters/sql.gguf)"
+        )),
+    }
+}
+
 /// Where the default model lives after `scripts/fetch-model.sh`.
 pub fn default_model_path() -> PathBuf {
     let cache = std::env::var_os("TESSERA_CACHE_DIR")
@@ -98,6 +115,17 @@ mod tests {
         assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn lora_modules_are_name_equals_path() {
+        assert_eq!(
+            parse_lora_module("sql=/a/b.gguf").unwrap(),
+            ("sql".to_string(), PathBuf::from("/a/b.gguf"))
+        );
+        for bad in ["sql", "=x.gguf", "sql=", ""] {
+            assert!(parse_lora_module(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

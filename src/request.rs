@@ -21,6 +21,11 @@ pub type RequestId = u64;
 /// Token id in the model's vocabulary.
 pub type TokenId = u32;
 
+/// A served LoRA adapter (`model::lora::LoraRegistry`); ids start at 1 and are never
+/// reused, so KV blocks can be keyed on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdapterId(pub u32);
+
 /// How a request's tokens are chosen and when generation stops.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -61,6 +66,9 @@ pub struct SamplingParams {
     /// Structured output: every token is sampled from the grammar's allowed set, and EOS
     /// only where the grammar accepts (`crate::structured`). `None`: unconstrained.
     pub guide: Option<crate::structured::Guide>,
+    /// The LoRA adapter the model runs with for this request (selected by `model`);
+    /// `None`: the base model.
+    pub lora: Option<AdapterId>,
 }
 
 impl Default for SamplingParams {
@@ -83,6 +91,7 @@ impl Default for SamplingParams {
             logprobs: None,
             prompt_logprobs: None,
             guide: None,
+            lora: None,
         }
     }
 }

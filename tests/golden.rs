@@ -14,14 +14,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::golden_check::{check_engine_against, N};
 use common::*;
 use tessera::config::EngineConfig;
 use tessera::engine::handle::EngineHandle;
 use tessera::model::quantize::Quantization;
 use tessera::model::LoadOptions;
-use tessera::request::SamplingParams;
-
-const N: usize = 32;
 
 fn engine_for(file: &GoldenFile, max_batched: usize) -> EngineHandle {
     let cfg = EngineConfig {
@@ -37,92 +35,7 @@ fn engine_for(file: &GoldenFile, max_batched: usize) -> EngineHandle {
 fn check_against_llama_cpp(name: &str, margin: f32) {
     let g = golden(name);
     // A small step budget forces chunked prefill on the long prompts.
-    check_engine_against(name, &g, engine_for(&g, 128), margin);
-}
-
-/// `check_against_llama_cpp` for an engine started some other way.
-fn check_engine_against(name: &str, g: &GoldenFile, engine: EngineHandle, margin: f32) {
-    let tok = &engine.model().tokenizer;
-    let mut checked = 0;
-    for case in &g.cases {
-        let ours = tok.encode(&case.prompt, true, true).expect("tokenizes");
-        assert_eq!(
-            ours, case.prompt_ids,
-            "{name}/{}: prompt tokenization",
-            case.name
-        );
-        let got = run_ids(&engine, &case.prompt_ids, greedy(N));
-        let decisive = case
-            .step_margins
-            .iter()
-            .take_while(|&&m| m >= margin)
-            .count();
-        assert_eq!(
-            got[..decisive],
-            case.output_ids[..decisive],
-            "{name}/{}: free-running greedy tokens differ from llama.cpp before step {decisive}",
-            case.name
-        );
-        checked += decisive + teacher_forced(&engine, name, case, margin);
-        if margin == 0.0 && case.prompt_ids.len() < SHORT {
-            first_step_logits_match(&engine, name, case);
-        }
-    }
-    assert!(
-        checked >= g.cases.len() * N / 3,
-        "{name}: only {checked} decisive steps"
-    );
-    engine.shutdown();
-}
-
-/// Prompts shorter than this are where our arithmetic and llama.cpp's single-token path
-/// agree to the last digits, so logits are compared, not just argmaxes.
-const SHORT: usize = 8;
-
-/// The first step's top-10 logits, relative to the top one, equal llama.cpp's to 2e-3.
-fn first_step_logits_match(engine: &EngineHandle, name: &str, case: &GoldenCase) {
-    let params = SamplingParams {
-        logprobs: Some(10),
-        ..greedy(1)
-    };
-    let mut stream = engine.submit(case.prompt_ids.clone(), params).unwrap();
-    let event = stream.blocking_next().unwrap().unwrap();
-    let top = &event.logprobs.unwrap()[0].top;
-    let (ours0, theirs0) = (top[0].1, case.first_top[0].1);
-    for (&(id, logit), (our_id, our_logprob)) in case.first_top.iter().zip(top) {
-        assert_eq!(*our_id, id, "{name}/{}: first-step top-10 order", case.name);
-        let diff = ((our_logprob - ours0) - (logit - theirs0)).abs();
-        assert!(
-            diff < 2e-3,
-            "{name}/{}: token {id} relative logit off by {diff}",
-            case.name
-        );
-    }
-}
-
-/// Feeds the prompt plus llama.cpp's first `k` tokens and checks our next token at every
-/// step where llama.cpp's choice is decisive. Returns the number of steps checked.
-fn teacher_forced(engine: &EngineHandle, name: &str, case: &GoldenCase, margin: f32) -> usize {
-    let steps: Vec<usize> = (0..N).filter(|&k| case.step_margins[k] >= margin).collect();
-    let prompts: Vec<Vec<u32>> = steps
-        .iter()
-        .map(|&k| [&case.prompt_ids[..], &case.output_ids[..k]].concat())
-        .collect();
-    // The first one alone fills the prefix cache; the rest reuse its blocks.
-    let mut outs = run_batch(engine, &prompts[..1.min(prompts.len())], greedy(1));
-    outs.extend(run_batch(
-        engine,
-        prompts.get(1..).unwrap_or(&[]),
-        greedy(1),
-    ));
-    for (&k, out) in steps.iter().zip(&outs) {
-        assert_eq!(
-            out[0], case.output_ids[k],
-            "{name}/{}: teacher-forced step {k} (llama.cpp margin {})",
-            case.name, case.step_margins[k]
-        );
-    }
-    steps.len()
+    check_engine_against(name, &g, engine_for(&g, 128), margin, None);
 }
 
 #[test]
@@ -184,7 +97,7 @@ fn f16_quantized_at_load_matches_llama_quantizes_q8_0() {
         ..EngineConfig::default()
     };
     let engine = tessera::engine::handle::start(loaded, &cfg).expect("engine starts");
-    check_engine_against(name, &g, engine, 0.0);
+    check_engine_against(name, &g, engine, 0.0, None);
 }
 
 #[test]

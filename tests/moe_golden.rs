@@ -87,6 +87,7 @@ fn prompt_logits(model: &Transformer, prompt: &[u32]) -> Vec<f32> {
         slots: &positions, // block i holds positions 16i.., so slot == position
         seqs: &seqs,
         block_tables: &table,
+        lora: None,
         logit_rows: &[n - 1],
     };
     model.forward(&batch, &mut kv, &mut ws).to_vec()

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{default_model_path, parse_bytes, EngineConfig};
+use crate::config::{default_model_path, parse_bytes, EngineConfig, LoraOptions};
 use crate::metrics::MetricsCompat;
 use crate::model::quantize::Quantization;
 use crate::request::SamplingParams;
@@ -214,6 +214,17 @@ pub struct EngineArgs {
     /// Quantize an F32/F16/BF16 model's weights at load: `q8_0` (llama.cpp's Q8_0 bits).
     #[arg(long, env = "TESSERA_QUANTIZATION")]
     pub quantization: Option<Quantization>,
+    /// A LoRA adapter (GGUF, as llama.cpp's convert_lora_to_gguf.py writes it) served as
+    /// `name`: `--lora-modules name=path` (repeatable). Requests select it with
+    /// `model: "name"`.
+    #[arg(long, env = "TESSERA_LORA_MODULES", value_delimiter = ',', value_parser = crate::config::parse_lora_module)]
+    pub lora_modules: Vec<(String, PathBuf)>,
+    /// Most LoRA adapters resident at once.
+    #[arg(long, env = "TESSERA_MAX_LORAS", default_value_t = 1)]
+    pub max_loras: usize,
+    /// Largest LoRA rank accepted (a larger adapter is refused at load).
+    #[arg(long, env = "TESSERA_MAX_LORA_RANK", default_value_t = 16)]
+    pub max_lora_rank: usize,
 }
 
 /// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
@@ -448,6 +459,11 @@ impl EngineArgs {
             long_prefill_token_threshold: 0,
             num_threads: self.threads,
             quantization: self.quantization,
+            lora: LoraOptions {
+                modules: self.lora_modules.clone(),
+                max_loras: self.max_loras,
+                max_lora_rank: self.max_lora_rank,
+            },
         };
         (self.model.clone().unwrap_or_else(default_model_path), cfg)
     }

@@ -171,8 +171,11 @@ pub fn bench(
             // text repeats every few tokens: picking its tokens by index would not do).
             let mut ids = vec![distinct_token(i, engine.info().vocab)];
             ids.extend_from_slice(&base[..prompt_len - 1]);
+            // With LoRA adapters served, the streams are spread over them round-robin.
+            let adapters = engine.model().adapters.adapters();
             let params = SamplingParams {
                 ignore_eos: true,
+                lora: (!adapters.is_empty()).then(|| adapters[i % adapters.len()].id),
                 ..SamplingParams::greedy(max_tokens)
             };
             submit(engine, ids, params)

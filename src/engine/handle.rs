@@ -150,7 +150,8 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         cfg.block_size,
         cfg.max_num_batched_tokens,
         cfg.max_num_seqs,
-    );
+    )
+    .with_adapters(Arc::clone(&assets.adapters));
     let (tx, rx) = mpsc::channel();
     let gauges = Arc::new(EngineGauges::default());
     let observer = Arc::new(ObserverSlot::new());

@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::handle::{self, EngineHandle};
 use crate::config::EngineConfig;
 use crate::error::ModelError;
+use crate::model::lora::LoraError;
 use crate::model::LoadOptions;
 
 /// A started engine and how long its model took to load.
@@ -31,6 +32,8 @@ pub enum LaunchError {
         path: String,
         source: Box<ModelError>,
     },
+    #[error(transparent)]
+    Lora(#[from] LoraError),
     #[error("starting the engine over {path}: {source}")]
     Start {
         path: String,
@@ -59,7 +62,7 @@ pub fn launch(path: &Path, cfg: &EngineConfig) -> Result<Launched, LaunchError> 
     };
     let started = Instant::now();
     let mut logged_quarter = 0;
-    let loaded = crate::model::load_with(path, &options, |done, total| {
+    let mut loaded = crate::model::load_with(path, &options, |done, total| {
         if tty {
             let mut err = std::io::stderr();
             let _ = write!(err, "\r{}", progress_line(&name, done, total));
@@ -80,6 +83,10 @@ pub fn launch(path: &Path, cfg: &EngineConfig) -> Result<Launched, LaunchError> 
         path: shown.clone(),
         source: Box::new(source),
     })?;
+    let base_name = [loaded.assets.name.clone()];
+    loaded
+        .serve_adapters(&cfg.lora, &base_name)
+        .map_err(LaunchError::Lora)?;
     if tty {
         eprintln!();
     }

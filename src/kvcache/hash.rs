@@ -17,6 +17,8 @@ const MUL_A: u64 = 0xA076_1D64_78BD_642F;
 const MUL_B: u64 = 0xE703_7ED1_A0B4_28DB;
 /// Marks the start of the extra keys so `tokens ++ [k]` and `tokens` + key `k` differ.
 const EXTRA_KEY_TAG: u64 = 0x5851_F42D_4C95_7F2D;
+/// Marks the adapter key, so a salt `s` and an adapter `s` differ.
+const LORA_KEY_TAG: u64 = 0x1405_7B7E_F767_814F;
 
 /// The chained hash of one full block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,6 +29,9 @@ pub struct BlockHash(pub u64);
 pub struct ExtraKeys {
     /// Isolates one tenant's cache entries from another's; `None` shares with everyone.
     pub salt: Option<u64>,
+    /// The LoRA adapter the block's K/V were computed under (`None`: the base model):
+    /// the same tokens give other K/V under another adapter, so they never share a block.
+    pub lora: Option<u64>,
 }
 
 /// splitmix64 finalizer: every input bit affects every output bit.
@@ -61,6 +66,9 @@ impl BlockHash {
         }
         if let Some(salt) = extra.salt {
             state = absorb(absorb(state, EXTRA_KEY_TAG), salt);
+        }
+        if let Some(lora) = extra.lora {
+            state = absorb(absorb(state, LORA_KEY_TAG), lora);
         }
         BlockHash(finalize(state))
     }
@@ -102,7 +110,10 @@ pub fn extend_block_hashes(
 mod tests {
     use super::*;
 
-    const NO_EXTRA: ExtraKeys = ExtraKeys { salt: None };
+    const NO_EXTRA: ExtraKeys = ExtraKeys {
+        salt: None,
+        lora: None,
+    };
 
     #[test]
     fn deterministic_and_token_sensitive() {
@@ -128,14 +139,24 @@ mod tests {
         let under_p1 = BlockHash::new(Some(p1), &tokens, NO_EXTRA);
         assert_ne!(under_p1, BlockHash::new(Some(p2), &tokens, NO_EXTRA));
         assert_ne!(under_p1, BlockHash::new(None, &tokens, NO_EXTRA));
-        let salted = ExtraKeys { salt: Some(1) };
+        let salted = ExtraKeys {
+            salt: Some(1),
+            lora: None,
+        };
         assert_ne!(
             BlockHash::new(None, &tokens, salted),
             BlockHash::new(None, &tokens, NO_EXTRA)
         );
         assert_ne!(
             BlockHash::new(None, &tokens, salted),
-            BlockHash::new(None, &tokens, ExtraKeys { salt: Some(2) })
+            BlockHash::new(
+                None,
+                &tokens,
+                ExtraKeys {
+                    salt: Some(2),
+                    lora: None,
+                }
+            )
         );
     }
 
@@ -184,9 +205,33 @@ mod tests {
         let tokens: Vec<TokenId> = (0..8).collect();
         let (mut plain, mut salted) = (Vec::new(), Vec::new());
         extend_block_hashes(&mut plain, tokens.iter().copied(), 8, 4, NO_EXTRA);
-        let extra = ExtraKeys { salt: Some(42) };
+        let extra = ExtraKeys {
+            salt: Some(42),
+            lora: None,
+        };
         extend_block_hashes(&mut salted, tokens.iter().copied(), 8, 4, extra);
         assert_ne!(plain[0], salted[0]);
         assert_ne!(plain[1], salted[1]);
+    }
+
+    #[test]
+    fn adapter_key_isolates_whole_chain_and_differs_from_salt() {
+        let tokens: Vec<TokenId> = (0..8).collect();
+        let keyed = |salt, lora| {
+            let mut hashes = Vec::new();
+            let extra = ExtraKeys { salt, lora };
+            extend_block_hashes(&mut hashes, tokens.iter().copied(), 8, 4, extra);
+            hashes
+        };
+        let (base, one, two) = (
+            keyed(None, None),
+            keyed(None, Some(1)),
+            keyed(None, Some(2)),
+        );
+        for i in 0..2 {
+            assert_ne!(base[i], one[i]);
+            assert_ne!(one[i], two[i]);
+        }
+        assert_ne!(keyed(Some(1), None), one);
     }
 }

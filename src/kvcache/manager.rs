@@ -128,8 +128,7 @@ impl KvCacheManager {
             return (KvBlocks::default(), 0);
         }
         let mut hashes = Vec::with_capacity(num_tokens / self.block_size);
-        // No per-request salt exists on `Request` yet: all requests share the cache.
-        let extra = ExtraKeys::default();
+        let extra = extra_keys(req);
         extend_block_hashes(
             &mut hashes,
             req.all_token_ids(),
@@ -218,7 +217,7 @@ impl KvCacheManager {
             req.all_token_ids(),
             num_full * self.block_size,
             self.block_size,
-            ExtraKeys::default(),
+            extra_keys(req),
         );
         for i in table.num_cached_blocks..num_full {
             // False means another block already holds this content: keep ours private.
@@ -274,10 +273,37 @@ impl KvCacheManager {
     }
 }
 
+/// What a request's block hashes chain besides its tokens: its LoRA adapter, so blocks
+/// computed under different adapters (or an adapter and the base model) are never shared.
+fn extra_keys(req: &Request) -> ExtraKeys {
+    ExtraKeys {
+        salt: None,
+        lora: req.sampling.lora.map(|id| u64::from(id.0)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{SamplingParams, TokenId};
+    use crate::request::{AdapterId, SamplingParams, TokenId};
+
+    /// Same tokens under another adapter (or none) hit nothing; under the same one, hit.
+    #[test]
+    fn blocks_are_not_shared_across_adapters() {
+        let mut m = KvCacheManager::new(16, 4, true);
+        let with = |id: RequestId, lora: Option<u32>| {
+            let params = SamplingParams {
+                lora: lora.map(AdapterId),
+                ..SamplingParams::greedy(4)
+            };
+            Request::new(id, (0..10).collect::<Vec<TokenId>>(), params, vec![])
+        };
+        assert_eq!(run_prefill(&mut m, &mut with(1, None)), 0);
+        assert_eq!(run_prefill(&mut m, &mut with(2, Some(1))), 0);
+        assert_eq!(run_prefill(&mut m, &mut with(3, Some(2))), 0);
+        assert_eq!(run_prefill(&mut m, &mut with(4, Some(1))), 8);
+        assert_eq!(run_prefill(&mut m, &mut with(5, None)), 8);
+    }
 
     fn req(id: RequestId, tokens: Vec<TokenId>) -> Request {
         Request::new(id, tokens, SamplingParams::greedy(4), vec![])

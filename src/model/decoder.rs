@@ -8,7 +8,8 @@
 
 use super::config::ModelConfig;
 use super::kv_storage::LayerKv;
-use super::layers::{AttentionBlock, Mlp};
+use super::layers::{AttentionBlock, Mlp, MlpScratch};
+use super::lora::{LayerLora, LoraTarget};
 use super::moe::MoeBlock;
 use super::tensor_names::LayerTensor;
 use super::weights::{WeightError, WeightLoader};
@@ -78,7 +79,14 @@ impl DecoderLayer {
     }
 
     /// `ws.x: [T, hidden]` is updated in place (residual stream).
-    pub fn forward(&self, inp: &LayerInputs<'_>, kv: &mut LayerKv, ws: &mut Workspace) {
+    /// `lora`: the adapters' updates of this layer's projections for this step's rows.
+    pub fn forward(
+        &self,
+        inp: &LayerInputs<'_>,
+        kv: &mut LayerKv,
+        ws: &mut Workspace,
+        lora: LayerLora<'_>,
+    ) {
         let t = inp.positions.len();
         let (hidden, q_dim, kv_dim) = (ws.hidden, ws.q_dim, ws.kv_dim);
         let hd = inp.geo.head_dim;
@@ -98,6 +106,10 @@ impl DecoderLayer {
         self.attn
             .qkv
             .forward(&ws.xn[..t * hidden], t, &mut ws.fused, &mut [q, k, v]);
+        let xn = &ws.xn[..t * hidden];
+        lora.apply(LoraTarget::Q, xn, &mut ws.q[..t * q_dim], t);
+        lora.apply(LoraTarget::K, xn, &mut ws.k[..t * kv_dim], t);
+        lora.apply(LoraTarget::V, xn, &mut ws.v[..t * kv_dim], t);
         if let Some([bq, bk, bv]) = &self.attn.qkv_bias {
             add_bias(&mut ws.q[..t * q_dim], bq);
             add_bias(&mut ws.k[..t * kv_dim], bk);
@@ -126,6 +138,12 @@ impl DecoderLayer {
         self.attn
             .out
             .matmul(&ws.attn[..t * q_dim], t, &mut ws.xn[..t * hidden]);
+        lora.apply(
+            LoraTarget::Out,
+            &ws.attn[..t * q_dim],
+            &mut ws.xn[..t * hidden],
+            t,
+        );
         add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);
 
         // FFN: x += mlp(norm(x)), dense or mixture of experts
@@ -137,7 +155,14 @@ impl DecoderLayer {
         );
         let xn = &mut ws.xn[..t * hidden];
         match &self.ffn {
-            FeedForward::Dense(mlp) => mlp.forward(xn, t, &mut ws.gate, &mut ws.up, &mut ws.fused),
+            FeedForward::Dense(mlp) => {
+                let scratch = MlpScratch {
+                    gate: &mut ws.gate,
+                    up: &mut ws.up,
+                    fused: &mut ws.fused,
+                };
+                mlp.forward_adapted(xn, t, scratch, lora)
+            }
             FeedForward::Moe(moe) => moe.forward(xn, t),
         }
         add_assign(&mut ws.x[..t * hidden], &ws.xn[..t * hidden]);

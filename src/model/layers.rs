@@ -5,6 +5,7 @@
 //! rows covering all tokens of all sequences in the step.
 
 use super::config::ModelConfig;
+use super::lora::{LayerLora, LoraTarget};
 use super::tensor_names::LayerTensor;
 use super::weights::{WeightError, WeightLoader};
 use crate::ops::quant::QMatrix;
@@ -145,11 +146,34 @@ impl Mlp {
         up: &mut [f32],
         fused: &mut Vec<f32>,
     ) {
+        let scratch = MlpScratch { gate, up, fused };
+        self.forward_adapted(x, m, scratch, LayerLora::NONE);
+    }
+
+    /// `forward` with the LoRA updates of `lora` on the gate, up and down projections.
+    pub fn forward_adapted(
+        &self,
+        x: &mut [f32],
+        m: usize,
+        scratch: MlpScratch<'_>,
+        lora: LayerLora<'_>,
+    ) {
         let ffn = self.width();
-        let (gate, up) = (&mut gate[..m * ffn], &mut up[..m * ffn]);
+        let (gate, up) = (&mut scratch.gate[..m * ffn], &mut scratch.up[..m * ffn]);
         self.gate_up
-            .forward(x, m, fused, &mut [&mut *gate, &mut *up]);
+            .forward(x, m, scratch.fused, &mut [&mut *gate, &mut *up]);
+        lora.apply(LoraTarget::Gate, x, gate, m);
+        lora.apply(LoraTarget::Up, x, up, m);
         silu_mul(gate, up, ffn);
         self.down.matmul(gate, m, x);
+        lora.apply(LoraTarget::Down, gate, x, m);
     }
+}
+
+/// The MLP's activation buffers: `gate`, `up` ≥ `[m, ffn]`, `fused` for a stacked
+/// gate+up projection.
+pub struct MlpScratch<'a> {
+    pub gate: &'a mut [f32],
+    pub up: &'a mut [f32],
+    pub fused: &'a mut Vec<f32>,
 }

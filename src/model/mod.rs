@@ -13,6 +13,7 @@ pub mod internlm2;
 pub mod kv_storage;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod moe;
 pub mod quantize;
 pub mod qwen2;
@@ -25,11 +26,14 @@ pub mod weights;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::ModelError;
 use chat_template::ChatTemplate;
 use config::{Arch, ModelConfig};
 use gguf::GgufFile;
+use lora::registry::LoraOptions;
+use lora::{LoraError, LoraRegistry};
 use quantize::Quantization;
 use safetensors::Checkpoint;
 use tokenizer::Tokenizer;
@@ -49,12 +53,27 @@ pub struct ModelAssets {
     pub chat_template: ChatTemplate,
     /// Live routed-token counters of a MoE model (`None` for dense models).
     pub expert_tokens: Option<moe::ExpertTokenCounts>,
+    /// The LoRA adapters served on top of the model (`--lora-modules`; empty without).
+    pub adapters: Arc<LoraRegistry>,
 }
 
 /// A loaded model: weights for the engine thread, assets for everyone else.
 pub struct LoadedModel {
     pub transformer: Transformer,
     pub assets: ModelAssets,
+}
+
+impl LoadedModel {
+    /// Loads the adapters of `options` for this model, served beside `base_names`.
+    pub fn serve_adapters(
+        &mut self,
+        options: &LoraOptions,
+        base_names: &[String],
+    ) -> Result<(), LoraError> {
+        let registry = LoraRegistry::load(options, &self.assets.config, base_names)?;
+        self.assets.adapters = Arc::new(registry);
+        Ok(())
+    }
 }
 
 /// How to load a model beyond its path.
@@ -228,6 +247,7 @@ fn assemble(
             tokenizer,
             chat_template,
             expert_tokens,
+            adapters: Arc::default(),
         },
     })
 }

@@ -6,6 +6,7 @@
 use super::config::ModelConfig;
 use super::decoder::{DecoderLayer, FeedForward, LayerInputs};
 use super::kv_storage::KvStorage;
+use super::lora::{LayerLora, LoraStep};
 use super::moe::ExpertTokenCounts;
 use super::tensor_names::GlobalTensor;
 use super::weights::{WeightError, WeightLoader};
@@ -27,6 +28,8 @@ pub struct ForwardBatch<'a> {
     pub block_tables: &'a [u32],
     /// Rows of the batch whose logits are wanted, `[S]`.
     pub logit_rows: &'a [usize],
+    /// Which rows run with which LoRA adapter (`None`: all on the base model).
+    pub lora: Option<&'a LoraStep>,
 }
 
 pub struct Transformer {
@@ -168,8 +171,10 @@ impl Transformer {
             n_heads: self.cfg.n_heads,
             rms_eps: self.cfg.rms_eps,
         };
-        for (layer, layer_kv) in self.layers.iter().zip(kv.layers.iter_mut()) {
-            layer.forward(&inputs, layer_kv, ws);
+        let layers = self.layers.iter().zip(kv.layers.iter_mut()).enumerate();
+        for (i, (layer, layer_kv)) in layers {
+            let lora = batch.lora.map_or(LayerLora::NONE, |step| step.layer(i));
+            layer.forward(&inputs, layer_kv, ws, lora);
         }
         self.head(batch.logit_rows, ws)
     }

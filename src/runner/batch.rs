@@ -7,7 +7,9 @@
 use super::requests::RequestStates;
 use crate::model::transformer::ForwardBatch;
 use crate::ops::attention::AttnSeq;
-use crate::request::{RequestId, TokenId};
+use std::ops::Range;
+
+use crate::request::{AdapterId, RequestId, TokenId};
 use crate::scheduler::output::SchedulerOutput;
 
 #[derive(Default)]
@@ -28,6 +30,8 @@ pub struct BatchBuilder {
     prompt_rows: Vec<PromptRow>,
     /// `[P]` the batch row of each of `prompt_rows`.
     prompt_row_index: Vec<usize>,
+    /// The rows of each request that runs with a LoRA adapter, in batch order.
+    lora_rows: Vec<(AdapterId, Range<usize>)>,
 }
 
 /// A prompt position whose logits score the next prompt token (`prompt_logprobs`).
@@ -71,6 +75,9 @@ impl BatchBuilder {
                 table_len,
             });
             self.block_tables.extend_from_slice(&table[..table_len]);
+            if let Some(id) = req.lora() {
+                self.lora_rows.push((id, q_row..q_row + sr.num_tokens));
+            }
             if sr.sample {
                 self.logit_rows.push(q_row + sr.num_tokens - 1);
                 self.sample_ids.push(sr.req_id);
@@ -102,6 +109,7 @@ impl BatchBuilder {
         self.sample_ids.clear();
         self.prompt_rows.clear();
         self.prompt_row_index.clear();
+        self.lora_rows.clear();
     }
 
     pub fn forward_batch(&self) -> ForwardBatch<'_> {
@@ -112,7 +120,13 @@ impl BatchBuilder {
             seqs: &self.seqs,
             block_tables: &self.block_tables,
             logit_rows: &self.logit_rows,
+            lora: None,
         }
+    }
+
+    /// The rows of each request that runs with a LoRA adapter, in batch order.
+    pub fn lora_rows(&self) -> &[(AdapterId, Range<usize>)] {
+        &self.lora_rows
     }
 
     /// Prompt rows wanting logits, and the batch row of each.

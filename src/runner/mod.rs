@@ -10,8 +10,11 @@
 pub mod batch;
 pub mod requests;
 
+use std::sync::Arc;
+
 use crate::model::kv_storage::KvStorage;
-use crate::model::transformer::Transformer;
+use crate::model::lora::{LoraRegistry, LoraStep};
+use crate::model::transformer::{ForwardBatch, Transformer};
 use crate::model::workspace::Workspace;
 use crate::request::RequestId;
 use crate::scheduler::output::SchedulerOutput;
@@ -20,6 +23,9 @@ use requests::RequestStates;
 
 pub struct ModelRunner {
     model: Transformer,
+    /// The served LoRA adapters, and which rows of the current step use which.
+    adapters: Arc<LoraRegistry>,
+    lora: LoraStep,
     kv: KvStorage,
     ws: Workspace,
     batch: BatchBuilder,
@@ -48,12 +54,20 @@ impl ModelRunner {
         let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_num_seqs);
         Self {
             model,
+            adapters: Arc::default(),
+            lora: LoraStep::default(),
             kv,
             ws,
             batch: BatchBuilder::default(),
             requests: RequestStates::default(),
             block_size,
         }
+    }
+
+    /// Serves `adapters` (requests name them by `SamplingParams::lora`).
+    pub fn with_adapters(mut self, adapters: Arc<LoraRegistry>) -> Self {
+        self.adapters = adapters;
+        self
     }
 
     pub fn model(&self) -> &Transformer {
@@ -83,9 +97,18 @@ impl ModelRunner {
             };
         }
         self.batch.build(so, &self.requests, self.block_size);
-        let logits = self
-            .model
-            .forward(&self.batch.forward_batch(), &mut self.kv, &mut self.ws);
+        self.lora.clear();
+        for (id, rows) in self.batch.lora_rows() {
+            match self.adapters.weights(*id) {
+                Some(adapter) => self.lora.add_rows(adapter, rows.clone()),
+                None => panic!("request rows name LoRA adapter {id:?}, which is not served"),
+            }
+        }
+        let batch = ForwardBatch {
+            lora: (!self.lora.is_empty()).then_some(&self.lora),
+            ..self.batch.forward_batch()
+        };
+        let logits = self.model.forward(&batch, &mut self.kv, &mut self.ws);
         StepLogits {
             ids: self.batch.sample_ids(),
             logits,

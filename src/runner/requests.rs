@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::request::{self, RequestId, TokenId};
+use crate::request::{self, AdapterId, RequestId, TokenId};
 use crate::scheduler::output::{BlockId, SchedulerOutput};
 
 /// One request as the runner holds it.
@@ -21,6 +21,8 @@ pub struct RequestState {
     block_ids: Vec<BlockId>,
     /// `Some(k)`: its prompt rows get logits too, for prompt logprobs with the top `k`.
     prompt_logprobs: Option<usize>,
+    /// The LoRA adapter its rows run with.
+    lora: Option<AdapterId>,
 }
 
 impl RequestState {
@@ -37,6 +39,11 @@ impl RequestState {
     /// `Some(k)` when the request wants prompt logprobs with the top `k`.
     pub fn prompt_logprobs(&self) -> Option<usize> {
         self.prompt_logprobs
+    }
+
+    /// The LoRA adapter its rows run with (`None`: the base model).
+    pub fn lora(&self) -> Option<AdapterId> {
+        self.lora
     }
 
     /// Token at absolute position `pos` (prompt first, then output); `pos < num_tokens()`.
@@ -70,6 +77,7 @@ impl RequestStates {
                 output_token_ids: new.output_token_ids.clone(),
                 block_ids: new.block_ids.clone(),
                 prompt_logprobs: new.prompt_logprobs,
+                lora: new.lora,
             };
             let previous = self.by_id.insert(new.req_id, state);
             debug_assert!(previous.is_none(), "request {} admitted twice", new.req_id);
@@ -148,6 +156,7 @@ mod tests {
                 output_token_ids: vec![],
                 block_ids: vec![4],
                 prompt_logprobs: None,
+                lora: None,
             }],
             total_num_tokens: 3,
             ..SchedulerOutput::default()

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 pub use crate::kvcache::block_pool::BlockId;
 use crate::request::{
-    FinishReason, PromptLogprob, RequestId, SampledToken, TokenId, TokenLogprobs,
+    AdapterId, FinishReason, PromptLogprob, RequestId, SampledToken, TokenId, TokenLogprobs,
 };
 
 /// One request's share of a step.
@@ -47,6 +47,8 @@ pub struct NewRequestData {
     /// `Some(k)`: the request wants prompt logprobs with the top `k`, so the runner
     /// computes logits for its prompt rows too (`SamplingParams::prompt_logprobs`).
     pub prompt_logprobs: Option<usize>,
+    /// The LoRA adapter its rows run with (`SamplingParams::lora`).
+    pub lora: Option<AdapterId>,
 }
 
 /// What changed for a request the runner holds since it was last scheduled.

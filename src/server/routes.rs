@@ -359,13 +359,27 @@ async fn generate(
     }
 }
 
+/// A served model as vLLM lists it: a LoRA adapter has its file as `root` and the base
+/// model's first served name as `parent`; the base model its file and no parent.
 fn model_card(state: &AppState, name: &str) -> serde_json::Value {
-    let max_model_len = state.loaded_engine().map(|e| e.info().max_model_len);
+    let engine = state.loaded_engine();
+    let max_model_len = engine.map(|e| e.info().max_model_len);
+    let adapter = engine.and_then(|e| e.model().adapters.by_name(name));
+    let (root, parent) = match (engine, adapter) {
+        (_, Some(a)) => (
+            a.path.display().to_string(),
+            state.served_names().first().cloned(),
+        ),
+        (Some(e), None) => (e.model().path.display().to_string(), None),
+        (None, None) => (name.to_string(), None),
+    };
     json!({
         "id": name,
         "object": "model",
         "created": state.started_at,
         "owned_by": "tessera",
+        "root": root,
+        "parent": parent,
         "max_model_len": max_model_len,
     })
 }

@@ -266,11 +266,14 @@ impl AppState {
         self.max_num_seqs.store(max_num_seqs, Ordering::SeqCst);
         let capacity = max_num_seqs + self.config.max_queued_requests;
         self.admission.capacity.store(capacity, Ordering::SeqCst);
-        let names = if self.config.served_model_names.is_empty() {
+        let mut names = if self.config.served_model_names.is_empty() {
             vec![engine.model().name.clone()]
         } else {
             self.config.served_model_names.clone()
         };
+        // LoRA adapters are served models too (`model: "<adapter>"`), after the base names.
+        let adapters = engine.model().adapters.adapters().iter();
+        names.extend(adapters.map(|a| a.name.clone()));
         let _ = self.served_names.set(names);
         let limit = engine
             .model()

@@ -327,6 +327,7 @@ fn build(
     let prompt_logprobs = prompt_logprobs(f.prompt_logprobs, stream)?;
     let echo_k = echo_logprobs.then(|| sampling.logprobs.unwrap_or(0));
     sampling.prompt_logprobs = prompt_logprobs.max(echo_k);
+    sampling.lora = engine.model().adapters.by_name(&model).map(|a| a.id);
     let valid = ValidRequest {
         model,
         prompts,
@@ -440,6 +441,7 @@ fn sampling_params(
         logprobs: top_logprobs.map(|k| k as usize),
         prompt_logprobs: None, // set by `build`
         guide: None,           // set by `with_guide`
+        lora: None,            // set by `build`
     })
 }
 

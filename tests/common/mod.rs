@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod golden_check;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -36,9 +38,12 @@ pub fn start(path: &Path, cfg: EngineConfig) -> EngineHandle {
     handle::start(loaded, &cfg).expect("engine starts")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct GoldenFile {
     pub model_file: String,
+    /// The LoRA adapter llama.cpp ran with (`lora-*.json`), repo-relative.
+    #[serde(default)]
+    pub adapter_file: Option<String>,
     pub cases: Vec<GoldenCase>,
 }
 

@@ -141,6 +141,8 @@ pub fn check_turn(
     }
     let mut valid = parsed.validate(served)?;
     valid.sampling.guide = guide(&valid, engine, parser)?;
+    let adapters = &engine.model().adapters;
+    valid.sampling.lora = adapters.by_name(&valid.request.fields.model).map(|a| a.id);
     if let Some(limit) = limit {
         let request = &valid.request;
         let bytes = request.fields.instructions.as_deref().map_or(0, str::len)
