@@ -25,7 +25,7 @@ use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 
 use super::pool::{self, SharedOut};
-use super::qdot::panel::{Q4_1Panel, Q8_0Panel};
+use super::qdot::panel::{Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
 use super::qdot::{self, Kernel};
 use float::matmul_float;
 use panel::{matmul_panel, use_panels};
@@ -262,6 +262,9 @@ impl QMatrix {
                 matmul_panel::<Q4_1Panel>(qdot::blocks::view_q4_1(w), k, x, m, y)
             }
             QData::Q4_1(w) => matmul::<Q4_1Dot>(qdot::blocks::view_q4_1(w), k, x, m, y),
+            QData::Q5_0(w) if use_panels::<Q5_0Panel>(m) => {
+                matmul_panel::<Q5_0Panel>(blocks::view_q5_0(w), k, x, m, y)
+            }
             QData::Q5_0(w) => matmul::<Q5_0Dot>(blocks::view_q5_0(w), k, x, m, y),
             QData::Q5_1(w) => matmul::<Q5_1Dot>(blocks::view_q5_1(w), k, x, m, y),
             QData::Q8_0(w) if use_panels::<Q8_0Panel>(m) => {
@@ -274,6 +277,9 @@ impl QMatrix {
             QData::Q4K(w) if packed => matmul::<Q4KInterleaved>(blocks::view_q4k(w), k, x, m, y),
             QData::Q4K(w) => matmul::<Q4KDot>(blocks::view_q4k(w), k, x, m, y),
             QData::Q5K(w) => matmul::<Q5KDot>(blocks::view_q5k(w), k, x, m, y),
+            QData::Q6K(w) if use_panels::<Q6KPanel>(m) => {
+                matmul_panel::<Q6KPanel>(blocks::view_q6k(w), k, x, m, y)
+            }
             QData::Q6K(w) => matmul::<Q6KDot>(blocks::view_q6k(w), k, x, m, y),
         }
     }

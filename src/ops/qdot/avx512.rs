@@ -15,15 +15,20 @@
 //!
 //! Q4_1: unsigned nibbles × signed Q8_1 quants, `summs = fma(m_w, s_a, summs)` per row in
 //! one 8-lane FMA, result `hsum + summs` (`ggml_vec_dot_q4_1_q8_1`).
-//! Q8_0: signed weights × activations stored biased (+128, unsigned): `vpdpbusd` then
-//! gives Σ (a + 128)·w, so each block's accumulator starts at −128·Σw (per lane, exact)
-//! (`ggml_vec_dot_q8_0_q8_0`).
+//! Q8_0 and Q5_0 (`Signed32`): signed weights (Q5_0's unpacked to −16..15 as ggml does)
+//! × activations stored biased (+128, unsigned): `vpdpbusd` then gives Σ (a + 128)·w, so
+//! each block's accumulator starts at −128·Σw (per lane, exact)
+//! (`ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q5_0_q8_0`: the same float steps).
+//! Q6_K: per 256-element super-block one FMA per lane, as the others per 32-element
+//! block; its integer lanes are ggml's (see `q6k_rows`).
 
 use std::arch::x86_64::*;
 
-use super::blocks::Q4_1;
-use super::panel_layout::{PanelQ8_0, PanelQ8_1, GROUP};
-use crate::ops::act_quant::Q8_0;
+use super::blocks::{Q4_1, Q6K};
+use super::kquants::avx2::q6k_vectors;
+use super::legacy::Signed32;
+use super::panel_layout::{PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP};
+use super::x86::f16_to_f32;
 
 /// `vpermd` indices doubling each 4-byte group: `[g0, g0, g1, g1, .., g7, g7]`.
 const DOUBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
@@ -122,22 +127,25 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
     out
 }
 
-/// Q8_0 weight row `w: [kb]` · `8·G` Q8_0 rows (`x[g]: [kb]` biased panels): `out[g][r]`.
+/// Signed 32-element weight row `w: [kb]` (Q8_0, Q5_0) · `8·G` Q8_0 rows (`x[g]: [kb]`
+/// biased panels): `out[g][r]`.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn q8_0_rows<const G: usize>(w: &[Q8_0], x: [&[PanelQ8_0]; G]) -> [[f32; GROUP]; G] {
+pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
+    w: &[B],
+    x: [&[PanelQ8_0]; G],
+) -> [[f32; GROUP]; G] {
     for panel in x {
-        assert_eq!(panel.len(), w.len(), "q8_0_rows: block counts differ");
+        assert_eq!(panel.len(), w.len(), "signed32_rows: block counts differ");
     }
     let double = load_index(&DOUBLE_DWORDS);
     let bias = _mm512_set1_epi8(0x80u8 as i8);
     let mut acc = [[_mm512_setzero_ps(); 4]; G];
     for (b, wb) in w.iter().enumerate() {
-        let wd = _mm256_broadcastss_ps(f16_pair(wb as *const Q8_0 as *const u8));
-        let wq = _mm512_castsi256_si512(_mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i));
-        let wq = _mm512_permutexvar_epi32(double, wq);
+        let wd = _mm256_set1_ps(f16_to_f32(wb.d()));
+        let wq = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(wb.values_avx2()));
         // −128 · Σ4 w per lane, so that Σ (a + 128)·w lands on Σ a·w.
         let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wq);
         let start = _mm512_sub_epi32(_mm512_setzero_si512(), start);
@@ -148,6 +156,69 @@ pub unsafe fn q8_0_rows<const G: usize>(w: &[Q8_0], x: [&[PanelQ8_0]; G]) -> [[f
             for (p, l) in lanes.iter_mut().enumerate() {
                 let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
                 *l = _mm512_dpbusd_epi32(start, ys, wq);
+            }
+            fma_pairs(&mut acc[g], d, lanes);
+        }
+    }
+    let result_idx = load_index(&ROW_RESULT_INDEX);
+    let mut out = [[0f32; GROUP]; G];
+    for g in 0..G {
+        _mm256_storeu_ps(out[g].as_mut_ptr(), hsum_rows(&acc[g], result_idx));
+    }
+    out
+}
+
+/// Q6_K weight row `w: [kb]` · `8·G` Q8_K rows (`x[g]: [kb]` super-block panels):
+/// `out[g][r]`. Per super-block and row, ggml's 8 integer lanes: `vpdpbusd` of the
+/// unsigned 6-bit values and the signed quants gives each lane's 4-product sum of one
+/// 32-element chunk (|sum| ≤ 4·63·127, an i16), `vpdpwssd` multiplies it by its
+/// 16-element scale into the lane (the scale in the low i16 of each i32, 0 above), and
+/// each lane starts at `−32 · (b₂ₗ·sc₂ₗ + b₂ₗ₊₁·sc₂ₗ₊₁)` (`q8sclsub`, one `vpmaddwd` of
+/// the interleaved sums against the scales). Then `acc = (d_a · d_w) · cvt(lanes) + acc`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32; GROUP]; G] {
+    for panel in x {
+        assert_eq!(panel.len(), w.len(), "q6k_rows: block counts differ");
+    }
+    let double = load_index(&DOUBLE_DWORDS);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [[_mm512_setzero_ps(); 4]; G];
+    for (b, wb) in w.iter().enumerate() {
+        let wd = _mm256_set1_ps(f16_to_f32(wb.d));
+        let q = q6k_vectors(wb);
+        let sc = &wb.scales;
+        // i16 pattern [sc₀ sc₁ sc₀ sc₁ sc₂ sc₃ sc₂ sc₃ ..] against the interleaved sums.
+        let pairs: [i32; 8] = std::array::from_fn(|l| {
+            (sc[2 * l] as i16 as u16 as i32) | ((sc[2 * l + 1] as i16 as i32) << 16)
+        });
+        let pairs = _mm256_loadu_si256(pairs.as_ptr() as *const __m256i);
+        let sub_scales = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(pairs));
+        let mut wq = [zero; 8];
+        let mut wsc = [zero; 8];
+        for c in 0..8 {
+            wq[c] = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(q[c]));
+            let lo = _mm256_set1_epi32(sc[2 * c] as i16 as u16 as i32);
+            let hi = _mm256_set1_epi32(sc[2 * c + 1] as i16 as u16 as i32);
+            wsc[c] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        }
+        for g in 0..G {
+            let y = x[g].get_unchecked(b);
+            let d = _mm256_mul_ps(_mm256_loadu_ps(y.d.as_ptr()), wd);
+            let mut lanes = [zero; 4];
+            for (p, l) in lanes.iter_mut().enumerate() {
+                let bs = _mm512_loadu_si512(y.bsums[p].as_ptr() as *const _);
+                let sub = _mm512_slli_epi32::<5>(_mm512_madd_epi16(bs, sub_scales));
+                *l = _mm512_sub_epi32(zero, sub);
+            }
+            for c in 0..8 {
+                for (p, l) in lanes.iter_mut().enumerate() {
+                    let ys = _mm512_loadu_si512(y.qs[c][p].as_ptr() as *const _);
+                    let t = _mm512_dpbusd_epi32(zero, wq[c], ys);
+                    *l = _mm512_dpwssd_epi32(*l, t, wsc[c]);
+                }
             }
             fma_pairs(&mut acc[g], d, lanes);
         }

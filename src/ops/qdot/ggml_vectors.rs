@@ -158,7 +158,9 @@ fn replay_panels<C: GgmlType, P: panel::RowPanel>(
 
 #[test]
 fn panel_kernels_match_ggml_bit_for_bit() {
-    use panel::{Q4_1Panel, Q8_0Panel};
+    use panel::{Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
     replay_panels::<BlockQ4_1, Q4_1Panel>("q4_1 vec", blocks::view_q4_1, &[0, 2]);
+    replay_panels::<BlockQ5_0, Q5_0Panel>("q5_0 vec", blocks::view_q5_0, &[0]);
     replay_panels::<BlockQ8_0, Q8_0Panel>("q8_0 vec", blocks::view_q8_0, &[0]);
+    replay_panels::<BlockQ6K, Q6KPanel>("q6_K vec", blocks::view_q6k, &[208]);
 }

@@ -375,6 +375,30 @@ pub(crate) mod avx2 {
 
     pub(crate) struct Q6KAvx2;
 
+    /// Q6_K's 256 unsigned 6-bit values (before the −32 offset) as 8 vectors of 32, in
+    /// element order (`q6k_values`).
+    #[inline(always)]
+    pub(crate) unsafe fn q6k_vectors(w: &Q6K) -> [__m256i; 8] {
+        let m15 = _mm256_set1_epi8(15);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for (v, qv) in q.iter_mut().enumerate() {
+            let (j, k) = (v / 4, v % 4);
+            let ql = _mm256_loadu_si256(w.ql[64 * j + 32 * (k % 2)..].as_ptr() as *const __m256i);
+            let ql = if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
+            let qh = _mm256_loadu_si256(w.qh[32 * j..].as_ptr() as *const __m256i);
+            // Bits 2k, 2k+1 of each qh byte, moved to bits 4, 5.
+            let hi = _mm256_and_si256(qh, _mm256_set1_epi8((3u8 << (2 * k)) as i8));
+            let hi = match k {
+                0 => _mm256_slli_epi16(hi, 4),
+                1 => _mm256_slli_epi16(hi, 2),
+                2 => hi,
+                _ => _mm256_srli_epi16(hi, 2),
+            };
+            *qv = _mm256_or_si256(_mm256_and_si256(ql, m15), hi);
+        }
+        q
+    }
+
     impl Steps for Q6KAvx2 {
         type Weight = Q6K;
         type Act = Q8K;
@@ -386,24 +410,7 @@ pub(crate) mod avx2 {
         }
         #[inline(always)]
         unsafe fn unpack(w: &Q6K) -> Q6Regs {
-            let m15 = _mm256_set1_epi8(15);
-            let mut q = [_mm256_setzero_si256(); 8];
-            for (v, qv) in q.iter_mut().enumerate() {
-                let (j, k) = (v / 4, v % 4);
-                let ql =
-                    _mm256_loadu_si256(w.ql[64 * j + 32 * (k % 2)..].as_ptr() as *const __m256i);
-                let ql = if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
-                let qh = _mm256_loadu_si256(w.qh[32 * j..].as_ptr() as *const __m256i);
-                // Bits 2k, 2k+1 of each qh byte, moved to bits 4, 5.
-                let hi = _mm256_and_si256(qh, _mm256_set1_epi8((3u8 << (2 * k)) as i8));
-                let hi = match k {
-                    0 => _mm256_slli_epi16(hi, 4),
-                    1 => _mm256_slli_epi16(hi, 2),
-                    2 => hi,
-                    _ => _mm256_srli_epi16(hi, 2),
-                };
-                *qv = _mm256_or_si256(_mm256_and_si256(ql, m15), hi);
-            }
+            let q = q6k_vectors(w);
             let sc = &w.scales;
             let mut scales = [_mm256_setzero_si256(); 8];
             for (v, s) in scales.iter_mut().enumerate() {

@@ -6,14 +6,14 @@
 //! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
 //! exact, so every row's result is bit-identical to `dot` (tests: `panel_tests`).
 
-use super::blocks::{Q4_1, Q8_1};
-use crate::ops::act_quant::{self, Q8_0};
+use super::blocks::{Q4_1, Q5_0, Q6K, Q8_1};
+use crate::ops::act_quant::{self, Q8K, Q8_0};
 use half::f16;
 
 #[cfg(test)]
 pub(crate) use super::panel_layout::get_row;
-use super::panel_layout::{put_row, PAIRS};
-pub use super::panel_layout::{PanelQ8_0, PanelQ8_1, GROUP, QK};
+use super::panel_layout::{put_bsums, put_row, PAIRS};
+pub use super::panel_layout::{PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP, QK, QK_K};
 
 /// A weight type with a multi-row panel kernel.
 pub trait RowPanel {
@@ -23,9 +23,11 @@ pub trait RowPanel {
     type Block: Copy + Send + Sync + 'static;
     /// The all-zero block (padding rows).
     const ZERO: Self::Block;
+    /// Elements per block (32, or 256 for K-quant super-blocks).
+    const ELEMS: usize;
 
     /// Quantizes `rows.len() / k` (≤ 8) activation rows `rows: [r, k]` into one group's
-    /// panel `out: [k / 32]`; lanes past `r` become zero.
+    /// panel `out: [k / ELEMS]`; lanes past `r` become zero.
     fn quantize_group(rows: &[f32], k: usize, out: &mut [Self::Block]);
 
     /// Whether the multi-row kernels can run on this CPU.
@@ -50,10 +52,17 @@ pub struct Q4_1Panel;
 /// Q8_0 weights · Q8_0 activation panels (`ggml_vec_dot_q8_0_q8_0` order per row).
 pub struct Q8_0Panel;
 
-/// Checks the group's shape and returns its row count.
-fn group_rows(rows: &[f32], k: usize, blocks: usize) -> usize {
+/// Q5_0 weights · Q8_0 activation panels (`ggml_vec_dot_q5_0_q8_0` order per row: the
+/// same float steps as Q8_0's, over weights unpacked to −16..15).
+pub struct Q5_0Panel;
+
+/// Q6_K weights · Q8_K activation panels (`ggml_vec_dot_q6_K_q8_K` order per row).
+pub struct Q6KPanel;
+
+/// Checks the group's shape (`blocks` blocks of `elems` per row) and returns its row count.
+fn group_rows(rows: &[f32], k: usize, blocks: usize, elems: usize) -> usize {
     assert!(
-        k > 0 && k == blocks * QK,
+        k > 0 && k == blocks * elems,
         "quantize_group: k = {k}, blocks = {blocks}"
     );
     assert!(rows.len().is_multiple_of(k), "quantize_group: ragged rows");
@@ -70,9 +79,10 @@ impl RowPanel for Q4_1Panel {
         d: [0.0; GROUP],
         s: [0.0; GROUP],
     };
+    const ELEMS: usize = QK;
 
     fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_1]) {
-        let n = group_rows(rows, k, out.len());
+        let n = group_rows(rows, k, out.len(), QK);
         let mut tmp = [Q8_1::default()];
         for (b, panel) in out.iter_mut().enumerate() {
             *panel = Self::ZERO;
@@ -106,9 +116,10 @@ impl RowPanel for Q8_0Panel {
         qs: [[0x80; 2 * QK]; PAIRS],
         d: [0.0; GROUP],
     };
+    const ELEMS: usize = QK;
 
     fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_0]) {
-        let n = group_rows(rows, k, out.len());
+        let n = group_rows(rows, k, out.len(), QK);
         let mut tmp = [Q8_0 {
             d: f16::ZERO,
             qs: [0; QK],
@@ -128,12 +139,80 @@ impl RowPanel for Q8_0Panel {
     }
 
     unsafe fn dot16(w: &[Q8_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
-        let [lo, hi] = avx512::q8_0_rows::<2>(w, [a, b]);
+        let [lo, hi] = avx512::signed32_rows::<Q8_0, 2>(w, [a, b]);
         concat(lo, hi)
     }
 
     unsafe fn dot8(w: &[Q8_0], a: &[PanelQ8_0]) -> [f32; 8] {
-        avx512::q8_0_rows::<1>(w, [a])[0]
+        avx512::signed32_rows::<Q8_0, 1>(w, [a])[0]
+    }
+}
+
+impl RowPanel for Q5_0Panel {
+    type Weight = Q5_0;
+    type Block = PanelQ8_0;
+    const ZERO: PanelQ8_0 = Q8_0Panel::ZERO;
+    const ELEMS: usize = QK;
+
+    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_0]) {
+        Q8_0Panel::quantize_group(rows, k, out)
+    }
+
+    fn available() -> bool {
+        has_avx512_vnni()
+    }
+
+    unsafe fn dot16(w: &[Q5_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
+        let [lo, hi] = avx512::signed32_rows::<Q5_0, 2>(w, [a, b]);
+        concat(lo, hi)
+    }
+
+    unsafe fn dot8(w: &[Q5_0], a: &[PanelQ8_0]) -> [f32; 8] {
+        avx512::signed32_rows::<Q5_0, 1>(w, [a])[0]
+    }
+}
+
+impl RowPanel for Q6KPanel {
+    type Weight = Q6K;
+    type Block = PanelQ8K;
+    const ZERO: PanelQ8K = PanelQ8K {
+        qs: [[[0; 2 * QK]; PAIRS]; QK_K / QK],
+        bsums: [[0; 2 * QK_K / 16]; PAIRS],
+        d: [0.0; GROUP],
+    };
+    const ELEMS: usize = QK_K;
+
+    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8K]) {
+        let n = group_rows(rows, k, out.len(), QK_K);
+        let mut tmp = [Q8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }];
+        for (b, panel) in out.iter_mut().enumerate() {
+            *panel = Self::ZERO;
+            for r in 0..n {
+                act_quant::quantize_q8k(&rows[r * k + b * QK_K..r * k + (b + 1) * QK_K], &mut tmp);
+                for (c, chunk) in tmp[0].qs32().iter().enumerate() {
+                    put_row(&mut panel.qs[c], r, *chunk);
+                }
+                put_bsums(&mut panel.bsums, r, &tmp[0].bsums);
+                panel.d[r] = tmp[0].d;
+            }
+        }
+    }
+
+    fn available() -> bool {
+        has_avx512_vnni()
+    }
+
+    unsafe fn dot16(w: &[Q6K], a: &[PanelQ8K], b: &[PanelQ8K]) -> [f32; 16] {
+        let [lo, hi] = avx512::q6k_rows::<2>(w, [a, b]);
+        concat(lo, hi)
+    }
+
+    unsafe fn dot8(w: &[Q6K], a: &[PanelQ8K]) -> [f32; 8] {
+        avx512::q6k_rows::<1>(w, [a])[0]
     }
 }
 
@@ -157,11 +236,14 @@ use super::avx512;
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     //! No AVX-512 on this architecture: `available()` is false, so these never run.
-    use super::{PanelQ8_0, PanelQ8_1, Q4_1, Q8_0};
+    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4_1, Q6K};
     pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX-512 kernels called without AVX-512")
     }
-    pub unsafe fn q8_0_rows<const G: usize>(_: &[Q8_0], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {
+    pub unsafe fn signed32_rows<B, const G: usize>(_: &[B], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX-512 kernels called without AVX-512")
+    }
+    pub unsafe fn q6k_rows<const G: usize>(_: &[Q6K], _: [&[PanelQ8K]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX-512 kernels called without AVX-512")
     }
 }

@@ -10,18 +10,26 @@
 //! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
 //! exact, so every row's result is bit-identical to `dot` (tests: `panel_tests`).
 //!
-//! Layout (`[groups][blocks]` of `Panel*`, 320 bytes each, 64-byte aligned):
-//! - `PanelQ8_1 { qs: [[i8; 64]; 4], d: [f32; 8], s: [f32; 8] }` (for Q4_1 weights).
-//! - `PanelQ8_0 { qs: [[u8; 64]; 4], d: [f32; 8] }` (for Q8_0 weights): quants stored
-//!   biased by +128 (`q ^ 0x80`) so `vpdpbusd` can take them as its unsigned operand.
+//! Layout (`[groups][blocks]` of `Panel*`, 64-byte aligned):
+//! - `PanelQ8_1 { qs: [[i8; 64]; 4], d: [f32; 8], s: [f32; 8] }` (for Q4_1 weights; 320 bytes).
+//! - `PanelQ8_0 { qs: [[u8; 64]; 4], d: [f32; 8] }` (for Q8_0 and Q5_0 weights; 320 bytes):
+//!   quants stored biased by +128 (`q ^ 0x80`) so `vpdpbusd` can take them as its
+//!   unsigned operand.
+//! - `PanelQ8K { qs: [[[i8; 64]; 4]; 8], bsums: [[i16; 32]; 4], d: [f32; 8] }` (for Q6_K
+//!   weights; one 256-element super-block, 2,368 bytes): the 8 chunks of 32 quants as
+//!   above, and each pair's 16-element sums interleaved two by two (`[a₀ a₁ b₀ b₁ a₂ a₃ b₂
+//!   b₃ ..]`, so one `vpmaddwd` against the scales gives both rows' lanes of ggml's
+//!   `q8sclsub`).
 //!
 //! Rows past the end of the last group are zero (scale 0, quants 0): their results are
 //! finite and never written out.
 
 /// Activation rows per panel group.
 pub const GROUP: usize = 8;
-/// Elements per block (both supported types).
+/// Elements per block of the 32-element types (and per chunk of a super-block).
 pub const QK: usize = 32;
+/// Elements per K-quant super-block.
+pub const QK_K: usize = 256;
 
 /// Rows per pair (one 512-bit register of quants).
 pub(super) const PAIRS: usize = GROUP / 2;
@@ -45,6 +53,28 @@ pub struct PanelQ8_0 {
     pub d: [f32; GROUP],
 }
 
+/// 8 rows of one Q8_K super-block (for Q6_K weights).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+pub struct PanelQ8K {
+    /// Per 32-element chunk, the row pairs' quants interleaved by 4-byte groups.
+    pub qs: [[[i8; 2 * QK]; PAIRS]; QK_K / QK],
+    /// Per row pair, the 16 sums of 16 quants of both rows, interleaved two by two.
+    pub bsums: [[i16; 2 * QK_K / 16]; PAIRS],
+    pub d: [f32; GROUP],
+}
+
+/// Stores row `r`'s 16 sums in its pair's interleaved slots.
+#[inline]
+pub(super) fn put_bsums(bsums: &mut [[i16; 2 * QK_K / 16]; PAIRS], r: usize, row: &[i16; 16]) {
+    let (pair, half) = (r / 2, r % 2);
+    for (l, two) in row.chunks_exact(2).enumerate() {
+        let at = 4 * l + 2 * half;
+        bsums[pair][at..at + 2].copy_from_slice(two);
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<PanelQ8K>() == 2368);
 const _: () = assert!(std::mem::size_of::<PanelQ8_1>() == 320);
 const _: () = assert!(std::mem::size_of::<PanelQ8_0>() == 320);
 

@@ -4,14 +4,16 @@
 //! On CPUs without AVX-512 VNNI the kernels cannot run; the tests say so and only check
 //! the quantizers.
 
-use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
 use half::f16;
 use rand::Rng;
 
 use super::blocks::{self, Q8_0, Q8_1};
-use super::panel::{get_row, PanelQ8_0, PanelQ8_1, Q4_1Panel, Q8_0Panel, RowPanel, GROUP};
+use super::panel::{
+    get_row, PanelQ8_0, PanelQ8_1, Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel, RowPanel, GROUP,
+};
 use super::tests::{rng, weights};
-use super::{Kernel, Q4_1Dot, Q8_0Dot};
+use super::{Kernel, Q4_1Dot, Q5_0Dot, Q6KDot, Q8_0Dot};
 
 /// `m × k` activations with a few rows of very different magnitude and an all-zero row.
 fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
@@ -32,7 +34,7 @@ fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
 fn panels<P: RowPanel>(x: &[f32], m: usize, k: usize) -> Vec<Vec<P::Block>> {
     (0..m.div_ceil(GROUP))
         .map(|g| {
-            let mut out = vec![P::ZERO; k / 32];
+            let mut out = vec![P::ZERO; k / P::ELEMS];
             let rows = g * GROUP..((g + 1) * GROUP).min(m);
             P::quantize_group(&x[rows.start * k..rows.end * k], k, &mut out);
             out
@@ -41,20 +43,27 @@ fn panels<P: RowPanel>(x: &[f32], m: usize, k: usize) -> Vec<Vec<P::Block>> {
 }
 
 /// Every row of the panel kernels (`dot16` on group pairs, `dot8` on each group) equals
-/// `K::dot` of the row-quantized activations, bit for bit.
+/// `K::dot` (and its scalar twin `K::dot_portable`) of the row-quantized activations, bit
+/// for bit.
 fn check_rows<P, K>(w: &[K::Weight], x: &[f32], m: usize, k: usize, what: &str)
 where
     P: RowPanel<Weight = K::Weight>,
     K: Kernel,
 {
     let groups = panels::<P>(x, m, k);
-    let kb = k / 32;
+    let kb = k / P::ELEMS;
     // SAFETY: activation blocks are plain data; all-zero is valid; fully overwritten.
     let mut row_q: Vec<K::Act> = (0..kb).map(|_| unsafe { std::mem::zeroed() }).collect();
     let mut want = vec![0f32; m];
     for (r, v) in want.iter_mut().enumerate() {
         K::quantize(&x[r * k..(r + 1) * k], &mut row_q);
         *v = K::dot(w, &row_q);
+        let portable = K::dot_portable(w, &row_q);
+        assert_eq!(
+            v.to_bits(),
+            portable.to_bits(),
+            "{what}: row {r}: dot vs scalar twin"
+        );
     }
     for (g, panel) in groups.iter().enumerate() {
         // SAFETY: the caller checked `P::available()`.
@@ -103,7 +112,7 @@ where
         for random_bytes in [false, true] {
             let seed = case as u64 * 10 + random_bytes as u64;
             let w = weights::<C>(n_blocks, random_bytes, f16_at, seed);
-            let k = n_blocks * 32;
+            let k = n_blocks * P::ELEMS;
             for m in [1, 2, 7, 8, 9, 16, 17, 24, 33] {
                 let x = activations(m, k, seed * 31 + m as u64);
                 let what = format!("{n_blocks} blocks, random bytes {random_bytes}");
@@ -121,6 +130,16 @@ fn q4_1_panels_equal_dot_bit_for_bit() {
 #[test]
 fn q8_0_panels_equal_dot_bit_for_bit() {
     check_type::<BlockQ8_0, Q8_0Panel, Q8_0Dot>(blocks::view_q8_0, &[0]);
+}
+
+#[test]
+fn q5_0_panels_equal_dot_bit_for_bit() {
+    check_type::<BlockQ5_0, Q5_0Panel, Q5_0Dot>(blocks::view_q5_0, &[0]);
+}
+
+#[test]
+fn q6k_panels_equal_dot_bit_for_bit() {
+    check_type::<BlockQ6K, Q6KPanel, Q6KDot>(blocks::view_q6k, &[208]);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use super::cols_per_task;
 use crate::ops::pool;
 use crate::ops::pool::SharedOut;
-use crate::ops::qdot::panel::{RowPanel, GROUP, QK};
+use crate::ops::qdot::panel::{RowPanel, GROUP};
 
 /// Weight rows per output tile: 16 rows of ≤ 48 blocks stay in L1.
 const COLS_PER_CHUNK: usize = 16;
@@ -40,7 +40,7 @@ pub(super) fn use_panels<P: RowPanel>(m: usize) -> bool {
     m >= MIN_PANEL_ROWS && P::available()
 }
 
-/// `y[m, n] = x[m, k] · Wᵀ` for `w: [n, k / 32]` blocks. Callers check `use_panels`.
+/// `y[m, n] = x[m, k] · Wᵀ` for `w: [n, k / P::ELEMS]` blocks. Callers check `use_panels`.
 pub(super) fn matmul_panel<P: RowPanel>(
     w: &[P::Weight],
     k: usize,
@@ -50,7 +50,7 @@ pub(super) fn matmul_panel<P: RowPanel>(
 ) {
     assert!(P::available(), "matmul_panel: CPU lacks the panel kernels");
     assert!(std::mem::align_of::<P::Block>() <= std::mem::align_of::<Line>());
-    let kb = k / QK;
+    let kb = k / P::ELEMS;
     let n = w.len() / kb;
     let groups = m.div_ceil(GROUP);
     PANEL_SCRATCH.with(|cell| {
@@ -123,8 +123,8 @@ mod tests {
     use super::super::{matmul, QData, QMatrix};
     use super::*;
 
-    use crate::ops::qdot::panel::{Q4_1Panel, Q8_0Panel};
-    use crate::ops::qdot::{blocks, Q4_1Dot, Q8_0Dot};
+    use crate::ops::qdot::panel::{Q4_1Panel, Q5_0Panel, Q8_0Panel};
+    use crate::ops::qdot::{blocks, Q4_1Dot, Q5_0Dot, Q8_0Dot};
     use candle_core::quantized::GgmlDType;
     use std::time::Instant;
 
@@ -135,7 +135,7 @@ mod tests {
     }
 
     /// µs per matmul (best of many), panel path vs `dot4` path, for the default model's
-    /// shapes. Run: `cargo test --release --lib quant::panel::tests::bench -- --ignored --nocapture`.
+    /// shapes and the Q5_0 ones of Qwen2.5-0.5B Q4_K_M (ffn_gate/up, attn_q/output). Run: `cargo test --release --lib quant::panel::tests::bench -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn bench_panel_vs_dot4() {
@@ -144,6 +144,8 @@ mod tests {
             (GgmlDType::Q4_1, 3072, 576),
             (GgmlDType::Q4_1, 576, 1536),
             (GgmlDType::Q8_0, 49152, 576),
+            (GgmlDType::Q5_0, 4864, 896),
+            (GgmlDType::Q5_0, 896, 896),
         ];
         for (dtype, n, k) in shapes {
             let w = QMatrix::quantize(dtype, n, k, &random(n * k, 1)).unwrap();
@@ -172,6 +174,12 @@ mod tests {
                             matmul_panel::<Q8_0Panel>(blocks::view_q8_0(b), k, &x, m, &mut y)
                         }),
                         time(&mut || matmul::<Q8_0Dot>(blocks::view_q8_0(b), k, &x, m, &mut y)),
+                    ),
+                    QData::Q5_0(b) => (
+                        time(&mut || {
+                            matmul_panel::<Q5_0Panel>(blocks::view_q5_0(b), k, &x, m, &mut y)
+                        }),
+                        time(&mut || matmul::<Q5_0Dot>(blocks::view_q5_0(b), k, &x, m, &mut y)),
                     ),
                     _ => unreachable!(),
                 };
