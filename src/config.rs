@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::model::quantize::Quantization;
+use crate::spec_decode::SpecDecodeConfig;
 
 /// How the engine is sized. Defaults suit a small model on a few CPU cores.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +29,8 @@ pub struct EngineConfig {
     pub num_threads: usize,
     /// Quantize the model's float weights at load (`--quantization`); `None` = as stored.
     pub quantization: Option<Quantization>,
+    /// Speculative decoding with the n-gram drafter (`--speculative-ngram`); `None` = off.
+    pub speculative: Option<SpecDecodeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +46,7 @@ impl Default for EngineConfig {
             long_prefill_token_threshold: 0,
             num_threads: 0,
             quantization: None,
+            speculative: None,
         }
     }
 }
