@@ -23,7 +23,7 @@ use tessera::request::SamplingParams;
 use tessera::spec_decode::SpecDecodeConfig;
 
 const MAX_TOKENS: usize = 160;
-const REPEATS: usize = 5;
+const REPEATS: usize = 3;
 
 const CODE: &str = "Rename the function `total` to `sum_prices` everywhere in this code and \
 show the whole file:\n\n```python\ndef total(items):\n    result = 0\n    for item in items:\n        \
@@ -81,33 +81,49 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn single_stream_decode_with_and_without_prompt_lookup() {
-    // Both engines live at once and their runs alternate, so a change in the machine's
-    // load hits both alike (they share the compute pool; only one runs at a time).
-    let plain = engine(None);
-    let spec = engine(Some(SpecDecodeConfig::default()));
-    println!(
-        "| workload | off: decode tok/s | ngram k=4 n=2..4: decode tok/s | ratio | accepted / draft tokens |"
-    );
+    // The engines live at once and their runs alternate, so a change in the machine's
+    // load hits all alike (they share the compute pool; only one runs at a time).
+    let eager = SpecDecodeConfig {
+        prompt_lookup_min: 2,
+        prompt_lookup_max: 4,
+        ..SpecDecodeConfig::default()
+    };
+    let engines = [
+        ("off", engine(None)),
+        ("k=4 n=2..4", engine(Some(eager))),
+        (
+            "k=4 n=3..5 (default)",
+            engine(Some(SpecDecodeConfig::default())),
+        ),
+    ];
+    println!("| workload | speculation | decode tok/s (median of {REPEATS}) | vs off | accepted / draft tokens |");
     println!("|---|---|---|---|---|");
     for (workload, text) in [("code edit", CODE), ("summary", SUMMARY), ("chat", CHAT)] {
-        let prompt = chat_prompt(&plain, text);
-        decode_rate(&plain, &prompt); // warm-up (and the prefix cache)
-        decode_rate(&spec, &prompt);
-        let before = spec.gauges().snapshot();
-        let (mut off, mut on) = (Vec::new(), Vec::new());
-        for _ in 0..REPEATS {
-            off.push(decode_rate(&plain, &prompt));
-            on.push(decode_rate(&spec, &prompt));
+        let prompt = chat_prompt(&engines[0].1, text);
+        let mut rates = vec![Vec::new(); engines.len()];
+        let before: Vec<_> = engines.iter().map(|(_, e)| e.gauges().snapshot()).collect();
+        for round in 0..=REPEATS {
+            for ((_, e), rates) in engines.iter().zip(&mut rates) {
+                let rate = decode_rate(e, &prompt);
+                if round > 0 {
+                    rates.push(rate); // round 0 warms up (and fills the prefix cache)
+                }
+            }
         }
-        let after = spec.gauges().snapshot();
-        let draft = after.spec_decode_num_draft_tokens - before.spec_decode_num_draft_tokens;
-        let acc = after.spec_decode_num_accepted_tokens - before.spec_decode_num_accepted_tokens;
-        let (off, on) = (median(off), median(on));
-        println!(
-            "| {workload} | {off:.1} | {on:.1} | {:.3} | {acc} / {draft} |",
-            on / off
-        );
+        let off = median(rates[0].clone());
+        for (((name, e), rates), before) in engines.iter().zip(rates).zip(&before) {
+            let after = e.gauges().snapshot();
+            let draft = after.spec_decode_num_draft_tokens - before.spec_decode_num_draft_tokens;
+            let acc =
+                after.spec_decode_num_accepted_tokens - before.spec_decode_num_accepted_tokens;
+            let rate = median(rates);
+            println!(
+                "| {workload} | {name} | {rate:.1} | {:.3} | {acc} / {draft} |",
+                rate / off
+            );
+        }
     }
-    plain.shutdown();
-    spec.shutdown();
+    for (_, e) in engines {
+        e.shutdown();
+    }
 }

@@ -41,8 +41,10 @@ impl Default for SpecDecodeConfig {
     fn default() -> Self {
         Self {
             num_speculative_tokens: 4,
-            prompt_lookup_min: 2,
-            prompt_lookup_max: 4,
+            // 2-grams match often in ordinary prose and their drafts mostly fail (chat:
+            // ~14 % accepted, bench/NOTES.md #17), so the default asks for 3 tokens.
+            prompt_lookup_min: 3,
+            prompt_lookup_max: 5,
         }
     }
 }
