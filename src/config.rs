@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 pub use crate::model::lora::registry::LoraOptions;
 use crate::model::quantize::Quantization;
+use crate::spec_decode::SpecDecodeConfig;
 
 /// How the engine is sized. Defaults suit a small model on a few CPU cores.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     /// LoRA adapters served on the model (`--lora-modules`, `--max-loras`,
     /// `--max-lora-rank`).
     pub lora: LoraOptions,
+    /// Speculative decoding with the n-gram drafter (`--speculative-ngram`); `None` = off.
+    pub speculative: Option<SpecDecodeConfig>,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             num_threads: 0,
             quantization: None,
             lora: LoraOptions::default(),
+            speculative: None,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! `safety` (moderation policy, input check, output guard) and `audit` (the
 //! conversation log, retention, the review queue), over `store` (persistence)
 //! → `engine` (one thread that owns all mutable serving state) → `scheduler` and
-//! `kvcache` (which tokens run this step, which blocks hold their K/V) → `runner` (its
+//! `kvcache` (which tokens run this step, which blocks hold their K/V; `spec_decode` the
+//! n-gram drafter and draft verification they and the engine use) → `runner` (its
 //! own copy of the scheduled requests, flat batch assembly) → `model` (forward pass, K/V
 //! memory) → `ops` (CPU kernels). `request` is the vocabulary they share, below all of
 //! them. Nothing below `engine` knows about HTTP or the product layer; the runner knows
@@ -30,6 +31,7 @@ pub mod runner;
 pub mod safety;
 pub mod scheduler;
 pub mod server;
+pub mod spec_decode;
 pub mod store;
 pub mod structured;
 pub mod tools;

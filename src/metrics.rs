@@ -3,7 +3,7 @@
 //!
 //! Where each value comes from:
 //! - engine gauges and running totals (requests running/waiting, KV blocks, preemptions,
-//!   prefix-cache queries/hits) are read from `EngineGauges::snapshot()` at scrape time;
+//!   prefix-cache queries/hits, speculative drafts/draft tokens/accepted tokens) are read from `EngineGauges::snapshot()` at scrape time;
 //!   totals are advanced to the snapshot's value under one lock, so concurrent scrapes
 //!   never count twice; MoE routed-token counters likewise from `ExpertTokenCounts`;
 //! - per-step histograms (tokens per step, step duration) are observed on the engine
@@ -91,6 +91,14 @@ pub const PREFIX_CACHE_QUERIES_TOTAL: &str = "tessera_prefix_cache_queries_total
 pub const PREFIX_CACHE_HITS_TOTAL: &str = "tessera_prefix_cache_hits_total";
 /// Sequences that lost their KV blocks and were recomputed.
 pub const NUM_PREEMPTIONS_TOTAL: &str = "tessera_num_preemptions_total";
+/// Speculative decoding (`--speculative-ngram`): drafts verified (one per request and
+/// step that scheduled draft tokens).
+pub const SPEC_DECODE_NUM_DRAFTS_TOTAL: &str = "tessera_spec_decode_num_drafts_total";
+/// Speculative decoding: draft tokens verified.
+pub const SPEC_DECODE_NUM_DRAFT_TOKENS_TOTAL: &str = "tessera_spec_decode_num_draft_tokens_total";
+/// Speculative decoding: draft tokens accepted (acceptance rate = this / draft tokens).
+pub const SPEC_DECODE_NUM_ACCEPTED_TOKENS_TOTAL: &str =
+    "tessera_spec_decode_num_accepted_tokens_total";
 /// Sequences finished normally, by `finished_reason` (`stop`, `length`, `content_filter`).
 pub const REQUEST_SUCCESS_TOTAL: &str = "tessera_request_success_total";
 /// Generation requests that failed, by `reason` (see [`FailureReason`]).
@@ -145,6 +153,9 @@ pub const ALL_NAMES: &[&str] = &[
     PREFIX_CACHE_QUERIES_TOTAL,
     PREFIX_CACHE_HITS_TOTAL,
     NUM_PREEMPTIONS_TOTAL,
+    SPEC_DECODE_NUM_DRAFTS_TOTAL,
+    SPEC_DECODE_NUM_DRAFT_TOKENS_TOTAL,
+    SPEC_DECODE_NUM_ACCEPTED_TOKENS_TOTAL,
     REQUEST_SUCCESS_TOTAL,
     REQUEST_FAILURE_TOTAL,
     HTTP_REQUESTS_TOTAL,

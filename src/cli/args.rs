@@ -10,6 +10,7 @@ use crate::metrics::MetricsCompat;
 use crate::model::quantize::Quantization;
 use crate::request::SamplingParams;
 use crate::server::logging::LogFormat;
+use crate::spec_decode::SpecDecodeConfig;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -225,6 +226,22 @@ pub struct EngineArgs {
     /// Largest LoRA rank accepted (a larger adapter is refused at load).
     #[arg(long, env = "TESSERA_MAX_LORA_RANK", default_value_t = 16)]
     pub max_lora_rank: usize,
+    /// Speculative decoding with a model-free n-gram (prompt-lookup) drafter: a decoding
+    /// request's draft is what followed the latest earlier occurrence of its last tokens;
+    /// the draft is verified in the same step (output unchanged: greedy identical,
+    /// sampling identically distributed). Helps when the output repeats the prompt
+    /// (code editing, summaries, extraction). Not for structured-output requests.
+    #[arg(long, env = "TESSERA_SPECULATIVE_NGRAM")]
+    pub speculative_ngram: bool,
+    /// With --speculative-ngram: most draft tokens per request and step (1-32).
+    #[arg(long, env = "TESSERA_NUM_SPECULATIVE_TOKENS", default_value_t = SpecDecodeConfig::default().num_speculative_tokens)]
+    pub num_speculative_tokens: usize,
+    /// With --speculative-ngram: shortest n-gram looked up (>= 1).
+    #[arg(long, env = "TESSERA_PROMPT_LOOKUP_MIN", default_value_t = SpecDecodeConfig::default().prompt_lookup_min)]
+    pub prompt_lookup_min: usize,
+    /// With --speculative-ngram: longest n-gram looked up, tried first (>= --prompt-lookup-min).
+    #[arg(long, env = "TESSERA_PROMPT_LOOKUP_MAX", default_value_t = SpecDecodeConfig::default().prompt_lookup_max)]
+    pub prompt_lookup_max: usize,
 }
 
 /// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
@@ -464,6 +481,11 @@ impl EngineArgs {
                 max_loras: self.max_loras,
                 max_lora_rank: self.max_lora_rank,
             },
+            speculative: self.speculative_ngram.then_some(SpecDecodeConfig {
+                num_speculative_tokens: self.num_speculative_tokens,
+                prompt_lookup_min: self.prompt_lookup_min,
+                prompt_lookup_max: self.prompt_lookup_max,
+            }),
         };
         (self.model.clone().unwrap_or_else(default_model_path), cfg)
     }

@@ -33,11 +33,12 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::EngineError;
 use super::sampler::{self, History, SamplerScratch, SeqRng};
-use crate::request::{PromptLogprob, Request, RequestId, SamplingParams, TokenId};
+use crate::request::{PromptLogprob, Request, RequestId, SampledToken, SamplingParams, TokenId};
 use crate::runner::{ModelRunner, StepLogits};
 use crate::scheduler::output::SchedulerOutput;
 use crate::scheduler::output::{ModelRunnerOutput, OutputTiming, RequestOutput};
 use crate::scheduler::Scheduler;
+use crate::spec_decode;
 use crate::structured::{GuideState, StructuredError};
 
 /// What the engine sends a request's consumer.
@@ -221,31 +222,20 @@ impl EngineCore {
             }
         }
         let mut sampled = Vec::with_capacity(step.ids.len());
-        for (&id, row) in step
-            .ids
-            .iter()
-            .zip(step.logits.chunks_exact_mut(step.vocab))
-        {
+        let mut rest: &mut [f32] = step.logits;
+        // A request's rows are adjacent: one, or 1 + its draft's length.
+        for ids in step.ids.chunk_by(|a, b| a == b) {
+            let (mine, after) = std::mem::take(&mut rest).split_at_mut(ids.len() * step.vocab);
+            rest = after;
+            let (id, request_rows) = (ids[0], mine.chunks_exact_mut(step.vocab));
             let Some(seq) = self.seqs.get_mut(&id) else {
                 continue;
             };
             if guide_failures.iter().any(|(failed, _)| *failed == id) {
                 continue;
             }
-            let history = History {
-                prompt_ids: &seq.prompt_token_ids,
-                output_ids: &seq.output_token_ids,
-                eos_ids: &seq.eos_token_ids,
-            };
-            let token = sampler::sample_masked(
-                row,
-                &seq.sampling,
-                &history,
-                seq.guide.as_ref().map(GuideState::mask),
-                &mut seq.rng,
-                &mut self.scratch,
-            );
-            sampled.push((id, token));
+            let tokens = sample_rows(seq, request_rows, so.draft(id), &mut self.scratch);
+            sampled.push((id, tokens));
         }
         for (id, err) in guide_failures {
             self.fail_request(id, &err);
@@ -323,6 +313,39 @@ impl EngineCore {
             }
         }
     }
+}
+
+/// Samples one request's rows: its next token, or with a draft the accepted draft
+/// tokens and one more (`spec_decode::verify`: each row is sampled exactly as without
+/// speculation, over the history extended by the tokens accepted before it).
+fn sample_rows<'r>(
+    seq: &mut Sequence,
+    rows: impl Iterator<Item = &'r mut [f32]>,
+    draft: &[TokenId],
+    scratch: &mut SamplerScratch,
+) -> Vec<SampledToken> {
+    let num_output = seq.output_token_ids.len();
+    let tokens = spec_decode::verify::verify(rows, draft, |row, accepted| {
+        seq.output_token_ids.truncate(num_output);
+        seq.output_token_ids
+            .extend(accepted.iter().map(|t| t.token_id));
+        let history = History {
+            prompt_ids: &seq.prompt_token_ids,
+            output_ids: &seq.output_token_ids,
+            eos_ids: &seq.eos_token_ids,
+        };
+        sampler::sample_masked(
+            row,
+            &seq.sampling,
+            &history,
+            seq.guide.as_ref().map(GuideState::mask),
+            &mut seq.rng,
+            scratch,
+        )
+    });
+    // The tokens join the sequence when the scheduler's output says which were kept.
+    seq.output_token_ids.truncate(num_output);
+    tokens
 }
 
 /// Runs the forward pass of `so` and computes the masks of the constrained requests

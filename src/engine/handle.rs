@@ -57,6 +57,10 @@ pub struct EngineStats {
     /// Prompt tokens looked up in / served from the prefix cache.
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
+    /// Speculative decoding: drafts verified, their tokens, and the tokens accepted.
+    pub spec_decode_num_drafts: u64,
+    pub spec_decode_num_draft_tokens: u64,
+    pub spec_decode_num_accepted_tokens: u64,
 }
 
 /// Live counts published by the engine thread after every step and command.
@@ -81,6 +85,9 @@ impl EngineGauges {
             num_preemptions: s.num_preemptions,
             prefix_cache_queries: s.prefix_cache.queries,
             prefix_cache_hits: s.prefix_cache.hits,
+            spec_decode_num_drafts: s.spec_decode.num_drafts,
+            spec_decode_num_draft_tokens: s.spec_decode.num_draft_tokens,
+            spec_decode_num_accepted_tokens: s.spec_decode.num_accepted_tokens,
         };
         if let Ok(mut guard) = self.stats.lock() {
             *guard = stats;
@@ -143,13 +150,14 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         num_blocks,
         enable_prefix_caching: cfg.enable_prefix_caching,
         long_prefill_token_threshold: cfg.long_prefill_token_threshold,
+        speculative: cfg.speculative,
     })?;
     let runner = ModelRunner::new(
         transformer,
         num_blocks,
         cfg.block_size,
         cfg.max_num_batched_tokens,
-        cfg.max_num_seqs,
+        scheduler.config().max_logit_rows(),
     )
     .with_adapters(Arc::clone(&assets.adapters));
     let (tx, rx) = mpsc::channel();

@@ -47,6 +47,18 @@ pub const VLLM_NAMES: &[(&str, &str)] = &[
     ),
     (PREFIX_CACHE_HITS_TOTAL, "vllm:prefix_cache_hits_total"),
     (NUM_PREEMPTIONS_TOTAL, "vllm:num_preemptions_total"),
+    (
+        SPEC_DECODE_NUM_DRAFTS_TOTAL,
+        "vllm:spec_decode_num_drafts_total",
+    ),
+    (
+        SPEC_DECODE_NUM_DRAFT_TOKENS_TOTAL,
+        "vllm:spec_decode_num_draft_tokens_total",
+    ),
+    (
+        SPEC_DECODE_NUM_ACCEPTED_TOKENS_TOTAL,
+        "vllm:spec_decode_num_accepted_tokens_total",
+    ),
     (PROMPT_TOKENS_TOTAL, "vllm:prompt_tokens_total"),
     (GENERATION_TOKENS_TOTAL, "vllm:generation_tokens_total"),
     (REQUEST_SUCCESS_TOTAL, "vllm:request_success_total"),

@@ -140,6 +140,9 @@ pub(super) struct EngineSeries {
     preemptions: IntCounter,
     prefix_queries: IntCounter,
     prefix_hits: IntCounter,
+    spec_drafts: IntCounter,
+    spec_draft_tokens: IntCounter,
+    spec_accepted_tokens: IntCounter,
     experts: IntCounterVec,
 }
 
@@ -159,6 +162,18 @@ impl EngineSeries {
             prefix_hits: reg.counter(
                 PREFIX_CACHE_HITS_TOTAL,
                 "Prompt tokens served from the prefix cache.",
+            )?,
+            spec_drafts: reg.counter(
+                SPEC_DECODE_NUM_DRAFTS_TOTAL,
+                "Speculative drafts verified (one per request and step with draft tokens).",
+            )?,
+            spec_draft_tokens: reg.counter(
+                SPEC_DECODE_NUM_DRAFT_TOKENS_TOTAL,
+                "Speculative draft tokens verified.",
+            )?,
+            spec_accepted_tokens: reg.counter(
+                SPEC_DECODE_NUM_ACCEPTED_TOKENS_TOTAL,
+                "Speculative draft tokens accepted.",
             )?,
             experts: reg.counter_vec(
                 MOE_EXPERT_TOKENS_TOTAL,
@@ -187,6 +202,12 @@ impl EngineSeries {
             (&self.preemptions, stats.num_preemptions),
             (&self.prefix_queries, stats.prefix_cache_queries),
             (&self.prefix_hits, stats.prefix_cache_hits),
+            (&self.spec_drafts, stats.spec_decode_num_drafts),
+            (&self.spec_draft_tokens, stats.spec_decode_num_draft_tokens),
+            (
+                &self.spec_accepted_tokens,
+                stats.spec_decode_num_accepted_tokens,
+            ),
         ];
         for (counter, target) in targets {
             counter.inc_by(target.saturating_sub(counter.get()));

@@ -13,6 +13,9 @@ fn stats() -> EngineStats {
         num_preemptions: 5,
         prefix_cache_queries: 64,
         prefix_cache_hits: 32,
+        spec_decode_num_drafts: 7,
+        spec_decode_num_draft_tokens: 20,
+        spec_decode_num_accepted_tokens: 11,
     }
 }
 
@@ -112,6 +115,9 @@ fn render_shows_engine_gauges_and_totals_once() {
         "tessera_num_preemptions_total{model_name=\"smol\"} 5",
         "tessera_prefix_cache_queries_total{model_name=\"smol\"} 64",
         "tessera_prefix_cache_hits_total{model_name=\"smol\"} 32",
+        "tessera_spec_decode_num_drafts_total{model_name=\"smol\"} 7",
+        "tessera_spec_decode_num_draft_tokens_total{model_name=\"smol\"} 20",
+        "tessera_spec_decode_num_accepted_tokens_total{model_name=\"smol\"} 11",
         "tessera_request_success_total{finished_reason=\"stop\",model_name=\"smol\"} 0",
         "tessera_request_failure_total{model_name=\"smol\",reason=\"aborted_client\"} 0",
     ] {
@@ -177,6 +183,9 @@ fn vllm_compat_copies_families_under_vllm_names() {
         "vllm:e2e_request_latency_seconds_count{model_name=\"smol\"} 1",
         "vllm:request_success_total{finished_reason=\"stop\",model_name=\"smol\"} 1",
         "vllm:generation_tokens_total{model_name=\"smol\"} 1",
+        "vllm:spec_decode_num_drafts_total{model_name=\"smol\"} 7",
+        "vllm:spec_decode_num_draft_tokens_total{model_name=\"smol\"} 20",
+        "vllm:spec_decode_num_accepted_tokens_total{model_name=\"smol\"} 11",
         "tessera_num_requests_waiting{model_name=\"smol\"} 2",
     ] {
         assert!(has_line(&text, line), "missing `{line}` in\n{text}");

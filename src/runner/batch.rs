@@ -1,6 +1,7 @@
 //! Flattens a `SchedulerOutput` into the model's batch: token ids, positions, cache slots,
 //! per-sequence attention descriptors and block tables, which rows need logits for
-//! sampling, and which prompt rows need them for prompt logprobs (only for requests that
+//! sampling (for a request with draft tokens, `SchedulerOutput::scheduled_spec_decode_tokens`,
+//! every position from its last token on), and which prompt rows need them for prompt logprobs (only for requests that
 //! ask). Tokens and block tables come from the runner's own `RequestStates`. Buffers are
 //! kept between steps (cleared, not reallocated).
 
@@ -22,7 +23,8 @@ pub struct BatchBuilder {
     slots: Vec<u32>,
     seqs: Vec<AttnSeq>,
     block_tables: Vec<u32>,
-    /// `[S]` rows whose logits are sampled.
+    /// `[S]` rows whose logits are sampled (a speculating request's rows are adjacent:
+    /// its last token's, then one per draft token).
     logit_rows: Vec<usize>,
     /// `[S]` the request each logit row belongs to.
     sample_ids: Vec<RequestId>,
@@ -59,8 +61,14 @@ impl BatchBuilder {
             let table = req.block_ids();
             let q_row = self.token_ids.len();
             let ctx_len = sr.start_pos + sr.num_tokens;
+            let draft = so.draft(sr.req_id);
+            let num_held = req.num_tokens();
             for pos in sr.start_pos..ctx_len {
-                self.token_ids.push(req.token_at(pos));
+                let token = match pos.checked_sub(num_held) {
+                    None => req.token_at(pos),
+                    Some(i) => draft[i],
+                };
+                self.token_ids.push(token);
                 self.positions.push(pos as u32);
                 let block = table[pos / block_size];
                 self.slots
@@ -79,8 +87,12 @@ impl BatchBuilder {
                 self.lora_rows.push((id, q_row..q_row + sr.num_tokens));
             }
             if sr.sample {
-                self.logit_rows.push(q_row + sr.num_tokens - 1);
-                self.sample_ids.push(sr.req_id);
+                // The last token's row, and one per draft token after it.
+                let first = q_row + sr.num_tokens - 1 - draft.len();
+                for row in first..q_row + sr.num_tokens {
+                    self.logit_rows.push(row);
+                    self.sample_ids.push(sr.req_id);
+                }
             }
             if let Some(k) = req.prompt_logprobs() {
                 // Positions before the last prompt token; output tokens are not scored.

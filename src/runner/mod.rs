@@ -33,7 +33,8 @@ pub struct ModelRunner {
     block_size: usize,
 }
 
-/// Logits of one step: row `i` belongs to request `ids[i]`.
+/// Logits of one step: row `i` belongs to request `ids[i]`; a request with draft tokens
+/// has `1 + draft.len()` adjacent rows (after its last token, then after each draft token).
 pub struct StepLogits<'a> {
     pub ids: &'a [RequestId],
     /// `[ids.len(), vocab]`
@@ -47,11 +48,11 @@ impl ModelRunner {
         num_blocks: usize,
         block_size: usize,
         max_num_batched_tokens: usize,
-        max_num_seqs: usize,
+        max_logit_rows: usize,
     ) -> Self {
         let geo = model.kv_geometry(block_size);
         let kv = KvStorage::new(model.cfg.n_layers, num_blocks, geo);
-        let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_num_seqs);
+        let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_logit_rows);
         Self {
             model,
             adapters: Arc::default(),

@@ -120,7 +120,8 @@ impl RequestStates {
     fn check(&self, so: &SchedulerOutput) {
         for sr in &so.scheduled {
             let state = self.by_id.get(&sr.req_id);
-            let end = sr.start_pos + sr.num_tokens;
+            // Draft tokens come with the step, not from the held tokens.
+            let end = sr.start_pos + sr.num_tokens - so.draft(sr.req_id).len();
             assert!(
                 state.is_some_and(|s| s.num_tokens() >= end),
                 "request {}: the runner lacks tokens up to {end}",

@@ -6,6 +6,8 @@
 //! tokens (`num_blocks * block_size >= max_model_len`), so preemption always makes
 //! progress: the oldest running request can never be starved of blocks.
 
+use crate::spec_decode::SpecDecodeConfig;
+
 /// Limits of the continuous-batching scheduler (names as vLLM's flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -22,6 +24,8 @@ pub struct SchedulerConfig {
     pub enable_prefix_caching: bool,
     /// Caps one prefill chunk of a request; 0 = off.
     pub long_prefill_token_threshold: usize,
+    /// Speculative decoding with the n-gram drafter (`--speculative-ngram`); `None` = off.
+    pub speculative: Option<SpecDecodeConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -34,6 +38,7 @@ impl Default for SchedulerConfig {
             num_blocks: 1024,
             enable_prefix_caching: true,
             long_prefill_token_threshold: 0,
+            speculative: None,
         }
     }
 }
@@ -53,6 +58,12 @@ fn invalid(field: &'static str, message: String) -> SchedulerError {
 }
 
 impl SchedulerConfig {
+    /// Logits rows one step may need: one per running request, plus room for one
+    /// request's draft tokens when speculating (the scheduler keeps each step within it).
+    pub fn max_logit_rows(&self) -> usize {
+        self.max_num_seqs + self.speculative.map_or(0, |s| s.num_speculative_tokens)
+    }
+
     /// Checks every limit; the error names the field, the bound and the value given.
     pub fn validate(&self) -> Result<(), SchedulerError> {
         let positive = [
@@ -80,6 +91,10 @@ impl SchedulerConfig {
                 self.num_blocks, self.block_size, self.max_model_len
             );
             return Err(invalid("num_blocks", msg));
+        }
+        if let Some(spec) = &self.speculative {
+            spec.validate()
+                .map_err(|message| invalid("speculative", message))?;
         }
         Ok(())
     }

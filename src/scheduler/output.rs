@@ -11,6 +11,7 @@
 //! `scheduled_new_reqs` / `scheduled_cached_reqs`, and never in `preempted` or
 //! `finished_req_ids` of the same output.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,6 +72,11 @@ pub struct SchedulerOutput {
     pub scheduled_new_reqs: Vec<NewRequestData>,
     /// The requests of `scheduled` the runner holds, with what changed.
     pub scheduled_cached_reqs: Vec<CachedRequestData>,
+    /// Draft tokens of the requests that speculate this step (vLLM's
+    /// `scheduled_spec_decode_tokens`): such a request's `ScheduledRequest` covers its last
+    /// token plus these (`num_tokens = 1 + draft.len()`), and the runner computes logits
+    /// at each of those positions. Only requests in decode appear here, never empty.
+    pub scheduled_spec_decode_tokens: HashMap<RequestId, Vec<TokenId>>,
     /// Sum of `num_tokens` over `scheduled` (≤ `max_num_batched_tokens`).
     pub total_num_tokens: usize,
     /// Requests that lost their blocks this step (back in the waiting queue).
@@ -79,11 +85,21 @@ pub struct SchedulerOutput {
     pub finished_req_ids: Vec<RequestId>,
 }
 
-/// What the runner + sampler produced for a step: one sampled token for each scheduled
-/// request with `sample == true`.
+/// What the runner + sampler produced for a step, for each scheduled request with
+/// `sample == true`: its sampled token, or with a draft the accepted draft tokens then
+/// one more (vLLM's `sampled_token_ids`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelRunnerOutput {
-    pub sampled: Vec<(RequestId, SampledToken)>,
+    pub sampled: Vec<(RequestId, Vec<SampledToken>)>,
+}
+
+impl SchedulerOutput {
+    /// The draft tokens scheduled for `req_id` this step (empty when it does not speculate).
+    pub fn draft(&self, req_id: RequestId) -> &[TokenId] {
+        self.scheduled_spec_decode_tokens
+            .get(&req_id)
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// What one request gained in a step, for the output side.

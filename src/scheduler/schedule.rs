@@ -9,6 +9,12 @@
 //! get blocks preempts the newest running request (by recompute) until it fits or is
 //! itself preempted; no request is admitted in a step that preempted.
 //!
+//! Speculative decoding (`config.speculative`): a running request in decode may be given
+//! draft tokens from the n-gram drafter (`propose_draft`); it is then scheduled for its
+//! last token plus the draft, which count against the token budget, its blocks and the
+//! step's logit rows (`SchedulerConfig::max_logit_rows`; rows are kept for every running
+//! and waiting request first). `update_from_output` keeps the accepted prefix only.
+//!
 //! Each scheduled request also goes into the output as the runner needs it (see
 //! `output`): whole (`NewRequestData`) when admitted, as a delta (`CachedRequestData`)
 //! while running. `Request::num_runner_tokens` says how many of its tokens the runner
@@ -28,6 +34,7 @@ use super::output::{CachedRequestData, NewRequestData, ScheduledRequest, Schedul
 use crate::kvcache::block_pool::BlockId;
 use crate::kvcache::manager::{KvCacheManager, PrefixCacheStats};
 use crate::request::{Request, RequestId, RequestStatus, TokenId};
+use crate::spec_decode::{self, ngram, SpecDecodeStats};
 
 /// Counters for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -40,6 +47,8 @@ pub struct SchedulerStats {
     pub num_preemptions: u64,
     /// Prefix-cache queries and hits since start, in tokens.
     pub prefix_cache: PrefixCacheStats,
+    /// Speculative decoding: drafts, draft tokens and accepted tokens since start.
+    pub spec_decode: SpecDecodeStats,
 }
 
 /// Continuous-batching scheduler over a paged KV cache (vLLM v1 contract).
@@ -56,6 +65,7 @@ pub struct Scheduler {
     /// Finished or aborted since the last `schedule()` (the runner drops them).
     pub(super) finished_req_ids: Vec<RequestId>,
     pub(super) num_preemptions: u64,
+    pub(super) spec_stats: SpecDecodeStats,
 }
 
 impl Scheduler {
@@ -74,6 +84,7 @@ impl Scheduler {
             running: Vec::new(),
             finished_req_ids: Vec::new(),
             num_preemptions: 0,
+            spec_stats: SpecDecodeStats::default(),
         })
     }
 
@@ -140,16 +151,31 @@ impl Scheduler {
     }
 
     fn schedule_running(&mut self, budget: &mut usize, out: &mut SchedulerOutput) {
+        // Logit rows left for draft tokens once every running and waiting request has
+        // its own (so drafts never delay an admission).
+        let mut spare_rows = self
+            .config
+            .max_logit_rows()
+            .saturating_sub(self.running.len() + self.waiting.len());
         let mut i = 0;
         while i < self.running.len() && *budget > 0 {
             let req_id = self.running[i];
             let req = &self.requests[&req_id];
             let (start_pos, num_tokens) = (req.num_computed_tokens, req.num_tokens());
-            let n = self.chunk_len(num_tokens - start_pos, *budget);
+            let draft = self.propose_draft(req, *budget, spare_rows);
+            let n = match draft.len() {
+                0 => self.chunk_len(num_tokens - start_pos, *budget),
+                d => 1 + d,
+            };
             debug_assert!(n > 0, "running request {req_id} has nothing to compute");
             let num_held = self.kv.block_ids(req_id).len();
             if !self.allocate_or_preempt(req_id, n, out) {
                 break; // it preempted itself: it was the last running request
+            }
+            let num_draft = draft.len();
+            if num_draft > 0 {
+                spare_rows -= num_draft;
+                out.scheduled_spec_decode_tokens.insert(req_id, draft);
             }
             out.scheduled_cached_reqs.push(CachedRequestData {
                 req_id,
@@ -160,11 +186,39 @@ impl Scheduler {
                 req_id,
                 start_pos,
                 num_tokens: n,
-                sample: start_pos + n == num_tokens,
+                sample: start_pos + n - num_draft == num_tokens,
             });
             *budget -= n;
             i += 1;
         }
+    }
+
+    /// The draft tokens to verify for `req` this step: none unless speculation is on,
+    /// the request is in decode (only its last token uncomputed) and may speculate
+    /// (`spec_decode::speculates`). At most `num_speculative_tokens`, and few enough that
+    /// the step fits `budget` and `spare_rows` logit rows and that accepting them all plus
+    /// the bonus token stays within `max_tokens` and `max_model_len`.
+    fn propose_draft(&self, req: &Request, budget: usize, spare_rows: usize) -> Vec<TokenId> {
+        let Some(spec) = &self.config.speculative else {
+            return Vec::new();
+        };
+        let num_tokens = req.num_tokens();
+        if req.num_computed_tokens + 1 != num_tokens || !spec_decode::speculates(&req.sampling) {
+            return Vec::new();
+        }
+        let num_output = req.output_token_ids.len();
+        let max_draft = spec
+            .num_speculative_tokens
+            .min(budget.saturating_sub(1))
+            .min(spare_rows)
+            .min(req.sampling.max_tokens.saturating_sub(num_output + 1))
+            .min(self.config.max_model_len.saturating_sub(num_tokens + 1));
+        ngram::propose(
+            &req.prompt_token_ids,
+            &req.output_token_ids,
+            spec,
+            max_draft,
+        )
     }
 
     /// The tokens of running `req_id` the runner does not hold yet (the one sampled in
@@ -313,6 +367,7 @@ impl Scheduler {
             kv_usage: self.kv.usage(),
             num_preemptions: self.num_preemptions,
             prefix_cache: self.kv.prefix_cache_stats(),
+            spec_decode: self.spec_stats,
         }
     }
 
@@ -380,9 +435,14 @@ impl Scheduler {
         for s in &out.scheduled {
             let req = &self.requests[&s.req_id];
             let end = s.start_pos + s.num_tokens;
+            let num_draft = out.draft(s.req_id).len();
             assert!(
-                s.num_tokens > 0 && end <= req.num_tokens(),
+                s.num_tokens > 0 && end <= req.num_tokens() + num_draft,
                 "bad chunk {s:?}"
+            );
+            assert!(
+                num_draft == 0 || (s.sample && s.start_pos + 1 == req.num_tokens()),
+                "draft for a request not in decode {s:?}"
             );
             assert_eq!(s.start_pos, req.num_computed_tokens, "start_pos {s:?}");
             let held = self.kv.block_ids(s.req_id).len() * cfg.block_size;
@@ -400,6 +460,19 @@ impl Scheduler {
                 req.num_runner_tokens,
                 req.num_tokens(),
                 "runner tokens {s:?}"
+            );
+        }
+        let rows = out.scheduled.iter().filter(|s| s.sample).count()
+            + out
+                .scheduled_spec_decode_tokens
+                .values()
+                .map(Vec::len)
+                .sum::<usize>();
+        assert!(rows <= cfg.max_logit_rows(), "{rows} logit rows");
+        for id in out.scheduled_spec_decode_tokens.keys() {
+            assert!(
+                cached.contains(id),
+                "draft for {id}, not a scheduled running request"
             );
         }
         for id in out.preempted.iter().chain(&out.finished_req_ids) {

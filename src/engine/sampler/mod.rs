@@ -174,4 +174,6 @@ fn apply_processors(
 #[cfg(test)]
 mod masked_tests;
 #[cfg(test)]
+mod spec_tests;
+#[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@
 
 mod admission;
 mod lifecycle;
+mod spec;
 
 use std::collections::HashMap;
 
@@ -21,8 +22,17 @@ use crate::runner::requests::{RequestState, RequestStates};
 /// EOS id used by the tests; the default fake sampler only emits ids < 1000.
 pub(super) const EOS: TokenId = 2000;
 
-/// Picks the next token from the request and a checksum of its context read from KV.
-pub(super) type SampleFn = Box<dyn Fn(&Request, u64) -> TokenId>;
+/// What a fake sampling position knows: its request, the context it reads (its length,
+/// how much of it is output, and a checksum of the context as read back from KV).
+pub(super) struct SampleCtx {
+    pub req_id: RequestId,
+    pub num_tokens: usize,
+    pub num_output: usize,
+    pub checksum: u64,
+}
+
+/// Picks the next token of a sampling position.
+pub(super) type SampleFn = Box<dyn Fn(&SampleCtx) -> TokenId>;
 
 pub(super) fn cfg(block_size: usize, num_blocks: usize, budget: usize) -> SchedulerConfig {
     SchedulerConfig {
@@ -33,24 +43,28 @@ pub(super) fn cfg(block_size: usize, num_blocks: usize, budget: usize) -> Schedu
         num_blocks,
         enable_prefix_caching: true,
         long_prefill_token_threshold: 0,
+        speculative: None,
     }
 }
 
 /// The task's deterministic sampler, `(req_id*31 + pos) % 1000`, plus the context
 /// checksum so the token depends on what the KV cache really holds.
 pub(super) fn default_sampler() -> SampleFn {
-    Box::new(|req, checksum| {
-        let pos = req.num_tokens() as u64;
-        ((req.id * 31 + pos + checksum) % 1000) as TokenId
-    })
+    Box::new(|c| ((c.req_id * 31 + c.num_tokens as u64 + c.checksum) % 1000) as TokenId)
 }
 
 /// Emits `script[i]` as the i-th output token (then 1, 2, 3...).
 pub(super) fn scripted(script: Vec<TokenId>) -> SampleFn {
-    Box::new(move |req, _| {
-        let i = req.output_token_ids.len();
+    Box::new(move |c| {
+        let i = c.num_output;
         script.get(i).copied().unwrap_or(i as TokenId)
     })
+}
+
+/// Emits `cycle[pos % cycle.len()]` at context length `pos`: output that repeats itself,
+/// so the n-gram drafter's drafts are accepted.
+pub(super) fn cyclic(cycle: Vec<TokenId>) -> SampleFn {
+    Box::new(move |c| cycle[c.num_tokens % cycle.len()])
 }
 
 pub(super) struct FakeRunner {
@@ -78,31 +92,60 @@ impl FakeRunner {
     }
 
     /// Applies `out` to the runner's requests and checks them against the scheduler's
-    /// books; then writes all scheduled tokens (like one forward pass), then samples.
+    /// books; then writes all scheduled tokens, draft tokens included (like one forward
+    /// pass), then samples: each sampling position reads its context back from the
+    /// slots. A request with a draft is verified like the engine does it: row `j` (after
+    /// `j` draft tokens) is sampled while the draft holds.
     pub(super) fn execute(&mut self, s: &Scheduler, out: &SchedulerOutput) -> ModelRunnerOutput {
         self.requests.update(out);
         for sr in &out.scheduled {
             let held = held(&self.requests, s, sr.req_id);
             for pos in sr.start_pos..sr.start_pos + sr.num_tokens {
                 let slot = Self::slot(self.block_size, held.block_ids(), pos);
-                self.slots[slot] = Some(held.token_at(pos));
+                self.slots[slot] = Some(token_at(held, out.draft(sr.req_id), pos));
             }
         }
         let mut sampled = Vec::new();
         for sr in out.scheduled.iter().filter(|sr| sr.sample) {
             let held = held(&self.requests, s, sr.req_id);
-            let mut checksum = 0u64;
-            for pos in 0..sr.start_pos + sr.num_tokens {
-                let got = self.slots[Self::slot(self.block_size, held.block_ids(), pos)];
-                assert_eq!(got, Some(held.token_at(pos)), "req {} pos {pos}", sr.req_id);
-                checksum = checksum.wrapping_mul(1_000_003) ^ u64::from(held.token_at(pos));
-            }
+            let draft = out.draft(sr.req_id);
             let req = s.request(sr.req_id).expect("scheduled request exists");
-            let token_id = (self.sampler)(req, checksum);
-            let logprobs = None;
-            sampled.push((sr.req_id, SampledToken { token_id, logprobs }));
+            let mut tokens = Vec::new();
+            for j in 0..=draft.len() {
+                let num_tokens = req.num_tokens() + j;
+                let mut checksum = 0u64;
+                for pos in 0..num_tokens {
+                    let got = self.slots[Self::slot(self.block_size, held.block_ids(), pos)];
+                    let want = token_at(held, draft, pos);
+                    assert_eq!(got, Some(want), "req {} pos {pos}", sr.req_id);
+                    checksum = checksum.wrapping_mul(1_000_003) ^ u64::from(want);
+                }
+                let ctx = SampleCtx {
+                    req_id: sr.req_id,
+                    num_tokens,
+                    num_output: req.output_token_ids.len() + j,
+                    checksum,
+                };
+                let token_id = (self.sampler)(&ctx);
+                tokens.push(SampledToken {
+                    token_id,
+                    logprobs: None,
+                });
+                if draft.get(j) != Some(&token_id) {
+                    break;
+                }
+            }
+            sampled.push((sr.req_id, tokens));
         }
         ModelRunnerOutput { sampled }
+    }
+}
+
+/// Token at `pos` of a held request whose step appends `draft`.
+fn token_at(held: &RequestState, draft: &[TokenId], pos: usize) -> TokenId {
+    match pos.checked_sub(held.num_tokens()) {
+        None => held.token_at(pos),
+        Some(i) => draft[i],
     }
 }
 
