@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::model::kv_storage::KvCacheDtype;
 use crate::model::quantize::Quantization;
 
 /// How the engine is sized. Defaults suit a small model on a few CPU cores.
@@ -28,6 +29,8 @@ pub struct EngineConfig {
     pub num_threads: usize,
     /// Quantize the model's float weights at load (`--quantization`); `None` = as stored.
     pub quantization: Option<Quantization>,
+    /// K/V cache storage (`--kv-cache-dtype`): f16 (`auto`) or Q8_0 blocks.
+    pub kv_cache_dtype: KvCacheDtype,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +46,7 @@ impl Default for EngineConfig {
             long_prefill_token_threshold: 0,
             num_threads: 0,
             quantization: None,
+            kv_cache_dtype: KvCacheDtype::Auto,
         }
     }
 }

@@ -10,7 +10,7 @@
 pub mod batch;
 pub mod requests;
 
-use crate::model::kv_storage::KvStorage;
+use crate::model::kv_storage::{KvCacheDtype, KvStorage};
 use crate::model::transformer::Transformer;
 use crate::model::workspace::Workspace;
 use crate::request::RequestId;
@@ -42,9 +42,10 @@ impl ModelRunner {
         block_size: usize,
         max_num_batched_tokens: usize,
         max_num_seqs: usize,
+        kv_dtype: KvCacheDtype,
     ) -> Self {
         let geo = model.kv_geometry(block_size);
-        let kv = KvStorage::new(model.cfg.n_layers, num_blocks, geo);
+        let kv = KvStorage::new(model.cfg.n_layers, num_blocks, geo, kv_dtype);
         let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_num_seqs);
         Self {
             model,
