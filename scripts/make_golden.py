@@ -13,6 +13,7 @@ Usage:
   make_golden.py                      # smollm2.json + one JSON per tests/fixtures/*.gguf
   make_golden.py --only smollm2       # or a fixture stem
   make_golden.py --noise-check        # also rerun teacher-forced with other settings, report drift
+  make_golden.py --kv-cache-dtype q8_0  # llama.cpp's -ctk q8_0 -ctv q8_0 -fa on → <stem>_kv_q8_0.json
 Env: TESSERA_CACHE_DIR (default <repo>/.cache) for the default model.
 """
 from __future__ import annotations
@@ -52,6 +53,17 @@ SETTINGS = {
     "logits_all": False,
 }
 
+# `--kv-cache-dtype q8_0`: llama.cpp's `-ctk q8_0 -ctv q8_0`. A quantized V cache needs
+# flash attention in llama.cpp (`-fa on`), whose CPU kernel for a Q8_0 K quantizes each
+# query row to Q8_0 and takes ggml_vec_dot_q8_0_q8_0, and dequantizes V rows to f32
+# (ggml_compute_forward_flash_attn_ext_f16_one_chunk); tessera's `--kv-cache-dtype q8_0`
+# follows it. Everything else as SETTINGS.
+KV_DTYPES = {
+    "f16": {},
+    "q8_0": {"flash_attn": True, "type_k": "q8_0", "type_v": "q8_0"},
+}
+GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -59,6 +71,7 @@ def sha256(path: Path) -> str:
 
 def load(path: Path, **overrides) -> llama_cpp.Llama:
     """llama.cpp with SETTINGS (f16 K/V cache by default); overrides only for noise checks."""
+    cache = {"type_k": GGML_TYPES[SETTINGS["type_k"]], "type_v": GGML_TYPES[SETTINGS["type_v"]]}
     return llama_cpp.Llama(
         str(path),
         n_ctx=SETTINGS["n_ctx"],
@@ -69,7 +82,7 @@ def load(path: Path, **overrides) -> llama_cpp.Llama:
         n_gpu_layers=SETTINGS["n_gpu_layers"],
         seed=0,
         verbose=False,
-        **{"flash_attn": SETTINGS["flash_attn"], "logits_all": SETTINGS["logits_all"], **overrides},
+        **{"flash_attn": SETTINGS["flash_attn"], "logits_all": SETTINGS["logits_all"], **cache, **overrides},
     )
 
 
@@ -226,15 +239,20 @@ def main() -> None:
     ap.add_argument("--only", help="smollm2 or a fixture stem")
     ap.add_argument("--out-dir", default=str(REPO / "tests" / "golden"))
     ap.add_argument("--noise-check", action="store_true")
+    ap.add_argument("--kv-cache-dtype", choices=sorted(KV_DTYPES), default="f16",
+                    help="K/V cache type (q8_0: -ctk q8_0 -ctv q8_0 -fa on; files <stem>_kv_q8_0.json)")
     args = ap.parse_args()
+    SETTINGS.update(KV_DTYPES[args.kv_cache_dtype])
+    suffix = "" if args.kv_cache_dtype == "f16" else f"_kv_{args.kv_cache_dtype}"
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stem, model, model_file, cases in targets(args.only):
         if not model.is_file():
             sys.exit(f"error: {model} missing (default model: scripts/fetch-model.sh)")
         doc = golden(model, model_file, cases)
-        (out_dir / f"{stem}.json").write_text(to_json(doc) + "\n", encoding="utf-8")
-        print(f"{out_dir / (stem + '.json')}: {len(doc['cases'])} cases")
+        out = out_dir / f"{stem}{suffix}.json"
+        out.write_text(to_json(doc) + "\n", encoding="utf-8")
+        print(f"{out}: {len(doc['cases'])} cases")
         for case in doc["cases"]:
             print(f"  {case['name']:<24} prompt {len(case['prompt_ids']):>4} tokens,"
                   f" min_margin {case['min_margin']:.4f}")

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub use crate::model::lora::registry::LoraOptions;
+use crate::model::kv_storage::KvCacheDtype;
 use crate::model::quantize::Quantization;
 use crate::spec_decode::SpecDecodeConfig;
 
@@ -35,6 +36,8 @@ pub struct EngineConfig {
     pub lora: LoraOptions,
     /// Speculative decoding with the n-gram drafter (`--speculative-ngram`); `None` = off.
     pub speculative: Option<SpecDecodeConfig>,
+    /// K/V cache storage (`--kv-cache-dtype`): f16 (`auto`) or Q8_0 blocks.
+    pub kv_cache_dtype: KvCacheDtype,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +55,7 @@ impl Default for EngineConfig {
             quantization: None,
             lora: LoraOptions::default(),
             speculative: None,
+            kv_cache_dtype: KvCacheDtype::Auto,
         }
     }
 }

@@ -216,6 +216,28 @@ mod tests {
     }
 
     #[test]
+    fn kv_cache_dtype_takes_auto_and_q8_0_and_names_a_wrong_value() {
+        use tessera::model::kv_storage::KvCacheDtype;
+        let parse = |value: &str| {
+            Cli::try_parse_from(["tessera", "generate", "-p", "x", "--kv-cache-dtype", value])
+        };
+        for (value, want) in [("auto", KvCacheDtype::Auto), ("q8_0", KvCacheDtype::Q8_0)] {
+            let Ok(Cli {
+                command: Command::Generate { engine, .. },
+            }) = parse(value)
+            else {
+                panic!("--kv-cache-dtype {value} parses")
+            };
+            assert_eq!(engine.config().1.kv_cache_dtype, want);
+        }
+        let err = parse("fp8").err().expect("fp8 is refused").to_string();
+        assert!(
+            err.contains("--kv-cache-dtype must be one of: auto, q8_0. Given: `fp8`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_serve_flag_has_one_line_of_help() {
         let cli = Cli::command();
         let serve = cli.find_subcommand("serve").expect("serve command");

@@ -1,5 +1,5 @@
 //! Engine behaviour on the real default model: prefix-cache reuse, preemption under a tiny
-//! KV cache, aborts, stop strings, seeded sampling and request validation (once, before
+//! KV cache (both with the f16 and the `--kv-cache-dtype q8_0` cache), aborts, stop strings, seeded sampling and request validation (once, before
 //! submitting: `server::validate::validate_sequence`).
 
 mod common;
@@ -11,6 +11,7 @@ use tessera::config::EngineConfig;
 use tessera::engine::error::EngineError;
 use tessera::engine::handle::EngineHandle;
 use tessera::error::ApiError;
+use tessera::model::kv_storage::KvCacheDtype;
 use tessera::request::{FinishReason, SamplingParams};
 use tessera::server::validate::validate_sequence;
 
@@ -41,8 +42,20 @@ fn all_blocks_free(engine: &EngineHandle) -> bool {
 
 #[test]
 fn prefix_cache_reuses_blocks_and_gives_the_cold_output() {
+    prefix_cache_hit_gives_the_cold_output(KvCacheDtype::Auto);
+}
+
+#[test]
+fn kv_q8_0_prefix_cache_reuses_blocks_and_gives_the_cold_output() {
+    prefix_cache_hit_gives_the_cold_output(KvCacheDtype::Q8_0);
+}
+
+fn prefix_cache_hit_gives_the_cold_output(kv: KvCacheDtype) {
     let long = "The history of the printing press is a story of many hands. ".repeat(30);
-    let warm = engine(EngineConfig::default());
+    let warm = engine(EngineConfig {
+        kv_cache_dtype: kv,
+        ..EngineConfig::default()
+    });
     let first = chat_ids(&warm, &format!("{long}\nSummarize this in one line."));
     let second = chat_ids(&warm, &format!("{long}\nWho invented it?"));
     run_ids(&warm, &first, greedy(8));
@@ -59,6 +72,7 @@ fn prefix_cache_reuses_blocks_and_gives_the_cold_output() {
 
     let cold = engine(EngineConfig {
         enable_prefix_caching: false,
+        kv_cache_dtype: kv,
         ..EngineConfig::default()
     });
     let stream = cold.submit(second, greedy(16)).unwrap();
@@ -70,10 +84,22 @@ fn prefix_cache_reuses_blocks_and_gives_the_cold_output() {
 
 #[test]
 fn preemption_under_a_tiny_cache_keeps_outputs_and_frees_every_block() {
+    preemption_keeps_outputs(KvCacheDtype::Auto);
+}
+
+#[test]
+fn kv_q8_0_preemption_under_a_tiny_cache_keeps_outputs_and_frees_every_block() {
+    preemption_keeps_outputs(KvCacheDtype::Q8_0);
+}
+
+fn preemption_keeps_outputs(kv: KvCacheDtype) {
     let prompts: Vec<String> = (0..16)
         .map(|i| format!("Write a short poem about the number {i} and the sea."))
         .collect();
-    let big = engine(EngineConfig::default());
+    let big = engine(EngineConfig {
+        kv_cache_dtype: kv,
+        ..EngineConfig::default()
+    });
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| chat_ids(&big, p)).collect();
     let want = run_batch(&big, &ids, greedy(48));
     big.shutdown();
@@ -82,6 +108,7 @@ fn preemption_under_a_tiny_cache_keeps_outputs_and_frees_every_block() {
     let small = engine(EngineConfig {
         num_kv_blocks: Some(24),
         max_model_len: Some(384),
+        kv_cache_dtype: kv,
         ..EngineConfig::default()
     });
     let got = run_batch(&small, &ids, greedy(48));

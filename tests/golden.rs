@@ -18,29 +18,36 @@ use common::golden_check::{check_engine_against, N};
 use common::*;
 use tessera::config::EngineConfig;
 use tessera::engine::handle::EngineHandle;
+use tessera::model::kv_storage::KvCacheDtype;
 use tessera::model::quantize::Quantization;
 use tessera::model::LoadOptions;
 
 fn engine_for(file: &GoldenFile, max_batched: usize) -> EngineHandle {
+    engine_with_kv(file, max_batched, KvCacheDtype::Auto)
+}
+
+fn engine_with_kv(file: &GoldenFile, max_batched: usize, kv: KvCacheDtype) -> EngineHandle {
     let cfg = EngineConfig {
         max_num_batched_tokens: max_batched,
         kv_cache_memory: 256 << 20,
+        kv_cache_dtype: kv,
         ..EngineConfig::default()
     };
     start(&golden_model_path(file), cfg)
 }
 
 /// Our tokenizer reproduces llama.cpp's prompt ids, and greedy decoding its output ids:
-/// free-running up to the first near-tie, and teacher-forced at every decisive step.
-fn check_against_llama_cpp(name: &str, margin: f32) {
+/// all 32 free-running and teacher-forced, with K/V stored as `kv` (golden file `name`
+/// made by llama.cpp with the same cache type).
+fn check_against_llama_cpp(name: &str, kv: KvCacheDtype) {
     let g = golden(name);
     // A small step budget forces chunked prefill on the long prompts.
-    check_engine_against(name, &g, engine_for(&g, 128), margin, None);
+    check_engine_against(name, &g, engine_with_kv(&g, 128, kv), 0.0, None);
 }
 
 #[test]
 fn smollm2_matches_llama_cpp() {
-    check_against_llama_cpp("smollm2", 0.0);
+    check_against_llama_cpp("smollm2", KvCacheDtype::Auto);
 }
 
 #[test]
@@ -72,7 +79,7 @@ fn fixtures_match_llama_cpp() {
         "expected the fixture GGUFs in tests/fixtures"
     );
     for name in names {
-        check_against_llama_cpp(&name, 0.0);
+        check_against_llama_cpp(&name, KvCacheDtype::Auto);
     }
 }
 
@@ -100,10 +107,32 @@ fn f16_quantized_at_load_matches_llama_quantizes_q8_0() {
     check_engine_against(name, &g, engine, 0.0, None);
 }
 
+/// `--kv-cache-dtype q8_0` against llama.cpp's `-ctk q8_0 -ctv q8_0 -fa on` goldens
+/// (`make_golden.py --kv-cache-dtype q8_0`), all 32 ids free-running and teacher-forced.
+/// KNOWN TO FAIL (issue 18 item 5, open): on this fixture the logits part already after a
+/// one-token prompt (attention output = the dequantized V row), by up to 0.5 (token 440:
+/// ours -4.09, llama.cpp -4.85 relative to the top), while llama.cpp's own FA f16/f32
+/// caches agree with the non-FA goldens there; the cause is not found yet.
+#[test]
+#[ignore = "q8_0 KV cache does not yet reproduce llama.cpp's logits (see the doc comment)"]
+fn kv_q8_0_matches_llama_cpp() {
+    check_against_llama_cpp("qwen2-tiny-untied-mixed_kv_q8_0", KvCacheDtype::Q8_0);
+}
+
 #[test]
 fn batch_invariance_together_and_staggered() {
+    batch_invariance(KvCacheDtype::Auto);
+}
+
+#[test]
+fn kv_q8_0_batch_invariance_together_and_staggered() {
+    batch_invariance(KvCacheDtype::Q8_0);
+}
+
+/// Every prompt gives the same tokens alone, in one batch of all, and staggered.
+fn batch_invariance(kv: KvCacheDtype) {
     let g = golden("smollm2");
-    let engine = engine_for(&g, 256);
+    let engine = engine_with_kv(&g, 256, kv);
     let prompts: Vec<Vec<u32>> = g.cases.iter().map(|c| c.prompt_ids.clone()).collect();
     let alone: Vec<Vec<u32>> = prompts
         .iter()

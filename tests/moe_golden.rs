@@ -18,7 +18,7 @@ use common::*;
 use serde::Deserialize;
 use tessera::config::EngineConfig;
 use tessera::engine::handle::EngineHandle;
-use tessera::model::kv_storage::KvStorage;
+use tessera::model::kv_storage::{KvCacheDtype, KvStorage};
 use tessera::model::transformer::{ForwardBatch, Transformer};
 use tessera::model::workspace::Workspace;
 use tessera::ops::attention::AttnSeq;
@@ -70,7 +70,12 @@ fn engine(path: &Path) -> EngineHandle {
 fn prompt_logits(model: &Transformer, prompt: &[u32]) -> Vec<f32> {
     let (n, block) = (prompt.len(), 16);
     let blocks = n.div_ceil(block);
-    let mut kv = KvStorage::new(model.cfg.n_layers, blocks, model.kv_geometry(block));
+    let mut kv = KvStorage::new(
+        model.cfg.n_layers,
+        blocks,
+        model.kv_geometry(block),
+        KvCacheDtype::Auto,
+    );
     let mut ws = Workspace::new(&model.cfg, n, 1);
     let positions: Vec<u32> = (0..n as u32).collect();
     let table: Vec<u32> = (0..blocks as u32).collect();

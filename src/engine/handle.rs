@@ -127,7 +127,16 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
     } = model;
     let max_model_len = transformer.max_positions();
     let geo = transformer.kv_geometry(cfg.block_size);
-    let num_blocks = cfg.num_blocks(KvStorage::bytes_per_block(transformer.cfg.n_layers, geo));
+    cfg.kv_cache_dtype.check(geo).map_err(ModelError::Invalid)?;
+    let bytes_per_block =
+        KvStorage::bytes_per_block(transformer.cfg.n_layers, geo, cfg.kv_cache_dtype);
+    let num_blocks = cfg.num_blocks(bytes_per_block);
+    tracing::info!(
+        kv_cache_dtype = %cfg.kv_cache_dtype,
+        num_kv_blocks = num_blocks,
+        bytes_per_block,
+        "KV cache sized"
+    );
     if num_blocks == 0 || cfg.block_size == 0 || cfg.max_num_seqs == 0 {
         return Err(ModelError::Invalid(format!(
             "the KV cache needs at least one block (num_kv_blocks {num_blocks}, block_size {}, \
@@ -158,6 +167,7 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         cfg.block_size,
         cfg.max_num_batched_tokens,
         scheduler.config().max_logit_rows(),
+        cfg.kv_cache_dtype,
     )
     .with_adapters(Arc::clone(&assets.adapters));
     let (tx, rx) = mpsc::channel();

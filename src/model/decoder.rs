@@ -14,7 +14,9 @@ use super::moe::MoeBlock;
 use super::tensor_names::LayerTensor;
 use super::weights::{WeightError, WeightLoader};
 use super::workspace::Workspace;
-use crate::ops::attention::{paged_attention, write_kv, AttnInputs, AttnSeq, KvGeometry};
+use crate::ops::attention::{
+    paged_attention, paged_attention_q8_0, write_kv, write_kv_q8_0, AttnInputs, AttnSeq, KvGeometry,
+};
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::RopeTable;
 use crate::ops::{add_assign, add_bias};
@@ -53,6 +55,21 @@ pub struct LayerInputs<'a> {
     pub geo: KvGeometry,
     pub n_heads: usize,
     pub rms_eps: f32,
+}
+
+impl LayerInputs<'_> {
+    /// This step's attention inputs over one layer's cache (`C`: f16 values or Q8_0).
+    fn attn_inputs<'c, C>(&'c self, q: &'c [f32], k: &'c [C], v: &'c [C]) -> AttnInputs<'c, C> {
+        AttnInputs {
+            q,
+            n_heads: self.n_heads,
+            k_cache: k,
+            v_cache: v,
+            geo: self.geo,
+            seqs: self.seqs,
+            block_tables: self.block_tables,
+        }
+    }
 }
 
 impl DecoderLayer {
@@ -117,24 +134,18 @@ impl DecoderLayer {
         }
         inp.rope.apply(&mut ws.q[..t * q_dim], hd, inp.positions);
         inp.rope.apply(&mut ws.k[..t * kv_dim], hd, inp.positions);
-        write_kv(
-            &mut kv.k,
-            &mut kv.v,
-            &ws.k[..t * kv_dim],
-            &ws.v[..t * kv_dim],
-            inp.slots,
-            inp.geo,
-        );
-        let attn_in = AttnInputs {
-            q: &ws.q[..t * q_dim],
-            n_heads: inp.n_heads,
-            k_cache: &kv.k,
-            v_cache: &kv.v,
-            geo: inp.geo,
-            seqs: inp.seqs,
-            block_tables: inp.block_tables,
-        };
-        paged_attention(attn_in, &mut ws.attn[..t * q_dim]);
+        let (k, v, q) = (&ws.k[..t * kv_dim], &ws.v[..t * kv_dim], &ws.q[..t * q_dim]);
+        let attn = &mut ws.attn[..t * q_dim];
+        match kv {
+            LayerKv::F16 { k: kc, v: vc } => {
+                write_kv(kc, vc, k, v, inp.slots, inp.geo);
+                paged_attention(inp.attn_inputs(q, kc, vc), attn);
+            }
+            LayerKv::Q8_0 { k: kc, v: vc } => {
+                write_kv_q8_0(kc, vc, k, v, inp.slots, inp.geo);
+                paged_attention_q8_0(inp.attn_inputs(q, kc, vc), attn);
+            }
+        }
         self.attn
             .out
             .matmul(&ws.attn[..t * q_dim], t, &mut ws.xn[..t * hidden]);

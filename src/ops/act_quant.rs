@@ -8,11 +8,22 @@ use candle_core::quantized::k_quants::QK_K;
 use half::f16;
 
 /// ggml's `block_q8_0` (same layout as candle's `BlockQ8_0`).
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
 pub struct Q8_0 {
     pub d: f16,
     pub qs: [i8; 32],
 }
+
+impl Q8_0 {
+    /// A block of zeros.
+    pub const ZERO: Q8_0 = Q8_0 {
+        d: f16::ZERO,
+        qs: [0; 32],
+    };
+}
+
+const _: () = assert!(std::mem::size_of::<Q8_0>() == 34);
 
 /// ggml's `block_q8_1` values: `d` and `s` (= d·Σq) are the f16-rounded values ggml
 /// stores, kept widened to f32 so the dot products' inner loops need no conversions

@@ -25,6 +25,9 @@ use super::pool::{self, SharedOut};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod q8_0;
+
+pub use q8_0::{paged_attention_q8_0, write_kv_q8_0};
 
 /// Whether `attend` may use the AVX-512 kernels for `head_dim` (the level is chosen once,
 /// in `cpu_features`).
@@ -87,15 +90,16 @@ pub fn write_kv(
     }
 }
 
-/// Inputs of one attention call that are the same for every unit.
-#[derive(Clone, Copy)]
-pub struct AttnInputs<'a> {
+/// Inputs of one attention call that are the same for every unit. `C`: what the cache
+/// holds (f16 values, or Q8_0 blocks for `paged_attention_q8_0`).
+pub struct AttnInputs<'a, C = f16> {
     /// `[T, n_heads * hd]`
     pub q: &'a [f32],
     pub n_heads: usize,
-    /// `[num_blocks, block_size, n_kv_heads, hd]`
-    pub k_cache: &'a [f16],
-    pub v_cache: &'a [f16],
+    /// `[num_blocks, block_size, n_kv_heads, hd]` values (f16) or
+    /// `[num_blocks, block_size, n_kv_heads, hd / 32]` blocks (Q8_0)
+    pub k_cache: &'a [C],
+    pub v_cache: &'a [C],
     pub geo: KvGeometry,
     pub seqs: &'a [AttnSeq],
     /// Concatenated block tables of `seqs`.
@@ -107,6 +111,38 @@ thread_local! {
     /// accumulators `[group, 64 lanes, hd]`, f16-rounded queries `[group, hd]`.
     static SCRATCH: RefCell<[Vec<f32>; 4]> =
         const { RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+impl<C> Clone for AttnInputs<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for AttnInputs<'_, C> {}
+
+/// Runs `unit(seq, rows, kvh)` on the pool for every (sequence, tile of `tile` query
+/// rows, kv head) of the step. Units are numbered sequence by sequence, then tile by
+/// tile, then kv head; each writes only its own rows and heads of the output.
+fn for_each_unit(
+    seqs: &[AttnSeq],
+    n_kv: usize,
+    tile: usize,
+    unit: impl Fn(&AttnSeq, Range<usize>, usize) + Sync,
+) {
+    let units: usize = seqs.iter().map(|s| s.n_q.div_ceil(tile) * n_kv).sum();
+    pool::run(units, |u| {
+        let mut first = 0;
+        for seq in seqs {
+            let count = seq.n_q.div_ceil(tile) * n_kv;
+            if u < first + count {
+                let (t, kvh) = ((u - first) / n_kv * tile, (u - first) % n_kv);
+                unit(seq, t..(t + tile).min(seq.n_q), kvh);
+                return;
+            }
+            first += count;
+        }
+    });
 }
 
 /// Query rows of one sequence handled by one unit: the AVX-512 kernels read each K/V row
@@ -124,19 +160,8 @@ pub fn paged_attention(inp: AttnInputs<'_>, out: &mut [f32]) {
     } else {
         1
     };
-    // Units are numbered sequence by sequence, then tile by tile, then kv head.
-    let units: usize = inp.seqs.iter().map(|s| s.n_q.div_ceil(tile) * n_kv).sum();
-    pool::run(units, |unit| {
-        let mut first = 0;
-        for seq in inp.seqs {
-            let count = seq.n_q.div_ceil(tile) * n_kv;
-            if unit < first + count {
-                let (t, kvh) = ((unit - first) / n_kv * tile, (unit - first) % n_kv);
-                attend_unit(&inp, seq, t..(t + tile).min(seq.n_q), kvh, out_ptr);
-                return;
-            }
-            first += count;
-        }
+    for_each_unit(inp.seqs, n_kv, tile, |seq, rows, kvh| {
+        attend_unit(&inp, seq, rows, kvh, out_ptr)
     });
 }
 

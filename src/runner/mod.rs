@@ -12,7 +12,7 @@ pub mod requests;
 
 use std::sync::Arc;
 
-use crate::model::kv_storage::KvStorage;
+use crate::model::kv_storage::{KvCacheDtype, KvStorage};
 use crate::model::lora::{LoraRegistry, LoraStep};
 use crate::model::transformer::{ForwardBatch, Transformer};
 use crate::model::workspace::Workspace;
@@ -49,9 +49,10 @@ impl ModelRunner {
         block_size: usize,
         max_num_batched_tokens: usize,
         max_logit_rows: usize,
+        kv_dtype: KvCacheDtype,
     ) -> Self {
         let geo = model.kv_geometry(block_size);
-        let kv = KvStorage::new(model.cfg.n_layers, num_blocks, geo);
+        let kv = KvStorage::new(model.cfg.n_layers, num_blocks, geo, kv_dtype);
         let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_logit_rows);
         Self {
             model,
