@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-pub use crate::model::lora::registry::LoraOptions;
 use crate::model::kv_storage::KvCacheDtype;
+pub use crate::model::lora::registry::LoraOptions;
 use crate::model::quantize::Quantization;
 use crate::spec_decode::SpecDecodeConfig;
 
