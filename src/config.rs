@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::backend::Device;
 use crate::model::kv_storage::KvCacheDtype;
 pub use crate::model::lora::registry::LoraOptions;
 use crate::model::quantize::Quantization;
@@ -38,6 +39,11 @@ pub struct EngineConfig {
     pub speculative: Option<SpecDecodeConfig>,
     /// K/V cache storage (`--kv-cache-dtype`): f16 (`auto`) or Q8_0 blocks.
     pub kv_cache_dtype: KvCacheDtype,
+    /// Where the forward pass runs (`--device`): the CPU, or a CUDA GPU (feature `cuda`).
+    pub device: Device,
+    /// Share of the GPU's memory this engine may use for weights, activations and the KV
+    /// cache (`--gpu-memory-utilization`, vLLM's meaning); `--device cuda` only.
+    pub gpu_memory_utilization: f64,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +62,8 @@ impl Default for EngineConfig {
             lora: LoraOptions::default(),
             speculative: None,
             kv_cache_dtype: KvCacheDtype::Auto,
+            device: Device::Cpu,
+            gpu_memory_utilization: 0.9,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! (`tests/module_graph.rs`).
 
 pub mod audit;
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod dialog;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::backend::Device;
 use crate::config::{default_model_path, parse_bytes, EngineConfig, LoraOptions};
 use crate::metrics::MetricsCompat;
 use crate::model::kv_storage::KvCacheDtype;
@@ -247,6 +248,22 @@ pub struct EngineArgs {
     /// of 32 int8 + an f16 scale along head_dim, ~1.9x the sequences in the same memory).
     #[arg(long, env = "TESSERA_KV_CACHE_DTYPE", default_value = "auto")]
     pub kv_cache_dtype: KvCacheDtype,
+    /// Where the forward pass runs: `cpu`, or `cuda` / `cuda:N` (a build with
+    /// `--features cuda`; weights in F16 on the GPU, KV cache in GPU memory).
+    #[arg(long, env = "TESSERA_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// With --device cuda: share of the GPU's memory for weights, activations and the KV
+    /// cache together (the KV cache gets what the rest leaves), in (0, 1].
+    #[arg(long, env = "TESSERA_GPU_MEMORY_UTILIZATION", default_value_t = 0.9, value_parser = parse_utilization)]
+    pub gpu_memory_utilization: f64,
+}
+
+/// `--gpu-memory-utilization`: a share in (0, 1].
+fn parse_utilization(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
+        _ => Err(format!("`{text}` is not a share in (0, 1], e.g. 0.9")),
+    }
 }
 
 /// HTTP server flags (vLLM names where vLLM has them); each also read from `TESSERA_*`.
@@ -492,6 +509,8 @@ impl EngineArgs {
                 prompt_lookup_max: self.prompt_lookup_max,
             }),
             kv_cache_dtype: self.kv_cache_dtype,
+            device: self.device,
+            gpu_memory_utilization: self.gpu_memory_utilization,
         };
         (self.model.clone().unwrap_or_else(default_model_path), cfg)
     }

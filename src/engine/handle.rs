@@ -26,9 +26,9 @@ use tokio::sync::mpsc::unbounded_channel;
 use super::core::{Command, EngineCore, StepStats};
 use super::error::EngineError;
 use super::stream::RequestStream;
+use crate::backend::{self, Device};
 use crate::config::EngineConfig;
 use crate::error::ModelError;
-use crate::model::kv_storage::KvStorage;
 use crate::model::{LoadedModel, ModelAssets};
 use crate::request::{Request, SamplingParams, TokenId};
 use crate::runner::ModelRunner;
@@ -44,6 +44,8 @@ pub struct EngineInfo {
     pub block_size: usize,
     /// Shared by every request (`Request::eos_token_ids`).
     pub eos_token_ids: Arc<[TokenId]>,
+    /// Where the forward pass runs (`--device`).
+    pub device: Device,
 }
 
 /// Engine counters as of the last step or command.
@@ -126,17 +128,27 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         assets,
     } = model;
     let max_model_len = transformer.max_positions();
-    let geo = transformer.kv_geometry(cfg.block_size);
-    cfg.kv_cache_dtype.check(geo).map_err(ModelError::Invalid)?;
-    let bytes_per_block =
-        KvStorage::bytes_per_block(transformer.cfg.n_layers, geo, cfg.kv_cache_dtype);
-    let num_blocks = cfg.num_blocks(bytes_per_block);
-    tracing::info!(
-        kv_cache_dtype = %cfg.kv_cache_dtype,
-        num_kv_blocks = num_blocks,
-        bytes_per_block,
-        "KV cache sized"
-    );
+    let vocab = transformer.cfg.vocab;
+    let mut sched_cfg = SchedulerConfig {
+        max_num_seqs: cfg.max_num_seqs,
+        max_num_batched_tokens: cfg.max_num_batched_tokens,
+        max_model_len,
+        block_size: cfg.block_size,
+        num_blocks: 0,
+        enable_prefix_caching: cfg.enable_prefix_caching,
+        long_prefill_token_threshold: cfg.long_prefill_token_threshold,
+        speculative: cfg.speculative,
+    };
+    if cfg.device != Device::Cpu && !assets.adapters.adapters().is_empty() {
+        return Err(ModelError::Invalid(format!(
+            "LoRA adapters are served on --device cpu only (not yet on {})",
+            cfg.device
+        )));
+    }
+    let built = backend::build(transformer, cfg, sched_cfg.max_logit_rows())
+        .map_err(|e| ModelError::Invalid(e.to_string()))?;
+    let num_blocks = built.num_blocks;
+    sched_cfg.num_blocks = num_blocks;
     if num_blocks == 0 || cfg.block_size == 0 || cfg.max_num_seqs == 0 {
         return Err(ModelError::Invalid(format!(
             "the KV cache needs at least one block (num_kv_blocks {num_blocks}, block_size {}, \
@@ -146,30 +158,15 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
     }
     let info = EngineInfo {
         max_model_len,
-        vocab: transformer.cfg.vocab,
+        vocab,
         num_kv_blocks: num_blocks,
         block_size: cfg.block_size,
         eos_token_ids: assets.tokenizer.eos_ids().into(),
+        device: cfg.device,
     };
-    let scheduler = Scheduler::new(SchedulerConfig {
-        max_num_seqs: cfg.max_num_seqs,
-        max_num_batched_tokens: cfg.max_num_batched_tokens,
-        max_model_len,
-        block_size: cfg.block_size,
-        num_blocks,
-        enable_prefix_caching: cfg.enable_prefix_caching,
-        long_prefill_token_threshold: cfg.long_prefill_token_threshold,
-        speculative: cfg.speculative,
-    })?;
-    let runner = ModelRunner::new(
-        transformer,
-        num_blocks,
-        cfg.block_size,
-        cfg.max_num_batched_tokens,
-        scheduler.config().max_logit_rows(),
-        cfg.kv_cache_dtype,
-    )
-    .with_adapters(Arc::clone(&assets.adapters));
+    let scheduler = Scheduler::new(sched_cfg)?;
+    let runner =
+        ModelRunner::new(built.backend, cfg.block_size).with_adapters(Arc::clone(&assets.adapters));
     let (tx, rx) = mpsc::channel();
     let gauges = Arc::new(EngineGauges::default());
     let observer = Arc::new(ObserverSlot::new());

@@ -42,6 +42,21 @@ impl FusedLinear {
         }
     }
 
+    /// Calls `each(matrix, rows)` for every part in order: the rows of `matrix` that hold
+    /// that part's weights (all of a separate part's, a slice of the stacked matrix).
+    pub fn for_each_part(&self, mut each: impl FnMut(&QMatrix, std::ops::Range<usize>)) {
+        match &self.weights {
+            FusedWeights::Separate(ws) => ws.iter().for_each(|w| each(w, 0..w.rows())),
+            FusedWeights::Stacked(w) => {
+                let mut start = 0;
+                for &width in &self.widths {
+                    each(w, start..start + width);
+                    start += width;
+                }
+            }
+        }
+    }
+
     /// `outs[i][m, widths[i]] = x[m, k] · Wᵢᵀ`; `scratch` holds the stacked result.
     pub fn forward(&self, x: &[f32], m: usize, scratch: &mut Vec<f32>, outs: &mut [&mut [f32]]) {
         match &self.weights {

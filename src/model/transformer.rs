@@ -43,6 +43,17 @@ pub struct Transformer {
     rope: RopeTable,
 }
 
+/// A model's weights as loaded, for backends that copy them to a device.
+pub struct TransformerWeights<'a> {
+    /// `[vocab, hidden]`
+    pub embed: &'a QMatrix,
+    pub layers: &'a [DecoderLayer],
+    pub out_norm: &'a [f32],
+    /// `[vocab, hidden]`; `None` when tied to `embed`.
+    pub lm_head: Option<&'a QMatrix>,
+    pub rope: &'a RopeTable,
+}
+
 /// Where the LM head comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LmHead {
@@ -138,6 +149,16 @@ impl Transformer {
                 FeedForward::Dense(_) => None,
             },
         ))
+    }
+
+    pub fn weights(&self) -> TransformerWeights<'_> {
+        TransformerWeights {
+            embed: &self.embed,
+            layers: &self.layers,
+            out_norm: &self.out_norm,
+            lm_head: self.lm_head.as_ref(),
+            rope: &self.rope,
+        }
     }
 
     /// Positions the RoPE table covers (the engine's max model length).

@@ -47,6 +47,12 @@ impl RopeTable {
         }
     }
 
+    /// The tables `(cos, sin)`, each `[max_positions, rot_dims / 2]` (for backends that
+    /// copy them to a device, so every backend rotates with the same numbers).
+    pub fn cos_sin(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     pub fn max_positions(&self) -> usize {
         self.cos.len() / (self.rot_dims / 2).max(1)
     }

@@ -1,6 +1,7 @@
-//! The model runner: owns the model, its physical K/V memory, the step workspace and its
-//! own copy of the scheduled requests (`requests`), and turns one `SchedulerOutput` into
-//! one forward pass over all scheduled tokens. It reads nothing of the scheduler but that
+//! The model runner: owns an execution backend (the model with its physical K/V memory
+//! and step buffers, on the CPU or a GPU; `backend`) and its own copy of the scheduled
+//! requests (`requests`), and turns one `SchedulerOutput` into one forward pass over all
+//! scheduled tokens. It reads nothing of the scheduler but that
 //! output (vLLM v1's contract): tokens and block tables arrive in it, whole when a
 //! request is admitted and as deltas while it runs. Prompt logprobs come from the same
 //! forward: after sampling, `for_each_prompt_row` runs the LM head over the prompt rows
@@ -12,22 +13,19 @@ pub mod requests;
 
 use std::sync::Arc;
 
-use crate::model::kv_storage::{KvCacheDtype, KvStorage};
+use crate::backend::ExecutionBackend;
 use crate::model::lora::{LoraRegistry, LoraStep};
-use crate::model::transformer::{ForwardBatch, Transformer};
-use crate::model::workspace::Workspace;
+use crate::model::transformer::ForwardBatch;
 use crate::request::RequestId;
 use crate::scheduler::output::SchedulerOutput;
 use batch::{BatchBuilder, PromptRow};
 use requests::RequestStates;
 
 pub struct ModelRunner {
-    model: Transformer,
+    backend: Box<dyn ExecutionBackend>,
     /// The served LoRA adapters, and which rows of the current step use which.
     adapters: Arc<LoraRegistry>,
     lora: LoraStep,
-    kv: KvStorage,
-    ws: Workspace,
     batch: BatchBuilder,
     requests: RequestStates,
     block_size: usize,
@@ -43,23 +41,12 @@ pub struct StepLogits<'a> {
 }
 
 impl ModelRunner {
-    pub fn new(
-        model: Transformer,
-        num_blocks: usize,
-        block_size: usize,
-        max_num_batched_tokens: usize,
-        max_logit_rows: usize,
-        kv_dtype: KvCacheDtype,
-    ) -> Self {
-        let geo = model.kv_geometry(block_size);
-        let kv = KvStorage::new(model.cfg.n_layers, num_blocks, geo, kv_dtype);
-        let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_logit_rows);
+    /// A runner over `backend`, whose K/V blocks hold `block_size` tokens each.
+    pub fn new(backend: Box<dyn ExecutionBackend>, block_size: usize) -> Self {
         Self {
-            model,
+            backend,
             adapters: Arc::default(),
             lora: LoraStep::default(),
-            kv,
-            ws,
             batch: BatchBuilder::default(),
             requests: RequestStates::default(),
             block_size,
@@ -72,8 +59,8 @@ impl ModelRunner {
         self
     }
 
-    pub fn model(&self) -> &Transformer {
-        &self.model
+    pub fn backend(&self) -> &dyn ExecutionBackend {
+        self.backend.as_ref()
     }
 
     /// Number of requests the runner holds.
@@ -88,9 +75,12 @@ impl ModelRunner {
 
     /// Applies `so` to the runner's requests, then runs one forward over everything
     /// scheduled (none when nothing is); logits only for rows that sample.
+    ///
+    /// Panics when the backend's device fails mid-step (a driver error, never a request's
+    /// input): the engine's step guard then fails the requests in flight with the reason.
     pub fn execute(&mut self, so: &SchedulerOutput) -> StepLogits<'_> {
         self.requests.update(so);
-        let vocab = self.model.cfg.vocab;
+        let vocab = self.backend.config().vocab;
         if so.scheduled.is_empty() {
             return StepLogits {
                 ids: &[],
@@ -110,7 +100,11 @@ impl ModelRunner {
             lora: (!self.lora.is_empty()).then_some(&self.lora),
             ..self.batch.forward_batch()
         };
-        let logits = self.model.forward(&batch, &mut self.kv, &mut self.ws);
+        let device = self.backend.device();
+        let logits = match self.backend.forward(&batch) {
+            Ok(logits) => logits,
+            Err(err) => panic!("forward pass on {device} failed: {err}"),
+        };
         StepLogits {
             ids: self.batch.sample_ids(),
             logits,
@@ -123,10 +117,14 @@ impl ModelRunner {
     /// it reuses the logits buffer `execute` returned.
     pub fn for_each_prompt_row(&mut self, mut each: impl FnMut(&PromptRow, &[f32])) {
         let (rows, index) = self.batch.prompt_rows();
-        let vocab = self.model.cfg.vocab;
-        let per_pass = self.ws.max_logit_rows().max(1);
+        let vocab = self.backend.config().vocab;
+        let per_pass = self.backend.max_logit_rows().max(1);
+        let device = self.backend.device();
         for (rows, index) in rows.chunks(per_pass).zip(index.chunks(per_pass)) {
-            let logits = self.model.head(index, &mut self.ws);
+            let logits = match self.backend.head(index) {
+                Ok(logits) => logits,
+                Err(err) => panic!("LM head on {device} failed: {err}"),
+            };
             for (row, logits) in rows.iter().zip(logits.chunks_exact(vocab)) {
                 each(row, logits);
             }
