@@ -23,7 +23,7 @@ Weights use scripts/make_fixtures.py's gains (unit-variance embedding rows, 1/sq
 matmuls), which keep the residual stream and the logits finite and bounded at any depth
 (every layer reads the stream through an RMS norm).
 
-Usage: scripts/make_qwen05_q4km.py [--out PATH] [--llama-quantize PATH] [--keep-f16]
+Usage: scripts/make_qwen05_q4km.py [--out PATH] [--llama-quantize PATH] [--keep-f16] [--f16-only]
 Default output: <cache>/models/qwen2.5-0.5b-shape-random.Q4_K_M.gguf (the git-ignored
 cache, TESSERA_CACHE_DIR or <repo>/.cache). Needs gguf 0.19 + numpy, and llama-quantize
 (default: built by scripts/build-llama-cpp.sh). Prints the output path.
@@ -96,13 +96,19 @@ def main() -> None:
     ap.add_argument("--out", default=str(mf.cache_dir() / "models" / f"{QWEN05.stem}.Q4_K_M.gguf"))
     ap.add_argument("--llama-quantize", help="path to llama-quantize (default: scripts/build-llama-cpp.sh)")
     ap.add_argument("--keep-f16", action="store_true", help="keep the F16 GGUF beside the output")
+    ap.add_argument("--f16-only", action="store_true",
+                    help="write only the F16 GGUF to --out (no llama-quantize; the GPU bench's model)")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     llama_cpp = mf.vendored_llama_cpp()
-    llama_quantize = mf.find_llama_quantize(args.llama_quantize)
     vocab = qwen2_full_vocab(llama_cpp / "models" / "ggml-vocab-qwen2.gguf")
     chat_template = (llama_cpp / "models" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+    if args.f16_only:
+        write_f16(vocab, chat_template, out)
+        print(out)
+        return
+    llama_quantize = mf.find_llama_quantize(args.llama_quantize)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         f16 = out.with_suffix(".F16.gguf") if args.keep_f16 else Path(tmp) / f"{QWEN05.stem}.F16.gguf"
         write_f16(vocab, chat_template, f16)

@@ -238,6 +238,33 @@ mod tests {
     }
 
     #[test]
+    fn device_and_gpu_memory_share_parse_and_bad_values_are_named() {
+        use tessera::backend::Device;
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["tessera", "generate", "-p", "x"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Generate { engine, .. } => engine.config().1,
+                _ => panic!("the generate command"),
+            })
+        };
+        let cfg = parse(&["--device", "cuda:1", "--gpu-memory-utilization", "0.75"]).unwrap();
+        assert_eq!(
+            (cfg.device, cfg.gpu_memory_utilization),
+            (Device::Cuda(1), 0.75)
+        );
+        assert_eq!(parse(&[]).unwrap().device, Device::Cpu);
+        let err = parse(&["--device", "tpu"]).unwrap_err().to_string();
+        assert!(err.contains("expected `cpu`, `cuda` or `cuda:N`"), "{err}");
+        for share in ["0", "1.5", "-0.1", "most"] {
+            let err = parse(&["--gpu-memory-utilization", share])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is not a share in (0, 1]"), "{share}: {err}");
+        }
+    }
+
+    #[test]
     fn every_serve_flag_has_one_line_of_help() {
         let cli = Cli::command();
         let serve = cli.find_subcommand("serve").expect("serve command");

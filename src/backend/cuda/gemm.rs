@@ -22,7 +22,14 @@ pub struct Gemm {
 }
 
 impl Gemm {
+    /// Starts cuBLAS on `stream`, or says in one line that libcublas is missing.
     pub fn new(stream: Arc<CudaStream>) -> Result<Self, BackendError> {
+        // SAFETY: only tries to dlopen the cuBLAS library; no cuBLAS call is made.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(BackendError::Device(
+                "cuBLAS (libcublas.so.12) is not installed or cannot be loaded".into(),
+            ));
+        }
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| BackendError::Device(format!("cuBLAS cannot start: {e:?}")))?;
         Ok(Self { blas, stream })
