@@ -22,24 +22,9 @@
 #define MOE_MAX_EXPERTS 256
 #define MOE_MAX_K 16
 #define LANES 16
-#define MOE_INF __int_as_float(0x7F800000)
+#define MOE_INF TESSERA_INF
 
-__device__ __forceinline__ float ggml_expf(float x) {
-    const float r = __int_as_float(0x4B400000);  // 0x1.8p23
-    const float z = fmaf(x, __int_as_float(0x3FB8AA3B), r);
-    const float n = z - r;
-    const float b = fmaf(-n, __int_as_float(0x35BFBE8E), fmaf(-n, __int_as_float(0x3F317200), x));
-    if (fabsf(n) > 192.0f) {
-        return n <= 0.0f ? 0.0f : MOE_INF;
-    }
-    const float u = b * b;
-    const float j = fmaf(
-        fmaf(fmaf(__int_as_float(0x3C072010), b, __int_as_float(0x3D2B9F17)), u,
-             fmaf(__int_as_float(0x3E2AAF33), b, __int_as_float(0x3EFFFEDB))),
-        u, fmaf(__int_as_float(0x3F7FFFF6), b, 1.0f));
-    // _mm512_scalef_ps(j, n): j * 2^n with one rounding.
-    return __double2float_rn((double)j * ldexp(1.0, (int)n));
-}
+#include "common.cuh"  // ggml_expf
 
 // `_mm512_reduce_add_ps` as GCC expands it: halves, quarters, then pairs.
 __device__ __forceinline__ float reduce16(const float* v) {

@@ -72,6 +72,24 @@ pub struct AttnSeq {
     pub table_len: usize,
 }
 
+/// Per query row of the flat batch: how many keys it sees (`out_ctx`, causal: row `i` of a
+/// sequence with `n_q` rows and `ctx_len` tokens sees `ctx_len - n_q + i + 1`) and where
+/// its sequence's block table starts (`out_table`). The GPU attention's row metadata;
+/// rows no sequence covers get 0 keys. Both vectors are cleared first.
+pub fn row_meta(seqs: &[AttnSeq], out_ctx: &mut Vec<u32>, out_table: &mut Vec<u32>) {
+    let rows = seqs.iter().map(|s| s.q_row + s.n_q).max().unwrap_or(0);
+    out_ctx.clear();
+    out_ctx.resize(rows, 0);
+    out_table.clear();
+    out_table.resize(rows, 0);
+    for seq in seqs {
+        for i in 0..seq.n_q {
+            out_ctx[seq.q_row + i] = (seq.ctx_len - seq.n_q + i + 1) as u32;
+            out_table[seq.q_row + i] = seq.table_start as u32;
+        }
+    }
+}
+
 /// Writes this step's K/V rows (`[T, n_kv * hd]`, f32) into their cache slots (`[T]`).
 pub fn write_kv(
     k_cache: &mut [f16],

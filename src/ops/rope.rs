@@ -47,10 +47,18 @@ impl RopeTable {
         }
     }
 
-    /// The tables `(cos, sin)`, each `[max_positions, rot_dims / 2]` (for backends that
-    /// copy them to a device, so every backend rotates with the same numbers).
+    /// The tables `(cos, sin)`, each `[max_positions, rot_dims / 2]` (for the GPU kernels).
     pub fn cos_sin(&self) -> (&[f32], &[f32]) {
         (&self.cos, &self.sin)
+    }
+
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
+    /// Rotated dimensions per head (≤ head_dim).
+    pub fn rot_dims(&self) -> usize {
+        self.rot_dims
     }
 
     pub fn max_positions(&self) -> usize {

@@ -177,3 +177,30 @@ fn paged_equals_dense_with_scattered_blocks_and_chunks() {
         .fold(0.0, f32::max);
     assert!(err < 1e-5, "max abs err {err}");
 }
+
+#[test]
+fn row_meta_gives_each_row_its_causal_key_count_and_table() {
+    // A decode row (ctx 40), then a chunked prefill of 3 rows over a cached prefix of 16.
+    let seqs = [
+        AttnSeq {
+            q_row: 0,
+            n_q: 1,
+            ctx_len: 40,
+            table_start: 0,
+            table_len: 3,
+        },
+        AttnSeq {
+            q_row: 1,
+            n_q: 3,
+            ctx_len: 19,
+            table_start: 3,
+            table_len: 2,
+        },
+    ];
+    let (mut ctx, mut table) = (vec![7; 9], Vec::new());
+    row_meta(&seqs, &mut ctx, &mut table);
+    assert_eq!(ctx, [40, 17, 18, 19]);
+    assert_eq!(table, [0, 3, 3, 3]);
+    row_meta(&[], &mut ctx, &mut table);
+    assert!(ctx.is_empty() && table.is_empty());
+}

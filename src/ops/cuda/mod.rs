@@ -3,11 +3,17 @@
 //! launched through `cudarc`, which loads libcuda / libnvrtc dynamically — so this module
 //! builds on machines with no CUDA toolkit and no GPU.
 //!
+//! Every kernel file is compiled with the options in `kernels/nvrtc.options` (also read by
+//! scripts/check-kernels.py, the CI compile check), and its `#include "common.cuh"` line
+//! is replaced by `kernels/common.cuh` (NVRTC gets no include path: sources are embedded).
+//!
 //! Invariant: no cudarc call is made before `cudarc::driver::sys::is_culib_present()`
 //! (resp. the NVRTC twin) said the library loads; without that check a missing driver
 //! panics inside cudarc instead of returning `CudaError::NoDriver`, whose message is one
 //! line saying what is missing.
 
+pub mod attention;
+pub mod dense;
 pub mod moe;
 
 use std::sync::Arc;
@@ -28,7 +34,7 @@ pub enum CudaError {
     NoNvrtc,
     #[error("NVRTC failed to compile kernels/{file}: {log}")]
     Compile { file: &'static str, log: String },
-    #[error("CUDA device {ordinal} has compute capability {major}.{minor}; the MoE kernels need 7.0 or newer")]
+    #[error("CUDA device {ordinal} has compute capability {major}.{minor}; tessera's kernels need 7.0 or newer")]
     TooOld {
         ordinal: usize,
         major: i32,
@@ -81,8 +87,38 @@ impl CudaDevice {
     }
 }
 
-/// NVRTC-compiles `src` (no GPU needed). `arch` like `compute_90`; `None`: NVRTC's default.
-/// Options: `--fmad=false`, so only the kernels' explicit `fmaf`s fuse (bit-exact twins).
+/// NVRTC options of every kernel file, one per line (`#` comments), shared with CI.
+const NVRTC_OPTIONS: &str = include_str!("../../../kernels/nvrtc.options");
+/// Helpers every kernel file includes.
+const COMMON_HEADER: (&str, &str) = ("common.cuh", include_str!("../../../kernels/common.cuh"));
+
+/// The options of `kernels/nvrtc.options`, without the target architecture.
+pub fn nvrtc_options() -> Vec<String> {
+    NVRTC_OPTIONS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+/// `src` with each `#include "common.cuh"` line replaced by that header's text (other
+/// includes are left for NVRTC, which reports them).
+fn expand_includes(src: &str) -> String {
+    let (name, text) = COMMON_HEADER;
+    let directive = format!("#include \"{name}\"");
+    src.lines()
+        .map(|line| match line.trim_start().starts_with(&directive) {
+            true => text,
+            false => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// NVRTC-compiles `src` (no GPU needed) with `nvrtc_options()`. `arch` like `compute_90`;
+/// `None`: NVRTC's default. The options include `--fmad=false`, so only the kernels'
+/// explicit `fmaf`s fuse (bit-exact twins).
 pub fn compile_ptx(
     file: &'static str,
     src: &str,
@@ -92,23 +128,30 @@ pub fn compile_ptx(
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(CudaError::NoNvrtc);
     }
-    let mut options = vec!["--std=c++17".to_string()];
+    let mut options = nvrtc_options();
     if let Some(arch) = arch {
         options.push(format!("--gpu-architecture={arch}"));
     }
     let opts = CompileOptions {
-        fmad: Some(false),
         options,
         name: Some(file.to_string()),
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| CudaError::Compile {
-        file,
-        log: match e {
-            CompileError::CompileError { log, .. } => one_line(log.to_string_lossy()),
-            other => one_line(other),
-        },
+    cudarc::nvrtc::compile_ptx_with_opts(expand_includes(src), opts).map_err(|e| {
+        CudaError::Compile {
+            file,
+            log: match e {
+                CompileError::CompileError { log, .. } => one_line(log.to_string_lossy()),
+                other => one_line(other),
+            },
+        }
     })
+}
+
+/// Checks on the host that a launch size fits the kernel's `int` / `unsigned` argument.
+pub(crate) fn fits<T: TryFrom<usize>>(value: usize, what: &str) -> Result<T, CudaError> {
+    T::try_from(value)
+        .map_err(|_| CudaError::Limit(format!("{what} {value} is too large for the CUDA kernels")))
 }
 
 fn one_line(e: impl std::fmt::Display) -> String {
