@@ -44,7 +44,7 @@ impl FusedLinear {
 
     /// Calls `each(matrix, rows)` for every part in order: the rows of `matrix` that hold
     /// that part's weights (all of a separate part's, a slice of the stacked matrix).
-    pub fn for_each_part(&self, mut each: impl FnMut(&QMatrix, std::ops::Range<usize>)) {
+    pub fn for_each_part<'a>(&'a self, mut each: impl FnMut(&'a QMatrix, std::ops::Range<usize>)) {
         match &self.weights {
             FusedWeights::Separate(ws) => ws.iter().for_each(|w| each(w, 0..w.rows())),
             FusedWeights::Stacked(w) => {

@@ -3,13 +3,16 @@
 //! upload of a step's inputs (token ids, positions, slots, per-row attention metadata,
 //! block tables) into them.
 
+use std::sync::Arc;
+
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::f16;
 
 use super::DriverResult;
 use crate::model::config::ModelConfig;
 use crate::model::transformer::ForwardBatch;
-use crate::ops::cuda::dense::{attention_scratch_len, row_meta};
+use crate::ops::attention::row_meta;
+use crate::ops::cuda::attention::attention_scratch_len;
 
 /// Sizes the buffers are made for.
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +63,17 @@ pub struct StepBuffers {
 }
 
 impl StepBuffers {
-    pub fn new(stream: &CudaStream, cfg: &ModelConfig, sizes: BufferSizes) -> DriverResult<Self> {
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        cfg: &ModelConfig,
+        sizes: BufferSizes,
+    ) -> DriverResult<Self> {
         let (t, s) = (sizes.max_tokens, sizes.max_logit_rows);
-        let scratch = attention_scratch_len(t, cfg.n_heads, cfg.head_dim, sizes.max_ctx);
+        // Small steps split the keys most (decode), so the largest scratch can be any T.
+        let scratch = (1..=t)
+            .map(|rows| attention_scratch_len(rows, cfg.n_heads, cfg.head_dim, sizes.max_ctx))
+            .max()
+            .unwrap_or(0);
         Ok(Self {
             sizes,
             ids: stream.alloc_zeros(t)?,
@@ -92,7 +103,11 @@ impl StepBuffers {
     }
 
     /// Copies `batch`'s inputs to the device; returns the longest context of the step.
-    pub fn upload(&mut self, stream: &CudaStream, batch: &ForwardBatch<'_>) -> DriverResult<usize> {
+    pub fn upload(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        batch: &ForwardBatch<'_>,
+    ) -> DriverResult<usize> {
         let t = batch.token_ids.len();
         stream.memcpy_htod(batch.token_ids, &mut self.ids.slice_mut(..t))?;
         stream.memcpy_htod(batch.positions, &mut self.positions.slice_mut(..t))?;
@@ -112,7 +127,11 @@ impl StepBuffers {
     }
 
     /// Copies the rows that get logits to the device.
-    pub fn upload_logit_rows(&mut self, stream: &CudaStream, rows: &[usize]) -> DriverResult<()> {
+    pub fn upload_logit_rows(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        rows: &[usize],
+    ) -> DriverResult<()> {
         let rows: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         stream.memcpy_htod(&rows, &mut self.logit_rows.slice_mut(..rows.len()))
     }

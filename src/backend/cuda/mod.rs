@@ -28,7 +28,8 @@ use crate::model::decoder::FeedForward;
 use crate::model::kv_storage::KvCacheDtype;
 use crate::model::transformer::{ForwardBatch, Transformer};
 use crate::ops::attention::KvGeometry;
-use crate::ops::cuda::dense::{AttnMeta, DenseKernels};
+use crate::ops::cuda::attention::AttnMeta;
+use crate::ops::cuda::dense::DenseKernels;
 use crate::ops::cuda::{CudaDevice, CudaError};
 use crate::ops::rope::RopeStyle;
 use buffers::{BufferSizes, StepBuffers};
@@ -239,6 +240,7 @@ impl CudaBackend {
         k.silu_mul(
             &b.gate.slice(..t * ffn),
             &b.up.slice(..t * ffn),
+            ffn,
             &mut b.act.slice_mut(..t * ffn),
         )?;
         g.linear(
@@ -304,6 +306,9 @@ impl ExecutionBackend for CudaBackend {
                 self.buf.sizes.max_tokens
             )));
         }
+        // The engine thread is not the one that built the backend: make the context
+        // current before cuBLAS (which does not bind it itself) runs.
+        self.stream.context().bind_to_thread()?;
         let max_ctx = self.buf.upload(&self.stream, batch)?;
         let h = self.cfg.hidden;
         self.kernels.embed(
@@ -319,6 +324,7 @@ impl ExecutionBackend for CudaBackend {
     }
 
     fn head(&mut self, rows: &[usize]) -> Result<&mut [f32], BackendError> {
+        self.stream.context().bind_to_thread()?;
         self.logits(rows)
     }
 

@@ -6,6 +6,8 @@
 //! ours to be right; the price is memory (2 bytes a weight) and single-stream speed
 //! (the weights read per token), which quantized kernels for Q8_0 / Q4_K would win back.
 
+use std::sync::Arc;
+
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::f16;
 
@@ -55,7 +57,7 @@ impl DeviceWeights {
     /// Copies `w` to the device (`progress(done, total)` after each layer). Dense models
     /// only: the caller refuses MoE layers before.
     pub fn upload(
-        stream: &CudaStream,
+        stream: &Arc<CudaStream>,
         w: &TransformerWeights<'_>,
         mut progress: impl FnMut(usize, usize),
     ) -> DriverResult<Self> {
@@ -84,7 +86,7 @@ impl DeviceWeights {
     }
 }
 
-fn upload_layer(stream: &CudaStream, layer: &DecoderLayer) -> DriverResult<DeviceLayer> {
+fn upload_layer(stream: &Arc<CudaStream>, layer: &DecoderLayer) -> DriverResult<DeviceLayer> {
     let FeedForward::Dense(mlp) = &layer.ffn else {
         unreachable!("MoE layers are refused before upload");
     };
@@ -118,7 +120,7 @@ fn upload_layer(stream: &CudaStream, layer: &DecoderLayer) -> DriverResult<Devic
 
 /// Rows `rows` of `m`, dequantized exactly as the CPU backend reads them, rounded to F16.
 fn upload_matrix(
-    stream: &CudaStream,
+    stream: &Arc<CudaStream>,
     m: &QMatrix,
     rows: std::ops::Range<usize>,
 ) -> DriverResult<DeviceMatrix> {
