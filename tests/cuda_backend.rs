@@ -1,4 +1,5 @@
-//! The whole model on `--device cuda` (feature `cuda`) against independent references:
+//! The whole model on `--device cuda` (feature `cuda`), dense and MoE, against
+//! independent references:
 //! llama.cpp's goldens for the F32/F16/BF16 fixtures, our CPU backend (which equals
 //! llama.cpp bit for bit) for quantized models, and the GPU's own single-stream run for a
 //! batch of 64 streams.
@@ -65,6 +66,8 @@ fn float_fixtures_match_llama_cpp_on_cuda() {
         "hf-qwen2-tiny-f32",
         "hf-llama-tiny-bf16",
         "llama-tiny-f16-mixed",
+        "mixtral-tiny-moe-f32",
+        "qwen2moe-tiny-f32",
     ] {
         let g = golden(name);
         check_engine_against(name, &g, cuda_engine(&g), FLOAT_MARGIN, None);
@@ -84,6 +87,8 @@ fn quantized_models_match_the_cpu_backend_on_cuda() {
         "qwen2-tiny-untied-mixed",
         "qwen2-tiny-tied-q4_k_m",
         "internlm2-tiny-q8_0",
+        "mixtral-tiny-moe-q8_0",
+        "qwen2moe-tiny-q8_0",
     ] {
         let g = golden(name);
         check_engine_against(name, &g, cuda_engine(&g), QUANT_MARGIN, None);

@@ -39,6 +39,17 @@ pub struct MoeBlock {
     expert_tokens: Arc<[AtomicU64]>,
 }
 
+/// A `MoeBlock`'s parts as loaded (`MoeBlock::parts`).
+pub struct MoeParts<'a> {
+    /// `[E, hidden]`
+    pub router: &'a QMatrix,
+    pub experts: &'a [Mlp],
+    pub shared: Option<&'a SharedExpert>,
+    pub top_k: usize,
+    /// Renormalize the top-k probabilities to sum to 1 (`norm_topk_prob`).
+    pub renormalize: bool,
+}
+
 /// Qwen2-MoE's shared expert: `sigmoid(x · g) * mlp(x)` for every token.
 pub struct SharedExpert {
     pub mlp: Mlp,
@@ -161,6 +172,17 @@ impl MoeBlock {
                 .map_or(0, |s| mlp(&s.mlp) + s.gate.size_bytes())
     }
 
+    /// The block's weights and routing settings, for backends that copy them to a device.
+    pub fn parts(&self) -> MoeParts<'_> {
+        MoeParts {
+            router: &self.router,
+            experts: &self.experts,
+            shared: self.shared.as_ref(),
+            top_k: self.top_k,
+            renormalize: self.renormalize,
+        }
+    }
+
     /// The live `[E]` routed-token counters of this layer.
     pub fn expert_tokens(&self) -> Arc<[AtomicU64]> {
         Arc::clone(&self.expert_tokens)
@@ -188,7 +210,7 @@ impl SharedExpert {
 
 /// llama.cpp computes the shared-expert gate as `silu(g) / g` (one element, so ggml's
 /// scalar SiLU with libm `expf`). At g = 0 that is 0/0; we return the limit, 1/2.
-fn sigmoid_as_ggml(g: f32) -> f32 {
+pub(crate) fn sigmoid_as_ggml(g: f32) -> f32 {
     if g == 0.0 {
         return 0.5;
     }

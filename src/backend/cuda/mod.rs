@@ -10,11 +10,15 @@
 //! what is left of that share (minus `CUBLAS_HEADROOM`). Too little is an error at start,
 //! never mid-request.
 //!
-//! Not on this backend yet (refused at start with a message): MoE layers, LoRA adapters,
+//! MoE layers run their experts as per-expert cuBLAS GEMMs over exactly the rows routed
+//! to each (`moe`), with the routing kernels of `ops::cuda::moe`.
+//!
+//! Not on this backend yet (refused at start with a message): LoRA adapters,
 //! `--kv-cache-dtype q8_0`.
 
 mod buffers;
 mod gemm;
+mod moe;
 mod weights;
 
 use cudarc::driver::{CudaSlice, CudaStream, DriverError};
@@ -24,17 +28,18 @@ use std::sync::Arc;
 use super::{BackendError, Device, ExecutionBackend};
 use crate::config::EngineConfig;
 use crate::model::config::ModelConfig;
-use crate::model::decoder::FeedForward;
 use crate::model::kv_storage::KvCacheDtype;
 use crate::model::transformer::{ForwardBatch, Transformer};
 use crate::ops::attention::KvGeometry;
 use crate::ops::cuda::attention::AttnMeta;
 use crate::ops::cuda::dense::DenseKernels;
+use crate::ops::cuda::moe::MoeKernels;
 use crate::ops::cuda::{CudaDevice, CudaError};
 use crate::ops::rope::RopeStyle;
 use buffers::{BufferSizes, StepBuffers};
 use gemm::Gemm;
-use weights::{DeviceLayer, DeviceWeights};
+use moe::{MoeBuffers, MoeOps, MoeShape};
+use weights::{DeviceFfn, DeviceLayer, DeviceWeights};
 
 type DriverResult<T> = Result<T, DriverError>;
 
@@ -64,6 +69,8 @@ pub struct CudaBackend {
     ordinal: usize,
     stream: Arc<CudaStream>,
     kernels: DenseKernels,
+    /// The routing kernels and MoE buffers (MoE models only).
+    moe: Option<(MoeKernels, MoeBuffers)>,
     gemm: Gemm,
     weights: DeviceWeights,
     cache: Vec<LayerCache>,
@@ -80,7 +87,7 @@ impl CudaBackend {
         ordinal: usize,
         max_logit_rows: usize,
     ) -> Result<Self, BackendError> {
-        check_supported(&model, cfg)?;
+        check_supported(cfg)?;
         let dev = CudaDevice::open(ordinal)?;
         let stream = dev.stream.clone();
         let ctx = stream.context().clone();
@@ -96,6 +103,14 @@ impl CudaBackend {
         };
         let buf = StepBuffers::new(&stream, &model.cfg, sizes)
             .map_err(|e| out_of_memory("the step buffers", e))?;
+        let moe = match moe_shape(&weights) {
+            Some(shape) => {
+                let buffers = MoeBuffers::new(&stream, sizes.max_tokens, model.cfg.hidden, shape)
+                    .map_err(|e| out_of_memory("the MoE buffers", e))?;
+                Some((MoeKernels::load(&dev)?, buffers))
+            }
+            None => None,
+        };
         stream.synchronize()?;
         let (free, _) = ctx.mem_get_info()?;
         let geo = model.kv_geometry(cfg.block_size);
@@ -124,6 +139,7 @@ impl CudaBackend {
             ordinal,
             stream,
             kernels,
+            moe,
             gemm,
             weights,
             cache,
@@ -227,7 +243,7 @@ impl CudaBackend {
         )?;
         k.add_assign(&mut b.x.slice_mut(..t * h), &b.proj.slice(..t * h))?;
 
-        // FFN: x += down(silu(gate(xn)) · up(xn)), xn = norm(x)
+        // FFN: x += ffn(norm(x)), a SwiGLU MLP or a mixture of experts
         k.rms_norm(
             &b.x.slice(..t * h),
             &layer.ffn_norm.slice(..),
@@ -235,21 +251,38 @@ impl CudaBackend {
             &mut b.xn.slice_mut(..t * h),
         )?;
         let xn = b.xn.slice(..t * h);
-        g.linear(&layer.gate, &xn, t, &mut b.gate.slice_mut(..t * ffn))?;
-        g.linear(&layer.up, &xn, t, &mut b.up.slice_mut(..t * ffn))?;
-        k.silu_mul(
-            &b.gate.slice(..t * ffn),
-            &b.up.slice(..t * ffn),
-            ffn,
-            &mut b.act.slice_mut(..t * ffn),
-        )?;
-        g.linear(
-            &layer.down,
-            &b.act.slice(..t * ffn),
-            t,
-            &mut b.proj.slice_mut(..t * h),
-        )?;
-        k.add_assign(&mut b.x.slice_mut(..t * h), &b.proj.slice(..t * h))?;
+        match &layer.ffn {
+            DeviceFfn::Dense(mlp) => {
+                g.linear(&mlp.gate, &xn, t, &mut b.gate.slice_mut(..t * ffn))?;
+                g.linear(&mlp.up, &xn, t, &mut b.up.slice_mut(..t * ffn))?;
+                k.silu_mul(
+                    &b.gate.slice(..t * ffn),
+                    &b.up.slice(..t * ffn),
+                    ffn,
+                    &mut b.act.slice_mut(..t * ffn),
+                )?;
+                g.linear(
+                    &mlp.down,
+                    &b.act.slice(..t * ffn),
+                    t,
+                    &mut b.proj.slice_mut(..t * h),
+                )?;
+                k.add_assign(&mut b.x.slice_mut(..t * h), &b.proj.slice(..t * h))?;
+            }
+            DeviceFfn::Moe(block) => {
+                let Some((moe_kernels, moe_buf)) = &mut self.moe else {
+                    unreachable!("MoE buffers are made for every model with MoE layers");
+                };
+                let ops = MoeOps {
+                    stream: &self.stream,
+                    dense: k,
+                    moe: moe_kernels,
+                    gemm: g,
+                };
+                moe::forward(&ops, block, &xn, (t, h), moe_buf)?;
+                k.add_assign(&mut b.x.slice_mut(..t * h), &moe_buf.out.slice(..t * h))?;
+            }
+        }
         Ok(())
     }
 
@@ -338,7 +371,7 @@ impl ExecutionBackend for CudaBackend {
 }
 
 /// What this backend cannot run yet, refused before any device memory is touched.
-fn check_supported(model: &Transformer, cfg: &EngineConfig) -> Result<(), BackendError> {
+fn check_supported(cfg: &EngineConfig) -> Result<(), BackendError> {
     let unsupported = |what: &str| {
         Err(BackendError::Unsupported(format!(
             "--device cuda does not run {what} yet; use --device cpu"
@@ -347,15 +380,27 @@ fn check_supported(model: &Transformer, cfg: &EngineConfig) -> Result<(), Backen
     if cfg.kv_cache_dtype != KvCacheDtype::Auto {
         return unsupported("--kv-cache-dtype q8_0");
     }
-    if model
-        .weights()
+    Ok(())
+}
+
+/// The largest MoE layer's shape (`None` for dense models).
+fn moe_shape(weights: &DeviceWeights) -> Option<MoeShape> {
+    weights
         .layers
         .iter()
-        .any(|l| matches!(l.ffn, FeedForward::Moe(_)))
-    {
-        return unsupported("mixture-of-experts models");
-    }
-    Ok(())
+        .filter_map(|l| match &l.ffn {
+            DeviceFfn::Moe(m) => Some(MoeShape {
+                n_expert: m.experts.len(),
+                top_k: m.top_k,
+                max_ffn: m.max_ffn(),
+            }),
+            DeviceFfn::Dense(_) => None,
+        })
+        .reduce(|a, b| MoeShape {
+            n_expert: a.n_expert.max(b.n_expert),
+            top_k: a.top_k.max(b.top_k),
+            max_ffn: a.max_ffn.max(b.max_ffn),
+        })
 }
 
 /// KV blocks that fit in `cfg.gpu_memory_utilization` of `total` bytes when `free` bytes

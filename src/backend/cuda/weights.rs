@@ -6,6 +6,8 @@
 //! ours to be right; the price is memory (2 bytes a weight) and single-stream speed
 //! (the weights read per token), which quantized kernels for Q8_0 / Q4_K would win back.
 
+use std::ops::Range;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -13,6 +15,8 @@ use half::f16;
 
 use super::DriverResult;
 use crate::model::decoder::{DecoderLayer, FeedForward};
+use crate::model::layers::Mlp;
+use crate::model::moe::MoeBlock;
 use crate::model::transformer::TransformerWeights;
 use crate::ops::quant::QMatrix;
 
@@ -34,11 +38,45 @@ pub struct DeviceLayer {
     /// `[hidden, q_dim]`
     pub out: DeviceMatrix,
     pub ffn_norm: CudaSlice<f32>,
+    pub ffn: DeviceFfn,
+}
+
+/// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+pub struct DeviceMlp {
     /// `[ffn, hidden]` each
     pub gate: DeviceMatrix,
     pub up: DeviceMatrix,
     /// `[hidden, ffn]`
     pub down: DeviceMatrix,
+}
+
+pub enum DeviceFfn {
+    Dense(Box<DeviceMlp>),
+    Moe(Box<DeviceMoe>),
+}
+
+/// A mixture of experts (`model::moe::MoeBlock`) on the device.
+pub struct DeviceMoe {
+    /// `[E, hidden]`
+    pub router: DeviceMatrix,
+    pub experts: Vec<DeviceMlp>,
+    /// Qwen2-MoE's shared expert and its `[1, hidden]` sigmoid gate.
+    pub shared: Option<(DeviceMlp, DeviceMatrix)>,
+    pub top_k: usize,
+    pub renormalize: bool,
+    /// The CPU block's live `[E]` routed-token counters (the metrics read them).
+    pub expert_tokens: Arc<[AtomicU64]>,
+}
+
+impl DeviceMoe {
+    /// Widest expert (or shared expert) hidden layer.
+    pub fn max_ffn(&self) -> usize {
+        let experts = self.experts.iter().map(|m| m.gate.rows);
+        experts
+            .chain(self.shared.iter().map(|(m, _)| m.gate.rows))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 pub struct DeviceWeights {
@@ -54,8 +92,7 @@ pub struct DeviceWeights {
 }
 
 impl DeviceWeights {
-    /// Copies `w` to the device (`progress(done, total)` after each layer). Dense models
-    /// only: the caller refuses MoE layers before.
+    /// Copies `w` to the device (`progress(done, total)` after each layer).
     pub fn upload(
         stream: &Arc<CudaStream>,
         w: &TransformerWeights<'_>,
@@ -68,13 +105,10 @@ impl DeviceWeights {
         }
         let (cos, sin) = w.rope.cos_sin();
         Ok(Self {
-            embed: upload_matrix(stream, w.embed, 0..w.embed.rows())?,
+            embed: whole(stream, w.embed)?,
             layers,
             out_norm: stream.clone_htod(w.out_norm)?,
-            lm_head: w
-                .lm_head
-                .map(|m| upload_matrix(stream, m, 0..m.rows()))
-                .transpose()?,
+            lm_head: w.lm_head.map(|m| whole(stream, m)).transpose()?,
             rope_cos: stream.clone_htod(cos)?,
             rope_sin: stream.clone_htod(sin)?,
         })
@@ -87,15 +121,9 @@ impl DeviceWeights {
 }
 
 fn upload_layer(stream: &Arc<CudaStream>, layer: &DecoderLayer) -> DriverResult<DeviceLayer> {
-    let FeedForward::Dense(mlp) = &layer.ffn else {
-        unreachable!("MoE layers are refused before upload");
-    };
     let mut qkv = Vec::with_capacity(3);
     layer.attn.qkv.for_each_part(|m, rows| qkv.push((m, rows)));
-    let mut gate_up = Vec::with_capacity(2);
-    mlp.gate_up.for_each_part(|m, rows| gate_up.push((m, rows)));
-    let part =
-        |(m, rows): &(&QMatrix, std::ops::Range<usize>)| upload_matrix(stream, m, rows.clone());
+    let part = |(m, rows): &(&QMatrix, Range<usize>)| upload_matrix(stream, m, rows.clone());
     let qkv_bias = match &layer.attn.qkv_bias {
         Some([q, k, v]) => Some([
             stream.clone_htod(q)?,
@@ -104,25 +132,63 @@ fn upload_layer(stream: &Arc<CudaStream>, layer: &DecoderLayer) -> DriverResult<
         ]),
         None => None,
     };
+    let ffn = match &layer.ffn {
+        FeedForward::Dense(mlp) => DeviceFfn::Dense(Box::new(upload_mlp(stream, mlp)?)),
+        FeedForward::Moe(moe) => DeviceFfn::Moe(Box::new(upload_moe(stream, moe)?)),
+    };
     Ok(DeviceLayer {
         attn_norm: stream.clone_htod(&layer.attn_norm)?,
         q: part(&qkv[0])?,
         k: part(&qkv[1])?,
         v: part(&qkv[2])?,
         qkv_bias,
-        out: upload_matrix(stream, &layer.attn.out, 0..layer.attn.out.rows())?,
+        out: whole(stream, &layer.attn.out)?,
         ffn_norm: stream.clone_htod(&layer.ffn_norm)?,
+        ffn,
+    })
+}
+
+fn upload_mlp(stream: &Arc<CudaStream>, mlp: &Mlp) -> DriverResult<DeviceMlp> {
+    let mut gate_up = Vec::with_capacity(2);
+    mlp.gate_up.for_each_part(|m, rows| gate_up.push((m, rows)));
+    let part = |(m, rows): &(&QMatrix, Range<usize>)| upload_matrix(stream, m, rows.clone());
+    Ok(DeviceMlp {
         gate: part(&gate_up[0])?,
         up: part(&gate_up[1])?,
-        down: upload_matrix(stream, &mlp.down, 0..mlp.down.rows())?,
+        down: whole(stream, &mlp.down)?,
     })
+}
+
+fn upload_moe(stream: &Arc<CudaStream>, moe: &MoeBlock) -> DriverResult<DeviceMoe> {
+    let parts = moe.parts();
+    let experts = parts
+        .experts
+        .iter()
+        .map(|mlp| upload_mlp(stream, mlp))
+        .collect::<DriverResult<Vec<_>>>()?;
+    let shared = match parts.shared {
+        Some(s) => Some((upload_mlp(stream, &s.mlp)?, whole(stream, &s.gate)?)),
+        None => None,
+    };
+    Ok(DeviceMoe {
+        router: whole(stream, parts.router)?,
+        experts,
+        shared,
+        top_k: parts.top_k,
+        renormalize: parts.renormalize,
+        expert_tokens: moe.expert_tokens(),
+    })
+}
+
+fn whole(stream: &Arc<CudaStream>, m: &QMatrix) -> DriverResult<DeviceMatrix> {
+    upload_matrix(stream, m, 0..m.rows())
 }
 
 /// Rows `rows` of `m`, dequantized exactly as the CPU backend reads them, rounded to F16.
 fn upload_matrix(
     stream: &Arc<CudaStream>,
     m: &QMatrix,
-    rows: std::ops::Range<usize>,
+    rows: Range<usize>,
 ) -> DriverResult<DeviceMatrix> {
     let cols = m.cols();
     let mut row = vec![0.0f32; cols];
