@@ -24,7 +24,7 @@ use half::f16;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tessera::ops::attention::{write_kv, KvGeometry};
-use tessera::ops::cuda::dense::DenseKernels;
+use tessera::ops::cuda::dense::{attention_scratch_len, attention_splits, DenseKernels};
 use tessera::ops::cuda::{compile_ptx, CudaDevice, CudaError};
 use tessera::ops::norm::rms_norm;
 use tessera::ops::rope::{RopeStyle, RopeTable};
@@ -446,7 +446,7 @@ fn paged_attention_matches_cpu_decode_prefill_gqa_and_splits() {
             block_size: 7,
             seqs: &[(64, 300), (1, 513)],
         },
-        // head_dim not a multiple of 32; a long chunked prefill (one split).
+        // head_dim not a multiple of 32; a long chunked prefill next to a fresh one.
         AttnCase {
             head_dim: 80,
             n_heads: 4,
@@ -464,6 +464,24 @@ fn paged_attention_matches_cpu_decode_prefill_gqa_and_splits() {
         split_cases >= 2,
         "the cases must exercise split-K: {split_cases}"
     );
+}
+
+/// The split plan runs on the host: no GPU needed.
+#[test]
+fn attention_splits_only_when_the_grid_is_small() {
+    // Prefill-sized batches and short contexts run unsplit, with no scratch.
+    assert_eq!(attention_splits(512, 32, 4096), 1);
+    assert_eq!(attention_splits(1, 32, 200), 1);
+    assert_eq!(attention_scratch_len(512, 32, 128, 4096), 0);
+    // One decode row (or a few) over a long context splits, at most 64 ways.
+    for (t, heads, ctx) in [(1, 9, 2000), (1, 32, 32768), (4, 14, 5000), (1, 1, 1 << 20)] {
+        let splits = attention_splits(t, heads, ctx);
+        assert!((2..=64).contains(&splits), "{t} {heads} {ctx}: {splits}");
+        let per_split = attention_scratch_len(t, heads, 64, ctx) / (t * heads * splits);
+        assert_eq!(per_split, 64 + 2, "{t} {heads} {ctx}");
+    }
+    // The test cases below that must split do.
+    assert!(attention_splits(1, 8, 3000) > 1 && attention_splits(4, 16, 2100) > 1);
 }
 
 mod cuda_ops_support;
