@@ -7,7 +7,7 @@
 //! identical. `rms_norm` and `silu_mul` may differ by 1 f16 ulp: the f64 sum of squares
 //! is reduced in another order (can move the mean by an f32 ulp) and the tail's libm
 //! expf is exp rounded from f64 on the GPU; either can move an f32 result across an f16
-//! rounding boundary. Attention is within `ATTN_ABS + ATTN_REL * |cpu|`: the CPU rounds
+//! rounding boundary. Attention is within `1e-3 + 2^-10 * |cpu|` (`cuda_support::attention`): the CPU rounds
 //! each probability to f16 (relative error <= 2^-11, so the weighted V sum moves by at
 //! most 2^-11 * max|v| = 4.9e-4 with |v| <= 1) and the GPU rounds its output to f16
 //! (relative 2^-11); the rest (f32 exp and summation order) is ~1e-6.
@@ -17,104 +17,25 @@
 #![cfg(feature = "cuda")]
 
 use std::sync::OnceLock;
-use std::time::SystemTime;
 
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::f16;
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use tessera::ops::attention::{write_kv, KvGeometry};
 use tessera::ops::cuda::dense::{attention_scratch_len, attention_splits, DenseKernels};
-use tessera::ops::cuda::{compile_ptx, CudaDevice, CudaError};
+use tessera::ops::cuda::{compile_ptx, CudaError};
 use tessera::ops::norm::rms_norm;
 use tessera::ops::rope::{RopeStyle, RopeTable};
 use tessera::ops::{add_assign, add_bias, silu_mul};
 
-const ATTN_ABS: f32 = 1e-3;
-const ATTN_REL: f32 = 1.0 / 1024.0;
-
 fn kernels() -> Option<&'static DenseKernels> {
     static K: OnceLock<Result<DenseKernels, String>> = OnceLock::new();
-    let k = K.get_or_init(|| {
-        let dev = CudaDevice::open(0).map_err(|e| e.to_string())?;
-        DenseKernels::load(&dev).map_err(|e| e.to_string())
-    });
-    match k {
-        Ok(k) => Some(k),
-        Err(reason) => {
-            println!("skipped: {reason}");
-            None
-        }
-    }
+    load_or_skip(&K, DenseKernels::load)
 }
 
-fn rng(test: &str) -> rand::rngs::StdRng {
-    let seed = std::env::var("TESSERA_CUDA_OPS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-    println!("{test}: seed {seed} (replay with TESSERA_CUDA_OPS_SEED={seed})");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
-
-fn uniform(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
-}
-
-fn up<T: DeviceRepr>(k: &DenseKernels, x: &[T]) -> CudaSlice<T> {
-    k.stream.clone_htod(x).expect("copy to device")
-}
-
-fn zeros<T: DeviceRepr + ValidAsZeroBits>(k: &DenseKernels, n: usize) -> CudaSlice<T> {
-    k.stream.alloc_zeros(n.max(1)).expect("alloc")
-}
-
-fn down<T: DeviceRepr + Clone>(k: &DenseKernels, x: &CudaSlice<T>, n: usize) -> Vec<T> {
-    let mut v = k.stream.clone_dtoh(x).expect("copy to host");
-    v.truncate(n);
-    v
-}
-
-/// Distance in f16 ulps (ordered bit patterns; two NaNs are equal).
-fn ulps(a: f16, b: f16) -> u32 {
-    if a.is_nan() && b.is_nan() {
-        return 0;
-    }
-    let ord = |h: f16| {
-        let bits = h.to_bits() as i32;
-        if bits & 0x8000 != 0 {
-            -(bits & 0x7fff)
-        } else {
-            bits
-        }
-    };
-    ord(a).abs_diff(ord(b))
-}
-
-/// Every `got` within `max_ulps` of `want` rounded to f16; returns how many were exact.
-fn assert_f16_close(got: &[f16], want: &[f32], max_ulps: u32, case: &str) -> usize {
-    assert_eq!(got.len(), want.len(), "{case}");
-    let mut exact = 0;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = ulps(g, f16::from_f32(w));
-        assert!(d <= max_ulps, "{case}: element {i}: {g} vs {w} ({d} ulps)");
-        exact += (d == 0) as usize;
-    }
-    exact
-}
-
-fn assert_bits_eq(got: &[f32], want: &[f32], case: &str) {
-    assert_eq!(got.len(), want.len(), "{case}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-            "{case}: element {i}: {g} vs {w}"
-        );
-    }
+fn rng(test: &str) -> StdRng {
+    seeded_rng(test, "TESSERA_CUDA_OPS_SEED")
 }
 
 #[test]
@@ -289,38 +210,29 @@ fn rope_is_bit_identical_in_both_layouts_and_partial_rotary() {
             let mut want = x.clone();
             table.apply(&mut want, hd, &pos);
             let (cos, sin) = table.cos_sin();
-            let (d_cos, d_sin, d_pos) = (up(k, cos), up(k, sin), up(k, &pos));
-            let mut d_x = up(k, &x);
+            let (d_cos, d_sin) = (up(k, cos), up(k, sin));
             let neox = style == RopeStyle::Neox;
-            k.rope(
-                &mut d_x.as_view_mut(),
-                heads,
-                hd,
-                rot,
-                neox,
-                &d_pos.as_view(),
-                &d_cos.as_view(),
-                &d_sin.as_view(),
-            )
-            .expect("rope");
+            let rotate = |pos: &[u32]| {
+                let (mut d_x, d_pos) = (up(k, &x), up(k, pos));
+                let (cos, sin) = (d_cos.as_view(), d_sin.as_view());
+                k.rope(
+                    &mut d_x.as_view_mut(),
+                    heads,
+                    hd,
+                    rot,
+                    neox,
+                    &d_pos.as_view(),
+                    &cos,
+                    &sin,
+                )
+                .expect("rope");
+                down(k, &d_x, x.len())
+            };
             let case = format!("rope {style:?} t {t} heads {heads} hd {hd} rot {rot}");
-            assert_bits_eq(&down(k, &d_x, x.len()), &want, &case);
+            assert_bits_eq(&rotate(&pos), &want, &case);
 
             // A position past the table: NaN in the rotated dims, the rest untouched.
-            let d_bad = up(k, &vec![4096u32; t]);
-            let mut d_x = up(k, &x);
-            k.rope(
-                &mut d_x.as_view_mut(),
-                heads,
-                hd,
-                rot,
-                neox,
-                &d_bad.as_view(),
-                &d_cos.as_view(),
-                &d_sin.as_view(),
-            )
-            .expect("rope");
-            for (i, v) in down(k, &d_x, x.len()).iter().enumerate() {
+            for (i, v) in rotate(&vec![4096; t]).iter().enumerate() {
                 let in_rot = i % hd < rot;
                 assert!(
                     in_rot == v.is_nan(),
@@ -484,5 +396,8 @@ fn attention_splits_only_when_the_grid_is_small() {
     assert!(attention_splits(1, 8, 3000) > 1 && attention_splits(4, 16, 2100) > 1);
 }
 
-mod cuda_ops_support;
-use cuda_ops_support::{run_attention, AttnCase};
+mod cuda_support;
+use cuda_support::attention::{run_attention, AttnCase};
+use cuda_support::{
+    assert_bits_eq, assert_f16_close, down, load_or_skip, seeded_rng, uniform, up, zeros,
+};
