@@ -3,8 +3,7 @@
 # tokenizer vectors (package registries only), checks formatting and lints (first, so a
 # style slip fails before the long build; clippy also with feature `cuda`), compile-checks
 # every CUDA kernel with NVRTC and ptxas from NVIDIA's wheels (scripts/check-kernels.py; no
-# GPU needed) and runs the `cuda` feature's tests (they skip the GPU parts without one),
-# runs the library's unit tests
+# GPU needed), runs the library's unit tests (with feature `cuda`)
 # with debug assertions and overflow checks on, builds once in release and runs every
 # test, the golden and batch-invariance tests again on the AVX2 kernel path and the
 # fixtures' goldens on the scalar one (TESSERA_CPU_FEATURES), then the official OpenAI SDK tests (tests/python) against the
@@ -57,15 +56,13 @@ cargo clippy --release --locked --workspace --all-targets --features cuda -- -D 
 
 # Every kernels/*.cu through NVRTC for compute_80 / compute_90 and ptxas for sm_80 / sm_90
 # (NVIDIA's wheels; no GPU, no driver): fails on a compile error or a register spill, and
-# prints registers and shared memory per kernel. Then the CUDA wrappers' tests with
-# feature `cuda`: with the wheel's libnvrtc on the loader path their `kernels_compile`
-# compiles what the server embeds; the kernel-vs-CPU tests say `skipped:` without a GPU
-# (scripts/gpu-check.sh runs them on one).
-step "CUDA kernels: NVRTC + ptxas compile check, feature cuda tests"
+# prints registers and shared memory per kernel. The CUDA integration tests (kernels
+# against their CPU twins, the model on --device cuda) only skip without a GPU, so CI
+# does not build them a second time in release: clippy above type-checks them, the
+# checked unit tests below run with feature `cuda` (the CUDA backend's host-side logic),
+# and scripts/gpu-check.sh runs them all on a GPU machine.
+step "CUDA kernels: NVRTC + ptxas compile check"
 "$venv/bin/python" scripts/check-kernels.py
-nvrtc_lib=$("$venv/bin/python" -c 'import nvidia.cuda_nvrtc as m; print(list(m.__path__)[0] + "/lib")')
-LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-  cargo test --release --locked --features cuda --test cuda_ops --test moe_cuda
 
 # The unit tests again with debug assertions and overflow checks, for this crate only
 # (dependencies keep their release builds; the checked test binary gets its own hash, so
@@ -73,7 +70,7 @@ LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
 # KV cache's debug_asserts and every integer overflow in the library run here, not in
 # the release tests below.
 step "unit tests with debug assertions and overflow checks"
-cargo test --release --locked --lib \
+cargo test --release --locked --lib --features cuda \
   --config 'profile.release.package.tessera.debug-assertions=true' \
   --config 'profile.release.package.tessera.overflow-checks=true'
 

@@ -439,6 +439,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_q8_0_kv_cache_is_refused_before_the_device_is_touched() {
+        let q8 = EngineConfig {
+            kv_cache_dtype: KvCacheDtype::Q8_0,
+            ..EngineConfig::default()
+        };
+        let err = check_supported(&q8).unwrap_err().to_string();
+        assert!(
+            err.contains("--device cuda does not run --kv-cache-dtype q8_0"),
+            "{err}"
+        );
+        assert!(check_supported(&EngineConfig::default()).is_ok());
+    }
+
+    #[test]
     fn kv_blocks_take_the_share_left_after_the_weights() {
         let gib = 1usize << 30;
         let cfg = EngineConfig {
