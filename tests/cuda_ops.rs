@@ -7,10 +7,10 @@
 //! identical. `rms_norm` and `silu_mul` may differ by 1 f16 ulp: the f64 sum of squares
 //! is reduced in another order (can move the mean by an f32 ulp) and the tail's libm
 //! expf is exp rounded from f64 on the GPU; either can move an f32 result across an f16
-//! rounding boundary. Attention is within `1e-3 + 2^-10 * |cpu|` (`cuda_support::attention`): the CPU rounds
-//! each probability to f16 (relative error <= 2^-11, so the weighted V sum moves by at
-//! most 2^-11 * max|v| = 4.9e-4 with |v| <= 1) and the GPU rounds its output to f16
-//! (relative 2^-11); the rest (f32 exp and summation order) is ~1e-6.
+//! rounding boundary. Attention is within `1e-3 + 2^-10 * |cpu|` (`cuda_support::attention`):
+//! the CPU rounds each probability to f16 (relative error <= 2^-11, so the weighted V sum
+//! moves by at most 2^-11 * max|v| = 4.9e-4 with |v| <= 1) and the GPU rounds its output
+//! to f16 (relative 2^-11); the rest (f32 exp and summation order) is ~1e-6.
 //!
 //! Without a GPU each test prints one `skipped: <reason>` line and passes; the kernel
 //! files are still compiled by NVRTC when libnvrtc is present (`kernels_compile`).
