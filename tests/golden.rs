@@ -117,7 +117,9 @@ fn f16_quantized_at_load_matches_llama_quantize() {
 /// (`ops::attention::KvRotation`), Q8_0 rows, llama.cpp's CPU flash attention.
 #[test]
 fn kv_q8_0_matches_llama_cpp() {
-    check_against_llama_cpp("qwen2-tiny-untied-mixed_kv_q8_0", KvCacheDtype::Q8_0);
+    for name in ["qwen2-tiny-untied-mixed_kv_q8_0", "smollm2_kv_q8_0"] {
+        check_against_llama_cpp(name, KvCacheDtype::Q8_0);
+    }
 }
 
 #[test]
