@@ -24,8 +24,9 @@ them, as in any SentencePiece vocab) and below U+0250; every other character fal
 byte tokens. As the converter does for every entry of tokenizer_config's
 `added_tokens_decoder` (special: true), those tokens get score -1000 and type CONTROL, and eos
 is `<|im_end|>` (its chat-model rule); pad `</s>`, add_bos true. Chat template:
-INTERNLM2_CHAT_TEMPLATE, InternLM2-chat's own (tokenizer_config.json). The Q8_0 file is
-llama-quantize's Q8_0 of the F16 file (the oracle for `--quantization q8_0` at load).
+INTERNLM2_CHAT_TEMPLATE, InternLM2-chat's own (tokenizer_config.json). The Q8_0 and Q4_0
+files are llama-quantize's Q8_0 and `--pure` Q4_0 of the F16 file (the oracles for
+`--quantization q8_0` / `q4_0` at load).
 
 Weights are scaled so the residual stream carries comparable token-embedding, attention
 and MLP parts (the next token depends on the context, not only on the last token) and the
@@ -147,15 +148,16 @@ FIXTURES = [
 
 
 # InternLM2-chat-shaped (GQA 4/2, rope base 1e6, rms eps 1e-5, separate output), on the
-# InternLM2 SentencePiece vocab: F32 and F16 straight from the master, Q8_0 from the F16 file.
+# InternLM2 SentencePiece vocab: F32 and F16 straight from the master; Q8_0 and `--pure`
+# Q4_0 (every matrix Q4_0) from the F16 file, the oracles for `--quantization` at load.
 INTERNLM2_FIXTURES = [
     Fixture(
         stem=f"internlm2-tiny-{ftype.lower()}", arch="internlm2", seed=20240611, n_layer=2,
         n_embd=128, n_head=4, n_head_kv=2, head_dim=32, n_ff=352, tied=False, rope_base=1e6,
-        rms_eps=1e-5, add_bos=True, base_type=ftype, quant_args=(),
-        source="internlm2-tiny-f16" if ftype == "Q8_0" else None,
+        rms_eps=1e-5, add_bos=True, base_type=ftype, quant_args=("--pure",) if ftype == "Q4_0" else (),
+        source="internlm2-tiny-f16" if ftype in ("Q8_0", "Q4_0") else None,
     )
-    for ftype in ("F32", "F16", "Q8_0")
+    for ftype in ("F32", "F16", "Q8_0", "Q4_0")
 ]
 
 

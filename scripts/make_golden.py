@@ -56,8 +56,10 @@ SETTINGS = {
 # `--kv-cache-dtype q8_0`: llama.cpp's `-ctk q8_0 -ctv q8_0`. A quantized V cache needs
 # flash attention in llama.cpp (`-fa on`), whose CPU kernel for a Q8_0 K quantizes each
 # query row to Q8_0 and takes ggml_vec_dot_q8_0_q8_0, and dequantizes V rows to f32
-# (ggml_compute_forward_flash_attn_ext_f16_one_chunk); tessera's `--kv-cache-dtype q8_0`
-# follows it. Everything else as SETTINGS.
+# (ggml_compute_forward_flash_attn_ext_f16_one_chunk). With a quantized cache and
+# head_dim % 64 == 0 llama.cpp also Hadamard-rotates Q/K/V and the attention output
+# (llama_kv_cache::attn_rot_k/v) unless LLAMA_ATTN_ROT_DISABLE is set, which this script
+# refuses. tessera's `--kv-cache-dtype q8_0` follows all of it. Everything else as SETTINGS.
 KV_DTYPES = {
     "f16": {},
     "q8_0": {"flash_attn": True, "type_k": "q8_0", "type_v": "q8_0"},
@@ -243,6 +245,9 @@ def main() -> None:
                     help="K/V cache type (q8_0: -ctk q8_0 -ctv q8_0 -fa on; files <stem>_kv_q8_0.json)")
     args = ap.parse_args()
     SETTINGS.update(KV_DTYPES[args.kv_cache_dtype])
+    if os.environ.get("LLAMA_ATTN_ROT_DISABLE"):
+        sys.exit("error: LLAMA_ATTN_ROT_DISABLE is set; the goldens need llama.cpp's default "
+                 "rotation of a quantized K/V cache")
     suffix = "" if args.kv_cache_dtype == "f16" else f"_kv_{args.kv_cache_dtype}"
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -150,69 +150,24 @@ mod tests {
     }
 
     #[test]
-    fn quantization_takes_q8_0_and_names_a_wrong_value() {
+    fn quantization_takes_q8_0_and_q4_0_and_names_a_wrong_value() {
         let parse = |value: &str| {
             Cli::try_parse_from(["tessera", "generate", "-p", "x", "--quantization", value])
         };
-        let Ok(Cli {
-            command: Command::Generate { engine, .. },
-        }) = parse("q8_0")
-        else {
-            panic!("--quantization q8_0 parses")
-        };
-        assert_eq!(engine.config().1.quantization, Some(Quantization::Q8_0));
+        for (value, want) in [("q8_0", Quantization::Q8_0), ("q4_0", Quantization::Q4_0)] {
+            let Ok(Cli {
+                command: Command::Generate { engine, .. },
+            }) = parse(value)
+            else {
+                panic!("--quantization {value} parses")
+            };
+            assert_eq!(engine.config().1.quantization, Some(want));
+        }
         let err = parse("int4").err().expect("int4 is refused").to_string();
         assert!(
-            err.contains("--quantization must be one of: q8_0. Given: `int4`"),
+            err.contains("--quantization must be one of: q8_0, q4_0. Given: `int4`"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn perplexity_takes_a_text_or_a_base_to_compare_with() {
-        let parse = |args: &[&str]| {
-            let mut argv = vec!["tessera", "perplexity"];
-            argv.extend_from_slice(args);
-            Cli::try_parse_from(argv).map(|cli| match cli.command {
-                Command::Perplexity { args, .. } => args,
-                _ => panic!("the perplexity command"),
-            })
-        };
-        let save = parse(&[
-            "--file",
-            "t.txt",
-            "--chunks",
-            "3",
-            "--kl-divergence-base",
-            "b",
-        ])
-        .expect("a text, saving its rows");
-        assert_eq!(
-            (save.ctx, save.chunks, save.kl_divergence),
-            (512, Some(3), false)
-        );
-        let compare = parse(&["--kl-divergence-base", "b", "--kl-divergence"]).expect("compare");
-        assert!(compare.kl_divergence && compare.file.is_none());
-        for refused in [
-            &["--kl-divergence"][..],
-            &[][..],
-            &[
-                "--file",
-                "t.txt",
-                "--kl-divergence-base",
-                "b",
-                "--kl-divergence",
-            ][..],
-            &[
-                "--ctx",
-                "64",
-                "--kl-divergence-base",
-                "b",
-                "--kl-divergence",
-            ][..],
-        ] {
-            assert!(parse(refused).is_err(), "{refused:?} is refused");
-        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! `--quantization q8_0`: float weights quantized at load are the blocks llama-quantize
-//! writes (tests/fixtures/internlm2-tiny-q8_0.gguf is its Q8_0 of
-//! internlm2-tiny-f16.gguf; scripts/make_fixtures.py), a Hugging Face folder quantizes
-//! like its GGUF conversion, and quantized models are refused by name. The greedy
-//! goldens of the quantized-at-load model are checked in tests/golden.rs
-//! (`f16_quantized_at_load_matches_llama_quantizes_q8_0`).
+//! `--quantization q8_0|q4_0`: float weights quantized at load are the blocks
+//! llama-quantize writes (tests/fixtures/internlm2-tiny-q8_0.gguf and -q4_0.gguf are its
+//! Q8_0 and `--pure` Q4_0 of internlm2-tiny-f16.gguf; scripts/make_fixtures.py), a Hugging
+//! Face folder quantizes like its GGUF conversion, and quantized models are refused by
+//! name. The greedy goldens of the quantized-at-load models are checked in tests/golden.rs
+//! (`f16_quantized_at_load_matches_llama_quantize`).
 
 mod common;
 
@@ -15,7 +15,7 @@ use tessera::engine::handle;
 use tessera::model::gguf::{GgmlDType, GgufFile};
 use tessera::model::quantize::Quantization;
 use tessera::model::{load_with, LoadOptions, LoadedModel};
-use tessera::ops::quant::QMatrix;
+use tessera::ops::quant::{QMatrix, QuantError};
 
 fn q8_0() -> LoadOptions {
     LoadOptions {
@@ -28,34 +28,48 @@ fn load_q8_0(path: &Path) -> LoadedModel {
     load_with(path, &q8_0(), |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every tensor llama-quantize made Q8_0 is, byte for byte, our Q8_0 of the F16 tensor;
-/// every tensor it left alone is a norm (1-D, F32 in both files).
-#[test]
-fn q8_0_blocks_equal_llama_quantizes() {
+/// Every tensor llama-quantize made `dtype` in `tests/fixtures/<stem>.gguf` is, byte for
+/// byte, `convert` of the F16 fixture's tensor; every tensor it left alone is a norm (1-D,
+/// F32 in both files).
+fn blocks_equal_llama_quantizes(
+    stem: &str,
+    dtype: GgmlDType,
+    convert: fn(&QMatrix) -> Result<QMatrix, QuantError>,
+) {
     let f16 = GgufFile::open(&repo_path("tests/fixtures/internlm2-tiny-f16.gguf")).expect("f16");
-    let q8 = GgufFile::open(&repo_path("tests/fixtures/internlm2-tiny-q8_0.gguf")).expect("q8_0");
+    let theirs = GgufFile::open(&repo_path(&format!("tests/fixtures/{stem}.gguf"))).expect(stem);
     let mut converted = 0;
-    for info in q8.tensors() {
+    for info in theirs.tensors() {
         let src = f16.tensor(&info.name).expect("same tensors in both files");
-        if info.dtype != GgmlDType::Q8_0 {
+        if info.dtype != dtype {
             assert_eq!(info.dims.len(), 1, "{} kept as {:?}", info.name, info.dtype);
             continue;
         }
         assert_eq!(src.dtype, GgmlDType::F16, "{}", info.name);
         let (cols, rows) = (src.dims[0], src.dims[1..].iter().product());
-        let ours = QMatrix::from_ggml(GgmlDType::F16, rows, cols, f16.tensor_data(src))
-            .expect("f16 matrix")
-            .to_q8_0()
-            .expect("quantizes");
+        let f16_matrix = QMatrix::from_ggml(GgmlDType::F16, rows, cols, f16.tensor_data(src))
+            .expect("f16 matrix");
+        let ours = convert(&f16_matrix).expect("quantizes");
+        assert_eq!(ours.dtype(), dtype, "{}", info.name);
         assert!(
-            ours.ggml_bytes() == q8.tensor_data(info),
-            "{}: our Q8_0 blocks differ from llama-quantize's",
+            ours.ggml_bytes() == theirs.tensor_data(info),
+            "{}: our {dtype:?} blocks differ from llama-quantize's",
             info.name
         );
         converted += 1;
     }
     // token_embd, output and 7 matrices per layer over 2 layers.
-    assert_eq!(converted, 16);
+    assert_eq!(converted, 16, "{stem}");
+}
+
+#[test]
+fn q8_0_blocks_equal_llama_quantizes() {
+    blocks_equal_llama_quantizes("internlm2-tiny-q8_0", GgmlDType::Q8_0, QMatrix::to_q8_0);
+}
+
+#[test]
+fn q4_0_blocks_equal_llama_quantize_pures() {
+    blocks_equal_llama_quantizes("internlm2-tiny-q4_0", GgmlDType::Q4_0, QMatrix::to_q4_0);
 }
 
 /// The BF16 Hugging Face folder quantized at load equals its BF16 GGUF (converted by

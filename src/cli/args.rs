@@ -214,7 +214,8 @@ pub struct EngineArgs {
     /// Compute threads (default: available cores).
     #[arg(long, env = "TESSERA_THREADS", default_value_t = 0)]
     pub threads: usize,
-    /// Quantize an F32/F16/BF16 model's weights at load: `q8_0` (llama.cpp's Q8_0 bits).
+    /// Quantize an F32/F16/BF16 model's weights at load: `q8_0` or `q4_0` (the bits
+    /// llama-quantize writes: Q8_0, or `--pure` Q4_0).
     #[arg(long, env = "TESSERA_QUANTIZATION")]
     pub quantization: Option<Quantization>,
     /// A LoRA adapter (GGUF, as llama.cpp's convert_lora_to_gguf.py writes it) served as

@@ -15,7 +15,8 @@ use super::tensor_names::LayerTensor;
 use super::weights::{WeightError, WeightLoader};
 use super::workspace::Workspace;
 use crate::ops::attention::{
-    paged_attention, paged_attention_q8_0, write_kv, write_kv_q8_0, AttnInputs, AttnSeq, KvGeometry,
+    paged_attention, paged_attention_q8_0, rotate, write_kv, write_kv_q8_0, AttnInputs, AttnSeq,
+    KvGeometry,
 };
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::RopeTable;
@@ -134,6 +135,13 @@ impl DecoderLayer {
         }
         inp.rope.apply(&mut ws.q[..t * q_dim], hd, inp.positions);
         inp.rope.apply(&mut ws.k[..t * kv_dim], hd, inp.positions);
+        // A quantized cache holds Hadamard-rotated rows, as llama.cpp's (`rotation`).
+        let rotation = kv.rotation(hd);
+        if let Some(rot) = rotation {
+            rotate(&mut ws.q[..t * q_dim], rot.k);
+            rotate(&mut ws.k[..t * kv_dim], rot.k);
+            rotate(&mut ws.v[..t * kv_dim], rot.v);
+        }
         let (k, v, q) = (&ws.k[..t * kv_dim], &ws.v[..t * kv_dim], &ws.q[..t * q_dim]);
         let attn = &mut ws.attn[..t * q_dim];
         match kv {
@@ -145,6 +153,9 @@ impl DecoderLayer {
                 write_kv_q8_0(kc, vc, k, v, inp.slots, inp.geo);
                 paged_attention_q8_0(inp.attn_inputs(q, kc, vc), attn);
             }
+        }
+        if let Some(rot) = rotation {
+            rotate(attn, rot.v);
         }
         self.attn
             .out

@@ -9,7 +9,8 @@
 //!   of 32 values along head_dim, `[num_blocks, block_size, n_kv_heads, head_dim / 32]`
 //!   blocks of 34 bytes (written by `act_quant::quantize_q8_0`, ggml's
 //!   `quantize_row_q8_0`), so a KV block costs 34/64 of the f16 one and ~1.9× as many fit
-//!   in the same `--kv-cache-memory`.
+//!   in the same `--kv-cache-memory`. Where head_dim is a multiple of 64, the rows are
+//!   stored Hadamard-rotated, as llama.cpp stores them (`LayerKv::rotation`).
 //!
 //! Invariant: every layer holds the same type, and a `q8_0` cache only exists for a
 //! head_dim that is a multiple of 32 (`KvCacheDtype::check`).
@@ -20,7 +21,7 @@ use std::str::FromStr;
 use half::f16;
 
 use crate::ops::act_quant::Q8_0;
-use crate::ops::attention::KvGeometry;
+use crate::ops::attention::{KvGeometry, KvRotation};
 
 /// Values per Q8_0 block.
 pub const QK8_0: usize = 32;
@@ -90,6 +91,17 @@ pub enum LayerKv {
     F16 { k: Vec<f16>, v: Vec<f16> },
     /// `[num_blocks, block_size, n_kv_heads, head_dim / 32]` blocks each.
     Q8_0 { k: Vec<Q8_0>, v: Vec<Q8_0> },
+}
+
+impl LayerKv {
+    /// The Hadamard rotation llama.cpp applies to Q/K/V rows and the attention output
+    /// around a quantized cache (`ops::attention::KvRotation`); none for f16.
+    pub fn rotation(&self, head_dim: usize) -> Option<KvRotation> {
+        match self {
+            LayerKv::F16 { .. } => None,
+            LayerKv::Q8_0 { .. } => KvRotation::for_head_dim(head_dim),
+        }
+    }
 }
 
 /// All layers' K/V memory.

@@ -178,6 +178,7 @@ fn load_hf(
 fn served_dtype(stored: Option<&'static str>, q: Option<Quantization>) -> Option<&'static str> {
     match q {
         Some(Quantization::Q8_0) => Some("Q8_0"),
+        Some(Quantization::Q4_0) => Some("Q4_0"),
         None => stored,
     }
 }

@@ -1,7 +1,9 @@
 //! `--quantization` (vLLM's flag name): a model whose matrices arrive as F32, F16 or BF16
 //! (GGUF or a Hugging Face folder) is served quantized, converted once at load. `q8_0`
 //! writes the blocks llama-quantize writes for the same file (`QMatrix::to_q8_0`, ggml's
-//! `quantize_row_q8_0_ref`), and converts what llama-quantize converts: every matrix
+//! `quantize_row_q8_0_ref`), `q4_0` those of `llama-quantize --pure` Q4_0
+//! (`QMatrix::to_q4_0`, `quantize_row_q4_0_ref`: every matrix in Q4_0, none of the
+//! non-pure mix's Q6_K output), and both convert what llama-quantize converts: every matrix
 //! (embedding, LM head, projections, stacked experts) except a MoE router, which both
 //! keep as stored; 1-D tensors (norms, biases, the shared-expert gate) stay f32.
 //!
@@ -18,10 +20,12 @@ use candle_core::quantized::GgmlDType;
 pub enum Quantization {
     /// ggml's Q8_0: blocks of 32 int8 with one f16 scale (8.5 bits per weight).
     Q8_0,
+    /// ggml's Q4_0: blocks of 32 4-bit values with one f16 scale (4.5 bits per weight).
+    Q4_0,
 }
 
 /// The values `--quantization` takes.
-pub const CHOICES: &str = "q8_0";
+pub const CHOICES: &str = "q8_0, q4_0";
 
 impl FromStr for Quantization {
     type Err = String;
@@ -29,6 +33,7 @@ impl FromStr for Quantization {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "q8_0" => Ok(Quantization::Q8_0),
+            "q4_0" => Ok(Quantization::Q4_0),
             other => Err(format!(
                 "--quantization must be one of: {CHOICES}. Given: `{other}`"
             )),
@@ -40,6 +45,7 @@ impl fmt::Display for Quantization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Quantization::Q8_0 => "q8_0",
+            Quantization::Q4_0 => "q4_0",
         })
     }
 }
@@ -49,6 +55,7 @@ impl Quantization {
     pub fn dtype(self) -> GgmlDType {
         match self {
             Quantization::Q8_0 => GgmlDType::Q8_0,
+            Quantization::Q4_0 => GgmlDType::Q4_0,
         }
     }
 }
@@ -87,8 +94,13 @@ mod tests {
     #[test]
     fn only_known_values_parse() {
         assert_eq!("q8_0".parse::<Quantization>(), Ok(Quantization::Q8_0));
+        assert_eq!("q4_0".parse::<Quantization>(), Ok(Quantization::Q4_0));
+        assert_eq!(Quantization::Q4_0.to_string(), "q4_0");
         let err = "int8".parse::<Quantization>().unwrap_err();
-        assert!(err.contains("q8_0") && err.contains("`int8`"), "{err}");
+        assert!(
+            err.contains("q8_0, q4_0") && err.contains("`int8`"),
+            "{err}"
+        );
         assert_eq!(Quantization::Q8_0.to_string(), "q8_0");
     }
 

@@ -165,6 +165,7 @@ impl<'a> WeightLoader<'a> {
         };
         let converted = match quantization {
             Quantization::Q8_0 => m.to_q8_0(),
+            Quantization::Q4_0 => m.to_q4_0(),
         }
         .map_err(|source| WeightError::Quant {
             name: name.to_string(),

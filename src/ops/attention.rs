@@ -26,8 +26,10 @@ use super::pool::{self, SharedOut};
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod q8_0;
+mod rotation;
 
 pub use q8_0::{paged_attention_q8_0, write_kv_q8_0};
+pub use rotation::{rotate, KvRotation};
 
 /// Whether `attend` may use the AVX-512 kernels for `head_dim` (the level is chosen once,
 /// in `cpu_features`).

@@ -35,7 +35,7 @@ mod float;
 mod panel;
 mod requant;
 
-pub use requant::quantize_row_q8_0_ref;
+pub use requant::{quantize_row_q4_0_ref, quantize_row_q8_0_ref};
 
 /// Why a tensor could not become a `QMatrix`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
