@@ -13,7 +13,7 @@ use common::*;
 use tessera::config::{EngineConfig, LoraOptions};
 use tessera::engine::handle::{self, EngineHandle};
 use tessera::model::lora::LoraError;
-use tessera::request::{AdapterId, SamplingParams};
+use tessera::request::{LoraRef, SamplingParams};
 
 const LLAMA_ADAPTERS: [&str; 3] = ["llama-attn-r8", "llama-mlp-r4", "llama-all-r16"];
 
@@ -51,11 +51,11 @@ fn engine_with(base: &Path, adapters: &[&str]) -> EngineHandle {
     handle::start(loaded, &cfg).expect("engine starts")
 }
 
-fn id_of(engine: &EngineHandle, name: &str) -> AdapterId {
-    engine.model().adapters.by_name(name).expect("served").id
+fn id_of(engine: &EngineHandle, name: &str) -> LoraRef {
+    engine.model().adapters.by_name(name).expect("served").lora
 }
 
-fn with_lora(lora: Option<AdapterId>, n: usize) -> SamplingParams {
+fn with_lora(lora: Option<LoraRef>, n: usize) -> SamplingParams {
     SamplingParams { lora, ..greedy(n) }
 }
 
@@ -110,7 +110,7 @@ fn a_batch_mixing_three_adapters_and_the_base_matches_each_alone() {
         // Interleaved, so each step's rows alternate between adapters.
         for (stem, lora, g) in &runs {
             assert_eq!(g.cases[i].prompt_ids, case.prompt_ids);
-            jobs.push((case.prompt_ids.clone(), with_lora(*lora, N)));
+            jobs.push((case.prompt_ids.clone(), with_lora(lora.clone(), N)));
             expected.push((*stem, &case.name, &g.cases[i].output_ids));
         }
     }
@@ -228,7 +228,7 @@ fn bad_adapters_are_refused_with_clear_errors() {
                 ],
                 ..options(&["a", "b"], 16)
             },
-            "the name `same` is given twice",
+            "name `same`: is given twice",
         ),
         (
             LoraOptions {

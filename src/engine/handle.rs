@@ -168,8 +168,7 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         cfg.max_num_batched_tokens,
         scheduler.config().max_logit_rows(),
         cfg.kv_cache_dtype,
-    )
-    .with_adapters(Arc::clone(&assets.adapters));
+    );
     let (tx, rx) = mpsc::channel();
     let gauges = Arc::new(EngineGauges::default());
     let observer = Arc::new(ObserverSlot::new());

@@ -10,10 +10,8 @@
 pub mod batch;
 pub mod requests;
 
-use std::sync::Arc;
-
 use crate::model::kv_storage::{KvCacheDtype, KvStorage};
-use crate::model::lora::{LoraRegistry, LoraStep};
+use crate::model::lora::LoraStep;
 use crate::model::transformer::{ForwardBatch, Transformer};
 use crate::model::workspace::Workspace;
 use crate::request::RequestId;
@@ -23,8 +21,7 @@ use requests::RequestStates;
 
 pub struct ModelRunner {
     model: Transformer,
-    /// The served LoRA adapters, and which rows of the current step use which.
-    adapters: Arc<LoraRegistry>,
+    /// Which rows of the current step use which LoRA adapter.
     lora: LoraStep,
     kv: KvStorage,
     ws: Workspace,
@@ -56,7 +53,6 @@ impl ModelRunner {
         let ws = Workspace::new(&model.cfg, max_num_batched_tokens, max_logit_rows);
         Self {
             model,
-            adapters: Arc::default(),
             lora: LoraStep::default(),
             kv,
             ws,
@@ -64,12 +60,6 @@ impl ModelRunner {
             requests: RequestStates::default(),
             block_size,
         }
-    }
-
-    /// Serves `adapters` (requests name them by `SamplingParams::lora`).
-    pub fn with_adapters(mut self, adapters: Arc<LoraRegistry>) -> Self {
-        self.adapters = adapters;
-        self
     }
 
     pub fn model(&self) -> &Transformer {
@@ -100,11 +90,8 @@ impl ModelRunner {
         }
         self.batch.build(so, &self.requests, self.block_size);
         self.lora.clear();
-        for (id, rows) in self.batch.lora_rows() {
-            match self.adapters.weights(*id) {
-                Some(adapter) => self.lora.add_rows(adapter, rows.clone()),
-                None => panic!("request rows name LoRA adapter {id:?}, which is not served"),
-            }
+        for (lora, rows) in self.batch.lora_rows() {
+            self.lora.add_rows(&lora.weights, rows.clone());
         }
         let batch = ForwardBatch {
             lora: (!self.lora.is_empty()).then_some(&self.lora),

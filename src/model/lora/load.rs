@@ -15,9 +15,11 @@ use crate::model::config::ModelConfig;
 use crate::model::gguf::{GgufError, GgufFile, GgufTensorInfo};
 use crate::ops::quant::{QMatrix, QuantError};
 
-/// Why an adapter was refused.
+/// Why an adapter was refused, loaded or unloaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
+    #[error("LoRA adapter `{path}`: no such file or folder")]
+    NotFound { path: PathBuf },
     #[error("LoRA adapter `{path}`: {source}")]
     Gguf {
         path: PathBuf,
@@ -33,6 +35,32 @@ pub enum LoraError {
         #[source]
         source: QuantError,
     },
+    /// The name cannot be served: empty, already served (by an adapter or the base model).
+    #[error("LoRA adapter name `{name}`: {message}")]
+    Name { name: String, message: String },
+    /// `--max-loras` adapters are loaded already.
+    #[error(
+        "cannot load LoRA adapter `{name}`: {max_loras} adapter(s) are loaded, the most \
+         --max-loras allows; unload one first"
+    )]
+    Full { name: String, max_loras: usize },
+    #[error("the LoRA adapter `{name}` cannot be found (not loaded)")]
+    NotServed { name: String },
+}
+
+/// Loads the adapter at `path` for a base model of `cfg`: a GGUF file, or a PEFT folder
+/// (`adapter_config.json` + `adapter_model.safetensors`); see `load_gguf`.
+pub fn load_adapter(
+    path: &Path,
+    cfg: &ModelConfig,
+    max_rank: usize,
+) -> Result<LoraAdapter, LoraError> {
+    if !path.exists() {
+        return Err(LoraError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    load_gguf(path, cfg, max_rank, 1.0)
 }
 
 /// Loads the GGUF adapter at `path` for a base model of `cfg`, refusing ranks above
