@@ -17,12 +17,13 @@
 
 pub mod apply;
 pub mod load;
+pub mod peft;
 pub mod registry;
 
 use std::sync::Arc;
 
 pub use apply::{LayerLora, LoraStep};
-pub use load::{load_adapter, load_gguf, LoraError};
+pub use load::{load_gguf, LoraError};
 pub use registry::LoraRegistry;
 
 use crate::ops::quant::QMatrix;

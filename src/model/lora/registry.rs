@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{load_adapter, AdapterId, LoraError, LoraRef};
+use super::peft::load_peft;
+use super::{load_gguf, AdapterId, LoraAdapter, LoraError, LoraRef};
 use crate::model::config::ModelConfig;
 
 /// One served adapter.
@@ -232,5 +233,26 @@ impl LoraRegistry {
 
     fn write(&self) -> RwLockWriteGuard<'_, Served> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Loads the adapter at `path` for a base model of `cfg`: a GGUF file, or a PEFT folder
+/// (`adapter_config.json` + `adapter_model.safetensors`); see `load_gguf`.
+fn load_adapter(path: &Path, cfg: &ModelConfig, max_rank: usize) -> Result<LoraAdapter, LoraError> {
+    let kind = std::fs::metadata(path).map(|m| m.file_type());
+    match kind {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LoraError::NotFound {
+            path: path.to_path_buf(),
+        }),
+        Ok(kind) if kind.is_dir() => load_peft(path, cfg, max_rank),
+        Ok(kind) if kind.is_file() => load_gguf(path, cfg, max_rank, 1.0),
+        Ok(_) => Err(LoraError::Invalid {
+            path: path.to_path_buf(),
+            message: "is neither a file nor a folder".into(),
+        }),
+        Err(e) => Err(LoraError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("cannot be read: {e}"),
+        }),
     }
 }
