@@ -16,6 +16,18 @@ base model's and from each other's).
 Goldens: as scripts/make_golden.py makes them (same settings, cases and JSON layout), with
 llama-cpp-python's `lora_path` (scale 1.0); each file names the base and the adapter.
 
+Also written, without goldens:
+- `smollm2-q-r1.gguf`: a rank-1 update of layer 0's attn_q for the default model
+  (SmolLM2-135M, read from .cache/models for its shapes), so the HTTP contract tests can
+  load an adapter into the server they run (tests/http_openapi.rs).
+- `peft-llama-attn-r8/`: `llama-attn-r8.gguf` as a PEFT folder (`adapter_config.json` +
+  `adapter_model.safetensors`, F32) with the SAME numbers, as PEFT would have saved the
+  adapter that convert_lora_to_gguf.py turned into that GGUF: Hugging Face names
+  (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, [rank, in]; lora_B
+  [out, rank]) and, for q_proj / k_proj, lora_B's rows in Hugging Face's half-split RoPE
+  order: the converter permutes a llama's q/k rows into adjacent pairs (LlamaModel.permute
+  on lora_B; lora_A is untouched), so the folder holds the inverse permutation.
+
 Usage: scripts/make_lora_fixtures.py [--goldens-only | --no-goldens]
        scripts/make_lora_fixtures.py --bench BASE.gguf --out-dir DIR [--count 4] [--rank 16]
          (random adapters on every projection of any llama/qwen2 GGUF, for bench/: not fixtures)
@@ -102,6 +114,70 @@ def write_adapter(ad: Adapter, base: Path | None = None, out_dir: Path = LORA_DI
     return path
 
 
+def half_split(b: np.ndarray, heads: int) -> np.ndarray:
+    """The inverse of convert_hf_to_gguf's LlamaModel.permute on rows (adjacent RoPE pairs
+    back to half-split): permute(w) = w.reshape(heads, 2, d/2, ...).swapaxes(1, 2)."""
+    rows = b.shape[0]
+    d = rows // heads
+    return b.reshape(heads, d // 2, 2, *b.shape[1:]).swapaxes(1, 2).reshape(b.shape)
+
+
+PEFT_MODULES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+                "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """F32 tensors as a safetensors file (the format, without the package)."""
+    import json
+
+    header, offset, blobs = {}, 0, []
+    for name, t in tensors.items():
+        data = np.ascontiguousarray(t, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for blob in blobs:
+            f.write(blob)
+
+
+def write_peft(ad: Adapter) -> Path:
+    """`ad`'s GGUF (already written) as the PEFT folder it was converted from."""
+    import json
+
+    base = REPO / "tests" / "fixtures" / f"{ad.base}.gguf"
+    reader = gguf.GGUFReader(base)
+    heads = int(reader.fields["llama.attention.head_count"].parts[-1][0])
+    kv_heads = int(reader.fields["llama.attention.head_count_kv"].parts[-1][0])
+    lora = gguf.GGUFReader(LORA_DIR / f"{ad.stem}.gguf")
+    tensors = {}
+    for t in lora.tensors:
+        base_name, half = t.name.rsplit(".", 1)
+        _, layer, target, _ = base_name.split(".")
+        m = np.array(t.data, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+        if half == "lora_b" and target in ("attn_q", "attn_k"):
+            m = half_split(m, heads if target == "attn_q" else kv_heads)
+        key = "A" if half == "lora_a" else "B"
+        tensors[f"base_model.model.model.layers.{layer}.{PEFT_MODULES[target]}.lora_{key}.weight"] = m
+    out = LORA_DIR / f"peft-{ad.stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_safetensors(out / "adapter_model.safetensors", dict(sorted(tensors.items())))
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": ad.base,
+        "r": ad.rank, "lora_alpha": ad.alpha, "lora_dropout": 0.0, "bias": "none",
+        "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+        "target_modules": sorted({PEFT_MODULES[t].split(".")[1] for t in ad.targets}),
+        "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
 def write_golden(ad: Adapter) -> Path:
     import llama_cpp
 
@@ -160,6 +236,12 @@ def main() -> None:
             print(write_adapter(ad))
         if not args.no_goldens:
             print(write_golden(ad))
+    if not args.goldens_only:
+        print(write_peft(ADAPTERS[0]))
+        default_model = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        contract = Adapter("smollm2-q-r1", "SmolLM2-135M-Instruct.Q4_1", 7005, rank=1,
+                           alpha=1.0, targets=("attn_q",), layers=(0,))
+        print(write_adapter(contract, default_model))
 
 
 if __name__ == "__main__":

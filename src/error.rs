@@ -119,6 +119,9 @@ pub enum ApiError {
     /// The conversation log: it lags (new requests refused), or an admin API call failed.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// Loading or unloading a LoRA adapter at run time failed (boxed: it is large).
+    #[error(transparent)]
+    Lora(Box<crate::model::lora::LoraError>),
     #[error("the admin API is disabled; start the server with --admin-api-key")]
     AdminDisabled,
     #[error("missing or invalid admin API key: send `Authorization: Bearer <key>` with a key given to --admin-api-key")]
@@ -129,6 +132,12 @@ pub enum ApiError {
     RateLimited(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::model::lora::LoraError> for ApiError {
+    fn from(e: crate::model::lora::LoraError) -> Self {
+        ApiError::Lora(Box::new(e))
+    }
 }
 
 impl From<InvalidParam> for ApiError {
@@ -190,6 +199,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
             M::Reload(_) => (400, "invalid_request_error", "invalid_policy"),
         },
         ApiError::Audit(e) => audit_status(e),
+        ApiError::Lora(e) => lora_status(e),
         ApiError::AdminDisabled => (403, "permission_error", "admin_api_disabled"),
         ApiError::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
         ApiError::RateLimited(_) => (429, "rate_limit_error", "rate_limit_exceeded"),
@@ -208,6 +218,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::PromptTooLong { param, .. } => Some(param.to_string()),
         ApiError::Dialog(e) => dialog_param(e),
         ApiError::Audit(crate::audit::AuditError::Invalid { param, .. }) => Some(param.clone()),
+        ApiError::Lora(e) => Some(lora_param(e).to_string()),
         ApiError::Moderation(
             M::Blocked { param, .. } | M::TooLong { param, .. } | M::ControlChar { param, .. },
         ) => Some(param.clone()),
@@ -229,6 +240,31 @@ pub fn http_error(err: &ApiError) -> HttpError {
         body,
         retry_after,
         not_started,
+    }
+}
+
+/// Status, type and code of a failed LoRA load or unload (vLLM's: 400 for bad input,
+/// 404 for a missing file or name; 409 when `--max-loras` adapters are loaded).
+fn lora_status(e: &crate::model::lora::LoraError) -> (u16, &'static str, &'static str) {
+    use crate::model::lora::LoraError as L;
+    match e {
+        L::NotFound { .. } | L::NotServed { .. } => {
+            (404, "not_found_error", "lora_adapter_not_found")
+        }
+        L::Name { .. } => (400, "invalid_request_error", "invalid_value"),
+        L::Full { .. } => (409, "invalid_request_error", "max_loras_reached"),
+        L::Gguf { .. } | L::Invalid { .. } | L::Quant { .. } => {
+            (400, "invalid_request_error", "invalid_lora_adapter")
+        }
+    }
+}
+
+/// The request field a LoRA error is about.
+fn lora_param(e: &crate::model::lora::LoraError) -> &'static str {
+    use crate::model::lora::LoraError as L;
+    match e {
+        L::NotFound { .. } | L::Gguf { .. } | L::Invalid { .. } | L::Quant { .. } => "lora_path",
+        L::Name { .. } | L::Full { .. } | L::NotServed { .. } => "lora_name",
     }
 }
 

@@ -21,10 +21,7 @@ pub type RequestId = u64;
 /// Token id in the model's vocabulary.
 pub type TokenId = u32;
 
-/// A served LoRA adapter (`model::lora::LoraRegistry`); ids start at 1 and are never
-/// reused, so KV blocks can be keyed on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AdapterId(pub u32);
+pub use crate::model::lora::{AdapterId, LoraRef};
 
 /// How a request's tokens are chosen and when generation stops.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,9 +63,10 @@ pub struct SamplingParams {
     /// Structured output: every token is sampled from the grammar's allowed set, and EOS
     /// only where the grammar accepts (`crate::structured`). `None`: unconstrained.
     pub guide: Option<crate::structured::Guide>,
-    /// The LoRA adapter the model runs with for this request (selected by `model`);
+    /// The LoRA adapter the model runs with for this request (selected by `model`), its
+    /// weights held until the request ends (an unload does not take them away);
     /// `None`: the base model.
-    pub lora: Option<AdapterId>,
+    pub lora: Option<LoraRef>,
 }
 
 impl Default for SamplingParams {

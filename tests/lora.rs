@@ -13,7 +13,7 @@ use common::*;
 use tessera::config::{EngineConfig, LoraOptions};
 use tessera::engine::handle::{self, EngineHandle};
 use tessera::model::lora::LoraError;
-use tessera::request::{AdapterId, SamplingParams};
+use tessera::request::{LoraRef, SamplingParams};
 
 const LLAMA_ADAPTERS: [&str; 3] = ["llama-attn-r8", "llama-mlp-r4", "llama-all-r16"];
 
@@ -51,11 +51,11 @@ fn engine_with(base: &Path, adapters: &[&str]) -> EngineHandle {
     handle::start(loaded, &cfg).expect("engine starts")
 }
 
-fn id_of(engine: &EngineHandle, name: &str) -> AdapterId {
-    engine.model().adapters.by_name(name).expect("served").id
+fn id_of(engine: &EngineHandle, name: &str) -> LoraRef {
+    engine.model().adapters.by_name(name).expect("served").lora
 }
 
-fn with_lora(lora: Option<AdapterId>, n: usize) -> SamplingParams {
+fn with_lora(lora: Option<LoraRef>, n: usize) -> SamplingParams {
     SamplingParams { lora, ..greedy(n) }
 }
 
@@ -110,7 +110,7 @@ fn a_batch_mixing_three_adapters_and_the_base_matches_each_alone() {
         // Interleaved, so each step's rows alternate between adapters.
         for (stem, lora, g) in &runs {
             assert_eq!(g.cases[i].prompt_ids, case.prompt_ids);
-            jobs.push((case.prompt_ids.clone(), with_lora(*lora, N)));
+            jobs.push((case.prompt_ids.clone(), with_lora(lora.clone(), N)));
             expected.push((*stem, &case.name, &g.cases[i].output_ids));
         }
     }
@@ -228,7 +228,7 @@ fn bad_adapters_are_refused_with_clear_errors() {
                 ],
                 ..options(&["a", "b"], 16)
             },
-            "the name `same` is given twice",
+            "name `same`: is given twice",
         ),
         (
             LoraOptions {
@@ -253,5 +253,94 @@ fn bad_adapters_are_refused_with_clear_errors() {
             "`blk.0.attn_q.weight` is [576, 576] in the base model, but its lora_a is [8, 128]"
         ),
         "{err}"
+    );
+}
+
+/// The PEFT folder of `llama-attn-r8` (the same numbers, as PEFT saves them: Hugging Face
+/// names, q/k lora_B rows in half-split RoPE order) gives llama.cpp's ids for the GGUF.
+#[test]
+fn a_peft_folder_matches_its_gguf_conversion() {
+    let g = golden("lora-llama-attn-r8");
+    let cfg = engine_cfg();
+    let mut loaded = tessera::model::load(&golden_model_path(&g), None, |_, _| {}).expect("loads");
+    let peft = repo_path("tests/fixtures/lora/peft-llama-attn-r8");
+    let options = LoraOptions {
+        modules: vec![("peft".into(), peft)],
+        ..options(&[], 16)
+    };
+    loaded
+        .serve_adapters(&options, &[loaded.assets.name.clone()])
+        .expect("the PEFT folder loads");
+    let engine = handle::start(loaded, &cfg).expect("engine starts");
+    let lora = id_of(&engine, "peft");
+    check_engine_against("lora-llama-attn-r8 (PEFT)", &g, engine, 0.0, Some(lora));
+}
+
+/// A copy of the PEFT fixture in a fresh folder, its adapter_config.json changed by `edit`.
+fn peft_copy(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+    let src = repo_path("tests/fixtures/lora/peft-llama-attn-r8");
+    let dir = std::env::temp_dir().join(format!("tessera-peft-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let weights = "adapter_model.safetensors";
+    std::fs::copy(src.join(weights), dir.join(weights)).expect("copies");
+    let text = std::fs::read_to_string(src.join("adapter_config.json")).expect("reads");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("json");
+    edit(&mut config);
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).expect("writes");
+    dir
+}
+
+#[test]
+fn unsupported_peft_adapters_are_refused_with_clear_errors() {
+    use serde_json::json;
+    let llama = "llama-tiny-f16-mixed";
+    let base_name = [llama.to_string()];
+    let cases: Vec<(std::path::PathBuf, &str)> = vec![
+        (
+            peft_copy("fifo", |c| c["fan_in_fan_out"] = json!(true)),
+            "`fan_in_fan_out: true`",
+        ),
+        (
+            peft_copy("dora", |c| c["use_dora"] = json!(true)),
+            "(DoRA) is not supported",
+        ),
+        (
+            peft_copy("embed", |c| {
+                c["target_modules"] = json!(["q_proj", "embed_tokens"])
+            }),
+            "target module \"embed_tokens\" cannot be adapted",
+        ),
+        (
+            peft_copy("rank", |c| c["r"] = json!(4)),
+            "has rank 8, but adapter_config.json says r = 4",
+        ),
+        (
+            peft_copy("type", |c| c["peft_type"] = json!("IA3")),
+            "`peft_type` must be \"LORA\"",
+        ),
+        (repo_path("tests/fixtures/lora"), "cannot be read"),
+    ];
+    for (path, want) in cases {
+        let opts = LoraOptions {
+            modules: vec![("x".into(), path.clone())],
+            ..options(&[], 16)
+        };
+        let got = load_err(llama, &opts, &base_name);
+        assert!(got.contains(want), "expected {want:?} in: {got}");
+        if path.starts_with(std::env::temp_dir()) {
+            std::fs::remove_dir_all(&path).expect("cleans up");
+        }
+    }
+    let over = LoraOptions {
+        modules: vec![(
+            "x".into(),
+            repo_path("tests/fixtures/lora/peft-llama-attn-r8"),
+        )],
+        ..options(&[], 4)
+    };
+    let got = load_err(llama, &over, &base_name);
+    assert!(
+        got.contains("has rank 8; --max-lora-rank allows 1..=4"),
+        "{got}"
     );
 }

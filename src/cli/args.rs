@@ -218,12 +218,12 @@ pub struct EngineArgs {
     /// llama-quantize writes: Q8_0, or `--pure` Q4_0).
     #[arg(long, env = "TESSERA_QUANTIZATION")]
     pub quantization: Option<Quantization>,
-    /// A LoRA adapter (GGUF, as llama.cpp's convert_lora_to_gguf.py writes it) served as
-    /// `name`: `--lora-modules name=path` (repeatable). Requests select it with
-    /// `model: "name"`.
+    /// A LoRA adapter (GGUF, as llama.cpp's convert_lora_to_gguf.py writes it, or a PEFT
+    /// folder) served as `name`: `--lora-modules name=path` (repeatable). Requests select
+    /// it with `model: "name"`; more load at run time (`POST /v1/load_lora_adapter`).
     #[arg(long, env = "TESSERA_LORA_MODULES", value_delimiter = ',', value_parser = crate::config::parse_lora_module)]
     pub lora_modules: Vec<(String, PathBuf)>,
-    /// Most LoRA adapters resident at once.
+    /// Most LoRA adapters loaded at once (start-up and run-time loads together).
     #[arg(long, env = "TESSERA_MAX_LORAS", default_value_t = 1)]
     pub max_loras: usize,
     /// Largest LoRA rank accepted (a larger adapter is refused at load).

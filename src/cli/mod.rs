@@ -175,7 +175,7 @@ pub fn bench(
             let adapters = engine.model().adapters.adapters();
             let params = SamplingParams {
                 ignore_eos: true,
-                lora: (!adapters.is_empty()).then(|| adapters[i % adapters.len()].id),
+                lora: (!adapters.is_empty()).then(|| adapters[i % adapters.len()].lora.clone()),
                 ..SamplingParams::greedy(max_tokens)
             };
             submit(engine, ids, params)

@@ -165,8 +165,7 @@ pub fn start(model: LoadedModel, cfg: &EngineConfig) -> Result<EngineHandle, Mod
         device: cfg.device,
     };
     let scheduler = Scheduler::new(sched_cfg)?;
-    let runner =
-        ModelRunner::new(built.backend, cfg.block_size).with_adapters(Arc::clone(&assets.adapters));
+    let runner = ModelRunner::new(built.backend, cfg.block_size);
     let (tx, rx) = mpsc::channel();
     let gauges = Arc::new(EngineGauges::default());
     let observer = Arc::new(ObserverSlot::new());

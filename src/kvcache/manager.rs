@@ -278,14 +278,14 @@ impl KvCacheManager {
 fn extra_keys(req: &Request) -> ExtraKeys {
     ExtraKeys {
         salt: None,
-        lora: req.sampling.lora.map(|id| u64::from(id.0)),
+        lora: req.sampling.lora.as_ref().map(|l| u64::from(l.id.0)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{AdapterId, SamplingParams, TokenId};
+    use crate::request::{LoraRef, SamplingParams, TokenId};
 
     /// Same tokens under another adapter (or none) hit nothing; under the same one, hit.
     #[test]
@@ -293,7 +293,7 @@ mod tests {
         let mut m = KvCacheManager::new(16, 4, true);
         let with = |id: RequestId, lora: Option<u32>| {
             let params = SamplingParams {
-                lora: lora.map(AdapterId),
+                lora: lora.map(LoraRef::without_updates),
                 ..SamplingParams::greedy(4)
             };
             Request::new(id, (0..10).collect::<Vec<TokenId>>(), params, vec![])

@@ -53,7 +53,8 @@ pub struct ModelAssets {
     pub chat_template: ChatTemplate,
     /// Live routed-token counters of a MoE model (`None` for dense models).
     pub expert_tokens: Option<moe::ExpertTokenCounts>,
-    /// The LoRA adapters served on top of the model (`--lora-modules`; empty without).
+    /// The LoRA adapters served on top of the model (`--lora-modules`, and those loaded
+    /// at run time).
     pub adapters: Arc<LoraRegistry>,
 }
 
@@ -238,6 +239,12 @@ fn assemble(
         )));
     }
     let expert_tokens = transformer.expert_token_counts();
+    // Adapters can be loaded at run time even without --lora-modules (vLLM's defaults).
+    let adapters = LoraRegistry::new(
+        &LoraOptions::default(),
+        &config,
+        std::slice::from_ref(&name),
+    );
     Ok(LoadedModel {
         transformer,
         assets: ModelAssets {
@@ -248,7 +255,7 @@ fn assemble(
             tokenizer,
             chat_template,
             expert_tokens,
-            adapters: Arc::default(),
+            adapters: Arc::new(adapters),
         },
     })
 }

@@ -10,7 +10,7 @@ use crate::model::transformer::ForwardBatch;
 use crate::ops::attention::AttnSeq;
 use std::ops::Range;
 
-use crate::request::{AdapterId, RequestId, TokenId};
+use crate::request::{LoraRef, RequestId, TokenId};
 use crate::scheduler::output::SchedulerOutput;
 
 #[derive(Default)]
@@ -33,7 +33,7 @@ pub struct BatchBuilder {
     /// `[P]` the batch row of each of `prompt_rows`.
     prompt_row_index: Vec<usize>,
     /// The rows of each request that runs with a LoRA adapter, in batch order.
-    lora_rows: Vec<(AdapterId, Range<usize>)>,
+    lora_rows: Vec<(LoraRef, Range<usize>)>,
 }
 
 /// A prompt position whose logits score the next prompt token (`prompt_logprobs`).
@@ -83,8 +83,9 @@ impl BatchBuilder {
                 table_len,
             });
             self.block_tables.extend_from_slice(&table[..table_len]);
-            if let Some(id) = req.lora() {
-                self.lora_rows.push((id, q_row..q_row + sr.num_tokens));
+            if let Some(lora) = req.lora() {
+                let rows = q_row..q_row + sr.num_tokens;
+                self.lora_rows.push((lora.clone(), rows));
             }
             if sr.sample {
                 // The last token's row, and one per draft token after it.
@@ -137,7 +138,7 @@ impl BatchBuilder {
     }
 
     /// The rows of each request that runs with a LoRA adapter, in batch order.
-    pub fn lora_rows(&self) -> &[(AdapterId, Range<usize>)] {
+    pub fn lora_rows(&self) -> &[(LoraRef, Range<usize>)] {
         &self.lora_rows
     }
 

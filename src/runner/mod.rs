@@ -11,10 +11,8 @@
 pub mod batch;
 pub mod requests;
 
-use std::sync::Arc;
-
 use crate::backend::ExecutionBackend;
-use crate::model::lora::{LoraRegistry, LoraStep};
+use crate::model::lora::LoraStep;
 use crate::model::transformer::ForwardBatch;
 use crate::request::RequestId;
 use crate::scheduler::output::SchedulerOutput;
@@ -23,8 +21,7 @@ use requests::RequestStates;
 
 pub struct ModelRunner {
     backend: Box<dyn ExecutionBackend>,
-    /// The served LoRA adapters, and which rows of the current step use which.
-    adapters: Arc<LoraRegistry>,
+    /// Which rows of the current step use which LoRA adapter.
     lora: LoraStep,
     batch: BatchBuilder,
     requests: RequestStates,
@@ -45,18 +42,11 @@ impl ModelRunner {
     pub fn new(backend: Box<dyn ExecutionBackend>, block_size: usize) -> Self {
         Self {
             backend,
-            adapters: Arc::default(),
             lora: LoraStep::default(),
             batch: BatchBuilder::default(),
             requests: RequestStates::default(),
             block_size,
         }
-    }
-
-    /// Serves `adapters` (requests name them by `SamplingParams::lora`).
-    pub fn with_adapters(mut self, adapters: Arc<LoraRegistry>) -> Self {
-        self.adapters = adapters;
-        self
     }
 
     pub fn backend(&self) -> &dyn ExecutionBackend {
@@ -90,11 +80,8 @@ impl ModelRunner {
         }
         self.batch.build(so, &self.requests, self.block_size);
         self.lora.clear();
-        for (id, rows) in self.batch.lora_rows() {
-            match self.adapters.weights(*id) {
-                Some(adapter) => self.lora.add_rows(adapter, rows.clone()),
-                None => panic!("request rows name LoRA adapter {id:?}, which is not served"),
-            }
+        for (lora, rows) in self.batch.lora_rows() {
+            self.lora.add_rows(&lora.weights, rows.clone());
         }
         let batch = ForwardBatch {
             lora: (!self.lora.is_empty()).then_some(&self.lora),

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::request::{self, AdapterId, RequestId, TokenId};
+use crate::request::{self, LoraRef, RequestId, TokenId};
 use crate::scheduler::output::{BlockId, SchedulerOutput};
 
 /// One request as the runner holds it.
@@ -22,7 +22,7 @@ pub struct RequestState {
     /// `Some(k)`: its prompt rows get logits too, for prompt logprobs with the top `k`.
     prompt_logprobs: Option<usize>,
     /// The LoRA adapter its rows run with.
-    lora: Option<AdapterId>,
+    lora: Option<LoraRef>,
 }
 
 impl RequestState {
@@ -42,8 +42,8 @@ impl RequestState {
     }
 
     /// The LoRA adapter its rows run with (`None`: the base model).
-    pub fn lora(&self) -> Option<AdapterId> {
-        self.lora
+    pub fn lora(&self) -> Option<&LoraRef> {
+        self.lora.as_ref()
     }
 
     /// Token at absolute position `pos` (prompt first, then output); `pos < num_tokens()`.
@@ -77,7 +77,7 @@ impl RequestStates {
                 output_token_ids: new.output_token_ids.clone(),
                 block_ids: new.block_ids.clone(),
                 prompt_logprobs: new.prompt_logprobs,
-                lora: new.lora,
+                lora: new.lora.clone(),
             };
             let previous = self.by_id.insert(new.req_id, state);
             debug_assert!(previous.is_none(), "request {} admitted twice", new.req_id);

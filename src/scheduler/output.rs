@@ -17,7 +17,7 @@ use std::time::Instant;
 
 pub use crate::kvcache::block_pool::BlockId;
 use crate::request::{
-    AdapterId, FinishReason, PromptLogprob, RequestId, SampledToken, TokenId, TokenLogprobs,
+    FinishReason, LoraRef, PromptLogprob, RequestId, SampledToken, TokenId, TokenLogprobs,
 };
 
 /// One request's share of a step.
@@ -49,7 +49,7 @@ pub struct NewRequestData {
     /// computes logits for its prompt rows too (`SamplingParams::prompt_logprobs`).
     pub prompt_logprobs: Option<usize>,
     /// The LoRA adapter its rows run with (`SamplingParams::lora`).
-    pub lora: Option<AdapterId>,
+    pub lora: Option<LoraRef>,
 }
 
 /// What changed for a request the runner holds since it was last scheduled.

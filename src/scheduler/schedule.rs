@@ -307,7 +307,7 @@ impl Scheduler {
                     output_token_ids: req.output_token_ids.clone(),
                     block_ids: self.kv.block_ids(req_id).to_vec(),
                     prompt_logprobs: req.sampling.prompt_logprobs,
-                    lora: req.sampling.lora,
+                    lora: req.sampling.lora.clone(),
                 });
             }
             out.scheduled.push(ScheduledRequest {

@@ -29,6 +29,9 @@ pub enum Access {
     /// A key given to `--admin-api-key` (never an ordinary API key); without any admin
     /// key the route is closed (403).
     Admin,
+    /// Like `Admin` when an admin key is configured, else like `Key` (vLLM's LoRA routes:
+    /// open to API-key holders on a server without admin keys).
+    AdminWhenSet,
     /// The chat WebSocket: the upgrade is open, and the socket itself refuses every
     /// message until a configured key is given (browsers cannot send `Authorization`
     /// on a WebSocket; see `ws`).
@@ -58,6 +61,14 @@ pub async fn check_access(
             Some(state) => authorize_admin(&state.config.admin_api_keys, req.headers()).err(),
             None => Some(ApiError::AdminDisabled),
         },
+        Access::AdminWhenSet => req.app_data::<web::Data<AppState>>().and_then(|state| {
+            let admin = &state.config.admin_api_keys;
+            if admin.is_empty() {
+                authorize(&state.config.api_keys, req.headers()).err()
+            } else {
+                authorize_admin(admin, req.headers()).err()
+            }
+        }),
     };
     match refused {
         Some(err) => Ok(req

@@ -34,6 +34,7 @@ pub mod gate;
 pub mod generate;
 pub mod guided;
 pub mod logging;
+pub mod lora;
 pub mod moderations;
 pub mod observe;
 pub mod request;

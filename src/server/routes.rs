@@ -73,6 +73,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/admin/v1/exchanges/{id}"),
     ("POST", "/admin/v1/exchanges/{id}/review"),
     ("GET", "/admin/v1/threads/{id}"),
+    ("POST", "/v1/load_lora_adapter"),
+    ("POST", "/v1/unload_lora_adapter"),
 ];
 
 /// The routes anyone may call when API keys are configured; every other route needs one.
@@ -99,6 +101,10 @@ pub const ADMIN_ROUTES: &[&str] = &[
     "/admin/v1/threads/{id}",
 ];
 
+/// The routes that need an admin key when one is configured, else an API key (when any
+/// is configured): vLLM's run-time LoRA routes.
+pub const ADMIN_WHEN_SET_ROUTES: &[&str] = &["/v1/load_lora_adapter", "/v1/unload_lora_adapter"];
+
 type Data = web::Data<AppState>;
 type Reply = Result<HttpResponse, ApiError>;
 
@@ -122,6 +128,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             Access::Open
         } else if ADMIN_ROUTES.contains(&path) {
             Access::Admin
+        } else if ADMIN_WHEN_SET_ROUTES.contains(&path) {
+            Access::AdminWhenSet
         } else if SOCKET_ROUTES.contains(&path) {
             Access::Socket
         } else {
@@ -190,6 +198,8 @@ fn handler(method: &str, path: &str) -> Route {
         (_, "/v1/chat/ws") => route.to(super::ws::chat_ws),
         (_, "/") => route.to(super::web::index),
         (_, "/web/{file}") => route.to(super::web::asset),
+        (_, "/v1/load_lora_adapter") => route.to(super::lora::load),
+        (_, "/v1/unload_lora_adapter") => route.to(super::lora::unload),
         _ => route.to(|| async {
             Err::<HttpResponse, _>(ApiError::Internal("this route has no handler".into()))
         }),
@@ -226,7 +236,7 @@ async fn on_cpu<T: Send + 'static>(
     let input = JobInput {
         body,
         engine: state.engine()?.clone(),
-        served: state.served_names().to_vec(),
+        served: state.served_names(),
         limit: state.prompt_limit(),
         tool_parser: state.config.tool_call_parser,
     };
@@ -368,7 +378,7 @@ fn model_card(state: &AppState, name: &str) -> serde_json::Value {
     let (root, parent) = match (engine, adapter) {
         (_, Some(a)) => (
             a.path.display().to_string(),
-            state.served_names().first().cloned(),
+            state.base_names().first().cloned(),
         ),
         (Some(e), None) => (e.model().path.display().to_string(), None),
         (None, None) => (name.to_string(), None),
@@ -396,7 +406,7 @@ async fn list_models(state: Data) -> Reply {
 
 async fn get_model(state: Data, name: web::Path<String>) -> Reply {
     state.engine()?;
-    let name = check_model(Some(name.as_str()), state.served_names())?;
+    let name = check_model(Some(name.as_str()), &state.served_names())?;
     Ok(HttpResponse::Ok().json(model_card(&state, &name)))
 }
 

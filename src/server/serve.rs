@@ -99,6 +99,18 @@ pub fn serve(
     engine_cfg: EngineConfig,
     mut cfg: ServerConfig,
 ) -> Result<(), Box<dyn Error>> {
+    if let Some((name, _)) = engine_cfg
+        .lora
+        .modules
+        .iter()
+        .find(|(name, _)| cfg.served_model_names.contains(name))
+    {
+        return Err(format!(
+            "--lora-modules: the adapter name `{name}` is also a --served-model-name; \
+             give the adapter another name"
+        )
+        .into());
+    }
     let listener = TcpListener::bind((cfg.host.as_str(), cfg.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;

@@ -138,7 +138,7 @@ pub enum Phase {
 pub struct AppState {
     pub config: ServerConfig,
     engine: OnceLock<EngineHandle>,
-    served_names: OnceLock<Vec<String>>,
+    base_names: OnceLock<Vec<String>>,
     phase: AtomicU8,
     admission: Arc<Admission>,
     /// Where request CPU work runs (parsing, templates, tokenizing).
@@ -171,7 +171,7 @@ impl AppState {
         Ok(Self {
             cpu: CpuPool::new(config.cpu_threads, config.cpu_queue)?,
             engine: OnceLock::new(),
-            served_names: OnceLock::new(),
+            base_names: OnceLock::new(),
             phase: AtomicU8::new(Phase::Loading as u8),
             admission: Arc::new(Admission::default()),
             prompt_limit: OnceLock::new(),
@@ -266,15 +266,14 @@ impl AppState {
         self.max_num_seqs.store(max_num_seqs, Ordering::SeqCst);
         let capacity = max_num_seqs + self.config.max_queued_requests;
         self.admission.capacity.store(capacity, Ordering::SeqCst);
-        let mut names = if self.config.served_model_names.is_empty() {
+        let names = if self.config.served_model_names.is_empty() {
             vec![engine.model().name.clone()]
         } else {
             self.config.served_model_names.clone()
         };
-        // LoRA adapters are served models too (`model: "<adapter>"`), after the base names.
-        let adapters = engine.model().adapters.adapters().iter();
-        names.extend(adapters.map(|a| a.name.clone()));
-        let _ = self.served_names.set(names);
+        // No adapter loaded at run time may take a name the base model is served as.
+        engine.model().adapters.set_base_names(&names);
+        let _ = self.base_names.set(names);
         let limit = engine
             .model()
             .tokenizer
@@ -335,8 +334,19 @@ impl AppState {
         self.prompt_limit.get().copied().flatten()
     }
 
-    pub fn served_names(&self) -> &[String] {
-        self.served_names.get().map_or(&[], Vec::as_slice)
+    pub fn served_names(&self) -> Vec<String> {
+        let mut names = self.base_names().to_vec();
+        // LoRA adapters are served models too (`model: "<adapter>"`), after the base
+        // names, in load order; the set changes at run time (`/v1/load_lora_adapter`).
+        if let Some(engine) = self.engine.get() {
+            names.extend(engine.model().adapters.names());
+        }
+        names
+    }
+
+    /// The names the base model is served as (`--served-model-name`, else its file name).
+    pub fn base_names(&self) -> &[String] {
+        self.base_names.get().map_or(&[], Vec::as_slice)
     }
 
     /// Reserves `sequences` slots, or refuses: 429 at capacity, 503 once draining. The

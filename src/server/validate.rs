@@ -15,7 +15,7 @@ use super::tool_calls::{check_tools, encode_messages, ToolFields};
 use crate::engine::error::EngineError;
 use crate::engine::handle::{EngineHandle, EngineInfo};
 use crate::error::ApiError;
-use crate::request::{SamplingParams, TokenId, MAX_TOP_LOGPROBS};
+use crate::request::{LoraRef, SamplingParams, TokenId, MAX_TOP_LOGPROBS};
 use crate::tools::{ToolParser, WireForm};
 
 /// Most choices one request may ask for (`n` × number of prompts).
@@ -82,15 +82,30 @@ pub fn check_model(model: Option<&str>, served: &[String]) -> Result<String, Api
     if served.iter().any(|s| s == given) {
         Ok(given.to_string())
     } else {
-        Err(ApiError::ModelNotFound {
-            given: given.to_string(),
-            served: served
-                .iter()
-                .map(|s| format!("`{s}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        Err(model_not_found(given, served))
     }
+}
+
+fn model_not_found(given: &str, served: &[String]) -> ApiError {
+    ApiError::ModelNotFound {
+        given: given.to_string(),
+        served: served
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// The LoRA adapter `model` names (`None`: the base model) and a hold on its weights;
+/// an adapter unloaded since `check_model` saw it is not found.
+pub fn select_adapter(engine: &EngineHandle, model: &str) -> Result<Option<LoraRef>, ApiError> {
+    let adapters = &engine.model().adapters;
+    adapters.select(model).map_err(|_| {
+        let mut served = engine.model().adapters.base_names();
+        served.extend(adapters.names());
+        model_not_found(model, &served)
+    })
 }
 
 /// `POST /v1/chat/completions` → `ValidRequest`.
@@ -327,7 +342,7 @@ fn build(
     let prompt_logprobs = prompt_logprobs(f.prompt_logprobs, stream)?;
     let echo_k = echo_logprobs.then(|| sampling.logprobs.unwrap_or(0));
     sampling.prompt_logprobs = prompt_logprobs.max(echo_k);
-    sampling.lora = engine.model().adapters.by_name(&model).map(|a| a.id);
+    sampling.lora = select_adapter(engine, &model)?;
     let valid = ValidRequest {
         model,
         prompts,

@@ -2,7 +2,7 @@
 //! by scripts/make_golden.py and scripts/make_lora_fixtures.py on the same files).
 
 use tessera::engine::handle::EngineHandle;
-use tessera::request::{AdapterId, SamplingParams};
+use tessera::request::{LoraRef, SamplingParams};
 
 use super::{greedy, run_batch, run_ids, GoldenCase, GoldenFile};
 
@@ -17,9 +17,12 @@ pub fn check_engine_against(
     g: &GoldenFile,
     engine: EngineHandle,
     margin: f32,
-    lora: Option<AdapterId>,
+    lora: Option<LoraRef>,
 ) {
-    let greedy = |n: usize| SamplingParams { lora, ..greedy(n) };
+    let greedy = |n: usize| SamplingParams {
+        lora: lora.clone(),
+        ..greedy(n)
+    };
     let tok = &engine.model().tokenizer;
     let mut checked = 0;
     for case in &g.cases {

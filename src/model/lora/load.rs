@@ -5,7 +5,8 @@
 //! `<base tensor>.lora_b` (`[out, rank]`) in pairs, `*_norm.weight` tensors ignored, any
 //! other name refused. Beyond llama.cpp: only the dense layers' seven projections may be
 //! adapted (tessera does not adapt embeddings, the LM head or experts), and every rank
-//! must be at most `--max-lora-rank`.
+//! must be at most `--max-lora-rank`. `registry` also takes PEFT folders (`peft`), with
+//! the same checks of each pair (`check_pair`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,9 +16,11 @@ use crate::model::config::ModelConfig;
 use crate::model::gguf::{GgufError, GgufFile, GgufTensorInfo};
 use crate::ops::quant::{QMatrix, QuantError};
 
-/// Why an adapter was refused.
+/// Why an adapter was refused, loaded or unloaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
+    #[error("LoRA adapter `{path}`: no such file or folder")]
+    NotFound { path: PathBuf },
     #[error("LoRA adapter `{path}`: {source}")]
     Gguf {
         path: PathBuf,
@@ -33,6 +36,17 @@ pub enum LoraError {
         #[source]
         source: QuantError,
     },
+    /// The name cannot be served: empty, already served (by an adapter or the base model).
+    #[error("LoRA adapter name `{name}`: {message}")]
+    Name { name: String, message: String },
+    /// `--max-loras` adapters are loaded already.
+    #[error(
+        "cannot load LoRA adapter `{name}`: {max_loras} adapter(s) are loaded, the most \
+         --max-loras allows; unload one first"
+    )]
+    Full { name: String, max_loras: usize },
+    #[error("the LoRA adapter `{name}` cannot be found (not loaded)")]
+    NotServed { name: String },
 }
 
 /// Loads the GGUF adapter at `path` for a base model of `cfg`, refusing ranks above
@@ -63,40 +77,8 @@ pub fn load_gguf(
     let mut layers: Vec<[Option<LoraPair>; 7]> =
         (0..cfg.n_layers).map(|_| Default::default()).collect();
     for ((layer, target), (a, b)) in pair_tensors(&file).map_err(invalid)? {
-        if layer >= cfg.n_layers {
-            return Err(invalid(format!(
-                "adapts layer {layer}, but the base model has {} layers",
-                cfg.n_layers
-            )));
-        }
-        if target.is_ffn() && cfg.moe.is_some() {
-            return Err(invalid(format!(
-                "adapts `{}` of a mixture-of-experts model; only its attention can be adapted",
-                target.gguf_part()
-            )));
-        }
-        let name = format!("blk.{layer}.{}.weight", target.gguf_part());
-        let (out, inp) = base_shape(cfg, target);
         let (a_shape, b_shape) = (shape(a), shape(b));
-        let rank = a_shape[0];
-        if a_shape[1] != inp || b_shape[0] != out {
-            return Err(invalid(format!(
-                "`{name}` is [{out}, {inp}] in the base model, but its lora_a is {a_shape:?} \
-                 and its lora_b {b_shape:?} (expected [rank, {inp}] and [{out}, rank]; \
-                 an adapter for another base model?)"
-            )));
-        }
-        if b_shape[1] != rank {
-            return Err(invalid(format!(
-                "`{name}`: lora_a has rank {rank} but lora_b {b_shape:?} has {}",
-                b_shape[1]
-            )));
-        }
-        if rank == 0 || rank > max_rank {
-            return Err(invalid(format!(
-                "`{name}` has rank {rank}; --max-lora-rank allows 1..={max_rank}"
-            )));
-        }
+        let rank = check_pair(cfg, (layer, target), a_shape, b_shape, max_rank).map_err(invalid)?;
         let matrix = |t: &GgufTensorInfo, [rows, cols]: [usize; 2]| {
             QMatrix::from_ggml(t.dtype, rows, cols, file.tensor_data(t)).map_err(|source| {
                 LoraError::Quant {
@@ -229,6 +211,51 @@ fn parse_base_name(base: &str) -> Result<(usize, LoraTarget), String> {
 /// `[rows, cols]` of a 2-D GGUF tensor (its dims reversed).
 fn shape(t: &GgufTensorInfo) -> [usize; 2] {
     [t.dims[1], t.dims[0]]
+}
+
+/// Checks the update of `target` in `layer` (`a: [rank, in]`, `b: [out, rank]`) against
+/// the base model and `--max-lora-rank`; returns its rank.
+pub(super) fn check_pair(
+    cfg: &ModelConfig,
+    (layer, target): (usize, LoraTarget),
+    a_shape: [usize; 2],
+    b_shape: [usize; 2],
+    max_rank: usize,
+) -> Result<usize, String> {
+    if layer >= cfg.n_layers {
+        return Err(format!(
+            "adapts layer {layer}, but the base model has {} layers",
+            cfg.n_layers
+        ));
+    }
+    if target.is_ffn() && cfg.moe.is_some() {
+        return Err(format!(
+            "adapts `{}` of a mixture-of-experts model; only its attention can be adapted",
+            target.gguf_part()
+        ));
+    }
+    let name = format!("blk.{layer}.{}.weight", target.gguf_part());
+    let (out, inp) = base_shape(cfg, target);
+    let rank = a_shape[0];
+    if a_shape[1] != inp || b_shape[0] != out {
+        return Err(format!(
+            "`{name}` is [{out}, {inp}] in the base model, but its lora_a is {a_shape:?} \
+             and its lora_b {b_shape:?} (expected [rank, {inp}] and [{out}, rank]; \
+             an adapter for another base model?)"
+        ));
+    }
+    if b_shape[1] != rank {
+        return Err(format!(
+            "`{name}`: lora_a has rank {rank} but lora_b {b_shape:?} has {}",
+            b_shape[1]
+        ));
+    }
+    if rank == 0 || rank > max_rank {
+        return Err(format!(
+            "`{name}` has rank {rank}; --max-lora-rank allows 1..={max_rank}"
+        ));
+    }
+    Ok(rank)
 }
 
 /// `[out, in]` of the base projection.

@@ -8,20 +8,65 @@
 //! one batch: the base matmul runs once over all rows (`layers`, `decoder`), then each
 //! adapter's rows are gathered and get their low-rank update (the Punica / S-LoRA idea).
 //!
-//! Which adapter a request runs with is `SamplingParams::lora` (an `AdapterId`); the
-//! `LoraRegistry` maps served names to ids and ids to weights. Ids are never reused, so
-//! the prefix cache can key KV blocks on them (`kvcache::hash::ExtraKeys::lora`).
+//! Which adapter a request runs with is `SamplingParams::lora`, a `LoraRef`: the
+//! adapter's id and its weights, which the request holds until it ends, so unloading an
+//! adapter never pulls weights from under a running request. The `LoraRegistry` maps
+//! served names to `LoraRef`s and changes at run time (`/v1/load_lora_adapter`). Ids are
+//! never reused, not even for a name loaded again, so the prefix cache keys KV blocks on
+//! them (`kvcache::hash::ExtraKeys::lora`).
 
 pub mod apply;
 pub mod load;
+pub mod peft;
 pub mod registry;
+
+use std::sync::Arc;
 
 pub use apply::{LayerLora, LoraStep};
 pub use load::{load_gguf, LoraError};
 pub use registry::LoraRegistry;
 
 use crate::ops::quant::QMatrix;
-pub use crate::request::AdapterId;
+
+/// One load of an adapter (`LoraRegistry`); ids start at 1 and are never reused, so KV
+/// blocks can be keyed on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdapterId(pub u32);
+
+/// A request's hold on an adapter: which load it is (`id`, the prefix-cache key) and its
+/// weights, kept alive while the request runs. Two refs are equal when their ids are.
+#[derive(Clone)]
+pub struct LoraRef {
+    pub id: AdapterId,
+    pub weights: Arc<LoraAdapter>,
+}
+
+impl PartialEq for LoraRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl LoraRef {
+    /// A ref to load `id` of an adapter without updates (unit tests of what keys on ids).
+    #[cfg(test)]
+    pub(crate) fn without_updates(id: u32) -> Self {
+        let weights = LoraAdapter {
+            alpha: 0.0,
+            layers: Vec::new(),
+        };
+        Self {
+            id: AdapterId(id),
+            weights: Arc::new(weights),
+        }
+    }
+}
+
+impl std::fmt::Debug for LoraRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoraRef({})", self.id.0)
+    }
+}
 
 /// A projection of a dense decoder layer that an adapter may update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -17,7 +17,7 @@ use crate::server::cpu::PromptLimit;
 use crate::server::exchange::log_if_blocked;
 use crate::server::gate::parse_json;
 use crate::server::tool_calls::compile_tools;
-use crate::server::validate::check_model;
+use crate::server::validate::{check_model, select_adapter};
 use crate::structured::Guide;
 use crate::tools::{ToolParser, WireForm};
 
@@ -141,8 +141,7 @@ pub fn check_turn(
     }
     let mut valid = parsed.validate(served)?;
     valid.sampling.guide = guide(&valid, engine, parser)?;
-    let adapters = &engine.model().adapters;
-    valid.sampling.lora = adapters.by_name(&valid.request.fields.model).map(|a| a.id);
+    valid.sampling.lora = select_adapter(engine, &valid.request.fields.model)?;
     if let Some(limit) = limit {
         let request = &valid.request;
         let bytes = request.fields.instructions.as_deref().map_or(0, str::len)

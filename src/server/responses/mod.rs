@@ -34,7 +34,7 @@ pub async fn create(state: Data, req: HttpRequest, body: web::Payload) -> Reply 
     let body = read_body(&req, body, state.config.max_request_bytes).await?;
     let engine = state.engine()?.clone();
     let screen = state.moderation.screen(|| id_of(&req));
-    let (served, limit) = (state.served_names().to_vec(), state.prompt_limit());
+    let (served, limit) = (state.served_names(), state.prompt_limit());
     let (job_screen, exchange) = (
         screen.clone(),
         exchange::begin(&state, &req, "/v1/responses"),

@@ -316,7 +316,7 @@ impl Socket {
             "ready",
             id,
             json!({
-                "model": self.state.served_names().first(),
+                "model": self.state.base_names().first(),
                 "max_input_chars": max_input_chars,
                 "defaults": {
                     "temperature": defaults.temperature,

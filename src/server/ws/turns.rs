@@ -175,7 +175,7 @@ async fn turn(job: &Job, stopped: oneshot::Receiver<()>) -> Result<(), ApiError>
     let params = sampling(state, &job.overrides)?;
     let screen = state.moderation.screen(|| job.request_id.clone());
     let fields = ResponseFields {
-        model: state.served_names().first().cloned().unwrap_or_default(),
+        model: state.base_names().first().cloned().unwrap_or_default(),
         instructions: None,
         temperature: params.temperature,
         top_p: params.top_p,
