@@ -344,3 +344,29 @@ fn unsupported_peft_adapters_are_refused_with_clear_errors() {
         "{got}"
     );
 }
+
+/// An adapter unloaded after a request selected it: the request still runs with its
+/// weights (llama.cpp's ids for that adapter), while the name is no longer served.
+#[test]
+fn a_request_keeps_its_adapter_through_an_unload() {
+    let stem = LLAMA_ADAPTERS[0];
+    let g = golden(&format!("lora-{stem}"));
+    let engine = engine_with(&golden_model_path(&g), &[stem]);
+    let lora = id_of(&engine, stem);
+    engine.model().adapters.remove(stem).expect("unloads");
+    assert!(engine.model().adapters.by_name(stem).is_none());
+    assert!(engine.model().adapters.select(stem).is_err());
+    let jobs: Vec<_> = g
+        .cases
+        .iter()
+        .map(|c| (c.prompt_ids.clone(), with_lora(Some(lora.clone()), N)))
+        .collect();
+    for ((ids, _), case) in run_mixed(&engine, &jobs).iter().zip(&g.cases) {
+        assert_eq!(
+            ids, &case.output_ids,
+            "{stem}/{}: after the unload",
+            case.name
+        );
+    }
+    engine.shutdown();
+}
