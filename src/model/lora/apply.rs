@@ -8,11 +8,25 @@
 //!
 //! The order of operations is llama.cpp's (`llm_build_lora_mm`): `ab = B (A x)`, then
 //! `ab · scale`, then `W x + ab`, each rounded to f32.
+//!
+//! The groups of a step run in parallel on the compute pool, one task per group (their
+//! rows are disjoint); inside a task the two matmuls run on that thread. A group's rows
+//! are computed by the same matmul code either way, so results do not change, and the
+//! shrink matmul `A x` (only `rank` weight rows: one task by itself) no longer leaves the
+//! other cores idle (bench/NOTES.md §18).
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::{LoraAdapter, LoraTarget};
+use crate::ops::pool::{self, SharedOut};
+
+thread_local! {
+    /// Per-thread scratch of one group's update: gathered inputs `[m, in]`, `A x`
+    /// `[m, rank]`, `B (A x)` `[m, out]`.
+    static SCRATCH: RefCell<[Vec<f32>; 3]> =
+        const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
 
 /// The rows of one adapter in this step's batch.
 struct LoraGroup {
@@ -26,8 +40,6 @@ struct LoraGroup {
 #[derive(Default)]
 pub struct LoraStep {
     groups: Vec<LoraGroup>,
-    /// Gathered inputs `[m, in]`, `A x` `[m, rank]`, `B (A x)` `[m, out]`.
-    scratch: RefCell<[Vec<f32>; 3]>,
 }
 
 impl LoraStep {
@@ -94,27 +106,32 @@ impl LayerLora<'_> {
             return;
         }
         let (k, n) = (x.len() / t, y.len() / t);
-        let mut scratch = step.scratch.borrow_mut();
-        let [xg, xa, ab] = &mut *scratch;
-        for group in &step.groups {
+        let y_out = SharedOut::new(y);
+        pool::run(step.groups.len(), |g| {
+            let group = &step.groups[g];
             let Some(pair) = group.adapter.pair(self.layer, target) else {
-                continue;
+                return;
             };
             let (m, r) = (group.rows.len(), pair.rank());
             debug_assert_eq!((pair.a.cols(), pair.b.rows()), (k, n));
-            xg.clear();
-            for &row in &group.rows {
-                xg.extend_from_slice(&x[row * k..(row + 1) * k]);
-            }
-            xa.resize(m * r, 0.0);
-            ab.resize(m * n, 0.0);
-            pair.a.matmul(xg, m, &mut xa[..m * r]);
-            pair.b.matmul(&xa[..m * r], m, &mut ab[..m * n]);
-            for (&row, update) in group.rows.iter().zip(ab.chunks_exact(n)) {
-                for (out, &u) in y[row * n..(row + 1) * n].iter_mut().zip(update) {
-                    *out += u * pair.scale;
+            SCRATCH.with(|cell| {
+                let [xg, xa, ab] = &mut *cell.borrow_mut();
+                xg.clear();
+                for &row in &group.rows {
+                    xg.extend_from_slice(&x[row * k..(row + 1) * k]);
                 }
-            }
-        }
+                xa.resize(m * r, 0.0);
+                ab.resize(m * n, 0.0);
+                pair.a.matmul(xg, m, &mut xa[..m * r]);
+                pair.b.matmul(&xa[..m * r], m, &mut ab[..m * n]);
+                for (&row, update) in group.rows.iter().zip(ab.chunks_exact(n)) {
+                    // SAFETY: a row belongs to one group, and each group is one task.
+                    let out = unsafe { y_out.part(row * n, n) };
+                    for (out, &u) in out.iter_mut().zip(update) {
+                        *out += u * pair.scale;
+                    }
+                }
+            });
+        });
     }
 }
