@@ -212,9 +212,8 @@ mod tests {
         let err = parse(&["--device", "tpu"]).unwrap_err().to_string();
         assert!(err.contains("expected `cpu`, `cuda` or `cuda:N`"), "{err}");
         for share in ["0", "1.5", "-0.1", "most"] {
-            let err = parse(&["--gpu-memory-utilization", share])
-                .unwrap_err()
-                .to_string();
+            let flag = format!("--gpu-memory-utilization={share}");
+            let err = parse(&[flag.as_str()]).unwrap_err().to_string();
             assert!(err.contains("is not a share in (0, 1]"), "{share}: {err}");
         }
     }
