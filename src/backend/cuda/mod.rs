@@ -18,6 +18,7 @@
 
 mod buffers;
 mod gemm;
+mod mlp;
 mod moe;
 mod weights;
 
@@ -38,6 +39,7 @@ use crate::ops::cuda::{CudaDevice, CudaError};
 use crate::ops::rope::RopeStyle;
 use buffers::{BufferSizes, StepBuffers};
 use gemm::Gemm;
+use mlp::MlpScratch;
 use moe::{MoeBuffers, MoeOps, MoeShape};
 use weights::{DeviceFfn, DeviceLayer, DeviceWeights};
 
@@ -156,12 +158,7 @@ impl CudaBackend {
     /// One decoder layer over the step's `t` rows: `x += attn(norm(x))`, then
     /// `x += mlp(norm(x))`.
     fn layer(&mut self, i: usize, t: usize, max_ctx: usize) -> Result<(), BackendError> {
-        let (h, qd, kvd, ffn) = (
-            self.cfg.hidden,
-            self.cfg.q_dim(),
-            self.cfg.kv_dim(),
-            self.cfg.ffn,
-        );
+        let (h, qd, kvd) = (self.cfg.hidden, self.cfg.q_dim(), self.cfg.kv_dim());
         let (k, g) = (&self.kernels, &self.gemm);
         let layer: &DeviceLayer = &self.weights.layers[i];
         let b = &mut self.buf;
@@ -252,21 +249,14 @@ impl CudaBackend {
         )?;
         let xn = b.xn.slice(..t * h);
         match &layer.ffn {
-            DeviceFfn::Dense(mlp) => {
-                g.linear(&mlp.gate, &xn, t, &mut b.gate.slice_mut(..t * ffn))?;
-                g.linear(&mlp.up, &xn, t, &mut b.up.slice_mut(..t * ffn))?;
-                k.silu_mul(
-                    &b.gate.slice(..t * ffn),
-                    &b.up.slice(..t * ffn),
-                    ffn,
-                    &mut b.act.slice_mut(..t * ffn),
-                )?;
-                g.linear(
-                    &mlp.down,
-                    &b.act.slice(..t * ffn),
-                    t,
-                    &mut b.proj.slice_mut(..t * h),
-                )?;
+            DeviceFfn::Dense(weights) => {
+                let mut scratch = MlpScratch {
+                    gate: &mut b.gate,
+                    up: &mut b.up,
+                    act: &mut b.act,
+                };
+                let mut out = b.proj.slice_mut(..t * h);
+                mlp::forward(k, g, weights, &xn, t, &mut scratch, &mut out)?;
                 k.add_assign(&mut b.x.slice_mut(..t * h), &b.proj.slice(..t * h))?;
             }
             DeviceFfn::Moe(block) => {

@@ -19,7 +19,8 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use half::f16;
 
 use super::gemm::Gemm;
-use super::weights::{DeviceMlp, DeviceMoe};
+use super::mlp::{self, MlpScratch};
+use super::weights::DeviceMoe;
 use super::DriverResult;
 use crate::backend::BackendError;
 use crate::model::moe::sigmoid_as_ggml;
@@ -178,7 +179,15 @@ pub fn forward(
             up: &mut b.up,
             act: &mut b.act,
         };
-        mlp(ops, expert, &input, range.len(), &mut scratch, &mut ys)?;
+        mlp::forward(
+            ops.dense,
+            ops.gemm,
+            expert,
+            &input,
+            range.len(),
+            &mut scratch,
+            &mut ys,
+        )?;
     }
     // 5. The shared expert over all rows, after the routed slots.
     let mut ranks = k;
@@ -189,7 +198,7 @@ pub fn forward(
             up: &mut b.up,
             act: &mut b.act,
         };
-        mlp(ops, shared, xn, t, &mut scratch, &mut ys)?;
+        mlp::forward(ops.dense, ops.gemm, shared, xn, t, &mut scratch, &mut ys)?;
         ranks += 1;
     }
     // 6. out[t] = Σ_r w[t, r] · ys[slot[t, r]], ranks in order (the shared one last).
@@ -225,36 +234,6 @@ fn mix_table(host: &mut HostRouting, (t, k): (usize, usize), shared: bool) {
             host.mix_slots.push((t * k + token) as i32);
         }
     }
-}
-
-struct MlpScratch<'a> {
-    gate: &'a mut CudaSlice<f32>,
-    up: &'a mut CudaSlice<f32>,
-    act: &'a mut CudaSlice<f16>,
-}
-
-/// `y[n, h] = down(silu(gate(x)) · up(x))` for `x: [n, h]`.
-fn mlp(
-    ops: &MoeOps<'_>,
-    m: &DeviceMlp,
-    x: &CudaView<'_, f16>,
-    n: usize,
-    s: &mut MlpScratch<'_>,
-    y: &mut cudarc::driver::CudaViewMut<'_, f32>,
-) -> Result<(), BackendError> {
-    let ffn = m.gate.rows;
-    ops.gemm
-        .linear(&m.gate, x, n, &mut s.gate.slice_mut(..n * ffn))?;
-    ops.gemm
-        .linear(&m.up, x, n, &mut s.up.slice_mut(..n * ffn))?;
-    ops.dense.silu_mul(
-        &s.gate.slice(..n * ffn),
-        &s.up.slice(..n * ffn),
-        ffn,
-        &mut s.act.slice_mut(..n * ffn),
-    )?;
-    ops.gemm.linear(&m.down, &s.act.slice(..n * ffn), n, y)?;
-    Ok(())
 }
 
 #[cfg(test)]
