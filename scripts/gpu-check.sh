@@ -23,7 +23,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for dir in ${NVRTC_LIB_DIR:-} ${CUDA_LIB_DIRS//:/ }; do
+lib_dirs="${NVRTC_LIB_DIR:-}:${CUDA_LIB_DIRS:-}"
+for dir in ${lib_dirs//:/ }; do
   export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 started=$(date +%s)
