@@ -1,9 +1,10 @@
 //! `grafana/tessera.json` checked against a real Prometheus: `scripts/prometheus.sh`
 //! installs Debian's `prometheus` package if missing (the test fails when it cannot) and
-//! runs it on loopback, scraping the real `tessera` binary every second while a short
-//! load (completions, streams, refusals) runs. Then every panel's PromQL, with the
-//! dashboard variables filled in, goes through Prometheus' `/api/v1/query`: each must
-//! parse and return data, and may name only metrics tessera exports. The dashboard's
+//! runs it on loopback, scraping the real `tessera` binary every second while a load
+//! (completions, streams, refusals) runs. The load runs until every panel's PromQL, with
+//! the dashboard variables filled in, returns data through Prometheus' `/api/v1/query`
+//! (a guard deadline fails a hang and names the panels without data and the scrape
+//! errors Prometheus saw); each may name only metrics tessera exports. The dashboard's
 //! rows and variables are the ones documented, and its variable queries find the server.
 
 mod common;
@@ -14,17 +15,19 @@ use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use http_support::{chat, completion, post, SseStream};
-use metrics_support::{http_get, parse, sum, Tessera};
+use metrics_support::{http_get, Tessera};
 use serde_json::{json, Value};
 
-/// Stands in for Grafana's `$__rate_interval`: covers the whole load.
+/// Stands in for Grafana's `$__rate_interval`.
 const RATE_INTERVAL: &str = "1m";
-/// How long the load runs.
-const LOAD: Duration = Duration::from_secs(6);
+/// Guards against a hang: how long the load may run before every panel has data.
+const PANELS_GUARD: Duration = Duration::from_secs(240);
 
 /// A Prometheus child process (`scripts/prometheus.sh run`).
 struct Prometheus {
@@ -92,6 +95,41 @@ impl Prometheus {
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Whether an instant query returns at least one finite value.
+    fn has_data(&self, expr: &str) -> bool {
+        self.query(expr).iter().any(|s| {
+            s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(f64::is_finite)
+        })
+    }
+
+    /// Waits until Prometheus has scraped the target successfully once (`up == 1`).
+    fn wait_first_scrape(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.query("up == 1").iter().any(|s| s["value"][1] == "1") {
+            assert!(
+                Instant::now() < deadline,
+                "no successful scrape: {}",
+                self.scrape_health()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Each target's health and last scrape error, for failure messages.
+    fn scrape_health(&self) -> String {
+        let targets = self.api("targets");
+        let active = targets["data"]["activeTargets"].as_array().cloned();
+        active
+            .unwrap_or_default()
+            .iter()
+            .map(|t| format!("{} {} {:?}", t["scrapeUrl"], t["health"], t["lastError"]))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -174,50 +212,92 @@ fn load_dashboard() -> Value {
     serde_json::from_str(&text).expect("the dashboard is JSON")
 }
 
-/// Runs completions (a repeated prompt: prefix-cache hits), streams, refusals, and
-/// inputs the example moderation policy blocks or masks.
-fn run_load(addr: SocketAddr) {
-    let deadline = Instant::now() + LOAD;
-    let workers = [
-        thread::spawn(move || {
-            while Instant::now() < deadline {
-                let res = post(
-                    addr,
-                    "/v1/completions",
-                    &completion(json!({"max_tokens": 6})),
-                );
-                assert_eq!(res.status, 200, "{}", res.text());
-            }
-        }),
-        thread::spawn(move || {
-            while Instant::now() < deadline {
-                let body = chat(json!({"max_tokens": 8, "stream": true}));
-                let stream = SseStream::open(addr, "/v1/chat/completions", &body);
-                assert_eq!(stream.status, 200);
-                assert_eq!(stream.rest().last().map(String::as_str), Some("[DONE]"));
-            }
-        }),
-        thread::spawn(move || {
-            while Instant::now() < deadline {
-                let bad = post(addr, "/v1/completions", &completion(json!({"top_p": 7})));
-                assert_eq!(bad.status, 400, "{}", bad.text());
-                // Moderation hits: a blocked input and a masked one.
-                let blocked = post(
-                    addr,
-                    "/v1/completions",
-                    &completion(json!({"prompt": "炸弹"})),
-                );
-                assert_eq!(blocked.status, 400, "{}", blocked.text());
-                let masked = json!({"prompt": "call 13812345678", "max_tokens": 1});
-                let masked = post(addr, "/v1/completions", &completion(masked));
-                assert_eq!(masked.status, 200, "{}", masked.text());
-                thread::sleep(Duration::from_millis(500));
-            }
-        }),
-    ];
-    for worker in workers {
-        worker.join().expect("load worker");
+/// Every panel query as (panel title, PromQL with the dashboard variables filled in).
+fn panel_queries(dashboard: &Value, instance: &str) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    for panel in panels(dashboard) {
+        let title = panel["title"].as_str().unwrap_or("?").to_string();
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let concrete = expr
+                .replace("$__rate_interval", RATE_INTERVAL)
+                .replace("$model_name", "smol")
+                .replace("$instance", instance);
+            queries.push((title.clone(), concrete));
+        }
     }
+    queries
+}
+
+/// Completions (a repeated prompt: prefix-cache hits), streams, refusals, and inputs the
+/// example moderation policy blocks or masks, each on its own thread until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds: [fn(SocketAddr); 3] = [completion_round, stream_round, refusal_round];
+        let workers = rounds
+            .into_iter()
+            .map(|round| {
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        round(addr);
+                    }
+                })
+            })
+            .collect();
+        Self { stop, workers }
+    }
+
+    /// Whether a worker has ended (only a failed assertion ends one before `stop`).
+    fn worker_ended(&self) -> bool {
+        self.workers.iter().any(JoinHandle::is_finished)
+    }
+
+    /// Stops the workers and re-raises any worker's failed assertion.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.join().expect("load worker");
+        }
+    }
+}
+
+fn completion_round(addr: SocketAddr) {
+    let res = post(
+        addr,
+        "/v1/completions",
+        &completion(json!({"max_tokens": 6})),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+}
+
+fn stream_round(addr: SocketAddr) {
+    let body = chat(json!({"max_tokens": 8, "stream": true}));
+    let stream = SseStream::open(addr, "/v1/chat/completions", &body);
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.rest().last().map(String::as_str), Some("[DONE]"));
+}
+
+fn refusal_round(addr: SocketAddr) {
+    let bad = post(addr, "/v1/completions", &completion(json!({"top_p": 7})));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    // Moderation hits: a blocked input and a masked one.
+    let blocked = post(
+        addr,
+        "/v1/completions",
+        &completion(json!({"prompt": "炸弹"})),
+    );
+    assert_eq!(blocked.status, 400, "{}", blocked.text());
+    let masked = json!({"prompt": "call 13812345678", "max_tokens": 1});
+    let masked = post(addr, "/v1/completions", &completion(masked));
+    assert_eq!(masked.status, 200, "{}", masked.text());
+    thread::sleep(Duration::from_millis(500));
 }
 
 #[test]
@@ -235,35 +315,41 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         &policy,
     ]);
     let prom = Prometheus::start(tessera.addr);
-    run_load(tessera.addr);
+    prom.wait_first_scrape();
+    let instance = tessera.addr.to_string();
+    let queries = panel_queries(&dashboard, &instance);
+    assert!(queries.len() >= 20, "{} queries", queries.len());
 
-    // Wait until Prometheus has scraped the state after the load.
-    let text = tessera.metrics();
-    let finished = sum(&parse(&text), "tessera_request_success_total", &[]);
-    assert!(finished > 0.0, "the load finished sequences");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The load runs until every panel has data (rates need two scrapes that saw it).
+    let load = Load::start(tessera.addr);
+    let deadline = Instant::now() + PANELS_GUARD;
     loop {
-        let seen = prom.query("sum(tessera_request_success_total)");
-        let value = seen
-            .first()
-            .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok());
-        if value == Some(finished) {
+        if load.worker_ended() {
+            load.stop();
+            panic!("a load worker ended without failing");
+        }
+        let empty: Vec<&(String, String)> = queries
+            .iter()
+            .filter(|(_, expr)| !prom.has_data(expr))
+            .collect();
+        if empty.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus has {value:?}, tessera {finished}"
+            "no data after {PANELS_GUARD:?} of load for {empty:?}; scrapes: {}",
+            prom.scrape_health()
         );
-        thread::sleep(Duration::from_millis(200));
+        thread::sleep(Duration::from_millis(500));
     }
+    load.stop();
 
+    let text = tessera.metrics();
     let exported: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next().map(str::to_string))
         .collect();
-    let instance = tessera.addr.to_string();
-    let mut checked = 0;
     for panel in panels(&dashboard) {
         let title = panel["title"].as_str().unwrap_or("?").to_string();
         for target in panel["targets"].as_array().expect("targets") {
@@ -271,22 +357,8 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             let unknown = unknown_names(expr, &exported);
             assert!(unknown.is_empty(), "`{title}` uses unexported {unknown:?}");
             assert!(!metric_names(expr).is_empty(), "`{title}` names no metric");
-            let concrete = expr
-                .replace("$__rate_interval", RATE_INTERVAL)
-                .replace("$model_name", "smol")
-                .replace("$instance", &instance);
-            let result = prom.query(&concrete);
-            let finite = result.iter().any(|s| {
-                s["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .is_some_and(f64::is_finite)
-            });
-            assert!(finite, "`{title}`: no data for {concrete}: {result:?}");
-            checked += 1;
         }
     }
-    assert!(checked >= 20, "{checked} queries");
     check_variables(&prom, &instance);
     // vLLM's names are scraped too.
     assert!(!prom.query("vllm:num_requests_waiting").is_empty());
