@@ -5,7 +5,10 @@
 # scripts/make_fixtures.py (K-quants, the Q8_0 oracle of --quantization), for
 # `tessera perplexity`'s reference number and for side-by-side checks; the Rust build never
 # needs them. Prints the binaries' paths. A second run builds nothing.
-# Env: TESSERA_CACHE_DIR (default <repo>/.cache), BUILD_JOBS (default 2).
+# Env: TESSERA_CACHE_DIR (default <repo>/.cache), BUILD_JOBS (default 2),
+#      LLAMA_CPU_FEATURES: native (default: ggml's GGML_NATIVE, this CPU's best) or avx2
+#      (GGML_NATIVE=OFF with AVX2, FMA, F16C and BMI2 on and AVX-512/AMX off, as llama.cpp
+#      builds for an AVX2-only host; into its own build folder, suffix -avx2).
 set -euo pipefail
 
 TARGETS=(llama-quantize llama-server llama-perplexity)
@@ -18,6 +21,17 @@ cache="${TESSERA_CACHE_DIR:-$root/.cache}"
 src_root="$cache/dl/llama_cpp_python-$VERSION"
 llama_src="$src_root/vendor/llama.cpp"
 build="$cache/build/llama.cpp-$VERSION"
+cpu_flags=()
+case "${LLAMA_CPU_FEATURES:-native}" in
+  native) ;;
+  avx2)
+    build="$build-avx2"
+    cpu_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+               -DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF
+               -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF
+               -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF) ;;
+  *) echo "LLAMA_CPU_FEATURES is native or avx2 (got '$LLAMA_CPU_FEATURES')" >&2; exit 2 ;;
+esac
 jobs="${BUILD_JOBS:-2}"
 
 print_bins() {
@@ -57,7 +71,7 @@ cmake -S "$llama_src" -B "$build" -G Ninja \
   -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENMP=ON \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
   -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
-  -DBUILD_SHARED_LIBS=OFF >&2
+  -DBUILD_SHARED_LIBS=OFF "${cpu_flags[@]}" >&2
 cmake --build "$build" --config Release -j "$jobs" --target "${TARGETS[@]}" >&2
 
 for t in "${TARGETS[@]}"; do

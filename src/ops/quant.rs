@@ -27,7 +27,7 @@ use half::{bf16, f16};
 use super::pool::{self, SharedOut};
 use super::qdot::panel::{Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
 use super::qdot::{self, Kernel};
-use float::matmul_float;
+use float::{matmul_float, matmul_float_here};
 use panel::{matmul_panel, use_panels};
 use std::cell::RefCell;
 
@@ -244,6 +244,20 @@ impl QMatrix {
     /// their order (see `qdot::llama_cpp_repacks`).
     fn repacked(&self) -> bool {
         qdot::llama_cpp_repacks(self.dtype(), self.rows)
+    }
+
+    /// `matmul` for small matrices, on the calling thread: F32 and F16 without the pool
+    /// and its tiles (same bits per element), other types through `matmul`. LoRA's
+    /// rank-r factors take this path: their products are smaller than the tiling's cost.
+    pub fn matmul_here(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "matmul: x must be [m, cols]");
+        assert_eq!(y.len(), m * self.rows, "matmul: y must be [m, rows]");
+        let (n, k) = (self.rows, self.cols);
+        match &self.data {
+            QData::F32(w) => matmul_float_here(w, n, k, x, m, y),
+            QData::F16(w) => matmul_float_here(w, n, k, x, m, y),
+            _ => self.matmul(x, m, y),
+        }
     }
 
     /// `y[m, rows] = x[m, cols] · Wᵀ`.
@@ -497,6 +511,35 @@ mod tests {
                 w.matmul(&x[i * k..(i + 1) * k], 1, &mut alone);
                 let row = &batched[i * n..(i + 1) * n];
                 assert_eq!(row, alone.as_slice(), "{dtype:?} {n} rows: row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_here_gives_matmuls_bits() {
+        // LoRA shapes: rank-16 A (16 x 576, 16 x 1536) and B (1536 x 16, 576 x 16);
+        // 17 and 70: ragged against every SIMD width and tile; 131 x 40: rows shorter
+        // than one 64-lane step (the lane path) over a ragged last lane chunk.
+        for (n, k) in [
+            (16, 576),
+            (16, 1536),
+            (1536, 16),
+            (576, 16),
+            (17, 70),
+            (131, 40),
+        ] {
+            for dtype in [GgmlDType::F32, GgmlDType::F16, GgmlDType::Q8_0] {
+                if k % dtype.block_size() != 0 {
+                    continue;
+                }
+                let w = QMatrix::quantize(dtype, n, k, &random(n * k, 10)).unwrap();
+                for m in [1, 3, 8, 19] {
+                    let x = random(m * k, 11 + m as u64);
+                    let (mut pooled, mut here) = (vec![0.0; m * n], vec![1.0; m * n]);
+                    w.matmul(&x, m, &mut pooled);
+                    w.matmul_here(&x, m, &mut here);
+                    assert_eq!(pooled, here, "{dtype:?} {n}x{k}, {m} rows");
+                }
             }
         }
     }

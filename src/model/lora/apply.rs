@@ -122,8 +122,8 @@ impl LayerLora<'_> {
                 }
                 xa.resize(m * r, 0.0);
                 ab.resize(m * n, 0.0);
-                pair.a.matmul(xg, m, &mut xa[..m * r]);
-                pair.b.matmul(&xa[..m * r], m, &mut ab[..m * n]);
+                pair.a.matmul_here(xg, m, &mut xa[..m * r]);
+                pair.b.matmul_here(&xa[..m * r], m, &mut ab[..m * n]);
                 for (&row, update) in group.rows.iter().zip(ab.chunks_exact(n)) {
                     // SAFETY: a row belongs to one group, and each group is one task.
                     let out = unsafe { y_out.part(row * n, n) };

@@ -1,6 +1,8 @@
 //! Float weights (F32, F16) as ggml multiplies them: the activations rounded as ggml's
 //! `vec_dot` sees them, each weight row widened to f32 once per tile, then dotted in
-//! `ggml_vec_dot_f32` / `ggml_vec_dot_f16` order (`ggml_math`).
+//! `ggml_vec_dot_f32` / `ggml_vec_dot_f16` order (`ggml_math`). `matmul_float_here` is
+//! the same arithmetic on the calling thread, for small matrices (LoRA's rank-r factors)
+//! where the pool's tiles cost more than the products.
 
 use std::cell::RefCell;
 
@@ -54,14 +56,99 @@ fn matmul_float_body<W: FloatWeight>(
     with_quantized(x, m, k, k, quantize, |xq: &[f32]| {
         tiled(n, m, y, |col, rows, out| {
             FLOAT_ROW.with(|cell| {
-                let mut w_row = cell.borrow_mut();
-                w_row.resize(k, 0.0);
-                W::widen(&w[col * k..(col + 1) * k], &mut w_row);
-                float_dots::<W>(&w_row, xq, rows, k, out);
+                let mut buf = cell.borrow_mut();
+                let w_row = W::row_f32(&w[col * k..(col + 1) * k], &mut buf);
+                float_dots::<W>(w_row, xq, rows, k, out);
             })
         })
     })
 }
+
+/// `y[m, n] = x[m, k] · Wᵀ` on the calling thread: per element exactly `matmul_float`'s
+/// arithmetic (the activations rounded as `W::dot` sees them, the weight row widened, one
+/// `W::dot`), without the pool, the tiles or a copy of F32 weight rows.
+pub(super) fn matmul_float_here<W: FloatWeight>(
+    w: &[W],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) {
+    HERE_SCRATCH.with(|cell| {
+        let scratch = &mut *cell.borrow_mut();
+        // The body is a function of its own, not this closure: closures do not inherit
+        // target features, and `mul_add` outside an FMA function is a libm call.
+        #[cfg(target_arch = "x86_64")]
+        if crate::ops::cpu_features::avx2() {
+            // SAFETY: the chosen level includes FMA.
+            return unsafe { matmul_float_here_fma(w, n, k, x, m, y, scratch) };
+        }
+        matmul_float_here_body(w, n, k, x, m, y, scratch)
+    })
+}
+
+/// `matmul_float_here`'s rounded activations `[m, k]` and widened weights.
+type HereScratch = (Vec<f32>, Vec<f32>);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn matmul_float_here_fma<W: FloatWeight>(
+    w: &[W],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+    scratch: &mut HereScratch,
+) {
+    matmul_float_here_body(w, n, k, x, m, y, scratch)
+}
+
+#[inline(always)]
+fn matmul_float_here_body<W: FloatWeight>(
+    w: &[W],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+    (rounded, buf): &mut HereScratch,
+) {
+    let xq: &[f32] = if W::ROUNDS_ACTIVATIONS {
+        rounded.resize(m * k, 0.0);
+        for (src, dst) in x.chunks_exact(k).zip(rounded.chunks_exact_mut(k)) {
+            W::round_activations(src, dst);
+        }
+        rounded
+    } else {
+        x
+    };
+    if k < ggml_math::F16_STEP {
+        // Rows shorter than one 64-lane step: `W::dot` is ggml's sequential leftover
+        // loop, one dependent add per element. Computed for many weight rows at once
+        // (lane j = row j, the same adds in the same order) over `W` transposed.
+        buf.resize(k * n, 0.0);
+        for (col, row) in w.chunks_exact(k).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                buf[t * n + col] = v.to_f32();
+            }
+        }
+        for (x_row, y_row) in xq.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+            W::short_dots(buf, x_row, y_row);
+        }
+        return;
+    }
+    for col in 0..n {
+        let w_row = W::row_f32(&w[col * k..(col + 1) * k], buf);
+        for (i, x_row) in xq.chunks_exact(k).enumerate() {
+            y[i * n + col] = W::dot(w_row, x_row);
+        }
+    }
+}
+
+/// Lanes of `short_dots` kept in registers at once.
+const SHORT_LANES: usize = 64;
 
 /// `out[i] = W::dot(w_row, xq[rows[i]])`; FMA-compiled where available (closures above do
 /// not inherit target features).
@@ -99,19 +186,49 @@ unsafe fn float_dots_fma<W: FloatWeight>(
 thread_local! {
     /// One float weight row widened to f32.
     static FLOAT_ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static HERE_SCRATCH: RefCell<HereScratch> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// F32 or F16 weight elements.
 pub(super) trait FloatWeight: Copy + Send + Sync {
-    fn widen(src: &[Self], dst: &mut [f32]);
+    /// The weight row as f32: F32 rows as they are, others widened into `buf`.
+    fn row_f32<'a>(src: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
+    fn to_f32(self) -> f32;
+    /// Whether `round_activations` changes values (else it is a copy).
+    const ROUNDS_ACTIVATIONS: bool;
+    /// `out[j] = dot(w_j, x)` for rows shorter than one 64-lane step, given transposed
+    /// (`wt[t * out.len() + j]` is element `t` of row `j`): `dot`'s leftover loop in
+    /// each lane.
+    fn short_dots(wt: &[f32], x: &[f32], out: &mut [f32]);
     /// The activations as the dot product sees them.
     fn round_activations(src: &[f32], dst: &mut [f32]);
     fn dot(w: &[f32], x: &[f32]) -> f32;
 }
 
 impl FloatWeight for f32 {
-    fn widen(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
+    const ROUNDS_ACTIVATIONS: bool = false;
+    fn row_f32<'a>(src: &'a [f32], _buf: &'a mut Vec<f32>) -> &'a [f32] {
+        src
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    /// `dot_f32`'s leftovers: `sum += w · x` in f32, the product rounded first.
+    #[inline(always)]
+    fn short_dots(wt: &[f32], x: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        for (c, out) in out.chunks_mut(SHORT_LANES).enumerate() {
+            let mut acc = [0f32; SHORT_LANES];
+            let acc = &mut acc[..out.len()];
+            for (t, &xv) in x.iter().enumerate() {
+                let w = &wt[t * n + c * SHORT_LANES..][..acc.len()];
+                for (a, &wv) in acc.iter_mut().zip(w) {
+                    *a += wv * xv;
+                }
+            }
+            out.copy_from_slice(acc);
+        }
     }
     fn round_activations(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
@@ -123,8 +240,33 @@ impl FloatWeight for f32 {
 }
 
 impl FloatWeight for f16 {
-    fn widen(src: &[f16], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+    const ROUNDS_ACTIVATIONS: bool = true;
+    fn row_f32<'a>(src: &'a [f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        buf.resize(src.len(), 0.0);
+        src.convert_to_f32_slice(buf);
+        buf
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    /// `dot_f16`'s leftovers: each f32 product added in f64.
+    #[inline(always)]
+    fn short_dots(wt: &[f32], x: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        for (c, out) in out.chunks_mut(SHORT_LANES).enumerate() {
+            let mut acc = [0f64; SHORT_LANES];
+            let acc = &mut acc[..out.len()];
+            for (t, &xv) in x.iter().enumerate() {
+                let w = &wt[t * n + c * SHORT_LANES..][..acc.len()];
+                for (a, &wv) in acc.iter_mut().zip(w) {
+                    *a += (wv * xv) as f64;
+                }
+            }
+            for (o, &a) in out.iter_mut().zip(acc.iter()) {
+                *o = a as f32;
+            }
+        }
     }
     fn round_activations(src: &[f32], dst: &mut [f32]) {
         for (d, &v) in dst.iter_mut().zip(src) {
