@@ -10,10 +10,9 @@
 //! `ab · scale`, then `W x + ab`, each rounded to f32.
 //!
 //! The groups of a step run in parallel on the compute pool, one task per group (their
-//! rows are disjoint); inside a task the two matmuls run on that thread. A group's rows
-//! are computed by the same matmul code either way, so results do not change, and the
-//! shrink matmul `A x` (only `rank` weight rows: one task by itself) no longer leaves the
-//! other cores idle (bench/NOTES.md §18).
+//! rows are disjoint); inside a task the two matmuls run on that thread
+//! (`QMatrix::matmul_here`: the same bits per element as the pooled `matmul`, without
+//! its tiles, which cost more than these rank-r products; bench/NOTES.md §18).
 
 use std::cell::RefCell;
 use std::sync::Arc;
