@@ -135,7 +135,7 @@ fn matmul_float_here_body<W: FloatWeight>(
             }
         }
         for (x_row, y_row) in xq.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-            W::short_dots(buf, x_row, y_row);
+            short_dots::<W::Leftover>(buf, x_row, y_row);
         }
         return;
     }
@@ -149,6 +149,46 @@ fn matmul_float_here_body<W: FloatWeight>(
 
 /// Lanes of `short_dots` kept in registers at once.
 const SHORT_LANES: usize = 64;
+
+/// `out[j] = dot(w_j, x)` for rows shorter than one 64-lane step, given transposed
+/// (`wt[t * out.len() + j]` is element `t` of row `j`): the dot's leftover loop (`sum +=
+/// w · x`, the product rounded to f32, the sum kept in `S`) in each lane.
+#[inline(always)]
+fn short_dots<S: LeftoverSum>(wt: &[f32], x: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    for (c, out) in out.chunks_mut(SHORT_LANES).enumerate() {
+        let mut acc = [S::default(); SHORT_LANES];
+        let acc = &mut acc[..out.len()];
+        for (t, &xv) in x.iter().enumerate() {
+            let w = &wt[t * n + c * SHORT_LANES..][..acc.len()];
+            for (a, &wv) in acc.iter_mut().zip(w) {
+                *a += S::from(wv * xv);
+            }
+        }
+        for (o, &a) in out.iter_mut().zip(acc.iter()) {
+            *o = a.to_f32();
+        }
+    }
+}
+
+/// The sum type of a ggml dot's leftover loop.
+pub(super) trait LeftoverSum: Copy + Default + std::ops::AddAssign + From<f32> {
+    fn to_f32(self) -> f32;
+}
+
+impl LeftoverSum for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl LeftoverSum for f64 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
 
 /// `out[i] = W::dot(w_row, xq[rows[i]])`; FMA-compiled where available (closures above do
 /// not inherit target features).
@@ -196,10 +236,8 @@ pub(super) trait FloatWeight: Copy + Send + Sync {
     fn to_f32(self) -> f32;
     /// Whether `round_activations` changes values (else it is a copy).
     const ROUNDS_ACTIVATIONS: bool;
-    /// `out[j] = dot(w_j, x)` for rows shorter than one 64-lane step, given transposed
-    /// (`wt[t * out.len() + j]` is element `t` of row `j`): `dot`'s leftover loop in
-    /// each lane.
-    fn short_dots(wt: &[f32], x: &[f32], out: &mut [f32]);
+    /// What `dot`'s leftover loop (past the 64-lane steps) accumulates in.
+    type Leftover: LeftoverSum;
     /// The activations as the dot product sees them.
     fn round_activations(src: &[f32], dst: &mut [f32]);
     fn dot(w: &[f32], x: &[f32]) -> f32;
@@ -207,28 +245,14 @@ pub(super) trait FloatWeight: Copy + Send + Sync {
 
 impl FloatWeight for f32 {
     const ROUNDS_ACTIVATIONS: bool = false;
+    /// `dot_f32`'s leftovers: `sum += w · x` in f32, the product rounded first.
+    type Leftover = f32;
     fn row_f32<'a>(src: &'a [f32], _buf: &'a mut Vec<f32>) -> &'a [f32] {
         src
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
-    }
-    /// `dot_f32`'s leftovers: `sum += w · x` in f32, the product rounded first.
-    #[inline(always)]
-    fn short_dots(wt: &[f32], x: &[f32], out: &mut [f32]) {
-        let n = out.len();
-        for (c, out) in out.chunks_mut(SHORT_LANES).enumerate() {
-            let mut acc = [0f32; SHORT_LANES];
-            let acc = &mut acc[..out.len()];
-            for (t, &xv) in x.iter().enumerate() {
-                let w = &wt[t * n + c * SHORT_LANES..][..acc.len()];
-                for (a, &wv) in acc.iter_mut().zip(w) {
-                    *a += wv * xv;
-                }
-            }
-            out.copy_from_slice(acc);
-        }
     }
     fn round_activations(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
@@ -241,6 +265,8 @@ impl FloatWeight for f32 {
 
 impl FloatWeight for f16 {
     const ROUNDS_ACTIVATIONS: bool = true;
+    /// `dot_f16`'s leftovers: each f32 product added in f64.
+    type Leftover = f64;
     fn row_f32<'a>(src: &'a [f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
         buf.resize(src.len(), 0.0);
         src.convert_to_f32_slice(buf);
@@ -249,24 +275,6 @@ impl FloatWeight for f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
-    }
-    /// `dot_f16`'s leftovers: each f32 product added in f64.
-    #[inline(always)]
-    fn short_dots(wt: &[f32], x: &[f32], out: &mut [f32]) {
-        let n = out.len();
-        for (c, out) in out.chunks_mut(SHORT_LANES).enumerate() {
-            let mut acc = [0f64; SHORT_LANES];
-            let acc = &mut acc[..out.len()];
-            for (t, &xv) in x.iter().enumerate() {
-                let w = &wt[t * n + c * SHORT_LANES..][..acc.len()];
-                for (a, &wv) in acc.iter_mut().zip(w) {
-                    *a += (wv * xv) as f64;
-                }
-            }
-            for (o, &a) in out.iter_mut().zip(acc.iter()) {
-                *o = a as f32;
-            }
-        }
     }
     fn round_activations(src: &[f32], dst: &mut [f32]) {
         for (d, &v) in dst.iter_mut().zip(src) {
