@@ -9,7 +9,7 @@ use crate::model::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
-    #[error("`{dir}` has no `{file}`; a Hugging Face model folder needs config.json, tokenizer.json and *.safetensors weights")]
+    #[error("`{dir}` has no `{file}`; a Hugging Face model folder needs config.json, tokenizer.json (tokenizer.model for internlm2) and *.safetensors weights")]
     MissingFile { dir: PathBuf, file: &'static str },
 
     #[error("cannot read `{path}`: {source}")]
@@ -25,7 +25,7 @@ pub enum HfError {
     #[error("`{path}`: {detail}")]
     Json { path: PathBuf, detail: String },
 
-    #[error("config.json: `model_type` `{0}` is not supported (supported: llama, mistral, qwen2)")]
+    #[error("config.json: `model_type` `{0}` is not supported (supported: llama, mistral, qwen2, internlm2)")]
     UnsupportedModelType(String),
 
     #[error("config.json: `{key}` = {value} is not supported: {detail}")]

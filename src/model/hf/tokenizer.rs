@@ -41,7 +41,7 @@ fn tok_error(file: &'static str, detail: impl std::fmt::Display) -> HfError {
 }
 
 /// Reads `dir/name` when it exists (`Value::Null` when it does not).
-fn optional_json(dir: &Path, name: &str) -> Result<Value, HfError> {
+pub(super) fn optional_json(dir: &Path, name: &str) -> Result<Value, HfError> {
     let path = dir.join(name);
     if path.is_file() {
         read_json(&path, MAX_SMALL_JSON)
@@ -234,7 +234,7 @@ fn special_text(config: &Value, key: &str) -> Option<String> {
 /// The chat template: tokenizer_config.json `chat_template` (a string, or a list of
 /// `{name, template}` from which `default` is taken), else `chat_template.jinja`, else
 /// `chat_template.json`. `None` when the folder has none (ChatML is used then).
-fn chat_template_source(dir: &Path, config: &Value) -> Result<Option<String>, HfError> {
+pub(super) fn chat_template_source(dir: &Path, config: &Value) -> Result<Option<String>, HfError> {
     let from_value = |value: &Value| -> Result<Option<String>, HfError> {
         match value {
             Value::Null => Ok(None),
