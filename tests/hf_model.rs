@@ -238,6 +238,19 @@ fn rewrite_safetensors(
     std::fs::write(path, out).unwrap();
 }
 
+/// The load error of `s` with `tensor` 32 rows short in its model.safetensors.
+fn cut_32_rows(s: &Scratch, tensor: &str) -> String {
+    let shape = |n: &str, s: &[usize]| {
+        if n == tensor {
+            vec![s[0] - 32, s[1]]
+        } else {
+            s.to_vec()
+        }
+    };
+    rewrite_safetensors(&s.file("model.safetensors"), |_| true, shape);
+    s.load_err()
+}
+
 #[test]
 fn folder_without_config_or_tokenizer_or_weights_is_refused() {
     let s = Scratch::copy_of("hf-qwen2-tiny-f32", "noconfig");
@@ -281,15 +294,7 @@ fn missing_tensor_and_wrong_shape_name_the_tensor() {
 
     let s = Scratch::copy_of("hf-qwen2-tiny-f32", "shape");
     let gate = "model.layers.0.mlp.gate_proj.weight";
-    let shape = |n: &str, s: &[usize]| {
-        if n == gate {
-            vec![s[0] - 32, s[1]]
-        } else {
-            s.to_vec()
-        }
-    };
-    rewrite_safetensors(&s.file("model.safetensors"), |_| true, shape);
-    let err = s.load_err();
+    let err = cut_32_rows(&s, gate);
     assert!(
         err.contains(gate) && err.contains("[96, 64]") && err.contains("[128, 64]"),
         "{err}"
@@ -379,15 +384,7 @@ fn internlm2_broken_tokenizer_model_wqkv_and_config_are_named() {
 
     let s = Scratch::copy_of(STEM, "wqkv");
     let wqkv = "model.layers.0.attention.wqkv.weight";
-    let shape = |n: &str, s: &[usize]| {
-        if n == wqkv {
-            vec![s[0] - 32, s[1]]
-        } else {
-            s.to_vec()
-        }
-    };
-    rewrite_safetensors(&s.file("model.safetensors"), |_| true, shape);
-    let err = s.load_err();
+    let err = cut_32_rows(&s, wqkv);
     assert!(
         err.contains(wqkv) && err.contains("[256, 128]") && err.contains("[224, 128]"),
         "{err}"

@@ -418,6 +418,26 @@ mod tests {
     }
 
     #[test]
+    fn internlm2_config_maps_and_its_bias_default_is_refused() {
+        let mut json = qwen2();
+        json["model_type"] = "internlm2".into();
+        json["bias"] = false.into();
+        json["pad_token_id"] = 2.into();
+        let cfg = HfConfig::from_json(&json).expect("valid");
+        assert_eq!(cfg.model.arch, Arch::InternLm2);
+        assert_eq!(cfg.model.rope_style, RopeStyle::Interleaved);
+        assert!(!cfg.qkv_bias);
+        assert_eq!((cfg.pad_token_id, cfg.unk_token_id), (Some(2), None));
+        json.as_object_mut().unwrap().remove("bias");
+        let err = HfConfig::from_json(&json).expect_err("bias defaults to true");
+        assert!(err.to_string().contains("`bias`"), "{err}");
+        json["bias"] = false.into();
+        json["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
+        let err = HfConfig::from_json(&json).expect_err("dynamic rope");
+        assert!(err.to_string().contains("dynamic"), "{err}");
+    }
+
+    #[test]
     fn refusals_name_the_key_and_value() {
         let cases: [(&str, Value, &str); 8] = [
             ("model_type", "gpt2".into(), "`gpt2`"),

@@ -42,6 +42,19 @@ pub enum HfError {
     Tokenizer { file: &'static str, detail: String },
 }
 
+/// `dir/file`, which must exist (`MissingFile` otherwise).
+pub fn require_file(dir: &std::path::Path, file: &'static str) -> Result<PathBuf, HfError> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HfError::MissingFile {
+            dir: dir.to_path_buf(),
+            file,
+        })
+    }
+}
+
 /// Reads a file of at most `limit` bytes (checked before reading).
 pub fn read_limited(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, HfError> {
     let io = |source| HfError::Io {

@@ -90,7 +90,7 @@ pub fn split_wqkv(
     let q_per_kv = cfg.n_heads / n_kv;
     let rows = n_kv * (q_per_kv + 2) * hd;
     let expected = vec![rows, cfg.hidden];
-    if shape != expected.as_slice() || bytes.len() % rows != 0 {
+    if shape != expected.as_slice() || !bytes.len().is_multiple_of(rows) {
         return Err(WeightError::Shape {
             name: name.to_owned(),
             expected,

@@ -1,6 +1,7 @@
 //! Loading a Hugging Face model folder: `config.json` + `*.safetensors` (one file, or
-//! shards listed by `model.safetensors.index.json`) + `tokenizer.json`, with the optional
-//! `tokenizer_config.json`, `generation_config.json` and `chat_template.jinja`.
+//! shards listed by `model.safetensors.index.json`) + `tokenizer.json` (InternLM2: a
+//! SentencePiece `tokenizer.model`), with the optional `tokenizer_config.json`,
+//! `generation_config.json` and `chat_template.jinja`.
 //!
 //! Dense llama / mistral / qwen2 / internlm2 checkpoints in F32, F16 or BF16. The weights
 //! go through the same `WeightLoader` / `Transformer::from_weights` path as GGUF, under HF
@@ -38,13 +39,7 @@ const MAX_CONFIG_JSON: u64 = 16 << 20;
 
 /// Reads and validates `dir/config.json`.
 pub fn read_config(dir: &Path) -> Result<HfConfig, HfError> {
-    let path = dir.join("config.json");
-    if !path.is_file() {
-        return Err(HfError::MissingFile {
-            dir: dir.to_path_buf(),
-            file: "config.json",
-        });
-    }
+    let path = error::require_file(dir, "config.json")?;
     HfConfig::from_json(&error::read_json(&path, MAX_CONFIG_JSON)?)
 }
 

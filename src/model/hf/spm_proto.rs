@@ -8,14 +8,7 @@
 //! true). Every other field is skipped by its wire type. A truncated or malformed
 //! message is an error naming the byte offset, never a panic.
 
-/// SentencePiece piece types (`ModelProto.SentencePiece.Type`).
-pub mod piece_type {
-    pub const NORMAL: i32 = 1;
-    pub const UNKNOWN: i32 = 2;
-    pub const CONTROL: i32 = 3;
-    pub const UNUSED: i32 = 5;
-    pub const BYTE: i32 = 6;
-}
+use crate::model::tokenizer::token_type;
 
 /// `TrainerSpec.ModelType.BPE`.
 pub const MODEL_TYPE_BPE: u64 = 2;
@@ -24,7 +17,9 @@ pub const MODEL_TYPE_BPE: u64 = 2;
 pub struct SpmPiece {
     pub text: String,
     pub score: f32,
-    /// One of [`piece_type`].
+    /// `ModelProto.SentencePiece.Type`: 1 normal, 2 unknown, 3 control, 4 user-defined,
+    /// 5 unused, 6 byte; the same numbers as GGUF's [`token_type`] (llama.cpp took them
+    /// from SentencePiece).
     pub kind: i32,
 }
 
@@ -146,7 +141,7 @@ fn parse_piece(bytes: &[u8], base: usize) -> Result<SpmPiece, String> {
     let mut piece = SpmPiece {
         text: String::new(),
         score: 0.0,
-        kind: piece_type::NORMAL,
+        kind: token_type::NORMAL,
     };
     let mut reader = Reader::new(bytes, base);
     while let Some((number, field, at)) = reader.next_field()? {
@@ -159,7 +154,7 @@ fn parse_piece(bytes: &[u8], base: usize) -> Result<SpmPiece, String> {
             (3, Field::Varint(v)) => {
                 piece.kind = i32::try_from(v)
                     .ok()
-                    .filter(|k| (piece_type::NORMAL..=piece_type::BYTE).contains(k))
+                    .filter(|k| (token_type::NORMAL..=token_type::BYTE).contains(k))
                     .ok_or_else(|| format!("piece type {v} at byte {at} is not 1..6"))?;
             }
             (1..=3, _) => {
@@ -239,7 +234,7 @@ mod tests {
         assert_eq!(model.pieces.len(), 2);
         assert_eq!(model.pieces[1].text, "\u{2581}a");
         assert_eq!(model.pieces[1].score, -1.5);
-        assert_eq!(model.pieces[0].kind, piece_type::UNKNOWN);
+        assert_eq!(model.pieces[0].kind, token_type::UNKNOWN);
         assert_eq!(model.model_type, MODEL_TYPE_BPE);
         assert!(model.byte_fallback && !model.add_dummy_prefix);
     }

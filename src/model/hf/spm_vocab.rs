@@ -24,8 +24,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::config::HfConfig;
-use super::error::{read_limited, HfError};
-use super::spm_proto::{parse_model, piece_type, SpmModel, MODEL_TYPE_BPE};
+use super::error::{read_limited, require_file, HfError};
+use super::spm_proto::{parse_model, SpmModel, MODEL_TYPE_BPE};
 use super::tokenizer::{chat_template_source, optional_json};
 use crate::model::chat_template::ChatTemplate;
 use crate::model::tokenizer::{token_type, GgufVocab, Tokenizer};
@@ -46,13 +46,7 @@ fn error(file: &'static str, detail: impl std::fmt::Display) -> HfError {
 
 /// Builds the tokenizer and chat template of the InternLM2 folder `dir`.
 pub fn load(dir: &Path, cfg: &HfConfig) -> Result<(Tokenizer, ChatTemplate), HfError> {
-    let path = dir.join("tokenizer.model");
-    if !path.is_file() {
-        return Err(HfError::MissingFile {
-            dir: dir.to_path_buf(),
-            file: "tokenizer.model",
-        });
-    }
+    let path = require_file(dir, "tokenizer.model")?;
     if dir.join("tokenizer.json").is_file() {
         return Err(error(
             "tokenizer.json",
@@ -123,11 +117,11 @@ fn piece_vocab(model: &SpmModel, n_vocab: usize) -> Result<GgufVocab, HfError> {
         } else {
             &piece.text
         };
+        // Piece types are GGUF token types (see `SpmPiece::kind`); user-defined → normal.
         let kind = match piece.kind {
-            piece_type::UNKNOWN => token_type::UNKNOWN,
-            piece_type::CONTROL => token_type::CONTROL,
-            piece_type::UNUSED => token_type::UNUSED,
-            piece_type::BYTE => token_type::BYTE,
+            token_type::UNKNOWN | token_type::CONTROL | token_type::UNUSED | token_type::BYTE => {
+                piece.kind
+            }
             _ => token_type::NORMAL,
         };
         let kind = if text.starts_with("[UNUSED") {
@@ -229,4 +223,62 @@ fn set_special_ids(
     })?;
     vocab.eos_id = Some(chat_eos.unwrap_or(eos));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::hf::spm_proto::SpmPiece;
+    use serde_json::json;
+
+    fn piece(text: &str, kind: i32) -> SpmPiece {
+        SpmPiece {
+            text: text.into(),
+            score: -2.0,
+            kind,
+        }
+    }
+
+    #[test]
+    fn converter_rules_for_pieces_and_added_tokens() {
+        let model = SpmModel {
+            pieces: vec![
+                piece("<unk>", token_type::UNKNOWN),
+                piece("\0", token_type::NORMAL),
+                piece("<user>", token_type::USER_DEFINED),
+                piece("[UNUSED_TOKEN_1]", token_type::NORMAL),
+                piece("<0x41>", token_type::BYTE),
+                piece("cut", token_type::NORMAL),
+            ],
+            model_type: MODEL_TYPE_BPE,
+            byte_fallback: true,
+            add_dummy_prefix: true,
+        };
+        let mut vocab = piece_vocab(&model, 5).expect("5 of 6 pieces");
+        assert_eq!(vocab.tokens[1], "🐉");
+        assert_eq!(
+            vocab.token_types,
+            [2, 1, 1, 5, 6],
+            "unknown, normal, user-defined → normal, [UNUSED → unused, byte"
+        );
+        let config = json!({"added_tokens_decoder": {
+            "3": {"content": "<|im_end|>", "special": true},
+            "2": {"content": "<tool>", "special": false}}});
+        assert_eq!(apply_added_decoder(&mut vocab, &config).unwrap(), Some(3));
+        assert_eq!(vocab.tokens[3], "<|im_end|>");
+        assert_eq!(
+            (vocab.token_types[3], vocab.token_types[2]),
+            (token_type::CONTROL, token_type::USER_DEFINED)
+        );
+        assert_eq!((vocab.scores[3], vocab.scores[0]), (ADDED_SCORE, -2.0));
+        append_added_tokens(&mut vocab, &json!({"<b>": 6, "<a>": 5})).unwrap();
+        assert_eq!(&vocab.tokens[5..], ["<a>", "<b>"]);
+        let gap = append_added_tokens(&mut vocab, &json!({"<c>": 9})).unwrap_err();
+        assert!(gap.to_string().contains("continue the vocabulary"), "{gap}");
+        let err = piece_vocab(&model, 7).unwrap_err().to_string();
+        assert!(
+            err.contains("6 pieces") && err.contains("vocab_size is 7"),
+            "{err}"
+        );
+    }
 }

@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokenizers::AddedToken;
 
 use super::config::{all_ids, HfConfig};
-use super::error::{read_json, read_limited, HfError};
+use super::error::{read_json, read_limited, require_file, HfError};
 use super::pipeline::prepare_pipeline;
 use crate::model::chat_template::ChatTemplate;
 use crate::model::tokenizer::{token_type, GgufVocab, Tokenizer, VocabKind};
@@ -52,13 +52,7 @@ pub(super) fn optional_json(dir: &Path, name: &str) -> Result<Value, HfError> {
 
 /// Builds the tokenizer and chat template of the folder `dir`.
 pub fn load(dir: &Path, cfg: &HfConfig) -> Result<(Tokenizer, ChatTemplate), HfError> {
-    let path = dir.join("tokenizer.json");
-    if !path.is_file() {
-        return Err(HfError::MissingFile {
-            dir: dir.to_path_buf(),
-            file: "tokenizer.json",
-        });
-    }
+    let path = require_file(dir, "tokenizer.json")?;
     let mut json = read_json(&path, MAX_TOKENIZER_JSON)?;
     let tok_config = optional_json(dir, "tokenizer_config.json")?;
     let gen_config = optional_json(dir, "generation_config.json")?;
