@@ -18,9 +18,22 @@ vocab has new ids, so its hash lookup is replaced by "qwen2" (what it returns fo
 Qwen2 tokenizer). Weights: make_fixtures.random_weights (same scales), GGUF names mapped to
 HF names; the converter then permutes the llama Q/K rows as it does for any HF llama.
 
+InternLM2 (INTERNLM2_STEM, tests/fixtures/hf-internlm2-tiny-f16/): the inverse of llama.cpp's
+converter (conversion/internlm.py) applied to tests/fixtures/internlm2-tiny-f16.gguf, so the
+folder's golden is that GGUF's (tests/golden/internlm2-tiny-f16.json, llama.cpp's ids): Q/K
+un-permuted and fused with V into `attention.wqkv` (per KV head [q x q_per_kv, k, v]), the vocab
+as a SentencePiece BPE tokenizer.model (protobuf written with sentencepiece's
+sentencepiece_model_pb2; the added tokens as `[UNUSED_TOKEN_n]` pieces, named by
+tokenizer_config.json's added_tokens_decoder, as InternLM2-chat ships them), InternLM2's
+config.json (auto_map, `bias`) and tokenizer_config.json. The script checks that numpy
+transcriptions of the converter's `modify_tensors` split and `set_vocab` rules (run through
+sentencepiece's SentencePieceProcessor) give back the GGUF's tensors and vocabulary exactly.
+It does not run convert_hf_to_gguf.py itself (that needs torch; this entry does not).
+
 Usage: .venv/bin/python scripts/make_hf_fixture.py [--only STEM]
 Needs: torch, transformers, safetensors, tokenizers, gguf, numpy, llama-cpp-python (the
-converter's own requirements: requirements/requirements-convert_hf_to_gguf.txt).
+converter's own requirements: requirements/requirements-convert_hf_to_gguf.txt); the InternLM2
+entry needs only gguf, numpy, safetensors and sentencepiece.
 """
 from __future__ import annotations
 
@@ -33,11 +46,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hf_internlm2  # noqa: E402
 import make_fixtures  # noqa: E402
 import make_golden  # noqa: E402
 from golden_prompts import FIXTURE_CASES  # noqa: E402
@@ -103,6 +114,9 @@ def hf_name(gguf_name: str) -> str:
 
 
 def write_weights(fx: HfFixture, n_vocab: int, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
     dtype = getattr(torch, fx.dtype)
     arrays = make_fixtures.random_weights(fx.shape, n_vocab)
     tensors = {hf_name(k): torch.from_numpy(np.ascontiguousarray(v)).to(dtype) for k, v in arrays.items()}
@@ -124,6 +138,8 @@ def write_weights(fx: HfFixture, n_vocab: int, out: Path) -> None:
 
 
 def write_tokenizer(fx: HfFixture, vocab: make_fixtures.Vocab, template: str, out: Path) -> None:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
     n_normal = len(vocab.tokens) - len(make_fixtures.SPECIAL_TOKENS)
     ids = {t: i for i, t in enumerate(vocab.tokens[:n_normal])}
     merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
@@ -210,6 +226,32 @@ def convert(llama_cpp: Path, fx: HfFixture, folder: Path, out: Path) -> None:
         sys.exit(f"error: converting {folder} failed with {done.returncode}")
 
 
+def file_table(folder: Path) -> list[str]:
+    lines = ["| file | bytes | sha256 |", "|---|---|---|"]
+    for path in sorted(folder.iterdir()):
+        lines.append(f"| {path.name} | {path.stat().st_size} | `{make_fixtures.sha256(path)}` |")
+    return lines + [""]
+
+
+def internlm2_readme(folder: Path) -> list[str]:
+    fx = next(f for f in make_fixtures.INTERNLM2_FIXTURES if f.stem == hf_internlm2.SOURCE_STEM)
+    return [
+        f"## `{folder.name}/`",
+        "",
+        f"- model_type `internlm2` (InternLM2ForCausalLM, auto_map), float16 matrices + float32 norms,"
+        f" {fx.n_layer} layers, hidden {fx.n_embd}, heads {fx.n_head} / kv heads {fx.n_head_kv}"
+        f" (head_dim {fx.head_dim}), intermediate {fx.n_ff}, rope_theta {fx.rope_base:g},"
+        f" rms eps {fx.rms_eps:g}, separate `output`, fused `attention.wqkv`",
+        f"- the inverse of llama.cpp's InternLM2 converter applied to `{hf_internlm2.SOURCE_STEM}.gguf`"
+        " (README-internlm2.md): same numbers, same vocabulary (SentencePiece BPE tokenizer.model,"
+        " added tokens as `[UNUSED_TOKEN_n]` pieces renamed by tokenizer_config.json's"
+        " added_tokens_decoder); golden: `tests/golden/internlm2-tiny-f16.json` (llama.cpp on that GGUF).",
+        "  The folder was not run through convert_hf_to_gguf.py (no torch where it was made); the script"
+        " checks numpy transcriptions of the converter's wqkv split and set_vocab rules against the GGUF.",
+        "",
+    ] + file_table(folder)
+
+
 def readme(rows: list[tuple[HfFixture, Path]]) -> str:
     lines = [
         "# Hugging Face folder fixtures",
@@ -234,12 +276,8 @@ def readme(rows: list[tuple[HfFixture, Path]]) -> str:
             f" rms eps {s.rms_eps:g}, {'tied embeddings' if s.tied else 'separate lm_head'},"
             f" add_bos {str(s.add_bos).lower()}, seed {s.seed}, {fx.shards} safetensors file(s)",
             "",
-            "| file | bytes | sha256 |",
-            "|---|---|---|",
-        ]
-        for path in sorted(folder.iterdir()):
-            lines.append(f"| {path.name} | {path.stat().st_size} | `{make_fixtures.sha256(path)}` |")
-        lines.append("")
+        ] + file_table(folder)
+    lines += internlm2_readme(REPO / "tests" / "fixtures" / hf_internlm2.STEM)
     return "\n".join(lines)
 
 
@@ -248,6 +286,10 @@ def main() -> None:
     ap.add_argument("--only", help="one fixture stem")
     args = ap.parse_args()
     llama_cpp = make_fixtures.vendored_llama_cpp()
+    if args.only in (None, hf_internlm2.STEM):
+        shutil.rmtree(REPO / "tests" / "fixtures" / hf_internlm2.STEM, ignore_errors=True)
+        folder = hf_internlm2.make(REPO, llama_cpp)
+        print(f"{folder}: {sum(p.stat().st_size for p in folder.iterdir())} bytes")
     make_fixtures.N_NORMAL = N_NORMAL
     vocab = make_fixtures.trimmed_qwen2_vocab(llama_cpp / "models" / "ggml-vocab-qwen2.gguf")
     template = (llama_cpp / "models" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()

@@ -1,7 +1,9 @@
 //! Hugging Face folders (tests/fixtures/hf-*/, made by scripts/make_hf_fixture.py):
 //! loaded directly they give llama.cpp's greedy tokens on the GGUF its converter made
 //! from the same folder (tests/golden/hf-*.json), the same logits as our own load of that
-//! GGUF, and the same tokenization; broken folders give clear errors.
+//! GGUF, and the same tokenization; broken folders give clear errors. The InternLM2
+//! folder is the converter's inverse of internlm2-tiny-f16.gguf, so its golden is that
+//! GGUF's.
 
 mod common;
 
@@ -14,7 +16,12 @@ use tessera::error::ModelError;
 use tessera::model::safetensors::SafetensorsFile;
 use tessera::request::SamplingParams;
 
-const FIXTURES: [&str; 2] = ["hf-llama-tiny-bf16", "hf-qwen2-tiny-f32"];
+/// (folder, golden): the golden names the GGUF made from (or the source of) the folder.
+const FIXTURES: [(&str, &str); 3] = [
+    ("hf-llama-tiny-bf16", "hf-llama-tiny-bf16"),
+    ("hf-qwen2-tiny-f32", "hf-qwen2-tiny-f32"),
+    ("hf-internlm2-tiny-f16", "internlm2-tiny-f16"),
+];
 const N: usize = 32;
 
 fn folder(stem: &str) -> PathBuf {
@@ -44,8 +51,8 @@ fn first_top(engine: &EngineHandle, prompt: &[u32]) -> Vec<(u32, f32)> {
 /// Prompt ids, 32 greedy tokens and (short prompts) first-step logits equal llama.cpp's.
 #[test]
 fn hf_folders_match_llama_cpp_on_the_converted_gguf() {
-    for stem in FIXTURES {
-        let g = golden(stem);
+    for (stem, golden_stem) in FIXTURES {
+        let g = golden(golden_stem);
         let engine = engine(&folder(stem));
         let tok = &engine.model().tokenizer;
         for case in &g.cases {
@@ -75,8 +82,8 @@ fn hf_folders_match_llama_cpp_on_the_converted_gguf() {
 /// loader permutes llama Q/K rows exactly as the converter does.
 #[test]
 fn hf_folder_and_its_gguf_give_identical_logits_and_tokens() {
-    for stem in FIXTURES {
-        let g = golden(stem);
+    for (stem, golden_stem) in FIXTURES {
+        let g = golden(golden_stem);
         let hf = engine(&folder(stem));
         let gguf = engine(&golden_model_path(&g));
         assert_eq!(
@@ -122,8 +129,8 @@ fn tokenizer_json_tokenizes_like_the_gguf_vocab() {
         ("    many   spaces\n\n\nand\t\ttabs \r\n trailing   ", false),
         ("Привет, мир! こんにちは世界 1234567890", false),
     ];
-    for stem in FIXTURES {
-        let g = golden(stem);
+    for (stem, golden_stem) in FIXTURES {
+        let g = golden(golden_stem);
         let hf = tessera::model::load(&folder(stem), None, |_, _| {}).expect("hf loads");
         let gguf = tessera::model::load(&golden_model_path(&g), None, |_, _| {}).expect("gguf");
         let (a, b) = (&hf.assets.tokenizer, &gguf.assets.tokenizer);
@@ -231,6 +238,19 @@ fn rewrite_safetensors(
     std::fs::write(path, out).unwrap();
 }
 
+/// The load error of `s` with `tensor` 32 rows short in its model.safetensors.
+fn cut_32_rows(s: &Scratch, tensor: &str) -> String {
+    let shape = |n: &str, s: &[usize]| {
+        if n == tensor {
+            vec![s[0] - 32, s[1]]
+        } else {
+            s.to_vec()
+        }
+    };
+    rewrite_safetensors(&s.file("model.safetensors"), |_| true, shape);
+    s.load_err()
+}
+
 #[test]
 fn folder_without_config_or_tokenizer_or_weights_is_refused() {
     let s = Scratch::copy_of("hf-qwen2-tiny-f32", "noconfig");
@@ -274,15 +294,7 @@ fn missing_tensor_and_wrong_shape_name_the_tensor() {
 
     let s = Scratch::copy_of("hf-qwen2-tiny-f32", "shape");
     let gate = "model.layers.0.mlp.gate_proj.weight";
-    let shape = |n: &str, s: &[usize]| {
-        if n == gate {
-            vec![s[0] - 32, s[1]]
-        } else {
-            s.to_vec()
-        }
-    };
-    rewrite_safetensors(&s.file("model.safetensors"), |_| true, shape);
-    let err = s.load_err();
+    let err = cut_32_rows(&s, gate);
     assert!(
         err.contains(gate) && err.contains("[96, 64]") && err.contains("[128, 64]"),
         "{err}"
@@ -352,4 +364,54 @@ fn generation_config_eos_list_ends_generation_and_bad_dtype_is_refused() {
         tessera::model::load(&s.0, None, |_, _| {}),
         Err(ModelError::Weights(_))
     ));
+}
+
+#[test]
+fn internlm2_broken_tokenizer_model_wqkv_and_config_are_named() {
+    const STEM: &str = "hf-internlm2-tiny-f16";
+    let s = Scratch::copy_of(STEM, "spmcut");
+    let model = std::fs::read(s.file("tokenizer.model")).unwrap();
+    std::fs::write(s.file("tokenizer.model"), &model[..model.len() / 2]).unwrap();
+    let err = s.load_err();
+    assert!(
+        err.contains("tokenizer.model") && err.contains("malformed protobuf"),
+        "{err}"
+    );
+
+    let s = Scratch::copy_of(STEM, "spmnone");
+    std::fs::remove_file(s.file("tokenizer.model")).unwrap();
+    assert!(s.load_err().contains("no `tokenizer.model`"));
+
+    let s = Scratch::copy_of(STEM, "wqkv");
+    let wqkv = "model.layers.0.attention.wqkv.weight";
+    let err = cut_32_rows(&s, wqkv);
+    assert!(
+        err.contains(wqkv) && err.contains("[256, 128]") && err.contains("[224, 128]"),
+        "{err}"
+    );
+
+    let s = Scratch::copy_of(STEM, "dynrope");
+    s.edit_json("config.json", |c| {
+        c["rope_scaling"] = serde_json::json!({"type": "dynamic", "factor": 2.0})
+    });
+    let err = s.load_err();
+    assert!(
+        err.contains("rope_scaling") && err.contains("dynamic"),
+        "{err}"
+    );
+
+    let s = Scratch::copy_of(STEM, "bias");
+    s.edit_json("config.json", |c| c["bias"] = true.into());
+    let err = s.load_err();
+    assert!(err.contains("`bias`"), "{err}");
+
+    let s = Scratch::copy_of(STEM, "decoder");
+    s.edit_json("tokenizer_config.json", |c| {
+        c["added_tokens_decoder"]["9999"] = serde_json::json!({"content": "<x>", "special": true})
+    });
+    let err = s.load_err();
+    assert!(
+        err.contains("added_tokens_decoder") && err.contains("9999"),
+        "{err}"
+    );
 }

@@ -1,9 +1,11 @@
 //! `config.json` of a Hugging Face checkpoint → `ModelConfig`, with transformers' defaults
-//! for the keys a file leaves out (`LlamaConfig`, `MistralConfig`, `Qwen2Config`).
+//! for the keys a file leaves out (`LlamaConfig`, `MistralConfig`, `Qwen2Config`,
+//! InternLM2's remote-code `InternLM2Config`).
 //!
 //! What is refused (with the key and value): other model types, any `rope_scaling` but
-//! the default, partial rotary, biases other than Qwen2's Q/K/V ones, activations other
-//! than SiLU, quantized checkpoints (`quantization_config`).
+//! the default, partial rotary, biases other than Qwen2's Q/K/V ones (InternLM2's `bias`,
+//! which defaults to true, included), activations other than SiLU, quantized
+//! checkpoints (`quantization_config`).
 //!
 //! RoPE: HF llama/mistral checkpoints keep Q/K rows in their original order, where RoPE
 //! rotates half-split pairs. The loader permutes those rows at load exactly as
@@ -34,6 +36,9 @@ pub struct HfConfig {
     /// `bos_token_id` / `eos_token_id` from config.json (fallbacks for the tokenizer).
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// `unk_token_id` / `pad_token_id` (InternLM2's vocabulary takes them from here).
+    pub unk_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -54,8 +59,12 @@ struct RawConfig {
     mlp_bias: Option<bool>,
     use_sliding_window: Option<bool>,
     partial_rotary_factor: Option<f64>,
+    /// InternLM2: biases on every attention and MLP projection.
+    bias: Option<bool>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<Value>,
+    unk_token_id: Option<Value>,
+    pad_token_id: Option<Value>,
 }
 
 /// Per-family defaults (transformers' config classes).
@@ -89,6 +98,10 @@ impl HfConfig {
                 (Arch::Llama, Defaults::new(32_768, window, false))
             }
             "qwen2" => (Arch::Qwen2, Defaults::new(32_768, WindowRule::IfFlag, true)),
+            "internlm2" => (
+                Arch::InternLm2,
+                Defaults::new(2048, WindowRule::Ignored, false),
+            ),
             "" => return Err(bad_value("model_type", "missing or not a string")),
             other => return Err(HfError::UnsupportedModelType(other.to_string())),
         };
@@ -113,6 +126,8 @@ impl HfConfig {
             qkv_bias: defaults.qkv_bias,
             bos_token_id: raw.bos_token_id,
             eos_token_id: first_id(raw.eos_token_id.as_ref()),
+            unk_token_id: first_id(raw.unk_token_id.as_ref()),
+            pad_token_id: first_id(raw.pad_token_id.as_ref()),
         })
     }
 }
@@ -183,6 +198,14 @@ fn check_features(raw: &RawConfig, arch: Arch) -> Result<(), HfError> {
             "attention_bias",
             &true.into(),
             "attention biases (including o_proj's) are not implemented for llama",
+        ));
+    }
+    if arch == Arch::InternLm2 && raw.bias != Some(false) {
+        let value = raw.bias.map_or(Value::Null, Value::from);
+        return Err(unsupported(
+            "bias",
+            &value,
+            "InternLM2 projection biases are not implemented (InternLM2Config defaults to true; set false)",
         ));
     }
     if raw.mlp_bias == Some(true) {
@@ -392,6 +415,26 @@ mod tests {
         json["sliding_window"] = Value::Null;
         let cfg = HfConfig::from_json(&json).expect("valid");
         assert_eq!(cfg.model.context_length, 32768);
+    }
+
+    #[test]
+    fn internlm2_config_maps_and_its_bias_default_is_refused() {
+        let mut json = qwen2();
+        json["model_type"] = "internlm2".into();
+        json["bias"] = false.into();
+        json["pad_token_id"] = 2.into();
+        let cfg = HfConfig::from_json(&json).expect("valid");
+        assert_eq!(cfg.model.arch, Arch::InternLm2);
+        assert_eq!(cfg.model.rope_style, RopeStyle::Interleaved);
+        assert!(!cfg.qkv_bias);
+        assert_eq!((cfg.pad_token_id, cfg.unk_token_id), (Some(2), None));
+        json.as_object_mut().unwrap().remove("bias");
+        let err = HfConfig::from_json(&json).expect_err("bias defaults to true");
+        assert!(err.to_string().contains("`bias`"), "{err}");
+        json["bias"] = false.into();
+        json["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
+        let err = HfConfig::from_json(&json).expect_err("dynamic rope");
+        assert!(err.to_string().contains("dynamic"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::model::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
-    #[error("`{dir}` has no `{file}`; a Hugging Face model folder needs config.json, tokenizer.json and *.safetensors weights")]
+    #[error("`{dir}` has no `{file}`; a Hugging Face model folder needs config.json, tokenizer.json (tokenizer.model for internlm2) and *.safetensors weights")]
     MissingFile { dir: PathBuf, file: &'static str },
 
     #[error("cannot read `{path}`: {source}")]
@@ -25,7 +25,7 @@ pub enum HfError {
     #[error("`{path}`: {detail}")]
     Json { path: PathBuf, detail: String },
 
-    #[error("config.json: `model_type` `{0}` is not supported (supported: llama, mistral, qwen2)")]
+    #[error("config.json: `model_type` `{0}` is not supported (supported: llama, mistral, qwen2, internlm2)")]
     UnsupportedModelType(String),
 
     #[error("config.json: `{key}` = {value} is not supported: {detail}")]
@@ -40,6 +40,19 @@ pub enum HfError {
 
     #[error("`{file}`: {detail}")]
     Tokenizer { file: &'static str, detail: String },
+}
+
+/// `dir/file`, which must exist (`MissingFile` otherwise).
+pub fn require_file(dir: &std::path::Path, file: &'static str) -> Result<PathBuf, HfError> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HfError::MissingFile {
+            dir: dir.to_path_buf(),
+            file,
+        })
+    }
 }
 
 /// Reads a file of at most `limit` bytes (checked before reading).

@@ -8,11 +8,14 @@
 //!   (weights and biases) are permuted at load into the adjacent-pair order llama.cpp's
 //!   converter writes (new row `2i` = old row `i`, new row `2i+1` = old row
 //!   `i + head_dim/2`, per head), so the same `RopeStyle::Interleaved` kernel serves both
-//!   formats and an HF llama matches its converted GGUF bit for bit.
+//!   formats and an HF llama matches its converted GGUF bit for bit;
+//! - InternLM2 names: the loader's HF llama names are looked up under InternLM2's own
+//!   names, Q/K/V cut out of the fused `wqkv` (`internlm2.rs`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use super::internlm2::{self, Source};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::safetensors::{Checkpoint, SafetensorsError};
 use crate::model::tensor_names::{LayerTensor, Naming};
@@ -23,7 +26,9 @@ pub struct HfTensors {
     checkpoint: Checkpoint,
     /// Tensors whose rows are permuted at load → their number of heads.
     permuted: HashMap<String, usize>,
-    head_dim: usize,
+    /// InternLM2: HF llama name → where the checkpoint holds it (empty otherwise).
+    sources: HashMap<String, Source>,
+    cfg: ModelConfig,
 }
 
 impl HfTensors {
@@ -38,10 +43,15 @@ impl HfTensors {
                 permuted.insert(name(LayerTensor::KBias), cfg.n_kv_heads);
             }
         }
+        let sources = match cfg.arch {
+            Arch::InternLm2 => internlm2::sources(cfg).into_iter().collect(),
+            _ => HashMap::new(),
+        };
         Self {
             checkpoint,
             permuted,
-            head_dim: cfg.head_dim,
+            sources,
+            cfg: cfg.clone(),
         }
     }
 
@@ -52,6 +62,34 @@ impl HfTensors {
 
 impl TensorSource for HfTensors {
     fn get_tensor(&self, name: &str) -> Result<TensorRef<'_>, WeightError> {
+        match self.sources.get(name) {
+            Some(Source::Renamed(stored)) => self.stored_tensor(stored),
+            Some(Source::Fused { wqkv, part }) => {
+                let fused = self.stored_tensor(wqkv)?;
+                let (shape, data) =
+                    internlm2::split_wqkv(wqkv, &fused.shape, &fused.data, &self.cfg, *part)?;
+                Ok(TensorRef {
+                    dtype: fused.dtype,
+                    shape,
+                    data: Cow::Owned(data),
+                })
+            }
+            None => self.stored_tensor(name),
+        }
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        match self.sources.get(name) {
+            Some(Source::Renamed(stored)) => self.checkpoint.contains(stored),
+            Some(Source::Fused { wqkv, .. }) => self.checkpoint.contains(wqkv),
+            None => self.checkpoint.contains(name),
+        }
+    }
+}
+
+impl HfTensors {
+    /// The checkpoint's tensor `name`, dtype mapped, llama Q/K rows permuted.
+    fn stored_tensor(&self, name: &str) -> Result<TensorRef<'_>, WeightError> {
         let (info, bytes) = self.checkpoint.tensor(name)?;
         let dtype = info
             .dtype
@@ -64,8 +102,8 @@ impl TensorSource for HfTensors {
         let data = match self.permuted.get(name) {
             // A tensor of another row count is left alone: the loader's shape check
             // rejects it with the expected shape.
-            Some(&heads) if rows == heads * self.head_dim && rows > 0 => {
-                Cow::Owned(rope_pairs_adjacent(bytes, heads, self.head_dim))
+            Some(&heads) if rows == heads * self.cfg.head_dim && rows > 0 => {
+                Cow::Owned(rope_pairs_adjacent(bytes, heads, self.cfg.head_dim))
             }
             _ => Cow::Borrowed(bytes),
         };
@@ -74,10 +112,6 @@ impl TensorSource for HfTensors {
             shape: info.shape.clone(),
             data,
         })
-    }
-
-    fn has_tensor(&self, name: &str) -> bool {
-        self.checkpoint.contains(name)
     }
 }
 

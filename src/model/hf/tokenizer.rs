@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokenizers::AddedToken;
 
 use super::config::{all_ids, HfConfig};
-use super::error::{read_json, read_limited, HfError};
+use super::error::{read_json, read_limited, require_file, HfError};
 use super::pipeline::prepare_pipeline;
 use crate::model::chat_template::ChatTemplate;
 use crate::model::tokenizer::{token_type, GgufVocab, Tokenizer, VocabKind};
@@ -41,7 +41,7 @@ fn tok_error(file: &'static str, detail: impl std::fmt::Display) -> HfError {
 }
 
 /// Reads `dir/name` when it exists (`Value::Null` when it does not).
-fn optional_json(dir: &Path, name: &str) -> Result<Value, HfError> {
+pub(super) fn optional_json(dir: &Path, name: &str) -> Result<Value, HfError> {
     let path = dir.join(name);
     if path.is_file() {
         read_json(&path, MAX_SMALL_JSON)
@@ -52,13 +52,7 @@ fn optional_json(dir: &Path, name: &str) -> Result<Value, HfError> {
 
 /// Builds the tokenizer and chat template of the folder `dir`.
 pub fn load(dir: &Path, cfg: &HfConfig) -> Result<(Tokenizer, ChatTemplate), HfError> {
-    let path = dir.join("tokenizer.json");
-    if !path.is_file() {
-        return Err(HfError::MissingFile {
-            dir: dir.to_path_buf(),
-            file: "tokenizer.json",
-        });
-    }
+    let path = require_file(dir, "tokenizer.json")?;
     let mut json = read_json(&path, MAX_TOKENIZER_JSON)?;
     let tok_config = optional_json(dir, "tokenizer_config.json")?;
     let gen_config = optional_json(dir, "generation_config.json")?;
@@ -234,7 +228,7 @@ fn special_text(config: &Value, key: &str) -> Option<String> {
 /// The chat template: tokenizer_config.json `chat_template` (a string, or a list of
 /// `{name, template}` from which `default` is taken), else `chat_template.jinja`, else
 /// `chat_template.json`. `None` when the folder has none (ChatML is used then).
-fn chat_template_source(dir: &Path, config: &Value) -> Result<Option<String>, HfError> {
+pub(super) fn chat_template_source(dir: &Path, config: &Value) -> Result<Option<String>, HfError> {
     let from_value = |value: &Value| -> Result<Option<String>, HfError> {
         match value {
             Value::Null => Ok(None),
