@@ -13,7 +13,7 @@ use crate::model::config::ModelConfig;
 use crate::model::tensor_names::{GlobalTensor, LayerTensor, Naming};
 use crate::model::weights::WeightError;
 
-use super::tensors::rope_pairs_adjacent;
+use super::rope_permute::rope_pairs_adjacent;
 
 /// Which slice of a fused `wqkv` a tensor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ mod config;
 mod error;
 mod internlm2;
 mod pipeline;
+mod rope_permute;
 mod spm_proto;
 mod spm_vocab;
 mod tensors;
@@ -23,7 +24,8 @@ use std::path::Path;
 
 pub use config::HfConfig;
 pub use error::HfError;
-pub use tensors::{rope_pairs_adjacent, HfTensors};
+pub use rope_permute::rope_pairs_adjacent;
+pub use tensors::HfTensors;
 
 use super::chat_template::ChatTemplate;
 use super::config::Arch;
