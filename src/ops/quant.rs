@@ -14,8 +14,9 @@
 //! Q4_1 and Q8_0 matrices with several activation rows go through the AVX-512 panel
 //! kernels where the CPU has them (`panel`): same per-row float order, 16 rows per call.
 //!
-//! Submodules: `float` (F32/F16 weights), `panel` (the multi-row path), `requant` (float
-//! weights to Q8_0 at load, as llama-quantize writes them).
+//! Submodules: `float` (F32/F16 weights), `gemv` (one to three activation rows: decode),
+//! `panel` (the multi-row path), `requant` (float weights to Q8_0 at load, as
+//! llama-quantize writes them).
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -28,10 +29,12 @@ use super::pool::{self, SharedOut};
 use super::qdot::panel::{Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
 use super::qdot::{self, Kernel};
 use float::{matmul_float, matmul_float_here};
+use gemv::gemv;
 use panel::{matmul_panel, use_panels};
 use std::cell::RefCell;
 
 mod float;
+mod gemv;
 mod panel;
 mod requant;
 
@@ -424,6 +427,9 @@ fn matmul<K: Kernel>(w: &[K::Weight], k: usize, x: &[f32], m: usize, y: &mut [f3
     let n = w.len() / kb;
     with_quantized(x, m, k, kb, K::quantize, |xq| {
         let row = |i: usize| &xq[i * kb..(i + 1) * kb];
+        if m < 4 {
+            return gemv::<K>(w, kb, xq, m, y);
+        }
         tiled(n, m, y, |col, rows, out| {
             let w_row = &w[col * kb..(col + 1) * kb];
             let mut i = rows.start;

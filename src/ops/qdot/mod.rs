@@ -57,6 +57,9 @@ pub trait Kernel {
     fn dot(w: &[Self::Weight], x: &[Self::Act]) -> f32;
     /// One weight row · four activation rows; each result equals `dot`'s bit for bit.
     fn dot4(w: &[Self::Weight], x: [&[Self::Act]; 4]) -> [f32; 4];
+    /// Four weight rows · one activation row (single-stream decode: four independent
+    /// accumulations in flight); each result equals `dot`'s bit for bit.
+    fn dot_rows4(w: [&[Self::Weight]; 4], x: &[Self::Act]) -> [f32; 4];
     /// The portable implementation (same bits as the SIMD one; used by tests).
     fn dot_portable(w: &[Self::Weight], x: &[Self::Act]) -> f32;
 }
@@ -117,6 +120,28 @@ pub(crate) unsafe fn run_dot4<S: Steps>(w: &[S::Weight], x: [&[S::Act]; 4]) -> [
     [S::finish(a0), S::finish(a1), S::finish(a2), S::finish(a3)]
 }
 
+/// Four weight rows against one activation row: each row's steps in `run_dot`'s order,
+/// the rows' independent chains interleaved.
+#[inline(always)]
+pub(crate) unsafe fn run_dot_rows4<S: Steps>(w: [&[S::Weight]; 4], x: &[S::Act]) -> [f32; 4] {
+    for row in w {
+        assert_eq!(
+            row.len(),
+            x.len(),
+            "dot_rows4: weight and activation block counts differ"
+        );
+    }
+    let [w0, w1, w2, w3] = w;
+    let (mut a0, mut a1, mut a2, mut a3) = (S::init(), S::init(), S::init(), S::init());
+    for (b, xb) in x.iter().enumerate() {
+        S::step(&S::unpack(&w0[b]), xb, &mut a0);
+        S::step(&S::unpack(&w1[b]), xb, &mut a1);
+        S::step(&S::unpack(&w2[b]), xb, &mut a2);
+        S::step(&S::unpack(&w3[b]), xb, &mut a3);
+    }
+    [S::finish(a0), S::finish(a1), S::finish(a2), S::finish(a3)]
+}
+
 /// Implements `Kernel` for `$name` from a scalar and an AVX2 `Steps` type.
 macro_rules! kernel {
     ($(#[$doc:meta])* $name:ident: $w:ty, $a:ty, $block:expr, $quant:path, $scalar:ty, $avx2:ty) => {
@@ -158,6 +183,20 @@ macro_rules! kernel {
                 }
                 // SAFETY: the scalar steps use no intrinsics.
                 unsafe { $crate::ops::qdot::run_dot4::<$scalar>(w, x) }
+            }
+
+            fn dot_rows4(w: [&[$w]; 4], x: &[$a]) -> [f32; 4] {
+                #[cfg(target_arch = "x86_64")]
+                if $crate::ops::qdot::has_avx2() {
+                    #[target_feature(enable = "avx2,fma,f16c")]
+                    unsafe fn imp(w: [&[$w]; 4], x: &[$a]) -> [f32; 4] {
+                        $crate::ops::qdot::run_dot_rows4::<$avx2>(w, x)
+                    }
+                    // SAFETY: AVX2, FMA and F16C were detected at run time.
+                    return unsafe { imp(w, x) };
+                }
+                // SAFETY: the scalar steps use no intrinsics.
+                unsafe { $crate::ops::qdot::run_dot_rows4::<$scalar>(w, x) }
             }
 
             fn dot_portable(w: &[$w], x: &[$a]) -> f32 {

@@ -117,6 +117,23 @@ where
                 .collect();
             let rows = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
             let four = K::dot4(view(&w), rows);
+            // Four weight rows (this one and three others) against each activation row.
+            let others: Vec<Vec<C>> = (1..4)
+                .map(|o| weights::<C>(n_blocks, random_bytes, f16_at, seed + 100 * o))
+                .collect();
+            let w4 = [
+                view(&w),
+                view(&others[0]),
+                view(&others[1]),
+                view(&others[2]),
+            ];
+            for x in &xs {
+                let by_rows = K::dot_rows4(w4, x);
+                for (wr, got) in w4.iter().zip(by_rows) {
+                    let want = K::dot(wr, x).to_bits();
+                    assert_eq!(got.to_bits(), want, "dot_rows4 != dot: {n_blocks} blocks");
+                }
+            }
             for (r, x) in xs.iter().enumerate() {
                 let got = K::dot(view(&w), x);
                 let what = format!("{} blocks, random bytes {random_bytes}, row {r}", n_blocks);

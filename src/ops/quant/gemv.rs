@@ -1,0 +1,72 @@
+//! The few-row matmul path (single-stream decode: one to three activation rows): four
+//! weight rows per kernel call, with the weight rows ahead prefetched, since decode is
+//! bound by how fast the weights arrive from memory.
+//!
+//! Exactness: `Kernel::dot_rows4` gives each row `Kernel::dot`'s bits, so every output is
+//! the same as on the other paths (batch invariance).
+
+use super::cols_per_task;
+use crate::ops::pool::{self, SharedOut};
+use crate::ops::qdot::Kernel;
+
+/// `matmul` for fewer than 4 activation rows (`xq: [m, kb]` quantized; single-stream
+/// decode): each activation row against four weight rows per kernel call (`dot_rows4`:
+/// four independent accumulations in flight), the rows past the last multiple of four one
+/// by one; parallel over runs of weight rows as `tiled`.
+///
+/// Decode reads every weight once per token, so it is bound by how fast weights arrive:
+/// the first pass asks for the rows `PREFETCH_AHEAD` ahead while it dots these (see
+/// `prefetch_l2`; bench/NOTES.md §23).
+pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usize, y: &mut [f32]) {
+    let n = w.len() / kb;
+    let w_row = |col: usize| &w[col * kb..(col + 1) * kb];
+    let y_out = SharedOut::new(y);
+    let per_task = cols_per_task(n);
+    pool::run(n.div_ceil(per_task), |task| {
+        let cols = task * per_task..((task + 1) * per_task).min(n);
+        for r in 0..m {
+            let x_row = &xq[r * kb..(r + 1) * kb];
+            // SAFETY: columns `cols` of row `r` belong to this task alone.
+            let out = unsafe { y_out.part(r * n + cols.start, cols.len()) };
+            let mut quads = out.chunks_exact_mut(4);
+            let mut col = cols.start;
+            for four in &mut quads {
+                if r == 0 {
+                    let ahead = (col + PREFETCH_AHEAD).min(cols.end)
+                        ..(col + PREFETCH_AHEAD + 4).min(cols.end);
+                    prefetch_l2(&w[ahead.start * kb..ahead.end * kb]);
+                }
+                let rows = [w_row(col), w_row(col + 1), w_row(col + 2), w_row(col + 3)];
+                four.copy_from_slice(&K::dot_rows4(rows, x_row));
+                col += 4;
+            }
+            for o in quads.into_remainder() {
+                *o = K::dot(w_row(col), x_row);
+                col += 1;
+            }
+        }
+    });
+}
+
+/// Weight rows between the four `gemv` dots and the four it prefetches. Measured on the
+/// 2-core Sapphire Rapids VM (SmolLM2 Q4_1, c=1): 4, 8 and 12 rows all within noise of
+/// each other, 2.3-2.6x no prefetch; into L1 (`prefetcht0`) only 1.8x, `prefetchnta` 1.3x.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Asks for `blocks`' cache lines ahead of their use, into the outer caches (x86
+/// `prefetcht2`: it does not hold L1's few miss buffers the way `prefetcht0` does); a
+/// no-op elsewhere. Only a hint: results never depend on it.
+#[inline(always)]
+fn prefetch_l2<T>(blocks: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T2};
+        let start = blocks.as_ptr() as *const i8;
+        for offset in (0..std::mem::size_of_val(blocks)).step_by(64) {
+            // SAFETY: the address lies inside `blocks`, and a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T2>(start.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = blocks;
+}
