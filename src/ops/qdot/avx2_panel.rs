@@ -28,7 +28,7 @@ use std::arch::x86_64::*;
 
 use super::blocks::Q4_1;
 use super::legacy::Signed32;
-use super::panel_layout::{PanelQ8_0, PanelQ8_1, GROUP, PAIRS, QK};
+use super::panel_layout::{check_blocks, PanelQ8_0, PanelQ8_1, GROUP, PAIRS, QK};
 use super::x86::f16_to_f32;
 
 /// `vpermd` indices doubling the 4-byte groups of elements 0..16: `[g0, g0, .., g3, g3]`.
@@ -94,9 +94,7 @@ unsafe fn hsum_rows(acc: &GroupAcc) -> __m256 {
 /// AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f32; GROUP]; G] {
-    for panel in x {
-        assert_eq!(panel.len(), w.len(), "q4_1_rows: block counts differ");
-    }
+    check_blocks("q4_1_rows", w.len(), x);
     let double = load_index(&DOUBLE_LOW);
     let low4 = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
@@ -139,9 +137,7 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
     w: &[B],
     x: [&[PanelQ8_0]; G],
 ) -> [[f32; GROUP]; G] {
-    for panel in x {
-        assert_eq!(panel.len(), w.len(), "signed32_rows: block counts differ");
-    }
+    check_blocks("signed32_rows", w.len(), x);
     let (double_lo, double_hi) = (load_index(&DOUBLE_LOW), load_index(&DOUBLE_HIGH));
     let bias = _mm256_set1_epi8(0x80u8 as i8);
     let ones = _mm256_set1_epi16(1);

@@ -79,6 +79,14 @@ const _: () = assert!(std::mem::size_of::<PanelQ8K>() == 2368);
 const _: () = assert!(std::mem::size_of::<PanelQ8_1>() == 320);
 const _: () = assert!(std::mem::size_of::<PanelQ8_0>() == 320);
 
+/// Checks that each of a kernel call's `G` groups has the weight row's `kb` blocks.
+#[inline(always)]
+pub(super) fn check_blocks<B, const G: usize>(kernel: &str, kb: usize, x: [&[B]; G]) {
+    for panel in x {
+        assert_eq!(panel.len(), kb, "{kernel}: block counts differ");
+    }
+}
+
 /// Stores row `r`'s 32 quants in its pair's interleaved slots.
 #[inline]
 pub(super) fn put_row<T: Copy>(qs: &mut [[T; 2 * QK]; PAIRS], r: usize, row: [T; QK]) {
