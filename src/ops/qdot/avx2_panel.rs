@@ -23,12 +23,15 @@
 //! Q8_0 and Q5_0 (`Signed32`): signed weights × activations stored biased (+128); the
 //! bias is undone on load (`q ^ 0x80`), then ggml's `mul_sum_i8_pairs`: `|w|` (once per
 //! block) times `sign(a, w)` (`ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q5_0_q8_0`).
+//! Q6_K: per 256-element super-block one FMA per lane, as the others per 32-element
+//! block; its integer lanes are ggml's (see `q6k_rows`).
 
 use std::arch::x86_64::*;
 
-use super::blocks::Q4_1;
+use super::blocks::{Q4_1, Q6K};
+use super::kquants::avx2::q6k_vectors;
 use super::legacy::Signed32;
-use super::panel_layout::{check_blocks, PanelQ8_0, PanelQ8_1, GROUP, PAIRS, QK};
+use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP, PAIRS};
 use super::x86::f16_to_f32;
 
 /// `vpermd` indices doubling the 4-byte groups of elements 0..16: `[g0, g0, .., g3, g3]`.
@@ -45,10 +48,12 @@ unsafe fn load_index(idx: &[i32; 8]) -> __m256i {
     _mm256_loadu_si256(idx.as_ptr() as *const __m256i)
 }
 
-/// One half (`h`: elements `16h..16h+16`) of row pair `p`'s quants: 32 bytes.
+/// One 32-byte half (`h`) of row pair `p`'s 64 bytes: quants of elements `16h..16h+16`
+/// (`T` a byte), or for `PanelQ8K::bsums` (`T = i16`, `N = 32`) sums `8h..8h+8`.
 #[inline(always)]
-unsafe fn pair_half<T>(qs: &[[T; 2 * QK]; PAIRS], p: usize, h: usize) -> __m256i {
-    _mm256_loadu_si256(qs[p].as_ptr().add(h * QK) as *const __m256i)
+unsafe fn pair_half<T, const N: usize>(v: &[[T; N]; PAIRS], p: usize, h: usize) -> __m256i {
+    const { assert!(N * std::mem::size_of::<T>() == 64) };
+    _mm256_loadu_si256((v[p].as_ptr() as *const u8).add(32 * h) as *const __m256i)
 }
 
 /// Unsigned bytes · signed bytes, summed in fours into 8 i32 lanes (`mul_sum_us8_pairs`).
@@ -64,7 +69,20 @@ unsafe fn pair_scales(d: __m256) -> [__m256; PAIRS] {
     let mut spill = [0f64; PAIRS];
     _mm256_storeu_ps(spill.as_mut_ptr() as *mut f32, d);
     let spill = std::hint::black_box(&spill);
-    std::array::from_fn(|p| _mm256_castpd_ps(_mm256_broadcast_sd(&spill[p])))
+    // A loop, not `array::from_fn`: a closure would not inherit the caller's features.
+    let mut d = [_mm256_setzero_ps(); PAIRS];
+    for (dp, pair) in d.iter_mut().zip(spill) {
+        *dp = _mm256_castpd_ps(_mm256_broadcast_sd(pair));
+    }
+    d
+}
+
+/// `[x.lo + x.hi, y.lo + y.hi]` by 128-bit halves.
+#[inline(always)]
+unsafe fn add_halves(x: __m256, y: __m256) -> __m256 {
+    let lo = _mm256_permute2f128_ps::<0x20>(x, y);
+    let hi = _mm256_permute2f128_ps::<0x31>(x, y);
+    _mm256_add_ps(lo, hi)
 }
 
 /// Each row's `hsum_float_8` of a group's accumulators: `[f32; 8]` in row order.
@@ -73,14 +91,12 @@ unsafe fn pair_scales(d: __m256) -> [__m256; PAIRS] {
 #[inline(always)]
 unsafe fn hsum_rows(acc: &GroupAcc) -> __m256 {
     // r[p] = [ra0 rb0 ra1 rb1 | ra2 rb2 ra3 rb3] (rows a = 2p, b = 2p+1).
-    let r: [__m256; PAIRS] = std::array::from_fn(|p| _mm256_add_ps(acc[p][0], acc[p][1]));
+    let mut r = [_mm256_setzero_ps(); PAIRS];
+    for (rp, ap) in r.iter_mut().zip(acc) {
+        *rp = _mm256_add_ps(ap[0], ap[1]);
+    }
     // t01 = [ta0 tb0 ta1 tb1 | tc0 td0 tc1 td1] (pair 1's rows c, d); t23 likewise.
-    let t = |x: __m256, y: __m256| {
-        let lo = _mm256_permute2f128_ps::<0x20>(x, y);
-        let hi = _mm256_permute2f128_ps::<0x31>(x, y);
-        _mm256_add_ps(lo, hi)
-    };
-    let (t01, t23) = (t(r[0], r[1]), t(r[2], r[3]));
+    let (t01, t23) = (add_halves(r[0], r[1]), add_halves(r[2], r[3]));
     // [t·0 of a b e f | c d g h] + [t·1 of the same] = rows [0 1 4 5 | 2 3 6 7].
     let u = _mm256_shuffle_ps::<0b01_00_01_00>(t01, t23);
     let v = _mm256_shuffle_ps::<0b11_10_11_10>(t01, t23);
@@ -161,6 +177,61 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
                     let a = _mm256_xor_si256(pair_half(&y.qs, p, h), bias);
                     let lanes = lane_sums(ones, abs[h], _mm256_sign_epi8(a, wq[h]));
                     acc[p][h] = _mm256_fmadd_ps(d[p], lanes, acc[p][h]);
+                }
+            }
+        }
+        _mm256_storeu_ps(out[g].as_mut_ptr(), hsum_rows(&acc));
+    }
+    out
+}
+
+/// Q6_K weight row `w: [kb]` · `8·G` Q8_K rows (`x[g]: [kb]` super-block panels):
+/// `out[g][r]`. Per super-block and row, ggml's 8 integer lanes (`Q6KAvx2`): each lane
+/// starts at `−32 · (b₂ₗ·sc₂ₗ + b₂ₗ₊₁·sc₂ₗ₊₁)` (`q8sclsub`: one `madd` of the pair's
+/// interleaved 16-element sums against the scales) and adds, per 32-element chunk,
+/// `madd(maddubs(q, a), sc)` with that half chunk's 16-element scale (unsigned 6-bit
+/// values, |pair sum| ≤ 2·63·127: no saturation). Then `acc = (d_a · d_w) · cvt(lanes) + acc`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32; GROUP]; G] {
+    check_blocks("q6k_rows", w.len(), x);
+    let double = [load_index(&DOUBLE_LOW), load_index(&DOUBLE_HIGH)];
+    let zero = _mm256_setzero_si256();
+    let mut out = [[0f32; GROUP]; G];
+    for (g, panels) in x.into_iter().enumerate() {
+        let mut acc: GroupAcc = [[_mm256_setzero_ps(); 2]; PAIRS];
+        for (wb, y) in w.iter().zip(panels) {
+            let wd = _mm256_set1_ps(f16_to_f32(wb.d));
+            let q = q6k_vectors(wb);
+            let sc = &wb.scales;
+            // i16 pattern [sc₀ sc₁ sc₀ sc₁ sc₂ sc₃ sc₂ sc₃ ..] against the interleaved sums.
+            let mut pairs = [0i32; 8];
+            for (l, two) in pairs.iter_mut().enumerate() {
+                *two = (sc[2 * l] as i16 as u16 as i32) | ((sc[2 * l + 1] as i16 as i32) << 16);
+            }
+            let pairs = _mm256_loadu_si256(pairs.as_ptr() as *const __m256i);
+            let mut sub_scales = [zero; 2];
+            let mut wq = [[zero; 2]; 8];
+            for h in 0..2 {
+                sub_scales[h] = _mm256_permutevar8x32_epi32(pairs, double[h]);
+                for c in 0..8 {
+                    wq[c][h] = _mm256_permutevar8x32_epi32(q[c], double[h]);
+                }
+            }
+            let d = pair_scales(_mm256_mul_ps(_mm256_loadu_ps(y.d.as_ptr()), wd));
+            for p in 0..PAIRS {
+                for h in 0..2 {
+                    let bs = pair_half(&y.bsums, p, h);
+                    let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sub_scales[h]));
+                    let mut lanes = _mm256_sub_epi32(zero, sub);
+                    for c in 0..8 {
+                        let t = _mm256_maddubs_epi16(wq[c][h], pair_half(&y.qs[c], p, h));
+                        let scale = _mm256_set1_epi16(sc[2 * c + h] as i16);
+                        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(t, scale));
+                    }
+                    acc[p][h] = _mm256_fmadd_ps(d[p], _mm256_cvtepi32_ps(lanes), acc[p][h]);
                 }
             }
         }

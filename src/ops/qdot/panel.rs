@@ -5,7 +5,7 @@
 //!
 //! Dispatch: `chosen_isa::<P>()` is the best of `P::ISAS` the process's level
 //! (`cpu_features`) allows: the VNNI kernels at level avx512 on a VNNI host, the AVX2 ones
-//! at level avx2 (or avx512 without VNNI), none at scalar. Tests run every set the host
+//! at level avx2 (or avx512 without VNNI), none at scalar. Every type has both sets. Tests run every set the host
 //! has by passing it to `dot8` / `dot16` directly.
 //!
 //! Each lane of the kernels' vector operations is exactly the scalar operation the
@@ -92,7 +92,7 @@ pub fn chosen_isa<P: RowPanel>() -> Option<PanelIsa> {
     P::ISAS.iter().copied().find(|isa| isa.enabled())
 }
 
-/// The VNNI and AVX2 sets, for types with both.
+/// The VNNI and AVX2 sets (every panel type has both).
 const BOTH: &[PanelIsa] = &[PanelIsa::Avx512Vnni, PanelIsa::Avx2];
 
 /// Q4_1 weights · Q8_1 activation panels (`ggml_vec_dot_q4_1_q8_1` order per row).
@@ -263,25 +263,21 @@ impl RowPanel for Q6KPanel {
         }
     }
 
-    const ISAS: &'static [PanelIsa] = &[PanelIsa::Avx512Vnni];
+    const ISAS: &'static [PanelIsa] = BOTH;
 
     unsafe fn dot16(isa: PanelIsa, w: &[Q6K], a: &[PanelQ8K], b: &[PanelQ8K]) -> [f32; 16] {
-        assert_eq!(
-            isa,
-            PanelIsa::Avx512Vnni,
-            "Q6_K has only VNNI panel kernels"
-        );
-        let [lo, hi] = avx512::q6k_rows::<2>(w, [a, b]);
+        let [lo, hi] = match isa {
+            PanelIsa::Avx512Vnni => avx512::q6k_rows::<2>(w, [a, b]),
+            PanelIsa::Avx2 => avx2_panel::q6k_rows::<2>(w, [a, b]),
+        };
         concat(lo, hi)
     }
 
     unsafe fn dot8(isa: PanelIsa, w: &[Q6K], a: &[PanelQ8K]) -> [f32; 8] {
-        assert_eq!(
-            isa,
-            PanelIsa::Avx512Vnni,
-            "Q6_K has only VNNI panel kernels"
-        );
-        avx512::q6k_rows::<1>(w, [a])[0]
+        match isa {
+            PanelIsa::Avx512Vnni => avx512::q6k_rows::<1>(w, [a])[0],
+            PanelIsa::Avx2 => avx2_panel::q6k_rows::<1>(w, [a])[0],
+        }
     }
 }
 
@@ -314,11 +310,14 @@ mod avx512 {
 #[cfg(not(target_arch = "x86_64"))]
 mod avx2_panel {
     //! No AVX2 on this architecture: `enabled()` is false, so these never run.
-    use super::{PanelQ8_0, PanelQ8_1, Q4_1};
+    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4_1, Q6K};
     pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX2 kernels called without AVX2")
     }
     pub unsafe fn signed32_rows<B, const G: usize>(_: &[B], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX2 kernels called without AVX2")
+    }
+    pub unsafe fn q6k_rows<const G: usize>(_: &[Q6K], _: [&[PanelQ8K]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX2 kernels called without AVX2")
     }
 }
