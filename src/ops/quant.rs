@@ -11,8 +11,8 @@
 //!
 //! Exactness: each quantized type is dotted by a `qdot::Kernel` in the float order of the
 //! ggml kernel llama.cpp runs for one token (`vec_dot`, or for `repacked` matrices gemv).
-//! Q4_1 and Q8_0 matrices with several activation rows go through the AVX-512 panel
-//! kernels where the CPU has them (`panel`): same per-row float order, 16 rows per call.
+//! Q4_1, Q8_0, Q5_0 and Q6_K matrices with several activation rows go through the panel
+//! kernels (`panel`; AVX-512 VNNI or AVX2): same per-row float order, 16 rows per call.
 //!
 //! Submodules: `float` (F32/F16 weights), `gemv` (one to three activation rows: decode),
 //! `panel` (the multi-row path), `requant` (float weights to Q8_0 at load, as

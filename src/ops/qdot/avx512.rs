@@ -27,7 +27,7 @@ use std::arch::x86_64::*;
 use super::blocks::{Q4_1, Q6K};
 use super::kquants::avx2::q6k_vectors;
 use super::legacy::Signed32;
-use super::panel_layout::{PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP};
+use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP};
 use super::x86::f16_to_f32;
 
 /// `vpermd` indices doubling each 4-byte group: `[g0, g0, g1, g1, .., g7, g7]`.
@@ -90,9 +90,7 @@ unsafe fn hsum_rows(acc: &[__m512; 4], result_idx: __m512i) -> __m256 {
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f32; GROUP]; G] {
-    for panel in x {
-        assert_eq!(panel.len(), w.len(), "q4_1_rows: block counts differ");
-    }
+    check_blocks("q4_1_rows", w.len(), x);
     let double = load_index(&DOUBLE_NIBBLE_DWORDS);
     // Per 16-bit word: the upper 256 bits shift by 4 (high nibbles, elements 16..32).
     let shift = _mm512_maskz_mov_epi64(0b1111_0000, _mm512_set1_epi16(4));
@@ -137,9 +135,7 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
     w: &[B],
     x: [&[PanelQ8_0]; G],
 ) -> [[f32; GROUP]; G] {
-    for panel in x {
-        assert_eq!(panel.len(), w.len(), "signed32_rows: block counts differ");
-    }
+    check_blocks("signed32_rows", w.len(), x);
     let double = load_index(&DOUBLE_DWORDS);
     let bias = _mm512_set1_epi8(0x80u8 as i8);
     let mut acc = [[_mm512_setzero_ps(); 4]; G];
@@ -180,9 +176,7 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32; GROUP]; G] {
-    for panel in x {
-        assert_eq!(panel.len(), w.len(), "q6k_rows: block counts differ");
-    }
+    check_blocks("q6k_rows", w.len(), x);
     let double = load_index(&DOUBLE_DWORDS);
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); 4]; G];

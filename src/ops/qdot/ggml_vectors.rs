@@ -119,17 +119,15 @@ fn k_quants_match_ggml_bit_for_bit() {
     replay::<BlockQ6K, Q6KDot>("q6_K vec", blocks::view_q6k, &[208]);
 }
 
-/// The recorded cases through the multi-row panel kernels: the activation row in every
-/// lane of two groups, so `dot16` and `dot8` must give ggml's bits in all 16 / 8 lanes.
+/// The recorded cases through the multi-row panel kernels (every set the host runs,
+/// AVX-512 VNNI and AVX2): the activation row in every lane of two groups, so `dot16` and
+/// `dot8` must give ggml's bits in all 16 / 8 lanes.
 fn replay_panels<C: GgmlType, P: panel::RowPanel>(
     name: &str,
     view: fn(&[C]) -> &[P::Weight],
     f16_at: &[usize],
 ) {
-    if !P::available() {
-        eprintln!("skipped: this CPU lacks AVX-512 VNNI (the panel kernels cannot run)");
-        return;
-    }
+    let isas = super::panel_tests::host_isas::<P>();
     let all: std::collections::HashMap<String, Vec<Case>> =
         serde_json::from_str(include_str!("testdata/ggml_vectors.json")).expect("valid JSON");
     let cases = all
@@ -142,16 +140,18 @@ fn replay_panels<C: GgmlType, P: panel::RowPanel>(
         P::quantize_group(&eight, x.len(), &mut group);
         for (i, row) in rows.iter().enumerate() {
             let want = case.bits[i];
-            let what = format!("{name}, {} blocks, row {i}", case.n_blocks);
-            // SAFETY: `available()` was checked above.
-            let (r8, r16) = unsafe {
-                (
-                    P::dot8(view(row), &group),
-                    P::dot16(view(row), &group, &group),
-                )
-            };
-            assert!(r8.iter().all(|v| v.to_bits() == want), "{what} (dot8)");
-            assert!(r16.iter().all(|v| v.to_bits() == want), "{what} (dot16)");
+            for &isa in &isas {
+                let what = format!("{name}, {} blocks, row {i}, {isa:?}", case.n_blocks);
+                // SAFETY: `host_isas` gave only sets this CPU runs.
+                let (r8, r16) = unsafe {
+                    (
+                        P::dot8(isa, view(row), &group),
+                        P::dot16(isa, view(row), &group, &group),
+                    )
+                };
+                assert!(r8.iter().all(|v| v.to_bits() == want), "{what} (dot8)");
+                assert!(r16.iter().all(|v| v.to_bits() == want), "{what} (dot16)");
+            }
         }
     }
 }

@@ -21,6 +21,8 @@
 //! order matters; the replay test (`ggml_vectors`) checks it against ggml's own results.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2_panel;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod blocks;
 #[cfg(test)]

@@ -1,6 +1,12 @@
-//! Row panels: packing quantized activations 8 rows at a time for the AVX-512 VNNI
-//! multi-row kernels (`avx512`), and the `RowPanel` trait the panel matmul drives. The
-//! block layout itself is `panel_layout`'s.
+//! Row panels: packing quantized activations 8 rows at a time for the multi-row kernels
+//! (`avx512`: AVX-512 VNNI; `avx2_panel`: AVX2 + FMA + F16C), the `RowPanel` trait the
+//! panel matmul drives, and `PanelIsa`, which kernel set runs. The block layout itself is
+//! `panel_layout`'s; both kernel sets read the same panels.
+//!
+//! Dispatch: `chosen_isa::<P>()` is the best of `P::ISAS` the process's level
+//! (`cpu_features`) allows: the VNNI kernels at level avx512 on a VNNI host, the AVX2 ones
+//! at level avx2 (or avx512 without VNNI), none at scalar. Every type has both sets. Tests run every set the host
+//! has by passing it to `dot8` / `dot16` directly.
 //!
 //! Each lane of the kernels' vector operations is exactly the scalar operation the
 //! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
@@ -8,6 +14,7 @@
 
 use super::blocks::{Q4_1, Q5_0, Q6K, Q8_1};
 use crate::ops::act_quant::{self, Q8K, Q8_0};
+use crate::ops::cpu_features;
 use half::f16;
 
 #[cfg(test)]
@@ -30,21 +37,63 @@ pub trait RowPanel {
     /// panel `out: [k / ELEMS]`; lanes past `r` become zero.
     fn quantize_group(rows: &[f32], k: usize, out: &mut [Self::Block]);
 
-    /// Whether the multi-row kernels can run on this CPU.
-    fn available() -> bool;
+    /// The kernel sets this type has, best first.
+    const ISAS: &'static [PanelIsa];
 
-    /// One weight row (`w: [kb]`) · the 16 rows of two groups (`a, b: [kb]` each).
+    /// One weight row (`w: [kb]`) · the 16 rows of two groups (`a, b: [kb]` each), with
+    /// `isa`'s kernels.
     ///
     /// # Safety
-    /// `available()` must be true.
-    unsafe fn dot16(w: &[Self::Weight], a: &[Self::Block], b: &[Self::Block]) -> [f32; 16];
+    /// `isa` must be in `ISAS` and `isa.on_host()` true.
+    unsafe fn dot16(
+        isa: PanelIsa,
+        w: &[Self::Weight],
+        a: &[Self::Block],
+        b: &[Self::Block],
+    ) -> [f32; 16];
 
     /// One weight row · the 8 rows of one group.
     ///
     /// # Safety
-    /// `available()` must be true.
-    unsafe fn dot8(w: &[Self::Weight], a: &[Self::Block]) -> [f32; 8];
+    /// As `dot16`.
+    unsafe fn dot8(isa: PanelIsa, w: &[Self::Weight], a: &[Self::Block]) -> [f32; 8];
 }
+
+/// A set of multi-row kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanelIsa {
+    /// AVX-512 F/BW/VL + VNNI (`avx512`).
+    Avx512Vnni,
+    /// AVX2 + FMA + F16C (`avx2_panel`).
+    Avx2,
+}
+
+impl PanelIsa {
+    /// Whether the process's level (`TESSERA_CPU_FEATURES` and the CPU) allows these kernels.
+    pub fn enabled(self) -> bool {
+        match self {
+            PanelIsa::Avx512Vnni => cpu_features::avx512_vnni(),
+            PanelIsa::Avx2 => cpu_features::avx2(),
+        }
+    }
+
+    /// Whether this CPU can run these kernels, whatever the process's level (tests).
+    pub fn on_host(self) -> bool {
+        let host = cpu_features::host();
+        match self {
+            PanelIsa::Avx512Vnni => host.vnni,
+            PanelIsa::Avx2 => host.level >= cpu_features::Level::Avx2,
+        }
+    }
+}
+
+/// The kernels `P`'s panel matmul runs in this process, or `None` (no panels).
+pub fn chosen_isa<P: RowPanel>() -> Option<PanelIsa> {
+    P::ISAS.iter().copied().find(|isa| isa.enabled())
+}
+
+/// The VNNI and AVX2 sets (every panel type has both).
+const BOTH: &[PanelIsa] = &[PanelIsa::Avx512Vnni, PanelIsa::Avx2];
 
 /// Q4_1 weights · Q8_1 activation panels (`ggml_vec_dot_q4_1_q8_1` order per row).
 pub struct Q4_1Panel;
@@ -95,17 +144,21 @@ impl RowPanel for Q4_1Panel {
         }
     }
 
-    fn available() -> bool {
-        has_avx512_vnni()
-    }
+    const ISAS: &'static [PanelIsa] = BOTH;
 
-    unsafe fn dot16(w: &[Q4_1], a: &[PanelQ8_1], b: &[PanelQ8_1]) -> [f32; 16] {
-        let [lo, hi] = avx512::q4_1_rows::<2>(w, [a, b]);
+    unsafe fn dot16(isa: PanelIsa, w: &[Q4_1], a: &[PanelQ8_1], b: &[PanelQ8_1]) -> [f32; 16] {
+        let [lo, hi] = match isa {
+            PanelIsa::Avx512Vnni => avx512::q4_1_rows::<2>(w, [a, b]),
+            PanelIsa::Avx2 => avx2_panel::q4_1_rows::<2>(w, [a, b]),
+        };
         concat(lo, hi)
     }
 
-    unsafe fn dot8(w: &[Q4_1], a: &[PanelQ8_1]) -> [f32; 8] {
-        avx512::q4_1_rows::<1>(w, [a])[0]
+    unsafe fn dot8(isa: PanelIsa, w: &[Q4_1], a: &[PanelQ8_1]) -> [f32; 8] {
+        match isa {
+            PanelIsa::Avx512Vnni => avx512::q4_1_rows::<1>(w, [a])[0],
+            PanelIsa::Avx2 => avx2_panel::q4_1_rows::<1>(w, [a])[0],
+        }
     }
 }
 
@@ -134,17 +187,21 @@ impl RowPanel for Q8_0Panel {
         }
     }
 
-    fn available() -> bool {
-        has_avx512_vnni()
-    }
+    const ISAS: &'static [PanelIsa] = BOTH;
 
-    unsafe fn dot16(w: &[Q8_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
-        let [lo, hi] = avx512::signed32_rows::<Q8_0, 2>(w, [a, b]);
+    unsafe fn dot16(isa: PanelIsa, w: &[Q8_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
+        let [lo, hi] = match isa {
+            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q8_0, 2>(w, [a, b]),
+            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q8_0, 2>(w, [a, b]),
+        };
         concat(lo, hi)
     }
 
-    unsafe fn dot8(w: &[Q8_0], a: &[PanelQ8_0]) -> [f32; 8] {
-        avx512::signed32_rows::<Q8_0, 1>(w, [a])[0]
+    unsafe fn dot8(isa: PanelIsa, w: &[Q8_0], a: &[PanelQ8_0]) -> [f32; 8] {
+        match isa {
+            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q8_0, 1>(w, [a])[0],
+            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q8_0, 1>(w, [a])[0],
+        }
     }
 }
 
@@ -158,17 +215,21 @@ impl RowPanel for Q5_0Panel {
         Q8_0Panel::quantize_group(rows, k, out)
     }
 
-    fn available() -> bool {
-        has_avx512_vnni()
-    }
+    const ISAS: &'static [PanelIsa] = BOTH;
 
-    unsafe fn dot16(w: &[Q5_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
-        let [lo, hi] = avx512::signed32_rows::<Q5_0, 2>(w, [a, b]);
+    unsafe fn dot16(isa: PanelIsa, w: &[Q5_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
+        let [lo, hi] = match isa {
+            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q5_0, 2>(w, [a, b]),
+            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q5_0, 2>(w, [a, b]),
+        };
         concat(lo, hi)
     }
 
-    unsafe fn dot8(w: &[Q5_0], a: &[PanelQ8_0]) -> [f32; 8] {
-        avx512::signed32_rows::<Q5_0, 1>(w, [a])[0]
+    unsafe fn dot8(isa: PanelIsa, w: &[Q5_0], a: &[PanelQ8_0]) -> [f32; 8] {
+        match isa {
+            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q5_0, 1>(w, [a])[0],
+            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q5_0, 1>(w, [a])[0],
+        }
     }
 }
 
@@ -202,17 +263,21 @@ impl RowPanel for Q6KPanel {
         }
     }
 
-    fn available() -> bool {
-        has_avx512_vnni()
-    }
+    const ISAS: &'static [PanelIsa] = BOTH;
 
-    unsafe fn dot16(w: &[Q6K], a: &[PanelQ8K], b: &[PanelQ8K]) -> [f32; 16] {
-        let [lo, hi] = avx512::q6k_rows::<2>(w, [a, b]);
+    unsafe fn dot16(isa: PanelIsa, w: &[Q6K], a: &[PanelQ8K], b: &[PanelQ8K]) -> [f32; 16] {
+        let [lo, hi] = match isa {
+            PanelIsa::Avx512Vnni => avx512::q6k_rows::<2>(w, [a, b]),
+            PanelIsa::Avx2 => avx2_panel::q6k_rows::<2>(w, [a, b]),
+        };
         concat(lo, hi)
     }
 
-    unsafe fn dot8(w: &[Q6K], a: &[PanelQ8K]) -> [f32; 8] {
-        avx512::q6k_rows::<1>(w, [a])[0]
+    unsafe fn dot8(isa: PanelIsa, w: &[Q6K], a: &[PanelQ8K]) -> [f32; 8] {
+        match isa {
+            PanelIsa::Avx512Vnni => avx512::q6k_rows::<1>(w, [a])[0],
+            PanelIsa::Avx2 => avx2_panel::q6k_rows::<1>(w, [a])[0],
+        }
     }
 }
 
@@ -224,18 +289,12 @@ fn concat(lo: [f32; 8], hi: [f32; 8]) -> [f32; 16] {
     out
 }
 
-/// Whether the panel kernels may run: AVX-512 F/BW/VL + VNNI (and the AVX2/FMA/F16C the
-/// scalar parts use), as chosen once by `cpu_features`.
-pub fn has_avx512_vnni() -> bool {
-    crate::ops::cpu_features::avx512_vnni()
-}
-
 #[cfg(target_arch = "x86_64")]
-use super::avx512;
+use super::{avx2_panel, avx512};
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
-    //! No AVX-512 on this architecture: `available()` is false, so these never run.
+    //! No AVX-512 on this architecture: `enabled()` is false, so these never run.
     use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4_1, Q6K};
     pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX-512 kernels called without AVX-512")
@@ -245,5 +304,20 @@ mod avx512 {
     }
     pub unsafe fn q6k_rows<const G: usize>(_: &[Q6K], _: [&[PanelQ8K]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX-512 kernels called without AVX-512")
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx2_panel {
+    //! No AVX2 on this architecture: `enabled()` is false, so these never run.
+    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4_1, Q6K};
+    pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX2 kernels called without AVX2")
+    }
+    pub unsafe fn signed32_rows<B, const G: usize>(_: &[B], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX2 kernels called without AVX2")
+    }
+    pub unsafe fn q6k_rows<const G: usize>(_: &[Q6K], _: [&[PanelQ8K]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX2 kernels called without AVX2")
     }
 }

@@ -1,5 +1,6 @@
 //! The row-panel block layout: quantized activations 8 rows at a time, block-major, as
-//! the packer (`panel`) writes them and the AVX-512 VNNI kernels (`avx512`) read them.
+//! the packer (`panel`) writes them and the AVX-512 VNNI kernels (`avx512`) and the AVX2
+//! kernels (`avx2_panel`, which take each pair's 64 bytes as two 256-bit halves) read them.
 //!
 //! A panel covers one group of 8 activation rows. For each 32-element block `b` it holds
 //! the quants of row pairs `(2p, 2p+1)` interleaved by 4-byte groups (64 bytes per pair:
@@ -14,7 +15,7 @@
 //! - `PanelQ8_1 { qs: [[i8; 64]; 4], d: [f32; 8], s: [f32; 8] }` (for Q4_1 weights; 320 bytes).
 //! - `PanelQ8_0 { qs: [[u8; 64]; 4], d: [f32; 8] }` (for Q8_0 and Q5_0 weights; 320 bytes):
 //!   quants stored biased by +128 (`q ^ 0x80`) so `vpdpbusd` can take them as its
-//!   unsigned operand.
+//!   unsigned operand (the AVX2 kernels undo the bias on load).
 //! - `PanelQ8K { qs: [[[i8; 64]; 4]; 8], bsums: [[i16; 32]; 4], d: [f32; 8] }` (for Q6_K
 //!   weights; one 256-element super-block, 2,368 bytes): the 8 chunks of 32 quants as
 //!   above, and each pair's 16-element sums interleaved two by two (`[a₀ a₁ b₀ b₁ a₂ a₃ b₂
@@ -77,6 +78,14 @@ pub(super) fn put_bsums(bsums: &mut [[i16; 2 * QK_K / 16]; PAIRS], r: usize, row
 const _: () = assert!(std::mem::size_of::<PanelQ8K>() == 2368);
 const _: () = assert!(std::mem::size_of::<PanelQ8_1>() == 320);
 const _: () = assert!(std::mem::size_of::<PanelQ8_0>() == 320);
+
+/// Checks that each of a kernel call's `G` groups has the weight row's `kb` blocks.
+#[inline(always)]
+pub(super) fn check_blocks<B, const G: usize>(kernel: &str, kb: usize, x: [&[B]; G]) {
+    for panel in x {
+        assert_eq!(panel.len(), kb, "{kernel}: block counts differ");
+    }
+}
 
 /// Stores row `r`'s 32 quants in its pair's interleaved slots.
 #[inline]

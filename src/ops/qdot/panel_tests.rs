@@ -1,8 +1,10 @@
 //! Panel kernels against the single-row kernels, bit for bit: random weights (candle's
 //! quantization and raw random bytes), several row widths and row counts (partial
-//! groups, one group, group pairs), plus the panel quantizers against the row ones.
-//! On CPUs without AVX-512 VNNI the kernels cannot run; the tests say so and only check
-//! the quantizers.
+//! groups, one group, group pairs), plus the panel quantizers against the row ones and
+//! the dispatch (`chosen_isa`) against the process's level. Every kernel set the host
+//! can run is checked (`PanelIsa` passed directly, whatever `TESSERA_CPU_FEATURES`
+//! says): on an AVX-512 VNNI host both the VNNI and the AVX2 kernels; a set the CPU
+//! lacks is skipped with a message.
 
 use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
 use half::f16;
@@ -10,10 +12,12 @@ use rand::Rng;
 
 use super::blocks::{self, Q8_0, Q8_1};
 use super::panel::{
-    get_row, PanelQ8_0, PanelQ8_1, Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel, RowPanel, GROUP,
+    chosen_isa, get_row, PanelIsa, PanelQ8_0, PanelQ8_1, Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel,
+    RowPanel, GROUP,
 };
 use super::tests::{rng, weights};
 use super::{Kernel, Q4_1Dot, Q5_0Dot, Q6KDot, Q8_0Dot};
+use crate::ops::cpu_features::{self, Level};
 
 /// `m × k` activations with a few rows of very different magnitude and an all-zero row.
 fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
@@ -42,10 +46,10 @@ fn panels<P: RowPanel>(x: &[f32], m: usize, k: usize) -> Vec<Vec<P::Block>> {
         .collect()
 }
 
-/// Every row of the panel kernels (`dot16` on group pairs, `dot8` on each group) equals
-/// `K::dot` (and its scalar twin `K::dot_portable`) of the row-quantized activations, bit
-/// for bit.
-fn check_rows<P, K>(w: &[K::Weight], x: &[f32], m: usize, k: usize, what: &str)
+/// Every row of `isa`'s panel kernels (`dot16` on group pairs, `dot8` on each group)
+/// equals `K::dot` (and its scalar twin `K::dot_portable`) of the row-quantized
+/// activations, bit for bit.
+fn check_rows<P, K>(isa: PanelIsa, w: &[K::Weight], x: &[f32], m: usize, k: usize, what: &str)
 where
     P: RowPanel<Weight = K::Weight>,
     K: Kernel,
@@ -66,18 +70,18 @@ where
         );
     }
     for (g, panel) in groups.iter().enumerate() {
-        // SAFETY: the caller checked `P::available()`.
-        let eight = unsafe { P::dot8(w, panel) };
+        // SAFETY: the caller checked that `isa` is one of `P::ISAS` the host runs.
+        let eight = unsafe { P::dot8(isa, w, panel) };
         let sixteen = groups
             .get(g + 1)
             // SAFETY: as above.
-            .map(|next| unsafe { P::dot16(w, panel, next) });
+            .map(|next| unsafe { P::dot16(isa, w, panel, next) });
         for (lane, &got) in eight.iter().enumerate() {
             let r = g * GROUP + lane;
             if r >= m {
                 continue;
             }
-            let at = format!("{what}: row {r} of {m}");
+            let at = format!("{isa:?} {what}: row {r} of {m}");
             assert_eq!(
                 got.to_bits(),
                 want[r].to_bits(),
@@ -104,22 +108,29 @@ where
     P: RowPanel<Weight = K::Weight>,
     K: Kernel,
 {
-    if !P::available() {
-        eprintln!("skipped: this CPU lacks AVX-512 VNNI (the panel kernels cannot run)");
-        return;
-    }
-    for (case, n_blocks) in [1usize, 2, 3, 18, 48].into_iter().enumerate() {
-        for random_bytes in [false, true] {
-            let seed = case as u64 * 10 + random_bytes as u64;
-            let w = weights::<C>(n_blocks, random_bytes, f16_at, seed);
-            let k = n_blocks * P::ELEMS;
-            for m in [1, 2, 7, 8, 9, 16, 17, 24, 33] {
-                let x = activations(m, k, seed * 31 + m as u64);
-                let what = format!("{n_blocks} blocks, random bytes {random_bytes}");
-                check_rows::<P, K>(view(&w), &x, m, k, &what);
+    for &isa in host_isas::<P>().iter() {
+        for (case, n_blocks) in [1usize, 2, 3, 18, 48].into_iter().enumerate() {
+            for random_bytes in [false, true] {
+                let seed = case as u64 * 10 + random_bytes as u64;
+                let w = weights::<C>(n_blocks, random_bytes, f16_at, seed);
+                let k = n_blocks * P::ELEMS;
+                for m in [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 24, 33] {
+                    let x = activations(m, k, seed * 31 + m as u64);
+                    let what = format!("{n_blocks} blocks, random bytes {random_bytes}");
+                    check_rows::<P, K>(isa, view(&w), &x, m, k, &what);
+                }
             }
         }
     }
+}
+
+/// `P`'s kernel sets this CPU can run (each skipped one said on stderr).
+pub(super) fn host_isas<P: RowPanel>() -> Vec<PanelIsa> {
+    let (run, skip): (Vec<PanelIsa>, Vec<PanelIsa>) = P::ISAS.iter().partition(|isa| isa.on_host());
+    for isa in skip {
+        eprintln!("skipped: this CPU cannot run the {isa:?} panel kernels");
+    }
+    run
 }
 
 #[test]
@@ -140,6 +151,22 @@ fn q5_0_panels_equal_dot_bit_for_bit() {
 #[test]
 fn q6k_panels_equal_dot_bit_for_bit() {
     check_type::<BlockQ6K, Q6KPanel, Q6KDot>(blocks::view_q6k, &[208]);
+}
+
+/// The panel matmul runs the VNNI kernels at level avx512 on a VNNI host, the AVX2 ones
+/// below that down to avx2, none at scalar.
+#[test]
+fn dispatch_follows_the_process_level() {
+    let chosen = cpu_features::chosen();
+    let want = match (chosen.level, chosen.vnni) {
+        (_, true) => Some(PanelIsa::Avx512Vnni),
+        (Level::Scalar, _) => None,
+        _ => Some(PanelIsa::Avx2),
+    };
+    assert_eq!(chosen_isa::<Q4_1Panel>(), want, "{chosen:?}");
+    assert_eq!(chosen_isa::<Q8_0Panel>(), want, "{chosen:?}");
+    assert_eq!(chosen_isa::<Q5_0Panel>(), want, "{chosen:?}");
+    assert_eq!(chosen_isa::<Q6KPanel>(), want, "{chosen:?}");
 }
 
 #[test]
@@ -193,24 +220,28 @@ fn a_group_holds_at_most_eight_rows() {
 fn bench_kernel_in_l1() {
     use std::hint::black_box;
     use std::time::Instant;
-    if !Q4_1Panel::available() {
-        return;
-    }
     let (kb, rows) = (18, 64);
     let w = weights::<BlockQ4_1>(kb * rows, false, &[], 1);
     let x = activations(16, kb * 32, 2);
     let p = panels::<Q4_1Panel>(&x, 16, kb * 32);
     let wv = blocks::view_q4_1(&w);
-    let mut best = f64::MAX;
-    for _ in 0..2000 {
-        let t = Instant::now();
-        for r in 0..rows {
-            // SAFETY: available() checked above.
-            black_box(unsafe { Q4_1Panel::dot16(&wv[r * kb..(r + 1) * kb], &p[0], &p[1]) });
+    let ns_per_row_block = |isa: PanelIsa| {
+        let mut best = f64::MAX;
+        for _ in 0..2000 {
+            let t = Instant::now();
+            for r in 0..rows {
+                let row = &wv[r * kb..(r + 1) * kb];
+                // SAFETY: `host_isas` gave only sets this CPU runs.
+                black_box(unsafe { Q4_1Panel::dot16(isa, row, &p[0], &p[1]) });
+            }
+            best = best.min(t.elapsed().as_secs_f64());
         }
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    let ns = best * 1e9 / (kb * rows * 16) as f64;
+        best * 1e9 / (kb * rows * 16) as f64
+    };
+    let times: Vec<(PanelIsa, f64)> = host_isas::<Q4_1Panel>()
+        .into_iter()
+        .map(|isa| (isa, ns_per_row_block(isa)))
+        .collect();
     let t = Instant::now();
     // SAFETY: register-only arithmetic: 10^8 iterations of 4 dependent adds (4 cycles).
     unsafe {
@@ -220,8 +251,10 @@ fn bench_kernel_in_l1() {
         );
     }
     let ghz = 4.0 * 1e8 / t.elapsed().as_secs_f64() / 1e9;
-    println!(
-        "q4_1 dot16: {ns:.3} ns per row-block; clock ~{ghz:.2} GHz → {:.2} cycles",
-        ns * ghz
-    );
+    for (isa, ns) in times {
+        println!(
+            "q4_1 dot16 {isa:?}: {ns:.3} ns per row-block; clock ~{ghz:.2} GHz → {:.2} cycles",
+            ns * ghz
+        );
+    }
 }

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use super::cols_per_task;
 use crate::ops::pool;
 use crate::ops::pool::SharedOut;
-use crate::ops::qdot::panel::{RowPanel, GROUP};
+use crate::ops::qdot::panel::{chosen_isa, PanelIsa, RowPanel, GROUP};
 
 /// Weight rows per output tile: 16 rows of ≤ 48 blocks stay in L1.
 const COLS_PER_CHUNK: usize = 16;
@@ -35,9 +35,9 @@ thread_local! {
     static PANEL_SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether `m` activation rows go through `P`'s panel kernels on this CPU.
+/// Whether `m` activation rows go through `P`'s panel kernels at this process's level.
 pub(super) fn use_panels<P: RowPanel>(m: usize) -> bool {
-    m >= MIN_PANEL_ROWS && P::available()
+    m >= MIN_PANEL_ROWS && chosen_isa::<P>().is_some()
 }
 
 /// `y[m, n] = x[m, k] · Wᵀ` for `w: [n, k / P::ELEMS]` blocks. Callers check `use_panels`.
@@ -48,7 +48,7 @@ pub(super) fn matmul_panel<P: RowPanel>(
     m: usize,
     y: &mut [f32],
 ) {
-    assert!(P::available(), "matmul_panel: CPU lacks the panel kernels");
+    let isa = chosen_isa::<P>().expect("matmul_panel: no panel kernels at this level");
     assert!(std::mem::align_of::<P::Block>() <= std::mem::align_of::<Line>());
     let kb = k / P::ELEMS;
     let n = w.len() / kb;
@@ -71,13 +71,14 @@ pub(super) fn matmul_panel<P: RowPanel>(
             let rows = g * GROUP..((g + 1) * GROUP).min(m);
             P::quantize_group(&x[rows.start * k..rows.end * k], k, out);
         });
-        panel_tiles::<P>(w, n, kb, panels, m, y);
+        panel_tiles::<P>(isa, w, n, kb, panels, m, y);
     })
 }
 
-/// Runs the kernels over all (weight row chunk, group pair) tiles in parallel over runs
-/// of weight rows, writing `y: [m, n]`.
+/// Runs `isa`'s kernels over all (weight row chunk, group pair) tiles in parallel over
+/// runs of weight rows, writing `y: [m, n]`.
 fn panel_tiles<P: RowPanel>(
+    isa: PanelIsa,
     w: &[P::Weight],
     n: usize,
     kb: usize,
@@ -98,12 +99,12 @@ fn panel_tiles<P: RowPanel>(
                 for (c, col) in chunk.clone().enumerate() {
                     let w_row = &w[col * kb..(col + 1) * kb];
                     if g + 1 < groups {
-                        // SAFETY: `matmul_panel` checked `P::available()`.
-                        let r = unsafe { P::dot16(w_row, group(g), group(g + 1)) };
+                        // SAFETY: `chosen_isa` gave `isa`: one of `P::ISAS` the CPU runs.
+                        let r = unsafe { P::dot16(isa, w_row, group(g), group(g + 1)) };
                         (0..ROWS_PER_CALL).for_each(|i| tile[i][c] = r[i]);
                     } else {
                         // SAFETY: as above.
-                        let r = unsafe { P::dot8(w_row, group(g)) };
+                        let r = unsafe { P::dot8(isa, w_row, group(g)) };
                         (0..GROUP).for_each(|i| tile[i][c] = r[i]);
                     }
                 }
