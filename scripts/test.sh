@@ -74,9 +74,13 @@ cargo test --release --locked --lib --features cuda \
   --config 'profile.release.package.tessera.debug-assertions=true' \
   --config 'profile.release.package.tessera.overflow-checks=true'
 
+# Every target but the library's unit tests, which ran just above (Cargo.toml's [lib]
+# says `test = false`, so `--tests` leaves them out; `--all-targets` would build and run
+# them a second time).
 step "release build and tests"
-cargo build --release --locked --workspace --all-targets
-cargo test --release --locked --workspace --all-targets
+targets=(--bins --tests --benches --examples)
+cargo build --release --locked --workspace "${targets[@]}"
+cargo test --release --locked --workspace "${targets[@]}"
 
 # The golden and batch-invariance tests again with the CPU kernels forced down
 # (TESSERA_CPU_FEATURES, src/ops/cpu_features.rs): every path must give llama.cpp's tokens.

@@ -29,7 +29,7 @@ use super::pool::{self, SharedOut};
 use super::qdot::panel::{Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
 use super::qdot::{self, Kernel};
 use float::{matmul_float, matmul_float_here};
-use gemv::gemv;
+use gemv::{gemv, prefetch_l2, PREFETCH_AHEAD};
 use panel::{matmul_panel, use_panels};
 use std::cell::RefCell;
 
@@ -431,6 +431,13 @@ fn matmul<K: Kernel>(w: &[K::Weight], k: usize, x: &[f32], m: usize, y: &mut [f3
             return gemv::<K>(w, kb, xq, m, y);
         }
         tiled(n, m, y, |col, rows, out| {
+            if rows.start == 0 {
+                // The first row tile reads each weight row from memory (see `gemv`).
+                let ahead = col + PREFETCH_AHEAD;
+                if let Some(row) = w.get(ahead * kb..(ahead + 1) * kb) {
+                    prefetch_l2(row);
+                }
+            }
             let w_row = &w[col * kb..(col + 1) * kb];
             let mut i = rows.start;
             while i + 4 <= rows.end {

@@ -200,13 +200,18 @@ def test_rolling_restart_loses_no_request_and_no_item(cluster):
 def test_new_sessions_flow_away_from_a_slowed_replica(cluster):
     """48 new sessions (first turns, no affinity key: least_conn), 12 at a time as each
     client sends its next one when the last is answered; replica-0 runs one sequence at
-    a time, the others 16. Its requests wait, its connections stay open, and least_conn
-    sends it less than its share. (--max-num-seqs 2 does not slow a replica here: on
-    these 2 shared cores a 2-sequence step costs about two 1-sequence steps, so the cap
-    takes no throughput away; measured 16/16/16.)"""
+    a time, on one compute thread, prefilling 16 tokens per step (a 400-token prompt
+    takes 25 steps, each reading every weight); the others run up to 16 sequences on two
+    threads. Its requests wait, its connections stay open, and least_conn sends it less
+    than its share.
+
+    A sequence cap alone does not slow a replica here: on these 2 shared cores a
+    2-sequence step costs about two 1-sequence steps (--max-num-seqs 2 measured
+    16/16/16), and once single-sequence decode got its own fast path (bench/NOTES.md
+    §23) neither did --max-num-seqs 1, nor that with --threads 1 (17/16/15)."""
     base = cluster.url
     cluster.stop(0)
-    cluster.start(0, "--max-num-seqs", "1")
+    cluster.start(0, "--max-num-seqs", "1", "--threads", "1", "--max-num-batched-tokens", "16")
     sessions = list(range(48))
     counts: dict[str, int] = {}
     lock = threading.Lock()

@@ -51,13 +51,13 @@ pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usiz
 /// Weight rows between the four `gemv` dots and the four it prefetches. Measured on the
 /// 2-core Sapphire Rapids VM (SmolLM2 Q4_1, c=1): 4, 8 and 12 rows all within noise of
 /// each other, 2.3-2.6x no prefetch; into L1 (`prefetcht0`) only 1.8x, `prefetchnta` 1.3x.
-const PREFETCH_AHEAD: usize = 8;
+pub(super) const PREFETCH_AHEAD: usize = 8;
 
 /// Asks for `blocks`' cache lines ahead of their use, into the outer caches (x86
 /// `prefetcht2`: it does not hold L1's few miss buffers the way `prefetcht0` does); a
 /// no-op elsewhere. Only a hint: results never depend on it.
 #[inline(always)]
-fn prefetch_l2<T>(blocks: &[T]) {
+pub(super) fn prefetch_l2<T>(blocks: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T2};
