@@ -4,7 +4,9 @@
 //!
 //! Invariants: at most `threads` jobs run at once (so at most that many prompts are
 //! being tokenized, which bounds the memory tokenization takes) and at most `queue` more
-//! wait; a job beyond that is refused at once with 429 (`ApiError::Busy`). A job whose
+//! wait; a job beyond that is refused at once with 429 (`ApiError::Busy`). A job gives its
+//! place back before its result goes out, so a requester's next job never finds its own
+//! last one still counted. A job whose
 //! requester has gone (the client left) is skipped when its turn comes; a job that
 //! panics fails its own request only; one that runs past `SLOW_JOB` is logged (a sign of
 //! a pathological chat template or prompt). The threads are plain threads that nothing joins:
@@ -32,6 +34,8 @@ const SLOW_JOB: Duration = Duration::from_secs(1);
 pub struct CpuPool {
     jobs: SyncSender<Job>,
     queue: usize,
+    /// Jobs admitted at once at most: `threads + queue`.
+    capacity: usize,
     counts: Arc<Counts>,
 }
 
@@ -39,15 +43,30 @@ pub struct CpuPool {
 struct Counts {
     queued: AtomicUsize,
     running: AtomicUsize,
+    /// Jobs admitted whose result is not yet out (each holds a `Slot`).
+    admitted: AtomicUsize,
+}
+
+/// One admitted job's place in the pool, given back when its result is ready (before the
+/// requester can see it, so a client that sends its next request the moment it has an
+/// answer finds the place free), or when the job is dropped unrun or panics.
+struct Slot(Arc<Counts>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl CpuPool {
     /// Starts `threads` threads (at least one) taking jobs from a queue of `queue`.
     pub fn new(threads: usize, queue: usize) -> std::io::Result<Self> {
-        let (jobs, receiver) = sync_channel::<Job>(queue);
+        let threads = threads.max(1);
+        let capacity = threads + queue;
+        let (jobs, receiver) = sync_channel::<Job>(capacity);
         let receiver = Arc::new(Mutex::new(receiver));
         let counts = Arc::new(Counts::default());
-        for index in 0..threads.max(1) {
+        for index in 0..threads {
             let (receiver, counts) = (receiver.clone(), counts.clone());
             std::thread::Builder::new()
                 .name(format!("tessera-cpu-{index}"))
@@ -56,6 +75,7 @@ impl CpuPool {
         Ok(Self {
             jobs,
             queue,
+            capacity,
             counts,
         })
     }
@@ -66,13 +86,21 @@ impl CpuPool {
         &self,
         job: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        if self.counts.admitted.fetch_add(1, Ordering::SeqCst) >= self.capacity {
+            self.counts.admitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::Busy { queued: self.queue });
+        }
+        let slot = Slot(self.counts.clone());
         let (done, mut result) = oneshot::channel();
         let started = Arc::new(OnceLock::new());
         let started_at = started.clone();
         let wrapped: Job = Box::new(move || {
+            let slot = slot;
             if !done.is_closed() {
                 let _ = started_at.set(Instant::now());
-                let _ = done.send(job());
+                let outcome = job();
+                drop(slot);
+                let _ = done.send(outcome);
             }
         });
         self.counts.queued.fetch_add(1, Ordering::SeqCst);
@@ -241,6 +269,20 @@ mod tests {
         assert_eq!(name.as_deref(), Some("tessera-cpu-0"));
         assert_eq!(waiting.join().expect("waiting").expect("ran"), 7);
         assert!(wait_until(|| pool.running() == 0 && pool.queued() == 0));
+    }
+
+    #[test]
+    fn a_finished_jobs_place_is_free_when_its_answer_arrives() {
+        // No queue: one place. Each answer arrives after its job gave the place back, so
+        // the next request, sent at once, is never refused (even when the pool's thread
+        // has not yet gone back to waiting for work); a panicking job gives it back too.
+        let pool = CpuPool::new(1, 0).expect("pool");
+        for i in 0..500 {
+            assert_eq!(block_on(pool.run(move || Ok(i))).expect("admitted"), i);
+        }
+        let failed = block_on(pool.run(|| -> Result<(), ApiError> { panic!("boom") }));
+        assert!(matches!(failed, Err(ApiError::Internal(_))), "{failed:?}");
+        assert_eq!(block_on(pool.run(|| Ok(1))).expect("admitted"), 1);
     }
 
     #[test]
