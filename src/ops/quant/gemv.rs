@@ -49,8 +49,9 @@ pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usiz
 }
 
 /// Weight rows between the four `gemv` dots and the four it prefetches. Measured on the
-/// 2-core Sapphire Rapids VM (SmolLM2 Q4_1, c=1): 4, 8 and 12 rows all within noise of
-/// each other, 2.3-2.6x no prefetch; into L1 (`prefetcht0`) only 1.8x, `prefetchnta` 1.3x.
+/// 2-core Sapphire Rapids VM (SmolLM2 Q4_1, c=1 decode, bench/NOTES.md §23): 4, 8 and 12
+/// rows within noise of each other; `dot_rows4` without prefetch 62-68 tok/s, with
+/// `prefetcht2` 118-124, `prefetcht0` 96-97, `prefetchnta` 67.
 pub(super) const PREFETCH_AHEAD: usize = 8;
 
 /// Asks for `blocks`' cache lines ahead of their use, into the outer caches (x86
