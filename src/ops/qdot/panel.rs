@@ -5,8 +5,9 @@
 //!
 //! Dispatch: `chosen_isa::<P>()` is the best of `P::ISAS` the process's level
 //! (`cpu_features`) allows: the VNNI kernels at level avx512 on a VNNI host, the AVX2 ones
-//! at level avx2 (or avx512 without VNNI), none at scalar. Every type has both sets. Tests run every set the host
-//! has by passing it to `dot8` / `dot16` directly.
+//! at level avx2 (or avx512 without VNNI), none at scalar. Every type here has both sets;
+//! `ISAS` lets a new panel type start with one. Tests run every set the host has by
+//! passing it to `dot8` / `dot16` directly.
 //!
 //! Each lane of the kernels' vector operations is exactly the scalar operation the
 //! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
