@@ -7,9 +7,9 @@
 //! panel stores the pair's quants interleaved by 4-byte groups and the weights are
 //! unpacked once per block into `[w0..4, w0..4, w4..8, w4..8, ..]`, so one `vpdpbusd`
 //! gives both rows' exact i32 lane sums (the same integers as `madd(maddubs(..))`). The
-//! pair's scales `[d_a, d_b]` are then one 64-bit broadcast (a load from the 8-row
-//! product vector `d_w · d_act` spilled to the stack, so no shuffle unit is needed),
-//! and `acc = d · cvt(lanes) + acc` is one FMA per pair, exactly ggml's per-row
+//! pair's activation scales `[d_a, d_b]` are one 64-bit broadcast load from the panel
+//! (no shuffle unit), times `d_w` in every lane: the product ggml forms per row. Then
+//! `acc = d · cvt(lanes) + acc` is one FMA per pair, exactly ggml's per-row
 //! `_mm256_fmadd_ps(d, q, acc)`. At the end `hsum_rows` folds each row's 8 lanes in
 //! `hsum_float_8` order, 8 rows at once.
 //!
@@ -48,16 +48,14 @@ unsafe fn f16_pair(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
 }
 
-/// `acc[p] = [d_2p, d_2p+1]… · cvt(lanes[p]) + acc[p]` for the 4 row pairs of a group,
-/// `d` being the 8 rows' block scales.
+/// `acc[p] = (d_w · [d_2p, d_2p+1]…) · cvt(lanes[p]) + acc[p]` for the 4 row pairs of a
+/// group: `wd` is the weight block's scale in every lane, `act_d` the 8 rows' scales.
 #[inline(always)]
-unsafe fn fma_pairs(acc: &mut [__m512; 4], d: __m256, lanes: [__m512i; 4]) {
-    // Through memory: a 64-bit broadcast load costs no shuffle-unit slot.
-    let mut spill = [0f64; 4];
-    _mm256_storeu_ps(spill.as_mut_ptr() as *mut f32, d);
-    let spill = std::hint::black_box(&spill);
+unsafe fn fma_pairs(acc: &mut [__m512; 4], wd: __m512, act_d: &[f32; GROUP], lanes: [__m512i; 4]) {
     for p in 0..4 {
-        let dp = _mm512_castpd_ps(_mm512_set1_pd(spill[p]));
+        // One 64-bit broadcast load straight from the panel: [d_2p, d_2p+1] in every qword.
+        let pair = std::ptr::read_unaligned(act_d.as_ptr().add(2 * p) as *const f64);
+        let dp = _mm512_mul_ps(wd, _mm512_castpd_ps(_mm512_set1_pd(pair)));
         acc[p] = _mm512_fmadd_ps(dp, _mm512_cvtepi32_ps(lanes[p]), acc[p]);
     }
 }
@@ -99,7 +97,7 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
     let mut summs = [_mm256_setzero_ps(); G];
     for (b, wb) in w.iter().enumerate() {
         let dm = f16_pair(wb as *const Q4_1 as *const u8);
-        let wd = _mm256_broadcastss_ps(dm);
+        let wd = _mm512_broadcastss_ps(dm);
         let wm = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
         let q = _mm512_castsi128_si512(_mm_loadu_si128(wb.qs.as_ptr() as *const __m128i));
         let q = _mm512_permutexvar_epi32(double, q);
@@ -107,13 +105,12 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
         for g in 0..G {
             let y = x[g].get_unchecked(b);
             summs[g] = _mm256_fmadd_ps(wm, _mm256_loadu_ps(y.s.as_ptr()), summs[g]);
-            let d = _mm256_mul_ps(wd, _mm256_loadu_ps(y.d.as_ptr()));
             let mut lanes = [_mm512_setzero_si512(); 4];
             for (p, l) in lanes.iter_mut().enumerate() {
                 let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
                 *l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, ys);
             }
-            fma_pairs(&mut acc[g], d, lanes);
+            fma_pairs(&mut acc[g], wd, &y.d, lanes);
         }
     }
     let result_idx = load_index(&ROW_RESULT_INDEX);
@@ -140,20 +137,19 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
     let bias = _mm512_set1_epi8(0x80u8 as i8);
     let mut acc = [[_mm512_setzero_ps(); 4]; G];
     for (b, wb) in w.iter().enumerate() {
-        let wd = _mm256_set1_ps(f16_to_f32(wb.d()));
+        let wd = _mm512_set1_ps(f16_to_f32(wb.d()));
         let wq = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(wb.values_avx2()));
         // −128 · Σ4 w per lane, so that Σ (a + 128)·w lands on Σ a·w.
         let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wq);
         let start = _mm512_sub_epi32(_mm512_setzero_si512(), start);
         for g in 0..G {
             let y = x[g].get_unchecked(b);
-            let d = _mm256_mul_ps(wd, _mm256_loadu_ps(y.d.as_ptr()));
             let mut lanes = [start; 4];
             for (p, l) in lanes.iter_mut().enumerate() {
                 let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
                 *l = _mm512_dpbusd_epi32(start, ys, wq);
             }
-            fma_pairs(&mut acc[g], d, lanes);
+            fma_pairs(&mut acc[g], wd, &y.d, lanes);
         }
     }
     let result_idx = load_index(&ROW_RESULT_INDEX);
@@ -181,7 +177,7 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
     let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); 4]; G];
     for (b, wb) in w.iter().enumerate() {
-        let wd = _mm256_set1_ps(f16_to_f32(wb.d));
+        let wd = _mm512_set1_ps(f16_to_f32(wb.d));
         let q = q6k_vectors(wb);
         let sc = &wb.scales;
         // i16 pattern [sc₀ sc₁ sc₀ sc₁ sc₂ sc₃ sc₂ sc₃ ..] against the interleaved sums.
@@ -200,7 +196,6 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
         }
         for g in 0..G {
             let y = x[g].get_unchecked(b);
-            let d = _mm256_mul_ps(_mm256_loadu_ps(y.d.as_ptr()), wd);
             let mut lanes = [zero; 4];
             for (p, l) in lanes.iter_mut().enumerate() {
                 let bs = _mm512_loadu_si512(y.bsums[p].as_ptr() as *const _);
@@ -214,7 +209,7 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
                     *l = _mm512_dpwssd_epi32(*l, t, wsc[c]);
                 }
             }
-            fma_pairs(&mut acc[g], d, lanes);
+            fma_pairs(&mut acc[g], wd, &y.d, lanes);
         }
     }
     let result_idx = load_index(&ROW_RESULT_INDEX);

@@ -150,7 +150,7 @@ mod tests {
         ];
         for (dtype, n, k) in shapes {
             let w = QMatrix::quantize(dtype, n, k, &random(n * k, 1)).unwrap();
-            for m in [2, 4, 8, 16, 32] {
+            for m in [2, 4, 8, 16, 32, 128] {
                 let x = random(m * k, 2);
                 let mut y = vec![0f32; m * n];
                 let reps = (20_000_000 / (n * k * m).max(1)).clamp(3, 200);
