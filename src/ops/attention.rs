@@ -24,6 +24,8 @@ use super::ggml_math::{dot_f16, expf, reduce16, F16_STEP, LANES};
 use super::pool::{self, SharedOut};
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod q8_0;
 mod rotation;
@@ -31,17 +33,39 @@ mod rotation;
 pub use q8_0::{paged_attention_q8_0, write_kv_q8_0};
 pub use rotation::{rotate, KvRotation};
 
-/// Whether `attend` may use the AVX-512 kernels for `head_dim` (the level is chosen once,
-/// in `cpu_features`).
-fn avx512_for(head_dim: usize) -> bool {
+/// Which kernels `attend` runs: the tiled x86 ones (head_dim 64, the widest the chosen
+/// CPU level allows) or the generic path. All give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernels {
     #[cfg(target_arch = "x86_64")]
-    {
-        head_dim == avx512::HEAD_DIM && super::cpu_features::avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Generic,
+}
+
+impl Kernels {
+    /// The kernels for `head_dim` at the CPU level chosen once in `cpu_features`.
+    fn for_head_dim(head_dim: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if head_dim == avx512::HEAD_DIM && super::cpu_features::avx512() {
+            return Kernels::Avx512;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if head_dim == avx2::HEAD_DIM && super::cpu_features::avx2() {
+            return Kernels::Avx2;
+        }
         let _ = head_dim;
-        false
+        Kernels::Generic
+    }
+
+    /// Query rows per unit: the tiled kernels read each K/V row once per tile.
+    fn row_tile(self) -> usize {
+        match self {
+            Kernels::Generic => 1,
+            #[cfg(target_arch = "x86_64")]
+            _ => ROW_TILE,
+        }
     }
 }
 
@@ -165,28 +189,28 @@ fn for_each_unit(
     });
 }
 
-/// Query rows of one sequence handled by one unit: the AVX-512 kernels read each K/V row
-/// once for the whole tile; the other paths take one row per unit.
+/// Query rows of one sequence handled by one unit of the tiled kernels.
 const ROW_TILE: usize = 8;
 
 /// Causal attention of every query row over its sequence's cached context.
 /// `out: [T, n_heads * hd]`.
 pub fn paged_attention(inp: AttnInputs<'_>, out: &mut [f32]) {
+    paged_attention_with(Kernels::for_head_dim(inp.geo.head_dim), inp, out)
+}
+
+/// `paged_attention` with `kernels` (one the CPU runs, for this head_dim).
+fn paged_attention_with(kernels: Kernels, inp: AttnInputs<'_>, out: &mut [f32]) {
     assert_eq!(inp.q.len(), out.len());
     let n_kv = inp.geo.n_kv_heads;
     let out_ptr = SharedOut::new(out);
-    let tile = if avx512_for(inp.geo.head_dim) {
-        ROW_TILE
-    } else {
-        1
-    };
-    for_each_unit(inp.seqs, n_kv, tile, |seq, rows, kvh| {
-        attend_unit(&inp, seq, rows, kvh, out_ptr)
+    for_each_unit(inp.seqs, n_kv, kernels.row_tile(), |seq, rows, kvh| {
+        attend_unit(kernels, &inp, seq, rows, kvh, out_ptr)
     });
 }
 
 /// Query rows `rows` of `seq`, all query heads that share kv head `kvh`.
 fn attend_unit(
+    kernels: Kernels,
     inp: &AttnInputs<'_>,
     seq: &AttnSeq,
     rows: Range<usize>,
@@ -198,9 +222,9 @@ fn attend_unit(
         #[cfg(target_arch = "x86_64")]
         if super::cpu_features::avx2() {
             // SAFETY: the chosen level includes AVX2, FMA and F16C.
-            return unsafe { attend_fma(inp, seq, rows, kvh, out, &mut scratch) };
+            return unsafe { attend_fma(kernels, inp, seq, rows, kvh, out, &mut scratch) };
         }
-        attend::<false>(inp, seq, rows, kvh, out, &mut scratch)
+        attend::<false>(Kernels::Generic, inp, seq, rows, kvh, out, &mut scratch)
     })
 }
 
@@ -209,6 +233,7 @@ fn attend_unit(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_fma(
+    kernels: Kernels,
     inp: &AttnInputs<'_>,
     seq: &AttnSeq,
     rows: Range<usize>,
@@ -216,7 +241,7 @@ unsafe fn attend_fma(
     out: SharedOut<'_, f32>,
     scratch: &mut [Vec<f32>; 4],
 ) {
-    attend::<true>(inp, seq, rows, kvh, out, scratch)
+    attend::<true>(kernels, inp, seq, rows, kvh, out, scratch)
 }
 
 /// One unit: query rows `rows` (at most `ROW_TILE`) of `seq` and kv head `kvh`. `SIMD`:
@@ -224,6 +249,7 @@ unsafe fn attend_fma(
 /// every path gives identical bits for a row, whatever tile it is in.
 #[inline(always)]
 fn attend<const SIMD: bool>(
+    kernels: Kernels,
     inp: &AttnInputs<'_>,
     seq: &AttnSeq,
     rows: Range<usize>,
@@ -266,23 +292,30 @@ fn attend<const SIMD: bool>(
             &mut q16[r * group * hd..(r + 1) * group * hd],
         );
     }
-    let fast = SIMD && avx512_for(hd);
+    // `attend_fma` (SIMD) is where the CPU's AVX2/FMA/F16C are known to the compiler.
+    let kernels = if SIMD { kernels } else { Kernels::Generic };
     // scores[r, g, pos] = (q_rg · k_pos) * scale
-    if fast {
+    match kernels {
+        // SAFETY (each x86 arm): `Kernels::for_head_dim` (or a test, likewise) checked
+        // the CPU and hd; the sizes are as resized above.
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `avx512_for` checked the CPU and hd; sizes as resized above.
-        unsafe {
+        Kernels::Avx512 => unsafe {
             avx512::scores(inp.k_cache, &slot_of, n_ctx, q16, scale, scores, stride)
-        };
-    } else {
-        for (r, &n) in n_ctx.iter().enumerate() {
-            for pos in 0..n {
-                let at = slot_of(pos);
-                widen::<SIMD>(&inp.k_cache[at..at + hd], kv_row);
-                for g in 0..group {
-                    let head = r * group + g;
-                    scores[head * stride + pos] =
-                        dot::<SIMD>(kv_row, &q16[head * hd..(head + 1) * hd]) * scale;
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 => unsafe {
+            avx2::scores(inp.k_cache, &slot_of, n_ctx, q16, scale, scores, stride)
+        },
+        Kernels::Generic => {
+            for (r, &n) in n_ctx.iter().enumerate() {
+                for pos in 0..n {
+                    let at = slot_of(pos);
+                    widen::<SIMD>(&inp.k_cache[at..at + hd], kv_row);
+                    for g in 0..group {
+                        let head = r * group + g;
+                        scores[head * stride + pos] =
+                            dot::<SIMD>(kv_row, &q16[head * hd..(head + 1) * hd]) * scale;
+                    }
                 }
             }
         }
@@ -290,29 +323,33 @@ fn attend<const SIMD: bool>(
     for (r, &n) in n_ctx.iter().enumerate() {
         for g in 0..group {
             let probs = &mut scores[(r * group + g) * stride..][..n];
-            if fast {
+            match kernels {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: as above.
-                unsafe {
-                    avx512::softmax_to_f16(probs)
-                };
-            } else {
-                softmax_in_place(probs);
-                round_in_place_to_f16(probs);
+                Kernels::Avx512 => unsafe { avx512::softmax_to_f16(probs) },
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx2 => unsafe { avx2::softmax_to_f16(probs) },
+                Kernels::Generic => {
+                    softmax_in_place(probs);
+                    round_in_place_to_f16(probs);
+                }
             }
         }
     }
-    if fast {
+    match kernels {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        unsafe {
+        Kernels::Avx512 => unsafe {
             avx512::accumulate_v(inp.v_cache, &slot_of, n_ctx, group, scores, stride, acc)
-        };
-    } else {
-        for (r, &n) in n_ctx.iter().enumerate() {
-            let probs = &scores[r * group * stride..(r + 1) * group * stride];
-            let acc = &mut acc[r * group * F16_STEP * hd..(r + 1) * group * F16_STEP * hd];
-            accumulate_v::<SIMD>(inp, n, stride, group, &slot_of, probs, kv_row, acc);
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 => unsafe {
+            avx2::accumulate_v(inp.v_cache, &slot_of, n_ctx, group, scores, stride, acc)
+        },
+        Kernels::Generic => {
+            for (r, &n) in n_ctx.iter().enumerate() {
+                let probs = &scores[r * group * stride..(r + 1) * group * stride];
+                let acc = &mut acc[r * group * F16_STEP * hd..(r + 1) * group * F16_STEP * hd];
+                accumulate_v::<SIMD>(inp, n, stride, group, &slot_of, probs, kv_row, acc);
+            }
         }
     }
     for (r, t) in rows.enumerate() {

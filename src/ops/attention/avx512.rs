@@ -17,6 +17,7 @@
 use half::f16;
 use std::arch::x86_64::*;
 
+use super::avx2::{finish1, finish8, zero_unreached_lanes};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
 /// The head size these kernels take.
@@ -43,29 +44,6 @@ unsafe fn folded_dot(k: &[__m512; 4], q: &[__m512; 4]) -> __m512 {
 unsafe fn halves(x: __m512) -> __m256 {
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
     _mm256_add_ps(hi, _mm512_castps512_ps256(x))
-}
-
-/// The rest of `reduce16` for 8 positions' `t3` at once: `[r_0, …, r_7]`.
-#[inline(always)]
-unsafe fn finish8(t3: &[__m256; POS_TILE]) -> __m256 {
-    // s[p] = [t6 of p | t6 of p + 4], t6[i] = t3[i + 4] + t3[i].
-    let s: [__m256; 4] = std::array::from_fn(|p| {
-        let lo = _mm256_permute2f128_ps::<0x20>(t3[p], t3[p + 4]);
-        let hi = _mm256_permute2f128_ps::<0x31>(t3[p], t3[p + 4]);
-        _mm256_add_ps(hi, lo)
-    });
-    // u = [t6[0] + t6[2], t6[1] + t6[3]] of positions (0, 1 | 4, 5) and (2, 3 | 6, 7).
-    let pair = |a: __m256, b: __m256| {
-        _mm256_add_ps(
-            _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
-            _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
-        )
-    };
-    let (u01, u23) = (pair(s[0], s[1]), pair(s[2], s[3]));
-    _mm256_add_ps(
-        _mm256_shuffle_ps::<0b10_00_10_00>(u01, u23),
-        _mm256_shuffle_ps::<0b11_01_11_01>(u01, u23),
-    )
 }
 
 /// Scores of a tile of query rows of one sequence: `scores[(r * group + g) * stride + pos]
@@ -151,12 +129,7 @@ pub unsafe fn accumulate_v(
         }
         g0 = end;
     }
-    for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| n < F16_STEP) {
-        for g in 0..group {
-            let head = r * group + g;
-            acc[(head * F16_STEP + n) * HEAD_DIM..(head + 1) * F16_STEP * HEAD_DIM].fill(0.0);
-        }
-    }
+    zero_unreached_lanes(n_ctx, group, acc);
 }
 
 /// The probabilities of a tile, as `accumulate_v` takes them.
@@ -240,10 +213,7 @@ unsafe fn expf16(x: __m512) -> __m512 {
 /// `reduce16` of one register.
 #[inline(always)]
 unsafe fn reduce16_reg(x: __m512) -> f32 {
-    let t3 = halves(x);
-    let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
-    let u = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
-    _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)))
+    finish1(halves(x))
 }
 
 /// `softmax_in_place` then `round_in_place_to_f16` (the generic path's two steps), with

@@ -30,16 +30,33 @@ fn rounded(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&a| f16::from_f32(a).to_f32()).collect()
 }
 
-/// The AVX-512 kernels (head_dim 64, tiles of query rows) against the scalar twin, row
-/// by row and bit for bit: two sequences in one call, context lengths around the
-/// 8-position tiles and the 64 lanes, partial row tiles, 1 to 7 heads per kv head.
+/// The tiled x86 kernels (AVX-512 and AVX2, each the host runs; head_dim 64, tiles of
+/// query rows) against the scalar twin, row by row and bit for bit: two sequences in one
+/// call, context lengths around the 8-position tiles and the 64 lanes, partial row tiles,
+/// 1 to 7 heads per kv head.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn avx512_kernels_are_bit_identical_to_the_scalar_twin() {
-    if !avx512_for(64) {
-        eprintln!("skipped: no AVX-512");
+fn tiled_kernels_are_bit_identical_to_the_scalar_twin() {
+    use std::arch::is_x86_feature_detected as host;
+    let fma_f16c = host!("fma") && host!("f16c");
+    let mut kernels = vec![];
+    if host!("avx512f") && fma_f16c {
+        kernels.push(Kernels::Avx512);
+    }
+    if host!("avx2") && fma_f16c {
+        kernels.push(Kernels::Avx2);
+    }
+    if kernels.is_empty() {
+        eprintln!("skipped: neither AVX-512 nor AVX2");
         return;
     }
+    for k in kernels {
+        tiled_kernels_match_the_twin(k);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tiled_kernels_match_the_twin(kernels: Kernels) {
     let (hd, bs, n_kv) = (64, 16, 2);
     let geo = KvGeometry {
         block_size: bs,
@@ -98,14 +115,22 @@ fn avx512_kernels_are_bit_identical_to_the_scalar_twin() {
                 block_tables: &table,
             };
             let mut fast = vec![0f32; q.len()];
-            paged_attention(inp, &mut fast);
+            paged_attention_with(kernels, inp, &mut fast);
             let mut twin = vec![0f32; q.len()];
             let mut scratch: [Vec<f32>; 4] = Default::default();
             for seq in &seqs {
                 for t in 0..seq.n_q {
                     for kvh in 0..n_kv {
                         let out = SharedOut::new(&mut twin);
-                        attend::<false>(&inp, seq, t..t + 1, kvh, out, &mut scratch);
+                        attend::<false>(
+                            Kernels::Generic,
+                            &inp,
+                            seq,
+                            t..t + 1,
+                            kvh,
+                            out,
+                            &mut scratch,
+                        );
                     }
                 }
             }
@@ -113,7 +138,10 @@ fn avx512_kernels_are_bit_identical_to_the_scalar_twin() {
                 .iter()
                 .zip(&twin)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "group {group}, n_ctx {n_ctx}, q scale {q_scale}");
+            assert!(
+                same,
+                "{kernels:?}: group {group}, n_ctx {n_ctx}, q scale {q_scale}"
+            );
         }
     }
 }

@@ -1,0 +1,254 @@
+//! AVX2 attention for `head_dim == 64` over a tile of query rows of one sequence: the
+//! AVX-512 kernels' loop order with 8-lane registers, bit-identical row by row to
+//! `attend`'s generic path (for CPUs without AVX-512, or `TESSERA_CPU_FEATURES=avx2`).
+//!
+//! A 16-lane chunk of ggml's AVX-512 order is two registers here (lanes 0..8, 8..16);
+//! every addition and FMA pairs the same operands as the 16-lane kernels do, so each
+//! score, probability and V sum has the same bits.
+//!
+//! Scores: positions are the outer loop (a K row is read from memory once per tile);
+//! `reduce16`'s first step (`x[i + 8] + x[i]`) is the add of the two halves, and 8
+//! positions' remaining steps are done together by `finish8`.
+//! Softmax: ggml's AVX-512 `expf` lane by lane in 8 lanes, `scalef` as the scalar twin
+//! does it (in f64, 4 lanes at a time).
+//! V: per lane of ggml's 64 and per head, the positions feeding it accumulated in eight
+//! registers (a mul, then FMAs) and stored once.
+
+use half::f16;
+use std::arch::x86_64::*;
+
+use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
+
+/// The head size these kernels take.
+pub const HEAD_DIM: usize = 64;
+/// Positions reduced together.
+const POS_TILE: usize = 8;
+
+/// The K (or V) row at element offset `at` as eight 8-lane f32 registers.
+#[inline(always)]
+unsafe fn load_row(cache: &[f16], at: usize) -> [__m256; 8] {
+    let row = cache[at..at + HEAD_DIM].as_ptr() as *const __m128i;
+    std::array::from_fn(|k| _mm256_cvtph_ps(_mm_loadu_si128(row.add(k))))
+}
+
+/// One K row · query head as ggml's `t3`: the products (FMAs onto zero), `reduce64`'s
+/// lane fold `(a0 + a2) + (a1 + a3)` of the four 16-lane chunks, then `reduce16`'s first
+/// step. Chunk `j`'s lanes `8h..8h + 8` are register `2j + h`.
+#[inline(always)]
+unsafe fn dot_t3(k: &[__m256; 8], q: &[__m256; 8]) -> __m256 {
+    let zero = _mm256_setzero_ps();
+    let a: [__m256; 8] = std::array::from_fn(|i| _mm256_fmadd_ps(k[i], q[i], zero));
+    let fold = |h: usize| {
+        _mm256_add_ps(
+            _mm256_add_ps(a[h], a[4 + h]),
+            _mm256_add_ps(a[2 + h], a[6 + h]),
+        )
+    };
+    _mm256_add_ps(fold(1), fold(0))
+}
+
+/// The rest of `reduce16` for 8 positions' `t3` at once: `[r_0, …, r_7]`.
+#[inline(always)]
+pub(super) unsafe fn finish8(t3: &[__m256; POS_TILE]) -> __m256 {
+    // s[p] = [t6 of p | t6 of p + 4], t6[i] = t3[i + 4] + t3[i].
+    let s: [__m256; 4] = std::array::from_fn(|p| {
+        let lo = _mm256_permute2f128_ps::<0x20>(t3[p], t3[p + 4]);
+        let hi = _mm256_permute2f128_ps::<0x31>(t3[p], t3[p + 4]);
+        _mm256_add_ps(hi, lo)
+    });
+    // u = [t6[0] + t6[2], t6[1] + t6[3]] of positions (0, 1 | 4, 5) and (2, 3 | 6, 7).
+    let pair = |a: __m256, b: __m256| {
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+            _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+        )
+    };
+    let (u01, u23) = (pair(s[0], s[1]), pair(s[2], s[3]));
+    _mm256_add_ps(
+        _mm256_shuffle_ps::<0b10_00_10_00>(u01, u23),
+        _mm256_shuffle_ps::<0b11_01_11_01>(u01, u23),
+    )
+}
+
+/// The rest of `reduce16` for one `t3`.
+#[inline(always)]
+pub(super) unsafe fn finish1(t3: __m256) -> f32 {
+    let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+    let u = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+    _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)))
+}
+
+/// Scores of a tile of query rows of one sequence: `scores[(r * group + g) * stride + pos]
+/// = (k_pos · q16[r, g]) * scale` for `pos < n_ctx[r]` (as `avx512::scores`).
+///
+/// # Safety
+/// AVX2, FMA and F16C; `q16` holds `n_ctx.len() * group * 64` values, `scores`
+/// `n_ctx.len() * group * stride`, every `n_ctx[r] <= stride`, and
+/// `slot_of(pos) + 64 <= k_cache.len()` for `pos < max(n_ctx)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scores(
+    k_cache: &[f16],
+    slot_of: &impl Fn(usize) -> usize,
+    n_ctx: &[usize],
+    q16: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    let group = q16.len() / (n_ctx.len() * HEAD_DIM);
+    let n_max = n_ctx.iter().copied().max().unwrap_or(0);
+    let scale8 = _mm256_set1_ps(scale);
+    for p0 in (0..n_max).step_by(POS_TILE) {
+        for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| p0 < n) {
+            for g in 0..group {
+                let head = r * group + g;
+                let qp = q16[head * HEAD_DIM..(head + 1) * HEAD_DIM].as_ptr();
+                let q: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(qp.add(8 * j)));
+                let out = &mut scores[head * stride..head * stride + n];
+                if p0 + POS_TILE <= n {
+                    let t3: [__m256; POS_TILE] =
+                        std::array::from_fn(|p| dot_t3(&load_row(k_cache, slot_of(p0 + p)), &q));
+                    let r8 = _mm256_mul_ps(finish8(&t3), scale8);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(p0), r8);
+                } else {
+                    for (pos, s) in out.iter_mut().enumerate().skip(p0) {
+                        *s = finish1(dot_t3(&load_row(k_cache, slot_of(pos)), &q)) * scale;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// For each row `r` of the tile and head `g`: `acc[r, g, lane, :]` = Σ over
+/// `pos ≡ lane (mod 64)`, `pos < n_ctx[r]`, of `probs[(r * group + g) * stride + pos] ·
+/// v_pos` in position order (a mul, then FMAs); lanes no position reaches are zeroed.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `probs` holds `n_ctx.len() * group * stride` values, `acc`
+/// `n_ctx.len() * group * 64 * 64`, and `slot_of(pos) + 64 <= v_cache.len()` for
+/// `pos < max(n_ctx)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn accumulate_v(
+    v_cache: &[f16],
+    slot_of: &impl Fn(usize) -> usize,
+    n_ctx: &[usize],
+    group: usize,
+    probs: &[f32],
+    stride: usize,
+    acc: &mut [f32],
+) {
+    let n_max = n_ctx.iter().copied().max().unwrap_or(0);
+    for lane in 0..F16_STEP.min(n_max) {
+        for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
+            for head in r * group..(r + 1) * group {
+                let prob = |pos: usize| _mm256_set1_ps(probs[head * stride + pos]);
+                let (v, p) = (load_row(v_cache, slot_of(lane)), prob(lane));
+                let mut sums: [__m256; 8] = std::array::from_fn(|k| _mm256_mul_ps(v[k], p));
+                for pos in (lane + F16_STEP..n).step_by(F16_STEP) {
+                    let (v, p) = (load_row(v_cache, slot_of(pos)), prob(pos));
+                    for (s, &vk) in sums.iter_mut().zip(&v) {
+                        *s = _mm256_fmadd_ps(vk, p, *s);
+                    }
+                }
+                let dst = acc[(head * F16_STEP + lane) * HEAD_DIM..].as_mut_ptr();
+                for (k, &s) in sums.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add(8 * k), s);
+                }
+            }
+        }
+    }
+    zero_unreached_lanes(n_ctx, group, acc);
+}
+
+/// Zeroes the V accumulator lanes `n..64` of rows whose context `n` is shorter than 64.
+pub(super) fn zero_unreached_lanes(n_ctx: &[usize], group: usize, acc: &mut [f32]) {
+    for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| n < F16_STEP) {
+        for head in r * group..(r + 1) * group {
+            acc[(head * F16_STEP + n) * HEAD_DIM..(head + 1) * F16_STEP * HEAD_DIM].fill(0.0);
+        }
+    }
+}
+
+/// `ggml_math::expf` on 8 lanes, same bits: ggml's AVX-512 `ggml_v_expf` steps, its
+/// `scalef` as the scalar twin computes it (`j · 2^n` in f64, then rounded to f32).
+#[inline(always)]
+unsafe fn expf8(x: __m256) -> __m256 {
+    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+    let r = c(0x4B40_0000); // 0x1.8p23
+    let z = _mm256_fmadd_ps(x, c(0x3FB8_AA3B), r); // log2(e)
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(n, c(0x35BF_BE8E), _mm256_fnmadd_ps(n, c(0x3F31_7200), x));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17)),
+            u,
+            _mm256_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB)),
+        ),
+        u,
+        _mm256_fmadd_ps(c(0x3F7F_FFF6), b, _mm256_set1_ps(1.0)),
+    );
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let out_of_range = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+    // In range, n is an integer in [-192, 192]: 2^n is exact in f64.
+    let n_int = _mm256_cvtps_epi32(_mm256_andnot_ps(out_of_range, n));
+    let scaled = |j4: __m128, n4: __m128i| {
+        let exp = _mm256_add_epi64(_mm256_cvtepi32_epi64(n4), _mm256_set1_epi64x(1023));
+        let pow2 = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(exp));
+        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(j4), pow2))
+    };
+    let lo = scaled(_mm256_castps256_ps128(j), _mm256_castsi256_si128(n_int));
+    let hi = scaled(
+        _mm256_extractf128_ps::<1>(j),
+        _mm256_extracti128_si256::<1>(n_int),
+    );
+    let res = _mm256_set_m128(hi, lo);
+    if _mm256_movemask_ps(out_of_range) == 0 {
+        return res;
+    }
+    let negative = _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps());
+    let saturated = _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), negative);
+    _mm256_blendv_ps(res, saturated, out_of_range)
+}
+
+/// `softmax_in_place` then `round_in_place_to_f16` (the generic path's two steps), with
+/// the same bits: whole 16-lane chunks as two registers, the last partial chunk lane by
+/// lane.
+///
+/// # Safety
+/// AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn softmax_to_f16(x: &mut [f32]) {
+    let whole = x.len() - x.len() % LANES;
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max8 = _mm256_set1_ps(max);
+    let mut sum = 0f64;
+    for i in (0..whole).step_by(LANES) {
+        let p = x.as_mut_ptr().add(i);
+        let lo = expf8(_mm256_sub_ps(_mm256_loadu_ps(p), max8));
+        let hi = expf8(_mm256_sub_ps(_mm256_loadu_ps(p.add(8)), max8));
+        _mm256_storeu_ps(p, lo);
+        _mm256_storeu_ps(p.add(8), hi);
+        sum += finish1(_mm256_add_ps(hi, lo)) as f64;
+    }
+    if whole < x.len() {
+        let mut lanes = [0f32; LANES];
+        for (lane, v) in lanes.iter_mut().zip(x[whole..].iter_mut()) {
+            *v = expf(*v - max);
+            *lane = *v;
+        }
+        sum += reduce16(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    let inv8 = _mm256_set1_ps(inv);
+    for i in (0..whole).step_by(8) {
+        let p = x.as_mut_ptr().add(i);
+        let scaled = _mm256_mul_ps(_mm256_loadu_ps(p), inv8);
+        let half = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(scaled);
+        _mm256_storeu_ps(p, _mm256_cvtph_ps(half));
+    }
+    for v in x[whole..].iter_mut() {
+        *v = f16::from_f32(*v * inv).to_f32();
+    }
+}
