@@ -10,8 +10,8 @@
 //! ggml's own `madd(maddubs(..), 1)` gives the pair's exact i32 lane sums interleaved,
 //! `[a0, b0, a1, b1, a2, b2, a3, b3]` (lanes 0..4, then 4..8): the same integers as
 //! `mul_sum_us8_pairs` / `mul_sum_i8_pairs` of each row, same sign trick, no saturation.
-//! The pair's scales `[d_a, d_b]` are one 64-bit broadcast (a load from the 8-row product
-//! vector `d_w · d_act` spilled to the stack), and `acc = d · cvt(lanes) + acc` is one
+//! The pair's activation scales `[d_a, d_b]` are one 64-bit broadcast load from the panel,
+//! times `d_w` (the product ggml forms per row), and `acc = d · cvt(lanes) + acc` is one
 //! FMA per half, exactly the single-row `_mm256_fmadd_ps(d, q, acc)` per lane. At the end
 //! `hsum_rows` folds each row's 8 lanes in `hsum_float_8` order, 8 rows at once.
 //!
@@ -62,17 +62,15 @@ unsafe fn lane_sums(ones: __m256i, ax: __m256i, sy: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)))
 }
 
-/// The 8 rows' block scales `d` as one `[d_2p, d_2p+1]` pattern per row pair.
+/// The products `d_w · d_act` of the 8 rows' block scales, as one `[d_2p, d_2p+1]` pattern
+/// per row pair: each pair's activation scales one 64-bit broadcast load from the panel.
 #[inline(always)]
-unsafe fn pair_scales(d: __m256) -> [__m256; PAIRS] {
-    // Through memory: a 64-bit broadcast load costs no shuffle-unit slot.
-    let mut spill = [0f64; PAIRS];
-    _mm256_storeu_ps(spill.as_mut_ptr() as *mut f32, d);
-    let spill = std::hint::black_box(&spill);
+unsafe fn pair_scales(wd: __m256, act_d: &[f32; GROUP]) -> [__m256; PAIRS] {
     // A loop, not `array::from_fn`: a closure would not inherit the caller's features.
     let mut d = [_mm256_setzero_ps(); PAIRS];
-    for (dp, pair) in d.iter_mut().zip(spill) {
-        *dp = _mm256_castpd_ps(_mm256_broadcast_sd(pair));
+    for (p, dp) in d.iter_mut().enumerate() {
+        let pair = _mm256_broadcast_sd(&*(act_d.as_ptr().add(2 * p) as *const f64));
+        *dp = _mm256_mul_ps(wd, _mm256_castpd_ps(pair));
     }
     d
 }
@@ -129,7 +127,7 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
                 _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
             ];
             summs = _mm256_fmadd_ps(wm, _mm256_loadu_ps(y.s.as_ptr()), summs);
-            let d = pair_scales(_mm256_mul_ps(wd, _mm256_loadu_ps(y.d.as_ptr())));
+            let d = pair_scales(wd, &y.d);
             for p in 0..PAIRS {
                 for h in 0..2 {
                     let lanes = lane_sums(ones, wq[h], pair_half(&y.qs, p, h));
@@ -171,7 +169,7 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
                 _mm256_sign_epi8(wq[0], wq[0]),
                 _mm256_sign_epi8(wq[1], wq[1]),
             ];
-            let d = pair_scales(_mm256_mul_ps(wd, _mm256_loadu_ps(y.d.as_ptr())));
+            let d = pair_scales(wd, &y.d);
             for p in 0..PAIRS {
                 for h in 0..2 {
                     let a = _mm256_xor_si256(pair_half(&y.qs, p, h), bias);
@@ -220,7 +218,7 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
                     wq[c][h] = _mm256_permutevar8x32_epi32(q[c], double[h]);
                 }
             }
-            let d = pair_scales(_mm256_mul_ps(_mm256_loadu_ps(y.d.as_ptr()), wd));
+            let d = pair_scales(wd, &y.d);
             for p in 0..PAIRS {
                 for h in 0..2 {
                     let bs = pair_half(&y.bsums, p, h);
