@@ -37,13 +37,13 @@ fn rounded(x: &[f32]) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn tiled_kernels_are_bit_identical_to_the_scalar_twin() {
-    use std::arch::is_x86_feature_detected as host;
-    let fma_f16c = host!("fma") && host!("f16c");
+    use crate::ops::cpu_features::{host, Level};
+    let level = host().level;
     let mut kernels = vec![];
-    if host!("avx512f") && fma_f16c {
+    if level >= Level::Avx512 {
         kernels.push(Kernels::Avx512);
     }
-    if host!("avx2") && fma_f16c {
+    if level >= Level::Avx2 {
         kernels.push(Kernels::Avx2);
     }
     if kernels.is_empty() {
