@@ -22,7 +22,7 @@ use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 /// The head size these kernels take.
 pub const HEAD_DIM: usize = 64;
 /// Positions reduced together.
-const POS_TILE: usize = 8;
+pub(super) const POS_TILE: usize = 8;
 
 /// The K (or V) row at element offset `at` as eight 8-lane f32 registers.
 #[inline(always)]
@@ -78,15 +78,49 @@ pub(super) unsafe fn finish1(t3: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)))
 }
 
+/// One kernel set's query-head dot product for `tiled_scores`.
+pub(super) trait ScoreDot {
+    /// A query head (64 values) in registers.
+    type Query;
+    /// Loads query head `q: [64]`.
+    ///
+    /// # Safety
+    /// The set's CPU features; `q` points at 64 values.
+    unsafe fn query(q: *const f32) -> Self::Query;
+    /// The K row at element offset `at` · `q`, as ggml's `t3` (`reduce16`'s first step
+    /// done).
+    ///
+    /// # Safety
+    /// The set's CPU features; `at + 64 <= k_cache.len()`.
+    unsafe fn t3(k_cache: &[f16], at: usize, q: &Self::Query) -> __m256;
+}
+
+/// The 8-lane registers of this module.
+struct Avx2Dot;
+
+impl ScoreDot for Avx2Dot {
+    type Query = [__m256; 8];
+    #[inline(always)]
+    unsafe fn query(q: *const f32) -> Self::Query {
+        std::array::from_fn(|j| _mm256_loadu_ps(q.add(8 * j)))
+    }
+    #[inline(always)]
+    unsafe fn t3(k_cache: &[f16], at: usize, q: &Self::Query) -> __m256 {
+        dot_t3(&load_row(k_cache, at), q)
+    }
+}
+
 /// Scores of a tile of query rows of one sequence: `scores[(r * group + g) * stride + pos]
-/// = (k_pos · q16[r, g]) * scale` for `pos < n_ctx[r]` (as `avx512::scores`).
+/// = (k_pos · q16[r, g]) * scale` for `pos < n_ctx[r]`. Positions are the outer loop, so
+/// each K row is read from memory once for the whole tile; 8 positions' sums are
+/// finished together.
 ///
 /// # Safety
-/// AVX2, FMA and F16C; `q16` holds `n_ctx.len() * group * 64` values, `scores`
+/// `D`'s CPU features; `q16` holds `n_ctx.len() * group * 64` values, `scores`
 /// `n_ctx.len() * group * stride`, every `n_ctx[r] <= stride`, and
 /// `slot_of(pos) + 64 <= k_cache.len()` for `pos < max(n_ctx)`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn scores(
+#[inline(always)]
+pub(super) unsafe fn tiled_scores<D: ScoreDot>(
     k_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
     n_ctx: &[usize],
@@ -102,22 +136,38 @@ pub unsafe fn scores(
         for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| p0 < n) {
             for g in 0..group {
                 let head = r * group + g;
-                let qp = q16[head * HEAD_DIM..(head + 1) * HEAD_DIM].as_ptr();
-                let q: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(qp.add(8 * j)));
+                let q = D::query(q16[head * HEAD_DIM..(head + 1) * HEAD_DIM].as_ptr());
                 let out = &mut scores[head * stride..head * stride + n];
                 if p0 + POS_TILE <= n {
                     let t3: [__m256; POS_TILE] =
-                        std::array::from_fn(|p| dot_t3(&load_row(k_cache, slot_of(p0 + p)), &q));
+                        std::array::from_fn(|p| D::t3(k_cache, slot_of(p0 + p), &q));
                     let r8 = _mm256_mul_ps(finish8(&t3), scale8);
                     _mm256_storeu_ps(out.as_mut_ptr().add(p0), r8);
                 } else {
                     for (pos, s) in out.iter_mut().enumerate().skip(p0) {
-                        *s = finish1(dot_t3(&load_row(k_cache, slot_of(pos)), &q)) * scale;
+                        *s = finish1(D::t3(k_cache, slot_of(pos), &q)) * scale;
                     }
                 }
             }
         }
     }
+}
+
+/// `tiled_scores` with this module's 8-lane registers.
+///
+/// # Safety
+/// AVX2, FMA and F16C; sizes as `tiled_scores`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scores(
+    k_cache: &[f16],
+    slot_of: &impl Fn(usize) -> usize,
+    n_ctx: &[usize],
+    q16: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    tiled_scores::<Avx2Dot>(k_cache, slot_of, n_ctx, q16, scale, scores, stride)
 }
 
 /// For each row `r` of the tile and head `g`: `acc[r, g, lane, :]` = Σ over

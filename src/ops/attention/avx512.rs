@@ -6,7 +6,8 @@
 //! head's `ggml_vec_dot_f16` is four FMAs onto zero and the same fold
 //! `(a0 + a2) + (a1 + a3)`; the 16-lane horizontal sums (`reduce16`: halves, quarters,
 //! pairs) of 8 positions are then done together by a transpose, whose every addition
-//! pairs the same two operands as `reduce16` does (float addition is commutative).
+//! pairs the same two operands as `reduce16` does (float addition is commutative). The
+//! loop is `avx2::tiled_scores`, shared with the AVX2 kernels.
 //!
 //! V: for each of ggml's 64 lanes (the outer loop, so a lane's V rows are read from memory
 //! once per tile), the positions feeding it (`lane, lane + 64, …`) are accumulated in
@@ -17,13 +18,11 @@
 use half::f16;
 use std::arch::x86_64::*;
 
-use super::avx2::{finish1, finish8, zero_unreached_lanes};
+use super::avx2::{finish1, tiled_scores, zero_unreached_lanes, ScoreDot};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
 /// The head size these kernels take.
 pub const HEAD_DIM: usize = 64;
-/// Positions reduced together.
-const POS_TILE: usize = 8;
 
 /// The K (or V) row at element offset `at` as four 16-lane f32 registers.
 #[inline(always)]
@@ -46,14 +45,25 @@ unsafe fn halves(x: __m512) -> __m256 {
     _mm256_add_ps(hi, _mm512_castps512_ps256(x))
 }
 
-/// Scores of a tile of query rows of one sequence: `scores[(r * group + g) * stride + pos]
-/// = (k_pos · q16[r, g]) * scale` for `pos < n_ctx[r]`. Positions are the outer loop, so
-/// each K row is read from memory once for the whole tile.
+/// The 16-lane registers of this module.
+struct Avx512Dot;
+
+impl ScoreDot for Avx512Dot {
+    type Query = [__m512; 4];
+    #[inline(always)]
+    unsafe fn query(q: *const f32) -> Self::Query {
+        std::array::from_fn(|j| _mm512_loadu_ps(q.add(16 * j)))
+    }
+    #[inline(always)]
+    unsafe fn t3(k_cache: &[f16], at: usize, q: &Self::Query) -> __m256 {
+        halves(folded_dot(&load_row(k_cache, at), q))
+    }
+}
+
+/// `avx2::tiled_scores` with this module's 16-lane registers.
 ///
 /// # Safety
-/// `available()`; `q16` holds `n_ctx.len() * group * 64` values, `scores`
-/// `n_ctx.len() * group * stride`, every `n_ctx[r] <= stride`, and
-/// `slot_of(pos) + 64 <= k_cache.len()` for `pos < max(n_ctx)`.
+/// `available()`; sizes as `tiled_scores`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn scores(
     k_cache: &[f16],
@@ -64,33 +74,7 @@ pub unsafe fn scores(
     scores: &mut [f32],
     stride: usize,
 ) {
-    let group = q16.len() / (n_ctx.len() * HEAD_DIM);
-    let n_max = n_ctx.iter().copied().max().unwrap_or(0);
-    let scale8 = _mm256_set1_ps(scale);
-    for p0 in (0..n_max).step_by(POS_TILE) {
-        for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| p0 < n) {
-            for g in 0..group {
-                let head = r * group + g;
-                let qp = q16[head * HEAD_DIM..(head + 1) * HEAD_DIM].as_ptr();
-                let q: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(qp.add(16 * j)));
-                let out = &mut scores[head * stride..head * stride + n];
-                if p0 + POS_TILE <= n {
-                    let t3: [__m256; POS_TILE] = std::array::from_fn(|p| {
-                        halves(folded_dot(&load_row(k_cache, slot_of(p0 + p)), &q))
-                    });
-                    let r8 = _mm256_mul_ps(finish8(&t3), scale8);
-                    _mm256_storeu_ps(out.as_mut_ptr().add(p0), r8);
-                } else {
-                    for (pos, s) in out.iter_mut().enumerate().skip(p0) {
-                        let mut x = [0f32; LANES];
-                        let dot = folded_dot(&load_row(k_cache, slot_of(pos)), &q);
-                        _mm512_storeu_ps(x.as_mut_ptr(), dot);
-                        *s = reduce16(&x) * scale;
-                    }
-                }
-            }
-        }
-    }
+    tiled_scores::<Avx512Dot>(k_cache, slot_of, n_ctx, q16, scale, scores, stride)
 }
 
 /// For each row `r` of the tile and head `g`: `acc[r, g, lane, :]` = Σ over

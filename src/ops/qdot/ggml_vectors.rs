@@ -120,8 +120,8 @@ fn k_quants_match_ggml_bit_for_bit() {
 }
 
 /// The recorded cases through the multi-row panel kernels (every set the host runs,
-/// AVX-512 VNNI and AVX2): the activation row in every lane of two groups, so `dot16` and
-/// `dot8` must give ggml's bits in all 16 / 8 lanes.
+/// AVX-512 VNNI and AVX2): the activation row in every lane of 1, 2 and 4 groups, so
+/// `dot` must give ggml's bits in all 8, 16 and 32 lanes.
 fn replay_panels<C: GgmlType, P: panel::RowPanel>(
     name: &str,
     view: fn(&[C]) -> &[P::Weight],
@@ -143,14 +143,19 @@ fn replay_panels<C: GgmlType, P: panel::RowPanel>(
             for &isa in &isas {
                 let what = format!("{name}, {} blocks, row {i}, {isa:?}", case.n_blocks);
                 // SAFETY: `host_isas` gave only sets this CPU runs.
-                let (r8, r16) = unsafe {
+                let (r8, r16, r32) = unsafe {
                     (
-                        P::dot8(isa, view(row), &group),
-                        P::dot16(isa, view(row), &group, &group),
+                        P::dot::<1>(isa, view(row), [&group]),
+                        P::dot::<2>(isa, view(row), [&group, &group]),
+                        P::dot::<4>(isa, view(row), [&group, &group, &group, &group]),
                     )
                 };
-                assert!(r8.iter().all(|v| v.to_bits() == want), "{what} (dot8)");
-                assert!(r16.iter().all(|v| v.to_bits() == want), "{what} (dot16)");
+                let all = |r: &[[f32; panel::GROUP]]| {
+                    r.as_flattened().iter().all(|v| v.to_bits() == want)
+                };
+                assert!(all(&r8), "{what} (1 group)");
+                assert!(all(&r16), "{what} (2 groups)");
+                assert!(all(&r32), "{what} (4 groups)");
             }
         }
     }

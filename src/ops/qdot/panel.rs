@@ -7,7 +7,7 @@
 //! (`cpu_features`) allows: the VNNI kernels at level avx512 on a VNNI host, the AVX2 ones
 //! at level avx2 (or avx512 without VNNI), none at scalar. Every type here has both sets;
 //! `ISAS` lets a new panel type start with one. Tests run every set the host has by
-//! passing it to `dot8` / `dot16` directly.
+//! passing it to `dot` directly.
 //!
 //! Each lane of the kernels' vector operations is exactly the scalar operation the
 //! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
@@ -41,23 +41,19 @@ pub trait RowPanel {
     /// The kernel sets this type has, best first.
     const ISAS: &'static [PanelIsa];
 
-    /// One weight row (`w: [kb]`) · the 16 rows of two groups (`a, b: [kb]` each), with
-    /// `isa`'s kernels.
+    /// Most groups one `dot` call takes: its accumulators must fit the registers.
+    const MAX_GROUPS: usize;
+
+    /// One weight row (`w: [kb]`) · the 8 rows of each of `G` groups (`groups[g]: [kb]`),
+    /// with `isa`'s kernels: `out[g][r]`.
     ///
     /// # Safety
     /// `isa` must be in `ISAS` and `isa.on_host()` true.
-    unsafe fn dot16(
+    unsafe fn dot<const G: usize>(
         isa: PanelIsa,
         w: &[Self::Weight],
-        a: &[Self::Block],
-        b: &[Self::Block],
-    ) -> [f32; 16];
-
-    /// One weight row · the 8 rows of one group.
-    ///
-    /// # Safety
-    /// As `dot16`.
-    unsafe fn dot8(isa: PanelIsa, w: &[Self::Weight], a: &[Self::Block]) -> [f32; 8];
+        groups: [&[Self::Block]; G],
+    ) -> [[f32; GROUP]; G];
 }
 
 /// A set of multi-row kernels.
@@ -147,18 +143,16 @@ impl RowPanel for Q4_1Panel {
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    unsafe fn dot16(isa: PanelIsa, w: &[Q4_1], a: &[PanelQ8_1], b: &[PanelQ8_1]) -> [f32; 16] {
-        let [lo, hi] = match isa {
-            PanelIsa::Avx512Vnni => avx512::q4_1_rows::<2>(w, [a, b]),
-            PanelIsa::Avx2 => avx2_panel::q4_1_rows::<2>(w, [a, b]),
-        };
-        concat(lo, hi)
-    }
+    const MAX_GROUPS: usize = 4;
 
-    unsafe fn dot8(isa: PanelIsa, w: &[Q4_1], a: &[PanelQ8_1]) -> [f32; 8] {
+    unsafe fn dot<const G: usize>(
+        isa: PanelIsa,
+        w: &[Q4_1],
+        groups: [&[PanelQ8_1]; G],
+    ) -> [[f32; GROUP]; G] {
         match isa {
-            PanelIsa::Avx512Vnni => avx512::q4_1_rows::<1>(w, [a])[0],
-            PanelIsa::Avx2 => avx2_panel::q4_1_rows::<1>(w, [a])[0],
+            PanelIsa::Avx512Vnni => avx512::q4_1_rows::<G>(w, groups),
+            PanelIsa::Avx2 => avx2_panel::q4_1_rows::<G>(w, groups),
         }
     }
 }
@@ -190,18 +184,16 @@ impl RowPanel for Q8_0Panel {
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    unsafe fn dot16(isa: PanelIsa, w: &[Q8_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
-        let [lo, hi] = match isa {
-            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q8_0, 2>(w, [a, b]),
-            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q8_0, 2>(w, [a, b]),
-        };
-        concat(lo, hi)
-    }
+    const MAX_GROUPS: usize = 4;
 
-    unsafe fn dot8(isa: PanelIsa, w: &[Q8_0], a: &[PanelQ8_0]) -> [f32; 8] {
+    unsafe fn dot<const G: usize>(
+        isa: PanelIsa,
+        w: &[Q8_0],
+        groups: [&[PanelQ8_0]; G],
+    ) -> [[f32; GROUP]; G] {
         match isa {
-            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q8_0, 1>(w, [a])[0],
-            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q8_0, 1>(w, [a])[0],
+            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q8_0, G>(w, groups),
+            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q8_0, G>(w, groups),
         }
     }
 }
@@ -218,18 +210,16 @@ impl RowPanel for Q5_0Panel {
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    unsafe fn dot16(isa: PanelIsa, w: &[Q5_0], a: &[PanelQ8_0], b: &[PanelQ8_0]) -> [f32; 16] {
-        let [lo, hi] = match isa {
-            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q5_0, 2>(w, [a, b]),
-            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q5_0, 2>(w, [a, b]),
-        };
-        concat(lo, hi)
-    }
+    const MAX_GROUPS: usize = 4;
 
-    unsafe fn dot8(isa: PanelIsa, w: &[Q5_0], a: &[PanelQ8_0]) -> [f32; 8] {
+    unsafe fn dot<const G: usize>(
+        isa: PanelIsa,
+        w: &[Q5_0],
+        groups: [&[PanelQ8_0]; G],
+    ) -> [[f32; GROUP]; G] {
         match isa {
-            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q5_0, 1>(w, [a])[0],
-            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q5_0, 1>(w, [a])[0],
+            PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q5_0, G>(w, groups),
+            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q5_0, G>(w, groups),
         }
     }
 }
@@ -266,28 +256,18 @@ impl RowPanel for Q6KPanel {
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    unsafe fn dot16(isa: PanelIsa, w: &[Q6K], a: &[PanelQ8K], b: &[PanelQ8K]) -> [f32; 16] {
-        let [lo, hi] = match isa {
-            PanelIsa::Avx512Vnni => avx512::q6k_rows::<2>(w, [a, b]),
-            PanelIsa::Avx2 => avx2_panel::q6k_rows::<2>(w, [a, b]),
-        };
-        concat(lo, hi)
-    }
+    const MAX_GROUPS: usize = 2;
 
-    unsafe fn dot8(isa: PanelIsa, w: &[Q6K], a: &[PanelQ8K]) -> [f32; 8] {
+    unsafe fn dot<const G: usize>(
+        isa: PanelIsa,
+        w: &[Q6K],
+        groups: [&[PanelQ8K]; G],
+    ) -> [[f32; GROUP]; G] {
         match isa {
-            PanelIsa::Avx512Vnni => avx512::q6k_rows::<1>(w, [a])[0],
-            PanelIsa::Avx2 => avx2_panel::q6k_rows::<1>(w, [a])[0],
+            PanelIsa::Avx512Vnni => avx512::q6k_rows::<G>(w, groups),
+            PanelIsa::Avx2 => avx2_panel::q6k_rows::<G>(w, groups),
         }
     }
-}
-
-#[inline(always)]
-fn concat(lo: [f32; 8], hi: [f32; 8]) -> [f32; 16] {
-    let mut out = [0f32; 16];
-    out[..8].copy_from_slice(&lo);
-    out[8..].copy_from_slice(&hi);
-    out
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -46,9 +46,9 @@ fn panels<P: RowPanel>(x: &[f32], m: usize, k: usize) -> Vec<Vec<P::Block>> {
         .collect()
 }
 
-/// Every row of `isa`'s panel kernels (`dot16` on group pairs, `dot8` on each group)
-/// equals `K::dot` (and its scalar twin `K::dot_portable`) of the row-quantized
-/// activations, bit for bit.
+/// Every row of `isa`'s panel kernels (`dot` on 1, 2 and 4 groups from each group on,
+/// up to `MAX_GROUPS`) equals `K::dot` (and its scalar twin `K::dot_portable`) of the
+/// row-quantized activations, bit for bit.
 fn check_rows<P, K>(isa: PanelIsa, w: &[K::Weight], x: &[f32], m: usize, k: usize, what: &str)
 where
     P: RowPanel<Weight = K::Weight>,
@@ -69,36 +69,38 @@ where
             "{what}: row {r}: dot vs scalar twin"
         );
     }
-    for (g, panel) in groups.iter().enumerate() {
-        // SAFETY: the caller checked that `isa` is one of `P::ISAS` the host runs.
-        let eight = unsafe { P::dot8(isa, w, panel) };
-        let sixteen = groups
-            .get(g + 1)
-            // SAFETY: as above.
-            .map(|next| unsafe { P::dot16(isa, w, panel, next) });
-        for (lane, &got) in eight.iter().enumerate() {
-            let r = g * GROUP + lane;
-            if r >= m {
-                continue;
-            }
-            let at = format!("{isa:?} {what}: row {r} of {m}");
-            assert_eq!(
-                got.to_bits(),
-                want[r].to_bits(),
-                "dot8 {at}: {got} vs {}",
-                want[r]
-            );
-            if let Some(s) = sixteen {
-                assert_eq!(s[lane].to_bits(), want[r].to_bits(), "dot16 {at}");
-                if let Some(&w_next) = want.get(r + GROUP) {
-                    assert_eq!(
-                        s[lane + GROUP].to_bits(),
-                        w_next.to_bits(),
-                        "dot16 {at} + 8"
-                    );
-                }
-            }
+    for g in 0..groups.len() {
+        let at = format!("{isa:?} {what}: groups from {g}, {m} rows");
+        check_call::<P, 1>(isa, w, &groups[g..], &want[g * GROUP..], &at);
+        if P::MAX_GROUPS >= 2 {
+            check_call::<P, 2>(isa, w, &groups[g..], &want[g * GROUP..], &at);
         }
+        if P::MAX_GROUPS >= 4 {
+            check_call::<P, 4>(isa, w, &groups[g..], &want[g * GROUP..], &at);
+        }
+    }
+}
+
+/// `P::dot::<G>` on the first `G` of `groups` (when there are that many): each row's
+/// result is `want`'s.
+fn check_call<P: RowPanel, const G: usize>(
+    isa: PanelIsa,
+    w: &[P::Weight],
+    groups: &[Vec<P::Block>],
+    want: &[f32],
+    at: &str,
+) {
+    if groups.len() < G {
+        return;
+    }
+    // SAFETY: the caller checked that `isa` is one of `P::ISAS` the host runs.
+    let got = unsafe { P::dot::<G>(isa, w, std::array::from_fn(|i| &groups[i][..])) };
+    for (r, (&got, &want)) in got.as_flattened().iter().zip(want).enumerate() {
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "dot::<{G}> {at}: row {r}: {got} vs {want}"
+        );
     }
 }
 
@@ -232,7 +234,7 @@ fn bench_kernel_in_l1() {
             for r in 0..rows {
                 let row = &wv[r * kb..(r + 1) * kb];
                 // SAFETY: `host_isas` gave only sets this CPU runs.
-                black_box(unsafe { Q4_1Panel::dot16(isa, row, &p[0], &p[1]) });
+                black_box(unsafe { Q4_1Panel::dot::<2>(isa, row, [&p[0], &p[1]]) });
             }
             best = best.min(t.elapsed().as_secs_f64());
         }
@@ -253,7 +255,7 @@ fn bench_kernel_in_l1() {
     let ghz = 4.0 * 1e8 / t.elapsed().as_secs_f64() / 1e9;
     for (isa, ns) in times {
         println!(
-            "q4_1 dot16 {isa:?}: {ns:.3} ns per row-block; clock ~{ghz:.2} GHz → {:.2} cycles",
+            "q4_1 dot::<2> {isa:?}: {ns:.3} ns per row-block; clock ~{ghz:.2} GHz → {:.2} cycles",
             ns * ghz
         );
     }

@@ -1,10 +1,12 @@
 //! The multi-row matmul path: activations quantized straight into 8-row panels
-//! (`qdot::panel`), then each weight row dotted with 16 activation rows per kernel call
-//! while it sits in L1.
+//! (`qdot::panel`), then each weight row dotted with up to 32 activation rows (4 groups,
+//! `RowPanel::MAX_GROUPS`) per kernel call while it sits in L1: the more groups per call,
+//! the fewer times each weight block is unpacked.
 //!
 //! Loop order per task (a contiguous run of weight rows, as `tiled`): chunks of
-//! `COLS_PER_CHUNK` weight rows; for each pair of row groups, every weight row of the
-//! chunk → a `[16 rows][COLS_PER_CHUNK]` tile, written out as contiguous row runs. Each
+//! `COLS_PER_CHUNK` weight rows; for each run of 4 (then 2, then 1) row groups, every
+//! weight row of the chunk → a `[rows][COLS_PER_CHUNK]` tile, written out as contiguous
+//! row runs. Each
 //! weight row is read from memory once per matmul (the chunk stays in L1 across groups);
 //! the panels (all activation rows) stay in L1/L2.
 //!
@@ -20,8 +22,8 @@ use crate::ops::qdot::panel::{chosen_isa, PanelIsa, RowPanel, GROUP};
 
 /// Weight rows per output tile: 16 rows of ≤ 48 blocks stay in L1.
 const COLS_PER_CHUNK: usize = 16;
-/// Activation rows per kernel call (two groups).
-const ROWS_PER_CALL: usize = 2 * GROUP;
+/// Most row groups per kernel call.
+const GROUPS_PER_CALL: usize = 4;
 /// Fewer rows than this go through `Kernel::dot`/`dot4`: a padded group costs more.
 pub(super) const MIN_PANEL_ROWS: usize = 6;
 
@@ -75,7 +77,7 @@ pub(super) fn matmul_panel<P: RowPanel>(
     })
 }
 
-/// Runs `isa`'s kernels over all (weight row chunk, group pair) tiles in parallel over
+/// Runs `isa`'s kernels over all (weight row chunk, run of groups) tiles in parallel over
 /// runs of weight rows, writing `y: [m, n]`.
 fn panel_tiles<P: RowPanel>(
     isa: PanelIsa,
@@ -91,32 +93,55 @@ fn panel_tiles<P: RowPanel>(
     let groups = m.div_ceil(GROUP);
     pool::run(n.div_ceil(per_task), |task| {
         let cols = task * per_task..((task + 1) * per_task).min(n);
-        let mut tile = [[0f32; COLS_PER_CHUNK]; ROWS_PER_CALL];
+        let mut tile = [[0f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP];
         for c0 in cols.clone().step_by(COLS_PER_CHUNK) {
             let chunk = c0..(c0 + COLS_PER_CHUNK).min(cols.end);
-            for g in (0..groups).step_by(2) {
-                let group = |i: usize| &panels[i * kb..(i + 1) * kb];
+            let mut g = 0;
+            while g < groups {
+                let take = [4, 2, 1]
+                    .into_iter()
+                    .find(|&t| t <= P::MAX_GROUPS && g + t <= groups)
+                    .unwrap_or(1);
+                let group = |i: usize| &panels[(g + i) * kb..(g + i + 1) * kb];
                 for (c, col) in chunk.clone().enumerate() {
                     let w_row = &w[col * kb..(col + 1) * kb];
-                    if g + 1 < groups {
-                        // SAFETY: `chosen_isa` gave `isa`: one of `P::ISAS` the CPU runs.
-                        let r = unsafe { P::dot16(isa, w_row, group(g), group(g + 1)) };
-                        (0..ROWS_PER_CALL).for_each(|i| tile[i][c] = r[i]);
-                    } else {
-                        // SAFETY: as above.
-                        let r = unsafe { P::dot8(isa, w_row, group(g)) };
-                        (0..GROUP).for_each(|i| tile[i][c] = r[i]);
+                    // SAFETY: `chosen_isa` gave `isa`: one of `P::ISAS` the CPU runs.
+                    match take {
+                        4 => put_column(&mut tile, c, unsafe {
+                            P::dot::<4>(isa, w_row, std::array::from_fn(group))
+                        }),
+                        2 => put_column(&mut tile, c, unsafe {
+                            P::dot::<2>(isa, w_row, std::array::from_fn(group))
+                        }),
+                        _ => {
+                            put_column(&mut tile, c, unsafe { P::dot::<1>(isa, w_row, [group(0)]) })
+                        }
                     }
                 }
-                let rows = g * GROUP..((g + 2) * GROUP).min(m);
+                let rows = g * GROUP..((g + take) * GROUP).min(m);
                 for (tile_row, r) in tile.iter().zip(rows) {
                     // SAFETY: columns `chunk` (of every row) belong to this task alone.
                     let dst = unsafe { y_out.part(r * n + chunk.start, chunk.len()) };
                     dst.copy_from_slice(&tile_row[..chunk.len()]);
                 }
+                g += take;
             }
         }
     });
+}
+
+/// Writes one weight row's results for `G` groups into column `c` of the tile.
+#[inline(always)]
+fn put_column<const G: usize>(
+    tile: &mut [[f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP],
+    c: usize,
+    rows: [[f32; GROUP]; G],
+) {
+    for (g, group) in rows.iter().enumerate() {
+        for (i, &v) in group.iter().enumerate() {
+            tile[g * GROUP + i][c] = v;
+        }
+    }
 }
 
 #[cfg(test)]
