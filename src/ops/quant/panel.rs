@@ -6,9 +6,8 @@
 //! Loop order per task (a contiguous run of weight rows, as `tiled`): chunks of
 //! `COLS_PER_CHUNK` weight rows; for each run of 4 (then 2, then 1) row groups, every
 //! weight row of the chunk → a `[rows][COLS_PER_CHUNK]` tile, written out as contiguous
-//! row runs. Each
-//! weight row is read from memory once per matmul (the chunk stays in L1 across groups);
-//! the panels (all activation rows) stay in L1/L2.
+//! row runs. Each weight row is read from memory once per matmul (the chunk stays in L1
+//! across groups); the panels (all activation rows) stay in L1/L2.
 //!
 //! Exactness: every output is the panel kernel's row result, bit-identical to
 //! `Kernel::dot` of that weight row and activation row (see `qdot::panel`).
