@@ -17,6 +17,7 @@
 use half::f16;
 use std::arch::x86_64::*;
 
+use crate::ops::ggml_math::x86::widen_f16;
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
 /// The head size these kernels take.
@@ -87,12 +88,11 @@ pub(super) trait ScoreDot {
     /// # Safety
     /// The set's CPU features; `q` points at 64 values.
     unsafe fn query(q: *const f32) -> Self::Query;
-    /// The K row at element offset `at` · `q`, as ggml's `t3` (`reduce16`'s first step
-    /// done).
+    /// A K row (widened to f32) · `q`, as ggml's `t3` (`reduce16`'s first step done).
     ///
     /// # Safety
-    /// The set's CPU features; `at + 64 <= k_cache.len()`.
-    unsafe fn t3(k_cache: &[f16], at: usize, q: &Self::Query) -> __m256;
+    /// The set's CPU features.
+    unsafe fn t3(k: &[f32; HEAD_DIM], q: &Self::Query) -> __m256;
 }
 
 /// The 8-lane registers of this module.
@@ -105,15 +105,18 @@ impl ScoreDot for Avx2Dot {
         std::array::from_fn(|j| _mm256_loadu_ps(q.add(8 * j)))
     }
     #[inline(always)]
-    unsafe fn t3(k_cache: &[f16], at: usize, q: &Self::Query) -> __m256 {
-        dot_t3(&load_row(k_cache, at), q)
+    unsafe fn t3(k: &[f32; HEAD_DIM], q: &Self::Query) -> __m256 {
+        dot_t3(
+            &std::array::from_fn(|i| _mm256_loadu_ps(k.as_ptr().add(8 * i))),
+            q,
+        )
     }
 }
 
 /// Scores of a tile of query rows of one sequence: `scores[(r * group + g) * stride + pos]
 /// = (k_pos · q16[r, g]) * scale` for `pos < n_ctx[r]`. Positions are the outer loop, so
-/// each K row is read from memory once for the whole tile; 8 positions' sums are
-/// finished together.
+/// each K row is read from memory and widened to f32 once for the whole tile (every query
+/// row and head); 8 positions' sums are finished together.
 ///
 /// # Safety
 /// `D`'s CPU features; `q16` holds `n_ctx.len() * group * 64` values, `scores`
@@ -132,20 +135,24 @@ pub(super) unsafe fn tiled_scores<D: ScoreDot>(
     let group = q16.len() / (n_ctx.len() * HEAD_DIM);
     let n_max = n_ctx.iter().copied().max().unwrap_or(0);
     let scale8 = _mm256_set1_ps(scale);
+    let mut k_tile = [[0f32; HEAD_DIM]; POS_TILE];
     for p0 in (0..n_max).step_by(POS_TILE) {
+        for (p, k) in k_tile.iter_mut().enumerate().take(n_max - p0) {
+            let at = slot_of(p0 + p);
+            widen_f16(&k_cache[at..at + HEAD_DIM], k);
+        }
         for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| p0 < n) {
             for g in 0..group {
                 let head = r * group + g;
                 let q = D::query(q16[head * HEAD_DIM..(head + 1) * HEAD_DIM].as_ptr());
                 let out = &mut scores[head * stride..head * stride + n];
                 if p0 + POS_TILE <= n {
-                    let t3: [__m256; POS_TILE] =
-                        std::array::from_fn(|p| D::t3(k_cache, slot_of(p0 + p), &q));
+                    let t3: [__m256; POS_TILE] = std::array::from_fn(|p| D::t3(&k_tile[p], &q));
                     let r8 = _mm256_mul_ps(finish8(&t3), scale8);
                     _mm256_storeu_ps(out.as_mut_ptr().add(p0), r8);
                 } else {
                     for (pos, s) in out.iter_mut().enumerate().skip(p0) {
-                        *s = finish1(D::t3(k_cache, slot_of(pos), &q)) * scale;
+                        *s = finish1(D::t3(&k_tile[pos - p0], &q)) * scale;
                     }
                 }
             }

@@ -1,13 +1,13 @@
 //! AVX-512 attention for `head_dim == 64` over a tile of query rows of one sequence,
 //! bit-identical row by row to `attend`'s generic path.
 //!
-//! Scores: positions are the outer loop, so a K row is read from memory once per tile;
-//! it is widened straight into four 16-lane registers (no scratch row) and each query
-//! head's `ggml_vec_dot_f16` is four FMAs onto zero and the same fold
-//! `(a0 + a2) + (a1 + a3)`; the 16-lane horizontal sums (`reduce16`: halves, quarters,
-//! pairs) of 8 positions are then done together by a transpose, whose every addition
-//! pairs the same two operands as `reduce16` does (float addition is commutative). The
-//! loop is `avx2::tiled_scores`, shared with the AVX2 kernels.
+//! Scores: positions are the outer loop, so a K row is read from memory and widened to
+//! f32 once per tile (into an 8-row scratch in L1); each query head's `ggml_vec_dot_f16`
+//! is four FMAs onto zero and the same fold `(a0 + a2) + (a1 + a3)`; the 16-lane
+//! horizontal sums (`reduce16`: halves, quarters, pairs) of 8 positions are then done
+//! together by a transpose, whose every addition pairs the same two operands as
+//! `reduce16` does (float addition is commutative). The loop is `avx2::tiled_scores`,
+//! shared with the AVX2 kernels.
 //!
 //! V: for each of ggml's 64 lanes (the outer loop, so a lane's V rows are read from memory
 //! once per tile), the positions feeding it (`lane, lane + 64, …`) are accumulated in
@@ -55,8 +55,9 @@ impl ScoreDot for Avx512Dot {
         std::array::from_fn(|j| _mm512_loadu_ps(q.add(16 * j)))
     }
     #[inline(always)]
-    unsafe fn t3(k_cache: &[f16], at: usize, q: &Self::Query) -> __m256 {
-        halves(folded_dot(&load_row(k_cache, at), q))
+    unsafe fn t3(k: &[f32; HEAD_DIM], q: &Self::Query) -> __m256 {
+        let k = std::array::from_fn(|j| _mm512_loadu_ps(k.as_ptr().add(16 * j)));
+        halves(folded_dot(&k, q))
     }
 }
 
