@@ -27,6 +27,8 @@ use super::pool::{self, SharedOut};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_wide;
 mod q8_0;
 mod rotation;
 
@@ -150,11 +152,24 @@ pub struct AttnInputs<'a, C = f16> {
     pub block_tables: &'a [u32],
 }
 
+/// Per-thread scratch of one unit.
+#[derive(Default)]
+struct Scratch {
+    /// Scores, then probabilities: `[rows, group, ctx]`.
+    scores: Vec<f32>,
+    /// One K/V row in f32: `[hd]`.
+    kv_row: Vec<f32>,
+    /// The V accumulators: `[rows, group, 64 lanes, hd]`.
+    acc: Vec<f32>,
+    /// f16-rounded queries: `[rows, group, hd]`.
+    q16: Vec<f32>,
+    /// Element offset of each context position's row of this kv head in the cache:
+    /// `[ctx]` (the block table resolved once per unit).
+    offsets: Vec<usize>,
+}
+
 thread_local! {
-    /// Per-thread scratch: scores `[group, ctx]`, one K/V row in f32 `[hd]`, the V
-    /// accumulators `[group, 64 lanes, hd]`, f16-rounded queries `[group, hd]`.
-    static SCRATCH: RefCell<[Vec<f32>; 4]> =
-        const { RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 impl<C> Clone for AttnInputs<'_, C> {
@@ -239,7 +254,7 @@ unsafe fn attend_fma(
     rows: Range<usize>,
     kvh: usize,
     out: SharedOut<'_, f32>,
-    scratch: &mut [Vec<f32>; 4],
+    scratch: &mut Scratch,
 ) {
     attend::<true>(kernels, inp, seq, rows, kvh, out, scratch)
 }
@@ -255,7 +270,7 @@ fn attend<const SIMD: bool>(
     rows: Range<usize>,
     kvh: usize,
     out: SharedOut<'_, f32>,
-    scratch: &mut [Vec<f32>; 4],
+    scratch: &mut Scratch,
 ) {
     let geo = inp.geo;
     let hd = geo.head_dim;
@@ -274,12 +289,15 @@ fn attend<const SIMD: bool>(
     let stride = n_ctx[n_rows - 1];
     let table = &inp.block_tables[seq.table_start..seq.table_start + seq.table_len];
     let scale = 1.0 / (hd as f32).sqrt();
-    let slot_of = |pos: usize| {
-        (table[pos / geo.block_size] as usize * geo.block_size + pos % geo.block_size)
-            * geo.token_stride()
-            + kvh * hd
-    };
-    let [scores, kv_row, acc, q16] = scratch;
+    let Scratch {
+        scores,
+        kv_row,
+        acc,
+        q16,
+        offsets,
+    } = scratch;
+    resolve_offsets(table, geo, kvh, stride, offsets);
+    let slot_of = |pos: usize| offsets[pos];
     scores.resize(n_rows * group * stride, 0.0);
     kv_row.resize(hd, 0.0);
     acc.resize(n_rows * group * F16_STEP * hd, 0.0);
@@ -298,6 +316,10 @@ fn attend<const SIMD: bool>(
     match kernels {
         // SAFETY (each x86 arm): `Kernels::for_head_dim` (or a test, likewise) checked
         // the CPU and hd; the sizes are as resized above.
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx512 if n_rows * group >= avx512_wide::MIN_HEADS => unsafe {
+            avx512_wide::scores(inp.k_cache, &slot_of, n_ctx, q16, scale, scores, stride)
+        },
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx512 => unsafe {
             avx512::scores(inp.k_cache, &slot_of, n_ctx, q16, scale, scores, stride)
@@ -357,12 +379,38 @@ fn attend<const SIMD: bool>(
             let h = kvh * group + g;
             let head = r * group + g;
             let lanes = &mut acc[head * F16_STEP * hd..(head + 1) * F16_STEP * hd];
-            fold_lanes(lanes, hd);
             // SAFETY: (row, head h) belongs to this unit alone.
             let at = ((seq.q_row + t) * inp.n_heads + h) * hd;
             let dst = unsafe { out.part(at, hd) };
-            dst.copy_from_slice(&lanes[..hd]);
+            match kernels {
+                // SAFETY: as above; `lanes` is `[64, 64]`.
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx512 => unsafe { avx512::fold_lanes(lanes, dst) },
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx2 => unsafe { avx2::fold_lanes(lanes, dst) },
+                Kernels::Generic => {
+                    fold_lanes(lanes, hd);
+                    dst.copy_from_slice(&lanes[..hd]);
+                }
+            }
         }
+    }
+}
+
+/// `offsets[pos]` (for `pos < n_ctx`) = where position `pos`'s row of kv head `kvh` starts
+/// in the cache, through the sequence's block `table`.
+fn resolve_offsets(
+    table: &[u32],
+    geo: KvGeometry,
+    kvh: usize,
+    n_ctx: usize,
+    offsets: &mut Vec<usize>,
+) {
+    offsets.clear();
+    for &block in &table[..n_ctx.div_ceil(geo.block_size)] {
+        let first = block as usize * geo.block_size;
+        let slots = first..first + geo.block_size.min(n_ctx - offsets.len());
+        offsets.extend(slots.map(|slot| slot * geo.token_stride() + kvh * geo.head_dim));
     }
 }
 

@@ -218,6 +218,28 @@ pub unsafe fn accumulate_v(
     zero_unreached_lanes(n_ctx, group, acc);
 }
 
+/// `attention::fold_lanes` of one head's 64 V lanes (`lanes: [64, 64]`), written to
+/// `out: [64]`, 8 outputs per register (`avx512::fold_lanes`' steps).
+///
+/// # Safety
+/// AVX2; `lanes` holds 64 × 64 values, `out` 64.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn fold_lanes(lanes: &[f32], out: &mut [f32]) {
+    assert!(lanes.len() >= F16_STEP * HEAD_DIM && out.len() >= HEAD_DIM);
+    for c in (0..HEAD_DIM).step_by(8) {
+        let a = |lane: usize| _mm256_loadu_ps(lanes.as_ptr().add(lane * HEAD_DIM + c));
+        let x: [__m256; LANES] = std::array::from_fn(|l| {
+            let x0 = _mm256_add_ps(a(l), a(l + 2 * LANES));
+            let x1 = _mm256_add_ps(a(l + LANES), a(l + 3 * LANES));
+            _mm256_add_ps(x0, x1)
+        });
+        let t3: [__m256; 8] = std::array::from_fn(|i| _mm256_add_ps(x[i + 8], x[i]));
+        let t6: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(t3[i + 4], t3[i]));
+        let sum = _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3]));
+        _mm256_storeu_ps(out.as_mut_ptr().add(c), sum);
+    }
+}
+
 /// Zeroes the V accumulator lanes `n..64` of rows whose context `n` is shorter than 64.
 pub(super) fn zero_unreached_lanes(n_ctx: &[usize], group: usize, acc: &mut [f32]) {
     for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| n < F16_STEP) {

@@ -166,6 +166,29 @@ impl Heads<'_> {
     }
 }
 
+/// `attention::fold_lanes` of one head's 64 V lanes (`lanes: [64, 64]`), written to
+/// `out: [64]`: per 16 outputs, `x_l = (a_l + a_{l+32}) + (a_{l+16} + a_{l+48})`, then
+/// `reduce16`'s tree over `l`, all in registers.
+///
+/// # Safety
+/// `available()`; `lanes` holds 64 × 64 values, `out` 64.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn fold_lanes(lanes: &[f32], out: &mut [f32]) {
+    assert!(lanes.len() >= F16_STEP * HEAD_DIM && out.len() >= HEAD_DIM);
+    for c in (0..HEAD_DIM).step_by(LANES) {
+        let a = |lane: usize| _mm512_loadu_ps(lanes.as_ptr().add(lane * HEAD_DIM + c));
+        let x: [__m512; LANES] = std::array::from_fn(|l| {
+            let x0 = _mm512_add_ps(a(l), a(l + 2 * LANES));
+            let x1 = _mm512_add_ps(a(l + LANES), a(l + 3 * LANES));
+            _mm512_add_ps(x0, x1)
+        });
+        let t3: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(x[i + 8], x[i]));
+        let t6: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(t3[i + 4], t3[i]));
+        let sum = _mm512_add_ps(_mm512_add_ps(t6[0], t6[2]), _mm512_add_ps(t6[1], t6[3]));
+        _mm512_storeu_ps(out.as_mut_ptr().add(c), sum);
+    }
+}
+
 /// ggml's AVX-512 `ggml_v_expf` on 16 lanes: `ggml_math::expf` lane by lane, same bits.
 #[inline(always)]
 unsafe fn expf16(x: __m512) -> __m512 {

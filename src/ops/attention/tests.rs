@@ -117,7 +117,7 @@ fn tiled_kernels_match_the_twin(kernels: Kernels) {
             let mut fast = vec![0f32; q.len()];
             paged_attention_with(kernels, inp, &mut fast);
             let mut twin = vec![0f32; q.len()];
-            let mut scratch: [Vec<f32>; 4] = Default::default();
+            let mut scratch = Scratch::default();
             for seq in &seqs {
                 for t in 0..seq.n_q {
                     for kvh in 0..n_kv {
@@ -231,4 +231,77 @@ fn row_meta_gives_each_row_its_causal_key_count_and_table() {
     assert_eq!(table, [0, 3, 3, 3]);
     row_meta(&[], &mut ctx, &mut table);
     assert!(ctx.is_empty() && table.is_empty());
+}
+
+/// Timing only (`--ignored --nocapture`), SmolLM2's heads (9 query heads over 3 kv heads,
+/// head_dim 64), with each kernel set the host runs: the last 1024-row chunk of a
+/// 4096-token prompt, and a decode step of 32 sequences at 1024 tokens each.
+#[test]
+#[ignore]
+fn bench_attention_shapes() {
+    bench_shape("prefill chunk 3072..4096", 1, 1024, 4096);
+    bench_shape("decode 32 x 1 row at 1024", 32, 1, 1024);
+}
+
+/// Times `paged_attention_with` for `n_seqs` sequences of `n_q` query rows ending at `ctx`
+/// tokens (each sequence its own blocks).
+fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize) {
+    use crate::ops::cpu_features::{host, Level};
+    let (hd, bs, n_kv, group) = (64, 16, 3, 3);
+    let geo = KvGeometry {
+        block_size: bs,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+    };
+    let n_heads = group * n_kv;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut rand_f16 = |len: usize| -> Vec<f16> {
+        (0..len)
+            .map(|_| f16::from_f32(rng.random_range(-2.0f32..2.0)))
+            .collect()
+    };
+    let kc = rand_f16(n_seqs * ctx * n_kv * hd);
+    let vc = rand_f16(n_seqs * ctx * n_kv * hd);
+    let q: Vec<f32> = rand_f16(n_seqs * n_q * n_heads * hd)
+        .iter()
+        .map(|h| h.to_f32())
+        .collect();
+    let blocks = ctx / bs;
+    let table: Vec<u32> = (0..(n_seqs * blocks) as u32).collect();
+    let seqs: Vec<AttnSeq> = (0..n_seqs)
+        .map(|s| AttnSeq {
+            q_row: s * n_q,
+            n_q,
+            ctx_len: ctx,
+            table_start: s * blocks,
+            table_len: blocks,
+        })
+        .collect();
+    let inp = AttnInputs {
+        q: &q,
+        n_heads,
+        k_cache: &kc,
+        v_cache: &vc,
+        geo,
+        seqs: &seqs,
+        block_tables: &table,
+    };
+    let mut kernels = vec![Kernels::Generic];
+    if host().level >= Level::Avx2 {
+        kernels.insert(0, Kernels::Avx2);
+    }
+    if host().level >= Level::Avx512 {
+        kernels.insert(0, Kernels::Avx512);
+    }
+    let mut out = vec![0f32; q.len()];
+    for k in kernels {
+        let runs = if k == Kernels::Generic { 1 } else { 5 };
+        let mut best = f64::INFINITY;
+        for _ in 0..runs {
+            let t = std::time::Instant::now();
+            paged_attention_with(k, inp, &mut out);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("{name}: {k:?}: best of {runs} {:.2} ms", best * 1e3);
+    }
 }
