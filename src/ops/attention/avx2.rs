@@ -249,6 +249,31 @@ pub(super) fn zero_unreached_lanes(n_ctx: &[usize], group: usize, acc: &mut [f32
     }
 }
 
+/// The largest value of `x` (−∞ when empty), as the generic softmax's
+/// `fold(f32::NEG_INFINITY, f32::max)`: NaNs are skipped (each `max` returns its second
+/// operand, the running maximum, when either is NaN). Only the sign of a zero maximum may
+/// differ, which no `x - max` and so no probability can tell.
+///
+/// # Safety
+/// AVX.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+    let mut chunks = x.chunks_exact(32);
+    for chunk in &mut chunks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_max_ps(_mm256_loadu_ps(chunk.as_ptr().add(8 * k)), *a);
+        }
+    }
+    let both = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), both);
+    lanes
+        .into_iter()
+        .chain(chunks.remainder().iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// `ggml_math::expf` on 8 lanes, same bits: ggml's AVX-512 `ggml_v_expf` steps, its
 /// `scalef` as the scalar twin computes it (`j · 2^n` in f64, then rounded to f32).
 #[inline(always)]
@@ -300,7 +325,7 @@ unsafe fn expf8(x: __m256) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn softmax_to_f16(x: &mut [f32]) {
     let whole = x.len() - x.len() % LANES;
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_of(x);
     let max8 = _mm256_set1_ps(max);
     let mut sum = 0f64;
     for i in (0..whole).step_by(LANES) {

@@ -18,7 +18,7 @@
 use half::f16;
 use std::arch::x86_64::*;
 
-use super::avx2::{finish1, tiled_scores, zero_unreached_lanes, ScoreDot};
+use super::avx2::{finish1, max_of, tiled_scores, zero_unreached_lanes, ScoreDot};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
 /// The head size these kernels take.
@@ -232,7 +232,7 @@ unsafe fn reduce16_reg(x: __m512) -> f32 {
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn softmax_to_f16(x: &mut [f32]) {
     let whole = x.len() - x.len() % LANES;
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_of(x);
     let max16 = _mm512_set1_ps(max);
     let mut sum = 0f64;
     for i in (0..whole).step_by(LANES) {
