@@ -121,7 +121,11 @@ fn panel_tiles<P: RowPanel>(
                 for (tile_row, r) in tile.iter().zip(rows) {
                     // SAFETY: columns `chunk` (of every row) belong to this task alone.
                     let dst = unsafe { y_out.part(r * n + chunk.start, chunk.len()) };
-                    dst.copy_from_slice(&tile_row[..chunk.len()]);
+                    match <&mut [f32; COLS_PER_CHUNK]>::try_from(&mut *dst) {
+                        // A whole chunk: a fixed-size copy the compiler inlines.
+                        Ok(whole) => *whole = *tile_row,
+                        Err(_) => dst.copy_from_slice(&tile_row[..chunk.len()]),
+                    }
                 }
                 g += take;
             }
