@@ -37,6 +37,19 @@ fn rounded(x: &[f32]) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn tiled_kernels_are_bit_identical_to_the_scalar_twin() {
+    let kernels = tiled_kernels();
+    if kernels.is_empty() {
+        eprintln!("skipped: neither AVX-512 nor AVX2");
+        return;
+    }
+    for k in kernels {
+        tiled_kernels_match_the_twin(k);
+    }
+}
+
+/// The tiled kernel sets the host runs, widest first.
+#[cfg(target_arch = "x86_64")]
+fn tiled_kernels() -> Vec<Kernels> {
     use crate::ops::cpu_features::{host, Level};
     let level = host().level;
     let mut kernels = vec![];
@@ -46,13 +59,7 @@ fn tiled_kernels_are_bit_identical_to_the_scalar_twin() {
     if level >= Level::Avx2 {
         kernels.push(Kernels::Avx2);
     }
-    if kernels.is_empty() {
-        eprintln!("skipped: neither AVX-512 nor AVX2");
-        return;
-    }
-    for k in kernels {
-        tiled_kernels_match_the_twin(k);
-    }
+    kernels
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -236,6 +243,7 @@ fn row_meta_gives_each_row_its_causal_key_count_and_table() {
 /// Timing only (`--ignored --nocapture`), SmolLM2's heads (9 query heads over 3 kv heads,
 /// head_dim 64), with each kernel set the host runs: the last 1024-row chunk of a
 /// 4096-token prompt, and a decode step of 32 sequences at 1024 tokens each.
+#[cfg(target_arch = "x86_64")]
 #[test]
 #[ignore]
 fn bench_attention_shapes() {
@@ -245,8 +253,8 @@ fn bench_attention_shapes() {
 
 /// Times `paged_attention_with` for `n_seqs` sequences of `n_q` query rows ending at `ctx`
 /// tokens (each sequence its own blocks).
+#[cfg(target_arch = "x86_64")]
 fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize) {
-    use crate::ops::cpu_features::{host, Level};
     let (hd, bs, n_kv, group) = (64, 16, 3, 3);
     let geo = KvGeometry {
         block_size: bs,
@@ -286,13 +294,8 @@ fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize) {
         seqs: &seqs,
         block_tables: &table,
     };
-    let mut kernels = vec![Kernels::Generic];
-    if host().level >= Level::Avx2 {
-        kernels.insert(0, Kernels::Avx2);
-    }
-    if host().level >= Level::Avx512 {
-        kernels.insert(0, Kernels::Avx512);
-    }
+    let mut kernels = tiled_kernels();
+    kernels.push(Kernels::Generic);
     let mut out = vec![0f32; q.len()];
     for k in kernels {
         let runs = if k == Kernels::Generic { 1 } else { 5 };
