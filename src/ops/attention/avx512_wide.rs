@@ -54,17 +54,17 @@ pub unsafe fn scores(
     let mut kt = KTile([[0.0; POS_TILE]; HEAD_DIM]);
     for p0 in (0..n_max).step_by(POS_TILE) {
         transpose_tile(k_cache, slot_of, p0..(p0 + POS_TILE).min(n_max), &mut kt);
+        let pass = Pass {
+            kt: &kt,
+            q16,
+            n_ctx,
+            group,
+            scale,
+            p0,
+        };
         let mut h0 = 0;
         while h0 < heads {
             let take = HEADS_PER_PASS.min(heads - h0);
-            let pass = Pass {
-                kt: &kt,
-                q16,
-                n_ctx,
-                group,
-                scale,
-                p0,
-            };
             let out = scores.as_mut_ptr().add(h0 * stride);
             match take {
                 4 => pass.heads::<4>(h0, out, stride),
@@ -86,11 +86,14 @@ unsafe fn transpose_tile(
     positions: std::ops::Range<usize>,
     kt: &mut KTile,
 ) {
+    let row_at: [Option<usize>; POS_TILE] = std::array::from_fn(|i| {
+        let pos = positions.start + i;
+        (pos < positions.end).then(|| slot_of(pos))
+    });
     for block in 0..HEAD_DIM / POS_TILE {
         let rows: [__m512; POS_TILE] = std::array::from_fn(|i| {
-            let pos = positions.start + i;
-            if pos < positions.end {
-                let at = slot_of(pos) + block * POS_TILE;
+            if let Some(row) = row_at[i] {
+                let at = row + block * POS_TILE;
                 let src = k_cache[at..at + POS_TILE].as_ptr() as *const __m256i;
                 _mm512_cvtph_ps(_mm256_loadu_si256(src))
             } else {
