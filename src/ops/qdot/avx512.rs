@@ -31,14 +31,14 @@ use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP};
 use super::x86::f16_to_f32;
 
 /// `vpermd` indices doubling each 4-byte group: `[g0, g0, g1, g1, .., g7, g7]`.
-const DOUBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
+pub(super) const DOUBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
 /// The same over a 16-byte load: the low nibbles' groups, then again for the high ones.
 const DOUBLE_NIBBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1, 2, 2, 3, 3];
 /// Lanes of `hsum_rows`' last step holding rows 0..8.
-const ROW_RESULT_INDEX: [i32; 16] = [0, 1, 4, 5, 8, 9, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0];
+pub(super) const ROW_RESULT_INDEX: [i32; 16] = [0, 1, 4, 5, 8, 9, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0];
 
 #[inline(always)]
-unsafe fn load_index(idx: &[i32; 16]) -> __m512i {
+pub(super) unsafe fn load_index(idx: &[i32; 16]) -> __m512i {
     _mm512_loadu_si512(idx.as_ptr() as *const _)
 }
 
@@ -64,7 +64,7 @@ unsafe fn fma_pairs(acc: &mut [__m512; 4], wd: __m512, act_d: &[f32; GROUP], lan
 /// ggml folds `r_j = x_j + x_{j+4}`, then `t_0 = r_0 + r_2`, `t_1 = r_1 + r_3`, then
 /// `t_0 + t_1`; every add here is one of those (float addition is commutative).
 #[inline(always)]
-unsafe fn hsum_rows(acc: &[__m512; 4], result_idx: __m512i) -> __m256 {
+pub(super) unsafe fn hsum_rows(acc: &[__m512; 4], result_idx: __m512i) -> __m256 {
     // acc[p] 256-bit halves: [a0 b0 a1 b1 a2 b2 a3 b3 | a4 b4 .. a7 b7].
     let lo01 = _mm512_shuffle_f32x4::<0b01_00_01_00>(acc[0], acc[1]);
     let hi01 = _mm512_shuffle_f32x4::<0b11_10_11_10>(acc[0], acc[1]);

@@ -24,6 +24,8 @@
 mod avx2_panel;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemv;
 pub mod blocks;
 #[cfg(test)]
 mod ggml_vectors;
@@ -62,6 +64,14 @@ pub trait Kernel {
     /// Four weight rows · one activation row (single-stream decode: four independent
     /// accumulations in flight); each result equals `dot`'s bit for bit.
     fn dot_rows4(w: [&[Self::Weight]; 4], x: &[Self::Act]) -> [f32; 4];
+    /// Eight weight rows · one activation row (single-stream decode); each result equals
+    /// `dot`'s bit for bit. Two `dot_rows4` unless the type has a wider kernel.
+    fn dot_rows8(w: [&[Self::Weight]; 8], x: &[Self::Act]) -> [f32; 8]
+    where
+        Self: Sized,
+    {
+        rows8_by_fours::<Self>(w, x)
+    }
     /// The portable implementation (same bits as the SIMD one; used by tests).
     fn dot_portable(w: &[Self::Weight], x: &[Self::Act]) -> f32;
 }
@@ -144,9 +154,21 @@ pub(crate) unsafe fn run_dot_rows4<S: Steps>(w: [&[S::Weight]; 4], x: &[S::Act])
     [S::finish(a0), S::finish(a1), S::finish(a2), S::finish(a3)]
 }
 
-/// Implements `Kernel` for `$name` from a scalar and an AVX2 `Steps` type.
+/// `Kernel::dot_rows8` as two `dot_rows4` calls.
+pub(crate) fn rows8_by_fours<K: Kernel>(w: [&[K::Weight]; 8], x: &[K::Act]) -> [f32; 8] {
+    let [a, b, c, d, e, f, g, h] = w;
+    let (lo, hi) = (K::dot_rows4([a, b, c, d], x), K::dot_rows4([e, f, g, h], x));
+    let mut out = [0f32; 8];
+    out[..4].copy_from_slice(&lo);
+    out[4..].copy_from_slice(&hi);
+    out
+}
+
+/// Implements `Kernel` for `$name` from a scalar and an AVX2 `Steps` type, and with
+/// `rows8: f` an AVX-512 VNNI `dot_rows8` kernel `f` (run at level avx512 on a VNNI host).
 macro_rules! kernel {
-    ($(#[$doc:meta])* $name:ident: $w:ty, $a:ty, $block:expr, $quant:path, $scalar:ty, $avx2:ty) => {
+    ($(#[$doc:meta])* $name:ident: $w:ty, $a:ty, $block:expr, $quant:path, $scalar:ty, $avx2:ty
+     $(, rows8: $rows8:path)?) => {
         $(#[$doc])*
         pub struct $name;
 
@@ -205,6 +227,17 @@ macro_rules! kernel {
                 // SAFETY: the scalar steps use no intrinsics.
                 unsafe { $crate::ops::qdot::run_dot::<$scalar>(w, x) }
             }
+            $(
+            fn dot_rows8(w: [&[$w]; 8], x: &[$a]) -> [f32; 8] {
+                #[cfg(target_arch = "x86_64")]
+                if $crate::ops::cpu_features::avx512_vnni() {
+                    // SAFETY: the process's level allows AVX-512 F/BW/VL + VNNI (with FMA
+                    // and F16C), as the panel kernels require.
+                    return unsafe { $rows8(w, x) };
+                }
+                $crate::ops::qdot::rows8_by_fours::<Self>(w, x)
+            }
+            )?
         }
     };
 }

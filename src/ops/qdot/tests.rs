@@ -101,6 +101,20 @@ fn check<C: GgmlType, K: Kernel>(view: fn(&[C]) -> &[K::Weight], f16_at: &[usize
 where
     K::Act: Dequant,
 {
+    check_with::<C, K>(view, f16_at, None)
+}
+
+/// `K`'s own eight-row kernel for `check_with`, called directly (whatever the process's level).
+type Rows8<K> = fn([&[<K as Kernel>::Weight]; 8], &[<K as Kernel>::Act]) -> [f32; 8];
+
+/// `check`, plus `vnni_rows8` (when given) against `dot` on every case.
+fn check_with<C: GgmlType, K: Kernel>(
+    view: fn(&[C]) -> &[K::Weight],
+    f16_at: &[usize],
+    vnni_rows8: Option<Rows8<K>>,
+) where
+    K::Act: Dequant,
+{
     for (case, &n_blocks) in [1usize, 2, 3, 8].iter().enumerate() {
         for random_bytes in [false, true] {
             let seed = case as u64 * 10 + random_bytes as u64;
@@ -117,21 +131,37 @@ where
                 .collect();
             let rows = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
             let four = K::dot4(view(&w), rows);
-            // Four weight rows (this one and three others) against each activation row.
-            let others: Vec<Vec<C>> = (1..4)
+            // Eight weight rows (this one and seven others) against each activation row.
+            let others: Vec<Vec<C>> = (1..8)
                 .map(|o| weights::<C>(n_blocks, random_bytes, f16_at, seed + 100 * o))
                 .collect();
-            let w4 = [
-                view(&w),
-                view(&others[0]),
-                view(&others[1]),
-                view(&others[2]),
-            ];
+            let w8: [&[K::Weight]; 8] = std::array::from_fn(|i| {
+                if i == 0 {
+                    view(&w)
+                } else {
+                    view(&others[i - 1])
+                }
+            });
             for x in &xs {
-                let by_rows = K::dot_rows4(w4, x);
-                for (wr, got) in w4.iter().zip(by_rows) {
-                    let want = K::dot(wr, x).to_bits();
-                    assert_eq!(got.to_bits(), want, "dot_rows4 != dot: {n_blocks} blocks");
+                let want = w8.map(|wr| K::dot(wr, x).to_bits());
+                let by_four = K::dot_rows4([w8[0], w8[1], w8[2], w8[3]], x);
+                assert_eq!(
+                    by_four.map(f32::to_bits),
+                    want[..4],
+                    "dot_rows4 != dot: {n_blocks} blocks"
+                );
+                let by_eight = K::dot_rows8(w8, x);
+                assert_eq!(
+                    by_eight.map(f32::to_bits),
+                    want,
+                    "dot_rows8 != dot: {n_blocks} blocks"
+                );
+                if let Some(rows8) = vnni_rows8 {
+                    assert_eq!(
+                        rows8(w8, x).map(f32::to_bits),
+                        want,
+                        "VNNI rows8 != dot: {n_blocks} blocks"
+                    );
                 }
             }
             for (r, x) in xs.iter().enumerate() {
@@ -178,13 +208,29 @@ fn q4_0_both_orders() {
 
 #[test]
 fn q4_1() {
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::cpu_features::host().vnni {
+        // SAFETY: the host has AVX-512 VNNI (with F/BW/VL, FMA and F16C).
+        let vnni: Rows8<Q4_1Dot> = |w, x| unsafe { super::avx512_gemv::q4_1_rows8(w, x) };
+        return check_with::<BlockQ4_1, Q4_1Dot>(blocks::view_q4_1, &[0, 2], Some(vnni));
+    }
     check::<BlockQ4_1, Q4_1Dot>(blocks::view_q4_1, &[0, 2]);
 }
 
 #[test]
 fn q5_0_q5_1_q8_0() {
-    check::<BlockQ5_0, Q5_0Dot>(blocks::view_q5_0, &[0]);
     check::<BlockQ5_1, Q5_1Dot>(blocks::view_q5_1, &[0, 2]);
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::cpu_features::host().vnni {
+        use super::avx512_gemv::signed32_rows8;
+        // SAFETY: the host has AVX-512 VNNI (with F/BW/VL, FMA and F16C).
+        let q5_0: Rows8<Q5_0Dot> = |w, x| unsafe { signed32_rows8(w, x) };
+        check_with::<BlockQ5_0, Q5_0Dot>(blocks::view_q5_0, &[0], Some(q5_0));
+        // SAFETY: as above.
+        let q8_0: Rows8<Q8_0Dot> = |w, x| unsafe { signed32_rows8(w, x) };
+        return check_with::<BlockQ8_0, Q8_0Dot>(blocks::view_q8_0, &[0], Some(q8_0));
+    }
+    check::<BlockQ5_0, Q5_0Dot>(blocks::view_q5_0, &[0]);
     check::<BlockQ8_0, Q8_0Dot>(blocks::view_q8_0, &[0]);
 }
 

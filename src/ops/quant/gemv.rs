@@ -1,8 +1,8 @@
-//! The few-row matmul path (single-stream decode: one to three activation rows): four
+//! The few-row matmul path (single-stream decode: one to three activation rows): eight
 //! weight rows per kernel call, with the weight rows ahead prefetched, since decode is
 //! bound by how fast the weights arrive from memory.
 //!
-//! Exactness: `Kernel::dot_rows4` gives each row `Kernel::dot`'s bits, so every output is
+//! Exactness: `Kernel::dot_rows8` gives each row `Kernel::dot`'s bits, so every output is
 //! the same as on the other paths (batch invariance).
 
 use super::cols_per_task;
@@ -10,9 +10,10 @@ use crate::ops::pool::{self, SharedOut};
 use crate::ops::qdot::Kernel;
 
 /// `matmul` for fewer than 4 activation rows (`xq: [m, kb]` quantized; single-stream
-/// decode): each activation row against four weight rows per kernel call (`dot_rows4`:
-/// four independent accumulations in flight), the rows past the last multiple of four one
-/// by one; parallel over runs of weight rows as `tiled`.
+/// decode): each activation row against eight weight rows per kernel call (`dot_rows8`:
+/// independent accumulations in flight; Q4_1, Q5_0 and Q8_0 have AVX-512 VNNI kernels
+/// for it, bench/NOTES.md §26), the rows past the last multiple of eight one by one;
+/// parallel over runs of weight rows as `tiled`.
 ///
 /// Decode reads every weight once per token, so it is bound by how fast weights arrive:
 /// the first pass asks for the rows `PREFETCH_AHEAD` ahead while it dots these (see
@@ -28,19 +29,19 @@ pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usiz
             let x_row = &xq[r * kb..(r + 1) * kb];
             // SAFETY: columns `cols` of row `r` belong to this task alone.
             let out = unsafe { y_out.part(r * n + cols.start, cols.len()) };
-            let mut quads = out.chunks_exact_mut(4);
+            let mut octets = out.chunks_exact_mut(8);
             let mut col = cols.start;
-            for four in &mut quads {
+            for eight in &mut octets {
                 if r == 0 {
                     let ahead = (col + PREFETCH_AHEAD).min(cols.end)
-                        ..(col + PREFETCH_AHEAD + 4).min(cols.end);
+                        ..(col + PREFETCH_AHEAD + 8).min(cols.end);
                     prefetch_l2(&w[ahead.start * kb..ahead.end * kb]);
                 }
-                let rows = [w_row(col), w_row(col + 1), w_row(col + 2), w_row(col + 3)];
-                four.copy_from_slice(&K::dot_rows4(rows, x_row));
-                col += 4;
+                let rows: [&[K::Weight]; 8] = std::array::from_fn(|i| w_row(col + i));
+                eight.copy_from_slice(&K::dot_rows8(rows, x_row));
+                col += 8;
             }
-            for o in quads.into_remainder() {
+            for o in octets.into_remainder() {
                 *o = K::dot(w_row(col), x_row);
                 col += 1;
             }
@@ -48,10 +49,11 @@ pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usiz
     });
 }
 
-/// Weight rows between the four `gemv` dots and the four it prefetches. Measured on the
-/// 2-core Sapphire Rapids VM (SmolLM2 Q4_1, c=1 decode, bench/NOTES.md §23): 4, 8 and 12
-/// rows within noise of each other; `dot_rows4` without prefetch 62-68 tok/s, with
-/// `prefetcht2` 118-124, `prefetcht0` 96-97, `prefetchnta` 67.
+/// Weight rows between the eight rows a `gemv` call dots and the first of the eight it
+/// prefetches. Measured on the 2-core Sapphire Rapids VM (SmolLM2 Q4_1, c=1 decode,
+/// bench/NOTES.md §23, with four rows per call): 4, 8 and 12 rows within noise of each
+/// other; without prefetch 62-68 tok/s, with `prefetcht2` 118-124, `prefetcht0` 96-97,
+/// `prefetchnta` 67. With eight rows per call (§26), 8 and 16 ahead within noise.
 pub(super) const PREFETCH_AHEAD: usize = 8;
 
 /// Asks for `blocks`' cache lines ahead of their use, into the outer caches (x86
