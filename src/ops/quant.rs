@@ -26,7 +26,7 @@ use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 
 use super::pool::{self, SharedOut};
-use super::qdot::panel::{Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
+use super::qdot::panel::{Q4KPanel, Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
 use super::qdot::{self, Kernel};
 use float::{matmul_float, matmul_float_here};
 use gemv::{gemv, prefetch_l2, PREFETCH_AHEAD};
@@ -291,6 +291,9 @@ impl QMatrix {
             QData::Q2K(w) if packed => matmul::<Q2KInterleaved>(blocks::view_q2k(w), k, x, m, y),
             QData::Q2K(w) => matmul::<Q2KDot>(blocks::view_q2k(w), k, x, m, y),
             QData::Q3K(w) => matmul::<Q3KDot>(blocks::view_q3k(w), k, x, m, y),
+            QData::Q4K(w) if packed && use_panels::<Q4KPanel>(m) => {
+                matmul_panel::<Q4KPanel>(blocks::view_q4k(w), k, x, m, y)
+            }
             QData::Q4K(w) if packed => matmul::<Q4KInterleaved>(blocks::view_q4k(w), k, x, m, y),
             QData::Q4K(w) => matmul::<Q4KDot>(blocks::view_q4k(w), k, x, m, y),
             QData::Q5K(w) => matmul::<Q5KDot>(blocks::view_q5k(w), k, x, m, y),

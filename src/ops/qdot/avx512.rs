@@ -21,11 +21,13 @@
 //! (`ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q5_0_q8_0`: the same float steps).
 //! Q6_K: per 256-element super-block one FMA per lane, as the others per 32-element
 //! block; its integer lanes are ggml's (see `q6k_rows`).
+//! Q4_K in the order of ggml's repacked gemv (`Q4KInterleaved`): per super-block and row
+//! two exact integers and two FMAs, 8 rows per instruction (see `q4k_rows`).
 
 use std::arch::x86_64::*;
 
-use super::blocks::{Q4_1, Q6K};
-use super::kquants::avx2::q6k_vectors;
+use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q6K};
+use super::kquants::avx2::{q4k_vectors, q6k_vectors};
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP};
 use super::x86::f16_to_f32;
@@ -80,6 +82,23 @@ pub(super) unsafe fn hsum_rows(acc: &[__m512; 4], result_idx: __m512i) -> __m256
     // lanes 0, 1 of chunk p: rows 2p, 2p+1.
     let sums = _mm512_add_ps(t, _mm512_shuffle_ps::<0b01_00_11_10>(t, t));
     _mm512_castps512_ps256(_mm512_permutexvar_ps(result_idx, sums))
+}
+
+/// Each row's sum of its 8 i32 lanes in a group's 4 pair registers (exact, so any order):
+/// `[i32; 8]` in row order, by `hsum_rows`' shuffles.
+#[inline(always)]
+unsafe fn hsum_rows_i32(l: &[__m512i; 4], result_idx: __m512i) -> __m256i {
+    let lo01 = _mm512_shuffle_i32x4::<0b01_00_01_00>(l[0], l[1]);
+    let hi01 = _mm512_shuffle_i32x4::<0b11_10_11_10>(l[0], l[1]);
+    let lo23 = _mm512_shuffle_i32x4::<0b01_00_01_00>(l[2], l[3]);
+    let hi23 = _mm512_shuffle_i32x4::<0b11_10_11_10>(l[2], l[3]);
+    let r01 = _mm512_add_epi32(lo01, hi01);
+    let r23 = _mm512_add_epi32(lo23, hi23);
+    let r02 = _mm512_shuffle_i32x4::<0b10_00_10_00>(r01, r23);
+    let r13 = _mm512_shuffle_i32x4::<0b11_01_11_01>(r01, r23);
+    let t = _mm512_add_epi32(r02, r13);
+    let sums = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b01_00_11_10>(t));
+    _mm512_castsi512_si256(_mm512_permutexvar_epi32(result_idx, sums))
 }
 
 /// Q4_1 weight row `w: [kb]` · `8·G` Q8_1 rows (`x[g]: [kb]` panels): `out[g][r]`.
@@ -216,6 +235,68 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
     let mut out = [[0f32; GROUP]; G];
     for g in 0..G {
         _mm256_storeu_ps(out[g].as_mut_ptr(), hsum_rows(&acc[g], result_idx));
+    }
+    out
+}
+
+/// Q4_K weight row `w: [kb]` · `8·G` Q8_K rows (`x[g]: [kb]` super-block panels):
+/// `out[g][r]`, in the order of ggml's repacked gemv (`Q4KInterleaved::dot`): per
+/// super-block and row the exact integers `isum = Σ scale·q·a` (`vpdpbusd` per 32-element
+/// sub-block, |4-sum| ≤ 4·15·127 fits an i16, then `vpdpwssd` by its scale) and
+/// `imin = Σ min·bsum` (one `vpmaddwd` of the interleaved 16-element sums against the
+/// mins), each row's lanes summed, then `acc = fma(isum, d_w·d_a, acc)` and
+/// `acc_min = fma(imin, dmin_w·d_a, acc_min)` for 8 rows at once; result `acc − acc_min`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32; GROUP]; G] {
+    check_blocks("q4k_rows", w.len(), x);
+    let double = load_index(&DOUBLE_DWORDS);
+    let result_idx = load_index(&ROW_RESULT_INDEX);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm256_setzero_ps(); G];
+    let mut acc_min = [_mm256_setzero_ps(); G];
+    for (b, wb) in w.iter().enumerate() {
+        let q = q4k_vectors(wb);
+        let (scales, mins) = k4_scales_mins(&wb.scales);
+        let mut wq = [zero; 8];
+        for (wqc, qc) in wq.iter_mut().zip(q) {
+            *wqc = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(qc));
+        }
+        // Lane l of each row: the i16 pair [min_l, min_l] against its two 16-element sums.
+        let min_pairs: [i32; 8] = std::array::from_fn(|l| mins[l] as i32 * 0x0001_0001);
+        let min_pairs = _mm256_loadu_si256(min_pairs.as_ptr() as *const __m256i);
+        let min_pairs = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(min_pairs));
+        let wd = _mm256_set1_ps(f16_to_f32(wb.d));
+        let wdmin = _mm256_set1_ps(f16_to_f32(wb.dmin));
+        for g in 0..G {
+            let y = x[g].get_unchecked(b);
+            let mut isum = [zero; 4];
+            let mut imin = [zero; 4];
+            for p in 0..4 {
+                let bs = _mm512_loadu_si512(y.bsums[p].as_ptr() as *const _);
+                imin[p] = _mm512_madd_epi16(bs, min_pairs);
+            }
+            for (c, wqc) in wq.iter().enumerate() {
+                // The scale in the low i16 of each i32 (0 above): `vpdpwssd` is t · scale.
+                let sc = _mm512_set1_epi32(scales[c] as i32);
+                for (p, l) in isum.iter_mut().enumerate() {
+                    let ys = _mm512_loadu_si512(y.qs[c][p].as_ptr() as *const _);
+                    let t = _mm512_dpbusd_epi32(zero, *wqc, ys);
+                    *l = _mm512_dpwssd_epi32(*l, t, sc);
+                }
+            }
+            let act_d = _mm256_loadu_ps(y.d.as_ptr());
+            let isum = _mm256_cvtepi32_ps(hsum_rows_i32(&isum, result_idx));
+            let imin = _mm256_cvtepi32_ps(hsum_rows_i32(&imin, result_idx));
+            acc[g] = _mm256_fmadd_ps(isum, _mm256_mul_ps(wd, act_d), acc[g]);
+            acc_min[g] = _mm256_fmadd_ps(imin, _mm256_mul_ps(wdmin, act_d), acc_min[g]);
+        }
+    }
+    let mut out = [[0f32; GROUP]; G];
+    for g in 0..G {
+        _mm256_storeu_ps(out[g].as_mut_ptr(), _mm256_sub_ps(acc[g], acc_min[g]));
     }
     out
 }

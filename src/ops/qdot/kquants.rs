@@ -277,16 +277,9 @@ pub(crate) mod avx2 {
         }
         #[inline(always)]
         unsafe fn unpack(w: &Q4K) -> KRegs {
-            let m4 = _mm256_set1_epi8(0x0F);
-            let mut q = [_mm256_setzero_si256(); 8];
-            for j in 0..4 {
-                let bits = _mm256_loadu_si256(w.qs[32 * j..].as_ptr() as *const __m256i);
-                q[2 * j] = _mm256_and_si256(bits, m4);
-                q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-            }
             let (scales, mins) = scales_and_mins(&w.scales);
             KRegs {
-                q,
+                q: q4k_vectors(w),
                 scales,
                 mins,
                 d: f16_to_f32(w.d),
@@ -374,6 +367,19 @@ pub(crate) mod avx2 {
     }
 
     pub(crate) struct Q6KAvx2;
+
+    /// A Q4_K super-block's 256 values (0..16), one register per 32-element sub-block.
+    #[inline(always)]
+    pub(crate) unsafe fn q4k_vectors(w: &Q4K) -> [__m256i; 8] {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            let bits = _mm256_loadu_si256(w.qs[32 * j..].as_ptr() as *const __m256i);
+            q[2 * j] = _mm256_and_si256(bits, m4);
+            q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        }
+        q
+    }
 
     /// Q6_K's 256 unsigned 6-bit values (before the −32 offset) as 8 vectors of 32, in
     /// element order (`q6k_values`).

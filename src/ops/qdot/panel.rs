@@ -13,7 +13,7 @@
 //! single-row kernel (`Kernel::dot`) performs for that row, and the integer sums are
 //! exact, so every row's result is bit-identical to `dot` (tests: `panel_tests`).
 
-use super::blocks::{Q4_1, Q5_0, Q6K, Q8_1};
+use super::blocks::{Q4K, Q4_1, Q5_0, Q6K, Q8_1};
 use crate::ops::act_quant::{self, Q8K, Q8_0};
 use crate::ops::cpu_features;
 use half::f16;
@@ -104,6 +104,10 @@ pub struct Q5_0Panel;
 
 /// Q6_K weights · Q8_K activation panels (`ggml_vec_dot_q6_K_q8_K` order per row).
 pub struct Q6KPanel;
+
+/// Q4_K weights · Q8_K activation panels, in the order of ggml's repacked gemv
+/// (`ggml_gemv_q4_K_8x8_q8_K`, `Q4KInterleaved`): only for matrices llama.cpp repacks.
+pub struct Q4KPanel;
 
 /// Checks the group's shape (`blocks` blocks of `elems` per row) and returns its row count.
 fn group_rows(rows: &[f32], k: usize, blocks: usize, elems: usize) -> usize {
@@ -270,14 +274,44 @@ impl RowPanel for Q6KPanel {
     }
 }
 
+impl RowPanel for Q4KPanel {
+    type Weight = Q4K;
+    type Block = PanelQ8K;
+    const ZERO: PanelQ8K = Q6KPanel::ZERO;
+    const ELEMS: usize = QK_K;
+
+    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8K]) {
+        Q6KPanel::quantize_group(rows, k, out)
+    }
+
+    /// No AVX2 set yet: below avx512 VNNI the `Q4KInterleaved` rows run.
+    const ISAS: &'static [PanelIsa] = &[PanelIsa::Avx512Vnni];
+
+    const MAX_GROUPS: usize = 2;
+
+    unsafe fn dot<const G: usize>(
+        isa: PanelIsa,
+        w: &[Q4K],
+        groups: [&[PanelQ8K]; G],
+    ) -> [[f32; GROUP]; G] {
+        match isa {
+            PanelIsa::Avx512Vnni => avx512::q4k_rows::<G>(w, groups),
+            PanelIsa::Avx2 => unreachable!("Q4KPanel has no AVX2 kernels (not in ISAS)"),
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 use super::{avx2_panel, avx512};
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     //! No AVX-512 on this architecture: `enabled()` is false, so these never run.
-    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4_1, Q6K};
+    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4K, Q4_1, Q6K};
     pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX-512 kernels called without AVX-512")
+    }
+    pub unsafe fn q4k_rows<const G: usize>(_: &[Q4K], _: [&[PanelQ8K]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX-512 kernels called without AVX-512")
     }
     pub unsafe fn signed32_rows<B, const G: usize>(_: &[B], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {

@@ -6,17 +6,19 @@
 //! says): on an AVX-512 VNNI host both the VNNI and the AVX2 kernels; a set the CPU
 //! lacks is skipped with a message.
 
-use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType,
+};
 use half::f16;
 use rand::Rng;
 
 use super::blocks::{self, Q8_0, Q8_1};
 use super::panel::{
-    chosen_isa, get_row, PanelIsa, PanelQ8_0, PanelQ8_1, Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel,
-    RowPanel, GROUP,
+    chosen_isa, get_row, PanelIsa, PanelQ8_0, PanelQ8_1, Q4KPanel, Q4_1Panel, Q5_0Panel, Q6KPanel,
+    Q8_0Panel, RowPanel, GROUP,
 };
 use super::tests::{rng, weights};
-use super::{Kernel, Q4_1Dot, Q5_0Dot, Q6KDot, Q8_0Dot};
+use super::{Kernel, Q4KInterleaved, Q4_1Dot, Q5_0Dot, Q6KDot, Q8_0Dot};
 use crate::ops::cpu_features::{self, Level};
 
 /// `m × k` activations with a few rows of very different magnitude and an all-zero row.
@@ -155,6 +157,11 @@ fn q6k_panels_equal_dot_bit_for_bit() {
     check_type::<BlockQ6K, Q6KPanel, Q6KDot>(blocks::view_q6k, &[208]);
 }
 
+#[test]
+fn q4k_panels_equal_the_repacked_order_bit_for_bit() {
+    check_type::<BlockQ4K, Q4KPanel, Q4KInterleaved>(blocks::view_q4k, &[0, 2]);
+}
+
 /// The panel matmul runs the VNNI kernels at level avx512 on a VNNI host, the AVX2 ones
 /// below that down to avx2, none at scalar.
 #[test]
@@ -169,6 +176,8 @@ fn dispatch_follows_the_process_level() {
     assert_eq!(chosen_isa::<Q8_0Panel>(), want, "{chosen:?}");
     assert_eq!(chosen_isa::<Q5_0Panel>(), want, "{chosen:?}");
     assert_eq!(chosen_isa::<Q6KPanel>(), want, "{chosen:?}");
+    let vnni_only = want.filter(|isa| *isa == PanelIsa::Avx512Vnni);
+    assert_eq!(chosen_isa::<Q4KPanel>(), vnni_only, "{chosen:?}");
 }
 
 #[test]
