@@ -274,9 +274,8 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
             let y = x[g].get_unchecked(b);
             let mut isum = [zero; 4];
             let mut imin = [zero; 4];
-            for p in 0..4 {
-                let bs = _mm512_loadu_si512(y.bsums[p].as_ptr() as *const _);
-                imin[p] = _mm512_madd_epi16(bs, min_pairs);
+            for (l, bs) in imin.iter_mut().zip(&y.bsums) {
+                *l = _mm512_madd_epi16(_mm512_loadu_si512(bs.as_ptr() as *const _), min_pairs);
             }
             for (c, wqc) in wq.iter().enumerate() {
                 // The scale in the low i16 of each i32 (0 above): `vpdpwssd` is t · scale.
