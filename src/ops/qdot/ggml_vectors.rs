@@ -94,6 +94,12 @@ fn replay<C: GgmlType, K: Kernel>(name: &str, view: fn(&[C]) -> &[K::Weight], f1
             );
             let four = K::dot4(view(row), [&xq[..], &xq[..], &xq[..], &xq[..]]);
             assert!(four.iter().all(|v| v.to_bits() == want), "{what} (dot4)");
+            // Eight weight rows from this one on (cyclically): every lane of `dot_rows8`.
+            let at = |k: usize| (i + k) % rows.len();
+            let eight = K::dot_rows8(std::array::from_fn(|k| view(&rows[at(k)])), &xq);
+            for (k, v) in eight.iter().enumerate() {
+                assert_eq!(v.to_bits(), case.bits[at(k)], "{what} (dot_rows8 lane {k})");
+            }
         }
     }
 }
@@ -163,9 +169,10 @@ fn replay_panels<C: GgmlType, P: panel::RowPanel>(
 
 #[test]
 fn panel_kernels_match_ggml_bit_for_bit() {
-    use panel::{Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
+    use panel::{Q4KPanel, Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
     replay_panels::<BlockQ4_1, Q4_1Panel>("q4_1 vec", blocks::view_q4_1, &[0, 2]);
     replay_panels::<BlockQ5_0, Q5_0Panel>("q5_0 vec", blocks::view_q5_0, &[0]);
     replay_panels::<BlockQ8_0, Q8_0Panel>("q8_0 vec", blocks::view_q8_0, &[0]);
     replay_panels::<BlockQ6K, Q6KPanel>("q6_K vec", blocks::view_q6k, &[208]);
+    replay_panels::<BlockQ4K, Q4KPanel>("q4_K gemv", blocks::view_q4k, &[0, 2]);
 }
