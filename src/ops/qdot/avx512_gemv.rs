@@ -14,8 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::{hsum_rows, load_index, DOUBLE_DWORDS, ROW_RESULT_INDEX};
-use super::blocks::{Q4_1, Q8_0, Q8_1};
-use super::legacy::Signed32;
+use super::blocks::{Q4_1, Q5_0, Q8_0, Q8_1};
 use super::x86::f16_to_f32;
 
 /// `vpermt2d` indices interleaving two rows' 16 packed quant bytes (dwords 0..4 of the
@@ -95,55 +94,147 @@ pub unsafe fn q4_1_rows8(w: [&[Q4_1]; 8], x: &[Q8_1]) -> [f32; 8] {
     out
 }
 
-/// Eight signed 32-element weight rows (Q8_0, Q5_0; `w[r]: [kb]`) · one Q8_0 row
-/// (`x: [kb]`): row `r`'s result is `dot(w[r], x)` bit for bit (`ggml_vec_dot_q8_0_q8_0`,
-/// `ggml_vec_dot_q5_0_q8_0`: per block `acc = (d_w · d_a) · cvt(lanes) + acc`, then
-/// `hsum_float_8`). `vpdpbusd` takes unsigned × signed bytes, so the activation block is
-/// biased by +128 once, and each pair's lanes start at −128 · Σ4 w (exact, as `avx512`'s
-/// `signed32_rows`).
+/// Eight Q8_0 weight rows (`w[r]: [kb]`) · one Q8_0 row (`x: [kb]`): row `r`'s result is
+/// `Q8_0Dot::dot(w[r], x)` bit for bit (`ggml_vec_dot_q8_0_q8_0`: per block
+/// `acc = (d_w · d_a) · cvt(lanes) + acc`, then `hsum_float_8`). `vpdpbusd` takes unsigned
+/// × signed bytes, so the weights are biased by +128 (`w ^ 0x80`) and each lane starts at
+/// −128 · Σ4 a, once per block for all rows: Σ (w + 128)·a − 128·Σ a = Σ w·a, exactly.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn signed32_rows8<B: Signed32>(w: [&[B]; 8], x: &[Q8_0]) -> [f32; 8] {
+pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0]) -> [f32; 8] {
     for row in w {
         assert_eq!(
             row.len(),
             x.len(),
-            "signed32_rows8: weight and activation block counts differ"
+            "q8_0_rows8: weight and activation block counts differ"
         );
     }
-    let double = load_index(&DOUBLE_DWORDS);
     let pair_values = load_index(&PAIR_DWORDS);
     let pair_scales = load_index(&PAIR_SCALES_ADJACENT);
     let bias = _mm512_set1_epi8(0x80u8 as i8);
-    let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); 4];
     for (b, y) in x.iter().enumerate() {
-        let ys = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-        let ys = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(ys));
-        let ys = _mm512_xor_si512(ys, bias);
-        let act_d = _mm512_set1_ps(f16_to_f32(y.d));
+        let (ys, act_d) = doubled_activation(y);
+        let start = lanes_start(bias, ys);
         for p in 0..4 {
             let (wa, wb) = (w[2 * p].get_unchecked(b), w[2 * p + 1].get_unchecked(b));
-            let (va, vb) = (wa.values_avx2(), wb.values_avx2());
-            let wq = _mm512_permutex2var_epi32(
-                _mm512_castsi256_si512(va),
+            let qa = _mm256_loadu_si256(wa.qs.as_ptr() as *const __m256i);
+            let qb = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
+            let q = _mm512_permutex2var_epi32(
+                _mm512_castsi256_si512(qa),
                 pair_values,
-                _mm512_castsi256_si512(vb),
+                _mm512_castsi256_si512(qb),
             );
-            // −128 · Σ4 w per lane, so that Σ (a + 128)·w lands on Σ a·w.
-            let start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, wq));
-            let lanes = _mm512_dpbusd_epi32(start, ys, wq);
-            let bits = wa.d().to_bits() as u32 | (wb.d().to_bits() as u32) << 16;
-            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
-            fma_pair(&mut acc[p], pair_scales, d, act_d, lanes);
+            let lanes = _mm512_dpbusd_epi32(start, _mm512_xor_si512(q, bias), ys);
+            fma_pair(&mut acc[p], pair_scales, pair_d(wa.d, wb.d), act_d, lanes);
         }
     }
+    rows_out(&acc)
+}
+
+/// Eight Q5_0 weight rows (`w[r]: [kb]`) · one Q8_0 row (`x: [kb]`): row `r`'s result is
+/// `Q5_0Dot::dot(w[r], x)` bit for bit (`ggml_vec_dot_q5_0_q8_0`: Q8_0's float steps over
+/// the values `v − 16`, `v` = nibble | fifth bit · 16 in 0..32). The pair's nibbles are
+/// interleaved as Q4_1's; the fifth bits become a byte mask in the same layout (one
+/// `vpshufb` picks each byte's `qh` byte, one `vptestmb` its bit) that adds 16 where set.
+/// `vpdpbusd` takes `v` unsigned, and each lane starts at −16 · Σ4 a (once per block):
+/// Σ v·a − 16·Σ a = Σ (v − 16)·a, exactly.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn q5_0_rows8(w: [&[Q5_0]; 8], x: &[Q8_0]) -> [f32; 8] {
+    for row in w {
+        assert_eq!(
+            row.len(),
+            x.len(),
+            "q5_0_rows8: weight and activation block counts differ"
+        );
+    }
+    let pair_quants = load_index(&PAIR_NIBBLE_DWORDS);
+    let pair_scales = load_index(&PAIR_SCALES_ADJACENT);
+    let shift = _mm512_maskz_mov_epi64(0b1111_0000, _mm512_set1_epi16(4));
+    let low4 = _mm512_set1_epi8(0x0F);
+    let sixteen = _mm512_set1_epi8(16);
+    let pick_qh = _mm512_loadu_si512(Q5_0_QH_BYTE.as_ptr() as *const _);
+    let qh_bit = _mm512_loadu_si512(Q5_0_QH_BIT.as_ptr() as *const _);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for (b, y) in x.iter().enumerate() {
+        let (ys, act_d) = doubled_activation(y);
+        let start = lanes_start(sixteen, ys);
+        for p in 0..4 {
+            let (wa, wb) = (w[2 * p].get_unchecked(b), w[2 * p + 1].get_unchecked(b));
+            let qa = _mm512_castsi128_si512(_mm_loadu_si128(wa.qs.as_ptr() as *const __m128i));
+            let qb = _mm512_castsi128_si512(_mm_loadu_si128(wb.qs.as_ptr() as *const __m128i));
+            let q = _mm512_permutex2var_epi32(qa, pair_quants, qb);
+            let nibbles = _mm512_and_si512(_mm512_srlv_epi16(q, shift), low4);
+            // Dwords [qh_a, qh_b] repeated; each byte's fifth bit, in the nibbles' layout.
+            let qh = (u32::from_le_bytes(wb.qh) as u64) << 32 | u32::from_le_bytes(wa.qh) as u64;
+            let qh = _mm512_shuffle_epi8(_mm512_set1_epi64(qh as i64), pick_qh);
+            let fifth = _mm512_test_epi8_mask(qh, qh_bit);
+            let v = _mm512_mask_add_epi8(nibbles, fifth, nibbles, sixteen);
+            let lanes = _mm512_dpbusd_epi32(start, v, ys);
+            fma_pair(&mut acc[p], pair_scales, pair_d(wa.d, wb.d), act_d, lanes);
+        }
+    }
+    rows_out(&acc)
+}
+
+/// For each byte of a pair register in the interleaved nibble layout (`q4_1_rows8`'s), the
+/// index (within its 128-bit lane of `[qh_a, qh_b, qh_a, qh_b]`) of the `qh` byte holding its
+/// element's fifth bit, and that bit's mask.
+const Q5_0_QH_BYTE: [u8; 64] = qh_tables().0;
+const Q5_0_QH_BIT: [u8; 64] = qh_tables().1;
+
+const fn qh_tables() -> ([u8; 64], [u8; 64]) {
+    let (mut byte, mut bit) = ([0u8; 64], [0u8; 64]);
+    let mut j = 0;
+    while j < 64 {
+        // Byte j: 4-byte group (j % 32) / 4 alternates rows a, b; the upper 256 bits hold
+        // elements 16..32.
+        let group = (j % 32) / 4;
+        let row = group % 2;
+        let element = 16 * (j / 32) + 4 * (group / 2) + j % 4;
+        byte[j] = (4 * row + element / 8) as u8;
+        bit[j] = 1 << (element % 8);
+        j += 1;
+    }
+    (byte, bit)
+}
+
+/// A Q8_0 activation block's quants with each 4-byte group doubled (`[y0, y0, y1, y1, ..]`:
+/// both rows of a pair see the same activation), and its scale in every lane.
+#[inline(always)]
+unsafe fn doubled_activation(y: &Q8_0) -> (__m512i, __m512) {
+    let ys = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+    let ys = _mm512_permutexvar_epi32(load_index(&DOUBLE_DWORDS), _mm512_castsi256_si512(ys));
+    (ys, _mm512_set1_ps(f16_to_f32(y.d)))
+}
+
+/// `−Σ4 (offset · a)` per lane: where lanes start when the weights enter `vpdpbusd` as
+/// unsigned `w + offset`.
+#[inline(always)]
+unsafe fn lanes_start(offset: __m512i, ys: __m512i) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, ys))
+}
+
+/// A row pair's weight block scales as `[d_a, d_b, 0, 0]`.
+#[inline(always)]
+unsafe fn pair_d(a: half::f16, b: half::f16) -> __m128 {
+    let bits = a.to_bits() as u32 | (b.to_bits() as u32) << 16;
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
+}
+
+/// The 8 rows' results: each row's `hsum_float_8` of its lanes in `acc`.
+#[inline(always)]
+unsafe fn rows_out(acc: &[__m512; 4]) -> [f32; 8] {
     let mut out = [0f32; 8];
     _mm256_storeu_ps(
         out.as_mut_ptr(),
-        hsum_rows(&acc, load_index(&ROW_RESULT_INDEX)),
+        hsum_rows(acc, load_index(&ROW_RESULT_INDEX)),
     );
     out
 }

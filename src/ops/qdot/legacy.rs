@@ -302,12 +302,12 @@ kernel!(
 kernel!(
     /// Q5_0 weights · Q8_0 activations, `ggml_vec_dot_q5_0_q8_0`.
     Q5_0Dot: Q5_0, Q8_0, 32, act_quant::quantize_q8_0, VecScalar<Q5_0>, avx2::VecAvx2<Q5_0>,
-    rows8: super::avx512_gemv::signed32_rows8::<Q5_0>
+    rows8: super::avx512_gemv::q5_0_rows8
 );
 kernel!(
     /// Q8_0 weights · Q8_0 activations, `ggml_vec_dot_q8_0_q8_0`.
     Q8_0Dot: Q8_0, Q8_0, 32, act_quant::quantize_q8_0, VecScalar<Q8_0>, avx2::VecAvx2<Q8_0>,
-    rows8: super::avx512_gemv::signed32_rows8::<Q8_0>
+    rows8: super::avx512_gemv::q8_0_rows8
 );
 kernel!(
     /// Q4_1 weights · Q8_1 activations, `ggml_vec_dot_q4_1_q8_1` (the default model's).

@@ -222,12 +222,12 @@ fn q5_0_q5_1_q8_0() {
     check::<BlockQ5_1, Q5_1Dot>(blocks::view_q5_1, &[0, 2]);
     #[cfg(target_arch = "x86_64")]
     if crate::ops::cpu_features::host().vnni {
-        use super::avx512_gemv::signed32_rows8;
+        use super::avx512_gemv::{q5_0_rows8, q8_0_rows8};
         // SAFETY: the host has AVX-512 VNNI (with F/BW/VL, FMA and F16C).
-        let q5_0: Rows8<Q5_0Dot> = |w, x| unsafe { signed32_rows8(w, x) };
+        let q5_0: Rows8<Q5_0Dot> = |w, x| unsafe { q5_0_rows8(w, x) };
         check_with::<BlockQ5_0, Q5_0Dot>(blocks::view_q5_0, &[0], Some(q5_0));
         // SAFETY: as above.
-        let q8_0: Rows8<Q8_0Dot> = |w, x| unsafe { signed32_rows8(w, x) };
+        let q8_0: Rows8<Q8_0Dot> = |w, x| unsafe { q8_0_rows8(w, x) };
         return check_with::<BlockQ8_0, Q8_0Dot>(blocks::view_q8_0, &[0], Some(q8_0));
     }
     check::<BlockQ5_0, Q5_0Dot>(blocks::view_q5_0, &[0]);
