@@ -29,6 +29,18 @@ const PAIR_SCALES: [i32; 16] = [0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2];
 /// The same for `[d_a, d_b, ..]`.
 const PAIR_SCALES_ADJACENT: [i32; 16] = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1];
 
+/// Checks that each of the 8 weight rows has the activation row's `kb` blocks.
+#[inline(always)]
+fn check_rows<T>(kernel: &str, w: [&[T]; 8], kb: usize) {
+    for row in w {
+        assert_eq!(
+            row.len(),
+            kb,
+            "{kernel}: weight and activation block counts differ"
+        );
+    }
+}
+
 /// A Q4_1 block's `[d, m]` as the low dword of a register (f16 bits).
 #[inline(always)]
 unsafe fn dm_bits(b: &Q4_1) -> __m128i {
@@ -50,13 +62,7 @@ unsafe fn packed_quants(b: &Q4_1) -> __m512i {
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q4_1_rows8(w: [&[Q4_1]; 8], x: &[Q8_1]) -> [f32; 8] {
-    for row in w {
-        assert_eq!(
-            row.len(),
-            x.len(),
-            "q4_1_rows8: weight and activation block counts differ"
-        );
-    }
+    check_rows("q4_1_rows8", w, x.len());
     let double = load_index(&DOUBLE_DWORDS);
     let pair_quants = load_index(&PAIR_NIBBLE_DWORDS);
     let pair_scales = load_index(&PAIR_SCALES);
@@ -104,13 +110,7 @@ pub unsafe fn q4_1_rows8(w: [&[Q4_1]; 8], x: &[Q8_1]) -> [f32; 8] {
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0]) -> [f32; 8] {
-    for row in w {
-        assert_eq!(
-            row.len(),
-            x.len(),
-            "q8_0_rows8: weight and activation block counts differ"
-        );
-    }
+    check_rows("q8_0_rows8", w, x.len());
     let pair_values = load_index(&PAIR_DWORDS);
     let pair_scales = load_index(&PAIR_SCALES_ADJACENT);
     let bias = _mm512_set1_epi8(0x80u8 as i8);
@@ -146,13 +146,7 @@ pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0]) -> [f32; 8] {
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q5_0_rows8(w: [&[Q5_0]; 8], x: &[Q8_0]) -> [f32; 8] {
-    for row in w {
-        assert_eq!(
-            row.len(),
-            x.len(),
-            "q5_0_rows8: weight and activation block counts differ"
-        );
-    }
+    check_rows("q5_0_rows8", w, x.len());
     let pair_quants = load_index(&PAIR_NIBBLE_DWORDS);
     let pair_scales = load_index(&PAIR_SCALES_ADJACENT);
     let shift = _mm512_maskz_mov_epi64(0b1111_0000, _mm512_set1_epi16(4));
