@@ -26,24 +26,15 @@
 
 use std::arch::x86_64::*;
 
+use super::avx512_lanes::{hsum_rows, hsum_rows_i32, load_index, DOUBLE_DWORDS, ROW_RESULT_INDEX};
 use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q6K};
 use super::kquants::avx2::{q4k_vectors, q6k_vectors};
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP};
 use super::x86::f16_to_f32;
 
-/// `vpermd` indices doubling each 4-byte group: `[g0, g0, g1, g1, .., g7, g7]`.
-pub(super) const DOUBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
 /// The same over a 16-byte load: the low nibbles' groups, then again for the high ones.
 const DOUBLE_NIBBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1, 2, 2, 3, 3];
-/// Lanes of `hsum_rows`' last step holding rows 0..8.
-pub(super) const ROW_RESULT_INDEX: [i32; 16] = [0, 1, 4, 5, 8, 9, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0];
-
-#[inline(always)]
-pub(super) unsafe fn load_index(idx: &[i32; 16]) -> __m512i {
-    _mm512_loadu_si512(idx.as_ptr() as *const _)
-}
-
 /// Two adjacent f16 → `[a, b, 0, 0]` (exact, `vcvtph2ps` as ggml).
 #[inline(always)]
 unsafe fn f16_pair(p: *const u8) -> __m128 {
@@ -60,45 +51,6 @@ unsafe fn fma_pairs(acc: &mut [__m512; 4], wd: __m512, act_d: &[f32; GROUP], lan
         let dp = _mm512_mul_ps(wd, _mm512_castpd_ps(_mm512_set1_pd(pair)));
         acc[p] = _mm512_fmadd_ps(dp, _mm512_cvtepi32_ps(lanes[p]), acc[p]);
     }
-}
-
-/// Each row's `hsum_float_8` of a group's 4 pair accumulators: `[f32; 8]` in row order.
-/// ggml folds `r_j = x_j + x_{j+4}`, then `t_0 = r_0 + r_2`, `t_1 = r_1 + r_3`, then
-/// `t_0 + t_1`; every add here is one of those (float addition is commutative).
-#[inline(always)]
-pub(super) unsafe fn hsum_rows(acc: &[__m512; 4], result_idx: __m512i) -> __m256 {
-    // acc[p] 256-bit halves: [a0 b0 a1 b1 a2 b2 a3 b3 | a4 b4 .. a7 b7].
-    let lo01 = _mm512_shuffle_f32x4::<0b01_00_01_00>(acc[0], acc[1]);
-    let hi01 = _mm512_shuffle_f32x4::<0b11_10_11_10>(acc[0], acc[1]);
-    let lo23 = _mm512_shuffle_f32x4::<0b01_00_01_00>(acc[2], acc[3]);
-    let hi23 = _mm512_shuffle_f32x4::<0b11_10_11_10>(acc[2], acc[3]);
-    // 256-bit half h of r01 (pair h), of r23 (pair 2+h): [ra0 rb0 ra1 rb1 | ra2 rb2 ra3 rb3].
-    let r01 = _mm512_add_ps(lo01, hi01);
-    let r23 = _mm512_add_ps(lo23, hi23);
-    // chunk p: [ta0 tb0 ta1 tb1] of pair p.
-    let r02 = _mm512_shuffle_f32x4::<0b10_00_10_00>(r01, r23);
-    let r13 = _mm512_shuffle_f32x4::<0b11_01_11_01>(r01, r23);
-    let t = _mm512_add_ps(r02, r13);
-    // lanes 0, 1 of chunk p: rows 2p, 2p+1.
-    let sums = _mm512_add_ps(t, _mm512_shuffle_ps::<0b01_00_11_10>(t, t));
-    _mm512_castps512_ps256(_mm512_permutexvar_ps(result_idx, sums))
-}
-
-/// Each row's sum of its 8 i32 lanes in a group's 4 pair registers (exact, so any order):
-/// `[i32; 8]` in row order, by `hsum_rows`' shuffles.
-#[inline(always)]
-unsafe fn hsum_rows_i32(l: &[__m512i; 4], result_idx: __m512i) -> __m256i {
-    let lo01 = _mm512_shuffle_i32x4::<0b01_00_01_00>(l[0], l[1]);
-    let hi01 = _mm512_shuffle_i32x4::<0b11_10_11_10>(l[0], l[1]);
-    let lo23 = _mm512_shuffle_i32x4::<0b01_00_01_00>(l[2], l[3]);
-    let hi23 = _mm512_shuffle_i32x4::<0b11_10_11_10>(l[2], l[3]);
-    let r01 = _mm512_add_epi32(lo01, hi01);
-    let r23 = _mm512_add_epi32(lo23, hi23);
-    let r02 = _mm512_shuffle_i32x4::<0b10_00_10_00>(r01, r23);
-    let r13 = _mm512_shuffle_i32x4::<0b11_01_11_01>(r01, r23);
-    let t = _mm512_add_epi32(r02, r13);
-    let sums = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b01_00_11_10>(t));
-    _mm512_castsi512_si256(_mm512_permutexvar_epi32(result_idx, sums))
 }
 
 /// Q4_1 weight row `w: [kb]` · `8·G` Q8_1 rows (`x[g]: [kb]` panels): `out[g][r]`.

@@ -7,13 +7,13 @@
 //! weight rows: one `vpermt2d` interleaves the two rows' quants by 4-byte groups as they
 //! are loaded, and the activation block's groups are doubled once for all four pairs. One
 //! `vpdpbusd` then gives both rows' exact i32 lane sums (the integers of ggml's
-//! `madd(maddubs(..))`), and `avx512::hsum_rows` folds the 8 rows' lanes in
+//! `madd(maddubs(..))`), and `avx512_lanes::hsum_rows` folds the 8 rows' lanes in
 //! `hsum_float_8` order. Per row and block this is about a third of the AVX2 kernel's
 //! vector operations, which leaves the memory pipeline more room (bench/NOTES.md §26).
 
 use std::arch::x86_64::*;
 
-use super::avx512::{hsum_rows, load_index, DOUBLE_DWORDS, ROW_RESULT_INDEX};
+use super::avx512_lanes::{hsum_rows, load_index, DOUBLE_DWORDS, ROW_RESULT_INDEX};
 use super::blocks::{Q4_1, Q5_0, Q8_0, Q8_1};
 use super::x86::f16_to_f32;
 

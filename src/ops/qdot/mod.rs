@@ -26,6 +26,8 @@ mod avx2_panel;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_gemv;
+#[cfg(target_arch = "x86_64")]
+mod avx512_lanes;
 pub mod blocks;
 #[cfg(test)]
 mod ggml_vectors;
