@@ -41,9 +41,10 @@ class Cluster:
             self.down()  # whatever did start
             raise
 
-    def run(self, *args: str) -> str:
-        done = subprocess.run(["bash", str(CLUSTER), *args], env=self.env, capture_output=True,
-                              text=True, timeout=900, stdin=subprocess.DEVNULL)
+    def run(self, *args: str, env: dict[str, str] | None = None) -> str:
+        done = subprocess.run(["bash", str(CLUSTER), *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=900,
+                              stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             raise RuntimeError(f"cluster.sh {' '.join(args)} failed:\n{done.stderr}\n{self.logs()}")
         return done.stdout
@@ -54,8 +55,9 @@ class Cluster:
     def stop(self, i: int, kill: bool = False) -> None:
         self.run("stop", str(i), *(["--kill"] if kill else []))
 
-    def start(self, i: int, *flags: str) -> None:
-        self.run("start", str(i), "--", *flags)
+    def start(self, i: int, *flags: str, env: dict[str, str] | None = None) -> None:
+        """Starts replica `i` with extra `tessera serve` flags and environment."""
+        self.run("start", str(i), "--", *flags, env=env)
 
     def logs(self) -> str:
         state = self.dir / "state"

@@ -208,10 +208,14 @@ def test_new_sessions_flow_away_from_a_slowed_replica(cluster):
     A sequence cap alone does not slow a replica here: on these 2 shared cores a
     2-sequence step costs about two 1-sequence steps (--max-num-seqs 2 measured
     16/16/16), and once single-sequence decode got its own fast path (bench/NOTES.md
-    §23) neither did --max-num-seqs 1, nor that with --threads 1 (17/16/15)."""
+    §23) neither did --max-num-seqs 1, nor that with --threads 1 (17/16/15). The eight-row
+    decode kernels (§26) then made even these flags keep up (16/16/16, 15/16/17), so
+    replica-0 also runs the portable scalar kernels (TESSERA_CPU_FEATURES=scalar, same
+    bits, about 10x the work per token): a slowdown no kernel speed-up undoes."""
     base = cluster.url
     cluster.stop(0)
-    cluster.start(0, "--max-num-seqs", "1", "--threads", "1", "--max-num-batched-tokens", "16")
+    cluster.start(0, "--max-num-seqs", "1", "--threads", "1", "--max-num-batched-tokens", "16",
+                  env={"TESSERA_CPU_FEATURES": "scalar"})
     sessions = list(range(48))
     counts: dict[str, int] = {}
     lock = threading.Lock()
@@ -243,7 +247,7 @@ def test_new_sessions_flow_away_from_a_slowed_replica(cluster):
     assert not errors, errors
     total = sum(counts.values())
     assert total == 48
-    record("load_split", {"slowed": "replica-0 (--max-num-seqs 1)", "split": dict(sorted(counts.items()))})
+    record("load_split", {"slowed": "replica-0 (--max-num-seqs 1, scalar kernels)", "split": dict(sorted(counts.items()))})
     assert counts.get("replica-0", 0) < total / 3, counts
 
 
