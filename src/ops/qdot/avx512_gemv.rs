@@ -111,12 +111,13 @@ pub unsafe fn q4_1_rows8(w: [&[Q4_1]; 8], x: &[Q8_1]) -> [f32; 8] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0]) -> [f32; 8] {
     check_rows("q8_0_rows8", w, x.len());
+    let double = load_index(&DOUBLE_DWORDS);
     let pair_values = load_index(&PAIR_DWORDS);
     let pair_scales = load_index(&PAIR_SCALES_ADJACENT);
     let bias = _mm512_set1_epi8(0x80u8 as i8);
     let mut acc = [_mm512_setzero_ps(); 4];
     for (b, y) in x.iter().enumerate() {
-        let (ys, act_d) = doubled_activation(y);
+        let (ys, act_d) = doubled_activation(double, y);
         let start = lanes_start(bias, ys);
         for p in 0..4 {
             let (wa, wb) = (w[2 * p].get_unchecked(b), w[2 * p + 1].get_unchecked(b));
@@ -147,6 +148,7 @@ pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0]) -> [f32; 8] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q5_0_rows8(w: [&[Q5_0]; 8], x: &[Q8_0]) -> [f32; 8] {
     check_rows("q5_0_rows8", w, x.len());
+    let double = load_index(&DOUBLE_DWORDS);
     let pair_quants = load_index(&PAIR_NIBBLE_DWORDS);
     let pair_scales = load_index(&PAIR_SCALES_ADJACENT);
     let shift = _mm512_maskz_mov_epi64(0b1111_0000, _mm512_set1_epi16(4));
@@ -156,7 +158,7 @@ pub unsafe fn q5_0_rows8(w: [&[Q5_0]; 8], x: &[Q8_0]) -> [f32; 8] {
     let qh_bit = _mm512_loadu_si512(Q5_0_QH_BIT.as_ptr() as *const _);
     let mut acc = [_mm512_setzero_ps(); 4];
     for (b, y) in x.iter().enumerate() {
-        let (ys, act_d) = doubled_activation(y);
+        let (ys, act_d) = doubled_activation(double, y);
         let start = lanes_start(sixteen, ys);
         for p in 0..4 {
             let (wa, wb) = (w[2 * p].get_unchecked(b), w[2 * p + 1].get_unchecked(b));
@@ -198,12 +200,13 @@ const fn qh_tables() -> ([u8; 64], [u8; 64]) {
     (byte, bit)
 }
 
-/// A Q8_0 activation block's quants with each 4-byte group doubled (`[y0, y0, y1, y1, ..]`:
+/// A Q8_0 activation block's quants with each 4-byte group doubled (by `double`, the
+/// kernel's `DOUBLE_DWORDS` loaded once) (`[y0, y0, y1, y1, ..]`:
 /// both rows of a pair see the same activation), and its scale in every lane.
 #[inline(always)]
-unsafe fn doubled_activation(y: &Q8_0) -> (__m512i, __m512) {
+unsafe fn doubled_activation(double: __m512i, y: &Q8_0) -> (__m512i, __m512) {
     let ys = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-    let ys = _mm512_permutexvar_epi32(load_index(&DOUBLE_DWORDS), _mm512_castsi256_si512(ys));
+    let ys = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(ys));
     (ys, _mm512_set1_ps(f16_to_f32(y.d)))
 }
 
