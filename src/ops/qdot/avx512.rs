@@ -7,8 +7,9 @@
 //! panel stores the pair's quants interleaved by 4-byte groups and the weights are
 //! unpacked once per block into `[w0..4, w0..4, w4..8, w4..8, ..]`, so one `vpdpbusd`
 //! gives both rows' exact i32 lane sums (the same integers as `madd(maddubs(..))`). The
-//! pair's activation scales `[d_a, d_b]` are one 64-bit broadcast load from the panel
-//! (no shuffle unit), times `d_w` in every lane: the product ggml forms per row. Then
+//! products `d_w · d_a` ggml forms per row are one 256-bit multiply per group of 8 rows,
+//! stored and broadcast back as each pair's `[d_a·d_w, d_b·d_w]` by a load port (Q4_1,
+//! Q8_0, Q5_0; Q6_K multiplies per pair, `pair_scales_in_registers`). Then
 //! `acc = d · cvt(lanes) + acc` is one FMA per pair, exactly ggml's per-row
 //! `_mm256_fmadd_ps(d, q, acc)`. At the end `hsum_rows` folds each row's 8 lanes in
 //! `hsum_float_8` order, 8 rows at once.
@@ -41,15 +42,61 @@ unsafe fn f16_pair(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
 }
 
-/// `acc[p] = (d_w · [d_2p, d_2p+1]…) · cvt(lanes[p]) + acc[p]` for the 4 row pairs of a
-/// group: `wd` is the weight block's scale in every lane, `act_d` the 8 rows' scales.
+/// One group's 8 products `d_w · d_a`, 32-byte aligned (one store, no line split).
+#[repr(C, align(32))]
+struct RowScales([f32; GROUP]);
+
+/// The 8 bytes at `at` in every qword: `vbroadcastsd` from memory, which runs on a load
+/// port (the compiler would forward a value it has just stored through shuffles).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn broadcast_pair(at: *const f32) -> __m512 {
+    let v: __m512;
+    std::arch::asm!(
+        "vbroadcastsd {v}, qword ptr [{at}]",
+        v = out(zmm_reg) v,
+        at = in(reg) at,
+        options(nostack, preserves_flags, readonly),
+    );
+    v
+}
+
+/// The 4 row pairs' scale patterns `d_w · [d_2p, d_2p+1]…` of a group: `wd` is the weight
+/// block's scale in every lane, `act_d` the 8 rows' scales. The 8 products are one
+/// 256-bit multiply (the product ggml forms per row), stored and broadcast back pair by
+/// pair from memory: 1 vector-port operation for 4 pairs instead of 4 (kernels with few
+/// operations per block; `pair_scales_in_registers` for the others).
 #[inline(always)]
-unsafe fn fma_pairs(acc: &mut [__m512; 4], wd: __m512, act_d: &[f32; GROUP], lanes: [__m512i; 4]) {
-    for p in 0..4 {
+unsafe fn pair_scales(wd: __m512, act_d: &[f32; GROUP]) -> [__m512; 4] {
+    let mut scales = RowScales([0.0; GROUP]);
+    let prod = _mm256_mul_ps(_mm512_castps512_ps256(wd), _mm256_loadu_ps(act_d.as_ptr()));
+    _mm256_store_ps(scales.0.as_mut_ptr(), prod);
+    let mut d = [_mm512_setzero_ps(); 4];
+    for (p, dp) in d.iter_mut().enumerate() {
+        *dp = broadcast_pair(scales.0.as_ptr().add(2 * p));
+    }
+    d
+}
+
+/// `pair_scales` by one multiply per pair of the pair's scales (broadcast from the panel):
+/// the same products, no store.
+#[inline(always)]
+unsafe fn pair_scales_in_registers(wd: __m512, act_d: &[f32; GROUP]) -> [__m512; 4] {
+    let mut d = [_mm512_setzero_ps(); 4];
+    for (p, dp) in d.iter_mut().enumerate() {
         // One 64-bit broadcast load straight from the panel: [d_2p, d_2p+1] in every qword.
         let pair = std::ptr::read_unaligned(act_d.as_ptr().add(2 * p) as *const f64);
-        let dp = _mm512_mul_ps(wd, _mm512_castpd_ps(_mm512_set1_pd(pair)));
-        acc[p] = _mm512_fmadd_ps(dp, _mm512_cvtepi32_ps(lanes[p]), acc[p]);
+        *dp = _mm512_mul_ps(wd, _mm512_castpd_ps(_mm512_set1_pd(pair)));
+    }
+    d
+}
+
+/// `acc[p] = d[p] · cvt(lanes[p]) + acc[p]` for the 4 row pairs of a group (`d` from
+/// `pair_scales`): ggml's per-row `_mm256_fmadd_ps(d, q, acc)`.
+#[inline(always)]
+unsafe fn fma_pairs(acc: &mut [__m512; 4], d: [__m512; 4], lanes: [__m512i; 4]) {
+    for p in 0..4 {
+        acc[p] = _mm512_fmadd_ps(d[p], _mm512_cvtepi32_ps(lanes[p]), acc[p]);
     }
 }
 
@@ -81,7 +128,7 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
                 let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
                 *l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, ys);
             }
-            fma_pairs(&mut acc[g], wd, &y.d, lanes);
+            fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
         }
     }
     let result_idx = load_index(&ROW_RESULT_INDEX);
@@ -120,7 +167,7 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
                 let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
                 *l = _mm512_dpbusd_epi32(start, ys, wq);
             }
-            fma_pairs(&mut acc[g], wd, &y.d, lanes);
+            fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
         }
     }
     let result_idx = load_index(&ROW_RESULT_INDEX);
@@ -180,7 +227,7 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
                     *l = _mm512_dpwssd_epi32(*l, t, wsc[c]);
                 }
             }
-            fma_pairs(&mut acc[g], wd, &y.d, lanes);
+            fma_pairs(&mut acc[g], pair_scales_in_registers(wd, &y.d), lanes);
         }
     }
     let result_idx = load_index(&ROW_RESULT_INDEX);
