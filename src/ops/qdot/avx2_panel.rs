@@ -10,8 +10,8 @@
 //! ggml's own `madd(maddubs(..), 1)` gives the pair's exact i32 lane sums interleaved,
 //! `[a0, b0, a1, b1, a2, b2, a3, b3]` (lanes 0..4, then 4..8): the same integers as
 //! `mul_sum_us8_pairs` / `mul_sum_i8_pairs` of each row, same sign trick, no saturation.
-//! The pair's activation scales `[d_a, d_b]` are one 64-bit broadcast load from the panel,
-//! times `d_w` (the product ggml forms per row), and `acc = d · cvt(lanes) + acc` is one
+//! The products `d_w · d_a` ggml forms per row are one multiply per group of 8 rows, stored,
+//! and broadcast back as each pair's `[d_a, d_b]·d_w` by a load port; `acc = d · cvt(lanes) + acc` is one
 //! FMA per half, exactly the single-row `_mm256_fmadd_ps(d, q, acc)` per lane. At the end
 //! `hsum_rows` folds each row's 8 lanes in `hsum_float_8` order, 8 rows at once.
 //!
@@ -31,7 +31,7 @@ use std::arch::x86_64::*;
 use super::blocks::{Q4_1, Q6K};
 use super::kquants::avx2::q6k_vectors;
 use super::legacy::Signed32;
-use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP, PAIRS};
+use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP, PAIRS};
 use super::x86::f16_to_f32;
 
 /// `vpermd` indices doubling the 4-byte groups of elements 0..16: `[g0, g0, .., g3, g3]`.
@@ -62,15 +62,35 @@ unsafe fn lane_sums(ones: __m256i, ax: __m256i, sy: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)))
 }
 
-/// The products `d_w · d_act` of the 8 rows' block scales, as one `[d_2p, d_2p+1]` pattern
-/// per row pair: each pair's activation scales one 64-bit broadcast load from the panel.
+/// The 8 bytes at `at` in every qword: `vbroadcastsd` from memory, which runs on a load
+/// port (the compiler would forward a value it has just stored through shuffles).
+#[inline]
+#[target_feature(enable = "avx")]
+unsafe fn broadcast_pair(at: *const f32) -> __m256 {
+    let v: __m256;
+    std::arch::asm!(
+        "vbroadcastsd {v}, qword ptr [{at}]",
+        v = out(ymm_reg) v,
+        at = in(reg) at,
+        options(nostack, preserves_flags, readonly),
+    );
+    v
+}
+
+/// The products `d_w · d_act` of the 8 rows' block scales (the product ggml forms per
+/// row), as one `[d_2p, d_2p+1]` pattern per row pair: one multiply for the 8 rows,
+/// stored, and each pair broadcast back by a load port, not a multiply per pair.
 #[inline(always)]
 unsafe fn pair_scales(wd: __m256, act_d: &[f32; GROUP]) -> [__m256; PAIRS] {
+    let mut scales = RowScales([0.0; GROUP]);
+    _mm256_store_ps(
+        scales.0.as_mut_ptr(),
+        _mm256_mul_ps(wd, _mm256_loadu_ps(act_d.as_ptr())),
+    );
     // A loop, not `array::from_fn`: a closure would not inherit the caller's features.
     let mut d = [_mm256_setzero_ps(); PAIRS];
     for (p, dp) in d.iter_mut().enumerate() {
-        let pair = _mm256_broadcast_sd(&*(act_d.as_ptr().add(2 * p) as *const f64));
-        *dp = _mm256_mul_ps(wd, _mm256_castpd_ps(pair));
+        *dp = broadcast_pair(scales.0.as_ptr().add(2 * p));
     }
     d
 }

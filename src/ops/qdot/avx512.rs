@@ -27,11 +27,14 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512_lanes::{hsum_rows, hsum_rows_i32, load_index, DOUBLE_DWORDS, ROW_RESULT_INDEX};
-use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q6K};
+use super::avx512_lanes::{
+    hsum_rows, hsum_rows_i32, load_index, DOUBLE_DWORDS, Q5_0_QH_BIT, Q5_0_QH_BYTE,
+    ROW_RESULT_INDEX,
+};
+use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q5_0, Q6K, Q8_0};
 use super::kquants::avx2::{q4k_vectors, q6k_vectors};
 use super::legacy::Signed32;
-use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP};
+use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP};
 use super::x86::f16_to_f32;
 
 /// The same over a 16-byte load: the low nibbles' groups, then again for the high ones.
@@ -41,10 +44,6 @@ const DOUBLE_NIBBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1, 2, 
 unsafe fn f16_pair(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)))
 }
-
-/// One group's 8 products `d_w · d_a`, 32-byte aligned (one store, no line split).
-#[repr(C, align(32))]
-struct RowScales([f32; GROUP]);
 
 /// The 8 bytes at `at` in every qword: `vbroadcastsd` from memory, which runs on a load
 /// port (the compiler would forward a value it has just stored through shuffles).
@@ -146,17 +145,16 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
+pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
     w: &[B],
     x: [&[PanelQ8_0]; G],
 ) -> [[f32; GROUP]; G] {
     check_blocks("signed32_rows", w.len(), x);
-    let double = load_index(&DOUBLE_DWORDS);
     let bias = _mm512_set1_epi8(0x80u8 as i8);
     let mut acc = [[_mm512_setzero_ps(); 4]; G];
     for (b, wb) in w.iter().enumerate() {
         let wd = _mm512_set1_ps(f16_to_f32(wb.d()));
-        let wq = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(wb.values_avx2()));
+        let wq = wb.doubled();
         // −128 · Σ4 w per lane, so that Σ (a + 128)·w lands on Σ a·w.
         let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wq);
         let start = _mm512_sub_epi32(_mm512_setzero_si512(), start);
@@ -176,6 +174,40 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
         _mm256_storeu_ps(out[g].as_mut_ptr(), hsum_rows(&acc[g], result_idx));
     }
     out
+}
+
+/// A signed 32-element block's values (`Signed32::values`) with each 4-byte group doubled,
+/// `[w0..4, w0..4, w4..8, w4..8, ..]`: one `vpdpbusd` against a row pair's interleaved quants.
+pub trait DoubledValues: Signed32 {
+    /// # Safety
+    /// AVX-512 F/BW must be available (inlined into the kernels, which enable them).
+    unsafe fn doubled(&self) -> __m512i;
+}
+
+impl DoubledValues for Q8_0 {
+    #[inline(always)]
+    unsafe fn doubled(&self) -> __m512i {
+        let q = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
+        _mm512_permutexvar_epi32(load_index(&DOUBLE_DWORDS), _mm512_castsi256_si512(q))
+    }
+}
+
+impl DoubledValues for Q5_0 {
+    /// The nibbles doubled as `q4_1_rows` doubles them; the fifth bits picked into the same
+    /// layout (`vpshufb` of `qh` in every dword, `vptestnmb`); `nibble − 16` where the bit is
+    /// clear: ggml's `(nibble | bit << 4) − 16`.
+    #[inline(always)]
+    unsafe fn doubled(&self) -> __m512i {
+        let q = _mm512_castsi128_si512(_mm_loadu_si128(self.qs.as_ptr() as *const __m128i));
+        let q = _mm512_permutexvar_epi32(load_index(&DOUBLE_NIBBLE_DWORDS), q);
+        let shift = _mm512_maskz_mov_epi64(0b1111_0000, _mm512_set1_epi16(4));
+        let nibbles = _mm512_and_si512(_mm512_srlv_epi16(q, shift), _mm512_set1_epi8(0x0F));
+        let qh = _mm512_set1_epi32(i32::from_le_bytes(self.qh));
+        let pick = _mm512_loadu_si512(Q5_0_QH_BYTE.as_ptr() as *const _);
+        let bit = _mm512_loadu_si512(Q5_0_QH_BIT.as_ptr() as *const _);
+        let clear = _mm512_testn_epi8_mask(_mm512_shuffle_epi8(qh, pick), bit);
+        _mm512_mask_sub_epi8(nibbles, clear, nibbles, _mm512_set1_epi8(16))
+    }
 }
 
 /// Q6_K weight row `w: [kb]` · `8·G` Q8_K rows (`x[g]: [kb]` super-block panels):

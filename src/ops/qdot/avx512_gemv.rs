@@ -13,7 +13,9 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512_lanes::{hsum_rows, load_index, DOUBLE_DWORDS, ROW_RESULT_INDEX};
+use super::avx512_lanes::{
+    hsum_rows, load_index, DOUBLE_DWORDS, Q5_0_QH_BIT, Q5_0_QH_BYTE, ROW_RESULT_INDEX,
+};
 use super::blocks::{Q4_1, Q5_0, Q8_0, Q8_1};
 use super::x86::f16_to_f32;
 
@@ -176,28 +178,6 @@ pub unsafe fn q5_0_rows8(w: [&[Q5_0]; 8], x: &[Q8_0]) -> [f32; 8] {
         }
     }
     rows_out(&acc)
-}
-
-/// For each byte of a pair register in the interleaved nibble layout (`q4_1_rows8`'s), the
-/// index (within its 128-bit lane of `[qh_a, qh_b, qh_a, qh_b]`) of the `qh` byte holding its
-/// element's fifth bit, and that bit's mask.
-const Q5_0_QH_BYTE: [u8; 64] = qh_tables().0;
-const Q5_0_QH_BIT: [u8; 64] = qh_tables().1;
-
-const fn qh_tables() -> ([u8; 64], [u8; 64]) {
-    let (mut byte, mut bit) = ([0u8; 64], [0u8; 64]);
-    let mut j = 0;
-    while j < 64 {
-        // Byte j: 4-byte group (j % 32) / 4 alternates rows a, b; the upper 256 bits hold
-        // elements 16..32.
-        let group = (j % 32) / 4;
-        let row = group % 2;
-        let element = 16 * (j / 32) + 4 * (group / 2) + j % 4;
-        byte[j] = (4 * row + element / 8) as u8;
-        bit[j] = 1 << (element % 8);
-        j += 1;
-    }
-    (byte, bit)
 }
 
 /// A Q8_0 activation block's quants with each 4-byte group doubled (by `double`, the

@@ -11,6 +11,30 @@ pub(super) const DOUBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5,
 /// Lanes of `hsum_rows`' last step holding rows 0..8.
 pub(super) const ROW_RESULT_INDEX: [i32; 16] = [0, 1, 4, 5, 8, 9, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0];
 
+/// For each byte of a pair register in the interleaved nibble layout (`q4_1_rows8`'s), the
+/// index (within its 128-bit lane of `[qh_a, qh_b, qh_a, qh_b]`) of the `qh` byte holding its
+/// element's fifth bit, and that bit's mask. The element of byte `j` is `4·(j/8) + j%4`
+/// whichever row the byte belongs to, so with one row's `qh` in every dword the same tables
+/// unpack that row doubled (`avx512`'s panels, `[w0..4, w0..4, w4..8, w4..8, ..]`).
+pub(super) const Q5_0_QH_BYTE: [u8; 64] = qh_tables().0;
+pub(super) const Q5_0_QH_BIT: [u8; 64] = qh_tables().1;
+
+const fn qh_tables() -> ([u8; 64], [u8; 64]) {
+    let (mut byte, mut bit) = ([0u8; 64], [0u8; 64]);
+    let mut j = 0;
+    while j < 64 {
+        // Byte j: 4-byte group (j % 32) / 4 alternates rows a, b; the upper 256 bits hold
+        // elements 16..32.
+        let group = (j % 32) / 4;
+        let row = group % 2;
+        let element = 16 * (j / 32) + 4 * (group / 2) + j % 4;
+        byte[j] = (4 * row + element / 8) as u8;
+        bit[j] = 1 << (element % 8);
+        j += 1;
+    }
+    (byte, bit)
+}
+
 /// One of the index vectors above, in a register.
 #[inline(always)]
 pub(super) unsafe fn load_index(idx: &[i32; 16]) -> __m512i {

@@ -65,6 +65,11 @@ pub struct PanelQ8K {
     pub d: [f32; GROUP],
 }
 
+/// A group's 8 products `d_w · d_a` on the stack, 32-byte aligned (one store, no line
+/// split), for the kernels to broadcast back pair by pair from memory (a load port).
+#[repr(C, align(32))]
+pub(super) struct RowScales(pub(super) [f32; GROUP]);
+
 /// Stores row `r`'s 16 sums in its pair's interleaved slots.
 #[inline]
 pub(super) fn put_bsums(bsums: &mut [[i16; 2 * QK_K / 16]; PAIRS], r: usize, row: &[i16; 16]) {

@@ -269,3 +269,44 @@ fn bench_kernel_in_l1() {
         );
     }
 }
+
+/// ns per weight block of one `dot::<4>` call (32 activation rows), weights and panels in
+/// L1, best of 7, for every kernel set the host runs: the kernels alone, for A/B runs of a
+/// kernel change. Run: `cargo test --release --lib bench_panel_kernels_in_l1 -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn bench_panel_kernels_in_l1() {
+    fn run<P: RowPanel>(name: &str, w: &[P::Weight], k: usize, seed: u64) {
+        let (kb, rows, calls) = (k / P::ELEMS, 16, 60_000);
+        let x = activations(4 * GROUP, k, seed);
+        let groups = panels::<P>(&x, 4 * GROUP, k);
+        for &isa in P::ISAS.iter().filter(|isa| isa.on_host()) {
+            let mut best = f64::MAX;
+            let mut sink = 0f32;
+            for _ in 0..7 {
+                let start = std::time::Instant::now();
+                for i in 0..calls {
+                    let row = &w[(i % rows) * kb..(i % rows + 1) * kb];
+                    // SAFETY: `isa` runs on this host.
+                    let out =
+                        unsafe { P::dot::<4>(isa, row, std::array::from_fn(|g| &groups[g][..])) };
+                    sink += out[0][0];
+                }
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            let ns = best * 1e9 / (calls * kb) as f64;
+            println!("{name} {isa:?}: {ns:.2} ns per block (checksum {sink})");
+        }
+    }
+    let w = weights::<BlockQ4_1>(16 * 896 / 32, false, &[0, 2], 3);
+    run::<Q4_1Panel>("Q4_1 k=896", blocks::view_q4_1(&w), 896, 5);
+    let w = weights::<BlockQ5_0>(16 * 896 / 32, false, &[0], 3);
+    run::<Q5_0Panel>("Q5_0 k=896", blocks::view_q5_0(&w), 896, 5);
+    let w = weights::<BlockQ8_0>(16 * 896 / 32, false, &[0], 3);
+    run::<Q8_0Panel>("Q8_0 k=896", blocks::view_q8_0(&w), 896, 5);
+    let w = weights::<BlockQ6K>(16 * 4864 / 256, false, &[208], 3);
+    run::<Q6KPanel>("Q6_K k=4864", blocks::view_q6k(&w), 4864, 5);
+    let w = weights::<BlockQ4K>(16 * 4864 / 256, false, &[0, 2], 3);
+    run::<Q4KPanel>("Q4_K k=4864", blocks::view_q4k(&w), 4864, 5);
+}
