@@ -10,9 +10,10 @@
 //! ggml's own `madd(maddubs(..), 1)` gives the pair's exact i32 lane sums interleaved,
 //! `[a0, b0, a1, b1, a2, b2, a3, b3]` (lanes 0..4, then 4..8): the same integers as
 //! `mul_sum_us8_pairs` / `mul_sum_i8_pairs` of each row, same sign trick, no saturation.
-//! The products `d_w · d_a` ggml forms per row are one multiply per group of 8 rows, stored,
-//! and broadcast back as each pair's `[d_a, d_b]·d_w` by a load port; `acc = d · cvt(lanes) + acc` is one
-//! FMA per half, exactly the single-row `_mm256_fmadd_ps(d, q, acc)` per lane. At the end
+//! The products `d_w · d_a` ggml forms per row are one multiply per group of 8 rows,
+//! stored, and broadcast back as each pair's `[d_a, d_b]·d_w` by a load port; then
+//! `acc = d · cvt(lanes) + acc` is one FMA per half, exactly the single-row
+//! `_mm256_fmadd_ps(d, q, acc)` per lane. At the end
 //! `hsum_rows` folds each row's 8 lanes in `hsum_float_8` order, 8 rows at once.
 //!
 //! Sixteen 256-bit registers hold one group's 8 accumulators and the unpacked weights,
