@@ -223,90 +223,71 @@ fn a_group_holds_at_most_eight_rows() {
     Q4_1Panel::quantize_group(&x, 32, &mut out);
 }
 
-/// Kernel-only timing (data in L1): ns per (weight block × activation row), next to a
-/// dependent-add loop that measures the clock. `cargo test --release --lib
-/// panel_tests::bench -- --ignored --nocapture`.
+/// Kernel-only timing (weights and panels in L1): ns per weight block of one `dot::<4>`
+/// call (32 activation rows) of every panel type, each kernel set the host runs, best of 7,
+/// next to a dependent-add loop that measures the clock: the tool for A/B runs of a kernel
+/// change. `cargo test --release --lib panel_tests::bench -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn bench_kernel_in_l1() {
-    use std::hint::black_box;
     use std::time::Instant;
-    let (kb, rows) = (18, 64);
-    let w = weights::<BlockQ4_1>(kb * rows, false, &[], 1);
-    let x = activations(16, kb * 32, 2);
-    let p = panels::<Q4_1Panel>(&x, 16, kb * 32);
-    let wv = blocks::view_q4_1(&w);
-    let ns_per_row_block = |isa: PanelIsa| {
-        let mut best = f64::MAX;
-        for _ in 0..2000 {
-            let t = Instant::now();
-            for r in 0..rows {
-                let row = &wv[r * kb..(r + 1) * kb];
-                // SAFETY: `host_isas` gave only sets this CPU runs.
-                black_box(unsafe { Q4_1Panel::dot::<2>(isa, row, [&p[0], &p[1]]) });
-            }
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        best * 1e9 / (kb * rows * 16) as f64
-    };
-    let times: Vec<(PanelIsa, f64)> = host_isas::<Q4_1Panel>()
-        .into_iter()
-        .map(|isa| (isa, ns_per_row_block(isa)))
-        .collect();
     let t = Instant::now();
-    // SAFETY: register-only arithmetic: 10^8 iterations of 4 dependent adds (4 cycles).
+    // SAFETY: register-only arithmetic: 10^8 iterations of 4 dependent 64-bit multiplies,
+    // 3 cycles each on Intel and AMD cores alike (dependent adds of an immediate are not a
+    // clock: Golden Cove retires them faster than one per cycle).
     unsafe {
         std::arch::asm!(
-            "2:", "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1", "dec {n}", "jnz 2b",
-            x = inout(reg) 0u64 => _, n = inout(reg) 100_000_000u64 => _,
+            "2:", "imul {x}, {x}", "imul {x}, {x}", "imul {x}, {x}", "imul {x}, {x}",
+            "dec {n}", "jnz 2b",
+            x = inout(reg) 1u64 => _, n = inout(reg) 100_000_000u64 => _,
         );
     }
-    let ghz = 4.0 * 1e8 / t.elapsed().as_secs_f64() / 1e9;
-    for (isa, ns) in times {
-        println!(
-            "q4_1 dot::<2> {isa:?}: {ns:.3} ns per row-block; clock ~{ghz:.2} GHz → {:.2} cycles",
-            ns * ghz
-        );
-    }
+    let ghz = 12.0 * 1e8 / t.elapsed().as_secs_f64() / 1e9;
+    println!("clock ~{ghz:.2} GHz");
+    let run = |name: &str, ns_per_block: &dyn Fn(PanelIsa) -> f64, isas: Vec<PanelIsa>| {
+        for isa in isas {
+            let ns = ns_per_block(isa);
+            println!(
+                "{name} dot::<4> {isa:?}: {ns:.2} ns per block → {:.1} cycles",
+                ns * ghz
+            );
+        }
+    };
+    let k = 896;
+    let w = weights::<BlockQ4_1>(16 * k / 32, false, &[0, 2], 3);
+    let f = |isa| ns_per_call_block::<Q4_1Panel>(isa, blocks::view_q4_1(&w), k);
+    run("Q4_1 k=896", &f, host_isas::<Q4_1Panel>());
+    let w = weights::<BlockQ5_0>(16 * k / 32, false, &[0], 3);
+    let f = |isa| ns_per_call_block::<Q5_0Panel>(isa, blocks::view_q5_0(&w), k);
+    run("Q5_0 k=896", &f, host_isas::<Q5_0Panel>());
+    let w = weights::<BlockQ8_0>(16 * k / 32, false, &[0], 3);
+    let f = |isa| ns_per_call_block::<Q8_0Panel>(isa, blocks::view_q8_0(&w), k);
+    run("Q8_0 k=896", &f, host_isas::<Q8_0Panel>());
+    let k = 4864;
+    let w = weights::<BlockQ6K>(16 * k / 256, false, &[208], 3);
+    let f = |isa| ns_per_call_block::<Q6KPanel>(isa, blocks::view_q6k(&w), k);
+    run("Q6_K k=4864", &f, host_isas::<Q6KPanel>());
+    let w = weights::<BlockQ4K>(16 * k / 256, false, &[0, 2], 3);
+    let f = |isa| ns_per_call_block::<Q4KPanel>(isa, blocks::view_q4k(&w), k);
+    run("Q4_K k=4864", &f, host_isas::<Q4KPanel>());
 }
 
-/// ns per weight block of one `dot::<4>` call (32 activation rows), weights and panels in
-/// L1, best of 7, for every kernel set the host runs: the kernels alone, for A/B runs of a
-/// kernel change. Run: `cargo test --release --lib bench_panel_kernels_in_l1 -- --ignored
-/// --nocapture`.
-#[test]
-#[ignore]
-fn bench_panel_kernels_in_l1() {
-    fn run<P: RowPanel>(name: &str, w: &[P::Weight], k: usize, seed: u64) {
-        let (kb, rows, calls) = (k / P::ELEMS, 16, 60_000);
-        let x = activations(4 * GROUP, k, seed);
-        let groups = panels::<P>(&x, 4 * GROUP, k);
-        for &isa in P::ISAS.iter().filter(|isa| isa.on_host()) {
-            let mut best = f64::MAX;
-            let mut sink = 0f32;
-            for _ in 0..7 {
-                let start = std::time::Instant::now();
-                for i in 0..calls {
-                    let row = &w[(i % rows) * kb..(i % rows + 1) * kb];
-                    // SAFETY: `isa` runs on this host.
-                    let out =
-                        unsafe { P::dot::<4>(isa, row, std::array::from_fn(|g| &groups[g][..])) };
-                    sink += out[0][0];
-                }
-                best = best.min(start.elapsed().as_secs_f64());
-            }
-            let ns = best * 1e9 / (calls * kb) as f64;
-            println!("{name} {isa:?}: {ns:.2} ns per block (checksum {sink})");
+/// Best of 7 runs of 60,000 `dot::<4>` calls over 16 weight rows in turn (`w: [16, k]`):
+/// ns per weight block of one call.
+fn ns_per_call_block<P: RowPanel>(isa: PanelIsa, w: &[P::Weight], k: usize) -> f64 {
+    let (kb, rows, calls) = (k / P::ELEMS, 16, 60_000);
+    let x = activations(4 * GROUP, k, 5);
+    let groups = panels::<P>(&x, 4 * GROUP, k);
+    let mut best = f64::MAX;
+    for _ in 0..7 {
+        let start = std::time::Instant::now();
+        for i in 0..calls {
+            let row = &w[(i % rows) * kb..(i % rows + 1) * kb];
+            // SAFETY: `host_isas` gave only sets this CPU runs.
+            let out = unsafe { P::dot::<4>(isa, row, std::array::from_fn(|g| &groups[g][..])) };
+            std::hint::black_box(out);
         }
+        best = best.min(start.elapsed().as_secs_f64());
     }
-    let w = weights::<BlockQ4_1>(16 * 896 / 32, false, &[0, 2], 3);
-    run::<Q4_1Panel>("Q4_1 k=896", blocks::view_q4_1(&w), 896, 5);
-    let w = weights::<BlockQ5_0>(16 * 896 / 32, false, &[0], 3);
-    run::<Q5_0Panel>("Q5_0 k=896", blocks::view_q5_0(&w), 896, 5);
-    let w = weights::<BlockQ8_0>(16 * 896 / 32, false, &[0], 3);
-    run::<Q8_0Panel>("Q8_0 k=896", blocks::view_q8_0(&w), 896, 5);
-    let w = weights::<BlockQ6K>(16 * 4864 / 256, false, &[208], 3);
-    run::<Q6KPanel>("Q6_K k=4864", blocks::view_q6k(&w), 4864, 5);
-    let w = weights::<BlockQ4K>(16 * 4864 / 256, false, &[0, 2], 3);
-    run::<Q4KPanel>("Q4_K k=4864", blocks::view_q4k(&w), 4864, 5);
+    best * 1e9 / (calls * kb) as f64
 }
