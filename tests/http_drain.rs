@@ -2,16 +2,19 @@
 //! to 503 and refuses new requests with 503 while the in-flight streams finish normally;
 //! the process exits 0. With a short `--shutdown-timeout`, streams still running are
 //! ended with an SSE error event and `[DONE]` (never cut off mid-air), and it still
-//! exits 0. Also: `/ready` is 503 and `/health` 200 while the model loads (held in the
-//! loading phase by the `HOLD_LOADING_ENV` test hook, so the answer is deterministic).
+//! exits 0. A proxy's pooled connections, idle when the drain ends, keep the server up:
+//! a request on one is refused (nothing started), never cut, and its replay on a new
+//! connection finds the listener. Also: `/ready` is 503 and `/health` 200 while the
+//! model loads (held in the loading phase by the `HOLD_LOADING_ENV` test hook, so the
+//! answer is deterministic).
 //! Every wait is for an event; `HANG_GUARD` only bounds a wait that would never end.
 
 mod common;
 
 mod http_support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 use http_support::{get, post, wait_for, SseStream, HANG_GUARD, MODEL};
 use serde_json::{json, Value};
 use tessera::config::default_model_path;
+use tessera::server::gate::NOT_STARTED_HEADER;
 use tessera::server::HOLD_LOADING_ENV;
 
 struct Server {
@@ -165,6 +169,109 @@ fn sigterm_drains_in_flight_streams_and_exits_zero() {
         );
         let finish: Value = serde_json::from_str(&events[events.len() - 3]).expect("finish chunk");
         assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    }
+    assert_eq!(server.wait_exit(), 0);
+}
+
+/// A client connection kept alive between requests, as a proxy's pooled connection is.
+struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(HANG_GUARD)).expect("timeout");
+        Self {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends one request (no `Connection` header: HTTP/1.1 keeps the connection) and
+    /// reads its response: status, headers (names lowercase), body.
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Vec<(String, String)>, Value) {
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        if !body.is_empty() {
+            head += &format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
+        head += "\r\n";
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).expect("write head");
+        stream.write_all(body.as_bytes()).expect("write body");
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+        let status = status.unwrap_or_else(|| panic!("no response: {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).expect("header line");
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
+            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let length = headers
+            .iter()
+            .find(|(name, _)| name == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("a sized body");
+        let mut bytes = vec![0; length];
+        self.reader.read_exact(&mut bytes).expect("body");
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn pooled_connections_idle_when_the_drain_ends_are_answered_not_cut() {
+    // A proxy's two pooled connections, idle when SIGTERM comes (no sequence in flight,
+    // so the drain's wait for sequences ends at once). While they are open the server
+    // stays up: a request sent on one gets the refusal a proxy replays (503, nothing
+    // started, that connection closed after it), the replay on a new connection finds
+    // the listener and gets the same refusal, and the other pooled connection is
+    // answered too. Then the server exits 0.
+    let server = start(&[]);
+    server.wait_ready();
+    let mut pooled: Vec<KeepAlive> = (0..2).map(|_| KeepAlive::open(server.addr)).collect();
+    for connection in &mut pooled {
+        let (status, headers, _) = connection.send("GET", "/health", None);
+        assert_eq!(status, 200);
+        assert_ne!(header(&headers, "connection"), Some("close"), "{headers:?}");
+    }
+    server.sigterm();
+    assert!(
+        wait_for(HANG_GUARD, || get(server.addr, "/ready").status == 503),
+        "/ready stays 200"
+    );
+    for mut connection in pooled {
+        let (status, headers, body) =
+            connection.send("POST", "/v1/chat/completions", Some(&story(5)));
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "shutting_down");
+        assert_eq!(header(&headers, NOT_STARTED_HEADER), Some("true"));
+        assert_eq!(header(&headers, "connection"), Some("close"));
+        let replayed = post(server.addr, "/v1/chat/completions", &story(5));
+        assert_eq!(replayed.status, 503, "{}", replayed.text());
     }
     assert_eq!(server.wait_exit(), 0);
 }

@@ -24,6 +24,7 @@
 pub mod access;
 pub mod admin;
 pub mod conn_guard;
+pub mod connections;
 pub mod content_filter;
 pub mod conversations;
 pub mod cpu;

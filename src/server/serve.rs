@@ -1,7 +1,8 @@
 //! The server's life: bind, answer `/health` (and 503 elsewhere) while the model loads
 //! on its own thread, become ready, and on SIGTERM/SIGINT drain — `/ready` and new
 //! requests answer 503, in-flight requests finish (up to `--shutdown-timeout`, then they
-//! are aborted with an error event), the engine stops, and the process exits 0. The
+//! are aborted with an error event), the server stays up refusing requests until its
+//! connections have closed (`linger`), the engine stops, and the process exits 0. The
 //! deadline is hard: whatever is still running a few seconds after the shutdown timeout,
 //! the process exits (1) then (`arm_exit_deadline`); before it, the conversation log
 //! writes what it still holds. SIGHUP reloads the moderation policy.
@@ -38,13 +39,20 @@ const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// Time after the shutdown timeout and `ABORT_GRACE` for stopping the HTTP server and
 /// the engine and flushing the conversation log before the process exits regardless.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
+/// How long an idle keep-alive connection stays open (a proxy must close its pooled
+/// connections sooner: deploy/nginx uses 4 s).
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// The longest a drained server waits for its connections to close (`linger`): by then
+/// the keep-alive timer has closed every idle one.
+const LINGER_LIMIT: Duration = Duration::from_secs(6);
 /// Time before the hard exit at which the conversation log's flush gives up (to log
 /// what it could not write).
 const FLUSH_MARGIN: Duration = Duration::from_millis(300);
 
 /// The HTTP server over `listener`: actix-http's HTTP/1 service behind the connection
 /// guard (see `conn_guard`), set up as actix-web's `HttpServer` would be (keep-alive 5 s,
-/// disconnect timeout 1 s, graceful stop, one app per worker) except that the guard,
+/// disconnect timeout 1 s, graceful stop, one app per worker) except that each connection
+/// is counted in `AppState::connections` while it is open, the guard,
 /// not actix, times request heads, and a client that closes its side is gone (its
 /// handler is dropped, so its sequences abort).
 fn build_server(
@@ -70,18 +78,20 @@ fn build_server(
             .into_factory()
             .map_err(|err| err.error_response());
         let stopping = stopping.clone();
+        let counted = state.clone();
         let http = HttpService::build()
             .graceful_shutdown_signal(move || {
                 let stopping = stopping.clone();
                 async move { stopping.notified().await }
             })
-            .keep_alive(KeepAlive::default())
+            .keep_alive(KeepAlive::Timeout(KEEP_ALIVE))
             .client_request_timeout(Duration::ZERO)
             .client_disconnect_timeout(Duration::from_secs(1))
             .h1_allow_half_closed(false)
             .local_addr(addr)
-            .on_connect_ext(|io: &GuardedStream, data| {
+            .on_connect_ext(move |io: &GuardedStream, data| {
                 data.insert(io.kill_switch());
+                data.insert(counted.connections.opened());
             })
             .h1(map_config(app, |_| AppConfig::default()));
         fn_service(move |io: TcpStream| {
@@ -306,8 +316,30 @@ pub async fn drain(state: &AppState) {
         }
         wait_idle(state, ABORT_GRACE).await;
     }
-    // Let the last responses leave the write buffers.
-    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    linger(state).await;
+}
+
+/// After the last sequence, keeps the server up (every request refused, nothing started,
+/// `Connection: close`) until no connection is open and no request came for a moment
+/// (`connections::QUIET`), so that stopping it races no request a proxy sent (see
+/// `connections`). Bounded by `LINGER_LIMIT` and by the time the exit deadline leaves
+/// for stopping.
+async fn linger(state: &AppState) {
+    let mut until = Instant::now() + LINGER_LIMIT;
+    if let Some(exit) = state.exit_deadline() {
+        until = until.min(exit.checked_sub(EXIT_GRACE).unwrap_or(exit));
+    }
+    let open = state.connections.open();
+    tracing::info!(open, "waiting for the connections to close");
+    while !state.connections.settled() && Instant::now() < until {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !state.connections.settled() {
+        tracing::warn!(
+            open = state.connections.open(),
+            "stopping with connections still open"
+        );
+    }
 }
 
 async fn wait_idle(state: &AppState, limit: Duration) {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
 
+use super::connections::Connections;
 use super::cpu::{CpuPool, PromptLimit};
 use crate::audit::AuditLog;
 use crate::engine::handle::EngineHandle;
@@ -163,6 +164,8 @@ pub struct AppState {
     audit: OnceLock<Arc<AuditLog>>,
     /// When the process exits whatever still runs (set on SIGTERM/SIGINT).
     exit_deadline: OnceLock<Instant>,
+    /// Open HTTP connections and the last request's arrival (the drain's linger).
+    pub connections: Connections,
 }
 
 impl AppState {
@@ -188,6 +191,7 @@ impl AppState {
             config,
             audit: OnceLock::new(),
             exit_deadline: OnceLock::new(),
+            connections: Connections::default(),
         })
     }
 
