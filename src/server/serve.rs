@@ -51,10 +51,10 @@ const FLUSH_MARGIN: Duration = Duration::from_millis(300);
 
 /// The HTTP server over `listener`: actix-http's HTTP/1 service behind the connection
 /// guard (see `conn_guard`), set up as actix-web's `HttpServer` would be (keep-alive 5 s,
-/// disconnect timeout 1 s, graceful stop, one app per worker) except that each connection
-/// is counted in `AppState::connections` while it is open, the guard,
-/// not actix, times request heads, and a client that closes its side is gone (its
-/// handler is dropped, so its sequences abort).
+/// disconnect timeout 1 s, graceful stop, one app per worker) except that the guard, not
+/// actix, times request heads, a client that closes its side is gone (its handler is
+/// dropped, so its sequences abort), and each connection is counted in
+/// `AppState::connections` while it is open (the drain's `linger` waits on it).
 fn build_server(
     state: web::Data<AppState>,
     listener: TcpListener,
