@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http_support::{get, post, wait_for, SseStream, HANG_GUARD, MODEL};
+use http_support::{get, post, read_head, wait_for, SseStream, HANG_GUARD, MODEL};
 use serde_json::{json, Value};
 use tessera::config::default_model_path;
 use tessera::server::gate::NOT_STARTED_HEADER;
@@ -188,7 +188,7 @@ impl KeepAlive {
     }
 
     /// Sends one request (no `Connection` header: HTTP/1.1 keeps the connection) and
-    /// reads its response: status, headers (names lowercase), body.
+    /// reads its response: status, header fields, body.
     fn send(
         &mut self,
         method: &str,
@@ -207,22 +207,10 @@ impl KeepAlive {
         let stream = self.reader.get_mut();
         stream.write_all(head.as_bytes()).expect("write head");
         stream.write_all(body.as_bytes()).expect("write body");
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("status line");
-        let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-        let status = status.unwrap_or_else(|| panic!("no response: {line:?}"));
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).expect("header line");
-            let Some((name, value)) = line.trim_end().split_once(':') else {
-                break;
-            };
-            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
-        }
+        let (status, headers) = read_head(&mut self.reader);
         let length = headers
             .iter()
-            .find(|(name, _)| name == "content-length")
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse().ok())
             .expect("a sized body");
         let mut bytes = vec![0; length];
@@ -238,7 +226,7 @@ impl KeepAlive {
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
-        .find(|(n, _)| n == name)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
 }
 

@@ -128,7 +128,8 @@ fn write_request(
     }
 }
 
-fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+/// A response's status and header fields (names as sent), read up to the blank line.
+pub fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
     let mut line = String::new();
     reader.read_line(&mut line).expect("status line");
     let status = line
