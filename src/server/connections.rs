@@ -1,4 +1,4 @@
-//! The HTTP connections a server has open and when its last request arrived: what the
+//! The HTTP connections a server has open and when its last one closed: what the
 //! drain's linger waits on before the server stops (`serve::drain`).
 //!
 //! Why: a proxy in front (nginx with `keepalive`) pools idle keep-alive connections and
@@ -9,7 +9,8 @@
 //! deploy/nginx) find no listener, with the same result. So once its last sequence has
 //! finished, a draining server keeps its listener and answers everything 503 (nothing
 //! started, `Connection: close`) until every connection has closed (the proxy closed its
-//! idle ones, or used them and was told to close) and no request came for `QUIET`.
+//! idle ones, or used them and was told to close) and none has closed for `QUIET` (a
+//! proxy's replay comes on a new connection just after the refused one closes).
 //!
 //! Invariants: `open` counts the connections whose [`OpenConnection`] is alive (one per
 //! connection, dropped with it), so it is exact whenever no connection is being set up.
@@ -18,69 +19,70 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a draining server must have had no request before it may stop: longer than a
-/// proxy takes to replay a refused request (nginx replays at once), shorter than the
-/// `fail_timeout` (1 s) for which nginx then sends this replica nothing.
+/// How long a draining server must have had no connection open before it may stop:
+/// longer than a proxy takes to replay a refused request on a new connection (nginx
+/// replays at once), shorter than the `fail_timeout` (1 s) for which nginx then sends
+/// this replica nothing.
 pub const QUIET: Duration = Duration::from_millis(300);
 
-/// Open connections and the arrival of the last request.
+/// Open connections and when the last one closed.
+#[derive(Debug, Clone)]
+pub struct Connections(Arc<Tally>);
+
 #[derive(Debug)]
-pub struct Connections {
-    open: Arc<AtomicUsize>,
-    /// The time `last_request_ms` counts from.
+struct Tally {
+    open: AtomicUsize,
+    /// The time `last_close_ms` counts from.
     epoch: Instant,
-    /// When the last request arrived, in milliseconds after `epoch`.
-    last_request_ms: AtomicU64,
+    /// When the last connection closed, in milliseconds after `epoch`.
+    last_close_ms: AtomicU64,
 }
 
 impl Default for Connections {
     fn default() -> Self {
-        Self {
-            open: Arc::default(),
+        Self(Arc::new(Tally {
+            open: AtomicUsize::new(0),
             epoch: Instant::now(),
-            last_request_ms: AtomicU64::new(0),
-        }
+            last_close_ms: AtomicU64::new(0),
+        }))
     }
 }
 
 impl Connections {
     /// Counts a new connection for as long as the returned value lives.
     pub fn opened(&self) -> OpenConnection {
-        self.open.fetch_add(1, Ordering::SeqCst);
-        OpenConnection(self.open.clone())
+        self.0.open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(self.0.clone())
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
+        self.0.open.load(Ordering::SeqCst)
     }
 
-    /// Records that a request arrived now.
-    pub fn note_request(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.last_request_ms.fetch_max(now, Ordering::SeqCst);
-    }
-
-    /// Time since the last request arrived (since the server started, before any).
-    pub fn since_last_request(&self) -> Duration {
-        let last = Duration::from_millis(self.last_request_ms.load(Ordering::SeqCst));
-        self.epoch.elapsed().saturating_sub(last)
+    /// Time since the last connection closed (since the server started, before any).
+    pub fn since_last_close(&self) -> Duration {
+        let last = Duration::from_millis(self.0.last_close_ms.load(Ordering::SeqCst));
+        self.0.epoch.elapsed().saturating_sub(last)
     }
 
     /// Whether a stopping server can close its listener now without a request racing the
-    /// close: no connection is open and none came for `QUIET`.
+    /// close: no connection is open and none closed within `QUIET`.
     pub fn settled(&self) -> bool {
-        self.open() == 0 && self.since_last_request() >= QUIET
+        self.open() == 0 && self.since_last_close() >= QUIET
     }
 }
 
 /// One open connection (kept in the connection's data; dropping it uncounts it).
 #[derive(Debug)]
-pub struct OpenConnection(Arc<AtomicUsize>);
+pub struct OpenConnection(Arc<Tally>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        // The time first: whoever then reads `open` at 0 also sees when it got there.
+        let now = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.last_close_ms.fetch_max(now, Ordering::SeqCst);
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -100,24 +102,23 @@ mod tests {
         assert_eq!(connections.open(), 0);
     }
 
-    /// A server that started `ago` and has had no request since.
+    /// A server that started `ago` and has had no connection since.
     fn started(ago: Duration) -> Connections {
-        Connections {
+        Connections(Arc::new(Tally {
+            open: AtomicUsize::new(0),
             epoch: Instant::now() - ago,
-            ..Connections::default()
-        }
+            last_close_ms: AtomicU64::new(0),
+        }))
     }
 
     #[test]
-    fn settled_only_with_no_connection_and_no_recent_request() {
+    fn settled_only_with_no_connection_open_and_none_closed_recently() {
         let connections = started(Duration::from_secs(60));
         assert!(connections.settled());
         let open = connections.opened();
         assert!(!connections.settled());
         drop(open);
-        assert!(connections.settled());
-        connections.note_request();
-        // A minute back without requests, then one now: the quiet restarts from it.
-        assert!(connections.since_last_request() < Duration::from_secs(60));
+        // A minute without connections, then one closed now: the quiet restarts from it.
+        assert!(connections.since_last_close() < Duration::from_secs(60));
     }
 }

@@ -75,9 +75,6 @@ pub async fn gate(
     req.extensions_mut().insert(RequestId(id.clone()));
     let (method, path) = (req.method().to_string(), req.path().to_string());
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    if let Some(state) = &state {
-        state.connections.note_request();
-    }
     let mut res = answer(req, next, &id).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut()

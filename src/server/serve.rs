@@ -78,7 +78,7 @@ fn build_server(
             .into_factory()
             .map_err(|err| err.error_response());
         let stopping = stopping.clone();
-        let counted = state.clone();
+        let connections = state.connections.clone();
         let http = HttpService::build()
             .graceful_shutdown_signal(move || {
                 let stopping = stopping.clone();
@@ -91,7 +91,7 @@ fn build_server(
             .local_addr(addr)
             .on_connect_ext(move |io: &GuardedStream, data| {
                 data.insert(io.kill_switch());
-                data.insert(counted.connections.opened());
+                data.insert(connections.opened());
             })
             .h1(map_config(app, |_| AppConfig::default()));
         fn_service(move |io: TcpStream| {
@@ -320,7 +320,7 @@ pub async fn drain(state: &AppState) {
 }
 
 /// After the last sequence, keeps the server up (every request refused, nothing started,
-/// `Connection: close`) until no connection is open and no request came for a moment
+/// `Connection: close`) until no connection has been open for a moment
 /// (`connections::QUIET`), so that stopping it races no request a proxy sent (see
 /// `connections`). Bounded by `LINGER_LIMIT` and by the time the exit deadline leaves
 /// for stopping.

@@ -164,7 +164,7 @@ pub struct AppState {
     audit: OnceLock<Arc<AuditLog>>,
     /// When the process exits whatever still runs (set on SIGTERM/SIGINT).
     exit_deadline: OnceLock<Instant>,
-    /// Open HTTP connections and the last request's arrival (the drain's linger).
+    /// Open HTTP connections and when the last one closed (the drain's linger).
     pub connections: Connections,
 }
 
