@@ -27,9 +27,9 @@ use half::{bf16, f16};
 
 use super::pool::{self, SharedOut};
 use super::qdot::panel::{Q4KPanel, Q4_1Panel, Q5_0Panel, Q6KPanel, Q8_0Panel};
-use super::qdot::{self, Kernel};
+use super::qdot::{self, Ahead, Kernel};
 use float::{matmul_float, matmul_float_here};
-use gemv::{gemv, prefetch_l2, PREFETCH_AHEAD};
+use gemv::{gemv, PREFETCH_AHEAD};
 use panel::{matmul_panel, use_panels};
 use std::cell::RefCell;
 
@@ -438,7 +438,7 @@ fn matmul<K: Kernel>(w: &[K::Weight], k: usize, x: &[f32], m: usize, y: &mut [f3
                 // The first row tile reads each weight row from memory (see `gemv`).
                 let ahead = col + PREFETCH_AHEAD;
                 if let Some(row) = w.get(ahead * kb..(ahead + 1) * kb) {
-                    prefetch_l2(row);
+                    Ahead::new(row, 1).block(0);
                 }
             }
             let w_row = &w[col * kb..(col + 1) * kb];

@@ -10,6 +10,7 @@
 //! `madd(maddubs(..))`), and `avx512_lanes::hsum_rows` folds the 8 rows' lanes in
 //! `hsum_float_8` order. Per row and block this is about a third of the AVX2 kernel's
 //! vector operations, which leaves the memory pipeline more room (bench/NOTES.md §26).
+//! Each block step also asks for its share of the caller's next rows (`Ahead`, §28).
 
 use std::arch::x86_64::*;
 
@@ -18,6 +19,7 @@ use super::avx512_lanes::{
 };
 use super::blocks::{Q4_1, Q5_0, Q8_0, Q8_1};
 use super::x86::f16_to_f32;
+use super::Ahead;
 
 /// `vpermt2d` indices interleaving two rows' 16 packed quant bytes (dwords 0..4 of the
 /// first row, 16..20 of the second) by dwords, twice: the low nibbles (elements 0..16)
@@ -63,7 +65,7 @@ unsafe fn packed_quants(b: &Q4_1) -> __m512i {
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn q4_1_rows8(w: [&[Q4_1]; 8], x: &[Q8_1]) -> [f32; 8] {
+pub unsafe fn q4_1_rows8(w: [&[Q4_1]; 8], x: &[Q8_1], ahead: Ahead) -> [f32; 8] {
     check_rows("q4_1_rows8", w, x.len());
     let double = load_index(&DOUBLE_DWORDS);
     let pair_quants = load_index(&PAIR_NIBBLE_DWORDS);
@@ -75,6 +77,7 @@ pub unsafe fn q4_1_rows8(w: [&[Q4_1]; 8], x: &[Q8_1]) -> [f32; 8] {
     // Per pair `[_, summs_a, _, summs_b]` (lanes 0 and 2 are unused products).
     let mut summs = [_mm_setzero_ps(); 4];
     for (b, y) in x.iter().enumerate() {
+        ahead.block(b);
         let ys = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
         let ys = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(ys));
         let act_d = _mm512_set1_ps(y.d);
@@ -111,7 +114,7 @@ pub unsafe fn q4_1_rows8(w: [&[Q4_1]; 8], x: &[Q8_1]) -> [f32; 8] {
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0]) -> [f32; 8] {
+pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0], ahead: Ahead) -> [f32; 8] {
     check_rows("q8_0_rows8", w, x.len());
     let double = load_index(&DOUBLE_DWORDS);
     let pair_values = load_index(&PAIR_DWORDS);
@@ -119,6 +122,7 @@ pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0]) -> [f32; 8] {
     let bias = _mm512_set1_epi8(0x80u8 as i8);
     let mut acc = [_mm512_setzero_ps(); 4];
     for (b, y) in x.iter().enumerate() {
+        ahead.block(b);
         let (ys, act_d) = doubled_activation(double, y);
         let start = lanes_start(bias, ys);
         for p in 0..4 {
@@ -148,7 +152,7 @@ pub unsafe fn q8_0_rows8(w: [&[Q8_0]; 8], x: &[Q8_0]) -> [f32; 8] {
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn q5_0_rows8(w: [&[Q5_0]; 8], x: &[Q8_0]) -> [f32; 8] {
+pub unsafe fn q5_0_rows8(w: [&[Q5_0]; 8], x: &[Q8_0], ahead: Ahead) -> [f32; 8] {
     check_rows("q5_0_rows8", w, x.len());
     let double = load_index(&DOUBLE_DWORDS);
     let pair_quants = load_index(&PAIR_NIBBLE_DWORDS);
@@ -160,6 +164,7 @@ pub unsafe fn q5_0_rows8(w: [&[Q5_0]; 8], x: &[Q8_0]) -> [f32; 8] {
     let qh_bit = _mm512_loadu_si512(Q5_0_QH_BIT.as_ptr() as *const _);
     let mut acc = [_mm512_setzero_ps(); 4];
     for (b, y) in x.iter().enumerate() {
+        ahead.block(b);
         let (ys, act_d) = doubled_activation(double, y);
         let start = lanes_start(sixteen, ys);
         for p in 0..4 {

@@ -96,7 +96,8 @@ fn replay<C: GgmlType, K: Kernel>(name: &str, view: fn(&[C]) -> &[K::Weight], f1
             assert!(four.iter().all(|v| v.to_bits() == want), "{what} (dot4)");
             // Eight weight rows from this one on (cyclically): every lane of `dot_rows8`.
             let at = |k: usize| (i + k) % rows.len();
-            let eight = K::dot_rows8(std::array::from_fn(|k| view(&rows[at(k)])), &xq);
+            let w8 = std::array::from_fn(|k| view(&rows[at(k)]));
+            let eight = K::dot_rows8(w8, &xq, Ahead::new(w8[0], xq.len()));
             for (k, v) in eight.iter().enumerate() {
                 assert_eq!(v.to_bits(), case.bits[at(k)], "{what} (dot_rows8 lane {k})");
             }

@@ -21,6 +21,7 @@
 //! order matters; the replay test (`ggml_vectors`) checks it against ggml's own results.
 
 #[cfg(target_arch = "x86_64")]
+mod ahead;
 mod avx2_panel;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -42,6 +43,7 @@ mod panel_tests;
 #[cfg(test)]
 mod tests;
 
+pub use ahead::Ahead;
 pub use interleaved::{Q2KInterleaved, Q4KInterleaved, Q4_0Interleaved};
 pub use kquants::{Q4KDot, Q5KDot, Q6KDot};
 pub use legacy::{Q4_0Dot, Q4_1Dot, Q5_0Dot, Q5_1Dot, Q8_0Dot};
@@ -64,15 +66,17 @@ pub trait Kernel {
     /// One weight row · four activation rows; each result equals `dot`'s bit for bit.
     fn dot4(w: &[Self::Weight], x: [&[Self::Act]; 4]) -> [f32; 4];
     /// Four weight rows · one activation row (single-stream decode: four independent
-    /// accumulations in flight); each result equals `dot`'s bit for bit.
-    fn dot_rows4(w: [&[Self::Weight]; 4], x: &[Self::Act]) -> [f32; 4];
-    /// Eight weight rows · one activation row (single-stream decode); each result equals
-    /// `dot`'s bit for bit. Two `dot_rows4` unless the type has a wider kernel.
-    fn dot_rows8(w: [&[Self::Weight]; 8], x: &[Self::Act]) -> [f32; 8]
+    /// accumulations in flight), prefetching `ahead` as it goes; each result equals
+    /// `dot`'s bit for bit.
+    fn dot_rows4(w: [&[Self::Weight]; 4], x: &[Self::Act], ahead: Ahead) -> [f32; 4];
+    /// Eight weight rows · one activation row (single-stream decode), prefetching `ahead`
+    /// as it goes; each result equals `dot`'s bit for bit. Two `dot_rows4` unless the
+    /// type has a wider kernel.
+    fn dot_rows8(w: [&[Self::Weight]; 8], x: &[Self::Act], ahead: Ahead) -> [f32; 8]
     where
         Self: Sized,
     {
-        rows8_by_fours::<Self>(w, x)
+        rows8_by_fours::<Self>(w, x, ahead)
     }
     /// The portable implementation (same bits as the SIMD one; used by tests).
     fn dot_portable(w: &[Self::Weight], x: &[Self::Act]) -> f32;
@@ -135,9 +139,13 @@ pub(crate) unsafe fn run_dot4<S: Steps>(w: &[S::Weight], x: [&[S::Act]; 4]) -> [
 }
 
 /// Four weight rows against one activation row: each row's steps in `run_dot`'s order,
-/// the rows' independent chains interleaved.
+/// the rows' independent chains interleaved; `ahead`'s lines asked for block by block.
 #[inline(always)]
-pub(crate) unsafe fn run_dot_rows4<S: Steps>(w: [&[S::Weight]; 4], x: &[S::Act]) -> [f32; 4] {
+pub(crate) unsafe fn run_dot_rows4<S: Steps>(
+    w: [&[S::Weight]; 4],
+    x: &[S::Act],
+    ahead: Ahead,
+) -> [f32; 4] {
     for row in w {
         assert_eq!(
             row.len(),
@@ -148,6 +156,7 @@ pub(crate) unsafe fn run_dot_rows4<S: Steps>(w: [&[S::Weight]; 4], x: &[S::Act])
     let [w0, w1, w2, w3] = w;
     let (mut a0, mut a1, mut a2, mut a3) = (S::init(), S::init(), S::init(), S::init());
     for (b, xb) in x.iter().enumerate() {
+        ahead.block(b);
         S::step(&S::unpack(&w0[b]), xb, &mut a0);
         S::step(&S::unpack(&w1[b]), xb, &mut a1);
         S::step(&S::unpack(&w2[b]), xb, &mut a2);
@@ -156,10 +165,16 @@ pub(crate) unsafe fn run_dot_rows4<S: Steps>(w: [&[S::Weight]; 4], x: &[S::Act])
     [S::finish(a0), S::finish(a1), S::finish(a2), S::finish(a3)]
 }
 
-/// `Kernel::dot_rows8` as two `dot_rows4` calls.
-pub(crate) fn rows8_by_fours<K: Kernel>(w: [&[K::Weight]; 8], x: &[K::Act]) -> [f32; 8] {
+/// `Kernel::dot_rows8` as two `dot_rows4` calls, each prefetching half of `ahead`.
+pub(crate) fn rows8_by_fours<K: Kernel>(
+    w: [&[K::Weight]; 8],
+    x: &[K::Act],
+    ahead: Ahead,
+) -> [f32; 8] {
     let [a, b, c, d, e, f, g, h] = w;
-    let (lo, hi) = (K::dot_rows4([a, b, c, d], x), K::dot_rows4([e, f, g, h], x));
+    let (ahead_lo, ahead_hi) = ahead.halves(x.len());
+    let lo = K::dot_rows4([a, b, c, d], x, ahead_lo);
+    let hi = K::dot_rows4([e, f, g, h], x, ahead_hi);
     let mut out = [0f32; 8];
     out[..4].copy_from_slice(&lo);
     out[4..].copy_from_slice(&hi);
@@ -211,18 +226,26 @@ macro_rules! kernel {
                 unsafe { $crate::ops::qdot::run_dot4::<$scalar>(w, x) }
             }
 
-            fn dot_rows4(w: [&[$w]; 4], x: &[$a]) -> [f32; 4] {
+            fn dot_rows4(
+                w: [&[$w]; 4],
+                x: &[$a],
+                ahead: $crate::ops::qdot::Ahead,
+            ) -> [f32; 4] {
                 #[cfg(target_arch = "x86_64")]
                 if $crate::ops::qdot::has_avx2() {
                     #[target_feature(enable = "avx2,fma,f16c")]
-                    unsafe fn imp(w: [&[$w]; 4], x: &[$a]) -> [f32; 4] {
-                        $crate::ops::qdot::run_dot_rows4::<$avx2>(w, x)
+                    unsafe fn imp(
+                        w: [&[$w]; 4],
+                        x: &[$a],
+                        ahead: $crate::ops::qdot::Ahead,
+                    ) -> [f32; 4] {
+                        $crate::ops::qdot::run_dot_rows4::<$avx2>(w, x, ahead)
                     }
                     // SAFETY: AVX2, FMA and F16C were detected at run time.
-                    return unsafe { imp(w, x) };
+                    return unsafe { imp(w, x, ahead) };
                 }
                 // SAFETY: the scalar steps use no intrinsics.
-                unsafe { $crate::ops::qdot::run_dot_rows4::<$scalar>(w, x) }
+                unsafe { $crate::ops::qdot::run_dot_rows4::<$scalar>(w, x, ahead) }
             }
 
             fn dot_portable(w: &[$w], x: &[$a]) -> f32 {
@@ -230,14 +253,18 @@ macro_rules! kernel {
                 unsafe { $crate::ops::qdot::run_dot::<$scalar>(w, x) }
             }
             $(
-            fn dot_rows8(w: [&[$w]; 8], x: &[$a]) -> [f32; 8] {
+            fn dot_rows8(
+                w: [&[$w]; 8],
+                x: &[$a],
+                ahead: $crate::ops::qdot::Ahead,
+            ) -> [f32; 8] {
                 #[cfg(target_arch = "x86_64")]
                 if $crate::ops::cpu_features::avx512_vnni() {
                     // SAFETY: the process's level allows AVX-512 F/BW/VL + VNNI (with FMA
                     // and F16C), as the panel kernels require.
-                    return unsafe { $rows8(w, x) };
+                    return unsafe { $rows8(w, x, ahead) };
                 }
-                $crate::ops::qdot::rows8_by_fours::<Self>(w, x)
+                $crate::ops::qdot::rows8_by_fours::<Self>(w, x, ahead)
             }
             )?
         }

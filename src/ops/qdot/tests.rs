@@ -144,13 +144,15 @@ fn check_with<C: GgmlType, K: Kernel>(
             });
             for x in &xs {
                 let want = w8.map(|wr| K::dot(wr, x).to_bits());
-                let by_four = K::dot_rows4([w8[0], w8[1], w8[2], w8[3]], x);
+                // A real region to prefetch: results never depend on it.
+                let ahead = Ahead::new(w8[7], x.len());
+                let by_four = K::dot_rows4([w8[0], w8[1], w8[2], w8[3]], x, ahead);
                 assert_eq!(
                     by_four.map(f32::to_bits),
                     want[..4],
                     "dot_rows4 != dot: {n_blocks} blocks"
                 );
-                let by_eight = K::dot_rows8(w8, x);
+                let by_eight = K::dot_rows8(w8, x, ahead);
                 assert_eq!(
                     by_eight.map(f32::to_bits),
                     want,
@@ -211,7 +213,8 @@ fn q4_1() {
     #[cfg(target_arch = "x86_64")]
     if crate::ops::cpu_features::host().vnni {
         // SAFETY: the host has AVX-512 VNNI (with F/BW/VL, FMA and F16C).
-        let vnni: Rows8<Q4_1Dot> = |w, x| unsafe { super::avx512_gemv::q4_1_rows8(w, x) };
+        let vnni: Rows8<Q4_1Dot> =
+            |w, x| unsafe { super::avx512_gemv::q4_1_rows8(w, x, Ahead::new(w[7], x.len())) };
         return check_with::<BlockQ4_1, Q4_1Dot>(blocks::view_q4_1, &[0, 2], Some(vnni));
     }
     check::<BlockQ4_1, Q4_1Dot>(blocks::view_q4_1, &[0, 2]);
@@ -224,10 +227,10 @@ fn q5_0_q5_1_q8_0() {
     if crate::ops::cpu_features::host().vnni {
         use super::avx512_gemv::{q5_0_rows8, q8_0_rows8};
         // SAFETY: the host has AVX-512 VNNI (with F/BW/VL, FMA and F16C).
-        let q5_0: Rows8<Q5_0Dot> = |w, x| unsafe { q5_0_rows8(w, x) };
+        let q5_0: Rows8<Q5_0Dot> = |w, x| unsafe { q5_0_rows8(w, x, Ahead::new(w[7], x.len())) };
         check_with::<BlockQ5_0, Q5_0Dot>(blocks::view_q5_0, &[0], Some(q5_0));
         // SAFETY: as above.
-        let q8_0: Rows8<Q8_0Dot> = |w, x| unsafe { q8_0_rows8(w, x) };
+        let q8_0: Rows8<Q8_0Dot> = |w, x| unsafe { q8_0_rows8(w, x, Ahead::new(w[7], x.len())) };
         return check_with::<BlockQ8_0, Q8_0Dot>(blocks::view_q8_0, &[0], Some(q8_0));
     }
     check::<BlockQ5_0, Q5_0Dot>(blocks::view_q5_0, &[0]);

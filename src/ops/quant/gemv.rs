@@ -7,7 +7,7 @@
 
 use super::cols_per_task;
 use crate::ops::pool::{self, SharedOut};
-use crate::ops::qdot::Kernel;
+use crate::ops::qdot::{Ahead, Kernel};
 
 /// `matmul` for fewer than 4 activation rows (`xq: [m, kb]` quantized; single-stream
 /// decode): each activation row against eight weight rows per kernel call (`dot_rows8`:
@@ -16,8 +16,8 @@ use crate::ops::qdot::Kernel;
 /// parallel over runs of weight rows as `tiled`.
 ///
 /// Decode reads every weight once per token, so it is bound by how fast weights arrive:
-/// the first pass asks for the rows `PREFETCH_AHEAD` ahead while it dots these (see
-/// `prefetch_l2`; bench/NOTES.md §23).
+/// on the first activation row each call asks for the eight rows `PREFETCH_AHEAD` ahead,
+/// a few lines per block as it works (`Ahead`; bench/NOTES.md §23, §28).
 pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usize, y: &mut [f32]) {
     let n = w.len() / kb;
     let w_row = |col: usize| &w[col * kb..(col + 1) * kb];
@@ -32,13 +32,15 @@ pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usiz
             let mut octets = out.chunks_exact_mut(8);
             let mut col = cols.start;
             for eight in &mut octets {
-                if r == 0 {
-                    let ahead = (col + PREFETCH_AHEAD).min(cols.end)
+                let ahead = if r == 0 {
+                    let rows = (col + PREFETCH_AHEAD).min(cols.end)
                         ..(col + PREFETCH_AHEAD + 8).min(cols.end);
-                    prefetch_l2(&w[ahead.start * kb..ahead.end * kb]);
-                }
+                    Ahead::new(&w[rows.start * kb..rows.end * kb], kb)
+                } else {
+                    Ahead::NONE
+                };
                 let rows: [&[K::Weight]; 8] = std::array::from_fn(|i| w_row(col + i));
-                eight.copy_from_slice(&K::dot_rows8(rows, x_row));
+                eight.copy_from_slice(&K::dot_rows8(rows, x_row, ahead));
                 col += 8;
             }
             for o in octets.into_remainder() {
@@ -53,23 +55,7 @@ pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usiz
 /// prefetches. Measured on the 2-core Sapphire Rapids VM (SmolLM2 Q4_1, c=1 decode,
 /// bench/NOTES.md §23, with four rows per call): 4, 8 and 12 rows within noise of each
 /// other; without prefetch 62-68 tok/s, with `prefetcht2` 118-124, `prefetcht0` 96-97,
-/// `prefetchnta` 67. With eight rows per call (§26), 8 and 16 ahead within noise.
+/// `prefetchnta` 67. With eight rows per call (§26), 8 and 16 ahead within noise. With
+/// the lines spread over the call (`Ahead`, §28; Qwen2.5-0.5B-shaped Q4_K_M, from DRAM):
+/// 8, 16 and 32 ahead within noise (26-40 tok/s), the call's own rows (0 ahead) 21-27.
 pub(super) const PREFETCH_AHEAD: usize = 8;
-
-/// Asks for `blocks`' cache lines ahead of their use, into the outer caches (x86
-/// `prefetcht2`: it does not hold L1's few miss buffers the way `prefetcht0` does); a
-/// no-op elsewhere. Only a hint: results never depend on it.
-#[inline(always)]
-pub(super) fn prefetch_l2<T>(blocks: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T2};
-        let start = blocks.as_ptr() as *const i8;
-        for offset in (0..std::mem::size_of_val(blocks)).step_by(64) {
-            // SAFETY: the address lies inside `blocks`, and a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T2>(start.add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = blocks;
-}
