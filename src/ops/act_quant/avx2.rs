@@ -3,6 +3,9 @@
 //! integer sums in any order (they are exact), so every block's bytes equal the scalar
 //! quantizer's. A block holding a NaN or an infinity goes to the scalar quantizer: its
 //! saturating casts and NaN-skipping maxima are what define those bytes.
+//!
+//! No closures (`map`, `from_fn`) around intrinsics: a closure does not inherit the
+//! function's target features, and its intrinsics become calls.
 
 use std::arch::x86_64::*;
 
@@ -51,7 +54,7 @@ unsafe fn round_half_even(x: __m256) -> __m256 {
 /// 32 whole-number floats in `[-128, 127]` as bytes, in order.
 #[inline(always)]
 unsafe fn to_bytes(q: [__m256; 4]) -> __m256i {
-    let i = q.map(|v| _mm256_cvtps_epi32(v));
+    let i = to_ints(q);
     // `packs` works within 128-bit halves; the dword permute puts the bytes back in order.
     let words = [
         _mm256_packs_epi32(i[0], i[1]),
@@ -59,6 +62,16 @@ unsafe fn to_bytes(q: [__m256; 4]) -> __m256i {
     ];
     let bytes = _mm256_packs_epi16(words[0], words[1]);
     _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// Whole-number floats as i32 lanes.
+#[inline(always)]
+unsafe fn to_ints(q: [__m256; 4]) -> [__m256i; 4] {
+    let mut i = [_mm256_setzero_si256(); 4];
+    for (i, &v) in i.iter_mut().zip(&q) {
+        *i = _mm256_cvtps_epi32(v);
+    }
+    i
 }
 
 /// Σ of the eight i32 lanes of each vector.
@@ -76,16 +89,23 @@ unsafe fn sum_i32(vs: &[__m256i]) -> i32 {
 
 /// One 32-value block's four registers.
 #[inline(always)]
-unsafe fn load32(xs: &[f32]) -> [__m256; 4] {
-    assert!(xs.len() >= 32);
-    std::array::from_fn(|i| _mm256_loadu_ps(xs.as_ptr().add(8 * i)))
+unsafe fn load<const N: usize>(xs: &[f32]) -> [__m256; N] {
+    assert!(xs.len() >= 8 * N);
+    let mut v = [_mm256_setzero_ps(); N];
+    for (i, v) in v.iter_mut().enumerate() {
+        *v = _mm256_loadu_ps(xs.as_ptr().add(8 * i));
+    }
+    v
 }
 
 /// The block's values times `id`, rounded: `[4]` registers of whole numbers.
 #[inline(always)]
-unsafe fn scaled(v: [__m256; 4], id: f32) -> [__m256; 4] {
+unsafe fn scaled(mut v: [__m256; 4], id: f32) -> [__m256; 4] {
     let id = _mm256_set1_ps(id);
-    v.map(|x| round_half_even(_mm256_mul_ps(x, id)))
+    for x in &mut v {
+        *x = round_half_even(_mm256_mul_ps(*x, id));
+    }
+    v
 }
 
 /// `act_quant::quantize_q8_0` of one block; `false` (nothing written) for a block the
@@ -95,7 +115,7 @@ unsafe fn scaled(v: [__m256; 4], id: f32) -> [__m256; 4] {
 /// AVX2 must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_0_block(xs: &[f32], y: &mut Q8_0) -> bool {
-    let v = load32(xs);
+    let v = load::<4>(xs);
     let (amax, finite) = abs_max(&v);
     if !finite {
         return false;
@@ -112,7 +132,7 @@ pub unsafe fn q8_0_block(xs: &[f32], y: &mut Q8_0) -> bool {
 /// AVX2 must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_1_block(xs: &[f32], y: &mut Q8_1) -> bool {
-    let v = load32(xs);
+    let v = load::<4>(xs);
     let (amax, finite) = abs_max(&v);
     if !finite {
         return false;
@@ -121,7 +141,7 @@ pub unsafe fn q8_1_block(xs: &[f32], y: &mut Q8_1) -> bool {
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let q = scaled(v, id);
     _mm256_storeu_si256(y.qs.as_mut_ptr() as *mut __m256i, to_bytes(q));
-    let sum = sum_i32(&q.map(|v| _mm256_cvtps_epi32(v)));
+    let sum = sum_i32(&to_ints(q));
     y.d = f16::from_f32(d).to_f32();
     y.s = f16::from_f32(d * sum as f32).to_f32();
     true
@@ -133,8 +153,7 @@ pub unsafe fn q8_1_block(xs: &[f32], y: &mut Q8_1) -> bool {
 /// AVX2 must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8k_block(xs: &[f32], y: &mut Q8K) -> bool {
-    assert!(xs.len() >= QK_K);
-    let v: [__m256; QK_K / 8] = std::array::from_fn(|i| _mm256_loadu_ps(xs.as_ptr().add(8 * i)));
+    let v = load::<{ QK_K / 8 }>(xs);
     let (amax, finite) = abs_max(&v);
     if !finite {
         return false;
@@ -152,12 +171,13 @@ pub unsafe fn q8k_block(xs: &[f32], y: &mut Q8K) -> bool {
     let iscale = -127.0 / max;
     let (id, cap) = (_mm256_set1_ps(iscale), _mm256_set1_ps(127.0));
     for (c, chunk) in v.chunks_exact(4).enumerate() {
-        let q: [__m256; 4] = std::array::from_fn(|i| {
-            _mm256_min_ps(round_half_even(_mm256_mul_ps(chunk[i], id)), cap)
-        });
+        let mut q = [_mm256_setzero_ps(); 4];
+        for (q, &x) in q.iter_mut().zip(chunk) {
+            *q = _mm256_min_ps(round_half_even(_mm256_mul_ps(x, id)), cap);
+        }
         let dst = y.qs.as_mut_ptr().add(32 * c) as *mut __m256i;
         _mm256_storeu_si256(dst, to_bytes(q));
-        let ints = q.map(|v| _mm256_cvtps_epi32(v));
+        let ints = to_ints(q);
         y.bsums[2 * c] = sum_i32(&ints[..2]) as i16;
         y.bsums[2 * c + 1] = sum_i32(&ints[2..]) as i16;
     }
