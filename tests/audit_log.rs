@@ -124,7 +124,10 @@ fn workload(addr: SocketAddr) -> (Vec<String>, String) {
     std::thread::scope(|s| {
         for pid in &parallel {
             s.spawn(move || {
-                let body = json!({"model": MODEL, "prompt": chatml(pid), "max_tokens": 4});
+                // Greedy: a sampled answer could say something the policy flags, and the
+                // review queue below counts exactly the three flagged inputs.
+                let body = json!({"model": MODEL, "prompt": chatml(pid), "max_tokens": 4,
+                    "temperature": 0});
                 ok(post_as(addr, "/v1/completions", pid, &body));
             });
         }
@@ -295,8 +298,9 @@ fn unflagged(addr: SocketAddr, n: usize) {
         std::thread::scope(|s| {
             for id in chunk {
                 s.spawn(move || {
-                    let body =
-                        json!({"model": MODEL, "prompt": format!("Item {id}:"), "max_tokens": 1});
+                    // Greedy, so no sampled token can meet the policy.
+                    let body = json!({"model": MODEL, "prompt": format!("Item {id}:"),
+                        "max_tokens": 1, "temperature": 0});
                     ok(post_as(addr, "/v1/completions", id, &body));
                 });
             }

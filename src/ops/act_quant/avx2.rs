@@ -108,6 +108,19 @@ unsafe fn scaled(mut v: [__m256; 4], id: f32) -> [__m256; 4] {
     v
 }
 
+/// A 32-value block's `max |x|` and its values scaled by `127 / max` and rounded (whole
+/// numbers in registers), or `None` for a block with a NaN or an infinity.
+#[inline(always)]
+unsafe fn scaled_block(xs: &[f32]) -> Option<(f32, [__m256; 4])> {
+    let v = load::<4>(xs);
+    let (amax, finite) = abs_max(&v);
+    if !finite {
+        return None;
+    }
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    Some((amax, scaled(v, id)))
+}
+
 /// `act_quant::quantize_q8_0` of one block; `false` (nothing written) for a block the
 /// scalar quantizer must take.
 ///
@@ -115,14 +128,11 @@ unsafe fn scaled(mut v: [__m256; 4], id: f32) -> [__m256; 4] {
 /// AVX2 must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_0_block(xs: &[f32], y: &mut Q8_0) -> bool {
-    let v = load::<4>(xs);
-    let (amax, finite) = abs_max(&v);
-    if !finite {
+    let Some((amax, q)) = scaled_block(xs) else {
         return false;
-    }
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    };
     y.d = f16::from_f32(amax / 127.0);
-    _mm256_storeu_si256(y.qs.as_mut_ptr() as *mut __m256i, to_bytes(scaled(v, id)));
+    _mm256_storeu_si256(y.qs.as_mut_ptr() as *mut __m256i, to_bytes(q));
     true
 }
 
@@ -132,14 +142,10 @@ pub unsafe fn q8_0_block(xs: &[f32], y: &mut Q8_0) -> bool {
 /// AVX2 must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_1_block(xs: &[f32], y: &mut Q8_1) -> bool {
-    let v = load::<4>(xs);
-    let (amax, finite) = abs_max(&v);
-    if !finite {
+    let Some((amax, q)) = scaled_block(xs) else {
         return false;
-    }
+    };
     let d = amax / 127.0;
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-    let q = scaled(v, id);
     _mm256_storeu_si256(y.qs.as_mut_ptr() as *mut __m256i, to_bytes(q));
     let sum = sum_i32(&to_ints(q));
     y.d = f16::from_f32(d).to_f32();

@@ -66,30 +66,22 @@ impl<'a> Ahead<'a> {
     #[inline(always)]
     pub fn block(&self, b: usize) {
         #[cfg(target_arch = "x86_64")]
-        {
+        for offset in self.offsets(b) {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T2};
-            let first = b * self.per_block * LINE;
-            let end = (first + self.per_block * LINE).min(self.bytes);
-            for offset in (first..end).step_by(LINE) {
-                // SAFETY: `offset < bytes` keeps the address inside the borrowed region,
-                // and a prefetch never faults.
-                unsafe { _mm_prefetch::<_MM_HINT_T2>(self.start.add(offset) as *const i8) };
-            }
+            // SAFETY: `offset < bytes` keeps the address inside the borrowed region, and a
+            // prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T2>(self.start.add(offset) as *const i8) };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = b;
     }
 
-    /// Lines `block` asks for over steps `0..blocks` (tests).
-    #[cfg(test)]
-    fn lines_asked(&self, blocks: usize) -> usize {
-        (0..blocks)
-            .map(|b| {
-                let first = b * self.per_block * LINE;
-                let end = (first + self.per_block * LINE).min(self.bytes);
-                (first..end).step_by(LINE).count()
-            })
-            .sum()
+    /// Byte offsets of the lines block step `b` asks for.
+    #[inline(always)]
+    fn offsets(&self, b: usize) -> std::iter::StepBy<std::ops::Range<usize>> {
+        let first = b * self.per_block * LINE;
+        let end = (first + self.per_block * LINE).min(self.bytes);
+        (first..end).step_by(LINE)
     }
 }
 
@@ -102,18 +94,19 @@ mod tests {
         for (bytes, blocks) in [(8 * 616, 28), (8 * 952, 28), (64, 28), (10_000, 1), (0, 5)] {
             let region = vec![0u8; bytes];
             let ahead = Ahead::new(&region, blocks);
+            let lines_asked = |a: Ahead| (0..blocks).map(|b| a.offsets(b).count()).sum::<usize>();
             assert_eq!(
-                ahead.lines_asked(blocks),
+                lines_asked(ahead),
                 bytes.div_ceil(LINE),
                 "{bytes} / {blocks}"
             );
             let (a, b) = ahead.halves(blocks);
             assert_eq!(
-                a.lines_asked(blocks) + b.lines_asked(blocks),
+                lines_asked(a) + lines_asked(b),
                 bytes.div_ceil(LINE),
                 "halves of {bytes} / {blocks}"
             );
         }
-        assert_eq!(Ahead::NONE.lines_asked(4), 0);
+        assert_eq!(Ahead::NONE.offsets(0).count(), 0);
     }
 }
