@@ -65,15 +65,17 @@ impl<'a> Ahead<'a> {
     /// bench/NOTES.md §23); a no-op elsewhere.
     #[inline(always)]
     pub fn block(&self, b: usize) {
-        #[cfg(target_arch = "x86_64")]
         for offset in self.offsets(b) {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T2};
+            #[cfg(target_arch = "x86_64")]
             // SAFETY: `offset < bytes` keeps the address inside the borrowed region, and a
             // prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T2>(self.start.add(offset) as *const i8) };
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T2};
+                _mm_prefetch::<_MM_HINT_T2>(self.start.add(offset) as *const i8);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = offset;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = b;
     }
 
     /// Byte offsets of the lines block step `b` asks for.
