@@ -5,7 +5,9 @@
 //! - a template that passes the start-up probe but takes minutes on one conversation
 //!   (within its instruction budget: each instruction upper-cases 20 MB) leaves
 //!   `/health` answering while it runs, and SIGTERM ends the process within
-//!   `--shutdown-timeout` plus the fixed grace, whatever the render is doing.
+//!   `--shutdown-timeout` plus the fixed grace, whatever the render is doing;
+//! - a server whose log reader has gone (stderr a pipe nobody reads any more: a log
+//!   collector that died) keeps answering, and SIGTERM still stops it cleanly.
 
 mod common;
 
@@ -42,7 +44,26 @@ struct Server {
 }
 
 fn start(model: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let mut child = spawn_serve(model, extra);
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, log) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[server] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let line = wait_for_line(&log, "listening on http://");
+    Server {
+        addr: address_in(&line),
+        child,
+        log,
+    }
+}
+
+/// `tessera serve` of `model` on a free port, its log (stderr) a pipe.
+fn spawn_serve(model: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args([
             "serve",
             "--port",
@@ -58,25 +79,16 @@ fn start(model: &Path, extra: &[&str]) -> Server {
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn tessera serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, log) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[server] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let line = wait_for_line(&log, "listening on http://");
+        .expect("spawn tessera serve")
+}
+
+/// The address in the server's `listening on http://…` line.
+fn address_in(line: &str) -> SocketAddr {
     let addr = line
         .split("listening on http://")
         .nth(1)
         .and_then(|a| a.split_whitespace().next());
-    Server {
-        addr: addr.expect("address").parse().expect("address"),
-        child,
-        log,
-    }
+    addr.expect("address").parse().expect("address")
 }
 
 /// Waits for a log line containing `needle` (the guard only stops a hang).
@@ -117,6 +129,15 @@ fn chat(content: &str) -> String {
     serde_json::json!({"model": "tiny", "max_tokens": 2,
         "messages": [{"role": "user", "content": content}]})
     .to_string()
+}
+
+/// Sends SIGTERM to the server.
+fn sigterm(child: &Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
@@ -187,11 +208,7 @@ fn sigterm_ends_the_process_while_a_render_is_stuck() {
     assert!(!stuck.is_finished());
 
     let sent = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    sigterm(&server.child);
     // --shutdown-timeout 1 + 2 s for aborted streams + 3 s to stop: the hard deadline
     // is 6 s; the guard allows for a slow machine.
     let code = wait_exit(&mut server.child, Duration::from_secs(30));
@@ -202,6 +219,42 @@ fn sigterm_ends_the_process_while_a_render_is_stuck() {
         answer.as_ref().is_none_or(|(status, _)| *status >= 500),
         "{answer:?}"
     );
+}
+
+#[test]
+fn a_server_whose_log_reader_is_gone_answers_and_stops() {
+    let mut child = Reaped(spawn_serve(&model_with_template("chatml", CHATML), &[]));
+    let child = &mut child.0;
+    let mut log = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let mut addr = None;
+    while !line.contains(" ready models=") {
+        line.clear();
+        assert!(log.read_line(&mut line).expect("log") > 0, "the log ended");
+        if line.contains("listening on http://") {
+            addr = Some(address_in(&line));
+        }
+    }
+    drop(log); // the reader is gone: every later log write fails (EPIPE)
+    let addr = addr.expect("a listening line before ready");
+    for _ in 0..3 {
+        let answer = call(addr, "POST", "/v1/chat/completions", &chat("hi"));
+        assert_eq!(answer.as_ref().map(|r| r.0), Some(200), "{answer:?}");
+    }
+    sigterm(child);
+    // Nothing in flight: the drain ends at once; the guard only stops a hang.
+    assert_eq!(wait_exit(child, Duration::from_secs(60)), 0);
+}
+
+/// A child process killed when the test ends, whatever its outcome (a failed test
+/// leaves no server behind).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Rewrites one string value of a GGUF file's metadata (the tensor data moves with the

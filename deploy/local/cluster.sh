@@ -14,6 +14,10 @@
 #   deploy/local/cluster.sh start I [-- FLAGS…]  (Re)starts replica I on its port, with
 #                                                the cluster's flags plus FLAGS.
 #   deploy/local/cluster.sh status               What runs, with pids and URLs.
+#   deploy/local/cluster.sh front PORT…          nginx alone, in front of replicas already
+#                                                listening on these loopback ports (started
+#                                                by hand, or a test's stand-ins); prints
+#                                                its URL. `down` stops it.
 #
 # State (pidfiles, ports, logs, generated configs) lives in $TESSERA_CLUSTER_DIR (default
 # /tmp/tessera-cluster). The binary is $TESSERA_BIN (default target/release/tessera), the
@@ -237,6 +241,22 @@ up() {
   cat "$state/front.url"
 }
 
+# front PORT…: nginx in front of replicas this script did not start.
+front() {
+  [ $# -ge 1 ] || die "usage: front PORT…"
+  local i=0 port
+  [ -e "$state/front.pid" ] && die "a front already runs from $state (run down first)"
+  mkdir -p "$state"
+  echo nginx >"$state/front.kind"
+  for port in "$@"; do
+    [[ "$port" =~ ^[1-9][0-9]*$ ]] || die "PORT must be a port number. Given: $port"
+    echo "$port" >"$state/replica-$i.port"
+    i=$((i + 1))
+  done
+  start_nginx "$#"
+  cat "$state/front.url"
+}
+
 down() {
   local file
   [ -d "$state" ] || return 0
@@ -263,6 +283,7 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   up) up "$@" ;;
+  front) front "$@" ;;
   down) down ;;
   status) status ;;
   stop)
@@ -276,5 +297,5 @@ case "$cmd" in
     [ "${1:-}" = "--" ] && shift
     start_replica "$i" "$@"
     ;;
-  *) die "usage: up N [--router] [-- FLAGS…] | down | stop I [--kill] | start I [-- FLAGS…] | status" ;;
+  *) die "usage: up N [--router] [-- FLAGS…] | front PORT… | down | stop I [--kill] | start I [-- FLAGS…] | status" ;;
 esac

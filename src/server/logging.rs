@@ -2,6 +2,7 @@
 //! `info`). JSON is one object per line: `timestamp` (RFC 3339, UTC), `level`,
 //! `target`, `message`, and every field of the event under its own name, numbers as
 //! numbers — so `jq 'select(.target == "tessera::request")'` finds the per-request lines.
+//! A line that cannot be written (stderr a pipe nobody reads) is lost, and nothing else.
 
 use std::fmt;
 
@@ -41,9 +42,13 @@ impl std::str::FromStr for LogFormat {
 /// Installs the process-wide logger (a second call does nothing).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A log write that fails (stderr a pipe whose reader is gone) loses that line only:
+    // tracing-subscriber would report it with `eprintln!`, which panics then, in the
+    // thread that logged (a request's worker, the drain, the exit deadline).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

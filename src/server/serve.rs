@@ -287,10 +287,13 @@ fn arm_exit_deadline(shutdown_timeout: Duration) -> Instant {
         .name("tessera-exit-deadline".into())
         .spawn(move || {
             std::thread::sleep(limit);
-            tracing::error!(
-                ?limit,
-                "the shutdown deadline passed with work still running; exiting"
-            );
+            // The exit must not hang on the log: a panic there would end this thread only.
+            let _ = std::panic::catch_unwind(|| {
+                tracing::error!(
+                    ?limit,
+                    "the shutdown deadline passed with work still running; exiting"
+                )
+            });
             std::process::exit(1);
         });
     if let Err(e) = armed {

@@ -8,6 +8,7 @@ Every dialog helper here is plain HTTP (urllib), so a test sees each response's 
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -66,10 +67,19 @@ class Cluster:
         logs = sorted(state.glob("*.log")) + sorted(state.glob("nginx/error.log"))
         return "".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
 
-    def front_errors(self) -> str:
-        """nginx's error log (empty behind the gateway): why a request failed there."""
-        path = self.dir / "state" / "nginx" / "error.log"
-        return path.read_text()[-4000:] if path.exists() else ""
+    def front_errors(self, lines: int = 20) -> str:
+        """Why requests failed at the front (empty behind the gateway), short enough to be
+        read whole in a test's failure: the last `lines` access-log lines that nginx
+        answered 5xx (with what each replica it tried answered: `upstream_status`), and
+        the last `lines` errors of its error log (its warnings left out)."""
+        state = self.dir / "state"
+        access, errors = state / "front.log", state / "nginx" / "error.log"
+        if not errors.exists():
+            return ""
+        failed = [l for l in access.read_text().splitlines() if re.search(r'" 5\d\d key=', l)]
+        logged = [l for l in errors.read_text().splitlines() if "[warn]" not in l]
+        return "\n".join([f"nginx answered 5xx ({len(failed)}):", *failed[-lines:],
+                           f"nginx errors ({len(logged)}):", *logged[-lines:]])
 
     def down(self) -> None:
         keep = os.environ.get("TESSERA_CLUSTER_LOGS")  # a directory: the logs are copied there
