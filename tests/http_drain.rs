@@ -4,8 +4,8 @@
 //! ended with an SSE error event and `[DONE]` (never cut off mid-air), and it still
 //! exits 0. A proxy's pooled connections, idle when the drain ends, keep the server up:
 //! a request on one is refused (nothing started), never cut, and its replay on a new
-//! connection finds the listener. Also: `/ready` is 503 and `/health` 200 while the
-//! model loads (held in the loading phase by the `HOLD_LOADING_ENV` test hook, so the
+//! connection finds the listener; the same when SIGTERM comes before the model loaded.
+//! Also: `/ready` is 503 and `/health` 200 while the model loads (held in the loading phase by the `HOLD_LOADING_ENV` test hook, so the
 //! answer is deterministic).
 //! Every wait is for an event; `HANG_GUARD` only bounds a wait that would never end.
 
@@ -262,6 +262,34 @@ fn pooled_connections_idle_when_the_drain_ends_are_answered_not_cut() {
         assert_eq!(replayed.status, 503, "{}", replayed.text());
     }
     assert_eq!(server.wait_exit(), 0);
+}
+
+#[test]
+fn sigterm_while_loading_answers_pooled_connections_then_exits_zero() {
+    // As after a drain: a proxy's pooled connection, idle when SIGTERM comes before the
+    // model loaded, gets the refusal a proxy replays, not a cut connection.
+    let dir = std::env::temp_dir().join(format!("tessera-drain-hold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let release = dir.join("never");
+    let server = start_with_env(&[], &[(HOLD_LOADING_ENV, &release)]);
+    let mut pooled = KeepAlive::open(server.addr);
+    let (status, headers, _) = pooled.send("GET", "/health", None);
+    assert_eq!(status, 200);
+    assert_ne!(header(&headers, "connection"), Some("close"), "{headers:?}");
+    server.sigterm();
+    assert!(
+        wait_for(HANG_GUARD, || {
+            get(server.addr, "/ready").json()["error"]["code"] == "shutting_down"
+        }),
+        "/ready never said shutting_down"
+    );
+    let (status, headers, body) = pooled.send("POST", "/v1/chat/completions", Some(&story(5)));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "shutting_down");
+    assert_eq!(header(&headers, NOT_STARTED_HEADER), Some("true"));
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert_eq!(server.wait_exit(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

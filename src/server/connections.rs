@@ -9,8 +9,10 @@
 //! deploy/nginx) find no listener, with the same result. So once its last sequence has
 //! finished, a draining server keeps its listener and answers everything 503 (nothing
 //! started, `Connection: close`) until every connection has closed (the proxy closed its
-//! idle ones, or used them and was told to close) and none has closed for `QUIET` (a
-//! proxy's replay comes on a new connection just after the refused one closes).
+//! idle ones, or used them and was told to close), none has closed for `QUIET` (a
+//! proxy's replay comes on a new connection just after the refused one closes), and it
+//! has been stopping for `QUIET` at least (connections queued in the kernel when it
+//! began are not counted yet).
 //!
 //! Invariants: `open` counts the connections whose [`OpenConnection`] is alive (one per
 //! connection, dropped with it), so it is exact whenever no connection is being set up.
@@ -66,10 +68,14 @@ impl Connections {
         self.0.epoch.elapsed().saturating_sub(last)
     }
 
-    /// Whether a stopping server can close its listener now without a request racing the
-    /// close: no connection is open and none closed within `QUIET`.
-    pub fn settled(&self) -> bool {
-        self.open() == 0 && self.since_last_close() >= QUIET
+    /// Whether a server that began to stop at `stopping_since` can close its listener now
+    /// without a request racing the close: no connection is open, none closed within
+    /// `QUIET`, and `QUIET` has passed since it began to stop. The last, because a
+    /// connection counts only once a worker has taken it: those the kernel had queued
+    /// (a burst that came with SIGTERM) are counted well within `QUIET`; closing the
+    /// listener at once would reset them under requests a proxy has already sent.
+    pub fn settled(&self, stopping_since: Instant) -> bool {
+        self.open() == 0 && self.since_last_close() >= QUIET && stopping_since.elapsed() >= QUIET
     }
 }
 
@@ -114,11 +120,20 @@ mod tests {
     #[test]
     fn settled_only_with_no_connection_open_and_none_closed_recently() {
         let connections = started(Duration::from_secs(60));
-        assert!(connections.settled());
+        let stopping_since = Instant::now() - QUIET;
+        assert!(connections.settled(stopping_since));
         let open = connections.opened();
-        assert!(!connections.settled());
+        assert!(!connections.settled(stopping_since));
         drop(open);
+        assert!(!connections.settled(stopping_since));
         // A minute without connections, then one closed now: the quiet restarts from it.
         assert!(connections.since_last_close() < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn never_settled_until_quiet_has_passed_since_stopping_began() {
+        let idle = started(Duration::from_secs(60));
+        assert!(!idle.settled(Instant::now()));
+        assert!(idle.settled(Instant::now() - QUIET));
     }
 }

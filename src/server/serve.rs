@@ -270,9 +270,15 @@ async fn supervise(
     Ok(())
 }
 
+/// SIGTERM before the model loaded: nothing runs, but a proxy may hold pooled
+/// connections and replay refusals, so the server refuses (`shutting_down`) and lingers
+/// as after a drain before it stops.
 async fn stop_while_loading(state: &AppState, server: &ServerHandle) {
     state.set_exit_deadline(arm_exit_deadline(state.config.shutdown_timeout));
-    server.stop(false).await;
+    state.start_draining();
+    tracing::info!("stopping before the model loaded");
+    linger(state).await;
+    server.stop(true).await;
 }
 
 /// Makes the shutdown deadline hard: once a signal asked the process to stop, it is gone
@@ -323,10 +329,10 @@ pub async fn drain(state: &AppState) {
 }
 
 /// After the last sequence, keeps the server up (every request refused, nothing started,
-/// `Connection: close`) until no connection has been open for a moment
-/// (`connections::QUIET`), so that stopping it races no request a proxy sent (see
-/// `connections`). Bounded by `LINGER_LIMIT` and by the time the exit deadline leaves
-/// for stopping.
+/// `Connection: close`) for a moment (`connections::QUIET`) at least, and until no
+/// connection has been open for that long, so that stopping it races no request a proxy
+/// sent (see `connections::Connections::settled`). Bounded by `LINGER_LIMIT` and by the
+/// time the exit deadline leaves for stopping.
 async fn linger(state: &AppState) {
     let mut until = Instant::now() + LINGER_LIMIT;
     if let Some(exit) = state.exit_deadline() {
@@ -334,10 +340,11 @@ async fn linger(state: &AppState) {
     }
     let open = state.connections.open();
     tracing::info!(open, "waiting for the connections to close");
-    while !state.connections.settled() && Instant::now() < until {
+    let began = Instant::now();
+    while !state.connections.settled(began) && Instant::now() < until {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
-    if !state.connections.settled() {
+    if !state.connections.settled(began) {
         tracing::warn!(
             open = state.connections.open(),
             "stopping with connections still open"
