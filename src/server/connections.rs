@@ -14,11 +14,19 @@
 //! has been stopping for `QUIET` at least (connections queued in the kernel when it
 //! began are not counted yet).
 //!
+//! Then, before it stops, it makes its listening socket drop what arrives for new
+//! connections ([`Connections::refuse_new`]) and lingers once more, so that the ones the
+//! kernel had queued are taken and answered: closing the listener then resets nothing.
+//!
 //! Invariants: `open` counts the connections whose [`OpenConnection`] is alive (one per
 //! connection, dropped with it), so it is exact whenever no connection is being set up.
+//! The listener handle kept for the filter is closed as soon as the filter is on (a
+//! handle kept longer would keep the socket listening after the server stopped).
 
+use std::io;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a draining server must have had no connection open before it may stop:
@@ -38,6 +46,8 @@ struct Tally {
     epoch: Instant,
     /// When the last connection closed, in milliseconds after `epoch`.
     last_close_ms: AtomicU64,
+    /// A second handle on the server's listening socket, until `refuse_new` uses it.
+    listener: Mutex<Option<TcpListener>>,
 }
 
 impl Default for Connections {
@@ -46,6 +56,7 @@ impl Default for Connections {
             open: AtomicUsize::new(0),
             epoch: Instant::now(),
             last_close_ms: AtomicU64::new(0),
+            listener: Mutex::new(None),
         }))
     }
 }
@@ -68,6 +79,35 @@ impl Connections {
         self.0.epoch.elapsed().saturating_sub(last)
     }
 
+    /// Keeps a handle on the server's listening socket for [`Self::refuse_new`].
+    pub fn watch(&self, listener: &TcpListener) -> io::Result<()> {
+        let handle = listener.try_clone()?;
+        if let Ok(mut slot) = self.0.listener.lock() {
+            *slot = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// Makes the watched listening socket drop every segment that arrives for a new
+    /// connection (a drop-all socket filter: SYNs and handshake ends go unanswered); the
+    /// connections the kernel has already queued are still taken. A client's SYN is sent
+    /// again a second later and finds the port closed by then (refused, which a proxy
+    /// retries elsewhere: nothing was sent) or still filtered (its connect timeout, the
+    /// same). Whether the filter is on: once only, Linux only; a failure is logged and
+    /// only loses this safeguard.
+    pub fn refuse_new(&self) -> bool {
+        let Some(listener) = self.0.listener.lock().ok().and_then(|mut slot| slot.take()) else {
+            return false;
+        };
+        match drop_all_segments(&listener) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("cannot filter the listener before it closes: {e}");
+                false
+            }
+        }
+    }
+
     /// Whether a server that began to stop at `stopping_since` can close its listener now
     /// without a request racing the close: no connection is open, none closed within
     /// `QUIET`, and `QUIET` has passed since it began to stop. The last, because a
@@ -77,6 +117,47 @@ impl Connections {
     pub fn settled(&self, stopping_since: Instant) -> bool {
         self.open() == 0 && self.since_last_close() >= QUIET && stopping_since.elapsed() >= QUIET
     }
+}
+
+/// Attaches a classic BPF program of one instruction, `ret #0` (keep no byte: drop), to
+/// the socket of `listener`.
+#[cfg(target_os = "linux")]
+fn drop_all_segments(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let mut code = [libc::sock_filter {
+        code: BPF_RET_K,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let program = libc::sock_fprog {
+        len: 1,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: the fd is an open socket for the call; `program` and the `code` it points
+    // to outlive the call, and the kernel copies the program.
+    let done = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&program as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_all_segments(_: &TcpListener) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "socket filters are Linux-only",
+    ))
 }
 
 /// One open connection (kept in the connection's data; dropping it uncounts it).
@@ -114,6 +195,7 @@ mod tests {
             open: AtomicUsize::new(0),
             epoch: Instant::now() - ago,
             last_close_ms: AtomicU64::new(0),
+            listener: Mutex::new(None),
         }))
     }
 
@@ -128,6 +210,25 @@ mod tests {
         assert!(!connections.settled(stopping_since));
         // A minute without connections, then one closed now: the quiet restarts from it.
         assert!(connections.since_last_close() < Duration::from_secs(60));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn refusing_new_connections_keeps_the_queued_ones() {
+        use std::net::TcpStream;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let queued = TcpStream::connect(addr).expect("connect");
+        let connections = Connections::default();
+        assert!(!connections.refuse_new(), "nothing watched yet");
+        connections.watch(&listener).expect("watch");
+        assert!(connections.refuse_new());
+        assert!(!connections.refuse_new(), "once only");
+        // The SYN is dropped: the connect can only time out (the limit is a guard).
+        let late = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert_eq!(late.err().map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+        let (taken, _) = listener.accept().expect("the queued connection");
+        assert_eq!(taken.peer_addr().ok(), queued.local_addr().ok());
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub fn serve(
         cfg.audit.fail_file = Some(PathBuf::from(file));
     }
     let state = new_state(cfg, metrics)?;
+    if let Err(e) = state.connections.watch(&listener) {
+        tracing::warn!("cannot keep a handle on the listener for the drain: {e}");
+    }
     actix_web::rt::System::new().block_on(async move {
         let server = build_server(state.clone(), listener, None)?;
         actix_web::rt::spawn(reload_on_hangup(state.clone()));
@@ -331,8 +334,9 @@ pub async fn drain(state: &AppState) {
 /// After the last sequence, keeps the server up (every request refused, nothing started,
 /// `Connection: close`) for a moment (`connections::QUIET`) at least, and until no
 /// connection has been open for that long, so that stopping it races no request a proxy
-/// sent (see `connections::Connections::settled`). Bounded by `LINGER_LIMIT` and by the
-/// time the exit deadline leaves for stopping.
+/// sent (see `connections::Connections::settled`); then filters the listener
+/// (`Connections::refuse_new`) and waits so once more for what the kernel had queued.
+/// Bounded by `LINGER_LIMIT` and by the time the exit deadline leaves for stopping.
 async fn linger(state: &AppState) {
     let mut until = Instant::now() + LINGER_LIMIT;
     if let Some(exit) = state.exit_deadline() {
@@ -340,16 +344,29 @@ async fn linger(state: &AppState) {
     }
     let open = state.connections.open();
     tracing::info!(open, "waiting for the connections to close");
-    let began = Instant::now();
-    while !state.connections.settled(began) && Instant::now() < until {
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    let mut settled = settle(state, until).await;
+    if settled && state.connections.refuse_new() {
+        settled = settle(state, until).await;
     }
-    if !state.connections.settled(began) {
+    if !settled {
         tracing::warn!(
             open = state.connections.open(),
             "stopping with connections still open"
         );
     }
+}
+
+/// Waits until the connections are settled (counting from now), or `until`; whether
+/// they are.
+async fn settle(state: &AppState, until: Instant) -> bool {
+    let began = Instant::now();
+    while !state.connections.settled(began) {
+        if Instant::now() >= until {
+            return false;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 async fn wait_idle(state: &AppState, limit: Duration) {
