@@ -251,11 +251,14 @@ async fn supervise(
                 state.set_ready(engine, max_num_seqs, Some(load_seconds));
                 tracing::info!(models = ?state.served_names(), "ready");
             }
+            // Stopping for good: the kept listener handle goes too (`refuse_new`).
             Ok(Err(e)) => {
+                state.connections.refuse_new();
                 server.stop(false).await;
                 return Err(e);
             }
             Err(_) => {
+                state.connections.refuse_new();
                 server.stop(false).await;
                 return Err("the model loader stopped without a result".into());
             }
@@ -345,7 +348,8 @@ async fn linger(state: &AppState) {
     let open = state.connections.open();
     tracing::info!(open, "waiting for the connections to close");
     let mut settled = settle(state, until).await;
-    if settled && state.connections.refuse_new() {
+    // Always called: it also closes the kept listener handle, which must not outlive this.
+    if state.connections.refuse_new() && settled {
         settled = settle(state, until).await;
     }
     if !settled {
