@@ -364,20 +364,22 @@ async fn linger(state: &AppState) {
 /// they are.
 async fn settle(state: &AppState, until: Instant) -> bool {
     let began = Instant::now();
-    while !state.connections.settled(began) {
-        if Instant::now() >= until {
+    wait_until(until, || state.connections.settled(began)).await
+}
+
+async fn wait_idle(state: &AppState, limit: Duration) {
+    wait_until(Instant::now() + limit, || state.in_flight() == 0).await;
+}
+
+/// Polls `done` every 20 ms until it holds or `deadline` passes; whether it holds.
+async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
+    while !done() {
+        if Instant::now() >= deadline {
             return false;
         }
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
     true
-}
-
-async fn wait_idle(state: &AppState, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while state.in_flight() > 0 && Instant::now() < deadline {
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Test hook, not a feature: while the file named by this variable does not exist, the

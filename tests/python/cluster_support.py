@@ -26,6 +26,15 @@ REPLICA_FLAGS = ["--served-model-name", MODEL, "--kv-cache-memory", "192MiB",
 TIMEOUT = 120
 
 
+def cluster_sh(env: dict[str, str], *args: str) -> str:
+    """Runs `cluster.sh ARGS` with `env`: its stdout; RuntimeError with its stderr on failure."""
+    done = subprocess.run(["bash", str(CLUSTER), *args], env=env, capture_output=True, text=True,
+                          timeout=900, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"cluster.sh {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
 class Cluster:
     """`cluster.sh up N [--router]` in its own state directory; `down` at the end."""
 
@@ -43,12 +52,10 @@ class Cluster:
             raise
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> str:
-        done = subprocess.run(["bash", str(CLUSTER), *args], env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=900,
-                              stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise RuntimeError(f"cluster.sh {' '.join(args)} failed:\n{done.stderr}\n{self.logs()}")
-        return done.stdout
+        try:
+            return cluster_sh({**self.env, **(env or {})}, *args)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}\n{self.logs()}") from None
 
     def replica_url(self, i: int) -> str:
         return f"http://127.0.0.1:{(self.dir / 'state' / f'replica-{i}.port').read_text().strip()}"

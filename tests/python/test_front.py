@@ -16,17 +16,12 @@ import json
 import os
 import pathlib
 import socket
-import subprocess
 import tempfile
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 
-from conftest import ROOT
-
-CLUSTER = ROOT / "deploy/local/cluster.sh"
+from cluster_support import call, cluster_sh
 
 
 class StandIn:
@@ -111,11 +106,7 @@ class Front:
         self.url = self.run("front", *(str(r.port) for r in replicas)).strip().splitlines()[-1]
 
     def run(self, *args: str) -> str:
-        done = subprocess.run(["bash", str(CLUSTER), *args], env=self.env, capture_output=True,
-                              text=True, timeout=300, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise RuntimeError(f"cluster.sh {' '.join(args)} failed:\n{done.stderr}")
-        return done.stdout
+        return cluster_sh(self.env, *args)
 
     def errors(self) -> str:
         path = self.dir / "state" / "nginx" / "error.log"
@@ -134,19 +125,10 @@ def front():
 
 
 def send(url: str, method: str, path: str, key: str) -> tuple[int, dict]:
-    """One request keyed by `key` (X-Session-Id): (status, JSON body)."""
-    data = b'{"input": "hello"}' if method == "POST" else None
-    req = urllib.request.Request(url + path, data=data, method=method, headers={
-        "Content-Type": "application/json", "X-Session-Id": key})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as res:
-            return res.status, json.load(res)
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        try:
-            return err.code, json.loads(raw)
-        except ValueError:
-            return err.code, {"raw": raw.decode(errors="replace")}
+    """One request keyed by `key` (X-Session-Id): (status, JSON body, or {"raw": text})."""
+    body = {"input": "hello"} if method == "POST" else None
+    reply = call(url, path, body, headers={"X-Session-Id": key}, method=method)
+    return reply.status, reply.body
 
 
 def key_of(url: str, replica: StandIn) -> str:
