@@ -135,12 +135,16 @@ replica_ready() {
 }
 
 write_nginx_conf() {
-  local port=$1 n=$2 i
+  local port=$1 n=$2 i replica_port
   cp "$root/deploy/nginx/tessera-proxy.conf" "$state/nginx/"
   : >"$state/nginx/tessera-replicas.conf"
+  : >"$state/nginx/tessera-replicas-unchecked.conf"
   for ((i = 0; i < n; i++)); do
-    echo "server 127.0.0.1:$(cat "$state/replica-$i.port") max_fails=1 fail_timeout=1s;" \
+    replica_port=$(cat "$state/replica-$i.port")
+    echo "server 127.0.0.1:$replica_port max_fails=1 fail_timeout=1s;" \
       >>"$state/nginx/tessera-replicas.conf"
+    echo "server 127.0.0.1:$replica_port max_fails=0;" \
+      >>"$state/nginx/tessera-replicas-unchecked.conf"
   done
   echo "listen 127.0.0.1:$port;" >"$state/nginx/tessera-listen.conf"
   cat >"$state/nginx/nginx.conf" <<CONF

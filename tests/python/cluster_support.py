@@ -78,15 +78,16 @@ class Cluster:
         """Why requests failed at the front (empty behind the gateway), short enough to be
         read whole in a test's failure: the last `lines` access-log lines that nginx
         answered 5xx (with what each replica it tried answered: `upstream_status`), and
-        the last `lines` errors of its error log (its warnings left out)."""
+        the last 2 x `lines` lines of its error log, its warnings with them (which
+        replica it marked failed, and when)."""
         state = self.dir / "state"
         access, errors = state / "front.log", state / "nginx" / "error.log"
         if not errors.exists():
             return ""
         failed = [l for l in access.read_text().splitlines() if re.search(r'" 5\d\d key=', l)]
-        logged = [l for l in errors.read_text().splitlines() if "[warn]" not in l]
+        logged = errors.read_text().splitlines()
         return "\n".join([f"nginx answered 5xx ({len(failed)}):", *failed[-lines:],
-                           f"nginx errors ({len(logged)}):", *logged[-lines:]])
+                           f"nginx errors and warnings ({len(logged)}):", *logged[-2 * lines:]])
 
     def down(self) -> None:
         keep = os.environ.get("TESSERA_CLUSTER_LOGS")  # a directory: the logs are copied there

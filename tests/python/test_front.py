@@ -9,7 +9,9 @@ refusal, a replica gone, a replica dying under a request) happens here every tim
   another replica: nothing was sent to the gone one;
 - a request a replica received and never answered (it died under it) is never sent to a
   second replica, whether it was a first try or a replay: the client gets 502 (with an
-  OpenAI error body).
+  OpenAI error body);
+- a request for which nginx has left every replica out goes round once more through
+  the same replicas without passive health.
 """
 
 import json
@@ -32,13 +34,15 @@ class StandIn:
       draining or loading tessera answers);
     - `refuse_and_vanish`: stops listening, then refuses (a replica that exits just after
       its last refusal);
-    - `drop`: closes the connection without an answer (a replica killed under a request).
+    - `drop`: closes the connection without an answer (a replica killed under a request);
+    - `hold`: sets `holding`, waits for `release`, then serves (a long stream).
     `posts` counts the POSTs it received."""
 
     def __init__(self, name: str):
         self.name = name
         self.script: list[str] = []
         self.posts = 0
+        self.holding, self.release = threading.Event(), threading.Event()
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -59,6 +63,10 @@ class StandIn:
                 action = self._next_action() if method == "POST" else "serve"
                 if action == "drop":
                     return
+                if action == "hold":
+                    self.holding.set()
+                    self.release.wait(timeout=60)
+                    action = "serve"
                 if action == "refuse_and_vanish":
                     self.listener.shutdown(socket.SHUT_RDWR)
                     self.listener.close()
@@ -164,3 +172,35 @@ def test_a_request_that_reached_a_dying_replica_is_never_sent_again(front, scrip
     status, body = send(f.url, "POST", "/v1/responses", key)
     assert (status, body["error"]["code"]) == (502, "replica_failed"), body
     assert (a.posts, b.posts) == (len(script), 0)
+
+
+def test_a_request_finding_every_replica_left_out_goes_round_once_more(front):
+    """nginx leaves a replica that failed out of its pool; once fail_timeout has passed it
+    sends one request there (a probe) and leaves the replica out of everything else until
+    that request ends. With a long stream as the probe and the other replica refusing
+    twice (draining), no replica was left: 502 "no live upstreams" (the rolling-restart
+    failure of CI). Now that request goes round once more without passive health: the
+    refusing replica refuses it twice more (@tessera_unreachable, @tessera_last_replay),
+    and the probed one serves it."""
+    f, a, b = front
+    key_a, key_b = key_of(f.url, a), key_of(f.url, b)
+    b.script = ["drop"]
+    assert send(f.url, "POST", "/v1/responses", key_b)[0] == 502
+    probe = threading.Thread(target=send_until_held, args=(f.url, key_b, b))
+    probe.start()
+    try:
+        assert b.holding.wait(timeout=30), "the probe never reached b"
+        a.script, a.posts, b.posts = ["refuse"] * 4, 0, 0
+        assert send(f.url, "POST", "/v1/responses", key_a) == (200, {"replica": "b"}), f.errors()
+        assert (a.posts, b.posts) == (4, 1)
+    finally:
+        b.release.set()
+        probe.join(timeout=30)
+
+
+def send_until_held(url: str, key: str, replica: StandIn) -> None:
+    """Sends POSTs keyed to `replica` until one of them is held there (nginx sends them
+    elsewhere while it leaves `replica` out)."""
+    replica.script = ["hold"]
+    while not replica.holding.wait(timeout=0.05):
+        send(url, "POST", "/v1/responses", key)
