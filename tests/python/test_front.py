@@ -11,7 +11,8 @@ refusal, a replica gone, a replica dying under a request) happens here every tim
   second replica, whether it was a first try or a replay: the client gets 502 (with an
   OpenAI error body);
 - a request for which nginx has left every replica out goes round once more through
-  the same replicas without passive health.
+  the same replicas without passive health;
+- a request no replica can take (none listening) gets 502 with an OpenAI error body.
 """
 
 import json
@@ -68,14 +69,18 @@ class StandIn:
                     self.release.wait(timeout=60)
                     action = "serve"
                 if action == "refuse_and_vanish":
-                    self.listener.shutdown(socket.SHUT_RDWR)
-                    self.listener.close()
+                    self.vanish()
                 if action == "serve":
                     conn.sendall(response(200, {"replica": self.name}, []))
                     continue
                 conn.sendall(response(503, {"error": {"code": "shutting_down"}},
                                       ["X-Tessera-Not-Started: true", "Retry-After: 1"]))
                 return
+
+    def vanish(self) -> None:
+        """Stops listening: every new connection is refused."""
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
 
     def _next_action(self) -> str:
         with self.lock:
@@ -196,6 +201,15 @@ def test_a_request_finding_every_replica_left_out_goes_round_once_more(front):
     finally:
         b.release.set()
         probe.join(timeout=30)
+
+
+def test_a_request_no_replica_can_take_gets_an_openai_error(front):
+    f, a, b = front
+    a.vanish()
+    b.vanish()
+    status, body = send(f.url, "POST", "/v1/responses", "session-0")
+    assert (status, body["error"]["code"]) == (502, "no_replica_reachable"), body
+    assert (a.posts, b.posts) == (0, 0)
 
 
 def send_until_held(url: str, key: str, replica: StandIn) -> None:
