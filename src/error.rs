@@ -104,6 +104,11 @@ pub enum ApiError {
     Loading,
     #[error("the server is shutting down")]
     Draining,
+    /// The engine stopped under a request that had started (a drain's shutdown timeout
+    /// passed): it may have partly run, so it is never marked retry-safe, and its status
+    /// is one that a proxy's replay rounds do not resend (500, not 503).
+    #[error("the server stopped while this request ran (it may have partly run); retry it")]
+    Interrupted,
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -178,6 +183,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
         ApiError::QueueFull { .. } => (429, "rate_limit_error", "queue_full"),
         ApiError::Loading => (503, "service_unavailable_error", "model_loading"),
         ApiError::Draining => (503, "service_unavailable_error", "shutting_down"),
+        ApiError::Interrupted => (500, "server_error", "shutting_down"),
         ApiError::Engine(e) => match e {
             EngineError::ContextLength { .. } => {
                 (400, "invalid_request_error", "context_length_exceeded")
@@ -185,7 +191,7 @@ pub fn http_error(err: &ApiError) -> HttpError {
             EngineError::EmptyPrompt
             | EngineError::InvalidToken { .. }
             | EngineError::InvalidParam { .. } => BAD,
-            EngineError::Stopped => (503, "service_unavailable_error", "shutting_down"),
+            EngineError::Stopped => (500, "server_error", "shutting_down"),
             EngineError::Internal(_) => (500, "server_error", "internal_error"),
         },
         ApiError::Template(T::Raised { .. } | T::NoFreeMarker { .. } | T::Tokenizer(_)) => BAD,
@@ -355,6 +361,8 @@ mod tests {
                 "queue_full",
             ),
             (ApiError::Draining, 503, "shutting_down"),
+            (ApiError::Interrupted, 500, "shutting_down"),
+            (ApiError::Engine(EngineError::Stopped), 500, "shutting_down"),
             (ApiError::Loading, 503, "model_loading"),
             (
                 ApiError::PayloadTooLarge { size: 9, limit: 4 },
@@ -445,8 +453,9 @@ mod tests {
         ] {
             assert!(http_error(&err).not_started, "{err}");
         }
-        // A 503 from a stopped engine may come after generation began: not retry-safe.
+        // A stopped engine may have stopped after generation began: not retry-safe.
         for err in [
+            ApiError::Interrupted,
             ApiError::Engine(EngineError::Stopped),
             ApiError::Internal("x".into()),
             ApiError::Unauthorized,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use http_support::{get, post, read_head, wait_for, SseStream, HANG_GUARD, MODEL};
 use serde_json::{json, Value};
 use tessera::config::default_model_path;
+use tessera::metrics::NUM_REQUESTS_RUNNING;
 use tessera::server::gate::NOT_STARTED_HEADER;
 use tessera::server::HOLD_LOADING_ENV;
 
@@ -325,6 +326,37 @@ fn streams_past_the_shutdown_timeout_end_with_an_error_event() {
             "a cut stream has no finish_reason"
         );
     }
+    assert_eq!(server.wait_exit(), 0);
+}
+
+#[test]
+fn a_request_cut_by_the_shutdown_timeout_is_not_marked_retry_safe() {
+    // A non-streamed request has started (it is running) when the shutdown timeout
+    // stops the engine under it: 500, never the 503 that a proxy's replay rounds retry
+    // on another replica (nginx's `proxy_next_upstream http_503` cannot read
+    // X-Tessera-Not-Started per try), and not marked as not started.
+    let server = start(&["--shutdown-timeout", "0.5"]);
+    server.wait_ready();
+    let addr = server.addr;
+    let mut body = story(2000);
+    body["stream"] = json!(false);
+    body.as_object_mut()
+        .expect("object")
+        .remove("stream_options");
+    let request = std::thread::spawn(move || post(addr, "/v1/chat/completions", &body));
+    let running = |line: &str| line.starts_with(NUM_REQUESTS_RUNNING) && line.ends_with(" 1");
+    assert!(
+        wait_for(HANG_GUARD, || get(addr, "/metrics")
+            .text()
+            .lines()
+            .any(running)),
+        "the request never ran"
+    );
+    server.sigterm();
+    let cut = request.join().expect("request thread");
+    assert_eq!(cut.status, 500, "{}", cut.text());
+    assert_eq!(cut.json()["error"]["code"], "shutting_down");
+    assert_eq!(cut.header(NOT_STARTED_HEADER), None);
     assert_eq!(server.wait_exit(), 0);
 }
 

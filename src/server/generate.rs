@@ -273,10 +273,11 @@ pub fn submit_turn(
 }
 
 /// The finish of a sequence as the client sees it: `abort` only happens when the engine
-/// shuts down under a request, which the client gets as a 503-class error.
+/// shuts down under a request, which the client gets as `ApiError::Interrupted` (the
+/// request ran: never a retry-safe refusal).
 pub fn check_finish(reason: FinishReason) -> Result<FinishReason, ApiError> {
     match reason {
-        FinishReason::Abort => Err(ApiError::Draining),
+        FinishReason::Abort => Err(ApiError::Interrupted),
         other => Ok(other),
     }
 }
@@ -353,10 +354,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_abort_is_a_drain_for_the_client() {
+    fn an_abort_is_an_interruption_for_the_client() {
         assert!(matches!(
             check_finish(FinishReason::Abort),
-            Err(ApiError::Draining)
+            Err(ApiError::Interrupted)
         ));
         assert_eq!(
             check_finish(FinishReason::Length).ok(),

@@ -127,7 +127,7 @@ impl RequestRecord {
         self.state.metrics.observe_event(ev);
         if ev.finish_reason == Some(FinishReason::Abort) {
             // The engine aborts a sequence only when it shuts down under it.
-            self.fail(&ApiError::Draining);
+            self.fail(&ApiError::Interrupted);
         }
         let keep_text = self.prompts.is_some() || self.audit.is_some();
         let Ok(mut progress) = self.progress.lock() else {
