@@ -107,7 +107,7 @@ pub enum ApiError {
     /// The engine stopped under a request that had started (a drain's shutdown timeout
     /// passed): it may have partly run, so it is never marked retry-safe, and its status
     /// is one that a proxy's replay rounds do not resend (500, not 503).
-    #[error("the server stopped while this request ran (it may have partly run); retry it")]
+    #[error("the server is shutting down and stopped this request while it ran (it may have partly run); retry it")]
     Interrupted,
     #[error(transparent)]
     Engine(#[from] EngineError),
