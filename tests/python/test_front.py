@@ -7,6 +7,8 @@ refusal, a replica gone, a replica dying under a request) happens here every tim
   over for another;
 - a replay that finds its replica gone (it refused, then stopped listening) goes to
   another replica: nothing was sent to the gone one;
+- a 503 without the not-started mark (the request may have run) is never replayed: the
+  client gets 503 (with an OpenAI error body);
 - a request a replica received and never answered (it died under it) is never sent to a
   second replica, whether it was a first try or a replay: the client gets 502 (with an
   OpenAI error body);
@@ -35,6 +37,7 @@ class StandIn:
       draining or loading tessera answers);
     - `refuse_and_vanish`: stops listening, then refuses (a replica that exits just after
       its last refusal);
+    - `fail`: 503 without `X-Tessera-Not-Started` (a request that may have run);
     - `drop`: closes the connection without an answer (a replica killed under a request);
     - `hold`: sets `holding`, waits for `release`, then serves (a long stream).
     `posts` counts the POSTs it received."""
@@ -73,8 +76,9 @@ class StandIn:
                 if action == "serve":
                     conn.sendall(response(200, {"replica": self.name}, []))
                     continue
+                started = [] if action == "fail" else ["X-Tessera-Not-Started: true"]
                 conn.sendall(response(503, {"error": {"code": "shutting_down"}},
-                                      ["X-Tessera-Not-Started: true", "Retry-After: 1"]))
+                                      [*started, "Retry-After: 1"]))
                 return
 
     def vanish(self) -> None:
@@ -177,6 +181,15 @@ def test_a_request_that_reached_a_dying_replica_is_never_sent_again(front, scrip
     status, body = send(f.url, "POST", "/v1/responses", key)
     assert (status, body["error"]["code"]) == (502, "replica_failed"), body
     assert (a.posts, b.posts) == (len(script), 0)
+
+
+def test_a_503_without_the_not_started_mark_is_never_replayed(front):
+    f, a, b = front
+    key = key_of(f.url, a)
+    a.script = ["fail"]
+    status, body = send(f.url, "POST", "/v1/responses", key)
+    assert (status, body["error"]["code"]) == (503, "replica_stopped"), body
+    assert (a.posts, b.posts) == (1, 0)
 
 
 def test_a_request_finding_every_replica_left_out_goes_round_once_more(front):
