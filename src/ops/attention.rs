@@ -14,6 +14,14 @@
 //! `ggml_vec_dot_f16` order, ggml's softmax (its vectorized `expf`, 16-lane partial sums
 //! in f64), probabilities rounded to f16 and accumulated against V in the same 64-lane
 //! FMA order. See `ggml_math` for why that matters.
+//!
+//! Exact products: a query rounded to f16 times an f16 K element has at most 22
+//! significant bits and lies between 2^-48 and 2^32 in magnitude, so its f32 product is
+//! exact. ggml's first fold step `a0 + a2` (the products of two 16-lane chunks) is
+//! therefore the same bits as one FMA of the second product onto the first,
+//! `fma(k2, q2, a0)` (signed zeros included, since `a0` is itself an FMA onto +0): the
+//! x86 score kernels use that and skip a quarter of their operations
+//! (`products_fuse_exactly` checks the premise).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;

@@ -32,19 +32,17 @@ unsafe fn load_row(cache: &[f16], at: usize) -> [__m256; 8] {
     std::array::from_fn(|k| _mm256_cvtph_ps(_mm_loadu_si128(row.add(k))))
 }
 
-/// One K row · query head as ggml's `t3`: the products (FMAs onto zero), `reduce64`'s
-/// lane fold `(a0 + a2) + (a1 + a3)` of the four 16-lane chunks, then `reduce16`'s first
-/// step. Chunk `j`'s lanes `8h..8h + 8` are register `2j + h`.
+/// One K row · query head as ggml's `t3`: `reduce64`'s lane fold `(a0 + a2) + (a1 + a3)`
+/// of the four 16-lane chunks' products (`a0`, `a1` FMAs onto zero, `a2`, `a3` fused into
+/// the sums: exact products, see `attention`), then `reduce16`'s first step. Chunk `j`'s
+/// lanes `8h..8h + 8` are register `2j + h`.
 #[inline(always)]
 unsafe fn dot_t3(k: &[__m256; 8], q: &[__m256; 8]) -> __m256 {
     let zero = _mm256_setzero_ps();
-    let a: [__m256; 8] = std::array::from_fn(|i| _mm256_fmadd_ps(k[i], q[i], zero));
-    let fold = |h: usize| {
-        _mm256_add_ps(
-            _mm256_add_ps(a[h], a[4 + h]),
-            _mm256_add_ps(a[2 + h], a[6 + h]),
-        )
-    };
+    // `a[i] + a[i + 4]` as one FMA of the second (exact) product onto the first
+    // (`products_fuse_exactly`).
+    let pair = |i: usize| _mm256_fmadd_ps(k[i + 4], q[i + 4], _mm256_fmadd_ps(k[i], q[i], zero));
+    let fold = |h: usize| _mm256_add_ps(pair(h), pair(2 + h));
     _mm256_add_ps(fold(1), fold(0))
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Scores: positions are the outer loop, so a K row is read from memory and widened to
 //! f32 once per tile (into an 8-row scratch in L1); each query head's `ggml_vec_dot_f16`
-//! is four FMAs onto zero and the same fold `(a0 + a2) + (a1 + a3)`; the 16-lane
+//! is the same fold `(a0 + a2) + (a1 + a3)` in two FMAs onto zero, two FMAs that fuse
+//! the exact products `a2`, `a3` into the sums (see `attention`), and one add; the 16-lane
 //! horizontal sums (`reduce16`: halves, quarters, pairs) of 8 positions are then done
 //! together by a transpose, whose every addition pairs the same two operands as
 //! `reduce16` does (float addition is commutative). The loop is `avx2::tiled_scores`,
@@ -34,8 +35,11 @@ unsafe fn load_row(cache: &[f16], at: usize) -> [__m512; 4] {
 /// `reduce64`'s lane-wise fold of one row · query dot: `(a0 + a2) + (a1 + a3)`.
 #[inline(always)]
 unsafe fn folded_dot(k: &[__m512; 4], q: &[__m512; 4]) -> __m512 {
-    let a: [__m512; 4] = std::array::from_fn(|j| _mm512_fmadd_ps(k[j], q[j], _mm512_setzero_ps()));
-    _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]))
+    let zero = _mm512_setzero_ps();
+    // `a0 + a2` as one FMA of a2's exact product onto a0 (`products_fuse_exactly`).
+    let a02 = _mm512_fmadd_ps(k[2], q[2], _mm512_fmadd_ps(k[0], q[0], zero));
+    let a13 = _mm512_fmadd_ps(k[3], q[3], _mm512_fmadd_ps(k[1], q[1], zero));
+    _mm512_add_ps(a02, a13)
 }
 
 /// `reduce16`'s first step: `t3[i] = x[i + 8] + x[i]`.

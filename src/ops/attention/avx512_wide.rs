@@ -6,10 +6,11 @@
 //! (a1 + a3)` and `reduce16`'s halving steps then use half-empty registers and shuffles.
 //! Here each 16-position tile of K is widened and transposed once (`kt[d]` = the 16
 //! positions' element `d`), and every step of ggml's order becomes one full-width
-//! operation over 16 positions: per query head and tile, 64 FMAs onto zero (the query
-//! element broadcast), `reduce64`'s lane fold (48 adds), `reduce16`'s tree (15 adds) and
-//! the scale. Each addition pairs the same two operands as ggml's (float addition is
-//! commutative), so every score has the same bits. The transpose (4 × 64 shuffles per
+//! operation over 16 positions: per query head and tile, 32 FMAs onto zero (the query
+//! element broadcast), 32 FMAs that fuse the other products into `reduce64`'s first fold
+//! step (exact products, see `attention`), its last step (16 adds), `reduce16`'s tree
+//! (15 adds) and the scale. Each addition pairs the same two operands as ggml's (float
+//! addition is commutative), so every score has the same bits. The transpose (4 × 64 shuffles per
 //! tile) pays off when a tile serves many heads; `avx512::scores` is kept for decode.
 
 use half::f16;
@@ -210,8 +211,8 @@ impl Pass<'_> {
 }
 
 /// `reduce64`'s lane fold `x_l = (a0_l + a2_l) + (a1_l + a3_l)` of `H` heads (`q: [H,
-/// 64]`), where `a_j,l = k[16j + l] · q[16j + l]` (an FMA onto zero), 16 positions per
-/// register (`kt`: the tile, `[64][16]`).
+/// 64]`), where `a_j,l = k[16j + l] · q[16j + l]` (exact; `a0`, `a1` an FMA onto zero,
+/// `a2`, `a3` fused into the sums), 16 positions per register (`kt`: the tile, `[64][16]`).
 #[inline(always)]
 unsafe fn fold_x<const H: usize>(kt: *const f32, q: *const f32, l: usize) -> [__m512; H] {
     let zero = _mm512_setzero_ps();
@@ -222,9 +223,10 @@ unsafe fn fold_x<const H: usize>(kt: *const f32, q: *const f32, l: usize) -> [__
         let qh = q.add(h * HEAD_DIM + l);
         let a0 = _mm512_fmadd_ps(k0, _mm512_set1_ps(*qh), zero);
         let a1 = _mm512_fmadd_ps(k1, _mm512_set1_ps(*qh.add(16)), zero);
-        let a2 = _mm512_fmadd_ps(k2, _mm512_set1_ps(*qh.add(32)), zero);
-        let a3 = _mm512_fmadd_ps(k3, _mm512_set1_ps(*qh.add(48)), zero);
-        *xh = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+        // `a0 + a2` with a2's (exact) product fused in: the same bits.
+        let a02 = _mm512_fmadd_ps(k2, _mm512_set1_ps(*qh.add(32)), a0);
+        let a13 = _mm512_fmadd_ps(k3, _mm512_set1_ps(*qh.add(48)), a1);
+        *xh = _mm512_add_ps(a02, a13);
     }
     x
 }

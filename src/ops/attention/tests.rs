@@ -42,8 +42,56 @@ fn tiled_kernels_are_bit_identical_to_the_scalar_twin() {
         eprintln!("skipped: neither AVX-512 nor AVX2");
         return;
     }
+    // Query scales: ordinary scores, and scores ~20x larger so that softmax's
+    // exponentials underflow (ggml's saturation branch).
+    let cases: Vec<_> = [1usize, 3, 4, 7]
+        .into_iter()
+        .flat_map(|group| [1usize, 7, 8, 9, 63, 64, 65, 130, 200].map(|n| (group, n, 3.0f32)))
+        .chain([(3, 100, 60.0), (7, 40, 60.0)])
+        .collect();
+    // Every finite f16 (subnormals, ±0, up to 65504) as K, V and query: products from
+    // 2^-48 to 2^32, which the score kernels fuse into sums (exact products).
+    let full_range: Vec<_> = [(1usize, 70usize), (3, 130), (4, 9)]
+        .map(|(group, n)| (group, n, 1.0f32))
+        .into();
     for k in kernels {
-        tiled_kernels_match_the_twin(k);
+        tiled_kernels_match_the_twin(k, uniform_f16, &cases);
+        tiled_kernels_match_the_twin(k, any_finite_f16, &full_range);
+    }
+}
+
+/// A value in -2..2, rounded to f16.
+fn uniform_f16(rng: &mut rand::rngs::StdRng) -> f16 {
+    f16::from_f32(rng.random_range(-2.0f32..2.0))
+}
+
+/// Any finite f16 with equal odds per bit pattern, and ±0 one time in 16.
+fn any_finite_f16(rng: &mut rand::rngs::StdRng) -> f16 {
+    let bits: u16 = rng.random();
+    if bits % 16 == 0 {
+        return f16::from_bits(bits & 0x8000);
+    }
+    let exponent_all_ones = 0x7C00;
+    f16::from_bits(if bits & exponent_all_ones == exponent_all_ones {
+        bits & !0x4000
+    } else {
+        bits
+    })
+}
+
+/// The premise of the score kernels' fused fold (`attention`'s module header): an f16 ·
+/// f16 product is exact in f32, so `fma(k2, q2, a0)` is `a0 + k2·q2` to the bit, with
+/// `a0 = fma(k0, q0, +0)`, over every finite f16 including subnormals and ±0.
+#[test]
+fn products_fuse_exactly() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..1_000_000 {
+        let [k0, q0, k2, q2] = [(); 4].map(|_| any_finite_f16(&mut rng).to_f32());
+        assert_eq!((k2 * q2) as f64, k2 as f64 * q2 as f64, "{k2} · {q2}");
+        let a0 = k0.mul_add(q0, 0.0);
+        let a2 = k2.mul_add(q2, 0.0);
+        let fused = k2.mul_add(q2, a0);
+        assert_eq!(fused.to_bits(), (a0 + a2).to_bits(), "{k0} {q0} {k2} {q2}");
     }
 }
 
@@ -62,8 +110,14 @@ fn tiled_kernels() -> Vec<Kernels> {
     kernels
 }
 
+/// `kernels` against the scalar twin for each `(group, n_ctx, q_scale)` of `cases`, with
+/// K, V and queries (times `q_scale`) drawn by `value`.
 #[cfg(target_arch = "x86_64")]
-fn tiled_kernels_match_the_twin(kernels: Kernels) {
+fn tiled_kernels_match_the_twin(
+    kernels: Kernels,
+    value: fn(&mut rand::rngs::StdRng) -> f16,
+    cases: &[(usize, usize, f32)],
+) {
     let (hd, bs, n_kv) = (64, 16, 2);
     let geo = KvGeometry {
         block_size: bs,
@@ -71,20 +125,10 @@ fn tiled_kernels_match_the_twin(kernels: Kernels) {
         head_dim: hd,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let mut rand_f16 = |len: usize| -> Vec<f16> {
-        (0..len)
-            .map(|_| f16::from_f32(rng.random_range(-2.0f32..2.0)))
-            .collect()
-    };
+    let mut rand_f16 = |len: usize| -> Vec<f16> { (0..len).map(|_| value(&mut rng)).collect() };
     let kc = rand_f16(64 * bs * n_kv * hd);
     let vc = rand_f16(64 * bs * n_kv * hd);
-    // Query scales: ordinary scores, and scores ~20x larger so that softmax's
-    // exponentials underflow (ggml's saturation branch).
-    let cases = [1usize, 3, 4, 7]
-        .into_iter()
-        .flat_map(|group| [1usize, 7, 8, 9, 63, 64, 65, 130, 200].map(|n| (group, n, 3.0f32)))
-        .chain([(3, 100, 60.0), (7, 40, 60.0)]);
-    for (group, n_ctx, q_scale) in cases {
+    for &(group, n_ctx, q_scale) in cases {
         let n_heads = group * n_kv;
         {
             // Sequence 0: up to 19 query rows ending at n_ctx; sequence 1: one row.
