@@ -189,8 +189,10 @@ impl<C> Clone for AttnInputs<'_, C> {
 impl<C> Copy for AttnInputs<'_, C> {}
 
 /// Runs `unit(seq, rows, kvh)` on the pool for every (sequence, tile of `tile` query
-/// rows, kv head) of the step. Units are numbered sequence by sequence, then tile by
-/// tile, then kv head; each writes only its own rows and heads of the output.
+/// rows, kv head) of the step. Units are numbered sequence by sequence, then kv head, then
+/// tile from the last (it sees the most keys) to the first: a thread's next unit mostly
+/// reads the same kv head's K/V (in its L2), and the shortest units come last (an even
+/// finish). Each writes only its own rows and heads of the output.
 fn for_each_unit(
     seqs: &[AttnSeq],
     n_kv: usize,
@@ -203,7 +205,9 @@ fn for_each_unit(
         for seq in seqs {
             let count = seq.n_q.div_ceil(tile) * n_kv;
             if u < first + count {
-                let (t, kvh) = ((u - first) / n_kv * tile, (u - first) % n_kv);
+                let tiles = count / n_kv;
+                let (kvh, from_last) = ((u - first) / tiles, (u - first) % tiles);
+                let t = (tiles - 1 - from_last) * tile;
                 unit(seq, t..(t + tile).min(seq.n_q), kvh);
                 return;
             }
