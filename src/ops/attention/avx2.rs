@@ -11,8 +11,8 @@
 //! positions' remaining steps are done together by `finish8`.
 //! Softmax: ggml's AVX-512 `expf` lane by lane in 8 lanes, `scalef` as the scalar twin
 //! does it (in f64, 4 lanes at a time).
-//! V: per lane of ggml's 64 and per head, the positions feeding it accumulated in eight
-//! registers (a mul, then FMAs) and stored once.
+//! V: per lane of ggml's 64, row and half of the dimensions, the positions feeding it
+//! accumulated for up to 3 heads at once in registers (a mul, then FMAs) and stored once.
 
 use half::f16;
 use std::arch::x86_64::*;
@@ -24,13 +24,6 @@ use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 pub const HEAD_DIM: usize = 64;
 /// Positions reduced together.
 pub(super) const POS_TILE: usize = 8;
-
-/// The K (or V) row at element offset `at` as eight 8-lane f32 registers.
-#[inline(always)]
-unsafe fn load_row(cache: &[f16], at: usize) -> [__m256; 8] {
-    let row = cache[at..at + HEAD_DIM].as_ptr() as *const __m128i;
-    std::array::from_fn(|k| _mm256_cvtph_ps(_mm_loadu_si128(row.add(k))))
-}
 
 /// One K row · query head as ggml's `t3`: `reduce64`'s lane fold `(a0 + a2) + (a1 + a3)`
 /// of the four 16-lane chunks' products (`a0`, `a1` FMAs onto zero, `a2`, `a3` fused into
@@ -178,6 +171,8 @@ pub unsafe fn scores(
 /// For each row `r` of the tile and head `g`: `acc[r, g, lane, :]` = Σ over
 /// `pos ≡ lane (mod 64)`, `pos < n_ctx[r]`, of `probs[(r * group + g) * stride + pos] ·
 /// v_pos` in position order (a mul, then FMAs); lanes no position reaches are zeroed.
+/// Per lane, row and half of the 64 dimensions, up to 3 heads at once share each widened
+/// V half-row (12 accumulators, 4 inputs: the 16 registers).
 ///
 /// # Safety
 /// AVX2, FMA and F16C; `probs` holds `n_ctx.len() * group * stride` values, `acc`
@@ -196,24 +191,82 @@ pub unsafe fn accumulate_v(
     let n_max = n_ctx.iter().copied().max().unwrap_or(0);
     for lane in 0..F16_STEP.min(n_max) {
         for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
-            for head in r * group..(r + 1) * group {
-                let prob = |pos: usize| _mm256_set1_ps(probs[head * stride + pos]);
-                let (v, p) = (load_row(v_cache, slot_of(lane)), prob(lane));
-                let mut sums: [__m256; 8] = std::array::from_fn(|k| _mm256_mul_ps(v[k], p));
-                for pos in (lane + F16_STEP..n).step_by(F16_STEP) {
-                    let (v, p) = (load_row(v_cache, slot_of(pos)), prob(pos));
-                    for (s, &vk) in sums.iter_mut().zip(&v) {
-                        *s = _mm256_fmadd_ps(vk, p, *s);
+            for half in [0, HALF] {
+                let mut head = r * group;
+                while head < (r + 1) * group {
+                    let pass = VPass {
+                        v_cache,
+                        slot_of,
+                        probs,
+                        stride,
+                        lane,
+                        n,
+                        half,
+                    };
+                    let take = ((r + 1) * group - head).min(3);
+                    match take {
+                        1 => pass.heads::<1>(head, acc),
+                        2 => pass.heads::<2>(head, acc),
+                        _ => pass.heads::<3>(head, acc),
                     }
-                }
-                let dst = acc[(head * F16_STEP + lane) * HEAD_DIM..].as_mut_ptr();
-                for (k, &s) in sums.iter().enumerate() {
-                    _mm256_storeu_ps(dst.add(8 * k), s);
+                    head += take;
                 }
             }
         }
     }
     zero_unreached_lanes(n_ctx, group, acc);
+}
+
+/// Half of a V row's dimensions.
+const HALF: usize = HEAD_DIM / 2;
+
+/// One lane's positions of one row (`lane, lane + 64, … < n`) and dimensions
+/// `half..half + 32`, for `accumulate_v`.
+struct VPass<'a, F> {
+    v_cache: &'a [f16],
+    slot_of: &'a F,
+    probs: &'a [f32],
+    stride: usize,
+    lane: usize,
+    n: usize,
+    half: usize,
+}
+
+impl<F: Fn(usize) -> usize> VPass<'_, F> {
+    /// Heads `head0..head0 + G`: their sums in registers, stored once.
+    #[inline(always)]
+    unsafe fn heads<const G: usize>(&self, head0: usize, acc: &mut [f32]) {
+        let row = |pos: usize| {
+            let at = (self.slot_of)(pos) + self.half;
+            self.v_cache[at..at + HALF].as_ptr() as *const __m128i
+        };
+        let prob =
+            |g: usize, pos: usize| _mm256_set1_ps(self.probs[(head0 + g) * self.stride + pos]);
+        let first = row(self.lane);
+        let mut sums: [[__m256; 4]; G] = [[_mm256_setzero_ps(); 4]; G];
+        for k in 0..4 {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(first.add(k)));
+            for (g, sg) in sums.iter_mut().enumerate() {
+                sg[k] = _mm256_mul_ps(v, prob(g, self.lane));
+            }
+        }
+        for pos in (self.lane + F16_STEP..self.n).step_by(F16_STEP) {
+            let (at, p) = (row(pos), std::array::from_fn::<_, G, _>(|g| prob(g, pos)));
+            for k in 0..4 {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(at.add(k)));
+                for (sg, &pg) in sums.iter_mut().zip(&p) {
+                    sg[k] = _mm256_fmadd_ps(v, pg, sg[k]);
+                }
+            }
+        }
+        for (g, sg) in sums.iter().enumerate() {
+            let dst =
+                acc[((head0 + g) * F16_STEP + self.lane) * HEAD_DIM + self.half..].as_mut_ptr();
+            for (k, &x) in sg.iter().enumerate() {
+                _mm256_storeu_ps(dst.add(8 * k), x);
+            }
+        }
+    }
 }
 
 /// `attention::fold_lanes` of one head's 64 V lanes (`lanes: [64, 64]`), written to
