@@ -69,12 +69,14 @@ impl Kernels {
         Kernels::Generic
     }
 
-    /// Query rows per unit: the tiled kernels read each K/V row once per tile.
-    fn row_tile(self) -> usize {
+    /// Query rows per unit (`group` query heads per kv head): the tiled kernels read and
+    /// widen each K/V row once per tile, so a tile serves about `TILE_HEADS` heads, 8 to
+    /// `ROW_TILE` rows (SmolLM2's 3 heads per kv head: 16 rows; Qwen2.5-0.5B's 7: 8).
+    fn row_tile(self, group: usize) -> usize {
         match self {
             Kernels::Generic => 1,
             #[cfg(target_arch = "x86_64")]
-            _ => ROW_TILE,
+            _ => (TILE_HEADS / group.max(1)).clamp(8, ROW_TILE),
         }
     }
 }
@@ -216,8 +218,13 @@ fn for_each_unit(
     });
 }
 
-/// Query rows of one sequence handled by one unit of the tiled kernels.
-const ROW_TILE: usize = 8;
+/// Most query rows of one sequence one unit of the tiled kernels takes.
+const ROW_TILE: usize = 16;
+/// Query heads a tile of the tiled kernels aims at: the 16-row tiles of 3 heads per kv
+/// head took 5 % less time than 8-row tiles for a 1024-row chunk at 4096 tokens (the K
+/// tile's transpose serves twice the heads); more rows would not keep a tile's scores
+/// (`rows · group · ctx` floats) in L2.
+const TILE_HEADS: usize = 48;
 
 /// Causal attention of every query row over its sequence's cached context.
 /// `out: [T, n_heads * hd]`.
@@ -230,7 +237,8 @@ fn paged_attention_with(kernels: Kernels, inp: AttnInputs<'_>, out: &mut [f32]) 
     assert_eq!(inp.q.len(), out.len());
     let n_kv = inp.geo.n_kv_heads;
     let out_ptr = SharedOut::new(out);
-    for_each_unit(inp.seqs, n_kv, kernels.row_tile(), |seq, rows, kvh| {
+    let group = inp.n_heads / n_kv;
+    for_each_unit(inp.seqs, n_kv, kernels.row_tile(group), |seq, rows, kvh| {
         attend_unit(kernels, &inp, seq, rows, kvh, out_ptr)
     });
 }
