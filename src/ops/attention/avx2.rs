@@ -192,17 +192,17 @@ pub unsafe fn accumulate_v(
     for lane in 0..F16_STEP.min(n_max) {
         for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
             for half in [0, HALF] {
+                let pass = VPass {
+                    v_cache,
+                    slot_of,
+                    probs,
+                    stride,
+                    lane,
+                    n,
+                    half,
+                };
                 let mut head = r * group;
                 while head < (r + 1) * group {
-                    let pass = VPass {
-                        v_cache,
-                        slot_of,
-                        probs,
-                        stride,
-                        lane,
-                        n,
-                        half,
-                    };
                     let take = ((r + 1) * group - head).min(3);
                     match take {
                         1 => pass.heads::<1>(head, acc),
@@ -220,8 +220,8 @@ pub unsafe fn accumulate_v(
 /// Half of a V row's dimensions.
 const HALF: usize = HEAD_DIM / 2;
 
-/// One lane's positions of one row (`lane, lane + 64, … < n`) and dimensions
-/// `half..half + 32`, for `accumulate_v`.
+/// One lane's positions of one row (`lane, lane + 64, … < n`) and the 32 dimensions from
+/// `half` (0 or 32), for `accumulate_v`.
 struct VPass<'a, F> {
     v_cache: &'a [f16],
     slot_of: &'a F,

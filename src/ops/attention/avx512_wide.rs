@@ -22,7 +22,7 @@ use super::avx512::HEAD_DIM;
 const POS_TILE: usize = 16;
 /// Query heads whose products share each loaded `kt` register.
 const HEADS_PER_PASS: usize = 4;
-/// Heads per unit from which this kernel is used: a prefill tile has 8 rows' heads; a
+/// Heads per unit from which this kernel is used: a prefill tile has 8-16 rows' heads; a
 /// decode unit (one row, SmolLM2's 3 heads) is faster with `avx512::scores`, 1.23 vs
 /// 1.69 ms per step at c=32 (`bench_attention_shapes`, bench/NOTES.md §25).
 pub const MIN_HEADS: usize = 8;
