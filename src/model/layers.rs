@@ -9,7 +9,7 @@ use super::lora::{LayerLora, LoraTarget};
 use super::tensor_names::LayerTensor;
 use super::weights::{WeightError, WeightLoader};
 use crate::ops::quant::QMatrix;
-use crate::ops::silu_mul;
+use crate::ops::{pool, silu_mul, silu_mul_stacked};
 
 /// Several projections of the same input (QKV, gate+up). When their types match they are
 /// stacked into one matrix so the input is quantized once and read by one matmul.
@@ -59,26 +59,50 @@ impl FusedLinear {
 
     /// `outs[i][m, widths[i]] = x[m, k] · Wᵢᵀ`; `scratch` holds the stacked result.
     pub fn forward(&self, x: &[f32], m: usize, scratch: &mut Vec<f32>, outs: &mut [&mut [f32]]) {
-        match &self.weights {
+        let w = match &self.weights {
+            FusedWeights::Stacked(w) => w,
             FusedWeights::Separate(ws) => {
                 for (w, out) in ws.iter().zip(outs.iter_mut()) {
                     w.matmul(x, m, &mut out[..m * w.rows()]);
                 }
+                return;
             }
-            FusedWeights::Stacked(w) => {
-                let total = w.rows();
-                scratch.resize(m * total, 0.0);
-                w.matmul(x, m, &mut scratch[..m * total]);
-                let mut col = 0;
-                for (width, out) in self.widths.iter().zip(outs.iter_mut()) {
-                    for (t, row) in scratch[..m * total].chunks_exact(total).enumerate() {
-                        out[t * width..(t + 1) * width].copy_from_slice(&row[col..col + width]);
-                    }
-                    col += width;
+        };
+        let total = w.rows();
+        let stacked = stacked_matmul(w, x, m, scratch);
+        let mut col = 0;
+        for (&width, out) in self.widths.iter().zip(outs.iter_mut()) {
+            pool::for_row_runs(&mut out[..m * width], width, |first, rows| {
+                for (t, row) in rows.chunks_exact_mut(width).enumerate() {
+                    let at = (first + t) * total + col;
+                    row.copy_from_slice(&stacked[at..at + width]);
                 }
-            }
+            });
+            col += width;
         }
     }
+
+    /// For stacked parts, `scratch[m, Σ widths] = x[m, k] · Wᵀ` (each row the parts'
+    /// outputs in order), returned; `None` (and nothing computed) for separate parts.
+    pub fn forward_stacked<'s>(
+        &self,
+        x: &[f32],
+        m: usize,
+        scratch: &'s mut Vec<f32>,
+    ) -> Option<&'s [f32]> {
+        match &self.weights {
+            FusedWeights::Stacked(w) => Some(stacked_matmul(w, x, m, scratch)),
+            FusedWeights::Separate(_) => None,
+        }
+    }
+}
+
+/// `scratch[m, w.rows()] = x[m, k] · wᵀ`, returned.
+fn stacked_matmul<'s>(w: &QMatrix, x: &[f32], m: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+    let total = w.rows();
+    scratch.resize(m * total, 0.0);
+    w.matmul(x, m, &mut scratch[..m * total]);
+    &scratch[..m * total]
 }
 
 /// Attention block weights.
@@ -174,12 +198,23 @@ impl Mlp {
         lora: LayerLora<'_>,
     ) {
         let ffn = self.width();
-        let (gate, up) = (&mut scratch.gate[..m * ffn], &mut scratch.up[..m * ffn]);
-        self.gate_up
-            .forward(x, m, scratch.fused, &mut [&mut *gate, &mut *up]);
-        lora.apply(LoraTarget::Gate, x, gate, m);
-        lora.apply(LoraTarget::Up, x, up, m);
-        silu_mul(gate, up, ffn);
+        // Without gate/up adapters, SwiGLU reads the stacked [gate | up] rows directly.
+        let stacked = if lora.is_none() {
+            self.gate_up.forward_stacked(x, m, scratch.fused)
+        } else {
+            None
+        };
+        let gate = &mut scratch.gate[..m * ffn];
+        if let Some(gate_up) = stacked {
+            silu_mul_stacked(gate_up, gate, ffn);
+        } else {
+            let up = &mut scratch.up[..m * ffn];
+            self.gate_up
+                .forward(x, m, scratch.fused, &mut [&mut *gate, &mut *up]);
+            lora.apply(LoraTarget::Gate, x, gate, m);
+            lora.apply(LoraTarget::Up, x, up, m);
+            silu_mul(gate, up, ffn);
+        }
         self.down.matmul(gate, m, x);
         lora.apply(LoraTarget::Down, gate, x, m);
     }

@@ -130,6 +130,85 @@ pub mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// ggml's AVX-512 `ggml_v_expf` on 16 lanes: `super::expf` lane by lane, same bits.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[inline(always)]
+    pub unsafe fn expf16(x: __m512) -> __m512 {
+        let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+        let r = c(0x4B40_0000); // 0x1.8p23
+        let z = _mm512_fmadd_ps(x, c(0x3FB8_AA3B), r); // log2(e)
+        let n = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(n, c(0x35BF_BE8E), _mm512_fnmadd_ps(n, c(0x3F31_7200), x));
+        let out_of_range =
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17)),
+                u,
+                _mm512_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB)),
+            ),
+            u,
+            _mm512_fmadd_ps(c(0x3F7F_FFF6), b, _mm512_set1_ps(1.0)),
+        );
+        let res = _mm512_scalef_ps(j, n);
+        if out_of_range == 0 {
+            return res;
+        }
+        let negative = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
+        let saturated =
+            _mm512_mask_blend_ps(negative, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
+        _mm512_mask_blend_ps(out_of_range, res, saturated)
+    }
+
+    /// `super::expf` on 8 lanes, same bits: ggml's AVX-512 `ggml_v_expf` steps, its
+    /// `scalef` as the scalar twin computes it (`j · 2^n` in f64, then rounded to f32).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[inline(always)]
+    pub unsafe fn expf8(x: __m256) -> __m256 {
+        let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+        let r = c(0x4B40_0000); // 0x1.8p23
+        let z = _mm256_fmadd_ps(x, c(0x3FB8_AA3B), r); // log2(e)
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(n, c(0x35BF_BE8E), _mm256_fnmadd_ps(n, c(0x3F31_7200), x));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17)),
+                u,
+                _mm256_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB)),
+            ),
+            u,
+            _mm256_fmadd_ps(c(0x3F7F_FFF6), b, _mm256_set1_ps(1.0)),
+        );
+        let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let out_of_range = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+        // In range, n is an integer in [-192, 192]: 2^n is exact in f64.
+        let n_int = _mm256_cvtps_epi32(_mm256_andnot_ps(out_of_range, n));
+        let scaled = |j4: __m128, n4: __m128i| {
+            let exp = _mm256_add_epi64(_mm256_cvtepi32_epi64(n4), _mm256_set1_epi64x(1023));
+            let pow2 = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(exp));
+            _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(j4), pow2))
+        };
+        let lo = scaled(_mm256_castps256_ps128(j), _mm256_castsi256_si128(n_int));
+        let hi = scaled(
+            _mm256_extractf128_ps::<1>(j),
+            _mm256_extracti128_si256::<1>(n_int),
+        );
+        let res = _mm256_set_m128(hi, lo);
+        if _mm256_movemask_ps(out_of_range) == 0 {
+            return res;
+        }
+        let negative = _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps());
+        let saturated =
+            _mm256_blendv_ps(_mm256_set1_ps(f32::INFINITY), _mm256_setzero_ps(), negative);
+        _mm256_blendv_ps(res, saturated, out_of_range)
+    }
+
     /// f16 → f32 for a row whose length is a multiple of 8.
     ///
     /// # Safety

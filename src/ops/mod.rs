@@ -17,71 +17,33 @@ pub mod pool;
 pub mod qdot;
 pub mod quant;
 pub mod rope;
+pub mod swiglu;
 
-/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU) over each `[width]` row of `[tokens, width]`,
-/// as `ggml_vec_swiglu_f32`: 16-lane chunks use ggml's vectorized exp, the rest libm.
-pub fn silu_mul(gate: &mut [f32], up: &[f32], width: usize) {
-    assert_eq!(gate.len(), up.len());
-    #[cfg(target_arch = "x86_64")]
-    if cpu_features::avx2() {
-        // SAFETY: the chosen level includes FMA.
-        return unsafe { silu_mul_fma(gate, up, width) };
-    }
-    silu_mul_body(gate, up, width)
-}
+pub use swiglu::{silu_mul, silu_mul_stacked};
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn silu_mul_fma(gate: &mut [f32], up: &[f32], width: usize) {
-    silu_mul_body(gate, up, width)
-}
-
-#[inline(always)]
-fn silu_mul_body(gate: &mut [f32], up: &[f32], width: usize) {
-    let full = width - width % ggml_math::LANES;
-    for (g_row, u_row) in gate.chunks_exact_mut(width).zip(up.chunks_exact(width)) {
-        for (g, u) in g_row[..full].iter_mut().zip(&u_row[..full]) {
-            *g = ggml_math::silu(*g) * u;
-        }
-        for (g, u) in g_row[full..].iter_mut().zip(&u_row[full..]) {
-            *g = ggml_math::silu_tail(*g) * u;
-        }
-    }
-}
-
-/// `x[i] += y[i]` (residual add).
+/// `x[i] += y[i]` (residual add), split over the compute pool when large.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len());
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
+    pool::for_row_runs(x, 1, |first, xs| add_run(xs, &y[first..first + xs.len()]));
 }
 
 /// Adds a bias row `b: [n]` to every row of `x: [m, n]`.
 pub fn add_bias(x: &mut [f32], b: &[f32]) {
-    for row in x.chunks_exact_mut(b.len()) {
-        add_assign(row, b);
+    pool::for_row_runs(x, b.len(), |_, rows| {
+        rows.chunks_exact_mut(b.len())
+            .for_each(|row| add_run(row, b))
+    });
+}
+
+fn add_run(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn silu_mul_matches_definition() {
-        let silu = |x: f32| x / (1.0 + (-x).exp());
-        let gate: Vec<f32> = (0..40).map(|i| i as f32 * 0.37 - 7.0).collect();
-        let up: Vec<f32> = (0..40).map(|i| 1.0 + i as f32 * 0.1).collect();
-        let mut got = gate.clone();
-        silu_mul(&mut got, &up, 20);
-        for i in 0..40 {
-            let want = silu(gate[i]) * up[i];
-            assert!((got[i] - want).abs() <= 1e-6 * want.abs().max(1.0), "{i}");
-        }
-        // The tail of each row (elements 16..20) is computed with libm exactly.
-        assert_eq!(got[18], silu(gate[18]) * up[18]);
-    }
 
     #[test]
     fn bias_is_added_to_every_row() {

@@ -133,6 +133,38 @@ pub fn run(n_tasks: usize, f: impl Fn(usize) + Sync) {
     global().run(n_tasks, &f)
 }
 
+/// Elements per task at least when a row-wise op is split over the pool: below this,
+/// waking a worker costs about what it saves (a region costs ~1-2 µs).
+const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
+/// Tasks per thread of a split row-wise op: a few, so a descheduled thread does not
+/// hold up the region.
+const ROW_TASKS_PER_THREAD: usize = 2;
+
+/// Calls `f(first_row, rows)` over runs of whole rows of `buf: [rows, row_len]` that
+/// together cover it once: on the global pool when the buffer is large enough to repay
+/// the region, else as one run on this thread. For the row-wise ops between the
+/// matmuls (norms, RoPE, SwiGLU, adds), which would otherwise run on the engine thread
+/// alone while the workers wait.
+pub fn for_row_runs<T: Send>(buf: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let rows = buf.len().checked_div(row_len).unwrap_or(0);
+    debug_assert_eq!(rows * row_len, buf.len(), "for_row_runs: whole rows");
+    let by_size = (rows * row_len) / MIN_ELEMS_PER_TASK;
+    let tasks = by_size
+        .min(rows)
+        .min(global().threads() * ROW_TASKS_PER_THREAD);
+    if tasks <= 1 {
+        return f(0, buf);
+    }
+    let per_task = rows.div_ceil(tasks);
+    let out = SharedOut::new(buf);
+    run(rows.div_ceil(per_task), |task| {
+        let first = task * per_task;
+        let n = per_task.min(rows - first);
+        // SAFETY: task `task` alone takes rows `first..first + n`.
+        f(first, unsafe { out.part(first * row_len, n * row_len) })
+    });
+}
+
 impl ComputePool {
     fn new(threads: usize) -> Self {
         let shared = Arc::new(Shared {

@@ -66,10 +66,44 @@ impl RopeTable {
     }
 
     /// Rotates every head of every row of `x: [T, n_heads * head_dim]` in place; row `t`
-    /// is at position `positions[t]` (must be < `max_positions`).
+    /// is at position `positions[t]` (must be < `max_positions`). The rows are split over
+    /// the compute pool when there are many.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, positions: &[u32]) {
+        if positions.is_empty() {
+            return;
+        }
+        let row_len = x.len() / positions.len();
+        crate::ops::pool::for_row_runs(x, row_len, |first, rows| {
+            self.apply_rows(rows, row_len, head_dim, &positions[first..])
+        });
+    }
+
+    fn apply_rows(&self, x: &mut [f32], row_len: usize, head_dim: usize, positions: &[u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::ops::cpu_features::avx2() {
+            // SAFETY: the chosen level includes FMA.
+            return unsafe { self.apply_rows_fma(x, row_len, head_dim, positions) };
+        }
+        self.apply_rows_body(x, row_len, head_dim, positions)
+    }
+
+    /// `apply_rows` with the multiply-adds as FMA instructions (same bits as the `fmaf`
+    /// calls they replace: both round once).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "fma")]
+    unsafe fn apply_rows_fma(
+        &self,
+        x: &mut [f32],
+        row_len: usize,
+        head_dim: usize,
+        positions: &[u32],
+    ) {
+        self.apply_rows_body(x, row_len, head_dim, positions)
+    }
+
+    #[inline(always)]
+    fn apply_rows_body(&self, x: &mut [f32], row_len: usize, head_dim: usize, positions: &[u32]) {
         let half = self.rot_dims / 2;
-        let row_len = x.len() / positions.len().max(1);
         for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
             let at = pos as usize * half;
             let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
@@ -81,6 +115,7 @@ impl RopeTable {
 
     /// The rotation with the fused multiply-adds GCC emits for ggml's `rotate_pairs`
     /// (`x0·cos − x1·sin` and `x0·sin + x1·cos`, the `x0` product fused).
+    #[inline(always)]
     fn rotate(&self, head: &mut [f32], cos: &[f32], sin: &[f32]) {
         let half = self.rot_dims / 2;
         for i in 0..half {

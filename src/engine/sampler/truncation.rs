@@ -26,17 +26,33 @@ const NUCLEUS_SORT_LEN: usize = 64;
 
 /// Index of the largest logit, ties to the lowest id; NaN counts as `-inf`.
 /// Returns 0 for an empty or all-`-inf` row. `logits: [vocab]`.
+///
+/// Two passes the compiler vectorizes (a vocabulary of 150k is scanned for every
+/// sequence of every step): the largest value over 16 independent lanes, then the first
+/// 16-element chunk that holds it, searched element by element.
 pub(super) fn argmax(logits: &[f32]) -> TokenId {
-    let mut best_id = 0usize;
-    let mut best_value = f32::NEG_INFINITY;
-    for (id, &logit) in logits.iter().enumerate() {
-        let value = rank_value(logit);
-        if value > best_value {
-            best_id = id;
-            best_value = value;
+    const LANES: usize = 16;
+    let mut lane_max = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks.clone() {
+        for (m, &logit) in lane_max.iter_mut().zip(chunk) {
+            let value = rank_value(logit);
+            *m = if value > *m { value } else { *m };
         }
     }
-    best_id as TokenId
+    let best = lane_max
+        .into_iter()
+        .chain(rest.iter().map(|&l| rank_value(l)))
+        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    let is_best = |&l: &f32| rank_value(l) == best;
+    let first_chunk = chunks
+        .clone()
+        .position(|chunk| chunk.iter().fold(false, |hit, l| hit | is_best(l)))
+        .unwrap_or(logits.len() / LANES);
+    let start = first_chunk * LANES;
+    let within = logits[start..].iter().position(is_best).unwrap_or(0);
+    (start + within) as TokenId
 }
 
 /// Samples one token from the processed row `logits: [vocab]` (temperature > 0). The
@@ -213,6 +229,41 @@ mod tests {
         assert_eq!(argmax(&[f32::NAN, -1.0, -1.0]), 1);
         assert_eq!(argmax(&[-5.0, -4.0, f32::NAN, -4.5]), 1);
         assert_eq!(argmax(&[]), 0);
+    }
+
+    #[test]
+    fn argmax_matches_a_plain_scan_on_long_rows() {
+        // The first strictly larger value wins, NaN ranks as -inf: the plain definition.
+        let plain = |row: &[f32]| {
+            let mut best = (0usize, f32::NEG_INFINITY);
+            for (id, &l) in row.iter().enumerate() {
+                let v = if l.is_nan() { f32::NEG_INFINITY } else { l };
+                if v > best.1 {
+                    best = (id, v);
+                }
+            }
+            best.0 as TokenId
+        };
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let pool = [f32::NAN, f32::NEG_INFINITY, -0.0, 0.0, 1.0, 2.5, 2.5, -3.0];
+        for len in [1usize, 15, 16, 17, 31, 33, 100, 1000] {
+            for _ in 0..200 {
+                let row: Vec<f32> = (0..len).map(|_| pool[next() % pool.len()]).collect();
+                assert_eq!(argmax(&row), plain(&row), "{row:?}");
+            }
+            let all_low = vec![f32::NEG_INFINITY; len];
+            assert_eq!(argmax(&all_low), 0);
+            let mut one_high = vec![f32::NAN; len];
+            let at = next() % len;
+            one_high[at] = -1e30;
+            assert_eq!(argmax(&one_high), at as TokenId);
+        }
     }
 
     /// Ids left with non-zero probability after top_k/top_p on `probs`.

@@ -95,6 +95,11 @@ impl LayerLora<'_> {
         layer: 0,
     };
 
+    /// Whether no adapter applies in this step (every `apply` is a no-op).
+    pub fn is_none(&self) -> bool {
+        self.step.is_none()
+    }
+
     /// `y[r, out] += scale · B (A x[r, in])` for every row `r` of an adapter that updates
     /// `target`; `x: [T, in]` is the projection's input, `y: [T, out]` its output.
     pub fn apply(&self, target: LoraTarget, x: &[f32], y: &mut [f32], t: usize) {

@@ -20,6 +20,7 @@ use half::f16;
 use std::arch::x86_64::*;
 
 use super::avx2::{finish1, max_of, tiled_scores, zero_unreached_lanes, ScoreDot};
+use crate::ops::ggml_math::x86::expf16;
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
 /// The head size these kernels take.
@@ -191,35 +192,6 @@ pub unsafe fn fold_lanes(lanes: &[f32], out: &mut [f32]) {
         let sum = _mm512_add_ps(_mm512_add_ps(t6[0], t6[2]), _mm512_add_ps(t6[1], t6[3]));
         _mm512_storeu_ps(out.as_mut_ptr().add(c), sum);
     }
-}
-
-/// ggml's AVX-512 `ggml_v_expf` on 16 lanes: `ggml_math::expf` lane by lane, same bits.
-#[inline(always)]
-unsafe fn expf16(x: __m512) -> __m512 {
-    let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
-    let r = c(0x4B40_0000); // 0x1.8p23
-    let z = _mm512_fmadd_ps(x, c(0x3FB8_AA3B), r); // log2(e)
-    let n = _mm512_sub_ps(z, r);
-    let b = _mm512_fnmadd_ps(n, c(0x35BF_BE8E), _mm512_fnmadd_ps(n, c(0x3F31_7200), x));
-    let out_of_range = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
-    let u = _mm512_mul_ps(b, b);
-    let j = _mm512_fmadd_ps(
-        _mm512_fmadd_ps(
-            _mm512_fmadd_ps(c(0x3C07_2010), b, c(0x3D2B_9F17)),
-            u,
-            _mm512_fmadd_ps(c(0x3E2A_AF33), b, c(0x3EFF_FEDB)),
-        ),
-        u,
-        _mm512_fmadd_ps(c(0x3F7F_FFF6), b, _mm512_set1_ps(1.0)),
-    );
-    let res = _mm512_scalef_ps(j, n);
-    if out_of_range == 0 {
-        return res;
-    }
-    let negative = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
-    let saturated =
-        _mm512_mask_blend_ps(negative, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
-    _mm512_mask_blend_ps(out_of_range, res, saturated)
 }
 
 /// `reduce16` of one register.
