@@ -17,6 +17,7 @@
 use half::f16;
 use std::arch::x86_64::*;
 
+use super::{gather_lane, gathered_slot, GATHER_MIN_ROWS};
 use crate::ops::ggml_math::x86::{expf8, widen_f16};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -179,6 +180,7 @@ pub unsafe fn scores(
 /// `n_ctx.len() * group * 64 * 64`, and `slot_of(pos) + 64 <= v_cache.len()` for
 /// `pos < max(n_ctx)`.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn accumulate_v(
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
@@ -187,16 +189,52 @@ pub unsafe fn accumulate_v(
     probs: &[f32],
     stride: usize,
     acc: &mut [f32],
+    lane_rows: &mut Vec<f16>,
 ) {
     let n_max = n_ctx.iter().copied().max().unwrap_or(0);
+    let tile = Tile {
+        n_ctx,
+        group,
+        probs,
+        stride,
+    };
     for lane in 0..F16_STEP.min(n_max) {
-        for (r, &n) in n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
+        if n_ctx.len() >= GATHER_MIN_ROWS {
+            let rows = gather_lane(v_cache, slot_of, lane, n_max, HEAD_DIM, lane_rows);
+            tile.lane(rows, &gathered_slot, lane, acc);
+        } else {
+            tile.lane(v_cache, slot_of, lane, acc);
+        }
+    }
+    zero_unreached_lanes(n_ctx, group, acc);
+}
+
+/// The probabilities of a tile, as `accumulate_v` takes them.
+struct Tile<'a> {
+    n_ctx: &'a [usize],
+    group: usize,
+    probs: &'a [f32],
+    stride: usize,
+}
+
+impl Tile<'_> {
+    /// `accumulate_v`'s lane `lane` for every row and head.
+    #[inline(always)]
+    unsafe fn lane<F: Fn(usize) -> usize>(
+        &self,
+        v_cache: &[f16],
+        slot_of: &F,
+        lane: usize,
+        acc: &mut [f32],
+    ) {
+        let group = self.group;
+        for (r, &n) in self.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
             for half in [0, HALF] {
                 let pass = VPass {
                     v_cache,
                     slot_of,
-                    probs,
-                    stride,
+                    probs: self.probs,
+                    stride: self.stride,
                     lane,
                     n,
                     half,
@@ -214,7 +252,6 @@ pub unsafe fn accumulate_v(
             }
         }
     }
-    zero_unreached_lanes(n_ctx, group, acc);
 }
 
 /// Half of a V row's dimensions.

@@ -20,6 +20,7 @@ use half::f16;
 use std::arch::x86_64::*;
 
 use super::avx2::{finish1, max_of, tiled_scores, zero_unreached_lanes, ScoreDot};
+use super::{gather_lane, gathered_slot, GATHER_MIN_ROWS};
 use crate::ops::ggml_math::x86::expf16;
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -86,13 +87,15 @@ pub unsafe fn scores(
 /// For each row `r` of the tile and head `g`: `acc[r, g, lane, :]` = Σ over
 /// `pos ≡ lane (mod 64)`, `pos < n_ctx[r]`, of `probs[(r * group + g) * stride + pos] ·
 /// v_pos` in position order (a mul, then FMAs); lanes no position reaches are zeroed.
-/// Lanes are the outer loop, so a lane's V rows are read from memory once per tile.
+/// Lanes are the outer loop, so a lane's V rows are read from memory once per tile (into
+/// `lane_rows` when the tile has several rows: `gather_lane`).
 ///
 /// # Safety
 /// `available()`; `probs` holds `n_ctx.len() * group * stride` values, `acc`
 /// `n_ctx.len() * group * 64 * 64`, and `slot_of(pos) + 64 <= v_cache.len()` for
 /// `pos < max(n_ctx)`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn accumulate_v(
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
@@ -101,6 +104,7 @@ pub unsafe fn accumulate_v(
     probs: &[f32],
     stride: usize,
     acc: &mut [f32],
+    lane_rows: &mut Vec<f16>,
 ) {
     let heads = Heads {
         n_ctx,
@@ -108,16 +112,14 @@ pub unsafe fn accumulate_v(
         probs,
         stride,
     };
-    let mut g0 = 0;
-    while g0 < group {
-        let end = (g0 + 4).min(group);
-        match end - g0 {
-            1 => heads.accumulate::<1>(v_cache, slot_of, g0, acc),
-            2 => heads.accumulate::<2>(v_cache, slot_of, g0, acc),
-            3 => heads.accumulate::<3>(v_cache, slot_of, g0, acc),
-            _ => heads.accumulate::<4>(v_cache, slot_of, g0, acc),
+    let n_max = n_ctx.iter().copied().max().unwrap_or(0);
+    for lane in 0..F16_STEP.min(n_max) {
+        if n_ctx.len() >= GATHER_MIN_ROWS {
+            let rows = gather_lane(v_cache, slot_of, lane, n_max, HEAD_DIM, lane_rows);
+            heads.lane(rows, &gathered_slot, lane, acc);
+        } else {
+            heads.lane(v_cache, slot_of, lane, acc);
         }
-        g0 = end;
     }
     zero_unreached_lanes(n_ctx, group, acc);
 }
@@ -131,40 +133,59 @@ struct Heads<'a> {
 }
 
 impl Heads<'_> {
-    /// `accumulate_v` for heads `g0..g0 + G` of every row, their accumulators in registers.
+    /// `accumulate_v`'s lane `lane` for every head, up to 4 heads at a time.
+    #[inline(always)]
+    unsafe fn lane(
+        &self,
+        v_cache: &[f16],
+        slot_of: &impl Fn(usize) -> usize,
+        lane: usize,
+        acc: &mut [f32],
+    ) {
+        let mut g0 = 0;
+        while g0 < self.group {
+            let end = (g0 + 4).min(self.group);
+            match end - g0 {
+                1 => self.accumulate::<1>(v_cache, slot_of, lane, g0, acc),
+                2 => self.accumulate::<2>(v_cache, slot_of, lane, g0, acc),
+                3 => self.accumulate::<3>(v_cache, slot_of, lane, g0, acc),
+                _ => self.accumulate::<4>(v_cache, slot_of, lane, g0, acc),
+            }
+            g0 = end;
+        }
+    }
+
+    /// Lane `lane` of heads `g0..g0 + G` of every row, their accumulators in registers.
     #[inline(always)]
     unsafe fn accumulate<const G: usize>(
         &self,
         v_cache: &[f16],
         slot_of: &impl Fn(usize) -> usize,
+        lane: usize,
         g0: usize,
         acc: &mut [f32],
     ) {
-        let n_max = self.n_ctx.iter().copied().max().unwrap_or(0);
-        for lane in 0..F16_STEP.min(n_max) {
-            for (r, &n) in self.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
-                let base = r * self.group + g0;
-                let prob = |g: usize, pos: usize| {
-                    _mm512_set1_ps(self.probs[(base + g) * self.stride + pos])
-                };
-                let v = load_row(v_cache, slot_of(lane));
-                let mut sums: [[__m512; 4]; G] = std::array::from_fn(|g| {
-                    std::array::from_fn(|k| _mm512_mul_ps(v[k], prob(g, lane)))
-                });
-                for pos in (lane + F16_STEP..n).step_by(F16_STEP) {
-                    let v = load_row(v_cache, slot_of(pos));
-                    for (g, sg) in sums.iter_mut().enumerate() {
-                        let p = prob(g, pos);
-                        for k in 0..4 {
-                            sg[k] = _mm512_fmadd_ps(v[k], p, sg[k]);
-                        }
+        for (r, &n) in self.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
+            let base = r * self.group + g0;
+            let prob =
+                |g: usize, pos: usize| _mm512_set1_ps(self.probs[(base + g) * self.stride + pos]);
+            let v = load_row(v_cache, slot_of(lane));
+            let mut sums: [[__m512; 4]; G] = std::array::from_fn(|g| {
+                std::array::from_fn(|k| _mm512_mul_ps(v[k], prob(g, lane)))
+            });
+            for pos in (lane + F16_STEP..n).step_by(F16_STEP) {
+                let v = load_row(v_cache, slot_of(pos));
+                for (g, sg) in sums.iter_mut().enumerate() {
+                    let p = prob(g, pos);
+                    for k in 0..4 {
+                        sg[k] = _mm512_fmadd_ps(v[k], p, sg[k]);
                     }
                 }
-                for (g, sg) in sums.iter().enumerate() {
-                    let dst = acc[((base + g) * F16_STEP + lane) * HEAD_DIM..].as_mut_ptr();
-                    for (k, &x) in sg.iter().enumerate() {
-                        _mm512_storeu_ps(dst.add(16 * k), x);
-                    }
+            }
+            for (g, sg) in sums.iter().enumerate() {
+                let dst = acc[((base + g) * F16_STEP + lane) * HEAD_DIM..].as_mut_ptr();
+                for (k, &x) in sg.iter().enumerate() {
+                    _mm512_storeu_ps(dst.add(16 * k), x);
                 }
             }
         }
