@@ -370,6 +370,30 @@ mod tests {
     }
 
     #[test]
+    fn row_runs_cover_every_row_once_with_its_index() {
+        // Sizes below, at and far above the split threshold; rows of 1 and of 1000.
+        for (rows, row_len) in [(0usize, 7usize), (1, 5), (3, 1000), (40, 1000), (999, 33)] {
+            let mut buf = vec![0u32; rows * row_len];
+            let runs = AtomicU64::new(0);
+            for_row_runs(&mut buf, row_len, |first, part| {
+                assert_eq!(part.len() % row_len, 0);
+                runs.fetch_add(1, Ordering::Relaxed);
+                for (i, x) in part.iter_mut().enumerate() {
+                    *x += (first * row_len + i) as u32 + 1;
+                }
+            });
+            let want: Vec<u32> = (1..=(rows * row_len) as u32).collect();
+            assert_eq!(buf, want, "{rows} rows of {row_len}");
+            let split = rows * row_len >= 2 * MIN_ELEMS_PER_TASK && rows > 1;
+            assert_eq!(
+                runs.load(Ordering::Relaxed) > 1,
+                split,
+                "{rows} × {row_len}"
+            );
+        }
+    }
+
+    #[test]
     fn workers_park_after_idle_and_wake_for_the_next_region() {
         let pool = ComputePool::new(2);
         std::thread::sleep(SPIN_LIMIT * 5);
