@@ -39,6 +39,8 @@ mod avx512;
 mod avx512_wide;
 mod q8_0;
 mod rotation;
+#[cfg(target_arch = "x86_64")]
+mod v_lanes;
 
 pub use q8_0::{paged_attention_q8_0, write_kv_q8_0};
 pub use rotation::{rotate, KvRotation};
@@ -191,40 +193,6 @@ impl<C> Clone for AttnInputs<'_, C> {
 }
 
 impl<C> Copy for AttnInputs<'_, C> {}
-
-/// Tiles of at least this many query rows read a lane's V rows from a copy
-/// (`gather_lane`); a single row (decode) reads each V row once anyway.
-const GATHER_MIN_ROWS: usize = 2;
-
-/// Copies the V rows of positions `lane, lane + 64, … < n` (`hd` values each) side by
-/// side into `rows` and returns them: `[count, hd]`, the `j`-th at `gathered_slot(lane +
-/// 64·j)`. In the cache they lie 64 token rows apart, a multiple of 4 KiB for the models
-/// served (64 × 384 B for SmolLM2, 64 × 256 B for Qwen2.5-0.5B), so all of a lane's rows
-/// fall into the same few L1 sets and evict each other before the tile's next query row
-/// reads them again. The copy is read from L1 by every row of the tile.
-#[cfg(target_arch = "x86_64")]
-fn gather_lane<'r>(
-    v_cache: &[f16],
-    slot_of: &impl Fn(usize) -> usize,
-    lane: usize,
-    n: usize,
-    hd: usize,
-    rows: &'r mut Vec<f16>,
-) -> &'r [f16] {
-    let count = n.saturating_sub(lane).div_ceil(F16_STEP);
-    rows.resize(count * hd, f16::ZERO);
-    for (j, dst) in rows.chunks_exact_mut(hd).enumerate() {
-        let at = slot_of(lane + j * F16_STEP);
-        dst.copy_from_slice(&v_cache[at..at + hd]);
-    }
-    rows
-}
-
-/// Where `gather_lane` put position `pos`'s row (of the tiled kernels' head dim).
-#[cfg(target_arch = "x86_64")]
-fn gathered_slot(pos: usize) -> usize {
-    pos / F16_STEP * avx2::HEAD_DIM
-}
 
 /// Runs `unit(seq, rows, kvh)` on the pool for every (sequence, tile of `tile` query
 /// rows, kv head) of the step. Units are numbered sequence by sequence, then kv head, then
@@ -414,32 +382,21 @@ fn attend<const SIMD: bool>(
             }
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    let tile = v_lanes::TileProbs {
+        n_ctx,
+        group,
+        probs: scores,
+        stride,
+    };
     match kernels {
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx512 => unsafe {
-            avx512::accumulate_v(
-                inp.v_cache,
-                &slot_of,
-                n_ctx,
-                group,
-                scores,
-                stride,
-                acc,
-                lane_rows,
-            )
+            avx512::accumulate_v(&tile, inp.v_cache, &slot_of, acc, lane_rows)
         },
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx2 => unsafe {
-            avx2::accumulate_v(
-                inp.v_cache,
-                &slot_of,
-                n_ctx,
-                group,
-                scores,
-                stride,
-                acc,
-                lane_rows,
-            )
+            avx2::accumulate_v(&tile, inp.v_cache, &slot_of, acc, lane_rows)
         },
         Kernels::Generic => {
             for (r, &n) in n_ctx.iter().enumerate() {

@@ -17,7 +17,7 @@
 use half::f16;
 use std::arch::x86_64::*;
 
-use super::{gather_lane, gathered_slot, GATHER_MIN_ROWS};
+use super::v_lanes::{accumulate_lanes, LanePass, TileProbs};
 use crate::ops::ggml_math::x86::{expf8, widen_f16};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -176,65 +176,38 @@ pub unsafe fn scores(
 /// V half-row (12 accumulators, 4 inputs: the 16 registers).
 ///
 /// # Safety
-/// AVX2, FMA and F16C; `probs` holds `n_ctx.len() * group * stride` values, `acc`
-/// `n_ctx.len() * group * 64 * 64`, and `slot_of(pos) + 64 <= v_cache.len()` for
-/// `pos < max(n_ctx)`.
+/// AVX2, FMA and F16C; sizes as `v_lanes::accumulate_lanes`.
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn accumulate_v(
+    tile: &TileProbs<'_>,
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
-    n_ctx: &[usize],
-    group: usize,
-    probs: &[f32],
-    stride: usize,
     acc: &mut [f32],
     lane_rows: &mut Vec<f16>,
 ) {
-    let n_max = n_ctx.iter().copied().max().unwrap_or(0);
-    let tile = Tile {
-        n_ctx,
-        group,
-        probs,
-        stride,
-    };
-    for lane in 0..F16_STEP.min(n_max) {
-        if n_ctx.len() >= GATHER_MIN_ROWS {
-            let rows = gather_lane(v_cache, slot_of, lane, n_max, HEAD_DIM, lane_rows);
-            tile.lane(rows, &gathered_slot, lane, acc);
-        } else {
-            tile.lane(v_cache, slot_of, lane, acc);
-        }
-    }
-    zero_unreached_lanes(n_ctx, group, acc);
+    accumulate_lanes::<Avx2Pass>(tile, v_cache, slot_of, acc, lane_rows)
 }
 
-/// The probabilities of a tile, as `accumulate_v` takes them.
-struct Tile<'a> {
-    n_ctx: &'a [usize],
-    group: usize,
-    probs: &'a [f32],
-    stride: usize,
-}
+/// `accumulate_v`'s work on one lane.
+struct Avx2Pass;
 
-impl Tile<'_> {
-    /// `accumulate_v`'s lane `lane` for every row and head.
+impl LanePass for Avx2Pass {
     #[inline(always)]
     unsafe fn lane<F: Fn(usize) -> usize>(
-        &self,
+        tile: &TileProbs<'_>,
         v_cache: &[f16],
         slot_of: &F,
         lane: usize,
         acc: &mut [f32],
     ) {
-        let group = self.group;
-        for (r, &n) in self.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
+        let group = tile.group;
+        for (r, &n) in tile.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
             for half in [0, HALF] {
                 let pass = VPass {
                     v_cache,
                     slot_of,
-                    probs: self.probs,
-                    stride: self.stride,
+                    probs: tile.probs,
+                    stride: tile.stride,
                     lane,
                     n,
                     half,

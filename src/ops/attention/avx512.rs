@@ -19,8 +19,8 @@
 use half::f16;
 use std::arch::x86_64::*;
 
-use super::avx2::{finish1, max_of, tiled_scores, zero_unreached_lanes, ScoreDot};
-use super::{gather_lane, gathered_slot, GATHER_MIN_ROWS};
+use super::avx2::{finish1, max_of, tiled_scores, ScoreDot};
+use super::v_lanes::{accumulate_lanes, LanePass, TileProbs};
 use crate::ops::ggml_math::x86::expf16;
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -87,88 +87,63 @@ pub unsafe fn scores(
 /// For each row `r` of the tile and head `g`: `acc[r, g, lane, :]` = Σ over
 /// `pos ≡ lane (mod 64)`, `pos < n_ctx[r]`, of `probs[(r * group + g) * stride + pos] ·
 /// v_pos` in position order (a mul, then FMAs); lanes no position reaches are zeroed.
-/// Lanes are the outer loop, so a lane's V rows are read from memory once per tile (into
-/// `lane_rows` when the tile has several rows: `gather_lane`).
+/// Lanes are the outer loop, so a lane's V rows are read from memory once per tile.
 ///
 /// # Safety
-/// `available()`; `probs` holds `n_ctx.len() * group * stride` values, `acc`
-/// `n_ctx.len() * group * 64 * 64`, and `slot_of(pos) + 64 <= v_cache.len()` for
-/// `pos < max(n_ctx)`.
+/// `available()`; sizes as `v_lanes::accumulate_lanes`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn accumulate_v(
+    tile: &TileProbs<'_>,
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
-    n_ctx: &[usize],
-    group: usize,
-    probs: &[f32],
-    stride: usize,
     acc: &mut [f32],
     lane_rows: &mut Vec<f16>,
 ) {
-    let heads = Heads {
-        n_ctx,
-        group,
-        probs,
-        stride,
-    };
-    let n_max = n_ctx.iter().copied().max().unwrap_or(0);
-    for lane in 0..F16_STEP.min(n_max) {
-        if n_ctx.len() >= GATHER_MIN_ROWS {
-            let rows = gather_lane(v_cache, slot_of, lane, n_max, HEAD_DIM, lane_rows);
-            heads.lane(rows, &gathered_slot, lane, acc);
-        } else {
-            heads.lane(v_cache, slot_of, lane, acc);
-        }
-    }
-    zero_unreached_lanes(n_ctx, group, acc);
+    accumulate_lanes::<Heads>(tile, v_cache, slot_of, acc, lane_rows)
 }
 
-/// The probabilities of a tile, as `accumulate_v` takes them.
-struct Heads<'a> {
-    n_ctx: &'a [usize],
-    group: usize,
-    probs: &'a [f32],
-    stride: usize,
-}
+/// `accumulate_v`'s work on one lane: up to 4 heads of a row at a time, their
+/// accumulators in registers.
+struct Heads;
 
-impl Heads<'_> {
-    /// `accumulate_v`'s lane `lane` for every head, up to 4 heads at a time.
+impl LanePass for Heads {
     #[inline(always)]
-    unsafe fn lane(
-        &self,
+    unsafe fn lane<F: Fn(usize) -> usize>(
+        tile: &TileProbs<'_>,
         v_cache: &[f16],
-        slot_of: &impl Fn(usize) -> usize,
+        slot_of: &F,
         lane: usize,
         acc: &mut [f32],
     ) {
         let mut g0 = 0;
-        while g0 < self.group {
-            let end = (g0 + 4).min(self.group);
+        while g0 < tile.group {
+            let end = (g0 + 4).min(tile.group);
             match end - g0 {
-                1 => self.accumulate::<1>(v_cache, slot_of, lane, g0, acc),
-                2 => self.accumulate::<2>(v_cache, slot_of, lane, g0, acc),
-                3 => self.accumulate::<3>(v_cache, slot_of, lane, g0, acc),
-                _ => self.accumulate::<4>(v_cache, slot_of, lane, g0, acc),
+                1 => Heads::accumulate::<1>(tile, v_cache, slot_of, lane, g0, acc),
+                2 => Heads::accumulate::<2>(tile, v_cache, slot_of, lane, g0, acc),
+                3 => Heads::accumulate::<3>(tile, v_cache, slot_of, lane, g0, acc),
+                _ => Heads::accumulate::<4>(tile, v_cache, slot_of, lane, g0, acc),
             }
             g0 = end;
         }
     }
+}
 
+impl Heads {
     /// Lane `lane` of heads `g0..g0 + G` of every row, their accumulators in registers.
     #[inline(always)]
     unsafe fn accumulate<const G: usize>(
-        &self,
+        tile: &TileProbs<'_>,
         v_cache: &[f16],
         slot_of: &impl Fn(usize) -> usize,
         lane: usize,
         g0: usize,
         acc: &mut [f32],
     ) {
-        for (r, &n) in self.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
-            let base = r * self.group + g0;
+        for (r, &n) in tile.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
+            let base = r * tile.group + g0;
             let prob =
-                |g: usize, pos: usize| _mm512_set1_ps(self.probs[(base + g) * self.stride + pos]);
+                |g: usize, pos: usize| _mm512_set1_ps(tile.probs[(base + g) * tile.stride + pos]);
             let v = load_row(v_cache, slot_of(lane));
             let mut sums: [[__m512; 4]; G] = std::array::from_fn(|g| {
                 std::array::from_fn(|k| _mm512_mul_ps(v[k], prob(g, lane)))

@@ -1,0 +1,90 @@
+//! The lane loop shared by the x86 V kernels (`avx512::accumulate_v`,
+//! `avx2::accumulate_v`): for each of the 64 lanes of ggml's V dot products (positions
+//! `lane, lane + 64, …`), the kernel's pass over the tile's rows and heads, reading the
+//! lane's V rows from a side-by-side copy when the tile has several rows.
+
+use half::f16;
+
+use super::avx2::{zero_unreached_lanes, HEAD_DIM};
+use crate::ops::ggml_math::F16_STEP;
+
+/// Tiles of at least this many query rows read a lane's V rows from a copy
+/// (`gather_lane`); a single row (decode) reads each V row once anyway.
+const GATHER_MIN_ROWS: usize = 2;
+
+/// The probabilities of a tile, as the V kernels take them: `probs[(r * group + g) *
+/// stride + pos]` for row `r` (context `n_ctx[r]`) and head `g`.
+pub(super) struct TileProbs<'a> {
+    pub n_ctx: &'a [usize],
+    pub group: usize,
+    pub probs: &'a [f32],
+    pub stride: usize,
+}
+
+/// One kernel's work on one lane: `acc[r, g, lane, :]` for every row and head of `tile`
+/// that reaches the lane, V row of `pos` at `slot_of(pos)` in `v_cache`.
+pub(super) trait LanePass {
+    /// # Safety
+    /// The kernel's CPU features; sizes as `accumulate_lanes`.
+    unsafe fn lane<F: Fn(usize) -> usize>(
+        tile: &TileProbs<'_>,
+        v_cache: &[f16],
+        slot_of: &F,
+        lane: usize,
+        acc: &mut [f32],
+    );
+}
+
+/// `P`'s pass over every lane a row reaches, then the unreached lanes zeroed: the body of
+/// the kernels' `accumulate_v`. `lane_rows` is scratch for `gather_lane`.
+///
+/// # Safety
+/// `P`'s CPU features; `tile.probs` holds `n_ctx.len() * group * stride` values, `acc`
+/// `n_ctx.len() * group * 64 * 64`, and `slot_of(pos) + 64 <= v_cache.len()` for
+/// `pos < max(n_ctx)`.
+#[inline(always)]
+pub(super) unsafe fn accumulate_lanes<P: LanePass>(
+    tile: &TileProbs<'_>,
+    v_cache: &[f16],
+    slot_of: &impl Fn(usize) -> usize,
+    acc: &mut [f32],
+    lane_rows: &mut Vec<f16>,
+) {
+    let n_max = tile.n_ctx.iter().copied().max().unwrap_or(0);
+    for lane in 0..F16_STEP.min(n_max) {
+        if tile.n_ctx.len() >= GATHER_MIN_ROWS {
+            let rows = gather_lane(v_cache, slot_of, lane, n_max, lane_rows);
+            P::lane(tile, rows, &gathered_slot, lane, acc);
+        } else {
+            P::lane(tile, v_cache, slot_of, lane, acc);
+        }
+    }
+    zero_unreached_lanes(tile.n_ctx, tile.group, acc);
+}
+
+/// Copies the V rows of positions `lane, lane + 64, … < n` side by side into `rows` and
+/// returns them: `[count, 64]`, the `j`-th at `gathered_slot(lane + 64·j)`. In the cache
+/// they lie 64 token rows apart, a multiple of 4 KiB for the models served (64 × 384 B
+/// for SmolLM2, 64 × 256 B for Qwen2.5-0.5B), so all of a lane's rows fall into the same
+/// few L1 sets and evict each other before the tile's next query row reads them again.
+/// The copy is read from L1 by every row of the tile.
+fn gather_lane<'r>(
+    v_cache: &[f16],
+    slot_of: &impl Fn(usize) -> usize,
+    lane: usize,
+    n: usize,
+    rows: &'r mut Vec<f16>,
+) -> &'r [f16] {
+    let count = n.saturating_sub(lane).div_ceil(F16_STEP);
+    rows.resize(count * HEAD_DIM, f16::ZERO);
+    for (j, dst) in rows.chunks_exact_mut(HEAD_DIM).enumerate() {
+        let at = slot_of(lane + j * F16_STEP);
+        dst.copy_from_slice(&v_cache[at..at + HEAD_DIM]);
+    }
+    rows
+}
+
+/// Where `gather_lane` put position `pos`'s row.
+fn gathered_slot(pos: usize) -> usize {
+    pos / F16_STEP * HEAD_DIM
+}
