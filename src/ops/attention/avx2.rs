@@ -185,7 +185,8 @@ pub unsafe fn accumulate_v(
     acc: &mut [f32],
     lane_rows: &mut Vec<f16>,
 ) {
-    accumulate_lanes::<Avx2Pass>(tile, v_cache, slot_of, acc, lane_rows)
+    accumulate_lanes::<Avx2Pass>(tile, v_cache, slot_of, HEAD_DIM, acc, lane_rows);
+    zero_unreached_lanes(tile.n_ctx, tile.group, acc);
 }
 
 /// `accumulate_v`'s work on one lane.

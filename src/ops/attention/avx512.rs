@@ -19,7 +19,7 @@
 use half::f16;
 use std::arch::x86_64::*;
 
-use super::avx2::{finish1, max_of, tiled_scores, ScoreDot};
+use super::avx2::{finish1, max_of, tiled_scores, zero_unreached_lanes, ScoreDot};
 use super::v_lanes::{accumulate_lanes, LanePass, TileProbs};
 use crate::ops::ggml_math::x86::expf16;
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
@@ -99,7 +99,8 @@ pub unsafe fn accumulate_v(
     acc: &mut [f32],
     lane_rows: &mut Vec<f16>,
 ) {
-    accumulate_lanes::<Heads>(tile, v_cache, slot_of, acc, lane_rows)
+    accumulate_lanes::<Heads>(tile, v_cache, slot_of, HEAD_DIM, acc, lane_rows);
+    zero_unreached_lanes(tile.n_ctx, tile.group, acc);
 }
 
 /// `accumulate_v`'s work on one lane: up to 4 heads of a row at a time, their

@@ -1,11 +1,11 @@
 //! The lane loop shared by the x86 V kernels (`avx512::accumulate_v`,
 //! `avx2::accumulate_v`): for each of the 64 lanes of ggml's V dot products (positions
 //! `lane, lane + 64, …`), the kernel's pass over the tile's rows and heads, reading the
-//! lane's V rows from a side-by-side copy when the tile has several rows.
+//! lane's V rows from a side-by-side copy when the tile has several rows. The kernels
+//! zero the lanes no position reaches themselves (`avx2::zero_unreached_lanes`).
 
 use half::f16;
 
-use super::avx2::{zero_unreached_lanes, HEAD_DIM};
 use crate::ops::ggml_math::F16_STEP;
 
 /// Tiles of at least this many query rows read a lane's V rows from a copy
@@ -35,8 +35,8 @@ pub(super) trait LanePass {
     );
 }
 
-/// `P`'s pass over every lane a row reaches, then the unreached lanes zeroed: the body of
-/// the kernels' `accumulate_v`. `lane_rows` is scratch for `gather_lane`.
+/// `P`'s pass over every lane a row reaches, V rows of `hd` values: the body of the
+/// kernels' `accumulate_v`. `lane_rows` is scratch for `gather_lane`.
 ///
 /// # Safety
 /// `P`'s CPU features; `tile.probs` holds `n_ctx.len() * group * stride` values, `acc`
@@ -47,23 +47,25 @@ pub(super) unsafe fn accumulate_lanes<P: LanePass>(
     tile: &TileProbs<'_>,
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
+    hd: usize,
     acc: &mut [f32],
     lane_rows: &mut Vec<f16>,
 ) {
     let n_max = tile.n_ctx.iter().copied().max().unwrap_or(0);
+    // Where `gather_lane` put position `pos`'s row.
+    let gathered_slot = |pos: usize| pos / F16_STEP * hd;
     for lane in 0..F16_STEP.min(n_max) {
         if tile.n_ctx.len() >= GATHER_MIN_ROWS {
-            let rows = gather_lane(v_cache, slot_of, lane, n_max, lane_rows);
+            let rows = gather_lane(v_cache, slot_of, lane, n_max, hd, lane_rows);
             P::lane(tile, rows, &gathered_slot, lane, acc);
         } else {
             P::lane(tile, v_cache, slot_of, lane, acc);
         }
     }
-    zero_unreached_lanes(tile.n_ctx, tile.group, acc);
 }
 
 /// Copies the V rows of positions `lane, lane + 64, … < n` side by side into `rows` and
-/// returns them: `[count, 64]`, the `j`-th at `gathered_slot(lane + 64·j)`. In the cache
+/// returns them: `[count, hd]`, the `j`-th at `(j · hd)`. In the cache
 /// they lie 64 token rows apart, a multiple of 4 KiB for the models served (64 × 384 B
 /// for SmolLM2, 64 × 256 B for Qwen2.5-0.5B), so all of a lane's rows fall into the same
 /// few L1 sets and evict each other before the tile's next query row reads them again.
@@ -73,18 +75,14 @@ fn gather_lane<'r>(
     slot_of: &impl Fn(usize) -> usize,
     lane: usize,
     n: usize,
+    hd: usize,
     rows: &'r mut Vec<f16>,
 ) -> &'r [f16] {
     let count = n.saturating_sub(lane).div_ceil(F16_STEP);
-    rows.resize(count * HEAD_DIM, f16::ZERO);
-    for (j, dst) in rows.chunks_exact_mut(HEAD_DIM).enumerate() {
+    rows.resize(count * hd, f16::ZERO);
+    for (j, dst) in rows.chunks_exact_mut(hd).enumerate() {
         let at = slot_of(lane + j * F16_STEP);
-        dst.copy_from_slice(&v_cache[at..at + HEAD_DIM]);
+        dst.copy_from_slice(&v_cache[at..at + hd]);
     }
     rows
-}
-
-/// Where `gather_lane` put position `pos`'s row.
-fn gathered_slot(pos: usize) -> usize {
-    pos / F16_STEP * HEAD_DIM
 }
