@@ -90,6 +90,23 @@ unsafe fn pair_scales_in_registers(wd: __m512, act_d: &[f32; GROUP]) -> [__m512;
     d
 }
 
+/// `acc + Σ` of each i32 lane's two i16 products `a · b` (`vpdpwssd`), as one instruction:
+/// LLVM's generic x86-64 tuning splits `_mm512_dpwssd_epi32` into `vpmaddwd` + `vpaddd`, a
+/// third more vector operations in the K-quant kernels' inner loops (NOTES §32).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpdpwssd {acc}, {a}, {b}",
+        acc = inout(zmm_reg) acc,
+        a = in(zmm_reg) a,
+        b = in(zmm_reg) b,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
 /// `acc[p] = d[p] · cvt(lanes[p]) + acc[p]` for the 4 row pairs of a group (`d` from
 /// `pair_scales`): ggml's per-row `_mm256_fmadd_ps(d, q, acc)`.
 #[inline(always)]
@@ -256,7 +273,7 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
                 for (p, l) in lanes.iter_mut().enumerate() {
                     let ys = _mm512_loadu_si512(y.qs[c][p].as_ptr() as *const _);
                     let t = _mm512_dpbusd_epi32(zero, wq[c], ys);
-                    *l = _mm512_dpwssd_epi32(*l, t, wsc[c]);
+                    *l = dpwssd(*l, t, wsc[c]);
                 }
             }
             fma_pairs(&mut acc[g], pair_scales_in_registers(wd, &y.d), lanes);
@@ -314,7 +331,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
                 for (p, l) in isum.iter_mut().enumerate() {
                     let ys = _mm512_loadu_si512(y.qs[c][p].as_ptr() as *const _);
                     let t = _mm512_dpbusd_epi32(zero, *wqc, ys);
-                    *l = _mm512_dpwssd_epi32(*l, t, sc);
+                    *l = dpwssd(*l, t, sc);
                 }
             }
             let act_d = _mm256_loadu_ps(y.d.as_ptr());
