@@ -91,8 +91,9 @@ unsafe fn pair_scales_in_registers(wd: __m512, act_d: &[f32; GROUP]) -> [__m512;
 }
 
 /// `acc + Σ` of each i32 lane's two i16 products `a · b` (`vpdpwssd`), as one instruction:
-/// LLVM's generic x86-64 tuning splits `_mm512_dpwssd_epi32` into `vpmaddwd` + `vpaddd`, a
-/// third more vector operations in the K-quant kernels' inner loops (NOTES §32).
+/// for `_mm512_dpwssd_epi32` LLVM emitted `vpmaddwd` + `vpaddd` in these kernels (this
+/// crate builds for generic x86-64), a third more vector operations in the K-quant inner
+/// loops (NOTES §32).
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
