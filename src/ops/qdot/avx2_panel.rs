@@ -40,6 +40,9 @@ const DOUBLE_LOW: [i32; 8] = [0, 0, 1, 1, 2, 2, 3, 3];
 /// The same for elements 16..32.
 const DOUBLE_HIGH: [i32; 8] = [4, 4, 5, 5, 6, 6, 7, 7];
 
+/// Weight blocks whose f32 scales `q4_1_rows` converts at a time (2 KiB on the stack).
+const SCALE_CHUNK: usize = 256;
+
 /// One group's accumulators: `acc[p][h]` holds rows `2p, 2p+1` lanes `4h..4h+4`,
 /// interleaved `[a, b, a, b, ..]`.
 type GroupAcc = [[__m256; 2]; PAIRS];
@@ -133,30 +136,42 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
     let double = load_index(&DOUBLE_LOW);
     let low4 = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    let mut out = [[0f32; GROUP]; G];
-    for (g, panels) in x.into_iter().enumerate() {
-        let mut acc: GroupAcc = [[_mm256_setzero_ps(); 2]; PAIRS];
-        let mut summs = _mm256_setzero_ps();
-        for (wb, y) in w.iter().zip(panels) {
-            let wd = _mm256_set1_ps(f16_to_f32(wb.d));
-            let wm = _mm256_set1_ps(f16_to_f32(wb.m));
-            let q = _mm256_castsi128_si256(_mm_loadu_si128(wb.qs.as_ptr() as *const __m128i));
-            // The 16 bytes' low nibbles are elements 0..16, their high nibbles 16..32.
-            let q = _mm256_permutevar8x32_epi32(q, double);
-            let wq = [
-                _mm256_and_si256(q, low4),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
-            ];
-            summs = _mm256_fmadd_ps(wm, _mm256_loadu_ps(y.s.as_ptr()), summs);
-            let d = pair_scales(wd, &y.d);
-            for p in 0..PAIRS {
-                for h in 0..2 {
-                    let lanes = lane_sums(ones, wq[h], pair_half(&y.qs, p, h));
-                    acc[p][h] = _mm256_fmadd_ps(d[p], lanes, acc[p][h]);
+    let mut acc: [GroupAcc; G] = [[[_mm256_setzero_ps(); 2]; PAIRS]; G];
+    let mut summs = [_mm256_setzero_ps(); G];
+    // The blocks' `[d, m]` as f32, converted once per call rather than once per group.
+    let mut scales = [[0f32; 2]; SCALE_CHUNK];
+    for first in (0..w.len()).step_by(SCALE_CHUNK) {
+        let blocks = &w[first..(first + SCALE_CHUNK).min(w.len())];
+        for (dm, wb) in scales.iter_mut().zip(blocks) {
+            *dm = [f16_to_f32(wb.d), f16_to_f32(wb.m)];
+        }
+        for (g, panels) in x.into_iter().enumerate() {
+            let (mut group_acc, mut group_summs) = (acc[g], summs[g]);
+            for ((wb, dm), y) in blocks.iter().zip(&scales).zip(&panels[first..]) {
+                let wd = _mm256_broadcast_ss(&dm[0]);
+                let wm = _mm256_broadcast_ss(&dm[1]);
+                let q = _mm256_castsi128_si256(_mm_loadu_si128(wb.qs.as_ptr() as *const __m128i));
+                // The 16 bytes' low nibbles are elements 0..16, their high nibbles 16..32.
+                let q = _mm256_permutevar8x32_epi32(q, double);
+                let wq = [
+                    _mm256_and_si256(q, low4),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
+                ];
+                group_summs = _mm256_fmadd_ps(wm, _mm256_loadu_ps(y.s.as_ptr()), group_summs);
+                let d = pair_scales(wd, &y.d);
+                for p in 0..PAIRS {
+                    for h in 0..2 {
+                        let lanes = lane_sums(ones, wq[h], pair_half(&y.qs, p, h));
+                        group_acc[p][h] = _mm256_fmadd_ps(d[p], lanes, group_acc[p][h]);
+                    }
                 }
             }
+            (acc[g], summs[g]) = (group_acc, group_summs);
         }
-        let rows = _mm256_add_ps(hsum_rows(&acc), summs);
+    }
+    let mut out = [[0f32; GROUP]; G];
+    for g in 0..G {
+        let rows = _mm256_add_ps(hsum_rows(&acc[g]), summs[g]);
         _mm256_storeu_ps(out[g].as_mut_ptr(), rows);
     }
     out

@@ -106,14 +106,17 @@ fn check_call<P: RowPanel, const G: usize>(
     }
 }
 
-fn check_type<C, P, K>(view: fn(&[C]) -> &[K::Weight], f16_at: &[usize])
+/// Weight-row lengths in blocks every panel type is checked at.
+const ROW_BLOCKS: [usize; 5] = [1, 2, 3, 18, 48];
+
+fn check_type<C, P, K>(view: fn(&[C]) -> &[K::Weight], f16_at: &[usize], row_blocks: &[usize])
 where
     C: GgmlType,
     P: RowPanel<Weight = K::Weight>,
     K: Kernel,
 {
     for &isa in host_isas::<P>().iter() {
-        for (case, n_blocks) in [1usize, 2, 3, 18, 48].into_iter().enumerate() {
+        for (case, &n_blocks) in row_blocks.iter().enumerate() {
             for random_bytes in [false, true] {
                 let seed = case as u64 * 10 + random_bytes as u64;
                 let w = weights::<C>(n_blocks, random_bytes, f16_at, seed);
@@ -139,27 +142,29 @@ pub(super) fn host_isas<P: RowPanel>() -> Vec<PanelIsa> {
 
 #[test]
 fn q4_1_panels_equal_dot_bit_for_bit() {
-    check_type::<BlockQ4_1, Q4_1Panel, Q4_1Dot>(blocks::view_q4_1, &[0, 2]);
+    // 300 blocks: more than the AVX2 kernel converts scales for at a time (`SCALE_CHUNK`).
+    let row_blocks = [ROW_BLOCKS.as_slice(), &[300]].concat();
+    check_type::<BlockQ4_1, Q4_1Panel, Q4_1Dot>(blocks::view_q4_1, &[0, 2], &row_blocks);
 }
 
 #[test]
 fn q8_0_panels_equal_dot_bit_for_bit() {
-    check_type::<BlockQ8_0, Q8_0Panel, Q8_0Dot>(blocks::view_q8_0, &[0]);
+    check_type::<BlockQ8_0, Q8_0Panel, Q8_0Dot>(blocks::view_q8_0, &[0], &ROW_BLOCKS);
 }
 
 #[test]
 fn q5_0_panels_equal_dot_bit_for_bit() {
-    check_type::<BlockQ5_0, Q5_0Panel, Q5_0Dot>(blocks::view_q5_0, &[0]);
+    check_type::<BlockQ5_0, Q5_0Panel, Q5_0Dot>(blocks::view_q5_0, &[0], &ROW_BLOCKS);
 }
 
 #[test]
 fn q6k_panels_equal_dot_bit_for_bit() {
-    check_type::<BlockQ6K, Q6KPanel, Q6KDot>(blocks::view_q6k, &[208]);
+    check_type::<BlockQ6K, Q6KPanel, Q6KDot>(blocks::view_q6k, &[208], &ROW_BLOCKS);
 }
 
 #[test]
 fn q4k_panels_equal_the_repacked_order_bit_for_bit() {
-    check_type::<BlockQ4K, Q4KPanel, Q4KInterleaved>(blocks::view_q4k, &[0, 2]);
+    check_type::<BlockQ4K, Q4KPanel, Q4KInterleaved>(blocks::view_q4k, &[0, 2], &ROW_BLOCKS);
 }
 
 /// The panel matmul runs the VNNI kernels at level avx512 on a VNNI host, the AVX2 ones
