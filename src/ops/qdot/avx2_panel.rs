@@ -86,15 +86,14 @@ unsafe fn broadcast_pair(at: *const f32) -> __m256 {
 /// stored, and each pair broadcast back by a load port, not a multiply per pair.
 #[inline(always)]
 unsafe fn pair_scales(wd: __m256, act_d: &[f32; GROUP]) -> [__m256; PAIRS] {
-    let mut scales = RowScales([0.0; GROUP]);
-    _mm256_store_ps(
-        scales.0.as_mut_ptr(),
-        _mm256_mul_ps(wd, _mm256_loadu_ps(act_d.as_ptr())),
-    );
+    // Uninitialized: the store writes it whole (no zeroing store before it).
+    let mut scales = std::mem::MaybeUninit::<RowScales>::uninit();
+    let at = scales.as_mut_ptr() as *mut f32;
+    _mm256_store_ps(at, _mm256_mul_ps(wd, _mm256_loadu_ps(act_d.as_ptr())));
     // A loop, not `array::from_fn`: a closure would not inherit the caller's features.
     let mut d = [_mm256_setzero_ps(); PAIRS];
     for (p, dp) in d.iter_mut().enumerate() {
-        *dp = broadcast_pair(scales.0.as_ptr().add(2 * p));
+        *dp = broadcast_pair(at.add(2 * p));
     }
     d
 }

@@ -67,12 +67,14 @@ unsafe fn broadcast_pair(at: *const f32) -> __m512 {
 /// operations per block; `pair_scales_in_registers` for the others).
 #[inline(always)]
 unsafe fn pair_scales(wd: __m512, act_d: &[f32; GROUP]) -> [__m512; 4] {
-    let mut scales = RowScales([0.0; GROUP]);
+    // Uninitialized: the store writes it whole (no zeroing store before it).
+    let mut scales = std::mem::MaybeUninit::<RowScales>::uninit();
+    let at = scales.as_mut_ptr() as *mut f32;
     let prod = _mm256_mul_ps(_mm512_castps512_ps256(wd), _mm256_loadu_ps(act_d.as_ptr()));
-    _mm256_store_ps(scales.0.as_mut_ptr(), prod);
+    _mm256_store_ps(at, prod);
     let mut d = [_mm512_setzero_ps(); 4];
     for (p, dp) in d.iter_mut().enumerate() {
-        *dp = broadcast_pair(scales.0.as_ptr().add(2 * p));
+        *dp = broadcast_pair(at.add(2 * p));
     }
     d
 }
