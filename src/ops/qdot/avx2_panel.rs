@@ -137,16 +137,19 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
     let ones = _mm256_set1_epi16(1);
     let mut acc: [GroupAcc; G] = [[[_mm256_setzero_ps(); 2]; PAIRS]; G];
     let mut summs = [_mm256_setzero_ps(); G];
-    // The blocks' `[d, m]` as f32, converted once per call rather than once per group.
-    let mut scales = [[0f32; 2]; SCALE_CHUNK];
+    // The blocks' `[d, m]` as f32, converted once per call rather than once per group;
+    // uninitialized, so that a call does not zero 2 KiB for the few entries it writes.
+    let mut scales = [std::mem::MaybeUninit::<[f32; 2]>::uninit(); SCALE_CHUNK];
     for first in (0..w.len()).step_by(SCALE_CHUNK) {
         let blocks = &w[first..(first + SCALE_CHUNK).min(w.len())];
         for (dm, wb) in scales.iter_mut().zip(blocks) {
-            *dm = [f16_to_f32(wb.d), f16_to_f32(wb.m)];
+            dm.write([f16_to_f32(wb.d), f16_to_f32(wb.m)]);
         }
+        // SAFETY: the loop above wrote the first `blocks.len()` entries.
+        let scales = std::slice::from_raw_parts(scales.as_ptr() as *const [f32; 2], blocks.len());
         for (g, panels) in x.into_iter().enumerate() {
             let (mut group_acc, mut group_summs) = (acc[g], summs[g]);
-            for ((wb, dm), y) in blocks.iter().zip(&scales).zip(&panels[first..]) {
+            for ((wb, dm), y) in blocks.iter().zip(scales).zip(&panels[first..]) {
                 let wd = _mm256_broadcast_ss(&dm[0]);
                 let wm = _mm256_broadcast_ss(&dm[1]);
                 let q = _mm256_castsi128_si256(_mm_loadu_si128(wb.qs.as_ptr() as *const __m128i));
