@@ -132,11 +132,16 @@ unsafe fn hsum_rows(acc: &GroupAcc) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f32; GROUP]; G] {
     check_blocks("q4_1_rows", w.len(), x);
+    let mut out = [[0f32; GROUP]; G];
+    if w.is_empty() {
+        return out;
+    }
     let double = load_index(&DOUBLE_LOW);
     let low4 = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    let mut acc: [GroupAcc; G] = [[[_mm256_setzero_ps(); 2]; PAIRS]; G];
-    let mut summs = [_mm256_setzero_ps(); G];
+    // Each group's accumulators between block chunks; a group starts from zeros in
+    // registers, so no call zeroes this 1 KiB in memory (a `memset` per call).
+    let mut acc = [std::mem::MaybeUninit::<(GroupAcc, __m256)>::uninit(); G];
     // The blocks' `[d, m]` as f32, converted once per call rather than once per group;
     // uninitialized, so that a call does not zero 2 KiB for the few entries it writes.
     let mut scales = [std::mem::MaybeUninit::<[f32; 2]>::uninit(); SCALE_CHUNK];
@@ -148,7 +153,12 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
         // SAFETY: the loop above wrote the first `blocks.len()` entries.
         let scales = std::slice::from_raw_parts(scales.as_ptr() as *const [f32; 2], blocks.len());
         for (g, panels) in x.into_iter().enumerate() {
-            let (mut group_acc, mut group_summs) = (acc[g], summs[g]);
+            let (mut group_acc, mut group_summs) = if first == 0 {
+                ([[_mm256_setzero_ps(); 2]; PAIRS], _mm256_setzero_ps())
+            } else {
+                // SAFETY: the chunk before this one wrote every group's entry.
+                acc[g].assume_init()
+            };
             for ((wb, dm), y) in blocks.iter().zip(scales).zip(&panels[first..]) {
                 let wd = _mm256_broadcast_ss(&dm[0]);
                 let wm = _mm256_broadcast_ss(&dm[1]);
@@ -168,13 +178,16 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
                     }
                 }
             }
-            (acc[g], summs[g]) = (group_acc, group_summs);
+            acc[g].write((group_acc, group_summs));
         }
     }
-    let mut out = [[0f32; GROUP]; G];
     for g in 0..G {
-        let rows = _mm256_add_ps(hsum_rows(&acc[g]), summs[g]);
-        _mm256_storeu_ps(out[g].as_mut_ptr(), rows);
+        // SAFETY: there is at least one block (above), so the first chunk wrote it.
+        let (group_acc, group_summs) = acc[g].assume_init();
+        _mm256_storeu_ps(
+            out[g].as_mut_ptr(),
+            _mm256_add_ps(hsum_rows(&group_acc), group_summs),
+        );
     }
     out
 }
