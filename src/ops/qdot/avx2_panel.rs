@@ -23,13 +23,14 @@
 //! one 8-lane FMA, result `hsum + summs` (`ggml_vec_dot_q4_1_q8_1`).
 //! Q8_0 and Q5_0 (`Signed32`): signed weights × activations stored biased (+128); the
 //! bias is undone on load (`q ^ 0x80`), then ggml's `mul_sum_i8_pairs`: `|w|` (once per
-//! block) times `sign(a, w)` (`ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q5_0_q8_0`).
+//! block) times `sign(a, w)` (`ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q5_0_q8_0`). A Q5_0
+//! row is first rewritten as Q8_0 blocks (`q5_0_rows`), so it is unpacked once per call.
 //! Q6_K: per 256-element super-block one FMA per lane, as the others per 32-element
 //! block; its integer lanes are ggml's (see `q6k_rows`).
 
 use std::arch::x86_64::*;
 
-use super::blocks::{Q4_1, Q6K};
+use super::blocks::{Q4_1, Q5_0, Q6K, Q8_0};
 use super::kquants::avx2::q6k_vectors;
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP, PAIRS};
@@ -232,6 +233,35 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
         _mm256_storeu_ps(out[g].as_mut_ptr(), hsum_rows(&acc));
     }
     out
+}
+
+/// Most blocks `q5_0_rows` rewrites at a time (8.5 KiB on the stack); longer rows run
+/// `signed32_rows` on the Q5_0 blocks themselves.
+pub const Q5_0_REWRITE_BLOCKS: usize = 256;
+
+/// Q5_0 weight row `w: [kb]` · `8·G` Q8_0 rows: the row's blocks rewritten as Q8_0 blocks
+/// (the same `d`, the values ggml unpacks, −16..15), then `signed32_rows` over those.
+/// ggml's Q5_0 and Q8_0 dot products take the same float steps over those values, so the
+/// results are the same bits; `signed32_rows` on Q5_0 would unpack every block once per
+/// group instead of once per call.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0_rows<const G: usize>(w: &[Q5_0], x: [&[PanelQ8_0]; G]) -> [[f32; GROUP]; G] {
+    if w.len() > Q5_0_REWRITE_BLOCKS {
+        return signed32_rows::<Q5_0, G>(w, x);
+    }
+    let mut rewritten = [std::mem::MaybeUninit::<Q8_0>::uninit(); Q5_0_REWRITE_BLOCKS];
+    for (out, block) in rewritten.iter_mut().zip(w) {
+        let q8 = out.as_mut_ptr();
+        std::ptr::addr_of_mut!((*q8).d).write(block.d);
+        let qs = std::ptr::addr_of_mut!((*q8).qs) as *mut __m256i;
+        _mm256_storeu_si256(qs, block.values_avx2());
+    }
+    // SAFETY: the loop above wrote the first `w.len()` blocks whole.
+    let rewritten = std::slice::from_raw_parts(rewritten.as_ptr() as *const Q8_0, w.len());
+    signed32_rows::<Q8_0, G>(rewritten, x)
 }
 
 /// Q6_K weight row `w: [kb]` · `8·G` Q8_K rows (`x[g]: [kb]` super-block panels):

@@ -223,7 +223,7 @@ impl RowPanel for Q5_0Panel {
     ) -> [[f32; GROUP]; G] {
         match isa {
             PanelIsa::Avx512Vnni => avx512::signed32_rows::<Q5_0, G>(w, groups),
-            PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q5_0, G>(w, groups),
+            PanelIsa::Avx2 => avx2_panel::q5_0_rows::<G>(w, groups),
         }
     }
 }
@@ -325,11 +325,14 @@ mod avx512 {
 #[cfg(not(target_arch = "x86_64"))]
 mod avx2_panel {
     //! No AVX2 on this architecture: `enabled()` is false, so these never run.
-    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4_1, Q6K};
+    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4_1, Q5_0, Q6K};
     pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX2 kernels called without AVX2")
     }
     pub unsafe fn signed32_rows<B, const G: usize>(_: &[B], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX2 kernels called without AVX2")
+    }
+    pub unsafe fn q5_0_rows<const G: usize>(_: &[Q5_0], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX2 kernels called without AVX2")
     }
     pub unsafe fn q6k_rows<const G: usize>(_: &[Q6K], _: [&[PanelQ8K]; G]) -> [[f32; 8]; G] {
