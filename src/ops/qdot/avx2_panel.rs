@@ -21,8 +21,8 @@
 //!
 //! Q4_1: unsigned nibbles × signed Q8_1 quants, `summs = fma(m_w, s_a, summs)` per row in
 //! one 8-lane FMA, result `hsum + summs` (`ggml_vec_dot_q4_1_q8_1`).
-//! Q8_0 and Q5_0 (`Signed32`): signed weights × activations stored biased (+128); the
-//! bias is undone on load (`q ^ 0x80`), then ggml's `mul_sum_i8_pairs`: `|w|` (once per
+//! Q8_0 and Q5_0 (`Signed32`): signed weights × signed activations (this level's panels
+//! store them unbiased, `panel::q8_0_bias`), ggml's `mul_sum_i8_pairs`: `|w|` (once per
 //! block) times `sign(a, w)` (`ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q5_0_q8_0`). A Q5_0
 //! row is first rewritten as Q8_0 blocks (`q5_0_rows`), so it is unpacked once per call.
 //! Q6_K: per 256-element super-block one FMA per lane, as the others per 32-element
@@ -194,7 +194,7 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
 }
 
 /// Signed 32-element weight row `w: [kb]` (Q8_0, Q5_0) · `8·G` Q8_0 rows (`x[g]: [kb]`
-/// biased panels): `out[g][r]`.
+/// unbiased panels): `out[g][r]`.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available.
@@ -205,7 +205,6 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
 ) -> [[f32; GROUP]; G] {
     check_blocks("signed32_rows", w.len(), x);
     let (double_lo, double_hi) = (load_index(&DOUBLE_LOW), load_index(&DOUBLE_HIGH));
-    let bias = _mm256_set1_epi8(0x80u8 as i8);
     let ones = _mm256_set1_epi16(1);
     let mut out = [[0f32; GROUP]; G];
     for (g, panels) in x.into_iter().enumerate() {
@@ -224,7 +223,7 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
             let d = pair_scales(wd, &y.d);
             for p in 0..PAIRS {
                 for h in 0..2 {
-                    let a = _mm256_xor_si256(pair_half(&y.qs, p, h), bias);
+                    let a = pair_half(&y.qs, p, h);
                     let lanes = lane_sums(ones, abs[h], _mm256_sign_epi8(a, wq[h]));
                     acc[p][h] = _mm256_fmadd_ps(d[p], lanes, acc[p][h]);
                 }

@@ -143,11 +143,11 @@ fn replay_panels<C: GgmlType, P: panel::RowPanel>(
     for case in cases {
         let (rows, x) = inputs::<C>(case.n_blocks, case.seed, f16_at);
         let eight: Vec<f32> = (0..panel::GROUP).flat_map(|_| x.iter().copied()).collect();
-        let mut group = vec![P::ZERO; case.n_blocks];
-        P::quantize_group(&eight, x.len(), &mut group);
         for (i, row) in rows.iter().enumerate() {
             let want = case.bits[i];
             for &isa in &isas {
+                let mut group = vec![P::ZERO; case.n_blocks];
+                P::quantize_group(&eight, x.len(), isa, &mut group);
                 let what = format!("{name}, {} blocks, row {i}, {isa:?}", case.n_blocks);
                 // SAFETY: `host_isas` gave only sets this CPU runs.
                 let (r8, r16, r32) = unsafe {

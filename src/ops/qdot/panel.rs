@@ -35,8 +35,9 @@ pub trait RowPanel {
     const ELEMS: usize;
 
     /// Quantizes `rows.len() / k` (≤ 8) activation rows `rows: [r, k]` into one group's
-    /// panel `out: [k / ELEMS]`; lanes past `r` become zero.
-    fn quantize_group(rows: &[f32], k: usize, out: &mut [Self::Block]);
+    /// panel `out: [k / ELEMS]` for `isa`'s kernels (whose layouts can differ: `PanelQ8_0`);
+    /// lanes past `r` become zero.
+    fn quantize_group(rows: &[f32], k: usize, isa: PanelIsa, out: &mut [Self::Block]);
 
     /// The kernel sets this type has, best first.
     const ISAS: &'static [PanelIsa];
@@ -109,6 +110,15 @@ pub struct Q6KPanel;
 /// (`ggml_gemv_q4_K_8x8_q8_K`, `Q4KInterleaved`): only for matrices llama.cpp repacks.
 pub struct Q4KPanel;
 
+/// What `PanelQ8_0` quants are stored XOR-ed with for `isa`'s kernels: the VNNI ones take
+/// them as `vpdpbusd`'s unsigned operand (+128, `0x80`); the AVX2 ones as they are.
+pub fn q8_0_bias(isa: PanelIsa) -> u8 {
+    match isa {
+        PanelIsa::Avx512Vnni => 0x80,
+        PanelIsa::Avx2 => 0,
+    }
+}
+
 /// Checks the group's shape (`blocks` blocks of `elems` per row) and returns its row count.
 fn group_rows(rows: &[f32], k: usize, blocks: usize, elems: usize) -> usize {
     assert!(
@@ -131,7 +141,7 @@ impl RowPanel for Q4_1Panel {
     };
     const ELEMS: usize = QK;
 
-    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_1]) {
+    fn quantize_group(rows: &[f32], k: usize, _: PanelIsa, out: &mut [PanelQ8_1]) {
         let n = group_rows(rows, k, out.len(), QK);
         let mut tmp = [Q8_1::default()];
         for (b, panel) in out.iter_mut().enumerate() {
@@ -164,23 +174,28 @@ impl RowPanel for Q4_1Panel {
 impl RowPanel for Q8_0Panel {
     type Weight = Q8_0;
     type Block = PanelQ8_0;
+    /// The VNNI layout's zero (`quantize_group` writes each level's own).
     const ZERO: PanelQ8_0 = PanelQ8_0 {
         qs: [[0x80; 2 * QK]; PAIRS],
         d: [0.0; GROUP],
     };
     const ELEMS: usize = QK;
 
-    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_0]) {
+    fn quantize_group(rows: &[f32], k: usize, isa: PanelIsa, out: &mut [PanelQ8_0]) {
         let n = group_rows(rows, k, out.len(), QK);
+        let bias = q8_0_bias(isa);
         let mut tmp = [Q8_0 {
             d: f16::ZERO,
             qs: [0; QK],
         }];
         for (b, panel) in out.iter_mut().enumerate() {
-            *panel = Self::ZERO;
+            *panel = PanelQ8_0 {
+                qs: [[bias; 2 * QK]; PAIRS],
+                d: [0.0; GROUP],
+            };
             for r in 0..n {
                 act_quant::quantize_q8_0(&rows[r * k + b * QK..r * k + (b + 1) * QK], &mut tmp);
-                put_row(&mut panel.qs, r, tmp[0].qs.map(|q| q as u8 ^ 0x80));
+                put_row(&mut panel.qs, r, tmp[0].qs.map(|q| q as u8 ^ bias));
                 panel.d[r] = tmp[0].d.to_f32();
             }
         }
@@ -208,8 +223,8 @@ impl RowPanel for Q5_0Panel {
     const ZERO: PanelQ8_0 = Q8_0Panel::ZERO;
     const ELEMS: usize = QK;
 
-    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8_0]) {
-        Q8_0Panel::quantize_group(rows, k, out)
+    fn quantize_group(rows: &[f32], k: usize, isa: PanelIsa, out: &mut [PanelQ8_0]) {
+        Q8_0Panel::quantize_group(rows, k, isa, out)
     }
 
     const ISAS: &'static [PanelIsa] = BOTH;
@@ -238,7 +253,7 @@ impl RowPanel for Q6KPanel {
     };
     const ELEMS: usize = QK_K;
 
-    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8K]) {
+    fn quantize_group(rows: &[f32], k: usize, _: PanelIsa, out: &mut [PanelQ8K]) {
         let n = group_rows(rows, k, out.len(), QK_K);
         let mut tmp = [Q8K {
             d: 0.0,
@@ -280,8 +295,8 @@ impl RowPanel for Q4KPanel {
     const ZERO: PanelQ8K = Q6KPanel::ZERO;
     const ELEMS: usize = QK_K;
 
-    fn quantize_group(rows: &[f32], k: usize, out: &mut [PanelQ8K]) {
-        Q6KPanel::quantize_group(rows, k, out)
+    fn quantize_group(rows: &[f32], k: usize, isa: PanelIsa, out: &mut [PanelQ8K]) {
+        Q6KPanel::quantize_group(rows, k, isa, out)
     }
 
     /// No AVX2 set yet: below avx512 VNNI the `Q4KInterleaved` rows run.

@@ -14,8 +14,9 @@
 //! Layout (`[groups][blocks]` of `Panel*`, 64-byte aligned):
 //! - `PanelQ8_1 { qs: [[i8; 64]; 4], d: [f32; 8], s: [f32; 8] }` (for Q4_1 weights; 320 bytes).
 //! - `PanelQ8_0 { qs: [[u8; 64]; 4], d: [f32; 8] }` (for Q8_0 and Q5_0 weights; 320 bytes):
-//!   quants stored biased by +128 (`q ^ 0x80`) so `vpdpbusd` can take them as its
-//!   unsigned operand (the AVX2 kernels undo the bias on load).
+//!   for the VNNI kernels quants stored biased by +128 (`q ^ 0x80`) so `vpdpbusd` can
+//!   take them as its unsigned operand; for the AVX2 kernels as they are
+//!   (`panel::q8_0_bias`: the quantizer is told which kernels will read the panel).
 //! - `PanelQ8K { qs: [[[i8; 64]; 4]; 8], bsums: [[i16; 32]; 4], d: [f32; 8] }` (for Q6_K
 //!   weights; one 256-element super-block, 2,368 bytes): the 8 chunks of 32 quants as
 //!   above, and each pair's 16-element sums interleaved two by two (`[a₀ a₁ b₀ b₁ a₂ a₃ b₂
@@ -45,11 +46,12 @@ pub struct PanelQ8_1 {
     pub s: [f32; GROUP],
 }
 
-/// 8 rows of one Q8_0 block (for Q8_0 weights), quants biased by +128.
+/// 8 rows of one Q8_0 block (for Q8_0 and Q5_0 weights), quants XOR-ed with the
+/// kernels' bias (`panel::q8_0_bias`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, align(64))]
 pub struct PanelQ8_0 {
-    /// Row pairs' quants + 128, interleaved by 4-byte groups.
+    /// Row pairs' quants (XOR the bias), interleaved by 4-byte groups.
     pub qs: [[u8; 2 * QK]; PAIRS],
     pub d: [f32; GROUP],
 }

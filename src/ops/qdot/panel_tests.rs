@@ -36,13 +36,13 @@ fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-/// Panels of all `m` rows: `[groups][kb]`.
-fn panels<P: RowPanel>(x: &[f32], m: usize, k: usize) -> Vec<Vec<P::Block>> {
+/// Panels of all `m` rows for `isa`'s kernels: `[groups][kb]`.
+fn panels<P: RowPanel>(isa: PanelIsa, x: &[f32], m: usize, k: usize) -> Vec<Vec<P::Block>> {
     (0..m.div_ceil(GROUP))
         .map(|g| {
             let mut out = vec![P::ZERO; k / P::ELEMS];
             let rows = g * GROUP..((g + 1) * GROUP).min(m);
-            P::quantize_group(&x[rows.start * k..rows.end * k], k, &mut out);
+            P::quantize_group(&x[rows.start * k..rows.end * k], k, isa, &mut out);
             out
         })
         .collect()
@@ -56,7 +56,7 @@ where
     P: RowPanel<Weight = K::Weight>,
     K: Kernel,
 {
-    let groups = panels::<P>(x, m, k);
+    let groups = panels::<P>(isa, x, m, k);
     let kb = k / P::ELEMS;
     // SAFETY: activation blocks are plain data; all-zero is valid; fully overwritten.
     let mut row_q: Vec<K::Act> = (0..kb).map(|_| unsafe { std::mem::zeroed() }).collect();
@@ -191,8 +191,20 @@ fn dispatch_follows_the_process_level() {
 fn panel_quantizers_match_the_row_quantizers_and_zero_the_padding() {
     let (m, k) = (5, 96);
     let x = activations(m, k, 7);
-    let q81 = panels::<Q4_1Panel>(&x, m, k);
-    let q80 = panels::<Q8_0Panel>(&x, m, k);
+    for isa in [PanelIsa::Avx512Vnni, PanelIsa::Avx2] {
+        check_quantizers(&x, m, k, isa);
+    }
+}
+
+/// `panel_quantizers_match_the_row_quantizers_and_zero_the_padding` for `isa`'s layout:
+/// Q8_0 quants XOR-ed with its bias (+128 for VNNI, none for AVX2).
+fn check_quantizers(x: &[f32], m: usize, k: usize, isa: PanelIsa) {
+    let q81 = panels::<Q4_1Panel>(isa, x, m, k);
+    let q80 = panels::<Q8_0Panel>(isa, x, m, k);
+    let bias = match isa {
+        PanelIsa::Avx512Vnni => 0x80,
+        PanelIsa::Avx2 => 0,
+    };
     for r in 0..GROUP {
         let mut row81 = [Q8_1::default(); 3];
         let mut row80: Vec<Q8_0> = (0..3)
@@ -214,8 +226,8 @@ fn panel_quantizers_match_the_row_quantizers_and_zero_the_padding() {
             let p: &PanelQ8_0 = &q80[0][b];
             assert_eq!(
                 get_row(&p.qs, r),
-                row80[b].qs.map(|q| q as u8 ^ 0x80),
-                "row {r} block {b}"
+                row80[b].qs.map(|q| q as u8 ^ bias),
+                "{isa:?} row {r} block {b}"
             );
             assert_eq!(p.d[r], row80[b].d.to_f32());
         }
@@ -227,7 +239,7 @@ fn panel_quantizers_match_the_row_quantizers_and_zero_the_padding() {
 fn a_group_holds_at_most_eight_rows() {
     let x = vec![0f32; 9 * 32];
     let mut out = vec![Q4_1Panel::ZERO; 1];
-    Q4_1Panel::quantize_group(&x, 32, &mut out);
+    Q4_1Panel::quantize_group(&x, 32, PanelIsa::Avx2, &mut out);
 }
 
 /// Kernel-only timing (weights and panels in L1): ns per weight block of one `dot::<4>`
@@ -284,7 +296,7 @@ fn bench_kernel_in_l1() {
 fn ns_per_call_block<P: RowPanel>(isa: PanelIsa, w: &[P::Weight], k: usize) -> f64 {
     let (kb, rows, calls) = (k / P::ELEMS, 16, 60_000);
     let x = activations(4 * GROUP, k, 5);
-    let groups = panels::<P>(&x, 4 * GROUP, k);
+    let groups = panels::<P>(isa, &x, 4 * GROUP, k);
     let mut best = f64::MAX;
     for _ in 0..7 {
         let start = std::time::Instant::now();

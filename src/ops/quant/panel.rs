@@ -70,7 +70,7 @@ pub(super) fn matmul_panel<P: RowPanel>(
             // SAFETY: task g alone takes group g's blocks.
             let out = unsafe { panels_out.part(g * kb, kb) };
             let rows = g * GROUP..((g + 1) * GROUP).min(m);
-            P::quantize_group(&x[rows.start * k..rows.end * k], k, out);
+            P::quantize_group(&x[rows.start * k..rows.end * k], k, isa, out);
         });
         panel_tiles::<P>(isa, w, n, kb, panels, m, y);
     })
