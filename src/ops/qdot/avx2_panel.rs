@@ -27,11 +27,13 @@
 //! row is first rewritten as Q8_0 blocks (`q5_0_rows`), so it is unpacked once per call.
 //! Q6_K: per 256-element super-block one FMA per lane, as the others per 32-element
 //! block; its integer lanes are ggml's (see `q6k_rows`).
+//! Q4_K in the order of ggml's repacked gemv (`Q4KInterleaved`): per super-block and row
+//! two exact integers and two FMAs, 8 rows per instruction (see `q4k_rows`).
 
 use std::arch::x86_64::*;
 
-use super::blocks::{Q4_1, Q5_0, Q6K, Q8_0};
-use super::kquants::avx2::q6k_vectors;
+use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q5_0, Q6K, Q8_0};
+use super::kquants::avx2::{q4k_vectors, q6k_vectors};
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP, PAIRS};
 use super::x86::f16_to_f32;
@@ -314,6 +316,93 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
             }
         }
         _mm256_storeu_ps(out[g].as_mut_ptr(), hsum_rows(&acc));
+    }
+    out
+}
+
+/// Each row's total of a group's 4 pair registers (`[a, b, a, b, ..]` i32 lanes, rows
+/// `a = 2p`, `b = 2p+1`): `[i32; 8]` in row order (exact; any order of the adds).
+#[inline(always)]
+unsafe fn row_totals(pairs: &[__m256i; PAIRS]) -> __m256i {
+    // Per 128-bit half: [a b c d] partials of pairs (0, 1), then of pairs (2, 3).
+    let fold = |x: __m256i, y: __m256i| {
+        _mm256_add_epi32(_mm256_unpacklo_epi64(x, y), _mm256_unpackhi_epi64(x, y))
+    };
+    let (abcd, efgh) = (fold(pairs[0], pairs[1]), fold(pairs[2], pairs[3]));
+    let lo = _mm256_permute2x128_si256::<0x20>(abcd, efgh);
+    let hi = _mm256_permute2x128_si256::<0x31>(abcd, efgh);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Q4_K weight row `w: [kb]` · `8·G` Q8_K rows (`x[g]: [kb]` super-block panels):
+/// `out[g][r]`, in the order of ggml's repacked gemv (`Q4KInterleaved::dot`, as
+/// `avx512::q4k_rows`): per super-block and row the exact integers `isum = Σ scale·q·a`
+/// (per 32-element chunk and row pair `maddubs` of the doubled nibbles and the quants,
+/// |pair sum| ≤ 2·15·127, then `madd` by the chunk's scale) and `imin = Σ min·bsum` (one
+/// `madd` of the interleaved 16-element sums against the mins per half), each row's lanes
+/// summed, then `acc = fma(isum, d_w·d_a, acc)` and `acc_min = fma(imin, dmin_w·d_a,
+/// acc_min)` for 8 rows at once; result `acc − acc_min`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32; GROUP]; G] {
+    check_blocks("q4k_rows", w.len(), x);
+    let double = [load_index(&DOUBLE_LOW), load_index(&DOUBLE_HIGH)];
+    let zero = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_ps(); G];
+    let mut acc_min = [_mm256_setzero_ps(); G];
+    for (b, wb) in w.iter().enumerate() {
+        let q = q4k_vectors(wb);
+        let (scales, mins) = k4_scales_mins(&wb.scales);
+        // Each chunk's nibbles doubled for both halves (16 registers' worth: on the stack).
+        let mut wq = [[zero; 2]; 8];
+        for (wqc, qc) in wq.iter_mut().zip(q) {
+            for (h, wqh) in wqc.iter_mut().enumerate() {
+                *wqh = _mm256_permutevar8x32_epi32(qc, double[h]);
+            }
+        }
+        // Lane l of a half: the i16 pair [min, min] of the chunk its two 16-element sums cover.
+        let mut min_pairs = [0i32; 8];
+        for (two, &m) in min_pairs.iter_mut().zip(&mins) {
+            *two = m as i32 * 0x0001_0001;
+        }
+        let min_pairs = _mm256_loadu_si256(min_pairs.as_ptr() as *const __m256i);
+        let min_halves = [
+            _mm256_permutevar8x32_epi32(min_pairs, double[0]),
+            _mm256_permutevar8x32_epi32(min_pairs, double[1]),
+        ];
+        let wd = _mm256_set1_ps(f16_to_f32(wb.d));
+        let wdmin = _mm256_set1_ps(f16_to_f32(wb.dmin));
+        for g in 0..G {
+            let y = x[g].get_unchecked(b);
+            let mut isum = [zero; PAIRS];
+            let mut imin = [zero; PAIRS];
+            for p in 0..PAIRS {
+                for (h, min_h) in min_halves.iter().enumerate() {
+                    let m = _mm256_madd_epi16(pair_half(&y.bsums, p, h), *min_h);
+                    imin[p] = _mm256_add_epi32(imin[p], m);
+                }
+            }
+            for (c, wqc) in wq.iter().enumerate() {
+                let scale = _mm256_set1_epi16(scales[c] as i16);
+                for (h, wqh) in wqc.iter().enumerate() {
+                    for (p, l) in isum.iter_mut().enumerate() {
+                        let t = _mm256_maddubs_epi16(*wqh, pair_half(&y.qs[c], p, h));
+                        *l = _mm256_add_epi32(*l, _mm256_madd_epi16(t, scale));
+                    }
+                }
+            }
+            let act_d = _mm256_loadu_ps(y.d.as_ptr());
+            let isum = _mm256_cvtepi32_ps(row_totals(&isum));
+            let imin = _mm256_cvtepi32_ps(row_totals(&imin));
+            acc[g] = _mm256_fmadd_ps(isum, _mm256_mul_ps(wd, act_d), acc[g]);
+            acc_min[g] = _mm256_fmadd_ps(imin, _mm256_mul_ps(wdmin, act_d), acc_min[g]);
+        }
+    }
+    let mut out = [[0f32; GROUP]; G];
+    for g in 0..G {
+        _mm256_storeu_ps(out[g].as_mut_ptr(), _mm256_sub_ps(acc[g], acc_min[g]));
     }
     out
 }

@@ -299,8 +299,7 @@ impl RowPanel for Q4KPanel {
         Q6KPanel::quantize_group(rows, k, isa, out)
     }
 
-    /// No AVX2 set yet: below avx512 VNNI the `Q4KInterleaved` rows run.
-    const ISAS: &'static [PanelIsa] = &[PanelIsa::Avx512Vnni];
+    const ISAS: &'static [PanelIsa] = BOTH;
 
     const MAX_GROUPS: usize = 2;
 
@@ -311,7 +310,7 @@ impl RowPanel for Q4KPanel {
     ) -> [[f32; GROUP]; G] {
         match isa {
             PanelIsa::Avx512Vnni => avx512::q4k_rows::<G>(w, groups),
-            PanelIsa::Avx2 => unreachable!("Q4KPanel has no AVX2 kernels (not in ISAS)"),
+            PanelIsa::Avx2 => avx2_panel::q4k_rows::<G>(w, groups),
         }
     }
 }
@@ -340,7 +339,10 @@ mod avx512 {
 #[cfg(not(target_arch = "x86_64"))]
 mod avx2_panel {
     //! No AVX2 on this architecture: `enabled()` is false, so these never run.
-    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4_1, Q5_0, Q6K};
+    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4K, Q4_1, Q5_0, Q6K};
+    pub unsafe fn q4k_rows<const G: usize>(_: &[Q4K], _: [&[PanelQ8K]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX2 kernels called without AVX2")
+    }
     pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX2 kernels called without AVX2")
     }
