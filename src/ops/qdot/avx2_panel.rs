@@ -378,10 +378,10 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
             let y = x[g].get_unchecked(b);
             let mut isum = [zero; PAIRS];
             let mut imin = [zero; PAIRS];
-            for p in 0..PAIRS {
+            for (p, l) in imin.iter_mut().enumerate() {
                 for (h, min_h) in min_halves.iter().enumerate() {
                     let m = _mm256_madd_epi16(pair_half(&y.bsums, p, h), *min_h);
-                    imin[p] = _mm256_add_epi32(imin[p], m);
+                    *l = _mm256_add_epi32(*l, m);
                 }
             }
             for (c, wqc) in wq.iter().enumerate() {
