@@ -33,7 +33,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q5_0, Q6K, Q8_0};
-use super::kquants::avx2::{q4k_vectors, q6k_vectors};
+use super::kquants::avx2::{q4k_vectors, q6k_vectors, Q4KRowSums};
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP, PAIRS};
 use super::x86::f16_to_f32;
@@ -350,8 +350,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
     check_blocks("q4k_rows", w.len(), x);
     let double = [load_index(&DOUBLE_LOW), load_index(&DOUBLE_HIGH)];
     let zero = _mm256_setzero_si256();
-    let mut acc = [_mm256_setzero_ps(); G];
-    let mut acc_min = [_mm256_setzero_ps(); G];
+    let mut sums = [Q4KRowSums::new(); G];
     for (b, wb) in w.iter().enumerate() {
         let q = q4k_vectors(wb);
         let (scales, mins) = k4_scales_mins(&wb.scales);
@@ -372,9 +371,11 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
             _mm256_permutevar8x32_epi32(min_pairs, double[0]),
             _mm256_permutevar8x32_epi32(min_pairs, double[1]),
         ];
-        let wd = _mm256_set1_ps(f16_to_f32(wb.d));
-        let wdmin = _mm256_set1_ps(f16_to_f32(wb.dmin));
-        for g in 0..G {
+        let wd = [
+            _mm256_set1_ps(f16_to_f32(wb.d)),
+            _mm256_set1_ps(f16_to_f32(wb.dmin)),
+        ];
+        for (g, rows) in sums.iter_mut().enumerate() {
             let y = x[g].get_unchecked(b);
             let mut isum = [zero; PAIRS];
             let mut imin = [zero; PAIRS];
@@ -393,16 +394,12 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
                     }
                 }
             }
-            let act_d = _mm256_loadu_ps(y.d.as_ptr());
-            let isum = _mm256_cvtepi32_ps(row_totals(&isum));
-            let imin = _mm256_cvtepi32_ps(row_totals(&imin));
-            acc[g] = _mm256_fmadd_ps(isum, _mm256_mul_ps(wd, act_d), acc[g]);
-            acc_min[g] = _mm256_fmadd_ps(imin, _mm256_mul_ps(wdmin, act_d), acc_min[g]);
+            rows.add([row_totals(&isum), row_totals(&imin)], wd, &y.d);
         }
     }
     let mut out = [[0f32; GROUP]; G];
-    for g in 0..G {
-        _mm256_storeu_ps(out[g].as_mut_ptr(), _mm256_sub_ps(acc[g], acc_min[g]));
+    for (o, rows) in out.iter_mut().zip(sums) {
+        *o = rows.rows();
     }
     out
 }

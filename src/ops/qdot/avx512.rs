@@ -32,7 +32,7 @@ use super::avx512_lanes::{
     ROW_RESULT_INDEX,
 };
 use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q5_0, Q6K, Q8_0};
-use super::kquants::avx2::{q4k_vectors, q6k_vectors};
+use super::kquants::avx2::{q4k_vectors, q6k_vectors, Q4KRowSums};
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP};
 use super::x86::f16_to_f32;
@@ -306,8 +306,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
     let double = load_index(&DOUBLE_DWORDS);
     let result_idx = load_index(&ROW_RESULT_INDEX);
     let zero = _mm512_setzero_si512();
-    let mut acc = [_mm256_setzero_ps(); G];
-    let mut acc_min = [_mm256_setzero_ps(); G];
+    let mut sums = [Q4KRowSums::new(); G];
     for (b, wb) in w.iter().enumerate() {
         let q = q4k_vectors(wb);
         let (scales, mins) = k4_scales_mins(&wb.scales);
@@ -319,9 +318,11 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
         let min_pairs: [i32; 8] = std::array::from_fn(|l| mins[l] as i32 * 0x0001_0001);
         let min_pairs = _mm256_loadu_si256(min_pairs.as_ptr() as *const __m256i);
         let min_pairs = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(min_pairs));
-        let wd = _mm256_set1_ps(f16_to_f32(wb.d));
-        let wdmin = _mm256_set1_ps(f16_to_f32(wb.dmin));
-        for g in 0..G {
+        let wd = [
+            _mm256_set1_ps(f16_to_f32(wb.d)),
+            _mm256_set1_ps(f16_to_f32(wb.dmin)),
+        ];
+        for (g, rows) in sums.iter_mut().enumerate() {
             let y = x[g].get_unchecked(b);
             let mut isum = [zero; 4];
             let mut imin = [zero; 4];
@@ -337,16 +338,16 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
                     *l = dpwssd(*l, t, sc);
                 }
             }
-            let act_d = _mm256_loadu_ps(y.d.as_ptr());
-            let isum = _mm256_cvtepi32_ps(hsum_rows_i32(&isum, result_idx));
-            let imin = _mm256_cvtepi32_ps(hsum_rows_i32(&imin, result_idx));
-            acc[g] = _mm256_fmadd_ps(isum, _mm256_mul_ps(wd, act_d), acc[g]);
-            acc_min[g] = _mm256_fmadd_ps(imin, _mm256_mul_ps(wdmin, act_d), acc_min[g]);
+            let totals = [
+                hsum_rows_i32(&isum, result_idx),
+                hsum_rows_i32(&imin, result_idx),
+            ];
+            rows.add(totals, wd, &y.d);
         }
     }
     let mut out = [[0f32; GROUP]; G];
-    for g in 0..G {
-        _mm256_storeu_ps(out[g].as_mut_ptr(), _mm256_sub_ps(acc[g], acc_min[g]));
+    for (o, rows) in out.iter_mut().zip(sums) {
+        *o = rows.rows();
     }
     out
 }

@@ -368,6 +368,48 @@ pub(crate) mod avx2 {
 
     pub(crate) struct Q6KAvx2;
 
+    /// The float steps of ggml's repacked Q4_K gemv (`Q4KInterleaved`) for 8 rows at
+    /// once, shared by both panel kernel sets: per super-block `acc = fma(isum, d_w·d_a,
+    /// acc)` and `acc_min = fma(imin, dmin_w·d_a, acc_min)`, result `acc − acc_min`.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Q4KRowSums {
+        acc: __m256,
+        acc_min: __m256,
+    }
+
+    impl Q4KRowSums {
+        #[inline(always)]
+        pub(crate) unsafe fn new() -> Self {
+            Self {
+                acc: _mm256_setzero_ps(),
+                acc_min: _mm256_setzero_ps(),
+            }
+        }
+
+        /// One super-block: the 8 rows' exact `isum`, `imin`, the weight block's `d`, `dmin`
+        /// (in every lane) and the rows' activation scales.
+        #[inline(always)]
+        pub(crate) unsafe fn add(
+            &mut self,
+            [isum, imin]: [__m256i; 2],
+            [wd, wdmin]: [__m256; 2],
+            act_d: &[f32; 8],
+        ) {
+            let act_d = _mm256_loadu_ps(act_d.as_ptr());
+            let (isum, imin) = (_mm256_cvtepi32_ps(isum), _mm256_cvtepi32_ps(imin));
+            self.acc = _mm256_fmadd_ps(isum, _mm256_mul_ps(wd, act_d), self.acc);
+            self.acc_min = _mm256_fmadd_ps(imin, _mm256_mul_ps(wdmin, act_d), self.acc_min);
+        }
+
+        /// The 8 rows' results.
+        #[inline(always)]
+        pub(crate) unsafe fn rows(self) -> [f32; 8] {
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(self.acc, self.acc_min));
+            out
+        }
+    }
+
     /// A Q4_K super-block's 256 values (0..16), one register per 32-element sub-block.
     #[inline(always)]
     pub(crate) unsafe fn q4k_vectors(w: &Q4K) -> [__m256i; 8] {
