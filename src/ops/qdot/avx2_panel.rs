@@ -32,8 +32,8 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q5_0, Q6K, Q8_0};
-use super::kquants::avx2::{q4k_vectors, q6k_vectors, Q4KRowSums};
+use super::blocks::{Q4K, Q4_1, Q5_0, Q6K, Q8_0};
+use super::kquants::avx2::{q4k_block_scales, q4k_vectors, q6k_vectors, Q4KRowSums};
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP, PAIRS};
 use super::x86::f16_to_f32;
@@ -238,7 +238,7 @@ pub unsafe fn signed32_rows<B: Signed32, const G: usize>(
 
 /// Most blocks `q5_0_rows` rewrites at a time (8.5 KiB on the stack); longer rows run
 /// `signed32_rows` on the Q5_0 blocks themselves.
-pub const Q5_0_REWRITE_BLOCKS: usize = 256;
+const Q5_0_REWRITE_BLOCKS: usize = 256;
 
 /// Q5_0 weight row `w: [kb]` · `8·G` Q8_0 rows: the row's blocks rewritten as Q8_0 blocks
 /// (the same `d`, the values ggml unpacks, −16..15), then `signed32_rows` over those.
@@ -353,7 +353,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
     let mut sums = [Q4KRowSums::new(); G];
     for (b, wb) in w.iter().enumerate() {
         let q = q4k_vectors(wb);
-        let (scales, mins) = k4_scales_mins(&wb.scales);
+        let block = q4k_block_scales(wb);
         // Each chunk's nibbles doubled for both halves (16 registers' worth: on the stack).
         let mut wq = [[zero; 2]; 8];
         for (wqc, qc) in wq.iter_mut().zip(q) {
@@ -362,18 +362,9 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
             }
         }
         // Lane l of a half: the i16 pair [min, min] of the chunk its two 16-element sums cover.
-        let mut min_pairs = [0i32; 8];
-        for (two, &m) in min_pairs.iter_mut().zip(&mins) {
-            *two = m as i32 * 0x0001_0001;
-        }
-        let min_pairs = _mm256_loadu_si256(min_pairs.as_ptr() as *const __m256i);
         let min_halves = [
-            _mm256_permutevar8x32_epi32(min_pairs, double[0]),
-            _mm256_permutevar8x32_epi32(min_pairs, double[1]),
-        ];
-        let wd = [
-            _mm256_set1_ps(f16_to_f32(wb.d)),
-            _mm256_set1_ps(f16_to_f32(wb.dmin)),
+            _mm256_permutevar8x32_epi32(block.min_pairs, double[0]),
+            _mm256_permutevar8x32_epi32(block.min_pairs, double[1]),
         ];
         for (g, rows) in sums.iter_mut().enumerate() {
             let y = x[g].get_unchecked(b);
@@ -386,7 +377,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
                 }
             }
             for (c, wqc) in wq.iter().enumerate() {
-                let scale = _mm256_set1_epi16(scales[c] as i16);
+                let scale = _mm256_set1_epi16(block.scales[c] as i16);
                 for (h, wqh) in wqc.iter().enumerate() {
                     for (p, l) in isum.iter_mut().enumerate() {
                         let t = _mm256_maddubs_epi16(*wqh, pair_half(&y.qs[c], p, h));
@@ -394,7 +385,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
                     }
                 }
             }
-            rows.add([row_totals(&isum), row_totals(&imin)], wd, &y.d);
+            rows.add([row_totals(&isum), row_totals(&imin)], block.d, &y.d);
         }
     }
     let mut out = [[0f32; GROUP]; G];

@@ -31,8 +31,8 @@ use super::avx512_lanes::{
     hsum_rows, hsum_rows_i32, load_index, DOUBLE_DWORDS, Q5_0_QH_BIT, Q5_0_QH_BYTE,
     ROW_RESULT_INDEX,
 };
-use super::blocks::{k4_scales_mins, Q4K, Q4_1, Q5_0, Q6K, Q8_0};
-use super::kquants::avx2::{q4k_vectors, q6k_vectors, Q4KRowSums};
+use super::blocks::{Q4K, Q4_1, Q5_0, Q6K, Q8_0};
+use super::kquants::avx2::{q4k_block_scales, q4k_vectors, q6k_vectors, Q4KRowSums};
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP};
 use super::x86::f16_to_f32;
@@ -309,19 +309,13 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
     let mut sums = [Q4KRowSums::new(); G];
     for (b, wb) in w.iter().enumerate() {
         let q = q4k_vectors(wb);
-        let (scales, mins) = k4_scales_mins(&wb.scales);
+        let block = q4k_block_scales(wb);
         let mut wq = [zero; 8];
         for (wqc, qc) in wq.iter_mut().zip(q) {
             *wqc = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(qc));
         }
-        // Lane l of each row: the i16 pair [min_l, min_l] against its two 16-element sums.
-        let min_pairs: [i32; 8] = std::array::from_fn(|l| mins[l] as i32 * 0x0001_0001);
-        let min_pairs = _mm256_loadu_si256(min_pairs.as_ptr() as *const __m256i);
-        let min_pairs = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(min_pairs));
-        let wd = [
-            _mm256_set1_ps(f16_to_f32(wb.d)),
-            _mm256_set1_ps(f16_to_f32(wb.dmin)),
-        ];
+        // Lane l of each row (both rows of a pair): [min_l, min_l].
+        let min_pairs = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(block.min_pairs));
         for (g, rows) in sums.iter_mut().enumerate() {
             let y = x[g].get_unchecked(b);
             let mut isum = [zero; 4];
@@ -331,7 +325,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
             }
             for (c, wqc) in wq.iter().enumerate() {
                 // The scale in the low i16 of each i32 (0 above): `vpdpwssd` is t · scale.
-                let sc = _mm512_set1_epi32(scales[c] as i32);
+                let sc = _mm512_set1_epi32(block.scales[c] as i32);
                 for (p, l) in isum.iter_mut().enumerate() {
                     let ys = _mm512_loadu_si512(y.qs[c][p].as_ptr() as *const _);
                     let t = _mm512_dpbusd_epi32(zero, *wqc, ys);
@@ -342,7 +336,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
                 hsum_rows_i32(&isum, result_idx),
                 hsum_rows_i32(&imin, result_idx),
             ];
-            rows.add(totals, wd, &y.d);
+            rows.add(totals, block.d, &y.d);
         }
     }
     let mut out = [[0f32; GROUP]; G];

@@ -143,11 +143,19 @@ fn replay_panels<C: GgmlType, P: panel::RowPanel>(
     for case in cases {
         let (rows, x) = inputs::<C>(case.n_blocks, case.seed, f16_at);
         let eight: Vec<f32> = (0..panel::GROUP).flat_map(|_| x.iter().copied()).collect();
-        for (i, row) in rows.iter().enumerate() {
-            let want = case.bits[i];
-            for &isa in &isas {
+        // One panel per kernel set (their layouts can differ), shared by every row.
+        let panels: Vec<(panel::PanelIsa, Vec<P::Block>)> = isas
+            .iter()
+            .map(|&isa| {
                 let mut group = vec![P::ZERO; case.n_blocks];
                 P::quantize_group(&eight, x.len(), isa, &mut group);
+                (isa, group)
+            })
+            .collect();
+        for (i, row) in rows.iter().enumerate() {
+            let want = case.bits[i];
+            for (isa, group) in &panels {
+                let (isa, group) = (*isa, group.as_slice());
                 let what = format!("{name}, {} blocks, row {i}, {isa:?}", case.n_blocks);
                 // SAFETY: `host_isas` gave only sets this CPU runs.
                 let (r8, r16, r32) = unsafe {

@@ -207,7 +207,7 @@ pub(crate) mod avx2 {
     use super::super::x86::{hsum_float_8, load, load_i8};
     use super::super::Steps;
     use super::{Q4K, Q5K, Q6K, Q8K};
-    use crate::ops::qdot::blocks::k4_utmp;
+    use crate::ops::qdot::blocks::{k4_scales_mins, k4_utmp};
 
     /// Q4_K / Q5_K block in registers: 8 vectors of 32 values (sub-block order), the 8
     /// scales as i16 (in both 128-bit halves), the 8 mins as i16.
@@ -367,6 +367,33 @@ pub(crate) mod avx2 {
     }
 
     pub(crate) struct Q6KAvx2;
+
+    /// A Q4_K super-block's constants for both panel kernel sets: the 8 sub-block scales,
+    /// lane `l`'s i16 pair `[min_l, min_l]` (against a row's two 16-element sums of
+    /// sub-block `l`), and `[d, dmin]` in every lane.
+    pub(crate) struct Q4KBlockScales {
+        pub(crate) scales: [u8; 8],
+        pub(crate) min_pairs: __m256i,
+        pub(crate) d: [__m256; 2],
+    }
+
+    /// `Q4KBlockScales` of `w`.
+    #[inline(always)]
+    pub(crate) unsafe fn q4k_block_scales(w: &Q4K) -> Q4KBlockScales {
+        let (scales, mins) = k4_scales_mins(&w.scales);
+        let mut min_pairs = [0i32; 8];
+        for (two, &m) in min_pairs.iter_mut().zip(&mins) {
+            *two = m as i32 * 0x0001_0001;
+        }
+        Q4KBlockScales {
+            scales,
+            min_pairs: _mm256_loadu_si256(min_pairs.as_ptr() as *const __m256i),
+            d: [
+                _mm256_set1_ps(f16_to_f32(w.d)),
+                _mm256_set1_ps(f16_to_f32(w.dmin)),
+            ],
+        }
+    }
 
     /// The float steps of ggml's repacked Q4_K gemv (`Q4KInterleaved`) for 8 rows at
     /// once, shared by both panel kernel sets: per super-block `acc = fma(isum, d_w·d_a,
