@@ -286,19 +286,22 @@ fn row_meta_gives_each_row_its_causal_key_count_and_table() {
 
 /// Timing only (`--ignored --nocapture`), SmolLM2's heads (9 query heads over 3 kv heads,
 /// head_dim 64), with each kernel set the host runs: the last 1024-row chunk of a
-/// 4096-token prompt, and a decode step of 32 sequences at 1024 tokens each.
+/// 4096-token prompt, a decode step of 32 sequences at 1024 tokens each, and one at 192
+/// tokens cycling through 30 layers' caches (141 MB: K/V come from memory, as in a
+/// served decode step, not from the caches of the previous run).
 #[cfg(target_arch = "x86_64")]
 #[test]
 #[ignore]
 fn bench_attention_shapes() {
-    bench_shape("prefill chunk 3072..4096", 1, 1024, 4096);
-    bench_shape("decode 32 x 1 row at 1024", 32, 1, 1024);
+    bench_shape("prefill chunk 3072..4096", 1, 1024, 4096, 1);
+    bench_shape("decode 32 x 1 row at 1024", 32, 1, 1024, 1);
+    bench_shape("decode 32 x 1 row at 192, 30 layers", 32, 1, 192, 30);
 }
 
 /// Times `paged_attention_with` for `n_seqs` sequences of `n_q` query rows ending at `ctx`
-/// tokens (each sequence its own blocks).
+/// tokens (each sequence its own blocks), per layer over `layers` layers' caches.
 #[cfg(target_arch = "x86_64")]
-fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize) {
+fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize, layers: usize) {
     let (hd, bs, n_kv, group) = (64, 16, 3, 3);
     let geo = KvGeometry {
         block_size: bs,
@@ -312,14 +315,20 @@ fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize) {
             .map(|_| f16::from_f32(rng.random_range(-2.0f32..2.0)))
             .collect()
     };
-    let kc = rand_f16(n_seqs * ctx * n_kv * hd);
-    let vc = rand_f16(n_seqs * ctx * n_kv * hd);
+    let kc = rand_f16(layers * n_seqs * ctx * n_kv * hd);
+    let vc = rand_f16(layers * n_seqs * ctx * n_kv * hd);
     let q: Vec<f32> = rand_f16(n_seqs * n_q * n_heads * hd)
         .iter()
         .map(|h| h.to_f32())
         .collect();
     let blocks = ctx / bs;
-    let table: Vec<u32> = (0..(n_seqs * blocks) as u32).collect();
+    let tables: Vec<Vec<u32>> = (0..layers)
+        .map(|l| {
+            (0..(n_seqs * blocks) as u32)
+                .map(|b| b + (l * n_seqs * blocks) as u32)
+                .collect()
+        })
+        .collect();
     let seqs: Vec<AttnSeq> = (0..n_seqs)
         .map(|s| AttnSeq {
             q_row: s * n_q,
@@ -329,14 +338,14 @@ fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize) {
             table_len: blocks,
         })
         .collect();
-    let inp = AttnInputs {
+    let inp = |l: usize| AttnInputs {
         q: &q,
         n_heads,
         k_cache: &kc,
         v_cache: &vc,
         geo,
         seqs: &seqs,
-        block_tables: &table,
+        block_tables: &tables[l],
     };
     let mut kernels = tiled_kernels();
     kernels.push(Kernels::Generic);
@@ -346,8 +355,10 @@ fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize) {
         let mut best = f64::INFINITY;
         for _ in 0..runs {
             let t = std::time::Instant::now();
-            paged_attention_with(k, inp, &mut out);
-            best = best.min(t.elapsed().as_secs_f64());
+            for l in 0..layers {
+                paged_attention_with(k, inp(l), &mut out);
+            }
+            best = best.min(t.elapsed().as_secs_f64() / layers as f64);
         }
         println!("{name}: {k:?}: best of {runs} {:.2} ms", best * 1e3);
     }
