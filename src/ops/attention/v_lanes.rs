@@ -1,8 +1,9 @@
 //! The lane loop shared by the x86 V kernels (`avx512::accumulate_v`,
 //! `avx2::accumulate_v`): for each of the 64 lanes of ggml's V dot products (positions
 //! `lane, lane + 64, …`), the kernel's pass over the tile's rows and heads, reading the
-//! lane's V rows from a side-by-side copy when the tile has several rows. The kernels
-//! zero the lanes no position reaches themselves (`avx2::zero_unreached_lanes`).
+//! lane's V rows from a side-by-side copy when the tile has several rows, and asking for
+//! the rows of a lane a few ahead (`prefetch_lane`). The kernels zero the lanes no
+//! position reaches themselves (`avx2::zero_unreached_lanes`).
 
 use half::f16;
 
@@ -75,6 +76,8 @@ pub(super) unsafe fn accumulate_lanes<P: LanePass>(
 /// without it ran 231 → 251 tok/s); asking 8 lanes ahead made the run 0.8-2.6 % faster
 /// (16 lanes: no better; bench/NOTES.md §34).
 const PREFETCH_LANES: usize = 8;
+/// f16 values in one 64-byte cache line.
+const LINE_VALUES: usize = 32;
 
 /// Asks for the V rows of lane `lane` (positions `lane, lane + 64, … < n`, `hd` values
 /// each) into L1.
@@ -87,7 +90,7 @@ fn prefetch_lane(
 ) {
     for pos in (lane..n).step_by(F16_STEP) {
         let at = slot_of(pos);
-        for line in (0..hd).step_by(32) {
+        for line in (0..hd).step_by(LINE_VALUES) {
             // SAFETY: a prefetch never faults; `wrapping_add` stays a plain address.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
