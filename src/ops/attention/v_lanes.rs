@@ -88,14 +88,13 @@ fn prefetch_lane(
     n: usize,
     hd: usize,
 ) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     for pos in (lane..n).step_by(F16_STEP) {
         let at = slot_of(pos);
-        for line in (0..hd).step_by(LINE_VALUES) {
-            // SAFETY: a prefetch never faults; `wrapping_add` stays a plain address.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(v_cache.as_ptr().wrapping_add(at + line) as *const i8);
-            }
+        // The row the V pass reads (same bounds).
+        for line in v_cache[at..at + hd].chunks(LINE_VALUES) {
+            // SAFETY: the address lies inside `v_cache`, and a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
         }
     }
 }
