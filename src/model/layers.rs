@@ -97,10 +97,14 @@ impl FusedLinear {
     }
 }
 
-/// `scratch[m, w.rows()] = x[m, k] · wᵀ`, returned.
+/// `scratch[m, w.rows()] = x[m, k] · wᵀ`, returned. The scratch only grows: the matmul
+/// writes every value it returns, so a decode step after a longer prefill chunk does not
+/// truncate it and the next chunk does not zero it again.
 fn stacked_matmul<'s>(w: &QMatrix, x: &[f32], m: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
     let total = w.rows();
-    scratch.resize(m * total, 0.0);
+    if scratch.len() < m * total {
+        scratch.resize(m * total, 0.0);
+    }
     w.matmul(x, m, &mut scratch[..m * total]);
     &scratch[..m * total]
 }
