@@ -16,8 +16,9 @@
 
 use half::f16;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
-use super::v_lanes::{accumulate_lanes, LanePass, TileProbs};
+use super::v_lanes::{accumulate_lanes, LanePass, TileProbs, LINE_VALUES};
 use crate::ops::ggml_math::x86::{expf8, widen_f16};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -128,7 +129,12 @@ pub(super) unsafe fn tiled_scores<D: ScoreDot>(
     let n_max = n_ctx.iter().copied().max().unwrap_or(0);
     let scale8 = _mm256_set1_ps(scale);
     let mut k_tile = [[0f32; HEAD_DIM]; POS_TILE];
+    // The first tiles' rows are asked for at once, then each tile asks for the tile
+    // `PREFETCH_TILES` ahead.
+    prefetch_k_rows(k_cache, slot_of, 0..(PREFETCH_TILES * POS_TILE).min(n_max));
     for p0 in (0..n_max).step_by(POS_TILE) {
+        let ahead = (p0 + PREFETCH_TILES * POS_TILE).min(n_max);
+        prefetch_k_rows(k_cache, slot_of, ahead..(ahead + POS_TILE).min(n_max));
         for (p, k) in k_tile.iter_mut().enumerate().take(n_max - p0) {
             let at = slot_of(p0 + p);
             widen_f16(&k_cache[at..at + HEAD_DIM], k);
@@ -148,6 +154,25 @@ pub(super) unsafe fn tiled_scores<D: ScoreDot>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Score tiles ahead of `tiled_scores` whose K rows are prefetched: the rows lie in
+/// scattered cache blocks (a kv head's 128 bytes of each 384-byte token row for SmolLM2),
+/// and a decode step's K comes from memory, as no layer's cache stays in L2 until the next
+/// step. In `bench_attention_shapes`' 30-layer decode shape (AVX2) a layer took 0.55 →
+/// 0.49-0.51 ms with 4 tiles ahead; 1, 2 and 8 tiles gave 0.51-0.52 (bench/NOTES.md §35).
+const PREFETCH_TILES: usize = 4;
+
+/// Asks for the K rows (64 f16 values, two cache lines) of positions `range` into L1.
+#[inline(always)]
+fn prefetch_k_rows(k_cache: &[f16], slot_of: &impl Fn(usize) -> usize, range: Range<usize>) {
+    for pos in range {
+        let at = slot_of(pos);
+        for line in k_cache[at..at + HEAD_DIM].chunks(LINE_VALUES) {
+            // SAFETY: the address lies inside `k_cache`, and a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
         }
     }
 }

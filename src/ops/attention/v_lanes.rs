@@ -77,7 +77,7 @@ pub(super) unsafe fn accumulate_lanes<P: LanePass>(
 /// (16 lanes: no better; bench/NOTES.md §34).
 const PREFETCH_LANES: usize = 8;
 /// f16 values in one 64-byte cache line.
-const LINE_VALUES: usize = 32;
+pub(super) const LINE_VALUES: usize = 32;
 
 /// Asks for the V rows of lane `lane` (positions `lane, lane + 64, … < n`, `hd` values
 /// each) into L1.
