@@ -18,7 +18,7 @@ use half::f16;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::v_lanes::{accumulate_lanes, LanePass, TileProbs, LINE_VALUES};
+use super::v_lanes::{accumulate_lanes, prefetch_row, LanePass, TileProbs};
 use crate::ops::ggml_math::x86::{expf8, widen_f16};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -170,10 +170,7 @@ const PREFETCH_TILES: usize = 4;
 fn prefetch_k_rows(k_cache: &[f16], slot_of: &impl Fn(usize) -> usize, range: Range<usize>) {
     for pos in range {
         let at = slot_of(pos);
-        for line in k_cache[at..at + HEAD_DIM].chunks(LINE_VALUES) {
-            // SAFETY: the address lies inside `k_cache`, and a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
-        }
+        prefetch_row(&k_cache[at..at + HEAD_DIM]);
     }
 }
 

@@ -2,7 +2,8 @@
 //! `avx2::accumulate_v`): for each of the 64 lanes of ggml's V dot products (positions
 //! `lane, lane + 64, …`), the kernel's pass over the tile's rows and heads, reading the
 //! lane's V rows from a side-by-side copy when the tile has several rows, and asking for
-//! the rows of a lane a few ahead (`prefetch_lane`). The kernels zero the lanes no
+//! the rows of a lane a few ahead (`prefetch_lane`; its `prefetch_row` also serves the
+//! score pass's K rows, `avx2::tiled_scores`). The kernels zero the lanes no
 //! position reaches themselves (`avx2::zero_unreached_lanes`).
 
 use half::f16;
@@ -77,7 +78,7 @@ pub(super) unsafe fn accumulate_lanes<P: LanePass>(
 /// (16 lanes: no better; bench/NOTES.md §34).
 const PREFETCH_LANES: usize = 8;
 /// f16 values in one 64-byte cache line.
-pub(super) const LINE_VALUES: usize = 32;
+const LINE_VALUES: usize = 32;
 
 /// Asks for the V rows of lane `lane` (positions `lane, lane + 64, … < n`, `hd` values
 /// each) into L1.
@@ -88,14 +89,20 @@ fn prefetch_lane(
     n: usize,
     hd: usize,
 ) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     for pos in (lane..n).step_by(F16_STEP) {
-        let at = slot_of(pos);
         // The row the V pass reads (same bounds).
-        for line in v_cache[at..at + hd].chunks(LINE_VALUES) {
-            // SAFETY: the address lies inside `v_cache`, and a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
-        }
+        let at = slot_of(pos);
+        prefetch_row(&v_cache[at..at + hd]);
+    }
+}
+
+/// Asks for the cache lines of one K or V `row` into L1.
+#[inline(always)]
+pub(super) fn prefetch_row(row: &[f16]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in row.chunks(LINE_VALUES) {
+        // SAFETY: the address lies inside `row`, and a prefetch never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
     }
 }
 
