@@ -16,9 +16,8 @@
 
 use half::f16;
 use std::arch::x86_64::*;
-use std::ops::Range;
 
-use super::v_lanes::{accumulate_lanes, prefetch_row, LanePass, TileProbs};
+use super::v_lanes::{accumulate_lanes, prefetch_rows, LanePass, TileProbs};
 use crate::ops::ggml_math::x86::{expf8, widen_f16};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -131,10 +130,12 @@ pub(super) unsafe fn tiled_scores<D: ScoreDot>(
     let mut k_tile = [[0f32; HEAD_DIM]; POS_TILE];
     // The first tiles' rows are asked for at once, then each tile asks for the tile
     // `PREFETCH_TILES` ahead.
-    prefetch_k_rows(k_cache, slot_of, 0..(PREFETCH_TILES * POS_TILE).min(n_max));
+    let first = 0..(PREFETCH_TILES * POS_TILE).min(n_max);
+    prefetch_rows(k_cache, slot_of, first, HEAD_DIM);
     for p0 in (0..n_max).step_by(POS_TILE) {
         let ahead = (p0 + PREFETCH_TILES * POS_TILE).min(n_max);
-        prefetch_k_rows(k_cache, slot_of, ahead..(ahead + POS_TILE).min(n_max));
+        let next = ahead..(ahead + POS_TILE).min(n_max);
+        prefetch_rows(k_cache, slot_of, next, HEAD_DIM);
         for (p, k) in k_tile.iter_mut().enumerate().take(n_max - p0) {
             let at = slot_of(p0 + p);
             widen_f16(&k_cache[at..at + HEAD_DIM], k);
@@ -164,15 +165,6 @@ pub(super) unsafe fn tiled_scores<D: ScoreDot>(
 /// step. In `bench_attention_shapes`' 30-layer decode shape (AVX2) a layer took 0.55 →
 /// 0.49-0.51 ms with 4 tiles ahead; 1, 2 and 8 tiles gave 0.51-0.52 (bench/NOTES.md §35).
 const PREFETCH_TILES: usize = 4;
-
-/// Asks for the K rows (64 f16 values, two cache lines) of positions `range` into L1.
-#[inline(always)]
-fn prefetch_k_rows(k_cache: &[f16], slot_of: &impl Fn(usize) -> usize, range: Range<usize>) {
-    for pos in range {
-        let at = slot_of(pos);
-        prefetch_row(&k_cache[at..at + HEAD_DIM]);
-    }
-}
 
 /// `tiled_scores` with this module's 8-lane registers.
 ///

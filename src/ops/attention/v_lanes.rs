@@ -2,8 +2,8 @@
 //! `avx2::accumulate_v`): for each of the 64 lanes of ggml's V dot products (positions
 //! `lane, lane + 64, …`), the kernel's pass over the tile's rows and heads, reading the
 //! lane's V rows from a side-by-side copy when the tile has several rows, and asking for
-//! the rows of a lane a few ahead (`prefetch_lane`; its `prefetch_row` also serves the
-//! score pass's K rows, `avx2::tiled_scores`). The kernels zero the lanes no
+//! the rows of a lane a few ahead (`prefetch_rows`, which also serves the score pass's K
+//! rows, `avx2::tiled_scores`). The kernels zero the lanes no
 //! position reaches themselves (`avx2::zero_unreached_lanes`).
 
 use half::f16;
@@ -59,7 +59,8 @@ pub(super) unsafe fn accumulate_lanes<P: LanePass>(
     let lanes = F16_STEP.min(n_max);
     for lane in 0..lanes {
         if lane + PREFETCH_LANES < lanes {
-            prefetch_lane(v_cache, slot_of, lane + PREFETCH_LANES, n_max, hd);
+            let ahead = (lane + PREFETCH_LANES..n_max).step_by(F16_STEP);
+            prefetch_rows(v_cache, slot_of, ahead, hd);
         }
         if tile.n_ctx.len() >= GATHER_MIN_ROWS {
             let rows = gather_lane(v_cache, slot_of, lane, n_max, hd, lane_rows);
@@ -80,29 +81,23 @@ const PREFETCH_LANES: usize = 8;
 /// f16 values in one 64-byte cache line.
 const LINE_VALUES: usize = 32;
 
-/// Asks for the V rows of lane `lane` (positions `lane, lane + 64, … < n`, `hd` values
-/// each) into L1.
-fn prefetch_lane(
-    v_cache: &[f16],
+/// Asks for the rows (`hd` values each, at `slot_of(pos)` in `cache`) of `positions` into
+/// L1: the V pass's lane ahead, the score pass's tiles ahead (`avx2::tiled_scores`).
+#[inline(always)]
+pub(super) fn prefetch_rows(
+    cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
-    lane: usize,
-    n: usize,
+    positions: impl Iterator<Item = usize>,
     hd: usize,
 ) {
-    for pos in (lane..n).step_by(F16_STEP) {
-        // The row the V pass reads (same bounds).
-        let at = slot_of(pos);
-        prefetch_row(&v_cache[at..at + hd]);
-    }
-}
-
-/// Asks for the cache lines of one K or V `row` into L1.
-#[inline(always)]
-pub(super) fn prefetch_row(row: &[f16]) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    for line in row.chunks(LINE_VALUES) {
-        // SAFETY: the address lies inside `row`, and a prefetch never faults.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+    for pos in positions {
+        // The row the pass reads (same bounds).
+        let at = slot_of(pos);
+        for line in cache[at..at + hd].chunks(LINE_VALUES) {
+            // SAFETY: the address lies inside `cache`, and a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+        }
     }
 }
 
