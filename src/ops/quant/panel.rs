@@ -7,7 +7,8 @@
 //! `COLS_PER_CHUNK` weight rows; for each run of 4 (then 2, then 1) row groups, every
 //! weight row of the chunk → a `[rows][COLS_PER_CHUNK]` tile, written out as contiguous
 //! row runs. Each weight row is read from memory once per matmul (the chunk stays in L1
-//! across groups); the panels (all activation rows) stay in L1/L2.
+//! across groups); the panels (all activation rows) stay in L1/L2. Short weight rows are
+//! asked for a few rows ahead on the first pass over a chunk (`prefetch_row_ahead`).
 //!
 //! Exactness: every output is the panel kernel's row result, bit-identical to
 //! `Kernel::dot` of that weight row and activation row (see `qdot::panel`).
@@ -18,11 +19,24 @@ use super::cols_per_task;
 use crate::ops::pool;
 use crate::ops::pool::SharedOut;
 use crate::ops::qdot::panel::{chosen_isa, PanelIsa, RowPanel, GROUP};
+use crate::ops::qdot::Ahead;
 
 /// Weight rows per output tile: 16 rows of ≤ 48 blocks stay in L1.
 const COLS_PER_CHUNK: usize = 16;
 /// Most row groups per kernel call.
 const GROUPS_PER_CALL: usize = 4;
+/// Weight rows ahead of the current one that a task asks for on its first pass over a
+/// chunk, when rows are at most `PREFETCH_MAX_ROW_BYTES` long. In decode every weight row
+/// comes from memory once per step, and a row of a few hundred bytes is too short for the
+/// hardware prefetcher to run ahead of the kernel. Cold matmuls at m = 32 (bench/NOTES.md
+/// §36), ns per weight block: VNNI Q8_0 49152×576 9.24-9.61 → 8.29-8.39, the Qwen-shaped
+/// lm_head 8.18 → 7.49-7.64, VNNI Q5_0 4864×896 8.46-8.71 → 8.14-8.29, AVX2 Q8_0 16.06 →
+/// 15.09, AVX2 Q4_1 1536×576 14.18-14.67 → 13.99-14.21.
+const PREFETCH_ROWS_AHEAD: usize = 3;
+/// Longer rows are left to the hardware prefetcher: asking for the Q6_K rows of
+/// ffn_down (4 KiB) ahead, whole or only their first 8-16 lines, made that matmul 3-11 %
+/// slower.
+const PREFETCH_MAX_ROW_BYTES: usize = 1024;
 /// Fewer rows than this go through `Kernel::dot`/`dot4`: a padded group costs more.
 pub(super) const MIN_PANEL_ROWS: usize = 6;
 
@@ -90,6 +104,7 @@ fn panel_tiles<P: RowPanel>(
     let y_out = SharedOut::new(y);
     let per_task = cols_per_task(n);
     let groups = m.div_ceil(GROUP);
+    let prefetch = std::mem::size_of_val(&w[..kb.min(w.len())]) <= PREFETCH_MAX_ROW_BYTES;
     pool::run(n.div_ceil(per_task), |task| {
         let cols = task * per_task..((task + 1) * per_task).min(n);
         let mut tile = [[0f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP];
@@ -103,6 +118,9 @@ fn panel_tiles<P: RowPanel>(
                     .unwrap_or(1);
                 let group = |i: usize| &panels[(g + i) * kb..(g + i + 1) * kb];
                 for (c, col) in chunk.clone().enumerate() {
+                    if prefetch && g == 0 {
+                        prefetch_row_ahead(w, kb, col, cols.end);
+                    }
                     let w_row = &w[col * kb..(col + 1) * kb];
                     // SAFETY: `chosen_isa` gave `isa`: one of `P::ISAS` the CPU runs.
                     match take {
@@ -131,6 +149,17 @@ fn panel_tiles<P: RowPanel>(
             }
         }
     });
+}
+
+/// Asks for weight row `col + PREFETCH_ROWS_AHEAD` (rows of `kb` blocks in `w`) into the
+/// outer caches if it is one of this task's rows (`< cols_end`). Only a hint: no result
+/// depends on it.
+#[inline(always)]
+fn prefetch_row_ahead<T>(w: &[T], kb: usize, col: usize, cols_end: usize) {
+    let ahead = col + PREFETCH_ROWS_AHEAD;
+    if ahead < cols_end {
+        Ahead::new(&w[ahead * kb..(ahead + 1) * kb], 1).block(0);
+    }
 }
 
 /// Writes one weight row's results for `G` groups into column `c` of the tile.
