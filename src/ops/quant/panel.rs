@@ -30,7 +30,7 @@ const GROUPS_PER_CALL: usize = 4;
 /// comes from memory once per step, and a row of a few hundred bytes is too short for the
 /// hardware prefetcher to run ahead of the kernel. Cold matmuls at m = 32 (bench/NOTES.md
 /// §36), ns per weight block: VNNI Q8_0 49152×576 9.24-9.61 → 8.29-8.39, the Qwen-shaped
-/// lm_head 8.18 → 7.49-7.64, VNNI Q5_0 4864×896 8.46-8.71 → 8.14-8.29, AVX2 Q8_0 16.06 →
+/// lm_head 8.18 → 7.49, VNNI Q5_0 4864×896 8.46-8.71 → 8.14-8.29, AVX2 Q8_0 16.06 →
 /// 15.09, AVX2 Q4_1 1536×576 14.18-14.67 → 13.99-14.21.
 const PREFETCH_ROWS_AHEAD: usize = 3;
 /// Longer rows are left to the hardware prefetcher: asking for the Q6_K rows of
