@@ -27,11 +27,12 @@ const COLS_PER_CHUNK: usize = 16;
 const GROUPS_PER_CALL: usize = 4;
 /// Weight rows ahead of the current one that a task asks for on its first pass over a
 /// chunk, when rows are at most `PREFETCH_MAX_ROW_BYTES` long. In decode every weight row
-/// comes from memory once per step, and a row of a few hundred bytes is too short for the
-/// hardware prefetcher to run ahead of the kernel. Cold matmuls at m = 32 (bench/NOTES.md
-/// §36), ns per weight block: VNNI Q8_0 49152×576 9.24-9.61 → 8.29-8.39, the Qwen-shaped
-/// lm_head 8.18 → 7.49, VNNI Q5_0 4864×896 8.46-8.71 → 8.14-8.29, AVX2 Q8_0 16.06 →
-/// 15.09, AVX2 Q4_1 1536×576 14.18-14.67 → 13.99-14.21.
+/// comes from memory once per step, and for rows of a few hundred bytes the hardware
+/// prefetcher leaves part of that wait exposed (the Qwen-shaped lm_head at m = 32 ran 7.4
+/// ns per weight block with its weights in L2, 9.5-9.75 from memory). Cold matmuls at
+/// m = 32 (bench/NOTES.md §36), ns per weight block: VNNI Q8_0 49152×576 9.24-9.61 →
+/// 8.29-8.39, the Qwen-shaped lm_head 8.18 → 7.49, VNNI Q5_0 4864×896 8.46-8.71 →
+/// 8.14-8.29, AVX2 Q8_0 16.06 → 15.09, AVX2 Q4_1 1536×576 14.18-14.67 → 13.99-14.21.
 const PREFETCH_ROWS_AHEAD: usize = 3;
 /// Longer rows are left to the hardware prefetcher: asking for the Q6_K rows of
 /// ffn_down (4 KiB) ahead, whole or only their first 8-16 lines, made that matmul 3-11 %
@@ -104,7 +105,7 @@ fn panel_tiles<P: RowPanel>(
     let y_out = SharedOut::new(y);
     let per_task = cols_per_task(n);
     let groups = m.div_ceil(GROUP);
-    let prefetch = std::mem::size_of_val(&w[..kb.min(w.len())]) <= PREFETCH_MAX_ROW_BYTES;
+    let prefetch = kb * std::mem::size_of::<P::Weight>() <= PREFETCH_MAX_ROW_BYTES;
     pool::run(n.div_ceil(per_task), |task| {
         let cols = task * per_task..((task + 1) * per_task).min(n);
         let mut tile = [[0f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP];
