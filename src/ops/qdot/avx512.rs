@@ -8,17 +8,27 @@
 //! unpacked once per block into `[w0..4, w0..4, w4..8, w4..8, ..]`, so one `vpdpbusd`
 //! gives both rows' exact i32 lane sums (the same integers as `madd(maddubs(..))`). The
 //! products `d_w · d_a` ggml forms per row are one 256-bit multiply per group of 8 rows,
-//! stored and broadcast back as each pair's `[d_a·d_w, d_b·d_w]` by a load port (Q4_1,
-//! Q8_0, Q5_0; Q6_K multiplies per pair, `pair_scales_in_registers`). Then
+//! stored and broadcast back as each pair's `[d_a·d_w, d_b·d_w]` by a load port (Q8_0;
+//! Q6_K multiplies per pair, `pair_scales_in_registers`; Q4_1 and Q5_0 below). Then
 //! `acc = d · cvt(lanes) + acc` is one FMA per pair, exactly ggml's per-row
 //! `_mm256_fmadd_ps(d, q, acc)`. At the end `hsum_rows` folds each row's 8 lanes in
 //! `hsum_float_8` order, 8 rows at once.
+//!
+//! Q4_1 and Q5_0 skip those products (`fma_pairs_split`, NOTES §37): their values lie
+//! within ±16 and the activation quants within ±128, so a lane sum `Σ` (|Σ| ≤ 4·16·128 =
+//! 2¹³) has at most 13 significant bits and `d_w · Σ` (f16 scales: 11 + 13 bits) is exact
+//! in f32, as `d_w · d_a` (11 + 11) is. For finite scales `d_a · (d_w · Σ) + acc` then
+//! rounds the same real number ggml's `(d_w · d_a) · Σ + acc` does, and its multipliers
+//! are the block's `d_w` and the pair's `[d_a, d_b]` straight from the panel. `d_w · Σ` is
+//! one FMA that also converts: the lanes start at the bits of `MAGIC`, so they end as the
+//! float `MAGIC + Σ`, and `d_w · (MAGIC + Σ) − d_w · MAGIC` is exact.
 //!
 //! Q4_1: unsigned nibbles × signed Q8_1 quants, `summs = fma(m_w, s_a, summs)` per row in
 //! one 8-lane FMA, result `hsum + summs` (`ggml_vec_dot_q4_1_q8_1`).
 //! Q8_0 and Q5_0 (`Signed32`): signed weights (Q5_0's unpacked to −16..15 as ggml does)
 //! × activations stored biased (+128, unsigned): `vpdpbusd` then gives Σ (a + 128)·w, so
-//! each block's accumulator starts at −128·Σw (per lane, exact)
+//! each block's accumulator starts at −128·Σw (per lane, exact; plus the bits of `MAGIC`
+//! for Q5_0)
 //! (`ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q5_0_q8_0`: the same float steps).
 //! Q6_K: per 256-element super-block one FMA per lane, as the others per 32-element
 //! block; its integer lanes are ggml's (see `q6k_rows`).
@@ -119,6 +129,42 @@ unsafe fn fma_pairs(acc: &mut [__m512; 4], d: [__m512; 4], lanes: [__m512i; 4]) 
     }
 }
 
+/// 1.5 · 2²³: for |n| < 2²², the bits of `MAGIC` plus `n` are the bits of the float
+/// `MAGIC + n` (floats in [2²³, 2²⁴) step by 1).
+const MAGIC: f32 = 12_582_912.0;
+
+/// Lanes that start here end as the floats `MAGIC + Σ`.
+#[inline(always)]
+unsafe fn magic_start() -> __m512i {
+    _mm512_castps_si512(_mm512_set1_ps(MAGIC))
+}
+
+/// `−d_w · MAGIC` in every lane (exact: 11 + 2 bits), for `fma_pairs_split`.
+#[inline(always)]
+unsafe fn wd_magic(wd: __m512) -> __m512 {
+    _mm512_mul_ps(wd, _mm512_set1_ps(-MAGIC))
+}
+
+/// `acc[p] = [d_2p, d_2p+1] · (d_w · Σ) + acc[p]` for the 4 row pairs of a group, where
+/// `lanes[p]` holds the bits of `MAGIC + Σ` (lanes started at `magic_start`) and
+/// `wd_magic = −d_w · MAGIC`: both products exact for values within ±16 (module header),
+/// so each FMA rounds what ggml's per-row `_mm256_fmadd_ps(d_w · d_a, Σ, acc)` rounds.
+#[inline(always)]
+unsafe fn fma_pairs_split(
+    acc: &mut [__m512; 4],
+    wd: __m512,
+    wd_magic: __m512,
+    act_d: &[f32; GROUP],
+    lanes: [__m512i; 4],
+) {
+    for (p, (a, l)) in acc.iter_mut().zip(lanes).enumerate() {
+        let wd_sum = _mm512_fmadd_ps(_mm512_castsi512_ps(l), wd, wd_magic);
+        // [d_2p, d_2p+1] in every qword: one broadcast load from the panel.
+        let pair = std::ptr::read_unaligned(act_d.as_ptr().add(2 * p) as *const f64);
+        *a = _mm512_fmadd_ps(_mm512_castpd_ps(_mm512_set1_pd(pair)), wd_sum, *a);
+    }
+}
+
 /// Q4_1 weight row `w: [kb]` · `8·G` Q8_1 rows (`x[g]: [kb]` panels): `out[g][r]`.
 ///
 /// # Safety
@@ -135,6 +181,7 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
     for (b, wb) in w.iter().enumerate() {
         let dm = f16_pair(wb as *const Q4_1 as *const u8);
         let wd = _mm512_broadcastss_ps(dm);
+        let wd_magic = wd_magic(wd);
         let wm = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
         let q = _mm512_castsi128_si512(_mm_loadu_si128(wb.qs.as_ptr() as *const __m128i));
         let q = _mm512_permutexvar_epi32(double, q);
@@ -145,9 +192,9 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
             let mut lanes = [_mm512_setzero_si512(); 4];
             for (p, l) in lanes.iter_mut().enumerate() {
                 let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
-                *l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, ys);
+                *l = _mm512_dpbusd_epi32(magic_start(), qx, ys);
             }
-            fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
+            fma_pairs_split(&mut acc[g], wd, wd_magic, &y.d, lanes);
         }
     }
     let result_idx = load_index(&ROW_RESULT_INDEX);
@@ -171,13 +218,19 @@ pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
 ) -> [[f32; GROUP]; G] {
     check_blocks("signed32_rows", w.len(), x);
     let bias = _mm512_set1_epi8(0x80u8 as i8);
+    let zero_or_magic = if B::SMALL_VALUES {
+        magic_start()
+    } else {
+        _mm512_setzero_si512()
+    };
     let mut acc = [[_mm512_setzero_ps(); 4]; G];
     for (b, wb) in w.iter().enumerate() {
         let wd = _mm512_set1_ps(f16_to_f32(wb.d()));
+        let wd_magic = wd_magic(wd);
         let wq = wb.doubled();
         // −128 · Σ4 w per lane, so that Σ (a + 128)·w lands on Σ a·w.
         let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wq);
-        let start = _mm512_sub_epi32(_mm512_setzero_si512(), start);
+        let start = _mm512_sub_epi32(zero_or_magic, start);
         for g in 0..G {
             let y = x[g].get_unchecked(b);
             let mut lanes = [start; 4];
@@ -185,7 +238,11 @@ pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
                 let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
                 *l = _mm512_dpbusd_epi32(start, ys, wq);
             }
-            fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
+            if B::SMALL_VALUES {
+                fma_pairs_split(&mut acc[g], wd, wd_magic, &y.d, lanes);
+            } else {
+                fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
+            }
         }
     }
     let result_idx = load_index(&ROW_RESULT_INDEX);
@@ -199,12 +256,15 @@ pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
 /// A signed 32-element block's values (`Signed32::values`) with each 4-byte group doubled,
 /// `[w0..4, w0..4, w4..8, w4..8, ..]`: one `vpdpbusd` against a row pair's interleaved quants.
 pub trait DoubledValues: Signed32 {
+    /// Every value lies within ±16: `fma_pairs_split` is exact for the type.
+    const SMALL_VALUES: bool;
     /// # Safety
     /// AVX-512 F/BW must be available (inlined into the kernels, which enable them).
     unsafe fn doubled(&self) -> __m512i;
 }
 
 impl DoubledValues for Q8_0 {
+    const SMALL_VALUES: bool = false;
     #[inline(always)]
     unsafe fn doubled(&self) -> __m512i {
         let q = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
@@ -213,6 +273,7 @@ impl DoubledValues for Q8_0 {
 }
 
 impl DoubledValues for Q5_0 {
+    const SMALL_VALUES: bool = true;
     /// The nibbles doubled as `q4_1_rows` doubles them; the fifth bits picked into the same
     /// layout (`vpshufb` of `qh` in every dword, `vptestnmb`); `nibble − 16` where the bit is
     /// clear: ggml's `(nibble | bit << 4) − 16`.

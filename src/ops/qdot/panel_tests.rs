@@ -12,7 +12,7 @@ use candle_core::quantized::k_quants::{
 use half::f16;
 use rand::Rng;
 
-use super::blocks::{self, Q8_0, Q8_1};
+use super::blocks::{self, Q4_1, Q5_0, Q8_0, Q8_1};
 use super::panel::{
     chosen_isa, get_row, PanelIsa, PanelQ8_0, PanelQ8_1, Q4KPanel, Q4_1Panel, Q5_0Panel, Q6KPanel,
     Q8_0Panel, RowPanel, GROUP,
@@ -167,6 +167,60 @@ fn q6k_panels_equal_dot_bit_for_bit() {
 #[test]
 fn q4k_panels_equal_the_repacked_order_bit_for_bit() {
     check_type::<BlockQ4K, Q4KPanel, Q4KInterleaved>(blocks::view_q4k, &[0, 2], &ROW_BLOCKS);
+}
+
+/// The AVX-512 Q4_1 and Q5_0 kernels round `d_a · (d_w · Σ) + acc` where ggml rounds
+/// `(d_w · d_a) · Σ + acc` (both products exact for values within ±16, `avx512` module
+/// header). Bit for bit at the extremes too: the largest lane sums (every weight −16 or
+/// 15, every activation quant ±127) against the largest, smallest normal, subnormal and
+/// zero f16 scales of either sign.
+#[test]
+fn split_scale_products_match_at_the_extremes() {
+    let scales = [
+        65504.0f32,
+        -65504.0,
+        6.1035156e-5,
+        -5.9604645e-8,
+        0.0,
+        0.0123,
+    ];
+    let k = 2 * scales.len() * 32;
+    // Rows of ±3 quantize to ±127; the last rows mix signs and magnitudes.
+    let m = 12;
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| match (i / k) % 4 {
+            0 => 3.0,
+            1 => -3.0,
+            2 => [3.0, -3.0][i % 2],
+            _ => ((i * 7) % 13) as f32 - 6.0,
+        })
+        .collect();
+    let d = |i: usize| f16::from_f32(scales[i / 2]);
+    // Each scale twice: every value −16 (nibbles 0, no fifth bits), then every value 15.
+    let q5: Vec<Q5_0> = (0..2 * scales.len())
+        .map(|i| {
+            let fill = [0x00, 0xFF][i % 2];
+            Q5_0 {
+                d: d(i),
+                qh: [fill; 4],
+                qs: [fill; 16],
+            }
+        })
+        .collect();
+    // Each scale twice: every nibble 0, then every nibble 15; the minimum 1.
+    let q41: Vec<Q4_1> = (0..2 * scales.len())
+        .map(|i| Q4_1 {
+            d: d(i),
+            m: f16::ONE,
+            qs: [[0x00, 0xFF][i % 2]; 16],
+        })
+        .collect();
+    for &isa in host_isas::<Q5_0Panel>().iter() {
+        check_rows::<Q5_0Panel, Q5_0Dot>(isa, &q5, &x, m, k, "Q5_0 extremes");
+    }
+    for &isa in host_isas::<Q4_1Panel>().iter() {
+        check_rows::<Q4_1Panel, Q4_1Dot>(isa, &q41, &x, m, k, "Q4_1 extremes");
+    }
 }
 
 /// The panel matmul runs the VNNI kernels at level avx512 on a VNNI host, the AVX2 ones
