@@ -3,12 +3,14 @@
 //! `RowPanel::MAX_GROUPS`) per kernel call while it sits in L1: the more groups per call,
 //! the fewer times each weight block is unpacked.
 //!
-//! Loop order per task (a contiguous run of weight rows, as `tiled`): chunks of
-//! `COLS_PER_CHUNK` weight rows; for each run of 4 (then 2, then 1) row groups, every
-//! weight row of the chunk → a `[rows][COLS_PER_CHUNK]` tile, written out as contiguous
-//! row runs. Each weight row is read from memory once per matmul (the chunk stays in L1
-//! across groups); the panels (all activation rows) stay in L1/L2. Short weight rows are
-//! asked for a few rows ahead on the first pass over a chunk (`prefetch_row_ahead`).
+//! Loop order per task (a contiguous run of weight rows, as `tiled`): blocks of at most
+//! `BLOCK_WEIGHT_BYTES` of weight rows; in each, for each run of 4 (then 2, then 1) row
+//! groups, chunks of `COLS_PER_CHUNK` weight rows, every weight row of the chunk → a
+//! `[rows][COLS_PER_CHUNK]` tile, written out as contiguous row runs. Each weight row is
+//! read from memory once per matmul (the block stays in L2 across the runs of groups), a
+//! run's 4 panels stay in L1 across the block, and a run's tiles fill its rows of `y`
+//! left to right. Short weight rows are asked for a few rows ahead on the first run over
+//! a block (`prefetch_row_ahead`).
 //!
 //! Exactness: every output is the panel kernel's row result, bit-identical to
 //! `Kernel::dot` of that weight row and activation row (see `qdot::panel`).
@@ -38,6 +40,14 @@ const PREFETCH_ROWS_AHEAD: usize = 3;
 /// ffn_down (4 KiB) ahead, whole or only their first 8-16 lines, made that matmul 3-11 %
 /// slower.
 const PREFETCH_MAX_ROW_BYTES: usize = 1024;
+/// Weight bytes a task's block of rows holds at most (whole chunks, at least one): the
+/// runs of groups go over a block in turn, so it must stay in L2, and the wider it is
+/// the longer the runs of `y` a run of groups writes in order. With chunks in the outer
+/// loop instead (every group over a chunk, then the next chunk), each tile row landed on
+/// a line of its own. In process (bench/NOTES.md §37): Qwen-shaped 8 × 128-token
+/// prefills 2.86-2.96 → 2.80-2.88 s, the default model's 4 × 512-token prefills
+/// 2.23-2.30 → 2.16-2.20 s, both models at c = 32 +4 % (1 MiB blocks: no better).
+const BLOCK_WEIGHT_BYTES: usize = 256 * 1024;
 /// Fewer rows than this go through `Kernel::dot`/`dot4`: a padded group costs more.
 pub(super) const MIN_PANEL_ROWS: usize = 6;
 
@@ -105,51 +115,69 @@ fn panel_tiles<P: RowPanel>(
     let y_out = SharedOut::new(y);
     let per_task = cols_per_task(n);
     let groups = m.div_ceil(GROUP);
-    let prefetch = kb * std::mem::size_of::<P::Weight>() <= PREFETCH_MAX_ROW_BYTES;
+    let row_bytes = kb * std::mem::size_of::<P::Weight>();
+    let prefetch = row_bytes <= PREFETCH_MAX_ROW_BYTES;
+    let runs = group_runs(groups, P::MAX_GROUPS);
+    let block_cols = (BLOCK_WEIGHT_BYTES / row_bytes.max(1))
+        .max(1)
+        .next_multiple_of(COLS_PER_CHUNK);
     pool::run(n.div_ceil(per_task), |task| {
         let cols = task * per_task..((task + 1) * per_task).min(n);
         let mut tile = [[0f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP];
-        for c0 in cols.clone().step_by(COLS_PER_CHUNK) {
-            let chunk = c0..(c0 + COLS_PER_CHUNK).min(cols.end);
-            let mut g = 0;
-            while g < groups {
-                let take = [4, 2, 1]
-                    .into_iter()
-                    .find(|&t| t <= P::MAX_GROUPS && g + t <= groups)
-                    .unwrap_or(1);
+        for b0 in cols.clone().step_by(block_cols) {
+            let block = b0..(b0 + block_cols).min(cols.end);
+            for &(g, take) in &runs {
                 let group = |i: usize| &panels[(g + i) * kb..(g + i + 1) * kb];
-                for (c, col) in chunk.clone().enumerate() {
-                    if prefetch && g == 0 {
-                        prefetch_row_ahead(w, kb, col, cols.end);
+                for c0 in block.clone().step_by(COLS_PER_CHUNK) {
+                    let chunk = c0..(c0 + COLS_PER_CHUNK).min(block.end);
+                    for (c, col) in chunk.clone().enumerate() {
+                        if prefetch && g == 0 {
+                            prefetch_row_ahead(w, kb, col, cols.end);
+                        }
+                        let w_row = &w[col * kb..(col + 1) * kb];
+                        // SAFETY: `chosen_isa` gave `isa`: one of `P::ISAS` the CPU runs.
+                        match take {
+                            4 => put_column(&mut tile, c, unsafe {
+                                P::dot::<4>(isa, w_row, std::array::from_fn(group))
+                            }),
+                            2 => put_column(&mut tile, c, unsafe {
+                                P::dot::<2>(isa, w_row, std::array::from_fn(group))
+                            }),
+                            _ => put_column(&mut tile, c, unsafe {
+                                P::dot::<1>(isa, w_row, [group(0)])
+                            }),
+                        }
                     }
-                    let w_row = &w[col * kb..(col + 1) * kb];
-                    // SAFETY: `chosen_isa` gave `isa`: one of `P::ISAS` the CPU runs.
-                    match take {
-                        4 => put_column(&mut tile, c, unsafe {
-                            P::dot::<4>(isa, w_row, std::array::from_fn(group))
-                        }),
-                        2 => put_column(&mut tile, c, unsafe {
-                            P::dot::<2>(isa, w_row, std::array::from_fn(group))
-                        }),
-                        _ => {
-                            put_column(&mut tile, c, unsafe { P::dot::<1>(isa, w_row, [group(0)]) })
+                    let rows = g * GROUP..((g + take) * GROUP).min(m);
+                    for (tile_row, r) in tile.iter().zip(rows) {
+                        // SAFETY: columns `chunk` (of every row) belong to this task alone.
+                        let dst = unsafe { y_out.part(r * n + chunk.start, chunk.len()) };
+                        match <&mut [f32; COLS_PER_CHUNK]>::try_from(&mut *dst) {
+                            // A whole chunk: a fixed-size copy the compiler inlines.
+                            Ok(whole) => *whole = *tile_row,
+                            Err(_) => dst.copy_from_slice(&tile_row[..chunk.len()]),
                         }
                     }
                 }
-                let rows = g * GROUP..((g + take) * GROUP).min(m);
-                for (tile_row, r) in tile.iter().zip(rows) {
-                    // SAFETY: columns `chunk` (of every row) belong to this task alone.
-                    let dst = unsafe { y_out.part(r * n + chunk.start, chunk.len()) };
-                    match <&mut [f32; COLS_PER_CHUNK]>::try_from(&mut *dst) {
-                        // A whole chunk: a fixed-size copy the compiler inlines.
-                        Ok(whole) => *whole = *tile_row,
-                        Err(_) => dst.copy_from_slice(&tile_row[..chunk.len()]),
-                    }
-                }
-                g += take;
             }
         }
     });
+}
+
+/// The runs of row groups one kernel call takes, `(first group, groups)`: 4 at a time,
+/// then 2, then 1, each at most `max_groups`.
+fn group_runs(groups: usize, max_groups: usize) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut g = 0;
+    while g < groups {
+        let take = [4, 2, 1]
+            .into_iter()
+            .find(|&t| t <= max_groups && g + t <= groups)
+            .unwrap_or(1);
+        runs.push((g, take));
+        g += take;
+    }
+    runs
 }
 
 /// Asks for weight row `col + PREFETCH_ROWS_AHEAD` (rows of `kb` blocks in `w`) into the
@@ -191,6 +219,25 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// A task over more than one block of weight rows (`BLOCK_WEIGHT_BYTES`), a ragged
+    /// last chunk, and runs of 4, 2 and 1 groups: every output is the row's own matmul.
+    #[test]
+    fn blocks_and_runs_of_groups_cover_every_output() {
+        // Q8_0 rows of 576 are 612 bytes: a task's ≥ 500 rows span two blocks.
+        let (n, k, m): (usize, usize, usize) = (1999, 576, 53);
+        assert!(cols_per_task(n) * 612 > BLOCK_WEIGHT_BYTES);
+        assert_eq!(group_runs(m.div_ceil(GROUP), 4), [(0, 4), (4, 2), (6, 1)]);
+        let w = QMatrix::quantize(GgmlDType::Q8_0, n, k, &random(n * k, 21)).unwrap();
+        let x = random(m * k, 22);
+        let mut y = vec![f32::NAN; m * n];
+        w.matmul(&x, m, &mut y);
+        for r in 0..m {
+            let mut alone = vec![0.0; n];
+            w.matmul(&x[r * k..(r + 1) * k], 1, &mut alone);
+            assert_eq!(&y[r * n..(r + 1) * n], alone.as_slice(), "row {r}");
+        }
     }
 
     /// µs per matmul (best of many), panel path vs `dot4` path, for the default model's
