@@ -27,8 +27,8 @@ use crate::ops::qdot::Ahead;
 const COLS_PER_CHUNK: usize = 16;
 /// Most row groups per kernel call.
 const GROUPS_PER_CALL: usize = 4;
-/// Weight rows ahead of the current one that a task asks for on its first pass over a
-/// chunk, when rows are at most `PREFETCH_MAX_ROW_BYTES` long. In decode every weight row
+/// Weight rows ahead of the current one that a task asks for on its first run of groups
+/// over a block, when rows are at most `PREFETCH_MAX_ROW_BYTES` long. In decode every weight row
 /// comes from memory once per step, and for rows of a few hundred bytes the hardware
 /// prefetcher leaves part of that wait exposed (the Qwen-shaped lm_head at m = 32 ran 7.4
 /// ns per weight block with its weights in L2, 9.5-9.75 from memory). Cold matmuls at
@@ -149,19 +149,32 @@ fn panel_tiles<P: RowPanel>(
                         }
                     }
                     let rows = g * GROUP..((g + take) * GROUP).min(m);
-                    for (tile_row, r) in tile.iter().zip(rows) {
-                        // SAFETY: columns `chunk` (of every row) belong to this task alone.
-                        let dst = unsafe { y_out.part(r * n + chunk.start, chunk.len()) };
-                        match <&mut [f32; COLS_PER_CHUNK]>::try_from(&mut *dst) {
-                            // A whole chunk: a fixed-size copy the compiler inlines.
-                            Ok(whole) => *whole = *tile_row,
-                            Err(_) => dst.copy_from_slice(&tile_row[..chunk.len()]),
-                        }
-                    }
+                    write_tile(&tile, rows, chunk, n, y_out);
                 }
             }
         }
     });
+}
+
+/// Rows `rows` of `y: [m, n]`, columns `chunk`, from the tile's first rows (contiguous
+/// row runs). The caller's task must own columns `chunk` of every row.
+#[inline(always)]
+fn write_tile(
+    tile: &[[f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP],
+    rows: std::ops::Range<usize>,
+    chunk: std::ops::Range<usize>,
+    n: usize,
+    y_out: SharedOut<'_, f32>,
+) {
+    for (tile_row, r) in tile.iter().zip(rows) {
+        // SAFETY: columns `chunk` (of every row) belong to this task alone (the caller).
+        let dst = unsafe { y_out.part(r * n + chunk.start, chunk.len()) };
+        match <&mut [f32; COLS_PER_CHUNK]>::try_from(&mut *dst) {
+            // A whole chunk: a fixed-size copy the compiler inlines.
+            Ok(whole) => *whole = *tile_row,
+            Err(_) => dst.copy_from_slice(&tile_row[..chunk.len()]),
+        }
+    }
 }
 
 /// The runs of row groups one kernel call takes, `(first group, groups)`: 4 at a time,
