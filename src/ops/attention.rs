@@ -40,6 +40,8 @@ mod avx512_wide;
 mod q8_0;
 mod rotation;
 #[cfg(target_arch = "x86_64")]
+mod v_folded;
+#[cfg(target_arch = "x86_64")]
 mod v_lanes;
 
 pub use q8_0::{paged_attention_q8_0, write_kv_q8_0};
@@ -325,7 +327,6 @@ fn attend<const SIMD: bool>(
     let slot_of = |pos: usize| offsets[pos];
     scores.resize(n_rows * group * stride, 0.0);
     kv_row.resize(hd, 0.0);
-    acc.resize(n_rows * group * F16_STEP * hd, 0.0);
     q16.resize(n_rows * group * hd, 0.0);
     for (r, t) in rows.clone().enumerate() {
         let q_row = (seq.q_row + t) * inp.n_heads * hd;
@@ -367,10 +368,72 @@ fn attend<const SIMD: bool>(
             }
         }
     }
+    // Short contexts' V is summed and folded in registers (`v_folded`); otherwise ggml's
+    // 64 lanes of every row and head are stored (`acc`), then folded.
+    #[cfg(target_arch = "x86_64")]
+    let folded = kernels != Kernels::Generic && stride <= v_folded::MAX_CTX;
+    #[cfg(not(target_arch = "x86_64"))]
+    let folded = false;
+    #[cfg(target_arch = "x86_64")]
+    if folded {
+        // The softmax's time covers the V rows' way from memory (a decode step's).
+        v_lanes::prefetch_rows(inp.v_cache, &slot_of, 0..stride, hd);
+    }
+    softmax_rows(kernels, n_ctx, group, stride, scores);
+    if !folded {
+        acc.resize(n_rows * group * F16_STEP * hd, 0.0);
+        let tile = (n_ctx, group, stride);
+        store_lanes::<SIMD>(kernels, inp, tile, &slot_of, scores, kv_row, acc, lane_rows);
+    }
+    for (r, t) in rows.enumerate() {
+        for g in 0..group {
+            let h = kvh * group + g;
+            let head = r * group + g;
+            // SAFETY: (row, head h) belongs to this unit alone.
+            let at = ((seq.q_row + t) * inp.n_heads + h) * hd;
+            let dst = unsafe { out.part(at, hd) };
+            #[cfg(target_arch = "x86_64")]
+            let probs = &scores[head * stride..][..n_ctx[r]];
+            let lanes = head * F16_STEP * hd..(head + 1) * F16_STEP * hd;
+            match kernels {
+                // SAFETY: as above; `probs` is the row's context, `lanes` `[64, 64]`.
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx512 if folded => unsafe {
+                    avx512::fold_v(probs, inp.v_cache, &slot_of, dst)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx2 if folded => unsafe {
+                    avx2::fold_v(probs, inp.v_cache, &slot_of, dst)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx512 => unsafe { avx512::fold_lanes(&acc[lanes], dst) },
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx2 => unsafe { avx2::fold_lanes(&acc[lanes], dst) },
+                Kernels::Generic => {
+                    let lanes = &mut acc[lanes];
+                    fold_lanes(lanes, hd);
+                    dst.copy_from_slice(&lanes[..hd]);
+                }
+            }
+        }
+    }
+}
+
+/// Every row and head's scores (`scores[(r * group + g) * stride..][..n_ctx[r]]`) →
+/// probabilities rounded to f16, in place.
+#[inline(always)]
+fn softmax_rows(
+    kernels: Kernels,
+    n_ctx: &[usize],
+    group: usize,
+    stride: usize,
+    scores: &mut [f32],
+) {
     for (r, &n) in n_ctx.iter().enumerate() {
         for g in 0..group {
             let probs = &mut scores[(r * group + g) * stride..][..n];
             match kernels {
+                // SAFETY (each x86 arm): the kernels' CPU features were checked.
                 #[cfg(target_arch = "x86_64")]
                 Kernels::Avx512 => unsafe { avx512::softmax_to_f16(probs) },
                 #[cfg(target_arch = "x86_64")]
@@ -382,48 +445,46 @@ fn attend<const SIMD: bool>(
             }
         }
     }
+}
+
+/// ggml's 64 V lanes of every row and head of a tile (`(n_ctx, group, stride)` as
+/// `softmax_rows` takes), stored: `acc: [rows, group, 64, hd]`. `kv_row` and `lane_rows`
+/// are scratch.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn store_lanes<const SIMD: bool>(
+    kernels: Kernels,
+    inp: &AttnInputs<'_>,
+    (n_ctx, group, stride): (&[usize], usize, usize),
+    slot_of: &impl Fn(usize) -> usize,
+    probs: &[f32],
+    kv_row: &mut [f32],
+    acc: &mut [f32],
+    lane_rows: &mut Vec<f16>,
+) {
+    let hd = kv_row.len();
     #[cfg(target_arch = "x86_64")]
     let tile = v_lanes::TileProbs {
         n_ctx,
         group,
-        probs: scores,
+        probs,
         stride,
     };
     match kernels {
+        // SAFETY (each x86 arm): the kernels' CPU features were checked; sizes as
+        // `attend` resized them.
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx512 => unsafe {
-            avx512::accumulate_v(&tile, inp.v_cache, &slot_of, acc, lane_rows)
+            avx512::accumulate_v(&tile, inp.v_cache, slot_of, acc, lane_rows)
         },
         #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2 => unsafe {
-            avx2::accumulate_v(&tile, inp.v_cache, &slot_of, acc, lane_rows)
-        },
+        Kernels::Avx2 => unsafe { avx2::accumulate_v(&tile, inp.v_cache, slot_of, acc, lane_rows) },
         Kernels::Generic => {
+            let _ = lane_rows;
             for (r, &n) in n_ctx.iter().enumerate() {
-                let probs = &scores[r * group * stride..(r + 1) * group * stride];
+                let probs = &probs[r * group * stride..(r + 1) * group * stride];
                 let acc = &mut acc[r * group * F16_STEP * hd..(r + 1) * group * F16_STEP * hd];
-                accumulate_v::<SIMD>(inp, n, stride, group, &slot_of, probs, kv_row, acc);
-            }
-        }
-    }
-    for (r, t) in rows.enumerate() {
-        for g in 0..group {
-            let h = kvh * group + g;
-            let head = r * group + g;
-            let lanes = &mut acc[head * F16_STEP * hd..(head + 1) * F16_STEP * hd];
-            // SAFETY: (row, head h) belongs to this unit alone.
-            let at = ((seq.q_row + t) * inp.n_heads + h) * hd;
-            let dst = unsafe { out.part(at, hd) };
-            match kernels {
-                // SAFETY: as above; `lanes` is `[64, 64]`.
-                #[cfg(target_arch = "x86_64")]
-                Kernels::Avx512 => unsafe { avx512::fold_lanes(lanes, dst) },
-                #[cfg(target_arch = "x86_64")]
-                Kernels::Avx2 => unsafe { avx2::fold_lanes(lanes, dst) },
-                Kernels::Generic => {
-                    fold_lanes(lanes, hd);
-                    dst.copy_from_slice(&lanes[..hd]);
-                }
+                accumulate_v::<SIMD>(inp, n, stride, group, slot_of, probs, kv_row, acc);
             }
         }
     }

@@ -209,6 +209,21 @@ pub mod x86 {
         _mm256_blendv_ps(res, saturated, out_of_range)
     }
 
+    /// `[f(0), …, f(N - 1)]` as `std::array::from_fn`, always inlined: `from_fn` passes
+    /// `f` through core's closure wrappers, which are not always inlined, and an
+    /// out-of-line copy has no target features, so every intrinsic in `f` becomes a call
+    /// (the attention kernels ran 10× slower when a new caller tipped that balance).
+    #[inline(always)]
+    pub fn regs<T: Copy, const N: usize>(mut f: impl FnMut(usize) -> T) -> [T; N] {
+        let mut out = [std::mem::MaybeUninit::<T>::uninit(); N];
+        for (i, o) in out.iter_mut().enumerate() {
+            o.write(f(i));
+        }
+        // SAFETY: every element was written above; `[MaybeUninit<T>; N]` and `[T; N]`
+        // have the same layout.
+        unsafe { std::mem::transmute_copy(&out) }
+    }
+
     /// f16 → f32 for a row whose length is a multiple of 8.
     ///
     /// # Safety
@@ -252,6 +267,18 @@ pub mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn regs_builds_the_array_in_index_order() {
+        let mut calls = vec![];
+        let squares: [usize; 5] = x86::regs(|i| {
+            calls.push(i);
+            i * i
+        });
+        assert_eq!(squares, [0, 1, 4, 9, 16]);
+        assert_eq!(calls, [0, 1, 2, 3, 4]);
+    }
 
     #[test]
     fn expf_is_close_to_libm_and_saturates() {

@@ -17,8 +17,9 @@
 use half::f16;
 use std::arch::x86_64::*;
 
+use super::v_folded::{fold_head, VReg};
 use super::v_lanes::{accumulate_lanes, prefetch_rows, LanePass, TileProbs};
-use crate::ops::ggml_math::x86::{expf8, widen_f16};
+use crate::ops::ggml_math::x86::{expf8, regs, widen_f16};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
 /// The head size these kernels take.
@@ -44,7 +45,7 @@ unsafe fn dot_t3(k: &[__m256; 8], q: &[__m256; 8]) -> __m256 {
 #[inline(always)]
 pub(super) unsafe fn finish8(t3: &[__m256; POS_TILE]) -> __m256 {
     // s[p] = [t6 of p | t6 of p + 4], t6[i] = t3[i + 4] + t3[i].
-    let s: [__m256; 4] = std::array::from_fn(|p| {
+    let s: [__m256; 4] = regs(|p| {
         let lo = _mm256_permute2f128_ps::<0x20>(t3[p], t3[p + 4]);
         let hi = _mm256_permute2f128_ps::<0x31>(t3[p], t3[p + 4]);
         _mm256_add_ps(hi, lo)
@@ -94,14 +95,11 @@ impl ScoreDot for Avx2Dot {
     type Query = [__m256; 8];
     #[inline(always)]
     unsafe fn query(q: *const f32) -> Self::Query {
-        std::array::from_fn(|j| _mm256_loadu_ps(q.add(8 * j)))
+        regs(|j| _mm256_loadu_ps(q.add(8 * j)))
     }
     #[inline(always)]
     unsafe fn t3(k: &[f32; HEAD_DIM], q: &Self::Query) -> __m256 {
-        dot_t3(
-            &std::array::from_fn(|i| _mm256_loadu_ps(k.as_ptr().add(8 * i))),
-            q,
-        )
+        dot_t3(&regs(|i| _mm256_loadu_ps(k.as_ptr().add(8 * i))), q)
     }
 }
 
@@ -146,7 +144,7 @@ pub(super) unsafe fn tiled_scores<D: ScoreDot>(
                 let q = D::query(q16[head * HEAD_DIM..(head + 1) * HEAD_DIM].as_ptr());
                 let out = &mut scores[head * stride..head * stride + n];
                 if p0 + POS_TILE <= n {
-                    let t3: [__m256; POS_TILE] = std::array::from_fn(|p| D::t3(&k_tile[p], &q));
+                    let t3: [__m256; POS_TILE] = regs(|p| D::t3(&k_tile[p], &q));
                     let r8 = _mm256_mul_ps(finish8(&t3), scale8);
                     _mm256_storeu_ps(out.as_mut_ptr().add(p0), r8);
                 } else {
@@ -276,7 +274,7 @@ impl<F: Fn(usize) -> usize> VPass<'_, F> {
             }
         }
         for pos in (self.lane + F16_STEP..self.n).step_by(F16_STEP) {
-            let (at, p) = (row(pos), std::array::from_fn::<_, G, _>(|g| prob(g, pos)));
+            let (at, p) = (row(pos), regs::<_, G>(|g| prob(g, pos)));
             for k in 0..4 {
                 let v = _mm256_cvtph_ps(_mm_loadu_si128(at.add(k)));
                 for (sg, &pg) in sums.iter_mut().zip(&p) {
@@ -304,15 +302,65 @@ pub unsafe fn fold_lanes(lanes: &[f32], out: &mut [f32]) {
     assert!(lanes.len() >= F16_STEP * HEAD_DIM && out.len() >= HEAD_DIM);
     for c in (0..HEAD_DIM).step_by(8) {
         let a = |lane: usize| _mm256_loadu_ps(lanes.as_ptr().add(lane * HEAD_DIM + c));
-        let x: [__m256; LANES] = std::array::from_fn(|l| {
+        let x: [__m256; LANES] = regs(|l| {
             let x0 = _mm256_add_ps(a(l), a(l + 2 * LANES));
             let x1 = _mm256_add_ps(a(l + LANES), a(l + 3 * LANES));
             _mm256_add_ps(x0, x1)
         });
-        let t3: [__m256; 8] = std::array::from_fn(|i| _mm256_add_ps(x[i + 8], x[i]));
-        let t6: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(t3[i + 4], t3[i]));
+        let t3: [__m256; 8] = regs(|i| _mm256_add_ps(x[i + 8], x[i]));
+        let t6: [__m256; 4] = regs(|i| _mm256_add_ps(t3[i + 4], t3[i]));
         let sum = _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3]));
         _mm256_storeu_ps(out.as_mut_ptr().add(c), sum);
+    }
+}
+
+/// `v_folded::fold_head` of one row and head (`probs: [n]`, `out: [64]`) with this
+/// module's registers, 32 outputs per pass.
+///
+/// # Safety
+/// AVX2, FMA and F16C; sizes as `fold_head`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn fold_v(
+    probs: &[f32],
+    v_cache: &[f16],
+    slot_of: &impl Fn(usize) -> usize,
+    out: &mut [f32],
+) {
+    fold_head::<__m256, FOLD_REGS>(probs, v_cache, slot_of, out)
+}
+
+/// Registers of outputs per pass of `fold_v`.
+const FOLD_REGS: usize = 4;
+
+impl VReg for __m256 {
+    const WIDTH: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn widen(row: *const f16) -> Self {
+        _mm256_cvtph_ps(_mm_loadu_si128(row as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut f32) {
+        _mm256_storeu_ps(dst, self)
     }
 }
 

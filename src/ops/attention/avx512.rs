@@ -20,8 +20,9 @@ use half::f16;
 use std::arch::x86_64::*;
 
 use super::avx2::{finish1, max_of, tiled_scores, zero_unreached_lanes, ScoreDot};
+use super::v_folded::{fold_head, VReg};
 use super::v_lanes::{accumulate_lanes, LanePass, TileProbs};
-use crate::ops::ggml_math::x86::expf16;
+use crate::ops::ggml_math::x86::{expf16, regs};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
 /// The head size these kernels take.
@@ -31,7 +32,7 @@ pub const HEAD_DIM: usize = 64;
 #[inline(always)]
 unsafe fn load_row(cache: &[f16], at: usize) -> [__m512; 4] {
     let row = cache[at..at + HEAD_DIM].as_ptr() as *const __m256i;
-    std::array::from_fn(|k| _mm512_cvtph_ps(_mm256_loadu_si256(row.add(k))))
+    regs(|k| _mm512_cvtph_ps(_mm256_loadu_si256(row.add(k))))
 }
 
 /// `reduce64`'s lane-wise fold of one row · query dot: `(a0 + a2) + (a1 + a3)`.
@@ -58,11 +59,11 @@ impl ScoreDot for Avx512Dot {
     type Query = [__m512; 4];
     #[inline(always)]
     unsafe fn query(q: *const f32) -> Self::Query {
-        std::array::from_fn(|j| _mm512_loadu_ps(q.add(16 * j)))
+        regs(|j| _mm512_loadu_ps(q.add(16 * j)))
     }
     #[inline(always)]
     unsafe fn t3(k: &[f32; HEAD_DIM], q: &Self::Query) -> __m256 {
-        let k = std::array::from_fn(|j| _mm512_loadu_ps(k.as_ptr().add(16 * j)));
+        let k = regs(|j| _mm512_loadu_ps(k.as_ptr().add(16 * j)));
         halves(folded_dot(&k, q))
     }
 }
@@ -146,9 +147,7 @@ impl Heads {
             let prob =
                 |g: usize, pos: usize| _mm512_set1_ps(tile.probs[(base + g) * tile.stride + pos]);
             let v = load_row(v_cache, slot_of(lane));
-            let mut sums: [[__m512; 4]; G] = std::array::from_fn(|g| {
-                std::array::from_fn(|k| _mm512_mul_ps(v[k], prob(g, lane)))
-            });
+            let mut sums: [[__m512; 4]; G] = regs(|g| regs(|k| _mm512_mul_ps(v[k], prob(g, lane))));
             for pos in (lane + F16_STEP..n).step_by(F16_STEP) {
                 let v = load_row(v_cache, slot_of(pos));
                 for (g, sg) in sums.iter_mut().enumerate() {
@@ -179,15 +178,65 @@ pub unsafe fn fold_lanes(lanes: &[f32], out: &mut [f32]) {
     assert!(lanes.len() >= F16_STEP * HEAD_DIM && out.len() >= HEAD_DIM);
     for c in (0..HEAD_DIM).step_by(LANES) {
         let a = |lane: usize| _mm512_loadu_ps(lanes.as_ptr().add(lane * HEAD_DIM + c));
-        let x: [__m512; LANES] = std::array::from_fn(|l| {
+        let x: [__m512; LANES] = regs(|l| {
             let x0 = _mm512_add_ps(a(l), a(l + 2 * LANES));
             let x1 = _mm512_add_ps(a(l + LANES), a(l + 3 * LANES));
             _mm512_add_ps(x0, x1)
         });
-        let t3: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(x[i + 8], x[i]));
-        let t6: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(t3[i + 4], t3[i]));
+        let t3: [__m512; 8] = regs(|i| _mm512_add_ps(x[i + 8], x[i]));
+        let t6: [__m512; 4] = regs(|i| _mm512_add_ps(t3[i + 4], t3[i]));
         let sum = _mm512_add_ps(_mm512_add_ps(t6[0], t6[2]), _mm512_add_ps(t6[1], t6[3]));
         _mm512_storeu_ps(out.as_mut_ptr().add(c), sum);
+    }
+}
+
+/// `v_folded::fold_head` of one row and head (`probs: [n]`, `out: [64]`) with this
+/// module's registers, 32 outputs per pass.
+///
+/// # Safety
+/// `available()`; sizes as `fold_head`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn fold_v(
+    probs: &[f32],
+    v_cache: &[f16],
+    slot_of: &impl Fn(usize) -> usize,
+    out: &mut [f32],
+) {
+    fold_head::<__m512, FOLD_REGS>(probs, v_cache, slot_of, out)
+}
+
+/// Registers of outputs per pass of `fold_v`.
+const FOLD_REGS: usize = 4;
+
+impl VReg for __m512 {
+    const WIDTH: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn widen(row: *const f16) -> Self {
+        _mm512_cvtph_ps(_mm256_loadu_si256(row as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut f32) {
+        _mm512_storeu_ps(dst, self)
     }
 }
 

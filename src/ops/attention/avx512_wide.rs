@@ -17,6 +17,7 @@ use half::f16;
 use std::arch::x86_64::*;
 
 use super::avx512::HEAD_DIM;
+use crate::ops::ggml_math::x86::regs;
 
 /// Positions per tile: one register's lanes.
 const POS_TILE: usize = 16;
@@ -87,12 +88,12 @@ unsafe fn transpose_tile(
     positions: std::ops::Range<usize>,
     kt: &mut KTile,
 ) {
-    let row_at: [Option<usize>; POS_TILE] = std::array::from_fn(|i| {
+    let row_at: [Option<usize>; POS_TILE] = regs(|i| {
         let pos = positions.start + i;
         (pos < positions.end).then(|| slot_of(pos))
     });
     for block in 0..HEAD_DIM / POS_TILE {
-        let rows: [__m512; POS_TILE] = std::array::from_fn(|i| {
+        let rows: [__m512; POS_TILE] = regs(|i| {
             if let Some(row) = row_at[i] {
                 let at = row + block * POS_TILE;
                 let src = k_cache[at..at + POS_TILE].as_ptr() as *const __m256i;
@@ -113,7 +114,7 @@ unsafe fn transpose_tile(
 unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // Pairs of rows interleaved, then quads: t[4q + c] holds, in 128-bit lane L, rows
     // 4q..4q + 4 of column 4L + c.
-    let s: [__m512; 16] = std::array::from_fn(|i| {
+    let s: [__m512; 16] = regs(|i| {
         let (a, b) = (r[i & !1], r[i | 1]);
         if i % 2 == 0 {
             _mm512_unpacklo_ps(a, b)
@@ -121,7 +122,7 @@ unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
             _mm512_unpackhi_ps(a, b)
         }
     });
-    let t: [__m512; 16] = std::array::from_fn(|i| {
+    let t: [__m512; 16] = regs(|i| {
         let (q, c) = (i / 4, i % 4);
         let (a, b) = (
             _mm512_castps_pd(s[4 * q + c / 2]),
@@ -134,7 +135,7 @@ unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
         })
     });
     // Gather each column's four 128-bit lanes: u[c][k] pairs quads (0, 1) and (2, 3).
-    let u: [[__m512; 4]; 4] = std::array::from_fn(|c| {
+    let u: [[__m512; 4]; 4] = regs(|c| {
         [
             _mm512_shuffle_f32x4::<0x88>(t[c], t[4 + c]),
             _mm512_shuffle_f32x4::<0xDD>(t[c], t[4 + c]),
@@ -142,7 +143,7 @@ unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
             _mm512_shuffle_f32x4::<0xDD>(t[8 + c], t[12 + c]),
         ]
     });
-    std::array::from_fn(|col| {
+    regs(|col| {
         let (lane, c) = (col / 4, col % 4);
         let (a, b) = (u[c][lane % 2], u[c][2 + lane % 2]);
         if lane < 2 {
@@ -254,7 +255,7 @@ mod tests {
         let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
         // SAFETY: AVX-512 checked above.
         let out = unsafe {
-            let rows = std::array::from_fn(|r| _mm512_loadu_ps(m[16 * r..].as_ptr()));
+            let rows = regs(|r| _mm512_loadu_ps(m[16 * r..].as_ptr()));
             transpose16(rows)
         };
         for (c, col) in out.iter().enumerate() {

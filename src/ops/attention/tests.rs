@@ -46,7 +46,9 @@ fn tiled_kernels_are_bit_identical_to_the_scalar_twin() {
     // exponentials underflow (ggml's saturation branch).
     let cases: Vec<_> = [1usize, 3, 4, 7]
         .into_iter()
-        .flat_map(|group| [1usize, 7, 8, 9, 63, 64, 65, 130, 200].map(|n| (group, n, 3.0f32)))
+        .flat_map(|group| {
+            [1usize, 7, 8, 9, 63, 64, 65, 130, 192, 193, 200].map(|n| (group, n, 3.0f32))
+        })
         .chain([(3, 100, 60.0), (7, 40, 60.0)])
         .collect();
     // Every finite f16 (subnormals, ±0, up to 65504) as K, V and query: products from
@@ -293,16 +295,41 @@ fn row_meta_gives_each_row_its_causal_key_count_and_table() {
 #[test]
 #[ignore]
 fn bench_attention_shapes() {
-    bench_shape("prefill chunk 3072..4096", 1, 1024, 4096, 1);
-    bench_shape("decode 32 x 1 row at 1024", 32, 1, 1024, 1);
-    bench_shape("decode 32 x 1 row at 192, 30 layers", 32, 1, 192, 30);
+    let (smollm2, qwen) = ((3, 3), (2, 7));
+    bench_shape("prefill chunk 3072..4096", smollm2, 1, 1024, 4096, 1);
+    bench_shape("decode 32 x 1 row at 1024", smollm2, 32, 1, 1024, 1);
+    bench_shape(
+        "decode 32 x 1 row at 192, 30 layers",
+        smollm2,
+        32,
+        1,
+        192,
+        30,
+    );
+    bench_shape("Qwen prefill 128 at 128, 24 layers", qwen, 1, 128, 128, 24);
+    bench_shape(
+        "Qwen decode 32 x 1 row at 160, 24 layers",
+        qwen,
+        32,
+        1,
+        160,
+        24,
+    );
 }
 
 /// Times `paged_attention_with` for `n_seqs` sequences of `n_q` query rows ending at `ctx`
-/// tokens (each sequence its own blocks), per layer over `layers` layers' caches.
+/// tokens (each sequence its own blocks), per layer over `layers` layers' caches, with
+/// `heads = (kv heads, query heads per kv head)`.
 #[cfg(target_arch = "x86_64")]
-fn bench_shape(name: &str, n_seqs: usize, n_q: usize, ctx: usize, layers: usize) {
-    let (hd, bs, n_kv, group) = (64, 16, 3, 3);
+fn bench_shape(
+    name: &str,
+    heads: (usize, usize),
+    n_seqs: usize,
+    n_q: usize,
+    ctx: usize,
+    layers: usize,
+) {
+    let (hd, bs, (n_kv, group)) = (64, 16, heads);
     let geo = KvGeometry {
         block_size: bs,
         n_kv_heads: n_kv,
