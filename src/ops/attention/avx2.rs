@@ -12,7 +12,8 @@
 //! Softmax: ggml's AVX-512 `expf` lane by lane in 8 lanes, `scalef` as the scalar twin
 //! does it (in f64, 4 lanes at a time).
 //! V: per lane of ggml's 64, row and half of the dimensions, the positions feeding it
-//! accumulated for up to 3 heads at once in registers (a mul, then FMAs) and stored once.
+//! accumulated for up to 3 heads at once in registers (a mul, then FMAs) and stored once;
+//! tiles of short contexts take `fold_v` (`v_folded`) instead.
 
 use half::f16;
 use std::arch::x86_64::*;

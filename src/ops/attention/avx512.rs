@@ -14,7 +14,8 @@
 //! once per tile), the positions feeding it (`lane, lane + 64, …`) are accumulated in
 //! registers for up to 4 heads at once (a mul for the first, FMAs after: the order
 //! `accumulate_v` uses) and stored once, instead of a load and a store of the
-//! accumulator row per position.
+//! accumulator row per position. Tiles of short contexts take `fold_v` instead
+//! (`v_folded`: the lanes summed and folded in registers, nothing stored).
 
 use half::f16;
 use std::arch::x86_64::*;

@@ -3,7 +3,7 @@
 //! and folded in registers, in `attention::fold_lanes`' order, instead of storing the
 //! lanes (`[64, 64]` floats per row and head) and folding them after.
 //!
-//! A lane of a short context holds one or two positions, so the lane accumulators that
+//! A lane of a short context holds one to three positions, so the lane accumulators that
 //! `v_lanes::accumulate_lanes` stores are written and read back for about as many
 //! operations as they took to make: 16 KB per row and head, 0.9 MB for a Qwen2.5-0.5B
 //! tile of 8 rows × 7 heads, more than a core's L2. Here a row and head reads its V rows
