@@ -1,6 +1,7 @@
 //! Attention against a dense oracle, and the AVX-512 kernels against the scalar twin.
 
 use super::*;
+use crate::ops::ggml_math::dot_f16;
 use rand::{Rng, SeedableRng};
 
 /// Dense causal attention over one sequence's contiguous K/V: the oracle.
