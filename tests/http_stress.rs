@@ -54,6 +54,11 @@ fn fixture() -> (MutexGuard<'static, ()>, &'static Fixture) {
         };
         let tight = ServerConfig {
             max_queued_requests: 8,
+            // Room for all of the oversubscription test's 160 parse jobs at once: its 429s
+            // are the admission queue's (`queue_full`), not the request CPU pool's own
+            // bound (`server_busy`, tested in `server::cpu`), which the default 128 let
+            // a burst of simultaneous posts reach.
+            cpu_queue: 256,
             sse_keepalive: std::time::Duration::from_millis(100),
             ..ServerConfig::default()
         };
