@@ -33,19 +33,21 @@
 //! Q6_K: per 256-element super-block one FMA per lane, as the others per 32-element
 //! block; its integer lanes are ggml's (see `q6k_rows`).
 //! Q4_K in the order of ggml's repacked gemv (`Q4KInterleaved`): per super-block and row
-//! two exact integers and two FMAs, 8 rows per instruction (see `q4k_rows`).
+//! two exact integers and two FMAs, 8 rows per instruction, over panels in the
+//! rows-in-lanes order rather than the pair layout (see `q4k_rows`).
 
 use std::arch::x86_64::*;
 
 use super::avx512_lanes::{
-    hsum_rows, hsum_rows_i32, load_index, DOUBLE_DWORDS, Q5_0_QH_BIT, Q5_0_QH_BYTE,
-    ROW_RESULT_INDEX,
+    hsum_rows, load_index, DOUBLE_DWORDS, Q5_0_QH_BIT, Q5_0_QH_BYTE, ROW_RESULT_INDEX,
 };
 use super::blocks::{Q4K, Q4_1, Q5_0, Q6K, Q8_0};
-use super::kquants::avx2::{q4k_block_scales, q4k_vectors, q6k_vectors, Q4KRowSums};
+use super::kquants::avx2::{q4k_block_scales, q4k_vectors, q6k_vectors};
+
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP};
 use super::x86::f16_to_f32;
+use crate::ops::ggml_math::x86::regs;
 
 /// The same over a 16-byte load: the low nibbles' groups, then again for the high ones.
 const DOUBLE_NIBBLE_DWORDS: [i32; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1, 2, 2, 3, 3];
@@ -297,7 +299,8 @@ impl DoubledValues for Q5_0 {
 /// 32-element chunk (|sum| ≤ 4·63·127, an i16), `vpdpwssd` multiplies it by its
 /// 16-element scale into the lane (the scale in the low i16 of each i32, 0 above), and
 /// each lane starts at `−32 · (b₂ₗ·sc₂ₗ + b₂ₗ₊₁·sc₂ₗ₊₁)` (`q8sclsub`, one `vpmaddwd` of
-/// the interleaved sums against the scales). Then `acc = (d_a · d_w) · cvt(lanes) + acc`.
+/// the interleaved sums against the scales times −32). Then
+/// `acc = (d_a · d_w) · cvt(lanes) + acc`.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
@@ -311,12 +314,13 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
         let wd = _mm512_set1_ps(f16_to_f32(wb.d));
         let q = q6k_vectors(wb);
         let sc = &wb.scales;
-        // i16 pattern [sc₀ sc₁ sc₀ sc₁ sc₂ sc₃ sc₂ sc₃ ..] against the interleaved sums.
-        let pairs: [i32; 8] = std::array::from_fn(|l| {
-            (sc[2 * l] as i16 as u16 as i32) | ((sc[2 * l + 1] as i16 as i32) << 16)
-        });
+        // i16 pattern −32·[sc₀ sc₁ sc₀ sc₁ sc₂ sc₃ sc₂ sc₃ ..] against the interleaved sums
+        // (|−32·sc| ≤ 4096: an i16; the lanes' starts exactly).
+        let neg32 = |sc: i8| (-32 * sc as i16) as u16 as i32;
+        let pairs: [i32; 8] =
+            std::array::from_fn(|l| neg32(sc[2 * l]) | (neg32(sc[2 * l + 1]) << 16));
         let pairs = _mm256_loadu_si256(pairs.as_ptr() as *const __m256i);
-        let sub_scales = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(pairs));
+        let neg_sub_scales = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(pairs));
         let mut wq = [zero; 8];
         let mut wsc = [zero; 8];
         for c in 0..8 {
@@ -330,8 +334,7 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
             let mut lanes = [zero; 4];
             for (p, l) in lanes.iter_mut().enumerate() {
                 let bs = _mm512_loadu_si512(y.bsums[p].as_ptr() as *const _);
-                let sub = _mm512_slli_epi32::<5>(_mm512_madd_epi16(bs, sub_scales));
-                *l = _mm512_sub_epi32(zero, sub);
+                *l = _mm512_madd_epi16(bs, neg_sub_scales);
             }
             for c in 0..8 {
                 for (p, l) in lanes.iter_mut().enumerate() {
@@ -351,58 +354,106 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
     out
 }
 
-/// Q4_K weight row `w: [kb]` · `8·G` Q8_K rows (`x[g]: [kb]` super-block panels):
-/// `out[g][r]`, in the order of ggml's repacked gemv (`Q4KInterleaved::dot`): per
-/// super-block and row the exact integers `isum = Σ scale·q·a` (`vpdpbusd` per 32-element
-/// sub-block, |4-sum| ≤ 4·15·127 fits an i16, then `vpdpwssd` by its scale) and
-/// `imin = Σ min·bsum` (one `vpmaddwd` of the interleaved 16-element sums against the
-/// mins), each row's lanes summed, then `acc = fma(isum, d_w·d_a, acc)` and
-/// `acc_min = fma(imin, dmin_w·d_a, acc_min)` for 8 rows at once; result `acc − acc_min`.
+/// Q4_K weight row `w: [kb]` · `8·G` Q8_K rows in the rows-in-lanes order (`x[g]: [kb]`,
+/// `panel_layout`): `out[g][r]`, in the order of ggml's repacked gemv
+/// (`Q4KInterleaved::dot`). Its float steps take only each row's super-block integers
+/// `isum = Σ scale·q·a` and `imin = Σ min·bsum` (exact, so summed in any order), then
+/// `acc = fma(isum, d_w·d_a, acc)` and `acc_min = fma(imin, dmin_w·d_a, acc_min)`; result
+/// `acc − acc_min`. A register holds the 8 rows' two cells each (cell `p` of row `r`: the
+/// 4-byte groups `2s + p` of every step `s`): per chunk, 4 `vpdpbusd` against the weights'
+/// 8 bytes `8s..8s+8` broadcast to every row sum its 32 products per row (|cell| ≤
+/// 16·15·128, an i16), one `vpdpwssd` by the chunk's scale adds them to `isum`; `imin` is
+/// 4 `vpdpwssd` of the rows' 16-element sums against the mins. Per super-block each row's
+/// two cells are added (`[isum | imin]` of the 8 rows in one register) and both FMAs are
+/// one. A fifth of the pair layout's vector operations: no per-row lane sums to fold.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32; GROUP]; G] {
     check_blocks("q4k_rows", w.len(), x);
-    let double = load_index(&DOUBLE_DWORDS);
-    let result_idx = load_index(&ROW_RESULT_INDEX);
+    let (even, odd) = (load_index(&EVEN_CELLS), load_index(&ODD_CELLS));
     let zero = _mm512_setzero_si512();
-    let mut sums = [Q4KRowSums::new(); G];
+    // Per row group: [acc of rows 0..8 | acc_min of rows 0..8].
+    let mut acc = [_mm512_setzero_ps(); G];
     for (b, wb) in w.iter().enumerate() {
-        let q = q4k_vectors(wb);
         let block = q4k_block_scales(wb);
-        let mut wq = [zero; 8];
-        for (wqc, qc) in wq.iter_mut().zip(q) {
-            *wqc = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(qc));
-        }
-        // Lane l of each row (both rows of a pair): [min_l, min_l].
-        let min_pairs = _mm512_permutexvar_epi32(double, _mm512_castsi256_si512(block.min_pairs));
-        for (g, rows) in sums.iter_mut().enumerate() {
-            let y = x[g].get_unchecked(b);
-            let mut isum = [zero; 4];
-            let mut imin = [zero; 4];
-            for (l, bs) in imin.iter_mut().zip(&y.bsums) {
-                *l = _mm512_madd_epi16(_mm512_loadu_si512(bs.as_ptr() as *const _), min_pairs);
-            }
-            for (c, wqc) in wq.iter().enumerate() {
-                // The scale in the low i16 of each i32 (0 above): `vpdpwssd` is t · scale.
-                let sc = _mm512_set1_epi32(block.scales[c] as i32);
-                for (p, l) in isum.iter_mut().enumerate() {
-                    let ys = _mm512_loadu_si512(y.qs[c][p].as_ptr() as *const _);
-                    let t = _mm512_dpbusd_epi32(zero, *wqc, ys);
-                    *l = dpwssd(*l, t, sc);
+        let values = Q4KValues::new(wb);
+        let mut isum = [zero; G];
+        for c in 0..8 {
+            let wq: [__m512i; 4] = regs(|s| values.broadcast(c, s));
+            let sc = _mm512_set1_epi32(block.scales[c] as i32);
+            for (g, sum) in isum.iter_mut().enumerate() {
+                let y = &x[g].get_unchecked(b).qs[c];
+                let mut t = zero;
+                for (s, wqs) in wq.iter().enumerate() {
+                    let ys = _mm512_loadu_si512(y[s].as_ptr() as *const _);
+                    t = _mm512_dpbusd_epi32(t, *wqs, ys);
                 }
+                *sum = dpwssd(*sum, t, sc);
             }
-            let totals = [
-                hsum_rows_i32(&isum, result_idx),
-                hsum_rows_i32(&imin, result_idx),
-            ];
-            rows.add(totals, block.d, &y.d);
+        }
+        // Qword s of `min_pairs`: [min_2s, min_2s] and [min_2s+1, min_2s+1] as i16 pairs.
+        let min_pairs = _mm512_castsi256_si512(block.min_pairs);
+        let mins: [__m512i; 4] =
+            regs(|s| _mm512_permutexvar_epi64(_mm512_set1_epi64(s as i64), min_pairs));
+        let d = halves(block.d[0], block.d[1]);
+        for (g, (a, sum)) in acc.iter_mut().zip(isum).enumerate() {
+            let y = x[g].get_unchecked(b);
+            let mut imin = zero;
+            for (bs, m) in y.bsums.iter().zip(mins) {
+                imin = dpwssd(imin, _mm512_loadu_si512(bs.as_ptr() as *const _), m);
+            }
+            let rows = _mm512_add_epi32(
+                _mm512_permutex2var_epi32(sum, even, imin),
+                _mm512_permutex2var_epi32(sum, odd, imin),
+            );
+            let act_d = _mm256_loadu_ps(y.d.as_ptr());
+            let act_d = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(act_d)));
+            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rows), _mm512_mul_ps(d, act_d), *a);
         }
     }
     let mut out = [[0f32; GROUP]; G];
-    for (o, rows) in out.iter_mut().zip(sums) {
-        *o = rows.rows();
+    for (o, a) in out.iter_mut().zip(acc) {
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+        let rows = _mm256_sub_ps(_mm512_castps512_ps256(a), high);
+        _mm256_storeu_ps(o.as_mut_ptr(), rows);
     }
     out
+}
+
+/// `[lo | hi]` in one register (AVX-512 F only: the f32x8 forms need DQ).
+#[inline(always)]
+unsafe fn halves(lo: __m256, hi: __m256) -> __m512 {
+    let lo = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
+}
+
+/// `permutex2var` indices of cell 0 (`EVEN_CELLS`) and cell 1 (`ODD_CELLS`) of the 8 rows
+/// in two rows-in-lanes registers: `[a_r0, .., a_r7, b_r0, .., b_r7]`.
+const EVEN_CELLS: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+const ODD_CELLS: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
+
+/// A Q4_K super-block's 256 values (0..16) in element order on the stack, for 8-byte
+/// broadcasts from memory (a load port, not a shuffle).
+#[repr(C, align(32))]
+struct Q4KValues([u8; 256]);
+
+impl Q4KValues {
+    #[inline(always)]
+    unsafe fn new(w: &Q4K) -> Self {
+        let mut values = std::mem::MaybeUninit::<Q4KValues>::uninit();
+        let at = values.as_mut_ptr() as *mut __m256i;
+        for (c, q) in q4k_vectors(w).into_iter().enumerate() {
+            _mm256_store_si256(at.add(c), q);
+        }
+        values.assume_init()
+    }
+
+    /// Chunk `c`'s values `8s..8s+8` in every qword.
+    #[inline(always)]
+    unsafe fn broadcast(&self, c: usize, s: usize) -> __m512i {
+        let eight = std::ptr::read_unaligned(self.0.as_ptr().add(32 * c + 8 * s) as *const i64);
+        _mm512_set1_epi64(eight)
+    }
 }

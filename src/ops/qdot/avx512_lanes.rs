@@ -62,20 +62,3 @@ pub(super) unsafe fn hsum_rows(acc: &[__m512; 4], result_idx: __m512i) -> __m256
     let sums = _mm512_add_ps(t, _mm512_shuffle_ps::<0b01_00_11_10>(t, t));
     _mm512_castps512_ps256(_mm512_permutexvar_ps(result_idx, sums))
 }
-
-/// Each row's sum of its 8 i32 lanes in a group's 4 pair registers (exact, so any order):
-/// `[i32; 8]` in row order, by `hsum_rows`' shuffles.
-#[inline(always)]
-pub(super) unsafe fn hsum_rows_i32(l: &[__m512i; 4], result_idx: __m512i) -> __m256i {
-    let lo01 = _mm512_shuffle_i32x4::<0b01_00_01_00>(l[0], l[1]);
-    let hi01 = _mm512_shuffle_i32x4::<0b11_10_11_10>(l[0], l[1]);
-    let lo23 = _mm512_shuffle_i32x4::<0b01_00_01_00>(l[2], l[3]);
-    let hi23 = _mm512_shuffle_i32x4::<0b11_10_11_10>(l[2], l[3]);
-    let r01 = _mm512_add_epi32(lo01, hi01);
-    let r23 = _mm512_add_epi32(lo23, hi23);
-    let r02 = _mm512_shuffle_i32x4::<0b10_00_10_00>(r01, r23);
-    let r13 = _mm512_shuffle_i32x4::<0b11_01_11_01>(r01, r23);
-    let t = _mm512_add_epi32(r02, r13);
-    let sums = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b01_00_11_10>(t));
-    _mm512_castsi512_si256(_mm512_permutexvar_epi32(result_idx, sums))
-}

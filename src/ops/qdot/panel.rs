@@ -20,7 +20,7 @@ use half::f16;
 
 #[cfg(test)]
 pub(crate) use super::panel_layout::get_row;
-use super::panel_layout::{put_bsums, put_row, PAIRS};
+use super::panel_layout::{put_bsums, put_bsums_in_lanes, put_row, put_row_in_lanes, PAIRS};
 pub use super::panel_layout::{PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP, QK, QK_K};
 
 /// A weight type with a multi-row panel kernel.
@@ -42,8 +42,9 @@ pub trait RowPanel {
     /// The kernel sets this type has, best first.
     const ISAS: &'static [PanelIsa];
 
-    /// Most groups one `dot` call takes: its accumulators must fit the registers.
-    const MAX_GROUPS: usize;
+    /// Most groups one `dot` call of `isa`'s kernels takes: its accumulators must fit the
+    /// registers.
+    fn max_groups(isa: PanelIsa) -> usize;
 
     /// One weight row (`w: [kb]`) · the 8 rows of each of `G` groups (`groups[g]: [kb]`),
     /// with `isa`'s kernels: `out[g][r]`.
@@ -131,6 +132,35 @@ fn group_rows(rows: &[f32], k: usize, blocks: usize, elems: usize) -> usize {
     n
 }
 
+/// Quantizes a group's rows (`group_rows`) into Q8_K super-block panels `out: [k / 256]`,
+/// each chunk's quants and the 16-element sums stored by `put_qs` and `put_sums` (the
+/// layout the reading kernel wants).
+fn quantize_q8k_group(
+    rows: &[f32],
+    k: usize,
+    out: &mut [PanelQ8K],
+    put_qs: fn(&mut [[i8; 2 * QK]; PAIRS], usize, [i8; QK]),
+    put_sums: fn(&mut [[i16; 2 * QK_K / 16]; PAIRS], usize, &[i16; 16]),
+) {
+    let n = group_rows(rows, k, out.len(), QK_K);
+    let mut tmp = [Q8K {
+        d: 0.0,
+        qs: [0; QK_K],
+        bsums: [0; QK_K / 16],
+    }];
+    for (b, panel) in out.iter_mut().enumerate() {
+        *panel = Q6KPanel::ZERO;
+        for r in 0..n {
+            act_quant::quantize_q8k(&rows[r * k + b * QK_K..r * k + (b + 1) * QK_K], &mut tmp);
+            for (c, chunk) in tmp[0].qs32().iter().enumerate() {
+                put_qs(&mut panel.qs[c], r, *chunk);
+            }
+            put_sums(&mut panel.bsums, r, &tmp[0].bsums);
+            panel.d[r] = tmp[0].d;
+        }
+    }
+}
+
 impl RowPanel for Q4_1Panel {
     type Weight = Q4_1;
     type Block = PanelQ8_1;
@@ -157,7 +187,9 @@ impl RowPanel for Q4_1Panel {
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    const MAX_GROUPS: usize = 4;
+    fn max_groups(_: PanelIsa) -> usize {
+        4
+    }
 
     unsafe fn dot<const G: usize>(
         isa: PanelIsa,
@@ -203,7 +235,9 @@ impl RowPanel for Q8_0Panel {
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    const MAX_GROUPS: usize = 4;
+    fn max_groups(_: PanelIsa) -> usize {
+        4
+    }
 
     unsafe fn dot<const G: usize>(
         isa: PanelIsa,
@@ -229,7 +263,9 @@ impl RowPanel for Q5_0Panel {
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    const MAX_GROUPS: usize = 4;
+    fn max_groups(_: PanelIsa) -> usize {
+        4
+    }
 
     unsafe fn dot<const G: usize>(
         isa: PanelIsa,
@@ -254,28 +290,14 @@ impl RowPanel for Q6KPanel {
     const ELEMS: usize = QK_K;
 
     fn quantize_group(rows: &[f32], k: usize, _: PanelIsa, out: &mut [PanelQ8K]) {
-        let n = group_rows(rows, k, out.len(), QK_K);
-        let mut tmp = [Q8K {
-            d: 0.0,
-            qs: [0; QK_K],
-            bsums: [0; QK_K / 16],
-        }];
-        for (b, panel) in out.iter_mut().enumerate() {
-            *panel = Self::ZERO;
-            for r in 0..n {
-                act_quant::quantize_q8k(&rows[r * k + b * QK_K..r * k + (b + 1) * QK_K], &mut tmp);
-                for (c, chunk) in tmp[0].qs32().iter().enumerate() {
-                    put_row(&mut panel.qs[c], r, *chunk);
-                }
-                put_bsums(&mut panel.bsums, r, &tmp[0].bsums);
-                panel.d[r] = tmp[0].d;
-            }
-        }
+        quantize_q8k_group(rows, k, out, put_row, put_bsums)
     }
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    const MAX_GROUPS: usize = 2;
+    fn max_groups(_: PanelIsa) -> usize {
+        2
+    }
 
     unsafe fn dot<const G: usize>(
         isa: PanelIsa,
@@ -295,13 +317,25 @@ impl RowPanel for Q4KPanel {
     const ZERO: PanelQ8K = Q6KPanel::ZERO;
     const ELEMS: usize = QK_K;
 
+    /// The VNNI kernel reads the rows-in-lanes order (`panel_layout`), the AVX2 one Q6_K's.
     fn quantize_group(rows: &[f32], k: usize, isa: PanelIsa, out: &mut [PanelQ8K]) {
-        Q6KPanel::quantize_group(rows, k, isa, out)
+        match isa {
+            PanelIsa::Avx512Vnni => {
+                quantize_q8k_group(rows, k, out, put_row_in_lanes, put_bsums_in_lanes)
+            }
+            PanelIsa::Avx2 => quantize_q8k_group(rows, k, out, put_row, put_bsums),
+        }
     }
 
     const ISAS: &'static [PanelIsa] = BOTH;
 
-    const MAX_GROUPS: usize = 2;
+    /// The VNNI kernel's accumulators are a register per group (`avx512::q4k_rows`).
+    fn max_groups(isa: PanelIsa) -> usize {
+        match isa {
+            PanelIsa::Avx512Vnni => 4,
+            PanelIsa::Avx2 => 2,
+        }
+    }
 
     unsafe fn dot<const G: usize>(
         isa: PanelIsa,

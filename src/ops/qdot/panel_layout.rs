@@ -22,6 +22,12 @@
 //!   above, and each pair's 16-element sums interleaved two by two (`[a₀ a₁ b₀ b₁ a₂ a₃ b₂
 //!   b₃ ..]`, so one `vpmaddwd` against the scales gives both rows' lanes of ggml's
 //!   `q8sclsub`).
+//! - The same `PanelQ8K` in the rows-in-lanes order, for the VNNI Q4_K kernel (whose
+//!   float steps take only each row's super-block integers, so the integers may be summed
+//!   in any order): per chunk, step `s` (0..4) holds the 8 rows' quants `8s..8s+8`, row
+//!   after row (`qs[c][s][8r + t]` = row `r`'s quant `32c + 8s + t`), one register whose
+//!   i32 lane pairs are the rows; `bsums[s]` holds the 8 rows' 16-element sums `4s..4s+4`
+//!   the same way (`bsums[s][4r + t]` = row `r`'s sum `4s + t`).
 //!
 //! Rows past the end of the last group are zero (scale 0, quants 0): their results are
 //! finite and never written out.
@@ -91,6 +97,26 @@ const _: () = assert!(std::mem::size_of::<PanelQ8_0>() == 320);
 pub(super) fn check_blocks<B, const G: usize>(kernel: &str, kb: usize, x: [&[B]; G]) {
     for panel in x {
         assert_eq!(panel.len(), kb, "{kernel}: block counts differ");
+    }
+}
+
+/// Stores row `r`'s 32 quants of one chunk in the rows-in-lanes slots (`qs[s][8r..8r+8]`).
+#[inline]
+pub(super) fn put_row_in_lanes(qs: &mut [[i8; 2 * QK]; PAIRS], r: usize, row: [i8; QK]) {
+    for (s, eight) in row.chunks_exact(8).enumerate() {
+        qs[s][8 * r..8 * r + 8].copy_from_slice(eight);
+    }
+}
+
+/// Stores row `r`'s 16 sums in the rows-in-lanes slots (`bsums[s][4r..4r+4]`).
+#[inline]
+pub(super) fn put_bsums_in_lanes(
+    bsums: &mut [[i16; 2 * QK_K / 16]; PAIRS],
+    r: usize,
+    row: &[i16; 16],
+) {
+    for (s, four) in row.chunks_exact(4).enumerate() {
+        bsums[s][4 * r..4 * r + 4].copy_from_slice(four);
     }
 }
 

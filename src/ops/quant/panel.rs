@@ -1,6 +1,6 @@
 //! The multi-row matmul path: activations quantized straight into 8-row panels
 //! (`qdot::panel`), then each weight row dotted with up to 32 activation rows (4 groups,
-//! `RowPanel::MAX_GROUPS`) per kernel call while it sits in L1: the more groups per call,
+//! `RowPanel::max_groups`) per kernel call while it sits in L1: the more groups per call,
 //! the fewer times each weight block is unpacked.
 //!
 //! Loop order per task (a contiguous run of weight rows, as `tiled`): blocks of at most
@@ -117,7 +117,7 @@ fn panel_tiles<P: RowPanel>(
     let groups = m.div_ceil(GROUP);
     let row_bytes = kb * std::mem::size_of::<P::Weight>();
     let prefetch = row_bytes <= PREFETCH_MAX_ROW_BYTES;
-    let runs = group_runs(groups, P::MAX_GROUPS);
+    let runs = group_runs(groups, P::max_groups(isa));
     let block_cols = (BLOCK_WEIGHT_BYTES / row_bytes.max(1))
         .max(1)
         .next_multiple_of(COLS_PER_CHUNK);
