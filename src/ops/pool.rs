@@ -165,6 +165,61 @@ pub fn for_row_runs<T: Send>(buf: &mut [T], row_len: usize, f: impl Fn(usize, &m
     });
 }
 
+/// Most tasks a `Guided` split makes (the last one takes whatever is left).
+const GUIDED_MAX_TASKS: usize = 48;
+
+/// `n` items split into tasks largest first (guided self-scheduling): each task takes
+/// `1 / (2·threads)` of the items left, rounded up to a multiple of `align` and at least
+/// `min`. The first tasks are long contiguous runs (what the hardware prefetcher and the
+/// kernels' blocking want), the last ones short, so a thread that ran slower than the
+/// others (a busy host, a late start) holds the region up by one short task at most.
+/// With equal quarters on 2 threads, the caller waited for the worker 12.8 % of the
+/// Qwen-shaped prefill's matmul regions (bench/NOTES.md §39).
+pub struct Guided {
+    /// Task `i` covers `ends[i - 1]..ends[i]` (`0..ends[0]` for the first).
+    ends: [usize; GUIDED_MAX_TASKS],
+    len: usize,
+}
+
+impl Guided {
+    pub fn new(n: usize, align: usize, min: usize) -> Self {
+        let share = 2 * global().threads();
+        let mut ends = [0; GUIDED_MAX_TASKS];
+        let (mut len, mut start) = (0, 0);
+        while start < n {
+            let left = n - start;
+            let take = if len + 1 == GUIDED_MAX_TASKS {
+                left
+            } else {
+                left.div_ceil(share)
+                    .next_multiple_of(align)
+                    .max(min)
+                    .min(left)
+            };
+            start += take;
+            ends[len] = start;
+            len += 1;
+        }
+        Self { ends, len }
+    }
+
+    /// How many tasks.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none (`n` was 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The items of task `task`.
+    pub fn range(&self, task: usize) -> std::ops::Range<usize> {
+        let start = if task == 0 { 0 } else { self.ends[task - 1] };
+        start..self.ends[task]
+    }
+}
+
 impl ComputePool {
     fn new(threads: usize) -> Self {
         let shared = Arc::new(Shared {
@@ -322,6 +377,48 @@ impl Backoff {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn guided_tasks_cover_every_item_once_largest_first() {
+        let threads = global().threads();
+        for (n, align, min) in [
+            (0, 8, 32),
+            (5, 8, 32),
+            (896, 8, 32),
+            (4864, 8, 32),
+            (151_936, 8, 32),
+        ] {
+            let tasks = Guided::new(n, align, min);
+            let mut next = 0;
+            for t in 0..tasks.len() {
+                let r = tasks.range(t);
+                assert_eq!(
+                    r.start, next,
+                    "n = {n}: task {t} starts where the last ended"
+                );
+                assert!(!r.is_empty(), "n = {n}: task {t} is empty");
+                if r.end < n {
+                    assert_eq!(r.len() % align, 0, "n = {n}: task {t} is aligned");
+                    assert!(r.len() >= min, "n = {n}: task {t} is at least {min}");
+                }
+                if t > 0 {
+                    assert!(
+                        r.len() <= tasks.range(t - 1).len(),
+                        "n = {n}: largest first"
+                    );
+                }
+                next = r.end;
+            }
+            assert_eq!(next, n, "n = {n}: the tasks cover every item");
+            assert_eq!(tasks.is_empty(), n == 0);
+        }
+        // Two threads: a quarter of what is left each time.
+        if threads == 2 {
+            let tasks = Guided::new(896, 8, 32);
+            let sizes: Vec<usize> = (0..tasks.len()).map(|t| tasks.range(t).len()).collect();
+            assert_eq!(sizes, [224, 168, 128, 96, 72, 56, 40, 32, 32, 32, 16]);
+        }
+    }
 
     #[test]
     fn every_task_runs_exactly_once_across_many_regions() {

@@ -337,19 +337,11 @@ thread_local! {
     static ACT_SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Tasks per compute thread in one matmul: a few, so a thread that is descheduled for a
-/// moment does not hold up the region, yet each task streams a long contiguous run of
-/// weight rows (short runs defeat the hardware prefetcher: measured 16-row tasks at
-/// ~0.65x the single-stream decode speed of 256-row tasks).
-const TASKS_PER_THREAD: usize = 2;
-/// Weight rows per task at least (alignment with the 8-row interleaved layouts).
-const MIN_COLS_PER_TASK: usize = 32;
-
-/// Weight rows per task for an `n`-row matrix.
-fn cols_per_task(n: usize) -> usize {
-    let even = n.div_ceil(pool::global().threads() * TASKS_PER_THREAD);
-    even.next_multiple_of(8).max(MIN_COLS_PER_TASK)
-}
+/// Weight rows per matmul task at least (alignment with the 8-row interleaved layouts);
+/// the tasks themselves are `pool::Guided`'s, largest first: the first ones stream long
+/// contiguous runs of weight rows (short runs defeat the hardware prefetcher: measured
+/// 16-row tasks at ~0.65x the single-stream decode speed of 256-row tasks).
+pub(super) const MIN_COLS_PER_TASK: usize = 32;
 
 /// Activation rows processed together against one tile of weight rows: 16 rows of
 /// quantized activations plus 16 weight rows stay in L1 for any width we serve.
@@ -391,9 +383,9 @@ where
     F: Fn(usize, std::ops::Range<usize>, &mut [f32; ROWS_PER_TILE]) + Sync,
 {
     let y_out = SharedOut::new(y);
-    let per_task = cols_per_task(n);
-    pool::run(n.div_ceil(per_task), |task| {
-        let cols = task * per_task..((task + 1) * per_task).min(n);
+    let tasks = pool::Guided::new(n, 8, MIN_COLS_PER_TASK);
+    pool::run(tasks.len(), |task| {
+        let cols = tasks.range(task);
         let mut out = [0f32; ROWS_PER_TILE];
         for row0 in (0..m).step_by(ROWS_PER_TILE) {
             let rows = row0..(row0 + ROWS_PER_TILE).min(m);

@@ -5,7 +5,7 @@
 //! Exactness: `Kernel::dot_rows8` gives each row `Kernel::dot`'s bits, so every output is
 //! the same as on the other paths (batch invariance).
 
-use super::cols_per_task;
+use super::MIN_COLS_PER_TASK;
 use crate::ops::pool::{self, SharedOut};
 use crate::ops::qdot::{Ahead, Kernel};
 
@@ -22,9 +22,9 @@ pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usiz
     let n = w.len() / kb;
     let w_row = |col: usize| &w[col * kb..(col + 1) * kb];
     let y_out = SharedOut::new(y);
-    let per_task = cols_per_task(n);
-    pool::run(n.div_ceil(per_task), |task| {
-        let cols = task * per_task..((task + 1) * per_task).min(n);
+    let tasks = pool::Guided::new(n, 8, MIN_COLS_PER_TASK);
+    pool::run(tasks.len(), |task| {
+        let cols = tasks.range(task);
         for r in 0..m {
             let x_row = &xq[r * kb..(r + 1) * kb];
             // SAFETY: columns `cols` of row `r` belong to this task alone.

@@ -3,10 +3,10 @@
 //! `RowPanel::max_groups`) per kernel call while it sits in L1: the more groups per call,
 //! the fewer times each weight block is unpacked.
 //!
-//! Loop order per task (a contiguous run of weight rows, as `tiled`): blocks of at most
-//! `BLOCK_WEIGHT_BYTES` of weight rows; in each, for each run of 4 (then 2, then 1) row
-//! groups, chunks of `COLS_PER_CHUNK` weight rows, every weight row of the chunk → a
-//! `[rows][COLS_PER_CHUNK]` tile, written out as contiguous row runs. Each weight row is
+//! Loop order per task (a contiguous run of weight rows, `pool::Guided`'s, largest
+//! first): blocks of at most `BLOCK_WEIGHT_BYTES` of weight rows; in each, for each run
+//! of 4 (then 2, then 1) row groups, chunks of `COLS_PER_CHUNK` weight rows, every weight
+//! row of the chunk → a `[rows][COLS_PER_CHUNK]` tile, written out as contiguous row runs. Each weight row is
 //! read from memory once per matmul (the block stays in L2 across the runs of groups), a
 //! run's 4 panels stay in L1 across the block, and a run's tiles fill its rows of `y`
 //! left to right. Short weight rows are asked for a few rows ahead on the first run over
@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 
-use super::cols_per_task;
+use super::MIN_COLS_PER_TASK;
 use crate::ops::pool;
 use crate::ops::pool::SharedOut;
 use crate::ops::qdot::panel::{chosen_isa, PanelIsa, RowPanel, GROUP};
@@ -113,7 +113,7 @@ fn panel_tiles<P: RowPanel>(
     y: &mut [f32],
 ) {
     let y_out = SharedOut::new(y);
-    let per_task = cols_per_task(n);
+    let tasks = pool::Guided::new(n, 8, MIN_COLS_PER_TASK);
     let groups = m.div_ceil(GROUP);
     let row_bytes = kb * std::mem::size_of::<P::Weight>();
     let prefetch = row_bytes <= PREFETCH_MAX_ROW_BYTES;
@@ -121,8 +121,8 @@ fn panel_tiles<P: RowPanel>(
     let block_cols = (BLOCK_WEIGHT_BYTES / row_bytes.max(1))
         .max(1)
         .next_multiple_of(COLS_PER_CHUNK);
-    pool::run(n.div_ceil(per_task), |task| {
-        let cols = task * per_task..((task + 1) * per_task).min(n);
+    pool::run(tasks.len(), |task| {
+        let cols = tasks.range(task);
         let mut tile = [[0f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP];
         for b0 in cols.clone().step_by(block_cols) {
             let block = b0..(b0 + block_cols).min(cols.end);
@@ -240,7 +240,9 @@ mod tests {
     fn blocks_and_runs_of_groups_cover_every_output() {
         // Q8_0 rows of 576 are 612 bytes: a task's ≥ 500 rows span two blocks.
         let (n, k, m): (usize, usize, usize) = (1999, 576, 53);
-        assert!(cols_per_task(n) * 612 > BLOCK_WEIGHT_BYTES);
+        assert!(
+            pool::Guided::new(n, 8, MIN_COLS_PER_TASK).range(0).len() * 612 > BLOCK_WEIGHT_BYTES
+        );
         assert_eq!(group_runs(m.div_ceil(GROUP), 4), [(0, 4), (4, 2), (6, 1)]);
         let w = QMatrix::quantize(GgmlDType::Q8_0, n, k, &random(n * k, 21)).unwrap();
         let x = random(m * k, 22);
