@@ -43,7 +43,6 @@ use super::avx512_lanes::{
 };
 use super::blocks::{Q4K, Q4_1, Q5_0, Q6K, Q8_0};
 use super::kquants::avx2::{q4k_block_scales, q4k_vectors, q6k_vectors};
-
 use super::legacy::Signed32;
 use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP};
 use super::x86::f16_to_f32;
@@ -365,7 +364,7 @@ pub unsafe fn q6k_rows<const G: usize>(w: &[Q6K], x: [&[PanelQ8K]; G]) -> [[f32;
 /// 16·15·128, an i16), one `vpdpwssd` by the chunk's scale adds them to `isum`; `imin` is
 /// 4 `vpdpwssd` of the rows' 16-element sums against the mins. Per super-block each row's
 /// two cells are added (`[isum | imin]` of the 8 rows in one register) and both FMAs are
-/// one. A fifth of the pair layout's vector operations: no per-row lane sums to fold.
+/// one. About half the pair layout's vector operations (NOTES §39): no lanes to fold.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
@@ -382,6 +381,7 @@ pub unsafe fn q4k_rows<const G: usize>(w: &[Q4K], x: [&[PanelQ8K]; G]) -> [[f32;
         let mut isum = [zero; G];
         for c in 0..8 {
             let wq: [__m512i; 4] = regs(|s| values.broadcast(c, s));
+            // The scale in the low i16 of each i32 (0 above): `vpdpwssd` is t · scale.
             let sc = _mm512_set1_epi32(block.scales[c] as i32);
             for (g, sum) in isum.iter_mut().enumerate() {
                 let y = &x[g].get_unchecked(b).qs[c];
