@@ -337,11 +337,17 @@ thread_local! {
     static ACT_SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Weight rows per matmul task at least (alignment with the 8-row interleaved layouts);
-/// the tasks themselves are `pool::Guided`'s, largest first: the first ones stream long
-/// contiguous runs of weight rows (short runs defeat the hardware prefetcher: measured
-/// 16-row tasks at ~0.65x the single-stream decode speed of 256-row tasks).
-pub(super) const MIN_COLS_PER_TASK: usize = 32;
+/// Weight rows per matmul task at least; the tasks themselves are `pool::Guided`'s, largest
+/// first: the first ones stream long contiguous runs of weight rows (short runs defeat the
+/// hardware prefetcher: measured 16-row tasks at ~0.65x the single-stream decode speed of
+/// 256-row tasks).
+const MIN_COLS_PER_TASK: usize = 32;
+
+/// The tasks every matmul path splits its `n` weight rows into: `pool::Guided`'s, in
+/// multiples of 8 rows (the 8-row interleaved layouts and the panel kernels' row runs).
+pub(super) fn col_tasks(n: usize) -> pool::Guided {
+    pool::Guided::new(n, 8, MIN_COLS_PER_TASK)
+}
 
 /// Activation rows processed together against one tile of weight rows: 16 rows of
 /// quantized activations plus 16 weight rows stay in L1 for any width we serve.
@@ -383,7 +389,7 @@ where
     F: Fn(usize, std::ops::Range<usize>, &mut [f32; ROWS_PER_TILE]) + Sync,
 {
     let y_out = SharedOut::new(y);
-    let tasks = pool::Guided::new(n, 8, MIN_COLS_PER_TASK);
+    let tasks = col_tasks(n);
     pool::run(tasks.len(), |task| {
         let cols = tasks.range(task);
         let mut out = [0f32; ROWS_PER_TILE];

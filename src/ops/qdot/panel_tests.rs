@@ -332,6 +332,9 @@ fn bench_kernel_in_l1() {
     let w = weights::<BlockQ5_0>(16 * k / 32, false, &[0], 3);
     let f = |isa| ns_per_call_block::<Q5_0Panel>(isa, blocks::view_q5_0(&w), k);
     run("Q5_0 k=896", &f, host_isas::<Q5_0Panel>());
+    let w = weights::<BlockQ8_0>(16 * k / 32, false, &[0], 3);
+    let f = |isa| ns_per_call_block::<Q8_0Panel>(isa, blocks::view_q8_0(&w), k);
+    run("Q8_0 k=896", &f, host_isas::<Q8_0Panel>());
     let k = 4864;
     let w = weights::<BlockQ6K>(16 * k / 256, false, &[208], 3);
     let f = |isa| ns_per_call_block::<Q6KPanel>(isa, blocks::view_q6k(&w), k);

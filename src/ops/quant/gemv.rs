@@ -5,7 +5,7 @@
 //! Exactness: `Kernel::dot_rows8` gives each row `Kernel::dot`'s bits, so every output is
 //! the same as on the other paths (batch invariance).
 
-use super::MIN_COLS_PER_TASK;
+use super::col_tasks;
 use crate::ops::pool::{self, SharedOut};
 use crate::ops::qdot::{Ahead, Kernel};
 
@@ -22,7 +22,7 @@ pub(super) fn gemv<K: Kernel>(w: &[K::Weight], kb: usize, xq: &[K::Act], m: usiz
     let n = w.len() / kb;
     let w_row = |col: usize| &w[col * kb..(col + 1) * kb];
     let y_out = SharedOut::new(y);
-    let tasks = pool::Guided::new(n, 8, MIN_COLS_PER_TASK);
+    let tasks = col_tasks(n);
     pool::run(tasks.len(), |task| {
         let cols = tasks.range(task);
         for r in 0..m {

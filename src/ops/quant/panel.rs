@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 
-use super::MIN_COLS_PER_TASK;
+use super::col_tasks;
 use crate::ops::pool;
 use crate::ops::pool::SharedOut;
 use crate::ops::qdot::panel::{chosen_isa, PanelIsa, RowPanel, GROUP};
@@ -113,7 +113,7 @@ fn panel_tiles<P: RowPanel>(
     y: &mut [f32],
 ) {
     let y_out = SharedOut::new(y);
-    let tasks = pool::Guided::new(n, 8, MIN_COLS_PER_TASK);
+    let tasks = col_tasks(n);
     let groups = m.div_ceil(GROUP);
     let row_bytes = kb * std::mem::size_of::<P::Weight>();
     let prefetch = row_bytes <= PREFETCH_MAX_ROW_BYTES;
@@ -240,9 +240,7 @@ mod tests {
     fn blocks_and_runs_of_groups_cover_every_output() {
         // Q8_0 rows of 576 are 612 bytes: a task's ≥ 500 rows span two blocks.
         let (n, k, m): (usize, usize, usize) = (1999, 576, 53);
-        assert!(
-            pool::Guided::new(n, 8, MIN_COLS_PER_TASK).range(0).len() * 612 > BLOCK_WEIGHT_BYTES
-        );
+        assert!(col_tasks(n).range(0).len() * 612 > BLOCK_WEIGHT_BYTES);
         assert_eq!(group_runs(m.div_ceil(GROUP), 4), [(0, 4), (4, 2), (6, 1)]);
         let w = QMatrix::quantize(GgmlDType::Q8_0, n, k, &random(n * k, 21)).unwrap();
         let x = random(m * k, 22);
