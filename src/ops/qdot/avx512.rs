@@ -210,6 +210,10 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
 /// Signed 32-element weight row `w: [kb]` (Q8_0, Q5_0) · `8·G` Q8_0 rows (`x[g]: [kb]`
 /// biased panels): `out[g][r]`.
 ///
+/// The row is taken `PREPARED_BLOCKS` blocks at a time: first every block's doubled values,
+/// lane starts and scales onto the stack (`PreparedBlocks`, independent work the core
+/// overlaps freely), then the blocks' products, whose only chain is each accumulator's.
+///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, FMA and F16C must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -218,31 +222,26 @@ pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
     x: [&[PanelQ8_0]; G],
 ) -> [[f32; GROUP]; G] {
     check_blocks("signed32_rows", w.len(), x);
-    let bias = _mm512_set1_epi8(0x80u8 as i8);
-    let zero_or_magic = if B::SMALL_VALUES {
-        magic_start()
-    } else {
-        _mm512_setzero_si512()
-    };
     let mut acc = [[_mm512_setzero_ps(); 4]; G];
-    for (b, wb) in w.iter().enumerate() {
-        let wd = _mm512_set1_ps(f16_to_f32(wb.d()));
-        let wd_magic = wd_magic(wd);
-        let wq = wb.doubled();
-        // −128 · Σ4 w per lane, so that Σ (a + 128)·w lands on Σ a·w.
-        let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wq);
-        let start = _mm512_sub_epi32(zero_or_magic, start);
-        for g in 0..G {
-            let y = x[g].get_unchecked(b);
-            let mut lanes = [start; 4];
-            for (p, l) in lanes.iter_mut().enumerate() {
-                let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
-                *l = _mm512_dpbusd_epi32(start, ys, wq);
-            }
-            if B::SMALL_VALUES {
-                fma_pairs_split(&mut acc[g], wd, wd_magic, &y.d, lanes);
-            } else {
-                fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
+    let mut prepared = std::mem::MaybeUninit::<PreparedBlocks>::uninit();
+    for (c, chunk) in w.chunks(PREPARED_BLOCKS).enumerate() {
+        let blocks = prepare_blocks(chunk, &mut prepared);
+        for (i, block) in blocks.iter().enumerate() {
+            let b = c * PREPARED_BLOCKS + i;
+            let wd = _mm512_set1_ps(block.d);
+            for g in 0..G {
+                let y = x[g].get_unchecked(b);
+                let mut lanes = [block.start; 4];
+                for (p, l) in lanes.iter_mut().enumerate() {
+                    let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
+                    *l = _mm512_dpbusd_epi32(block.start, ys, block.values);
+                }
+                if B::SMALL_VALUES {
+                    let wd_magic = _mm512_set1_ps(block.d_magic);
+                    fma_pairs_split(&mut acc[g], wd, wd_magic, &y.d, lanes);
+                } else {
+                    fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
+                }
             }
         }
     }
@@ -252,6 +251,55 @@ pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
         _mm256_storeu_ps(out[g].as_mut_ptr(), hsum_rows(&acc[g], result_idx));
     }
     out
+}
+
+/// Weight blocks `signed32_rows` prepares at a time: 64 · 128 bytes = 8 KiB of stack.
+const PREPARED_BLOCKS: usize = 64;
+
+/// A weight block as `signed32_rows`' products read it.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct PreparedBlock {
+    /// `DoubledValues::doubled`.
+    values: __m512i,
+    /// Each lane's start: `−128 · Σ4 w` (so that `Σ (a + 128)·w` lands on `Σ a·w`), plus
+    /// the bits of `MAGIC` for `SMALL_VALUES` types.
+    start: __m512i,
+    /// The block's scale, and `−d · MAGIC` (`wd_magic`).
+    d: f32,
+    d_magic: f32,
+}
+
+type PreparedBlocks = [PreparedBlock; PREPARED_BLOCKS];
+
+/// `chunk`'s blocks (at most `PREPARED_BLOCKS`) prepared into `out`: its first
+/// `chunk.len()` entries, written before they are read.
+#[inline(always)]
+unsafe fn prepare_blocks<'a, B: DoubledValues>(
+    chunk: &[B],
+    out: &'a mut std::mem::MaybeUninit<PreparedBlocks>,
+) -> &'a [PreparedBlock] {
+    let bias = _mm512_set1_epi8(0x80u8 as i8);
+    let zero_or_magic = if B::SMALL_VALUES {
+        magic_start()
+    } else {
+        _mm512_setzero_si512()
+    };
+    let first = out.as_mut_ptr() as *mut PreparedBlock;
+    for (i, wb) in chunk.iter().enumerate() {
+        let values = wb.doubled();
+        let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, values);
+        let d = f16_to_f32(wb.d());
+        let block = PreparedBlock {
+            values,
+            start: _mm512_sub_epi32(zero_or_magic, start),
+            d,
+            d_magic: d * -MAGIC,
+        };
+        first.add(i).write(block);
+    }
+    // SAFETY: the loop wrote entries 0..chunk.len() (≤ PREPARED_BLOCKS, `chunks`' size).
+    std::slice::from_raw_parts(first, chunk.len())
 }
 
 /// A signed 32-element block's values (`Signed32::values`) with each 4-byte group doubled,

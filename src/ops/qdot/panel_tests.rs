@@ -149,12 +149,15 @@ fn q4_1_panels_equal_dot_bit_for_bit() {
 
 #[test]
 fn q8_0_panels_equal_dot_bit_for_bit() {
-    check_type::<BlockQ8_0, Q8_0Panel, Q8_0Dot>(blocks::view_q8_0, &[0], &ROW_BLOCKS);
+    // 300 blocks: more than the VNNI kernel prepares at a time (`PREPARED_BLOCKS`).
+    let row_blocks = [ROW_BLOCKS.as_slice(), &[300]].concat();
+    check_type::<BlockQ8_0, Q8_0Panel, Q8_0Dot>(blocks::view_q8_0, &[0], &row_blocks);
 }
 
 #[test]
 fn q5_0_panels_equal_dot_bit_for_bit() {
-    // 300 blocks: more than the AVX2 kernel rewrites as Q8_0 (`Q5_0_REWRITE_BLOCKS`).
+    // 300 blocks: more than the AVX2 kernel rewrites as Q8_0 (`Q5_0_REWRITE_BLOCKS`) and
+    // the VNNI one prepares (`PREPARED_BLOCKS`) at a time.
     let row_blocks = [ROW_BLOCKS.as_slice(), &[300]].concat();
     check_type::<BlockQ5_0, Q5_0Panel, Q5_0Dot>(blocks::view_q5_0, &[0], &row_blocks);
 }
