@@ -180,7 +180,7 @@ struct Scratch {
     /// f16-rounded queries: `[rows, group, hd]`.
     q16: Vec<f32>,
     /// One lane's V rows side by side (`gather_lane`): `[ctx / 64, hd]`.
-    lane_rows: Vec<f16>,
+    lane_rows: Vec<f32>,
     /// Element offset of each context position's row of this kv head in the cache:
     /// `[ctx]` (the block table resolved once per unit).
     offsets: Vec<usize>,
@@ -462,7 +462,7 @@ fn store_lanes<const SIMD: bool>(
     probs: &[f32],
     kv_row: &mut [f32],
     acc: &mut [f32],
-    lane_rows: &mut Vec<f16>,
+    lane_rows: &mut Vec<f32>,
 ) {
     let hd = kv_row.len();
     #[cfg(target_arch = "x86_64")]

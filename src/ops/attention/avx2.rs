@@ -19,7 +19,7 @@ use half::f16;
 use std::arch::x86_64::*;
 
 use super::v_folded::{fold_head, VReg};
-use super::v_lanes::{accumulate_lanes, prefetch_rows, LanePass, TileProbs};
+use super::v_lanes::{accumulate_lanes, gathered_row, prefetch_rows, LanePass, TileProbs, VRows};
 use crate::ops::ggml_math::x86::{expf8, regs, widen_f16};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -196,7 +196,7 @@ pub unsafe fn accumulate_v(
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
     acc: &mut [f32],
-    lane_rows: &mut Vec<f16>,
+    lane_rows: &mut Vec<f32>,
 ) {
     accumulate_lanes::<Avx2Pass>(tile, v_cache, slot_of, HEAD_DIM, acc, lane_rows);
     zero_unreached_lanes(tile.n_ctx, tile.group, acc);
@@ -209,8 +209,37 @@ impl LanePass for Avx2Pass {
     #[inline(always)]
     unsafe fn lane<F: Fn(usize) -> usize>(
         tile: &TileProbs<'_>,
-        v_cache: &[f16],
-        slot_of: &F,
+        rows: VRows<'_, F>,
+        lane: usize,
+        acc: &mut [f32],
+    ) {
+        match rows {
+            VRows::Cache(v_cache, slot_of) => {
+                let load = |pos: usize, k: usize| {
+                    let row = v_cache[slot_of(pos)..][..HEAD_DIM].as_ptr() as *const __m128i;
+                    _mm256_cvtph_ps(_mm_loadu_si128(row.add(k)))
+                };
+                Avx2Pass::rows(tile, &load, lane, acc)
+            }
+            VRows::Gathered(wide) => {
+                // SAFETY (`gathered_row`): `heads` asks only for the lane's positions, and
+                // `k < 8`.
+                let load = |pos: usize, k: usize| {
+                    _mm256_loadu_ps(gathered_row(wide, pos, HEAD_DIM).add(8 * k))
+                };
+                Avx2Pass::rows(tile, &load, lane, acc)
+            }
+        }
+    }
+}
+
+impl Avx2Pass {
+    /// Every row's heads, 3 at a time, each half of the dimensions in turn; `load(pos, k)`:
+    /// dimensions `8k..8k + 8` of position `pos`'s V row.
+    #[inline(always)]
+    unsafe fn rows(
+        tile: &TileProbs<'_>,
+        load: &impl Fn(usize, usize) -> __m256,
         lane: usize,
         acc: &mut [f32],
     ) {
@@ -218,8 +247,7 @@ impl LanePass for Avx2Pass {
         for (r, &n) in tile.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
             for half in [0, HALF] {
                 let pass = VPass {
-                    v_cache,
-                    slot_of,
+                    load,
                     probs: tile.probs,
                     stride: tile.stride,
                     lane,
@@ -246,9 +274,9 @@ const HALF: usize = HEAD_DIM / 2;
 
 /// One lane's positions of one row (`lane, lane + 64, … < n`) and the 32 dimensions from
 /// `half` (0 or 32), for `accumulate_v`.
-struct VPass<'a, F> {
-    v_cache: &'a [f16],
-    slot_of: &'a F,
+struct VPass<'a, L> {
+    /// `load(pos, k)`: dimensions `8k..8k + 8` of position `pos`'s V row.
+    load: &'a L,
     probs: &'a [f32],
     stride: usize,
     lane: usize,
@@ -256,28 +284,29 @@ struct VPass<'a, F> {
     half: usize,
 }
 
-impl<F: Fn(usize) -> usize> VPass<'_, F> {
+impl<L: Fn(usize, usize) -> __m256> VPass<'_, L> {
     /// Heads `head0..head0 + G`: their sums in registers, stored once.
     #[inline(always)]
     unsafe fn heads<const G: usize>(&self, head0: usize, acc: &mut [f32]) {
-        let row = |pos: usize| {
-            let at = (self.slot_of)(pos) + self.half;
-            self.v_cache[at..at + HALF].as_ptr() as *const __m128i
+        let first_k = self.half / 8;
+        // SAFETY: `pos < n <= stride` and `head0 + g` is one of the tile's heads, so the
+        // index lies in `probs` (`rows · group · stride` values, `accumulate_lanes`).
+        let prob = |g: usize, pos: usize| {
+            let at = (head0 + g) * self.stride + pos;
+            debug_assert!(at < self.probs.len());
+            _mm256_set1_ps(*self.probs.get_unchecked(at))
         };
-        let prob =
-            |g: usize, pos: usize| _mm256_set1_ps(self.probs[(head0 + g) * self.stride + pos]);
-        let first = row(self.lane);
         let mut sums: [[__m256; 4]; G] = [[_mm256_setzero_ps(); 4]; G];
         for k in 0..4 {
-            let v = _mm256_cvtph_ps(_mm_loadu_si128(first.add(k)));
+            let v = (self.load)(self.lane, first_k + k);
             for (g, sg) in sums.iter_mut().enumerate() {
                 sg[k] = _mm256_mul_ps(v, prob(g, self.lane));
             }
         }
         for pos in (self.lane + F16_STEP..self.n).step_by(F16_STEP) {
-            let (at, p) = (row(pos), regs::<_, G>(|g| prob(g, pos)));
+            let p = regs::<_, G>(|g| prob(g, pos));
             for k in 0..4 {
-                let v = _mm256_cvtph_ps(_mm_loadu_si128(at.add(k)));
+                let v = (self.load)(pos, first_k + k);
                 for (sg, &pg) in sums.iter_mut().zip(&p) {
                     sg[k] = _mm256_fmadd_ps(v, pg, sg[k]);
                 }

@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 
 use super::avx2::{finish1, max_of, tiled_scores, zero_unreached_lanes, ScoreDot};
 use super::v_folded::{fold_head, VReg};
-use super::v_lanes::{accumulate_lanes, LanePass, TileProbs};
+use super::v_lanes::{accumulate_lanes, gathered_row, LanePass, TileProbs, VRows};
 use crate::ops::ggml_math::x86::{expf16, regs};
 use crate::ops::ggml_math::{expf, reduce16, F16_STEP, LANES};
 
@@ -99,7 +99,7 @@ pub unsafe fn accumulate_v(
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
     acc: &mut [f32],
-    lane_rows: &mut Vec<f16>,
+    lane_rows: &mut Vec<f32>,
 ) {
     accumulate_lanes::<Heads>(tile, v_cache, slot_of, HEAD_DIM, acc, lane_rows);
     zero_unreached_lanes(tile.n_ctx, tile.group, acc);
@@ -113,8 +113,32 @@ impl LanePass for Heads {
     #[inline(always)]
     unsafe fn lane<F: Fn(usize) -> usize>(
         tile: &TileProbs<'_>,
-        v_cache: &[f16],
-        slot_of: &F,
+        rows: VRows<'_, F>,
+        lane: usize,
+        acc: &mut [f32],
+    ) {
+        match rows {
+            VRows::Cache(v_cache, slot_of) => {
+                Heads::rows(tile, &|pos| load_row(v_cache, slot_of(pos)), lane, acc)
+            }
+            VRows::Gathered(wide) => {
+                // SAFETY (`gathered_row`): `accumulate` asks only for the lane's positions.
+                let load = |pos: usize| {
+                    let row = gathered_row(wide, pos, HEAD_DIM);
+                    regs(|k| _mm512_loadu_ps(row.add(16 * k)))
+                };
+                Heads::rows(tile, &load, lane, acc)
+            }
+        }
+    }
+}
+
+impl Heads {
+    /// Every row's heads, up to 4 at a time; `load(pos)`: position `pos`'s V row.
+    #[inline(always)]
+    unsafe fn rows(
+        tile: &TileProbs<'_>,
+        load: &impl Fn(usize) -> [__m512; 4],
         lane: usize,
         acc: &mut [f32],
     ) {
@@ -122,35 +146,37 @@ impl LanePass for Heads {
         while g0 < tile.group {
             let end = (g0 + 4).min(tile.group);
             match end - g0 {
-                1 => Heads::accumulate::<1>(tile, v_cache, slot_of, lane, g0, acc),
-                2 => Heads::accumulate::<2>(tile, v_cache, slot_of, lane, g0, acc),
-                3 => Heads::accumulate::<3>(tile, v_cache, slot_of, lane, g0, acc),
-                _ => Heads::accumulate::<4>(tile, v_cache, slot_of, lane, g0, acc),
+                1 => Heads::accumulate::<1>(tile, load, lane, g0, acc),
+                2 => Heads::accumulate::<2>(tile, load, lane, g0, acc),
+                3 => Heads::accumulate::<3>(tile, load, lane, g0, acc),
+                _ => Heads::accumulate::<4>(tile, load, lane, g0, acc),
             }
             g0 = end;
         }
     }
-}
 
-impl Heads {
     /// Lane `lane` of heads `g0..g0 + G` of every row, their accumulators in registers.
     #[inline(always)]
     unsafe fn accumulate<const G: usize>(
         tile: &TileProbs<'_>,
-        v_cache: &[f16],
-        slot_of: &impl Fn(usize) -> usize,
+        load: &impl Fn(usize) -> [__m512; 4],
         lane: usize,
         g0: usize,
         acc: &mut [f32],
     ) {
         for (r, &n) in tile.n_ctx.iter().enumerate().filter(|&(_, &n)| lane < n) {
             let base = r * tile.group + g0;
-            let prob =
-                |g: usize, pos: usize| _mm512_set1_ps(tile.probs[(base + g) * tile.stride + pos]);
-            let v = load_row(v_cache, slot_of(lane));
+            // SAFETY: `pos < n <= stride` and `base + g` is one of the tile's heads, so the
+            // index lies in `probs` (`rows · group · stride` values, `accumulate_lanes`).
+            let prob = |g: usize, pos: usize| {
+                let at = (base + g) * tile.stride + pos;
+                debug_assert!(at < tile.probs.len());
+                _mm512_set1_ps(*tile.probs.get_unchecked(at))
+            };
+            let v = load(lane);
             let mut sums: [[__m512; 4]; G] = regs(|g| regs(|k| _mm512_mul_ps(v[k], prob(g, lane))));
             for pos in (lane + F16_STEP..n).step_by(F16_STEP) {
-                let v = load_row(v_cache, slot_of(pos));
+                let v = load(pos);
                 for (g, sg) in sums.iter_mut().enumerate() {
                     let p = prob(g, pos);
                     for k in 0..4 {

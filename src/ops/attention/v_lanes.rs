@@ -1,9 +1,9 @@
 //! The lane loop shared by the x86 V kernels (`avx512::accumulate_v`,
 //! `avx2::accumulate_v`): for each of the 64 lanes of ggml's V dot products (positions
 //! `lane, lane + 64, …`), the kernel's pass over the tile's rows and heads, reading the
-//! lane's V rows from a side-by-side copy when the tile has several rows, and asking for
-//! the rows of a lane a few ahead (`prefetch_rows`, which also serves the score pass's K
-//! rows, `avx2::tiled_scores`). The kernels zero the lanes no
+//! lane's V rows from a side-by-side copy widened to f32 when the tile has several rows
+//! (`VRows`), and asking for the rows of a lane a few ahead (`prefetch_rows`, which also
+//! serves the score pass's K rows, `avx2::tiled_scores`). The kernels zero the lanes no
 //! position reaches themselves (`avx2::zero_unreached_lanes`).
 
 use half::f16;
@@ -23,15 +23,22 @@ pub(super) struct TileProbs<'a> {
     pub stride: usize,
 }
 
+/// Where a lane pass reads position `pos`'s V row (`hd` values).
+pub(super) enum VRows<'a, F> {
+    /// The cache itself: f16 at `slot_of(pos)` (decode: each row is read once anyway).
+    Cache(&'a [f16], &'a F),
+    /// `gather_lane`'s copy, widened to f32: row `pos` at `pos / 64 * hd`.
+    Gathered(&'a [f32]),
+}
+
 /// One kernel's work on one lane: `acc[r, g, lane, :]` for every row and head of `tile`
-/// that reaches the lane, V row of `pos` at `slot_of(pos)` in `v_cache`.
+/// that reaches the lane.
 pub(super) trait LanePass {
     /// # Safety
     /// The kernel's CPU features; sizes as `accumulate_lanes`.
     unsafe fn lane<F: Fn(usize) -> usize>(
         tile: &TileProbs<'_>,
-        v_cache: &[f16],
-        slot_of: &F,
+        rows: VRows<'_, F>,
         lane: usize,
         acc: &mut [f32],
     );
@@ -51,11 +58,9 @@ pub(super) unsafe fn accumulate_lanes<P: LanePass>(
     slot_of: &impl Fn(usize) -> usize,
     hd: usize,
     acc: &mut [f32],
-    lane_rows: &mut Vec<f16>,
+    lane_rows: &mut Vec<f32>,
 ) {
     let n_max = tile.n_ctx.iter().copied().max().unwrap_or(0);
-    // Where `gather_lane` put position `pos`'s row.
-    let gathered_slot = |pos: usize| pos / F16_STEP * hd;
     let lanes = F16_STEP.min(n_max);
     for lane in 0..lanes {
         if lane + PREFETCH_LANES < lanes {
@@ -64,9 +69,14 @@ pub(super) unsafe fn accumulate_lanes<P: LanePass>(
         }
         if tile.n_ctx.len() >= GATHER_MIN_ROWS {
             let rows = gather_lane(v_cache, slot_of, lane, n_max, hd, lane_rows);
-            P::lane(tile, rows, &gathered_slot, lane, acc);
+            P::lane(
+                tile,
+                VRows::<'_, fn(usize) -> usize>::Gathered(rows),
+                lane,
+                acc,
+            );
         } else {
-            P::lane(tile, v_cache, slot_of, lane, acc);
+            P::lane(tile, VRows::Cache(v_cache, slot_of), lane, acc);
         }
     }
 }
@@ -101,25 +111,55 @@ pub(super) fn prefetch_rows(
     }
 }
 
-/// Copies the V rows of positions `lane, lane + 64, … < n` side by side into `rows` and
-/// returns them: `[count, hd]`, the `j`-th at `(j · hd)`. In the cache
-/// they lie 64 token rows apart, a multiple of 4 KiB for the models served (64 × 384 B
-/// for SmolLM2, 64 × 256 B for Qwen2.5-0.5B), so all of a lane's rows fall into the same
-/// few L1 sets and evict each other before the tile's next query row reads them again.
-/// The copy is read from L1 by every row of the tile.
-fn gather_lane<'r>(
+/// Copies the V rows of positions `lane, lane + 64, … < n` side by side into `rows`,
+/// widened to f32, and returns them: `[count, hd]`, the `j`-th at `(j · hd)`.
+/// In the cache they lie 64 token rows apart, a multiple of 4 KiB for the models served
+/// (64 × 384 B for SmolLM2, 64 × 256 B for Qwen2.5-0.5B), so all of a lane's rows fall
+/// into the same few L1 sets and evict each other before the tile's next query row reads
+/// them again. The copy is read from L1 by every row of the tile, and widened once for
+/// all of them rather than once per row (bench/NOTES.md §40).
+///
+/// # Safety
+/// As `accumulate_lanes`.
+#[inline(always)]
+unsafe fn gather_lane<'r>(
     v_cache: &[f16],
     slot_of: &impl Fn(usize) -> usize,
     lane: usize,
     n: usize,
     hd: usize,
-    rows: &'r mut Vec<f16>,
-) -> &'r [f16] {
+    rows: &'r mut Vec<f32>,
+) -> &'r [f32] {
     let count = n.saturating_sub(lane).div_ceil(F16_STEP);
-    rows.resize(count * hd, f16::ZERO);
+    rows.resize(count * hd, 0.0);
     for (j, dst) in rows.chunks_exact_mut(hd).enumerate() {
         let at = slot_of(lane + j * F16_STEP);
-        dst.copy_from_slice(&v_cache[at..at + hd]);
+        widen(&v_cache[at..at + hd], dst);
     }
     rows
+}
+
+/// `dst = src` widened to f32 (exact, `vcvtph2ps`), `hd` a multiple of 8.
+///
+/// # Safety
+/// AVX2 and F16C (both kernel sets have them).
+#[inline(always)]
+unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    assert_eq!(src.len(), dst.len());
+    for (s, d) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr() as *const __m128i));
+        _mm256_storeu_ps(d.as_mut_ptr(), v);
+    }
+}
+
+/// Position `pos`'s row (`hd` values) in `gather_lane`'s copy `wide`.
+///
+/// # Safety
+/// `pos` is one of the gathered lane's positions (below the tile's longest context).
+#[inline(always)]
+pub(super) unsafe fn gathered_row(wide: &[f32], pos: usize, hd: usize) -> *const f32 {
+    let at = pos / F16_STEP * hd;
+    debug_assert!(at + hd <= wide.len());
+    wide.as_ptr().add(at)
 }
