@@ -215,17 +215,18 @@ impl LanePass for Avx2Pass {
     ) {
         match rows {
             VRows::Cache(v_cache, slot_of) => {
-                let load = |pos: usize, k: usize| {
-                    let row = v_cache[slot_of(pos)..][..HEAD_DIM].as_ptr() as *const __m128i;
-                    _mm256_cvtph_ps(_mm_loadu_si128(row.add(k)))
+                let load = |pos: usize, half: usize| {
+                    let row = v_cache[slot_of(pos) + half..][..HALF].as_ptr() as *const __m128i;
+                    regs(|k| _mm256_cvtph_ps(_mm_loadu_si128(row.add(k))))
                 };
                 Avx2Pass::rows(tile, &load, lane, acc)
             }
             VRows::Gathered(wide) => {
                 // SAFETY (`gathered_row`): `heads` asks only for the lane's positions, and
-                // `k < 8`.
-                let load = |pos: usize, k: usize| {
-                    _mm256_loadu_ps(gathered_row(wide, pos, HEAD_DIM).add(8 * k))
+                // `half + 32 <= 64`.
+                let load = |pos: usize, half: usize| {
+                    let row = gathered_row(wide, pos, HEAD_DIM).add(half);
+                    regs(|k| _mm256_loadu_ps(row.add(8 * k)))
                 };
                 Avx2Pass::rows(tile, &load, lane, acc)
             }
@@ -234,12 +235,12 @@ impl LanePass for Avx2Pass {
 }
 
 impl Avx2Pass {
-    /// Every row's heads, 3 at a time, each half of the dimensions in turn; `load(pos, k)`:
-    /// dimensions `8k..8k + 8` of position `pos`'s V row.
+    /// Every row's heads, 3 at a time, each half of the dimensions in turn; `load(pos,
+    /// half)`: dimensions `half..half + 32` of position `pos`'s V row.
     #[inline(always)]
     unsafe fn rows(
         tile: &TileProbs<'_>,
-        load: &impl Fn(usize, usize) -> __m256,
+        load: &impl Fn(usize, usize) -> [__m256; 4],
         lane: usize,
         acc: &mut [f32],
     ) {
@@ -275,7 +276,7 @@ const HALF: usize = HEAD_DIM / 2;
 /// One lane's positions of one row (`lane, lane + 64, … < n`) and the 32 dimensions from
 /// `half` (0 or 32), for `accumulate_v`.
 struct VPass<'a, L> {
-    /// `load(pos, k)`: dimensions `8k..8k + 8` of position `pos`'s V row.
+    /// `load(pos, half)`: dimensions `half..half + 32` of position `pos`'s V row.
     load: &'a L,
     probs: &'a [f32],
     stride: usize,
@@ -284,11 +285,10 @@ struct VPass<'a, L> {
     half: usize,
 }
 
-impl<L: Fn(usize, usize) -> __m256> VPass<'_, L> {
+impl<L: Fn(usize, usize) -> [__m256; 4]> VPass<'_, L> {
     /// Heads `head0..head0 + G`: their sums in registers, stored once.
     #[inline(always)]
     unsafe fn heads<const G: usize>(&self, head0: usize, acc: &mut [f32]) {
-        let first_k = self.half / 8;
         // SAFETY: `pos < n <= stride` and `head0 + g` is one of the tile's heads, so the
         // index lies in `probs` (`rows · group · stride` values, `accumulate_lanes`).
         let prob = |g: usize, pos: usize| {
@@ -297,18 +297,17 @@ impl<L: Fn(usize, usize) -> __m256> VPass<'_, L> {
             _mm256_set1_ps(*self.probs.get_unchecked(at))
         };
         let mut sums: [[__m256; 4]; G] = [[_mm256_setzero_ps(); 4]; G];
+        let v = (self.load)(self.lane, self.half);
         for k in 0..4 {
-            let v = (self.load)(self.lane, first_k + k);
             for (g, sg) in sums.iter_mut().enumerate() {
-                sg[k] = _mm256_mul_ps(v, prob(g, self.lane));
+                sg[k] = _mm256_mul_ps(v[k], prob(g, self.lane));
             }
         }
         for pos in (self.lane + F16_STEP..self.n).step_by(F16_STEP) {
-            let p = regs::<_, G>(|g| prob(g, pos));
+            let (v, p) = ((self.load)(pos, self.half), regs::<_, G>(|g| prob(g, pos)));
             for k in 0..4 {
-                let v = (self.load)(pos, first_k + k);
                 for (sg, &pg) in sums.iter_mut().zip(&p) {
-                    sg[k] = _mm256_fmadd_ps(v, pg, sg[k]);
+                    sg[k] = _mm256_fmadd_ps(v[k], pg, sg[k]);
                 }
             }
         }
