@@ -253,7 +253,8 @@ pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
     out
 }
 
-/// Weight blocks `signed32_rows` prepares at a time: 64 · 128 bytes = 8 KiB of stack.
+/// Weight blocks `signed32_rows` prepares at a time: 64 · 192 bytes (two vectors and two
+/// scales, padded to whole cache lines) = 12 KiB of stack, of which a row uses its blocks'.
 const PREPARED_BLOCKS: usize = 64;
 
 /// A weight block as `signed32_rows`' products read it.
