@@ -146,6 +146,20 @@ impl Spec {
                     }
                 }
                 "minimum" | "maximum" => check_bound(key, rule, value, at)?,
+                "minLength" | "maxLength" => {
+                    let chars = value.as_str().map(|s| s.chars().count());
+                    check_count(key, rule, chars, at)?
+                }
+                "maxProperties" => {
+                    let pairs = value.as_object().map(|o| o.len());
+                    check_count(key, rule, pairs, at)?
+                }
+                "propertyNames" => {
+                    for name in value.as_object().into_iter().flat_map(|o| o.keys()) {
+                        let key_at = format!("{at} key {name:?}");
+                        self.check_at(rule, &Value::String(name.clone()), &key_at)?;
+                    }
+                }
                 "oneOf" | "anyOf" => self.check_alternatives(key, rule, value, at)?,
                 "allOf" => {
                     for sub in rule.as_array().into_iter().flatten() {
@@ -256,5 +270,22 @@ fn check_bound(key: &str, rule: &Value, value: &Value, at: &str) -> Result<(), S
         Ok(())
     } else {
         Err(format!("{at}: {v} violates {key} {bound}"))
+    }
+}
+
+/// `minLength` / `maxLength` / `maxProperties`: `count` (characters or pairs; `None` where
+/// the keyword does not apply to the value's type) against the bound `rule`.
+fn check_count(key: &str, rule: &Value, count: Option<usize>, at: &str) -> Result<(), String> {
+    let (Some(bound), Some(count)) = (rule.as_u64(), count) else {
+        return Ok(());
+    };
+    let ok = match key {
+        "minLength" => count as u64 >= bound,
+        _ => count as u64 <= bound,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{at}: {count} breaks `{key}: {bound}`"))
     }
 }
