@@ -7,22 +7,31 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::BenchError;
-use crate::machine::MachineReport;
+use crate::machine::{MachineLimits, MachineReport};
 use crate::report::{mib, RunReport, ScenarioResult};
 use crate::scenario::dialog::DialogResult;
 use crate::scenario::prefill::PrefillResult;
 use crate::scenario::sweep::SweepResult;
 
-/// Every run of a results directory, plus the machine report when present.
+/// Every run of a results directory, plus the machine reports when present.
 pub struct Runs {
     pub runs: Vec<RunReport>,
+    /// `machine.json`: the limits measured before the first run.
     pub machine: Option<MachineReport>,
+    /// `machine-end.json`: the same, measured after the last run.
+    pub machine_end: Option<MachineReport>,
+}
+
+/// Reads a machine report.
+fn read_machine(path: &Path) -> Result<MachineReport, BenchError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(BenchError::io(format!("reading {}", path.display())))?;
+    serde_json::from_str(&text).map_err(BenchError::json(path.display().to_string()))
 }
 
 impl Runs {
     pub fn load_dir(dir: &Path) -> Result<Runs, BenchError> {
-        let mut runs = Vec::new();
-        let mut machine = None;
+        let (mut runs, mut machine, mut machine_end) = (Vec::new(), None, None);
         let entries =
             std::fs::read_dir(dir).map_err(BenchError::io(format!("listing {}", dir.display())))?;
         let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
@@ -31,15 +40,10 @@ impl Runs {
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
         {
-            if path.file_name().is_some_and(|n| n == "machine.json") {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(BenchError::io(format!("reading {}", path.display())))?;
-                machine = Some(
-                    serde_json::from_str(&text)
-                        .map_err(BenchError::json(path.display().to_string()))?,
-                );
-            } else {
-                runs.push(RunReport::read_json(&path)?);
+            match path.file_name().and_then(|n| n.to_str()) {
+                Some("machine.json") => machine = Some(read_machine(&path)?),
+                Some("machine-end.json") => machine_end = Some(read_machine(&path)?),
+                _ => runs.push(RunReport::read_json(&path)?),
             }
         }
         // Scenario order of the issue, then label.
@@ -49,7 +53,11 @@ impl Runs {
                 .position(|k| *k == r.scenario.kind())
         };
         runs.sort_by(|a, b| (rank(a), &a.label).cmp(&(rank(b), &b.label)));
-        Ok(Runs { runs, machine })
+        Ok(Runs {
+            runs,
+            machine,
+            machine_end,
+        })
     }
 
     fn find<'a, T>(
@@ -321,16 +329,32 @@ fn dialog_table(runs: &Runs) -> String {
     t
 }
 
+/// One measurement of the limits: threads, triad, FMA peak and how it scaled from one
+/// thread (near 1× where the threads shared a core, which halves compute-bound figures).
+pub fn limits_line(l: &MachineLimits) -> String {
+    let scaling = l.fma_scaling().map_or(String::new(), |x| {
+        format!(
+            "; one thread {:.1} GFLOP/s, so {} threads ran {x:.2}× one",
+            l.fma_gflops_one_thread, l.threads
+        )
+    });
+    format!(
+        "{} threads; triad bandwidth {:.1} GB/s; fp32 FMA peak {:.1} GFLOP/s ({}){scaling}",
+        l.threads, l.bandwidth_gb_s, l.fma_gflops, l.fma_isa
+    )
+}
+
 /// Measured decode and batch throughput against the machine's bounds, per label.
 fn roofline(runs: &Runs) -> String {
     let Some(m) = &runs.machine else {
         return "no machine.json: run `tessera-bench machine --model M --out DIR/machine.json`\n"
             .into();
     };
-    let mut t = format!(
-        "CPU {}; {} threads; triad bandwidth {:.1} GB/s; fp32 FMA peak {:.1} GFLOP/s ({}).\n\n",
-        m.cpu, m.limits.threads, m.limits.bandwidth_gb_s, m.limits.fma_gflops, m.limits.fma_isa
-    );
+    let mut t = format!("CPU {}; {}.\n", m.cpu, limits_line(&m.limits));
+    if let Some(end) = &runs.machine_end {
+        let _ = writeln!(t, "After the last run: {}.", limits_line(&end.limits));
+    }
+    t.push('\n');
     let Some(b) = &m.bounds else {
         return t + "no model size given: no bounds.\n";
     };
@@ -397,4 +421,45 @@ pub fn markdown(runs: &Runs, p: &Pair, title: &str, plots: &[String]) -> String 
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(gflops: f64, one_thread: f64) -> MachineReport {
+        MachineReport {
+            cpu: "test cpu".into(),
+            limits: MachineLimits {
+                threads: 2,
+                triad_bytes_per_array: 8,
+                bandwidth_gb_s: 20.0,
+                fma_isa: "avx512f".into(),
+                fma_gflops: gflops,
+                fma_gflops_one_thread: one_thread,
+            },
+            model: None,
+            bounds: None,
+        }
+    }
+
+    #[test]
+    fn the_roofline_gives_the_limits_before_and_after_the_runs() {
+        let dir = std::env::temp_dir().join(format!("tessera-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, m: &MachineReport| {
+            std::fs::write(dir.join(name), serde_json::to_string(m).unwrap()).unwrap()
+        };
+        write("machine.json", &machine(340.0, 170.0));
+        write("machine-end.json", &machine(180.0, 175.0));
+        let runs = Runs::load_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(runs.runs.is_empty());
+        let text = roofline(&runs);
+        assert!(text.contains("FMA peak 340.0 GFLOP/s (avx512f); one thread 170.0 GFLOP/s, so 2 threads ran 2.00× one"), "{text}");
+        assert!(text.contains("After the last run: 2 threads; triad bandwidth 20.0 GB/s; fp32 FMA peak 180.0 GFLOP/s (avx512f); one thread 175.0 GFLOP/s, so 2 threads ran 1.03× one"), "{text}");
+        // A report written before the one-thread figure existed gives no scaling.
+        let old = limits_line(&machine(340.0, 0.0).limits);
+        assert!(old.ends_with("(avx512f)"), "{old}");
+    }
 }

@@ -17,6 +17,20 @@ pub struct MachineLimits {
     /// The instruction set of the FMA loop: avx512f, avx2+fma or scalar.
     pub fma_isa: String,
     pub fma_gflops: f64,
+    /// The same FMA loop on one thread alone. `fma_gflops` well below `threads` times this
+    /// means the threads shared cores while measured (on a VM: vCPUs placed on one core's
+    /// two hyperthreads, or another guest on them), which halves every compute-bound
+    /// figure of the run. 0 in reports written before it was measured.
+    #[serde(default)]
+    pub fma_gflops_one_thread: f64,
+}
+
+impl MachineLimits {
+    /// `fma_gflops / fma_gflops_one_thread`: about `threads` on cores of its own, about 1
+    /// where the threads shared one core; `None` when the one-thread figure is missing.
+    pub fn fma_scaling(&self) -> Option<f64> {
+        (self.fma_gflops_one_thread > 0.0).then(|| self.fma_gflops / self.fma_gflops_one_thread)
+    }
 }
 
 /// Measures both limits over `threads` threads (0 = all available cores).
@@ -28,12 +42,14 @@ pub fn measure(threads: usize, triad_mib: usize, repeats: usize) -> MachineLimit
     };
     let bytes_per_array = triad_mib.max(1) * 1024 * 1024;
     let (isa, gflops) = fma_peak(threads, repeats.max(1));
+    let (_, one_thread) = fma_peak(1, repeats.max(1));
     MachineLimits {
         threads,
         triad_bytes_per_array: bytes_per_array,
         bandwidth_gb_s: triad_bandwidth(threads, bytes_per_array / 8, repeats.max(1)),
         fma_isa: isa.to_string(),
         fma_gflops: gflops,
+        fma_gflops_one_thread: one_thread,
     }
 }
 
@@ -255,9 +271,27 @@ mod tests {
             bandwidth_gb_s: 10.0,
             fma_isa: "test".into(),
             fma_gflops: 100.0,
+            fma_gflops_one_thread: 50.0,
         };
         let b = Bounds::new(&limits, 100_000_000, 100_000_000);
         assert!((b.decode_tok_per_s_bound - 100.0).abs() < 1e-9);
         assert!((b.flop_tok_per_s_bound - 500.0).abs() < 1e-9);
+        assert_eq!(limits.fma_scaling(), Some(2.0));
+    }
+
+    #[test]
+    fn reports_without_the_one_thread_figure_still_load() {
+        let old = r#"{"threads": 2, "triad_bytes_per_array": 8, "bandwidth_gb_s": 20.0,
+            "fma_isa": "avx512f", "fma_gflops": 300.0}"#;
+        let limits: MachineLimits = serde_json::from_str(old).unwrap();
+        assert_eq!(limits.fma_gflops_one_thread, 0.0);
+        assert_eq!(limits.fma_scaling(), None);
+    }
+
+    #[test]
+    fn one_thread_peak_is_measured() {
+        let limits = measure(2, 1, 1);
+        assert!(limits.fma_gflops_one_thread > 0.0 && limits.fma_gflops_one_thread.is_finite());
+        assert!(limits.fma_scaling().is_some());
     }
 }

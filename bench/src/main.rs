@@ -415,12 +415,9 @@ fn machine_cmd(args: &MachineArgs) -> Result<(), BenchError> {
         bounds,
     };
     println!(
-        "CPU {}, {} threads: triad {:.1} GB/s, fp32 FMA peak {:.1} GFLOP/s ({})",
+        "CPU {}, {}",
         report.cpu,
-        report.limits.threads,
-        report.limits.bandwidth_gb_s,
-        report.limits.fma_gflops,
-        report.limits.fma_isa
+        tessera_bench::compare::limits_line(&report.limits)
     );
     if let Some(b) = &report.bounds {
         println!(
