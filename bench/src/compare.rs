@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::BenchError;
-use crate::machine::{MachineLimits, MachineReport};
+use crate::machine::MachineReport;
 use crate::report::{mib, RunReport, ScenarioResult};
 use crate::scenario::dialog::DialogResult;
 use crate::scenario::prefill::PrefillResult;
@@ -329,30 +329,15 @@ fn dialog_table(runs: &Runs) -> String {
     t
 }
 
-/// One measurement of the limits: threads, triad, FMA peak and how it scaled from one
-/// thread (near 1× where the threads shared a core, which halves compute-bound figures).
-pub fn limits_line(l: &MachineLimits) -> String {
-    let scaling = l.fma_scaling().map_or(String::new(), |x| {
-        format!(
-            "; one thread {:.1} GFLOP/s, so {} threads ran {x:.2}× one",
-            l.fma_gflops_one_thread, l.threads
-        )
-    });
-    format!(
-        "{} threads; triad bandwidth {:.1} GB/s; fp32 FMA peak {:.1} GFLOP/s ({}){scaling}",
-        l.threads, l.bandwidth_gb_s, l.fma_gflops, l.fma_isa
-    )
-}
-
 /// Measured decode and batch throughput against the machine's bounds, per label.
 fn roofline(runs: &Runs) -> String {
     let Some(m) = &runs.machine else {
         return "no machine.json: run `tessera-bench machine --model M --out DIR/machine.json`\n"
             .into();
     };
-    let mut t = format!("CPU {}; {}.\n", m.cpu, limits_line(&m.limits));
+    let mut t = format!("CPU {}; {}.\n", m.cpu, m.limits);
     if let Some(end) = &runs.machine_end {
-        let _ = writeln!(t, "After the last run: {}.", limits_line(&end.limits));
+        let _ = writeln!(t, "After the last run: {}.", end.limits);
     }
     t.push('\n');
     let Some(b) = &m.bounds else {
@@ -426,6 +411,7 @@ pub fn markdown(runs: &Runs, p: &Pair, title: &str, plots: &[String]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::MachineLimits;
 
     fn machine(gflops: f64, one_thread: f64) -> MachineReport {
         MachineReport {
@@ -459,7 +445,7 @@ mod tests {
         assert!(text.contains("FMA peak 340.0 GFLOP/s (avx512f); one thread 170.0 GFLOP/s, so 2 threads ran 2.00× one"), "{text}");
         assert!(text.contains("After the last run: 2 threads; triad bandwidth 20.0 GB/s; fp32 FMA peak 180.0 GFLOP/s (avx512f); one thread 175.0 GFLOP/s, so 2 threads ran 1.03× one"), "{text}");
         // A report written before the one-thread figure existed gives no scaling.
-        let old = limits_line(&machine(340.0, 0.0).limits);
+        let old = machine(340.0, 0.0).limits.to_string();
         assert!(old.ends_with("(avx512f)"), "{old}");
     }
 }

@@ -19,10 +19,31 @@ pub struct MachineLimits {
     pub fma_gflops: f64,
     /// The same FMA loop on one thread alone. `fma_gflops` well below `threads` times this
     /// means the threads shared cores while measured (on a VM: vCPUs placed on one core's
-    /// two hyperthreads, or another guest on them), which halves every compute-bound
-    /// figure of the run. 0 in reports written before it was measured.
+    /// two hyperthreads), which halves every compute-bound figure of the run; another
+    /// guest's work on every core shows only as a lower figure here. 0 in reports written
+    /// before it was measured.
     #[serde(default)]
     pub fma_gflops_one_thread: f64,
+}
+
+/// One measurement of the limits: threads, triad, FMA peak and how it scaled from one
+/// thread (near 1× where the threads shared a core).
+impl std::fmt::Display for MachineLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} threads; triad bandwidth {:.1} GB/s; fp32 FMA peak {:.1} GFLOP/s ({})",
+            self.threads, self.bandwidth_gb_s, self.fma_gflops, self.fma_isa
+        )?;
+        match self.fma_scaling() {
+            Some(x) => write!(
+                f,
+                "; one thread {:.1} GFLOP/s, so {} threads ran {x:.2}× one",
+                self.fma_gflops_one_thread, self.threads
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 impl MachineLimits {

@@ -414,11 +414,7 @@ fn machine_cmd(args: &MachineArgs) -> Result<(), BenchError> {
         model,
         bounds,
     };
-    println!(
-        "CPU {}, {}",
-        report.cpu,
-        tessera_bench::compare::limits_line(&report.limits)
-    );
+    println!("CPU {}, {}", report.cpu, report.limits);
     if let Some(b) = &report.bounds {
         println!(
             "model: {} B/token, {} params → decode ≤ {:.0} tok/s (bandwidth), ≤ {:.0} tok/s (FLOPs)",
