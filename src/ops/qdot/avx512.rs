@@ -44,7 +44,9 @@ use super::avx512_lanes::{
 use super::blocks::{Q4K, Q4_1, Q5_0, Q6K, Q8_0};
 use super::kquants::avx2::{q4k_block_scales, q4k_vectors, q6k_vectors};
 use super::legacy::Signed32;
-use super::panel_layout::{check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, RowScales, GROUP};
+use super::panel_layout::{
+    check_blocks, PanelQ8K, PanelQ8_0, PanelQ8_1, PreparedBlock, RowScales, GROUP,
+};
 use super::x86::f16_to_f32;
 use crate::ops::ggml_math::x86::regs;
 
@@ -211,7 +213,7 @@ pub unsafe fn q4_1_rows<const G: usize>(w: &[Q4_1], x: [&[PanelQ8_1]; G]) -> [[f
 /// biased panels): `out[g][r]`.
 ///
 /// The row is taken `PREPARED_BLOCKS` blocks at a time: first every block's doubled values,
-/// lane starts and scales onto the stack (`PreparedBlocks`, independent work the core
+/// lane starts and scales onto the stack (`prepare_block`, independent work the core
 /// overlaps freely), then the blocks' products, whose only chain is each accumulator's.
 ///
 /// # Safety
@@ -223,28 +225,81 @@ pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
 ) -> [[f32; GROUP]; G] {
     check_blocks("signed32_rows", w.len(), x);
     let mut acc = [[_mm512_setzero_ps(); 4]; G];
-    let mut prepared = std::mem::MaybeUninit::<PreparedBlocks>::uninit();
+    let mut prepared =
+        [const { std::mem::MaybeUninit::<PreparedBlock>::uninit() }; PREPARED_BLOCKS];
     for (c, chunk) in w.chunks(PREPARED_BLOCKS).enumerate() {
-        let blocks = prepare_blocks(chunk, &mut prepared);
-        for (i, block) in blocks.iter().enumerate() {
-            let b = c * PREPARED_BLOCKS + i;
-            let wd = _mm512_set1_ps(block.d);
-            for g in 0..G {
-                let y = x[g].get_unchecked(b);
-                let mut lanes = [block.start; 4];
-                for (p, l) in lanes.iter_mut().enumerate() {
-                    let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
-                    *l = _mm512_dpbusd_epi32(block.start, ys, block.values);
-                }
-                if B::SMALL_VALUES {
-                    let wd_magic = _mm512_set1_ps(block.d_magic);
-                    fma_pairs_split(&mut acc[g], wd, wd_magic, &y.d, lanes);
-                } else {
-                    fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
-                }
+        for (wb, out) in chunk.iter().zip(&mut prepared) {
+            out.write(prepare_block(wb));
+        }
+        // SAFETY: the loop wrote entries 0..chunk.len() (≤ PREPARED_BLOCKS, `chunks`' size).
+        let blocks =
+            std::slice::from_raw_parts(prepared.as_ptr() as *const PreparedBlock, chunk.len());
+        block_products::<B, G>(blocks, c * PREPARED_BLOCKS, x, &mut acc);
+    }
+    row_results(&acc)
+}
+
+/// `signed32_rows` of a row `prepare_signed32` wrote (`w: [kb]`): for a row that several
+/// calls (runs of groups) take, prepared once.
+///
+/// # Safety
+/// As `signed32_rows`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn prepared_signed32_rows<B: DoubledValues, const G: usize>(
+    w: &[PreparedBlock],
+    x: [&[PanelQ8_0]; G],
+) -> [[f32; GROUP]; G] {
+    check_blocks("prepared_signed32_rows", w.len(), x);
+    let mut acc = [[_mm512_setzero_ps(); 4]; G];
+    block_products::<B, G>(w, 0, x, &mut acc);
+    row_results(&acc)
+}
+
+/// Weight row `w` as `prepared_signed32_rows` reads it, into `out` (`w.len()` blocks).
+///
+/// # Safety
+/// As `signed32_rows`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn prepare_signed32<B: DoubledValues>(w: &[B], out: &mut [PreparedBlock]) {
+    assert_eq!(w.len(), out.len(), "prepare_signed32: block counts differ");
+    for (wb, block) in w.iter().zip(out) {
+        *block = prepare_block(wb);
+    }
+}
+
+/// The products of `blocks` (the row's blocks `first..`) with every group, onto `acc`.
+#[inline(always)]
+unsafe fn block_products<B: DoubledValues, const G: usize>(
+    blocks: &[PreparedBlock],
+    first: usize,
+    x: [&[PanelQ8_0]; G],
+    acc: &mut [[__m512; 4]; G],
+) {
+    for (i, block) in blocks.iter().enumerate() {
+        let b = first + i;
+        let values = _mm512_load_si512(block.values.as_ptr() as *const _);
+        let start = _mm512_load_si512(block.start.as_ptr() as *const _);
+        let wd = _mm512_set1_ps(block.d);
+        for g in 0..G {
+            let y = x[g].get_unchecked(b);
+            let mut lanes = [start; 4];
+            for (p, l) in lanes.iter_mut().enumerate() {
+                let ys = _mm512_loadu_si512(y.qs[p].as_ptr() as *const _);
+                *l = _mm512_dpbusd_epi32(start, ys, values);
+            }
+            if B::SMALL_VALUES {
+                let wd_magic = _mm512_set1_ps(block.d_magic);
+                fma_pairs_split(&mut acc[g], wd, wd_magic, &y.d, lanes);
+            } else {
+                fma_pairs(&mut acc[g], pair_scales(wd, &y.d), lanes);
             }
         }
     }
+}
+
+/// Each group's 8 row results from its accumulators (`hsum_rows`).
+#[inline(always)]
+unsafe fn row_results<const G: usize>(acc: &[[__m512; 4]; G]) -> [[f32; GROUP]; G] {
     let result_idx = load_index(&ROW_RESULT_INDEX);
     let mut out = [[0f32; GROUP]; G];
     for g in 0..G {
@@ -253,54 +308,30 @@ pub unsafe fn signed32_rows<B: DoubledValues, const G: usize>(
     out
 }
 
-/// Weight blocks `signed32_rows` prepares at a time: 64 · 192 bytes (two vectors and two
-/// scales, padded to whole cache lines) = 12 KiB of stack, of which a row uses its blocks'.
+/// Weight blocks `signed32_rows` prepares at a time: 64 · 192 bytes (`PreparedBlock`) =
+/// 12 KiB of stack, of which a row uses its blocks'.
 const PREPARED_BLOCKS: usize = 64;
 
-/// A weight block as `signed32_rows`' products read it.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct PreparedBlock {
-    /// `DoubledValues::doubled`.
-    values: __m512i,
-    /// Each lane's start: `−128 · Σ4 w` (so that `Σ (a + 128)·w` lands on `Σ a·w`), plus
-    /// the bits of `MAGIC` for `SMALL_VALUES` types.
-    start: __m512i,
-    /// The block's scale, and `−d · MAGIC` (`wd_magic`).
-    d: f32,
-    d_magic: f32,
-}
-
-type PreparedBlocks = [PreparedBlock; PREPARED_BLOCKS];
-
-/// `chunk`'s blocks (at most `PREPARED_BLOCKS`) prepared into `out`: its first
-/// `chunk.len()` entries, written before they are read.
+/// Block `wb` as the products read it: its doubled values, each lane's start `−128 · Σ4 w`
+/// (so that `Σ (a + 128)·w` lands on `Σ a·w`, plus the bits of `MAGIC` for `SMALL_VALUES`
+/// types), its scale and `−d · MAGIC` (`wd_magic`).
 #[inline(always)]
-unsafe fn prepare_blocks<'a, B: DoubledValues>(
-    chunk: &[B],
-    out: &'a mut std::mem::MaybeUninit<PreparedBlocks>,
-) -> &'a [PreparedBlock] {
+unsafe fn prepare_block<B: DoubledValues>(wb: &B) -> PreparedBlock {
     let bias = _mm512_set1_epi8(0x80u8 as i8);
     let zero_or_magic = if B::SMALL_VALUES {
         magic_start()
     } else {
         _mm512_setzero_si512()
     };
-    let first = out.as_mut_ptr() as *mut PreparedBlock;
-    for (i, wb) in chunk.iter().enumerate() {
-        let values = wb.doubled();
-        let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, values);
-        let d = f16_to_f32(wb.d());
-        let block = PreparedBlock {
-            values,
-            start: _mm512_sub_epi32(zero_or_magic, start),
-            d,
-            d_magic: d * -MAGIC,
-        };
-        first.add(i).write(block);
+    let values = wb.doubled();
+    let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, values);
+    let d = f16_to_f32(wb.d());
+    PreparedBlock {
+        values: std::mem::transmute::<__m512i, [i32; 16]>(values),
+        start: std::mem::transmute::<__m512i, [i32; 16]>(_mm512_sub_epi32(zero_or_magic, start)),
+        d,
+        d_magic: d * -MAGIC,
     }
-    // SAFETY: the loop wrote entries 0..chunk.len() (≤ PREPARED_BLOCKS, `chunks`' size).
-    std::slice::from_raw_parts(first, chunk.len())
 }
 
 /// A signed 32-element block's values (`Signed32::values`) with each 4-byte group doubled,

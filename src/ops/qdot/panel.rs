@@ -21,7 +21,7 @@ use half::f16;
 #[cfg(test)]
 pub(crate) use super::panel_layout::get_row;
 use super::panel_layout::{put_bsums, put_bsums_in_lanes, put_row, put_row_in_lanes, PAIRS};
-pub use super::panel_layout::{PanelQ8K, PanelQ8_0, PanelQ8_1, GROUP, QK, QK_K};
+pub use super::panel_layout::{PanelQ8K, PanelQ8_0, PanelQ8_1, PreparedBlock, GROUP, QK, QK_K};
 
 /// A weight type with a multi-row panel kernel.
 pub trait RowPanel {
@@ -56,6 +56,33 @@ pub trait RowPanel {
         w: &[Self::Weight],
         groups: [&[Self::Block]; G],
     ) -> [[f32; GROUP]; G];
+
+    /// Whether `isa`'s kernels can take a weight row unpacked once (`prepare`) for every
+    /// run of groups over it (`dot_prepared`), where `dot` unpacks each block in every
+    /// call: the VNNI Q8_0 / Q5_0 kernel (its blocks' unpacking is a fifth of its work).
+    fn prepares(_isa: PanelIsa) -> bool {
+        false
+    }
+
+    /// Weight row `w: [kb]` unpacked into `out: [kb]` for `dot_prepared`.
+    ///
+    /// # Safety
+    /// `prepares(isa)`, and as `dot`.
+    unsafe fn prepare(_isa: PanelIsa, _w: &[Self::Weight], _out: &mut [PreparedBlock]) {
+        unreachable!("prepare: these kernels take no prepared rows")
+    }
+
+    /// `dot` of a row `prepare` wrote: the same bits.
+    ///
+    /// # Safety
+    /// `prepares(isa)`, and as `dot`.
+    unsafe fn dot_prepared<const G: usize>(
+        _isa: PanelIsa,
+        _w: &[PreparedBlock],
+        _groups: [&[Self::Block]; G],
+    ) -> [[f32; GROUP]; G] {
+        unreachable!("dot_prepared: these kernels take no prepared rows")
+    }
 }
 
 /// A set of multi-row kernels.
@@ -93,6 +120,34 @@ pub fn chosen_isa<P: RowPanel>() -> Option<PanelIsa> {
 
 /// The VNNI and AVX2 sets (every panel type has both).
 const BOTH: &[PanelIsa] = &[PanelIsa::Avx512Vnni, PanelIsa::Avx2];
+
+/// `RowPanel`'s prepared-row methods for a signed 32-element weight type (Q8_0, Q5_0):
+/// the VNNI kernel takes rows `avx512::prepare_signed32` unpacked, the AVX2 one none.
+macro_rules! vnni_prepared_rows {
+    ($weight:ty) => {
+        fn prepares(isa: PanelIsa) -> bool {
+            isa == PanelIsa::Avx512Vnni
+        }
+
+        unsafe fn prepare(isa: PanelIsa, w: &[$weight], out: &mut [PreparedBlock]) {
+            assert_eq!(isa, PanelIsa::Avx512Vnni, "prepare: only the VNNI kernel");
+            avx512::prepare_signed32(w, out)
+        }
+
+        unsafe fn dot_prepared<const G: usize>(
+            isa: PanelIsa,
+            w: &[PreparedBlock],
+            groups: [&[PanelQ8_0]; G],
+        ) -> [[f32; GROUP]; G] {
+            assert_eq!(
+                isa,
+                PanelIsa::Avx512Vnni,
+                "dot_prepared: only the VNNI kernel"
+            );
+            avx512::prepared_signed32_rows::<$weight, G>(w, groups)
+        }
+    };
+}
 
 /// Q4_1 weights · Q8_1 activation panels (`ggml_vec_dot_q4_1_q8_1` order per row).
 pub struct Q4_1Panel;
@@ -249,6 +304,8 @@ impl RowPanel for Q8_0Panel {
             PanelIsa::Avx2 => avx2_panel::signed32_rows::<Q8_0, G>(w, groups),
         }
     }
+
+    vnni_prepared_rows!(Q8_0);
 }
 
 impl RowPanel for Q5_0Panel {
@@ -277,6 +334,8 @@ impl RowPanel for Q5_0Panel {
             PanelIsa::Avx2 => avx2_panel::q5_0_rows::<G>(w, groups),
         }
     }
+
+    vnni_prepared_rows!(Q5_0);
 }
 
 impl RowPanel for Q6KPanel {
@@ -355,7 +414,7 @@ use super::{avx2_panel, avx512};
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     //! No AVX-512 on this architecture: `enabled()` is false, so these never run.
-    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, Q4K, Q4_1, Q6K};
+    use super::{PanelQ8K, PanelQ8_0, PanelQ8_1, PreparedBlock, Q4K, Q4_1, Q6K};
     pub unsafe fn q4_1_rows<const G: usize>(_: &[Q4_1], _: [&[PanelQ8_1]; G]) -> [[f32; 8]; G] {
         unreachable!("AVX-512 kernels called without AVX-512")
     }
@@ -363,6 +422,15 @@ mod avx512 {
         unreachable!("AVX-512 kernels called without AVX-512")
     }
     pub unsafe fn signed32_rows<B, const G: usize>(_: &[B], _: [&[PanelQ8_0]; G]) -> [[f32; 8]; G] {
+        unreachable!("AVX-512 kernels called without AVX-512")
+    }
+    pub unsafe fn prepare_signed32<B>(_: &[B], _: &mut [PreparedBlock]) {
+        unreachable!("AVX-512 kernels called without AVX-512")
+    }
+    pub unsafe fn prepared_signed32_rows<B, const G: usize>(
+        _: &[PreparedBlock],
+        _: [&[PanelQ8_0]; G],
+    ) -> [[f32; 8]; G] {
         unreachable!("AVX-512 kernels called without AVX-512")
     }
     pub unsafe fn q6k_rows<const G: usize>(_: &[Q6K], _: [&[PanelQ8K]; G]) -> [[f32; 8]; G] {

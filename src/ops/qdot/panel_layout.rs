@@ -88,6 +88,29 @@ pub(super) fn put_bsums(bsums: &mut [[i16; 2 * QK_K / 16]; PAIRS], r: usize, row
     }
 }
 
+/// A signed 32-element weight block (Q8_0, Q5_0) unpacked for the VNNI kernel's products
+/// (`avx512::prepare_signed32`): the values with each 4-byte group doubled, each i32
+/// lane's start, the scale and `−d · MAGIC`. 64-byte aligned: the two vectors are whole
+/// cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct PreparedBlock {
+    pub values: [i32; 16],
+    pub start: [i32; 16],
+    pub d: f32,
+    pub d_magic: f32,
+}
+
+impl PreparedBlock {
+    pub const ZERO: PreparedBlock = PreparedBlock {
+        values: [0; 16],
+        start: [0; 16],
+        d: 0.0,
+        d_magic: 0.0,
+    };
+}
+
+const _: () = assert!(std::mem::size_of::<PreparedBlock>() == 192);
 const _: () = assert!(std::mem::size_of::<PanelQ8K>() == 2368);
 const _: () = assert!(std::mem::size_of::<PanelQ8_1>() == 320);
 const _: () = assert!(std::mem::size_of::<PanelQ8_0>() == 320);

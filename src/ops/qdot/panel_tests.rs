@@ -14,8 +14,8 @@ use rand::Rng;
 
 use super::blocks::{self, Q4_1, Q5_0, Q8_0, Q8_1};
 use super::panel::{
-    chosen_isa, get_row, PanelIsa, PanelQ8_0, PanelQ8_1, Q4KPanel, Q4_1Panel, Q5_0Panel, Q6KPanel,
-    Q8_0Panel, RowPanel, GROUP,
+    chosen_isa, get_row, PanelIsa, PanelQ8_0, PanelQ8_1, PreparedBlock, Q4KPanel, Q4_1Panel,
+    Q5_0Panel, Q6KPanel, Q8_0Panel, RowPanel, GROUP,
 };
 use super::tests::{rng, weights};
 use super::{Kernel, Q4KInterleaved, Q4_1Dot, Q5_0Dot, Q6KDot, Q8_0Dot};
@@ -83,8 +83,9 @@ where
     }
 }
 
-/// `P::dot::<G>` on the first `G` of `groups` (when there are that many): each row's
-/// result is `want`'s.
+/// `P::dot::<G>` on the first `G` of `groups` (when there are that many), and
+/// `dot_prepared` of the prepared row where `isa`'s kernels take one: each row's result
+/// is `want`'s.
 fn check_call<P: RowPanel, const G: usize>(
     isa: PanelIsa,
     w: &[P::Weight],
@@ -95,14 +96,25 @@ fn check_call<P: RowPanel, const G: usize>(
     if groups.len() < G {
         return;
     }
+    let x = std::array::from_fn(|i| &groups[i][..]);
     // SAFETY: the caller checked that `isa` is one of `P::ISAS` the host runs.
-    let got = unsafe { P::dot::<G>(isa, w, std::array::from_fn(|i| &groups[i][..])) };
-    for (r, (&got, &want)) in got.as_flattened().iter().zip(want).enumerate() {
-        assert_eq!(
-            got.to_bits(),
-            want.to_bits(),
-            "dot::<{G}> {at}: row {r}: {got} vs {want}"
-        );
+    let mut calls = vec![("dot", unsafe { P::dot::<G>(isa, w, x) })];
+    if P::prepares(isa) {
+        let mut prepared = vec![PreparedBlock::ZERO; w.len()];
+        // SAFETY: as above, and `prepares(isa)`.
+        unsafe { P::prepare(isa, w, &mut prepared) };
+        calls.push(("dot_prepared", unsafe {
+            P::dot_prepared::<G>(isa, &prepared, x)
+        }));
+    }
+    for (call, got) in calls {
+        for (r, (&got, &want)) in got.as_flattened().iter().zip(want).enumerate() {
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{call}::<{G}> {at}: row {r}: {got} vs {want}"
+            );
+        }
     }
 }
 

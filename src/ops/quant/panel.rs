@@ -10,7 +10,10 @@
 //! read from memory once per matmul (the block stays in L2 across the runs of groups), a
 //! run's 4 panels stay in L1 across the block, and a run's tiles fill its rows of `y`
 //! left to right. Short weight rows are asked for a few rows ahead on the first run over
-//! a block (`prefetch_row_ahead`).
+//! a block (`prefetch_row_ahead`). Kernels that can take a weight row unpacked ahead
+//! (`RowPanel::prepares`: the VNNI Q8_0 / Q5_0 one) get each row of the block unpacked
+//! once before the runs when there are several (blocks then of `BLOCK_PREPARED_BYTES`),
+//! rather than once per run.
 //!
 //! Exactness: every output is the panel kernel's row result, bit-identical to
 //! `Kernel::dot` of that weight row and activation row (see `qdot::panel`).
@@ -20,7 +23,7 @@ use std::cell::RefCell;
 use super::col_tasks;
 use crate::ops::pool;
 use crate::ops::pool::SharedOut;
-use crate::ops::qdot::panel::{chosen_isa, PanelIsa, RowPanel, GROUP};
+use crate::ops::qdot::panel::{chosen_isa, PanelIsa, PreparedBlock, RowPanel, GROUP};
 use crate::ops::qdot::Ahead;
 
 /// Weight rows per output tile: 16 rows of ≤ 48 blocks stay in L1.
@@ -48,6 +51,13 @@ const PREFETCH_MAX_ROW_BYTES: usize = 1024;
 /// prefills 2.86-2.96 → 2.80-2.88 s, the default model's 4 × 512-token prefills
 /// 2.23-2.30 → 2.16-2.20 s, both models at c = 32 +4 % (1 MiB blocks: no better).
 const BLOCK_WEIGHT_BYTES: usize = 256 * 1024;
+/// Prepared bytes (`RowPanel::prepare`) a task's block of rows holds at most when the
+/// kernels take prepared rows and the matmul has more than one run of groups: each row is
+/// unpacked once, before the runs, and every run reads it from L2 (192 bytes per block,
+/// against Q5_0's 22 and Q8_0's 34 as stored). Q5_0 at m = 128 (`bench_panel_vs_dot4`,
+/// as a multiple of the unchanged `dot4` path's speed): 4864×896 3.95-4.12× → 4.39-4.45×,
+/// 896×896 3.81-3.91× → 4.11-4.27×; blocks of 192 KiB or 1 MiB were no better.
+const BLOCK_PREPARED_BYTES: usize = 384 * 1024;
 /// Fewer rows than this go through `Kernel::dot`/`dot4`: a padded group costs more.
 pub(super) const MIN_PANEL_ROWS: usize = 6;
 
@@ -59,6 +69,9 @@ struct Line([u8; 64]);
 thread_local! {
     /// Panels of the current matmul, reused across calls.
     static PANEL_SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    /// A task's block of prepared weight rows (`BLOCK_PREPARED_BYTES`), on each thread
+    /// of the pool.
+    static PREPARED_SCRATCH: RefCell<Vec<PreparedBlock>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether `m` activation rows go through `P`'s panel kernels at this process's level.
@@ -118,42 +131,95 @@ fn panel_tiles<P: RowPanel>(
     let row_bytes = kb * std::mem::size_of::<P::Weight>();
     let prefetch = row_bytes <= PREFETCH_MAX_ROW_BYTES;
     let runs = group_runs(groups, P::max_groups(isa));
-    let block_cols = (BLOCK_WEIGHT_BYTES / row_bytes.max(1))
+    let prepared = runs.len() > 1 && P::prepares(isa);
+    let block_bytes = if prepared {
+        (
+            BLOCK_PREPARED_BYTES,
+            kb * std::mem::size_of::<PreparedBlock>(),
+        )
+    } else {
+        (BLOCK_WEIGHT_BYTES, row_bytes)
+    };
+    let block_cols = (block_bytes.0 / block_bytes.1.max(1))
         .max(1)
         .next_multiple_of(COLS_PER_CHUNK);
     pool::run(tasks.len(), |task| {
-        let cols = tasks.range(task);
-        let mut tile = [[0f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP];
-        for b0 in cols.clone().step_by(block_cols) {
-            let block = b0..(b0 + block_cols).min(cols.end);
-            for &(g, take) in &runs {
-                let group = |i: usize| &panels[(g + i) * kb..(g + i + 1) * kb];
-                for c0 in block.clone().step_by(COLS_PER_CHUNK) {
-                    let chunk = c0..(c0 + COLS_PER_CHUNK).min(block.end);
-                    for (c, col) in chunk.clone().enumerate() {
-                        if prefetch && g == 0 {
+        PREPARED_SCRATCH.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            let cols = tasks.range(task);
+            let mut tile = [[0f32; COLS_PER_CHUNK]; GROUPS_PER_CALL * GROUP];
+            for b0 in cols.clone().step_by(block_cols) {
+                let block = b0..(b0 + block_cols).min(cols.end);
+                if prepared {
+                    scratch.resize(block.len() * kb, PreparedBlock::ZERO);
+                    for (i, col) in block.clone().enumerate() {
+                        if prefetch {
                             prefetch_row_ahead(w, kb, col, cols.end);
                         }
-                        let w_row = &w[col * kb..(col + 1) * kb];
-                        // SAFETY: `chosen_isa` gave `isa`: one of `P::ISAS` the CPU runs.
-                        match take {
-                            4 => put_column(&mut tile, c, unsafe {
-                                P::dot::<4>(isa, w_row, std::array::from_fn(group))
-                            }),
-                            2 => put_column(&mut tile, c, unsafe {
-                                P::dot::<2>(isa, w_row, std::array::from_fn(group))
-                            }),
-                            _ => put_column(&mut tile, c, unsafe {
-                                P::dot::<1>(isa, w_row, [group(0)])
-                            }),
-                        }
+                        // SAFETY: `chosen_isa` gave `isa`, and `prepares(isa)`.
+                        let out = &mut scratch[i * kb..(i + 1) * kb];
+                        unsafe { P::prepare(isa, &w[col * kb..(col + 1) * kb], out) };
                     }
-                    let rows = g * GROUP..((g + take) * GROUP).min(m);
-                    write_tile(&tile, rows, chunk, n, y_out);
+                }
+                for &(g, take) in &runs {
+                    let group = |i: usize| &panels[(g + i) * kb..(g + i + 1) * kb];
+                    for c0 in block.clone().step_by(COLS_PER_CHUNK) {
+                        let chunk = c0..(c0 + COLS_PER_CHUNK).min(block.end);
+                        for (c, col) in chunk.clone().enumerate() {
+                            if prefetch && g == 0 && !prepared {
+                                prefetch_row_ahead(w, kb, col, cols.end);
+                            }
+                            let row = if prepared {
+                                WeightRow::Prepared(&scratch[(col - b0) * kb..(col - b0 + 1) * kb])
+                            } else {
+                                WeightRow::Blocks(&w[col * kb..(col + 1) * kb])
+                            };
+                            // SAFETY: `chosen_isa` gave `isa`: one of `P::ISAS` the CPU
+                            // runs; a prepared row only where `prepares(isa)`.
+                            match take {
+                                4 => put_column(&mut tile, c, unsafe {
+                                    row_dot::<P, 4>(isa, row, std::array::from_fn(group))
+                                }),
+                                2 => put_column(&mut tile, c, unsafe {
+                                    row_dot::<P, 2>(isa, row, std::array::from_fn(group))
+                                }),
+                                _ => put_column(&mut tile, c, unsafe {
+                                    row_dot::<P, 1>(isa, row, [group(0)])
+                                }),
+                            }
+                        }
+                        let rows = g * GROUP..((g + take) * GROUP).min(m);
+                        write_tile(&tile, rows, chunk, n, y_out);
+                    }
                 }
             }
-        }
+        })
     });
+}
+
+/// One weight row as a kernel call takes it.
+#[derive(Clone, Copy)]
+enum WeightRow<'a, W> {
+    /// The row's blocks, unpacked by the call (`RowPanel::dot`).
+    Blocks(&'a [W]),
+    /// Unpacked once for every run of groups (`RowPanel::prepare`).
+    Prepared(&'a [PreparedBlock]),
+}
+
+/// `row` · `groups` with `isa`'s kernels: `dot` or `dot_prepared`, the same bits.
+///
+/// # Safety
+/// As `RowPanel::dot`; `WeightRow::Prepared` only where `P::prepares(isa)`.
+#[inline(always)]
+unsafe fn row_dot<P: RowPanel, const G: usize>(
+    isa: PanelIsa,
+    row: WeightRow<'_, P::Weight>,
+    groups: [&[P::Block]; G],
+) -> [[f32; GROUP]; G] {
+    match row {
+        WeightRow::Blocks(w) => P::dot::<G>(isa, w, groups),
+        WeightRow::Prepared(w) => P::dot_prepared::<G>(isa, w, groups),
+    }
 }
 
 /// Rows `rows` of `y: [m, n]`, columns `chunk`, from the tile's first rows (contiguous
@@ -234,22 +300,32 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    /// A task over more than one block of weight rows (`BLOCK_WEIGHT_BYTES`), a ragged
+    /// A task over more than one block of weight rows (`BLOCK_WEIGHT_BYTES`, and
+    /// `BLOCK_PREPARED_BYTES` for the VNNI Q8_0 / Q5_0 kernel's prepared rows), a ragged
     /// last chunk, and runs of 4, 2 and 1 groups: every output is the row's own matmul.
     #[test]
     fn blocks_and_runs_of_groups_cover_every_output() {
-        // Q8_0 rows of 576 are 612 bytes: a task's ≥ 500 rows span two blocks.
-        let (n, k, m): (usize, usize, usize) = (1999, 576, 53);
-        assert!(col_tasks(n).range(0).len() * 612 > BLOCK_WEIGHT_BYTES);
+        // Q5_0 rows of 576 are 396 bytes (Q8_0's 612, 3456 prepared): a task's ≥ 750 rows
+        // span two blocks or more.
+        let (n, k, m): (usize, usize, usize) = (2999, 576, 53);
+        let task_rows = col_tasks(n).range(0).len();
+        assert!(task_rows * 396 > BLOCK_WEIGHT_BYTES);
+        assert!(task_rows * 18 * size_of::<PreparedBlock>() > BLOCK_PREPARED_BYTES);
         assert_eq!(group_runs(m.div_ceil(GROUP), 4), [(0, 4), (4, 2), (6, 1)]);
-        let w = QMatrix::quantize(GgmlDType::Q8_0, n, k, &random(n * k, 21)).unwrap();
-        let x = random(m * k, 22);
-        let mut y = vec![f32::NAN; m * n];
-        w.matmul(&x, m, &mut y);
-        for r in 0..m {
-            let mut alone = vec![0.0; n];
-            w.matmul(&x[r * k..(r + 1) * k], 1, &mut alone);
-            assert_eq!(&y[r * n..(r + 1) * n], alone.as_slice(), "row {r}");
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0] {
+            let w = QMatrix::quantize(dtype, n, k, &random(n * k, 21)).unwrap();
+            let x = random(m * k, 22);
+            let mut y = vec![f32::NAN; m * n];
+            w.matmul(&x, m, &mut y);
+            for r in 0..m {
+                let mut alone = vec![0.0; n];
+                w.matmul(&x[r * k..(r + 1) * k], 1, &mut alone);
+                assert_eq!(
+                    &y[r * n..(r + 1) * n],
+                    alone.as_slice(),
+                    "{dtype:?} row {r}"
+                );
+            }
         }
     }
 
