@@ -151,7 +151,10 @@ fn panel_tiles<P: RowPanel>(
             for b0 in cols.clone().step_by(block_cols) {
                 let block = b0..(b0 + block_cols).min(cols.end);
                 if prepared {
-                    scratch.resize(block.len() * kb, PreparedBlock::ZERO);
+                    // Grown, never shrunk: the blocks of the next task or matmul reuse it.
+                    if scratch.len() < block.len() * kb {
+                        scratch.resize(block.len() * kb, PreparedBlock::ZERO);
+                    }
                     for (i, col) in block.clone().enumerate() {
                         if prefetch {
                             prefetch_row_ahead(w, kb, col, cols.end);
