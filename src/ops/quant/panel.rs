@@ -132,17 +132,14 @@ fn panel_tiles<P: RowPanel>(
     let prefetch = row_bytes <= PREFETCH_MAX_ROW_BYTES;
     let runs = group_runs(groups, P::max_groups(isa));
     let prepared = runs.len() > 1 && P::prepares(isa);
-    let block_bytes = if prepared {
-        (
+    let block_cols = if prepared {
+        cols_per_block(
             BLOCK_PREPARED_BYTES,
             kb * std::mem::size_of::<PreparedBlock>(),
         )
     } else {
-        (BLOCK_WEIGHT_BYTES, row_bytes)
+        cols_per_block(BLOCK_WEIGHT_BYTES, row_bytes)
     };
-    let block_cols = (block_bytes.0 / block_bytes.1.max(1))
-        .max(1)
-        .next_multiple_of(COLS_PER_CHUNK);
     pool::run(tasks.len(), |task| {
         PREPARED_SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
@@ -151,18 +148,9 @@ fn panel_tiles<P: RowPanel>(
             for b0 in cols.clone().step_by(block_cols) {
                 let block = b0..(b0 + block_cols).min(cols.end);
                 if prepared {
-                    // Grown, never shrunk: the blocks of the next task or matmul reuse it.
-                    if scratch.len() < block.len() * kb {
-                        scratch.resize(block.len() * kb, PreparedBlock::ZERO);
-                    }
-                    for (i, col) in block.clone().enumerate() {
-                        if prefetch {
-                            prefetch_row_ahead(w, kb, col, cols.end);
-                        }
-                        // SAFETY: `chosen_isa` gave `isa`, and `prepares(isa)`.
-                        let out = &mut scratch[i * kb..(i + 1) * kb];
-                        unsafe { P::prepare(isa, &w[col * kb..(col + 1) * kb], out) };
-                    }
+                    let ahead = prefetch.then_some(cols.end);
+                    // SAFETY: `chosen_isa` gave `isa`, and `prepares(isa)`.
+                    unsafe { prepare_rows::<P>(isa, w, kb, block.clone(), ahead, &mut scratch) };
                 }
                 for &(g, take) in &runs {
                     let group = |i: usize| &panels[(g + i) * kb..(g + i + 1) * kb];
@@ -198,6 +186,44 @@ fn panel_tiles<P: RowPanel>(
             }
         })
     });
+}
+
+/// Weight rows per block of a task: as many as `budget` bytes hold at `row_bytes` each,
+/// in whole chunks (at least one).
+fn cols_per_block(budget: usize, row_bytes: usize) -> usize {
+    (budget / row_bytes.max(1))
+        .max(1)
+        .next_multiple_of(COLS_PER_CHUNK)
+}
+
+/// Weight rows `block` of `w` (rows of `kb` blocks) unpacked into `scratch: [block.len(),
+/// kb]`, which grows as needed and never shrinks (the next block, task or matmul reuses
+/// it). With `ahead` (the task's end), rows are asked for a few ahead, as the first run
+/// of groups would.
+///
+/// # Safety
+/// `isa` is one of `P::ISAS` the CPU runs, and `P::prepares(isa)`.
+unsafe fn prepare_rows<P: RowPanel>(
+    isa: PanelIsa,
+    w: &[P::Weight],
+    kb: usize,
+    block: std::ops::Range<usize>,
+    ahead: Option<usize>,
+    scratch: &mut Vec<PreparedBlock>,
+) {
+    if scratch.len() < block.len() * kb {
+        scratch.resize(block.len() * kb, PreparedBlock::ZERO);
+    }
+    for (i, col) in block.enumerate() {
+        if let Some(cols_end) = ahead {
+            prefetch_row_ahead(w, kb, col, cols_end);
+        }
+        P::prepare(
+            isa,
+            &w[col * kb..(col + 1) * kb],
+            &mut scratch[i * kb..(i + 1) * kb],
+        );
+    }
 }
 
 /// One weight row as a kernel call takes it.
