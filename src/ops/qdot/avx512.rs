@@ -327,7 +327,7 @@ unsafe fn prepare_block<B: DoubledValues>(wb: &B) -> PreparedBlock {
     let start = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, values);
     let d = f16_to_f32(wb.d());
     PreparedBlock {
-        values: std::mem::transmute::<__m512i, [i32; 16]>(values),
+        values: std::mem::transmute::<__m512i, [i8; 64]>(values),
         start: std::mem::transmute::<__m512i, [i32; 16]>(_mm512_sub_epi32(zero_or_magic, start)),
         d,
         d_magic: d * -MAGIC,

@@ -95,15 +95,19 @@ pub(super) fn put_bsums(bsums: &mut [[i16; 2 * QK_K / 16]; PAIRS], r: usize, row
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub struct PreparedBlock {
-    pub values: [i32; 16],
+    /// The 32 values (i8), each 4-byte group doubled: `[w0..4, w0..4, w4..8, w4..8, ..]`.
+    pub values: [i8; 64],
+    /// Each i32 lane's start: `−128 · Σ4 w` (so that `Σ (a + 128)·w` lands on `Σ a·w`),
+    /// plus the bits of `MAGIC` for types whose values lie within ±16.
     pub start: [i32; 16],
+    /// The block's scale, and `−d · MAGIC`.
     pub d: f32,
     pub d_magic: f32,
 }
 
 impl PreparedBlock {
     pub const ZERO: PreparedBlock = PreparedBlock {
-        values: [0; 16],
+        values: [0; 64],
         start: [0; 16],
         d: 0.0,
         d_magic: 0.0,
